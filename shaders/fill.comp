@@ -9,10 +9,11 @@ layout(push_constant) uniform Push
     uint count;     // elements to write
     uint groups_x;  // workgroups along x in the dispatch grid
     float value;
+    uint offset;    // element offset of dst[0] in the binding
 } pc;
 
 void main()
 {
     uint i = global_index_2d(pc.groups_x);
-    if (i < pc.count) dst[i] = pc.value;
+    if (i < pc.count) dst[pc.offset + i] = pc.value;
 }

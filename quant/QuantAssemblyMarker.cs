@@ -1,0 +1,4 @@
+// Marker type naming the VkPeft.Quant assembly (used by the dependency-direction test).
+namespace VkPeft.Quant;
+
+public static class QuantAssemblyMarker;

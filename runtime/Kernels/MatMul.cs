@@ -1,0 +1,64 @@
+// fp32 matrix multiply C = alpha·A·op(B) + beta·C on the device, split into pieces when operands span several bindings.
+using System.Runtime.InteropServices;
+using VkPeft.Runtime.Commands;
+using VkPeft.Runtime.Tensors;
+
+namespace VkPeft.Runtime.Kernels;
+
+public static class MatMul
+{
+    public const uint TileM = 64, TileN = 64;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Push
+    {
+        public uint M, N, K, Lda, Ldb, Ldc, AOffset, BOffset, COffset;
+        public float Alpha, Beta;
+    }
+
+    /// <summary>
+    /// C[M,N] = alpha·A[M,K]·B + beta·C where B is [K,N], or [N,K] used transposed when <paramref name="transposeB"/>
+    /// (the nn.Linear weight layout: y = x·Wᵀ).
+    /// </summary>
+    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0)
+    {
+        BasicOps.RequireF32(a, b, c);
+        long m = a.Rows, k = a.RowElements;
+        long n = transposeB ? b.Rows : b.RowElements;
+        long kb = transposeB ? b.RowElements : b.Rows;
+        if (kb != k) throw new ArgumentException($"matmul: A '{a.Name}' {a.ShapeString} and B '{b.Name}' {b.ShapeString}{(transposeB ? "ᵀ" : "")} disagree on K ({k} vs {kb})");
+        if (c.Rows != m || c.RowElements != n) throw new ArgumentException($"matmul: C '{c.Name}' {c.ShapeString} should be [{m}, {n}]");
+        var ctx = a.Context;
+        var pipeline = ctx.Pipelines.Get(ShaderId.Matmul, 0, transposeB ? 1u : 0u);
+        uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1], maxX = ctx.Caps.MaxComputeWorkGroupCount[0];
+
+        var mPieces = Pieces.Split(m, [a, c], [k, n]);
+        // B pieces: along N (transposed, rows of B are output columns) or along K (rows of B are the inner dimension).
+        var bPieces = Pieces.Split(transposeB ? n : k, [b], [transposeB ? k : n]);
+        foreach (var mp in mPieces)
+        {
+            for (int bi = 0; bi < bPieces.Count; bi++)
+            {
+                var bp = bPieces[bi];
+                long n0 = transposeB ? bp.Start : 0, nCount = transposeB ? bp.Count : n;
+                long k0 = transposeB ? 0 : bp.Start, kCount = transposeB ? k : bp.Count;
+                for (long r0 = 0; r0 < mp.Count; r0 += maxY * TileM)
+                {
+                    long rows = Math.Min(mp.Count - r0, maxY * TileM);
+                    uint gx = (uint)((nCount + TileN - 1) / TileN), gy = (uint)((rows + TileM - 1) / TileM);
+                    if (gx > maxX) throw new ArgumentException($"matmul: N = {nCount} needs {gx} workgroups, over the device limit {maxX}");
+                    var push = new Push
+                    {
+                        M = (uint)rows, N = (uint)nCount, K = (uint)kCount,
+                        Lda = (uint)k, Ldb = (uint)(transposeB ? k : n), Ldc = (uint)n,
+                        AOffset = mp.Offsets[0] + (uint)(r0 * k + k0), BOffset = bp.Offsets[0], COffset = mp.Offsets[1] + (uint)(r0 * n + n0),
+                        Alpha = alpha, Beta = transposeB || bi == 0 ? beta : 1f,
+                    };
+                    ctx.Commands.Dispatch(pipeline,
+                        [Binding.Read(mp.Ranges[0]), Binding.Read(bp.Ranges[0]), push.Beta != 0 ? Binding.ReadWrite(mp.Ranges[1]) : Binding.Write(mp.Ranges[1])],
+                        push, gx, gy, 1, "matmul");
+                }
+            }
+        }
+    }
+}
