@@ -5,9 +5,22 @@ using VkPeft.Runtime.Tensors;
 
 namespace VkPeft.Runtime.Kernels;
 
+/// <summary>Which matmul shader runs: shared-memory tiles (GPUs) or lane-per-column register blocking (CPU devices).</summary>
+public enum MatMulAlgorithm { Auto, SharedTiles, Lanes }
+
 public static class MatMul
 {
     public const uint TileM = 64, TileN = 64;
+    // Tile of matmul_lanes.comp: (RB·SG) x (CB·SG) with SG = 8; RB and CB must match the -D values in shaders.list.
+    public const uint LanesRowBlocks = 2, LanesColBlocks = 4;
+    public const uint LanesTileM = LanesRowBlocks * 8, LanesTileN = LanesColBlocks * 8;
+
+    /// <summary>The algorithm Auto picks on this device.</summary>
+    public static MatMulAlgorithm Choose(VkPeft.Runtime.Vulkan.VulkanContext ctx) =>
+        ctx.Caps.Kind == VkPeft.Runtime.Vulkan.DeviceKind.Cpu && LanesSupported(ctx) ? MatMulAlgorithm.Lanes : MatMulAlgorithm.SharedTiles;
+
+    /// <summary>The lanes shader is compiled for 8-lane subgroups with broadcast (lavapipe on 256-bit SIMD).</summary>
+    public static bool LanesSupported(VkPeft.Runtime.Vulkan.VulkanContext ctx) => ctx.Caps.SubgroupSize == 8 && ctx.Caps.SubgroupBallot;
 
     [StructLayout(LayoutKind.Sequential)]
     private struct Push
@@ -20,7 +33,7 @@ public static class MatMul
     /// C[M,N] = alpha·A[M,K]·B + beta·C where B is [K,N], or [N,K] used transposed when <paramref name="transposeB"/>
     /// (the nn.Linear weight layout: y = x·Wᵀ).
     /// </summary>
-    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0)
+    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
     {
         BasicOps.RequireF32(a, b, c);
         long m = a.Rows, k = a.RowElements;
@@ -29,7 +42,11 @@ public static class MatMul
         if (kb != k) throw new ArgumentException($"matmul: A '{a.Name}' {a.ShapeString} and B '{b.Name}' {b.ShapeString}{(transposeB ? "ᵀ" : "")} disagree on K ({k} vs {kb})");
         if (c.Rows != m || c.RowElements != n) throw new ArgumentException($"matmul: C '{c.Name}' {c.ShapeString} should be [{m}, {n}]");
         var ctx = a.Context;
-        var pipeline = ctx.Pipelines.Get(ShaderId.Matmul, 0, transposeB ? 1u : 0u);
+        if (algorithm == MatMulAlgorithm.Auto) algorithm = Choose(ctx);
+        if (algorithm == MatMulAlgorithm.Lanes && !LanesSupported(ctx))
+            throw new ArgumentException("matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
+        bool lanes = algorithm == MatMulAlgorithm.Lanes && transposeB;   // the lanes shader reads B as [N,K]
+        uint tileM = lanes ? LanesTileM : TileM, tileN = lanes ? LanesTileN : TileN;
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1], maxX = ctx.Caps.MaxComputeWorkGroupCount[0];
 
         var mPieces = Pieces.Split(m, [a, c], [k, n]);
@@ -42,10 +59,10 @@ public static class MatMul
                 var bp = bPieces[bi];
                 long n0 = transposeB ? bp.Start : 0, nCount = transposeB ? bp.Count : n;
                 long k0 = transposeB ? 0 : bp.Start, kCount = transposeB ? k : bp.Count;
-                for (long r0 = 0; r0 < mp.Count; r0 += maxY * TileM)
+                for (long r0 = 0; r0 < mp.Count; r0 += maxY * tileM)
                 {
-                    long rows = Math.Min(mp.Count - r0, maxY * TileM);
-                    uint gx = (uint)((nCount + TileN - 1) / TileN), gy = (uint)((rows + TileM - 1) / TileM);
+                    long rows = Math.Min(mp.Count - r0, maxY * tileM);
+                    uint gx = (uint)((nCount + tileN - 1) / tileN), gy = (uint)((rows + tileM - 1) / tileM);
                     if (gx > maxX) throw new ArgumentException($"matmul: N = {nCount} needs {gx} workgroups, over the device limit {maxX}");
                     var push = new Push
                     {
@@ -54,6 +71,10 @@ public static class MatMul
                         AOffset = mp.Offsets[0] + (uint)(r0 * k + k0), BOffset = bp.Offsets[0], COffset = mp.Offsets[1] + (uint)(r0 * n + n0),
                         Alpha = alpha, Beta = transposeB || bi == 0 ? beta : 1f,
                     };
+                    bool vec4 = lanes && transposeB && push.K % 4 == 0 && push.Lda % 4 == 0 && push.Ldb % 4 == 0
+                                && push.AOffset % 4 == 0 && push.BOffset % 4 == 0;
+                    var pipeline = !lanes ? ctx.Pipelines.Get(ShaderId.Matmul, 0, transposeB ? 1u : 0u)
+                        : ctx.Pipelines.Get(vec4 ? ShaderId.MatmulLanesVec4 : ShaderId.MatmulLanes);
                     ctx.Commands.Dispatch(pipeline,
                         [Binding.Read(mp.Ranges[0]), Binding.Read(bp.Ranges[0]), push.Beta != 0 ? Binding.ReadWrite(mp.Ranges[1]) : Binding.Write(mp.Ranges[1])],
                         push, gx, gy, 1, "matmul");

@@ -31,6 +31,7 @@ public sealed record DeviceCapabilities
     public required uint SubgroupSize { get; init; }
     public required bool SubgroupArithmetic { get; init; }
     public required bool SubgroupShuffle { get; init; }
+    public required bool SubgroupBallot { get; init; }
     public required bool ShaderFloat16 { get; init; }
     public required bool ShaderInt8 { get; init; }
     public required bool StorageBuffer8Bit { get; init; }

@@ -79,7 +79,7 @@ public sealed unsafe class VulkanContext : DisposableObject
             Caps = QueryCapabilities(enabled, timestampBits);
             if (options.MaxStorageBufferRange is { } msr) Caps = Caps with { MaxStorageBufferRange = Math.Min(msr, Caps.MaxStorageBufferRange) };
             if (options.MaxMemoryAllocationSize is { } mma) Caps = Caps with { MaxMemoryAllocationSize = Math.Min(mma, Caps.MaxMemoryAllocationSize) };
-            if (options.DisableSubgroupOps) Caps = Caps with { SubgroupArithmetic = false, SubgroupShuffle = false };
+            if (options.DisableSubgroupOps) Caps = Caps with { SubgroupArithmetic = false, SubgroupShuffle = false, SubgroupBallot = false };
 
             Arena = new DeviceArena(this);
             Pipelines = new ComputePipelineCache(this);
@@ -403,6 +403,7 @@ public sealed unsafe class VulkanContext : DisposableObject
             SubgroupSize = subgroup.SubgroupSize,
             SubgroupArithmetic = computeSubgroup && (subgroup.SupportedOperations & SubgroupFeatureFlags.ArithmeticBit) != 0,
             SubgroupShuffle = computeSubgroup && (subgroup.SupportedOperations & SubgroupFeatureFlags.ShuffleBit) != 0,
+            SubgroupBallot = computeSubgroup && (subgroup.SupportedOperations & SubgroupFeatureFlags.BallotBit) != 0,
             ShaderFloat16 = enabled.Float16,
             ShaderInt8 = enabled.Int8,
             StorageBuffer8Bit = enabled.Storage8,

@@ -111,3 +111,31 @@ public sealed class BasicOpsTests(GpuFixture gpu)
         Assert.Equal(x.Max(), r.Download()[0]);
     }
 }
+
+/// <summary>The shared-memory fallbacks of the reductions (subgroup operations switched off) agree with the CPU too.</summary>
+public sealed class FallbackPathTests : IDisposable
+{
+    private readonly VulkanContext _ctx = new(GpuFixture.Options() with { DisableSubgroupOps = true });
+
+    public void Dispose() => _ctx.Dispose();
+
+    [Theory]
+    [InlineData(3, 257)]
+    [InlineData(67, 1000)]
+    public void ReductionsAndSoftmaxWithoutSubgroups(int rows, int cols)
+    {
+        Assert.False(_ctx.Caps.SubgroupArithmetic);
+        var x = TestData.Uniform(rows * cols, rows + cols);
+        using var tx = Guarded.Create(_ctx, "x", rows, cols);
+        using var sum = Guarded.Create(_ctx, "sum", rows);
+        using var max = Guarded.Create(_ctx, "max", rows);
+        using var sm = Guarded.Create(_ctx, "sm", rows, cols);
+        tx.Upload(x);
+        BasicOps.SumRows(tx.Tensor, sum.Tensor);
+        BasicOps.MaxRows(tx.Tensor, max.Tensor);
+        BasicOps.SoftmaxRows(tx.Tensor, sm.Tensor);
+        TestData.Close(CpuReference.SumRows(x, rows, cols), sum.Download(), cols * (double)cols * 6e-8 + 1e-6, 0, "sum rows");
+        Assert.Equal(CpuReference.MaxRows(x, rows, cols), max.Download());
+        TestData.Close(CpuReference.SoftmaxRows(x, rows, cols), sm.Download(), 1e-6, 1e-5, "softmax");
+    }
+}

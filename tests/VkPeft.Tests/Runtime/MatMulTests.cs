@@ -1,4 +1,5 @@
-// GPU-vs-CPU tests of the tiled fp32 matmul: both B layouts, awkward shapes, alpha/beta, guard regions.
+// GPU-vs-CPU tests of both fp32 matmul algorithms (shared-memory tiles, subgroup lanes): both B layouts, awkward
+// shapes, alpha/beta, guard regions.
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Reference;
 using VkPeft.Runtime.Vulkan;
@@ -11,17 +12,31 @@ public sealed class MatMulTests(GpuFixture gpu)
 {
     private VulkanContext Ctx => gpu.Context;
 
+    public static TheoryData<int, int, int, bool, MatMulAlgorithm> Cases()
+    {
+        var data = new TheoryData<int, int, int, bool, MatMulAlgorithm>();
+        (int, int, int, bool)[] shapes =
+        [
+            (1, 1, 1, false), (1, 1, 1, true), (3, 5, 7, false), (3, 5, 7, true), (1, 200, 129, true), (1, 64, 256, true),
+            (67, 65, 129, false), (67, 65, 129, true), (130, 33, 257, true), (65, 172, 64, false), (17, 40, 68, true),
+        ];
+        foreach (var (m, n, k, t) in shapes)
+        {
+            data.Add(m, n, k, t, MatMulAlgorithm.SharedTiles);
+            data.Add(m, n, k, t, MatMulAlgorithm.Lanes);
+        }
+        return data;
+    }
+
     [Theory]
-    [InlineData(1, 1, 1, false)]
-    [InlineData(1, 1, 1, true)]
-    [InlineData(3, 5, 7, false)]
-    [InlineData(3, 5, 7, true)]
-    [InlineData(1, 200, 129, true)]
-    [InlineData(67, 65, 129, false)]
-    [InlineData(67, 65, 129, true)]
-    [InlineData(130, 33, 257, true)]
-    [InlineData(65, 172, 64, false)]
-    public void MatchesCpuReference(int m, int n, int k, bool transposeB)
+    [MemberData(nameof(Cases))]
+    public void MatchesCpuReference(int m, int n, int k, bool transposeB, MatMulAlgorithm algorithm)
+    {
+        if (algorithm == MatMulAlgorithm.Lanes) Assert.True(MatMul.LanesSupported(Ctx), "lavapipe runs 8-lane subgroups with broadcast");
+        Check(m, n, k, transposeB, algorithm);
+    }
+
+    private void Check(int m, int n, int k, bool transposeB, MatMulAlgorithm algorithm)
     {
         var a = TestData.Uniform(m * k, m * 1000 + k);
         var b = TestData.Uniform(n * k, n * 1000 + k + 1);
@@ -30,14 +45,14 @@ public sealed class MatMulTests(GpuFixture gpu)
         using var tc = Guarded.Create(Ctx, "c", m, n);
         ta.Upload(a);
         tb.Upload(b);
-        MatMul.Run(ta.Tensor, tb.Tensor, tc.Tensor, transposeB);
+        MatMul.Run(ta.Tensor, tb.Tensor, tc.Tensor, transposeB, algorithm: algorithm);
         var (expected, absSum) = CpuReference.MatMul(a, b, m, n, k, transposeB);
         AssertWithinFp32Bound(expected, absSum, tc.Download(), k, "C = A·op(B)");
 
         // Accumulate: C = 0.5·A·op(B) − 2·C_old.
         var old = TestData.Uniform(m * n, 77);
         tc.Upload(old);
-        MatMul.Run(ta.Tensor, tb.Tensor, tc.Tensor, transposeB, alpha: 0.5f, beta: -2f);
+        MatMul.Run(ta.Tensor, tb.Tensor, tc.Tensor, transposeB, alpha: 0.5f, beta: -2f, algorithm: algorithm);
         var acc = new double[m * n];
         var accAbs = new double[m * n];
         for (int i = 0; i < acc.Length; i++) { acc[i] = 0.5 * expected[i] - 2.0 * old[i]; accAbs[i] = 0.5 * absSum[i] + 2 * Math.Abs(old[i]); }
