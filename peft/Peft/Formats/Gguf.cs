@@ -170,8 +170,8 @@ public sealed class GgufFile
             throw new ModelFormatException(path, "version", $"GGUF version {version} is not supported (2 and 3 are)");
         ulong tensorCount = r.U64("tensor_count");
         ulong kvCount = r.U64("metadata_kv_count");
-        if (tensorCount > (ulong)(fs.Length / 24)) throw new ModelFormatException(path, "tensor_count", $"{tensorCount} is impossible for a {fs.Length}-byte file");
-        if (kvCount > (ulong)(fs.Length / 13)) throw new ModelFormatException(path, "metadata_kv_count", $"{kvCount} is impossible for a {fs.Length}-byte file");
+        if (tensorCount > (ulong)(fs.Length / 24)) throw new ModelFormatException(path, "tensor_count", $"truncated or corrupt: {tensorCount} tensors cannot fit in a {fs.Length}-byte file");
+        if (kvCount > (ulong)(fs.Length / 13)) throw new ModelFormatException(path, "metadata_kv_count", $"truncated or corrupt: {kvCount} metadata entries cannot fit in a {fs.Length}-byte file");
 
         var metadata = new Dictionary<string, object>(StringComparer.Ordinal);
         for (ulong i = 0; i < kvCount; i++)
