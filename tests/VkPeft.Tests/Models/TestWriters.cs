@@ -64,7 +64,7 @@ internal static class TestWriters
          "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
         """;
 
-    /// <summary>Encodes float32 values as F32, F16 or BF16 (truncating the mantissa for BF16 is NOT what we want: round to nearest even).</summary>
+    /// <summary>Encodes float32 values as F32, F16 or BF16 (BF16 rounded to nearest even).</summary>
     public static byte[] Encode(float[] v, string dtype)
     {
         switch (dtype)
