@@ -1,0 +1,381 @@
+// GGUF v2/v3 reader: header, typed metadata (arrays included), tensor infos, alignment and strict data tiling,
+// tensor data to float32 through an IGgmlBlockDecoder (local F32/F16/BF16/Q8_0/Q4_0/Q4_1 decoder by default).
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace VkPeft.Peft.Formats;
+
+public enum GgmlType : uint
+{
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
+    I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
+}
+
+public enum GgufValueType : uint
+{
+    UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7,
+    String = 8, Array = 9, UInt64 = 10, Int64 = 11, Float64 = 12,
+}
+
+/// <summary>A metadata array: element type and a typed CLR array (string[], float[], int[], GgufArray[] ...).</summary>
+public sealed record GgufArray(GgufValueType ElementType, Array Values)
+{
+    public int Count => Values.Length;
+}
+
+/// <summary>A tensor info; Ne is in ggml order (ne[0] = row length), so a PyTorch [out, in] matrix has Ne = [in, out].</summary>
+public sealed record GgufTensorInfo(string Name, ulong[] Ne, GgmlType Type, ulong Offset)
+{
+    public long ElementCount => Ne.Aggregate(1L, (a, b) => checked(a * (long)b));
+
+    /// <summary>PyTorch-order shape (reversed Ne).</summary>
+    public long[] Shape => Ne.Reverse().Select(d => (long)d).ToArray();
+
+    public long ByteSize => GgmlTypes.RowBytes(Type, ElementCount);
+}
+
+public static class GgmlTypes
+{
+    /// <summary>(weights per block, bytes per block), or null for a type id this reader does not know.</summary>
+    public static (int BlockSize, int BlockBytes)? Block(GgmlType t) => t switch
+    {
+        GgmlType.F32 => (1, 4), GgmlType.F16 => (1, 2), GgmlType.BF16 => (1, 2), GgmlType.F64 => (1, 8),
+        GgmlType.I8 => (1, 1), GgmlType.I16 => (1, 2), GgmlType.I32 => (1, 4), GgmlType.I64 => (1, 8),
+        GgmlType.Q4_0 => (32, 18), GgmlType.Q4_1 => (32, 20), GgmlType.Q5_0 => (32, 22), GgmlType.Q5_1 => (32, 24),
+        GgmlType.Q8_0 => (32, 34), GgmlType.Q8_1 => (32, 36),
+        GgmlType.Q2_K => (256, 84), GgmlType.Q3_K => (256, 110), GgmlType.Q4_K => (256, 144),
+        GgmlType.Q5_K => (256, 176), GgmlType.Q6_K => (256, 210), GgmlType.Q8_K => (256, 292),
+        _ => null,
+    };
+
+    public static long RowBytes(GgmlType t, long elements)
+    {
+        var (bs, bb) = Block(t) ?? throw new ArgumentException($"unknown ggml type {(uint)t}", nameof(t));
+        return elements / bs * bb;
+    }
+}
+
+/// <summary>Converts ggml tensor bytes to float32. The seam for the VkPeft.Quant GGUF codecs.</summary>
+public interface IGgmlBlockDecoder
+{
+    bool CanDecode(GgmlType type);
+
+    /// <summary>Decodes <paramref name="dst"/>.Length values from <paramref name="src"/>.</summary>
+    void Decode(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst);
+}
+
+/// <summary>Small local decoder for F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (formats.md §5 block layouts).</summary>
+public sealed class GgmlBlockDecoder : IGgmlBlockDecoder
+{
+    public static readonly GgmlBlockDecoder Instance = new();
+
+    public bool CanDecode(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1;
+
+    public void Decode(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst)
+    {
+        switch (type)
+        {
+            case GgmlType.F32:
+                MemoryMarshal.Cast<byte, float>(src)[..dst.Length].CopyTo(dst);
+                return;
+            case GgmlType.F16:
+                {
+                    var h = MemoryMarshal.Cast<byte, Half>(src);
+                    for (int i = 0; i < dst.Length; i++) dst[i] = (float)h[i];
+                    return;
+                }
+            case GgmlType.BF16:
+                {
+                    var b = MemoryMarshal.Cast<byte, ushort>(src);
+                    for (int i = 0; i < dst.Length; i++) dst[i] = SafeTensorDTypes.FromBFloat16(b[i]);
+                    return;
+                }
+            case GgmlType.Q8_0:
+                for (int blk = 0; blk < dst.Length / 32; blk++)
+                {
+                    var s = src.Slice(blk * 34, 34);
+                    float d = (float)BitConverter.ToHalf(s);
+                    for (int j = 0; j < 32; j++) dst[blk * 32 + j] = (sbyte)s[2 + j] * d;
+                }
+                return;
+            case GgmlType.Q4_0:
+            case GgmlType.Q4_1:
+                {
+                    int bb = type == GgmlType.Q4_0 ? 18 : 20;
+                    for (int blk = 0; blk < dst.Length / 32; blk++)
+                    {
+                        var s = src.Slice(blk * bb, bb);
+                        float d = (float)BitConverter.ToHalf(s);
+                        float m = type == GgmlType.Q4_1 ? (float)BitConverter.ToHalf(s[2..]) : -8 * d;
+                        var qs = s[(bb - 16)..];
+                        for (int j = 0; j < 16; j++)
+                        {
+                            dst[blk * 32 + j] = (qs[j] & 0xF) * d + m;
+                            dst[blk * 32 + j + 16] = (qs[j] >> 4) * d + m;
+                        }
+                    }
+                    return;
+                }
+            default:
+                throw new NotSupportedException($"ggml type {type} has no decoder here");
+        }
+    }
+}
+
+public sealed class GgufFile
+{
+    public const uint Magic = 0x46554747; // "GGUF"
+    public const uint DefaultAlignment = 32;
+
+    private readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
+    private readonly IGgmlBlockDecoder _decoder;
+
+    private GgufFile(string path, uint version, Dictionary<string, object> metadata, List<GgufTensorInfo> tensors,
+        uint alignment, long dataOffset, IGgmlBlockDecoder decoder)
+    {
+        Path = path;
+        Version = version;
+        Metadata = metadata;
+        Tensors = tensors;
+        Alignment = alignment;
+        DataOffset = dataOffset;
+        _decoder = decoder;
+        _tensorsByName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+    }
+
+    public string Path { get; }
+    public uint Version { get; }
+
+    /// <summary>Values are byte, sbyte, ushort, short, uint, int, float, bool, string, ulong, long, double or <see cref="GgufArray"/>.</summary>
+    public IReadOnlyDictionary<string, object> Metadata { get; }
+
+    public IReadOnlyList<GgufTensorInfo> Tensors { get; }
+    public uint Alignment { get; }
+
+    /// <summary>File offset of the data section.</summary>
+    public long DataOffset { get; }
+
+    /// <summary>Reads and validates header, metadata and tensor infos (tensor data stays on disk).</summary>
+    public static GgufFile Open(string path, IGgmlBlockDecoder? decoder = null)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"GGUF file not found: {path}", path);
+        using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        using var r = new Reader(path, fs);
+        uint magic = r.U32("magic");
+        if (magic != Magic)
+            throw new ModelFormatException(path, "magic", $"expected 'GGUF' (0x{Magic:X8}), found 0x{magic:X8}");
+        uint version = r.U32("version");
+        if (version is not (2 or 3))
+            throw new ModelFormatException(path, "version", $"GGUF version {version} is not supported (2 and 3 are)");
+        ulong tensorCount = r.U64("tensor_count");
+        ulong kvCount = r.U64("metadata_kv_count");
+        if (tensorCount > (ulong)(fs.Length / 24)) throw new ModelFormatException(path, "tensor_count", $"truncated or corrupt: {tensorCount} tensors cannot fit in a {fs.Length}-byte file");
+        if (kvCount > (ulong)(fs.Length / 13)) throw new ModelFormatException(path, "metadata_kv_count", $"truncated or corrupt: {kvCount} metadata entries cannot fit in a {fs.Length}-byte file");
+
+        var metadata = new Dictionary<string, object>(StringComparer.Ordinal);
+        for (ulong i = 0; i < kvCount; i++)
+        {
+            string key = r.Str($"metadata[{i}].key");
+            var type = (GgufValueType)r.U32(key + ".type");
+            object value = r.Value(key, type, depth: 0);
+            if (!metadata.TryAdd(key, value)) throw new ModelFormatException(path, key, "duplicate metadata key");
+        }
+
+        uint alignment = DefaultAlignment;
+        if (metadata.TryGetValue("general.alignment", out var al))
+        {
+            if (al is not uint a || a == 0 || a % 8 != 0)
+                throw new ModelFormatException(path, "general.alignment", $"must be a u32 multiple of 8, got {al}");
+            alignment = a;
+        }
+
+        var tensors = new List<GgufTensorInfo>((int)tensorCount);
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        for (ulong i = 0; i < tensorCount; i++)
+        {
+            string name = r.Str($"tensor_info[{i}].name");
+            if (!names.Add(name)) throw new ModelFormatException(path, name, "duplicate tensor name");
+            uint nDims = r.U32(name + ".n_dims");
+            if (nDims is 0 or > 4) throw new ModelFormatException(path, name, $"n_dims {nDims} outside 1..4");
+            var ne = new ulong[nDims];
+            for (int d = 0; d < nDims; d++) ne[d] = r.U64($"{name}.ne[{d}]");
+            uint typeId = r.U32(name + ".type");
+            ulong offset = r.U64(name + ".offset");
+            var type = (GgmlType)typeId;
+            var block = GgmlTypes.Block(type)
+                ?? throw new ModelFormatException(path, name, $"unsupported tensor dtype: ggml type id {typeId}");
+            if (ne.Any(d => d == 0 || d > int.MaxValue)) throw new ModelFormatException(path, name, $"dims [{string.Join(", ", ne)}] out of range");
+            if (ne[0] % (ulong)block.BlockSize != 0)
+                throw new ModelFormatException(path, name, $"ne[0] = {ne[0]} is not a multiple of the {type} block size {block.BlockSize}");
+            tensors.Add(new GgufTensorInfo(name, ne, type, offset));
+        }
+
+        long dataOffset = Align(fs.Position, alignment);
+        long dataLength = fs.Length - dataOffset;
+        long expected = 0;
+        foreach (var t in tensors)
+        {
+            if (t.Offset % alignment != 0)
+                throw new ModelFormatException(path, t.Name, $"offset {t.Offset} is not a multiple of the alignment {alignment}");
+            if ((long)t.Offset != expected)
+                throw new ModelFormatException(path, t.Name,
+                    $"tensor offsets do not tile the data section: offset {t.Offset}, expected {expected} after the previous tensor");
+            long end = expected + t.ByteSize;
+            if (end > dataLength)
+                throw new ModelFormatException(path, t.Name,
+                    $"truncated: tensor data ends at {dataOffset + end} but the file is {fs.Length} bytes");
+            expected = Align(end, alignment);
+        }
+        return new GgufFile(path, version, metadata, tensors, alignment, dataOffset, decoder ?? GgmlBlockDecoder.Instance);
+    }
+
+    public static long Align(long offset, long alignment) => offset + (alignment - offset % alignment) % alignment;
+
+    public bool HasTensor(string name) => _tensorsByName.ContainsKey(name);
+
+    public GgufTensorInfo Tensor(string name) =>
+        _tensorsByName.TryGetValue(name, out var t) ? t : throw new ModelFormatException(Path, name, "missing tensor");
+
+    public byte[] ReadTensorBytes(string name)
+    {
+        var t = Tensor(name);
+        if (t.ByteSize > Array.MaxLength) throw new ModelFormatException(Path, name, $"{t.ByteSize} bytes is too large for one array");
+        var bytes = new byte[t.ByteSize];
+        using var handle = File.OpenHandle(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        int read = 0;
+        while (read < bytes.Length)
+        {
+            int n = RandomAccess.Read(handle, bytes.AsSpan(read), DataOffset + (long)t.Offset + read);
+            if (n == 0) throw new ModelFormatException(Path, name, "truncated tensor data");
+            read += n;
+        }
+        return bytes;
+    }
+
+    /// <summary>Tensor values as float32, flattened in ggml order (= PyTorch row-major for the reversed shape).</summary>
+    public float[] ReadFloat32(string name)
+    {
+        var t = Tensor(name);
+        if (!_decoder.CanDecode(t.Type))
+            throw new ModelFormatException(Path, name, $"unsupported tensor dtype {t.Type} for float conversion");
+        var dst = new float[t.ElementCount];
+        _decoder.Decode(t.Type, ReadTensorBytes(name), dst);
+        return dst;
+    }
+
+    // ---- typed metadata access ----
+
+    public bool Has(string key) => Metadata.ContainsKey(key);
+
+    public string GetString(string key) =>
+        Get(key) as string ?? throw new ModelFormatException(Path, key, $"expected a string, found {Describe(Metadata[key])}");
+
+    public string? TryGetString(string key) => Metadata.TryGetValue(key, out var v) ? v as string : null;
+
+    /// <summary>Any integer-typed value as a non-negative long.</summary>
+    public long GetInteger(string key) => Get(key) switch
+    {
+        byte b => b, sbyte sb => sb, ushort us => us, short s => s, uint ui => ui, int i => i, ulong ul => (long)ul, long l => l,
+        var v => throw new ModelFormatException(Path, key, $"expected an integer, found {Describe(v)}"),
+    };
+
+    public long? TryGetInteger(string key) => Has(key) ? GetInteger(key) : null;
+
+    public double GetDouble(string key) => Get(key) switch
+    {
+        float f => f, double d => d,
+        var v => throw new ModelFormatException(Path, key, $"expected a float, found {Describe(v)}"),
+    };
+
+    public double? TryGetDouble(string key) => Has(key) ? GetDouble(key) : null;
+
+    public bool? TryGetBool(string key) => Metadata.TryGetValue(key, out var v) && v is bool b ? b : null;
+
+    public T[] GetArray<T>(string key) => Get(key) is GgufArray { Values: T[] values }
+        ? values
+        : throw new ModelFormatException(Path, key, $"expected an array of {typeof(T).Name}, found {Describe(Metadata[key])}");
+
+    private object Get(string key) =>
+        Metadata.TryGetValue(key, out var v) ? v : throw new ModelFormatException(Path, key, "required metadata key is missing");
+
+    private static string Describe(object v) => v is GgufArray a ? $"array of {a.ElementType}" : v.GetType().Name;
+
+    /// <summary>Little-endian reader that names the field it was reading when the file ends early.</summary>
+    private sealed class Reader(string path, FileStream fs) : IDisposable
+    {
+        private readonly BinaryReader _r = new(fs, Encoding.UTF8, leaveOpen: true);
+
+        public void Dispose() => _r.Dispose();
+
+        private T Read<T>(string field, Func<BinaryReader, T> read)
+        {
+            try
+            {
+                return read(_r);
+            }
+            catch (EndOfStreamException e)
+            {
+                throw new ModelFormatException(path, field, $"truncated: file ends at byte {fs.Length} while reading this field", e);
+            }
+        }
+
+        public uint U32(string field) => Read(field, r => r.ReadUInt32());
+        public ulong U64(string field) => Read(field, r => r.ReadUInt64());
+
+        public string Str(string field)
+        {
+            ulong len = U64(field + " (string length)");
+            if (len > (ulong)(fs.Length - fs.Position))
+                throw new ModelFormatException(path, field, $"truncated: string of {len} bytes runs past the end of the file");
+            byte[] bytes = Read(field, r => r.ReadBytes((int)len));
+            if (bytes.Length != (int)len) throw new ModelFormatException(path, field, "truncated inside a string");
+            return Encoding.UTF8.GetString(bytes);
+        }
+
+        public object Value(string key, GgufValueType type, int depth) => type switch
+        {
+            GgufValueType.UInt8 => Read(key, r => r.ReadByte()),
+            GgufValueType.Int8 => Read(key, r => r.ReadSByte()),
+            GgufValueType.UInt16 => Read(key, r => r.ReadUInt16()),
+            GgufValueType.Int16 => Read(key, r => r.ReadInt16()),
+            GgufValueType.UInt32 => Read(key, r => r.ReadUInt32()),
+            GgufValueType.Int32 => Read(key, r => r.ReadInt32()),
+            GgufValueType.Float32 => Read(key, r => r.ReadSingle()),
+            GgufValueType.Bool => Read(key, r => r.ReadByte()) switch
+            {
+                0 => false,
+                1 => true,
+                var b => throw new ModelFormatException(path, key, $"bool must be 0 or 1, got {b}"),
+            },
+            GgufValueType.String => Str(key),
+            GgufValueType.UInt64 => Read(key, r => r.ReadUInt64()),
+            GgufValueType.Int64 => Read(key, r => r.ReadInt64()),
+            GgufValueType.Float64 => Read(key, r => r.ReadDouble()),
+            GgufValueType.Array when depth < 4 => ArrayValue(key, depth),
+            _ => throw new ModelFormatException(path, key, $"unsupported metadata value type {(uint)type}"),
+        };
+
+        private GgufArray ArrayValue(string key, int depth)
+        {
+            var et = (GgufValueType)U32(key + " (array element type)");
+            ulong count = U64(key + " (array length)");
+            if (count > (ulong)(fs.Length - fs.Position))
+                throw new ModelFormatException(path, key, $"truncated: array of {count} elements runs past the end of the file");
+            int n = (int)count;
+            Array values = et switch
+            {
+                GgufValueType.UInt8 => new byte[n], GgufValueType.Int8 => new sbyte[n],
+                GgufValueType.UInt16 => new ushort[n], GgufValueType.Int16 => new short[n],
+                GgufValueType.UInt32 => new uint[n], GgufValueType.Int32 => new int[n],
+                GgufValueType.Float32 => new float[n], GgufValueType.Bool => new bool[n],
+                GgufValueType.String => new string[n], GgufValueType.UInt64 => new ulong[n],
+                GgufValueType.Int64 => new long[n], GgufValueType.Float64 => new double[n],
+                GgufValueType.Array => new GgufArray[n],
+                _ => throw new ModelFormatException(path, key, $"unsupported array element type {(uint)et}"),
+            };
+            for (int i = 0; i < n; i++) values.SetValue(Value(key, et, depth + 1), i);
+            return new GgufArray(et, values);
+        }
+    }
+}

@@ -1,0 +1,228 @@
+// Independent float64 reference forward pass of a Llama-family decoder (the oracle GPU kernels are compared with):
+// embedding, RMSNorm, q/k/v (+bias), RoPE (interleaved or rotate-half, llama3/linear scaling), causal grouped-query
+// attention with a stable softmax, o-proj, residual, SwiGLU MLP, final norm, classifier. Sequential with a KV cache.
+namespace VkPeft.Peft.Models;
+
+public sealed class ReferenceForward
+{
+    private readonly LlamaConfig _c;
+    private readonly LlamaWeights _w;
+    private readonly double[] _invFreq;  // [head_dim/2]
+
+    public ReferenceForward(LlamaConfig config, LlamaWeights weights)
+    {
+        _c = config ?? throw new ArgumentNullException(nameof(config));
+        _w = weights ?? throw new ArgumentNullException(nameof(weights));
+        weights.Validate(config, "ReferenceForward");
+        _invFreq = RopeInverseFrequencies(config, weights.RopeFreqFactors);
+    }
+
+    public LlamaConfig Config => _c;
+
+    /// <summary>θ_i = base^(-2i/d) per rotated pair, with llama3/linear scaling or per-frequency divisors applied.</summary>
+    public static double[] RopeInverseFrequencies(LlamaConfig c, float[]? freqFactors = null)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        int half = c.HeadDim / 2;
+        var inv = new double[half];
+        for (int i = 0; i < half; i++)
+        {
+            double f = Math.Pow(c.RopeTheta, -2.0 * i / c.HeadDim);
+            if (c.RopeScaling is { Type: "linear" } lin) f /= lin.Factor;
+            else if (c.RopeScaling is { Type: "llama3" } s)
+            {
+                double lowWavelen = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;
+                double highWavelen = s.OriginalMaxPositionEmbeddings / s.HighFreqFactor;
+                double wavelen = 2 * Math.PI / f;
+                if (wavelen > lowWavelen) f /= s.Factor;
+                else if (wavelen >= highWavelen)
+                {
+                    double smooth = (s.OriginalMaxPositionEmbeddings / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+                    f = (1 - smooth) * f / s.Factor + smooth * f;
+                }
+            }
+            if (freqFactors is not null) f /= freqFactors[i];
+            inv[i] = f;
+        }
+        return inv;
+    }
+
+    /// <summary>A decoding session: feeds tokens one at a time, keeping keys and values of earlier positions.</summary>
+    public sealed class Session
+    {
+        private readonly ReferenceForward _m;
+        private readonly List<double[]>[] _keys;    // [layer][pos] -> [kv_dim]
+        private readonly List<double[]>[] _values;  // [layer][pos] -> [kv_dim]
+
+        internal Session(ReferenceForward m)
+        {
+            _m = m;
+            _keys = new List<double[]>[m._c.NLayers];
+            _values = new List<double[]>[m._c.NLayers];
+            for (int l = 0; l < m._c.NLayers; l++) { _keys[l] = []; _values[l] = []; }
+        }
+
+        /// <summary>Number of positions consumed so far.</summary>
+        public int Position { get; private set; }
+
+        /// <summary>Consumes <paramref name="token"/> at the next position and returns the logits [vocab] for the following token.</summary>
+        public double[] Step(int token)
+        {
+            var c = _m._c;
+            var w = _m._w;
+            if (token < 0 || token >= c.VocabSize) throw new ArgumentOutOfRangeException(nameof(token), $"token {token} outside vocabulary of {c.VocabSize}");
+            int pos = Position;
+            int dim = c.Dim, hd = c.HeadDim;
+
+            var x = new double[dim];  // residual stream [dim]
+            for (int i = 0; i < dim; i++) x[i] = w.TokenEmbedding[(long)token * dim + i];
+
+            for (int l = 0; l < c.NLayers; l++)
+            {
+                var lw = w.Layers[l];
+                double[] h = RmsNorm(x, lw.AttnNorm, c.RmsNormEps);
+                double[] q = MatVec(lw.Wq, h, c.QDim, dim, lw.Bq);   // [n_heads*hd]
+                double[] k = MatVec(lw.Wk, h, c.KvDim, dim, lw.Bk);  // [n_kv*hd]
+                double[] v = MatVec(lw.Wv, h, c.KvDim, dim, lw.Bv);  // [n_kv*hd]
+                for (int head = 0; head < c.NHeads; head++) _m.Rope(q, head * hd, pos);
+                for (int head = 0; head < c.NKvHeads; head++) _m.Rope(k, head * hd, pos);
+                _keys[l].Add(k);
+                _values[l].Add(v);
+
+                var att = new double[c.QDim];
+                int first = c.SlidingWindow is { } win ? Math.Max(0, pos - win + 1) : 0;
+                double scale = 1.0 / Math.Sqrt(hd);
+                var scores = new double[pos + 1];
+                for (int head = 0; head < c.NHeads; head++)
+                {
+                    int kvOff = head / c.GroupSize * hd;
+                    int qOff = head * hd;
+                    double max = double.NegativeInfinity;
+                    for (int t = first; t <= pos; t++)
+                    {
+                        double[] kt = _keys[l][t];
+                        double s = 0;
+                        for (int i = 0; i < hd; i++) s += q[qOff + i] * kt[kvOff + i];
+                        scores[t] = s * scale;
+                        if (scores[t] > max) max = scores[t];
+                    }
+                    double sum = 0;
+                    for (int t = first; t <= pos; t++) { scores[t] = Math.Exp(scores[t] - max); sum += scores[t]; }
+                    for (int t = first; t <= pos; t++)
+                    {
+                        double p = scores[t] / sum;
+                        double[] vt = _values[l][t];
+                        for (int i = 0; i < hd; i++) att[qOff + i] += p * vt[kvOff + i];
+                    }
+                }
+                double[] o = MatVec(lw.Wo, att, dim, c.QDim, null);
+                for (int i = 0; i < dim; i++) x[i] += o[i];
+
+                h = RmsNorm(x, lw.FfnNorm, c.RmsNormEps);
+                double[] gate = MatVec(lw.WGate, h, c.HiddenDim, dim, null);  // [hidden]
+                double[] up = MatVec(lw.WUp, h, c.HiddenDim, dim, null);      // [hidden]
+                for (int i = 0; i < c.HiddenDim; i++) gate[i] = gate[i] / (1.0 + Math.Exp(-gate[i])) * up[i];
+                double[] down = MatVec(lw.WDown, gate, dim, c.HiddenDim, null);
+                for (int i = 0; i < dim; i++) x[i] += down[i];
+            }
+
+            double[] final = RmsNorm(x, w.FinalNorm, c.RmsNormEps);
+            Position++;
+            return MatVec(w.ClassifierOrEmbedding, final, c.VocabSize, dim, null);
+        }
+    }
+
+    public Session NewSession() => new(this);
+
+    /// <summary>Logits [T][vocab]: row t predicts token t+1 from tokens[0..t].</summary>
+    public double[][] Forward(ReadOnlySpan<int> tokens)
+    {
+        var s = NewSession();
+        var logits = new double[tokens.Length][];
+        for (int t = 0; t < tokens.Length; t++) logits[t] = s.Step(tokens[t]);
+        return logits;
+    }
+
+    /// <summary>Mean negative log-likelihood of tokens[1..] given their prefixes.</summary>
+    public double MeanNll(ReadOnlySpan<int> tokens)
+    {
+        if (tokens.Length < 2) throw new ArgumentException("need at least two tokens", nameof(tokens));
+        double[][] logits = Forward(tokens[..^1]);
+        double total = 0;
+        for (int t = 0; t < logits.Length; t++) total -= LogSoftmaxAt(logits[t], tokens[t + 1]);
+        return total / logits.Length;
+    }
+
+    /// <summary>Greedy (argmax) continuation: the prompt followed by up to <paramref name="maxNewTokens"/> tokens.</summary>
+    public int[] GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, int? stopToken = null)
+    {
+        if (prompt.Length == 0) throw new ArgumentException("prompt must hold at least one token (e.g. BOS)", nameof(prompt));
+        var s = NewSession();
+        var output = new List<int>(prompt.ToArray());
+        double[] logits = [];
+        foreach (int t in prompt) logits = s.Step(t);
+        for (int n = 0; n < maxNewTokens && s.Position < _c.MaxSeqLen; n++)
+        {
+            int next = ArgMax(logits);
+            if (stopToken == next) break;
+            output.Add(next);
+            if (n + 1 < maxNewTokens) logits = s.Step(next);
+        }
+        return output.ToArray();
+    }
+
+    public static int ArgMax(ReadOnlySpan<double> v)
+    {
+        int best = 0;
+        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+
+    /// <summary>log softmax(logits)[index], computed stably.</summary>
+    public static double LogSoftmaxAt(ReadOnlySpan<double> logits, int index)
+    {
+        double max = double.NegativeInfinity;
+        foreach (double z in logits) if (z > max) max = z;
+        double sum = 0;
+        foreach (double z in logits) sum += Math.Exp(z - max);
+        return logits[index] - max - Math.Log(sum);
+    }
+
+    private void Rope(double[] v, int off, int pos)
+    {
+        int half = _c.HeadDim / 2;
+        for (int i = 0; i < half; i++)
+        {
+            double angle = pos * _invFreq[i];
+            double cos = Math.Cos(angle), sin = Math.Sin(angle);
+            (int a, int b) = _c.RopeLayout == RopeLayout.InterleavedPairs ? (off + 2 * i, off + 2 * i + 1) : (off + i, off + i + half);
+            double x0 = v[a], x1 = v[b];
+            v[a] = x0 * cos - x1 * sin;
+            v[b] = x0 * sin + x1 * cos;
+        }
+    }
+
+    private static double[] RmsNorm(double[] x, float[] gain, double eps)
+    {
+        double ss = 0;
+        foreach (double xi in x) ss += xi * xi;
+        double inv = 1.0 / Math.Sqrt(ss / x.Length + eps);
+        var y = new double[x.Length];
+        for (int i = 0; i < x.Length; i++) y[i] = x[i] * inv * gain[i];
+        return y;
+    }
+
+    // y[r] = Σ_c W[r, c]·x[c] (+ b[r]) for W [rows, cols] row-major.
+    private static double[] MatVec(float[] w, double[] x, int rows, int cols, float[]? bias)
+    {
+        var y = new double[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            long o = (long)r * cols;
+            double s = 0;
+            for (int c = 0; c < cols; c++) s += w[o + c] * x[c];
+            y[r] = bias is null ? s : s + bias[r];
+        }
+        return y;
+    }
+}
