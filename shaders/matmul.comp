@@ -1,7 +1,8 @@
 #version 450
 // matmul: C[M,N] = alpha * A[M,K] · op(B) + beta * C, fp32, tiled in shared memory with a TM x TN register tile per
 // invocation. op(B) = B[K,N] (TRANS_B 0) or B[N,K]ᵀ (TRANS_B 1, the nn.Linear weight layout). Row strides lda/ldb/ldc
-// and element offsets let callers address sub-matrices (split tensors). Writes C when beta == 0, else accumulates.
+// and element offsets let callers address sub-matrices (split tensors). With QUANT_B, B is a quantized weight decoded
+// tile by tile into shared memory (no full-precision copy exists). Writes C when beta == 0, else accumulates.
 #extension GL_EXT_control_flow_attributes : enable
 
 layout(constant_id = 1) const uint TRANS_B = 0;
@@ -15,8 +16,21 @@ layout(constant_id = 1) const uint TRANS_B = 0;
 layout(local_size_x = 256) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer BufA { float a[]; };
+#ifdef QUANT_B
+// B is a quantized weight (include/quant.glsl): element idx of B is q_dequant(b_offset + idx); C is binding 5.
+layout(std430, set = 0, binding = 1) readonly buffer QCodes { uint qcodes[]; };
+#ifdef QDQ
+layout(std430, set = 0, binding = 2) readonly buffer QScale { uint qscale[]; };
+#else
+layout(std430, set = 0, binding = 2) readonly buffer QScale { float qscale[]; };
+#endif
+layout(std430, set = 0, binding = 3) readonly buffer QAux { float qaux[]; };
+layout(std430, set = 0, binding = 4) readonly buffer QMap { float qmap[]; };
+layout(std430, set = 0, binding = 5) buffer BufC { float c[]; };
+#else
 layout(std430, set = 0, binding = 1) readonly buffer BufB { float b[]; };
 layout(std430, set = 0, binding = 2) buffer BufC { float c[]; };
+#endif
 
 layout(push_constant) uniform Push
 {
@@ -24,7 +38,16 @@ layout(push_constant) uniform Push
     uint lda, ldb, ldc;
     uint a_offset, b_offset, c_offset;
     float alpha, beta;
+    uint q_block, q_cols;   // quantized B only: block/group size and in_features of the weight
+    float q_offset;         // quantized B only: double-quantization offset
 } pc;
+
+#ifdef QUANT_B
+#include "quant.glsl"
+#define LOAD_B(idx) q_dequant(pc.b_offset + (idx))
+#else
+#define LOAD_B(idx) b[pc.b_offset + (idx)]
+#endif
 
 shared float As[BK][BM];
 shared float Bs[BK][BN];
@@ -55,13 +78,13 @@ void main()
             {
                 uint kk = idx / BN, n = idx % BN;
                 uint gk = k0 + kk, gn = col0 + n;
-                Bs[kk][n] = (gk < pc.K && gn < pc.N) ? b[pc.b_offset + gk * pc.ldb + gn] : 0.0;
+                Bs[kk][n] = (gk < pc.K && gn < pc.N) ? LOAD_B(gk * pc.ldb + gn) : 0.0;
             }
             else
             {
                 uint n = idx / BK, kk = idx % BK;
                 uint gk = k0 + kk, gn = col0 + n;
-                Bs[kk][n] = (gk < pc.K && gn < pc.N) ? b[pc.b_offset + gn * pc.ldb + gk] : 0.0;
+                Bs[kk][n] = (gk < pc.K && gn < pc.N) ? LOAD_B(gn * pc.ldb + gk) : 0.0;
             }
         }
         barrier();

@@ -27,6 +27,8 @@ public static class MatMul
     {
         public uint M, N, K, Lda, Ldb, Ldc, AOffset, BOffset, COffset;
         public float Alpha, Beta;
+        public uint QBlock, QCols;   // unused by the f32 variants (shared push block with the quantized ones)
+        public float QOffset;
     }
 
     /// <summary>

@@ -1,0 +1,140 @@
+// Kernels on quantized weights: dequantize to f32, the fused forward Y = X·deq(W)ᵀ and the fused input gradient
+// dX = dY·deq(W), each decoding the packed weight inside the shader (no full-precision or transposed copy).
+using System.Runtime.InteropServices;
+using VkPeft.Quant;
+using VkPeft.Runtime.Commands;
+using VkPeft.Runtime.Quant;
+using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Runtime.Kernels;
+
+public static class QuantizedMatMul
+{
+    [StructLayout(LayoutKind.Sequential)]
+    private struct DequantPush { public uint Count, GroupsX, OutOffset, Start, QBlock, QCols; public float QOffset; }
+
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct MatPush
+    {
+        public uint M, N, K, Lda, Ldb, Ldc, AOffset, BOffset, COffset;
+        public float Alpha, Beta;
+        public uint QBlock, QCols;
+        public float QOffset;
+    }
+
+    private enum Kind { Dequant, Tiles, Lanes, LanesWord }
+
+    /// <summary>Format name used in shader ids: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
+    public static string FormatKey(DeviceQuantizedWeight w) => w.Format switch
+    {
+        WeightFormat.Nf4 => w.DoubleQuant ? "nf4_dq" : "nf4",
+        WeightFormat.Fp4 => w.DoubleQuant ? "fp4_dq" : "fp4",
+        WeightFormat.Int4Group => "int4",
+        WeightFormat.Gguf => w.GgmlType switch
+        {
+            GgmlType.Q4_0 => "q4_0",
+            GgmlType.Q4_1 => "q4_1",
+            GgmlType.Q8_0 => "q8_0",
+            var t => throw new ArgumentException($"'{w.Name}': GGUF type {t} is not a quantized weight format the kernels decode"),
+        },
+        var f => throw new ArgumentException($"'{w.Name}': unknown weight format {f}"),
+    };
+
+    private static ShaderId Shader(Kind kind, DeviceQuantizedWeight w)
+    {
+        string prefix = kind switch
+        {
+            Kind.Dequant => "Dequant",
+            Kind.Tiles => "Qmatmul",
+            Kind.Lanes => "QmatmulLanes",
+            _ => "QmatmulLanesWord",
+        };
+        string fmt = string.Concat(FormatKey(w).Split('_').Select(p => char.ToUpperInvariant(p[0]) + p[1..]));
+        return Enum.Parse<ShaderId>(prefix + fmt);
+    }
+
+    private static Binding[] QuantBindings(DeviceQuantizedWeight w)
+    {
+        var codes = w.Codes.Range;
+        var map = DeviceQuantizedWeight.DynamicMapOf(w.Context).Range;
+        return
+        [
+            Binding.Read(codes),
+            Binding.Read(w.Scale?.Range ?? codes),
+            Binding.Read(w.Aux?.Range ?? codes),
+            Binding.Read(map),
+        ];
+    }
+
+    /// <summary>output[i] = dequantized element i of <paramref name="w"/> (output has out·in elements, may be split).</summary>
+    public static void Dequantize(DeviceQuantizedWeight w, DeviceTensor output)
+    {
+        BasicOps.RequireF32(output);
+        if (output.Count != w.Count) throw new ArgumentException($"dequantize '{w.Name}': output has {output.Count} elements, the weight {w.Count}");
+        var ctx = w.Context;
+        var p = ctx.Pipelines.Get(Shader(Kind.Dequant, w), BasicOps.WorkgroupSize);
+        var q = QuantBindings(w);
+        foreach (var piece in Pieces.Split(w.Count, [output], [1]))
+        {
+            var (gx, gy) = Pieces.Grid(BasicOps.Groups(piece.Count), ctx.Caps.MaxComputeWorkGroupCount[0]);
+            ctx.Commands.Dispatch(p, [q[0], q[1], q[2], q[3], Binding.Write(piece.Ranges[0])],
+                new DequantPush
+                {
+                    Count = (uint)piece.Count, GroupsX = gx, OutOffset = piece.Offsets[0], Start = (uint)piece.Start,
+                    QBlock = (uint)w.Blocksize, QCols = (uint)w.InFeatures, QOffset = w.DqOffset,
+                }, gx, gy, 1, "dequant");
+        }
+    }
+
+    /// <summary>y[M,N] = alpha·x[M,K]·deq(W[N,K])ᵀ + beta·y: the base-layer forward (x and y must each fit one binding).</summary>
+    public static void Forward(DeviceTensor x, DeviceQuantizedWeight w, DeviceTensor y, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    {
+        BasicOps.RequireF32(x, y);
+        long m = x.Rows;
+        if (x.RowElements != w.InFeatures) throw new ArgumentException($"forward through '{w.Name}' [{w.OutFeatures}, {w.InFeatures}]: input '{x.Name}' {x.ShapeString} has rows of {x.RowElements}");
+        if (y.Rows != m || y.RowElements != w.OutFeatures) throw new ArgumentException($"forward through '{w.Name}': output '{y.Name}' {y.ShapeString} should be [{m}, {w.OutFeatures}]");
+        Run(x.Range, y.Range, w, (uint)m, (uint)w.OutFeatures, (uint)w.InFeatures, transposeB: true, alpha, beta, algorithm);
+    }
+
+    /// <summary>dx[M,K] = alpha·dy[M,N]·deq(W[N,K]) + beta·dx: the input gradient through a frozen quantized layer.</summary>
+    public static void InputGrad(DeviceTensor dy, DeviceQuantizedWeight w, DeviceTensor dx, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    {
+        BasicOps.RequireF32(dy, dx);
+        long m = dy.Rows;
+        if (dy.RowElements != w.OutFeatures) throw new ArgumentException($"input gradient through '{w.Name}' [{w.OutFeatures}, {w.InFeatures}]: dy '{dy.Name}' {dy.ShapeString} has rows of {dy.RowElements}");
+        if (dx.Rows != m || dx.RowElements != w.InFeatures) throw new ArgumentException($"input gradient through '{w.Name}': dx '{dx.Name}' {dx.ShapeString} should be [{m}, {w.InFeatures}]");
+        Run(dy.Range, dx.Range, w, (uint)m, (uint)w.InFeatures, (uint)w.OutFeatures, transposeB: false, alpha, beta, algorithm);
+    }
+
+    private static void Run(Memory.BufferRange a, Memory.BufferRange c, DeviceQuantizedWeight w, uint m, uint n, uint k, bool transposeB,
+        float alpha, float beta, MatMulAlgorithm algorithm)
+    {
+        var ctx = w.Context;
+        if (algorithm == MatMulAlgorithm.Auto) algorithm = MatMul.Choose(ctx);
+        if (algorithm == MatMulAlgorithm.Lanes && !MatMul.LanesSupported(ctx))
+            throw new ArgumentException("quantized matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
+        bool lanes = algorithm == MatMulAlgorithm.Lanes && transposeB;
+        bool nibbles = w.Format is WeightFormat.Nf4 or WeightFormat.Fp4 or WeightFormat.Int4Group;
+        bool word = lanes && nibbles && k % 8 == 0 && w.Blocksize % 8 == 0 && k % w.Blocksize == 0;
+        var kind = !lanes ? Kind.Tiles : word ? Kind.LanesWord : Kind.Lanes;
+        var pipeline = kind == Kind.Tiles ? ctx.Pipelines.Get(Shader(kind, w), 0, transposeB ? 1u : 0u) : ctx.Pipelines.Get(Shader(kind, w));
+        uint tileM = lanes ? MatMul.LanesTileM : MatMul.TileM, tileN = lanes ? MatMul.LanesTileN : MatMul.TileN;
+        uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
+        var q = QuantBindings(w);
+        for (uint r0 = 0; r0 < m; r0 += maxY * tileM)
+        {
+            uint rows = Math.Min(m - r0, maxY * tileM);
+            var push = new MatPush
+            {
+                M = rows, N = n, K = k, Lda = k, Ldb = transposeB ? k : n, Ldc = n,
+                AOffset = r0 * k, BOffset = 0, COffset = r0 * n, Alpha = alpha, Beta = beta,
+                QBlock = (uint)w.Blocksize, QCols = (uint)w.InFeatures, QOffset = w.DqOffset,
+            };
+            if (word && push.AOffset % 4 != 0) throw new InvalidOperationException("aligned rows expected");
+            ctx.Commands.Dispatch(pipeline,
+                [Binding.Read(a), q[0], q[1], q[2], q[3], beta != 0 ? Binding.ReadWrite(c) : Binding.Write(c)],
+                push, (n + tileN - 1) / tileN, (rows + tileM - 1) / tileM, 1, transposeB ? "qmatmul" : "qmatmul_dx");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+// GPU-vs-CPU tests of the quantized-weight kernels: dequantize (bit-exact to quant/), the fused forward x·deq(W)ᵀ and
+// the fused input gradient dy·deq(W), for every format, both algorithms, awkward shapes, guard regions; plus the
+// golden NF4+DQ vectors on the device and the device bytes of a 4096x4096 NF4+DQ weight.
+using System.Text.Json;
+using VkPeft.Quant;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Quant;
+using VkPeft.Runtime.Reference;
+using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
+using VkPeft.Tests.Support;
+
+namespace VkPeft.Tests.Runtime;
+
+[Collection("gpu")]
+public sealed class QuantizedKernelTests(GpuFixture gpu)
+{
+    private VulkanContext Ctx => gpu.Context;
+
+    public static readonly string[] Formats = ["nf4", "nf4_dq", "fp4", "fp4_dq", "int4", "q4_0", "q4_1", "q8_0"];
+
+    /// <summary>A quantized weight [n, k] of the format; GGUF formats need k to be a multiple of 32.</summary>
+    internal static QuantizedLinearWeight Make(string format, int n, int k, int seed, int block = 64)
+    {
+        var w = TestData.Normal(n * k, seed, 0.05f);
+        return format switch
+        {
+            "nf4" => QuantizedLinearWeight.Bnb4Bit(w, n, k, QuantType.Nf4, block, doubleQuant: false),
+            "nf4_dq" => QuantizedLinearWeight.Bnb4Bit(w, n, k, QuantType.Nf4, block, doubleQuant: true),
+            "fp4" => QuantizedLinearWeight.Bnb4Bit(w, n, k, QuantType.Fp4, block, doubleQuant: false),
+            "fp4_dq" => QuantizedLinearWeight.Bnb4Bit(w, n, k, QuantType.Fp4, block, doubleQuant: true),
+            "int4" => QuantizedLinearWeight.Int4Group(w, n, k, 32),
+            "q4_0" => QuantizedLinearWeight.Gguf(w, n, k, GgmlType.Q4_0),
+            "q4_1" => QuantizedLinearWeight.Gguf(w, n, k, GgmlType.Q4_1),
+            "q8_0" => QuantizedLinearWeight.Gguf(w, n, k, GgmlType.Q8_0),
+            _ => throw new ArgumentException(format),
+        };
+    }
+
+    private static bool IsGguf(string f) => f.StartsWith('q');
+
+    public static TheoryData<string, int, int> DequantCases()
+    {
+        var d = new TheoryData<string, int, int>();
+        foreach (var f in Formats)
+        {
+            // Element counts off the block (64), nested block (256·64) and workgroup (256) boundaries.
+            d.Add(f, 7, IsGguf(f) ? 96 : 172);
+            d.Add(f, 300, IsGguf(f) ? 64 : 65);
+        }
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(DequantCases))]
+    public void DequantizeIsBitExactToTheCodec(string format, int n, int k)
+    {
+        var q = Make(format, n, k, n + k);
+        using var w = DeviceQuantizedWeight.Upload(Ctx, "w", q);
+        using var o = Guarded.Create(Ctx, "deq", n, k);
+        QuantizedMatMul.Dequantize(w, o.Tensor);
+        // Same formulas in the same fp32 order (rounding after the multiply and after the add, as the codec does).
+        Assert.Equal(q.Dequantize(), o.Download());
+    }
+
+    public static TheoryData<string, int, int, int, MatMulAlgorithm> MatmulCases()
+    {
+        var d = new TheoryData<string, int, int, int, MatMulAlgorithm>();
+        foreach (var f in Formats)
+        {
+            foreach (var alg in new[] { MatMulAlgorithm.SharedTiles, MatMulAlgorithm.Lanes })
+            {
+                d.Add(f, 1, 33, IsGguf(f) ? 64 : 128, alg);     // generation: one token; word path for nibble formats
+                d.Add(f, 67, 17, IsGguf(f) ? 96 : 172, alg);    // K not a multiple of 8 or of the block
+                d.Add(f, 3, 70, 256, alg);
+            }
+        }
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(MatmulCases))]
+    public void FusedForwardAndInputGradientMatchCpu(string format, int m, int n, int k, MatMulAlgorithm algorithm)
+    {
+        var q = Make(format, n, k, m * 7 + n);
+        var deq = q.Dequantize();
+        using var w = DeviceQuantizedWeight.Upload(Ctx, "w", q);
+        var x = TestData.Uniform(m * k, m + 1);
+        using var tx = Guarded.Create(Ctx, "x", m, k);
+        using var ty = Guarded.Create(Ctx, "y", m, n);
+        tx.Upload(x);
+        QuantizedMatMul.Forward(tx.Tensor, w, ty.Tensor, algorithm: algorithm);
+        var (expected, abs) = CpuReference.MatMul(x, deq, m, n, k, transposeB: true);
+        // The device decodes exactly the codec's values (previous test), so only fp32 summation error remains: γ_K bound.
+        MatMulTests.AssertWithinFp32Bound(expected, abs, ty.Download(), k, $"{format} forward");
+
+        var dy = TestData.Uniform(m * n, m + 2);
+        using var tdy = Guarded.Create(Ctx, "dy", m, n);
+        using var tdx = Guarded.Create(Ctx, "dx", m, k);
+        tdy.Upload(dy);
+        QuantizedMatMul.InputGrad(tdy.Tensor, w, tdx.Tensor, algorithm: algorithm);
+        var (gExpected, gAbs) = CpuReference.MatMul(dy, deq, m, k, n, transposeB: false);
+        MatMulTests.AssertWithinFp32Bound(gExpected, gAbs, tdx.Download(), n, $"{format} input gradient");
+    }
+
+    [Fact]
+    public void GoldenNf4DqVectorsDequantizeExactlyOnTheDevice()
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(SharedData.Path("reference", "nf4_golden.json")));
+        foreach (var c in doc.RootElement.GetProperty("cases").EnumerateArray())
+        {
+            int[] shape = [.. c.GetProperty("shape").EnumerateArray().Select(e => e.GetInt32())];
+            float[] input = [.. c.GetProperty("input_f32").EnumerateArray().Select(e => (float)e.GetDouble())];
+            float[] golden = [.. c.GetProperty("dequantized_f32").EnumerateArray().Select(e => (float)e.GetDouble())];
+            var q = QuantizedLinearWeight.Bnb4Bit(input, shape[0], shape[1]);
+            Assert.Equal(c.GetProperty("packed_hex").GetString(), Convert.ToHexStringLower(q.Data));
+            using var w = DeviceQuantizedWeight.Upload(Ctx, "golden", q);
+            using var o = DeviceTensor.Create(Ctx, "deq", DType.F32, [input.Length], MemoryCategory.Workspace);
+            QuantizedMatMul.Dequantize(w, o);
+            Assert.Equal(golden, o.ToArray<float>());
+        }
+    }
+
+    [Fact]
+    public void Nf4DqWeightOf4096SquaredCosts4127BitsPerParameterOnTheDevice()
+    {
+        const int n = 4096;
+        var q = QuantizedLinearWeight.Bnb4Bit(TestData.Normal(n * n, 9, 0.02f), n, n);
+        long before = Ctx.Arena.Accounting.Current(MemoryCategory.Weights);
+        using var w = DeviceQuantizedWeight.Upload(Ctx, "w4096", q);
+        long charged = Ctx.Arena.Accounting.Current(MemoryCategory.Weights) - before;
+        // n·4 + nblocks·8 + nnested·32 bits + the 4-byte offset (push constant) — the dynamic map (1 KiB, shared by all
+        // weights) may be charged once per context, which is why "within a few hundred bytes" excludes it here.
+        long expectedBits = (long)n * n * 4 + (long)n * n / 64 * 8 + (n * n / 64 + 255) / 256 * 32;
+        Assert.InRange(w.DeviceBytes, expectedBits / 8, expectedBits / 8 + 16);
+        Assert.InRange(charged, expectedBits / 8 - 4, expectedBits / 8 + 16);
+        Assert.InRange(w.BitsPerParam, 4.1269, 4.1271);
+    }
+}
