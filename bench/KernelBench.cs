@@ -33,7 +33,50 @@ public static class KernelBench
             double gflops = 2.0 * m * n * k / s / 1e9;
             results.Add(new KernelResult("matmul f32 (x·Wᵀ)", $"{m}x{k}x{n}", s, gflops, gflops / peak.FmaGflops, "compute", CpuMatmulSeconds(m, k, n)));
         }
+        RunQuantized(ctx, peak, quick, log, results);
         return (peak, results);
+    }
+
+    /// <summary>
+    /// NF4+DQ fused forward (x·deq(W)ᵀ) and input gradient (dy·deq(W)) at K = N = 4096 for several M, next to the fp32
+    /// matmul and the dequantize-then-matmul path. M = 1 is bandwidth-bound: its fraction is of the measured copy
+    /// bandwidth over the packed weight bytes; larger M are compute-bound: fraction of the FMA peak.
+    /// </summary>
+    private static void RunQuantized(VulkanContext ctx, DevicePeak peak, bool quick, Action<string> log, List<KernelResult> results)
+    {
+        int dim = quick ? 1024 : 4096;
+        int[] ms = quick ? [1, 16, 256] : [1, 16, 512, 2048];
+        log($"quantizing a {dim}x{dim} weight to NF4+DQ...");
+        var wf = Random(dim * dim, 7);
+        for (int i = 0; i < wf.Length; i++) wf[i] *= 0.02f;
+        var q = VkPeft.Quant.QuantizedLinearWeight.Bnb4Bit(wf, dim, dim);
+        using var w = VkPeft.Runtime.Quant.DeviceQuantizedWeight.Upload(ctx, "bench.w.nf4dq", q);
+        using var wF32 = DeviceTensor.Create(ctx, "bench.w.f32", DType.F32, [dim, dim], MemoryCategory.Workspace);
+        wF32.Upload<float>(q.Dequantize());
+        foreach (int m in ms)
+        {
+            log($"quantized kernels at M = {m}...");
+            int runs = quick || m >= 512 ? 2 : 5;
+            using var x = DeviceTensor.Create(ctx, "x", DType.F32, [m, dim], MemoryCategory.Workspace);
+            using var y = DeviceTensor.Create(ctx, "y", DType.F32, [m, dim], MemoryCategory.Workspace);
+            x.Upload<float>(Random(m * dim, m));
+            double flops = 2.0 * m * dim * dim;
+            string shape = $"{m}x{dim}x{dim}";
+            bool bw = m == 1;
+            double weightBytes = w.DeviceBytes;
+            KernelResult Result(string kernel, double s, bool packed) => new(kernel, shape, s, flops / s / 1e9,
+                bw ? (packed ? weightBytes : 4.0 * dim * dim) / s / 1e9 / peak.CopyGBps : flops / s / 1e9 / peak.FmaGflops,
+                bw ? "memory" : "compute", null);
+            double fwd = GpuTimer.MedianSeconds(ctx, () => QuantizedMatMul.Forward(x, w, y), runs);
+            results.Add(Result("nf4-dq fused forward", fwd, true));
+            double dx = GpuTimer.MedianSeconds(ctx, () => QuantizedMatMul.InputGrad(y, w, x), runs);
+            results.Add(Result("nf4-dq fused input grad", dx, true));
+            double f32 = GpuTimer.MedianSeconds(ctx, () => MatMul.Run(x, wF32, y, transposeB: true), runs);
+            results.Add(Result("fp32 matmul (same shape)", f32, false));
+            using var deq = DeviceTensor.Create(ctx, "deq", DType.F32, [dim, dim], MemoryCategory.Workspace);
+            double dqm = GpuTimer.MedianSeconds(ctx, () => { QuantizedMatMul.Dequantize(w, deq); MatMul.Run(x, deq, y, transposeB: true); }, runs);
+            results.Add(Result("dequantize then fp32 matmul", dqm, false));
+        }
     }
 
     /// <summary>Seconds the float64 CPU reference needs for the same matmul, extrapolated from a slice of M rows.</summary>

@@ -14,6 +14,8 @@ public static class MatMul
     // Tile of matmul_lanes.comp: (RB·SG) x (CB·SG) with SG = 8; RB and CB must match the -D values in shaders.list.
     public const uint LanesRowBlocks = 2, LanesColBlocks = 4;
     public const uint LanesTileM = LanesRowBlocks * 8, LanesTileN = LanesColBlocks * 8;
+    // Tile of matmul_lanes_nn.comp (B not transposed): RB·SG rows x SG lanes · 8 columns, RB = 1.
+    public const uint LanesNnTileM = 8, LanesNnTileN = 64;
 
     /// <summary>The algorithm Auto picks on this device.</summary>
     public static MatMulAlgorithm Choose(VkPeft.Runtime.Vulkan.VulkanContext ctx) =>
@@ -47,8 +49,9 @@ public static class MatMul
         if (algorithm == MatMulAlgorithm.Auto) algorithm = Choose(ctx);
         if (algorithm == MatMulAlgorithm.Lanes && !LanesSupported(ctx))
             throw new ArgumentException("matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
-        bool lanes = algorithm == MatMulAlgorithm.Lanes && transposeB;   // the lanes shader reads B as [N,K]
-        uint tileM = lanes ? LanesTileM : TileM, tileN = lanes ? LanesTileN : TileN;
+        bool lanes = algorithm == MatMulAlgorithm.Lanes;
+        uint tileM = !lanes ? TileM : transposeB ? LanesTileM : LanesNnTileM;
+        uint tileN = !lanes ? TileN : transposeB ? LanesTileN : LanesNnTileN;
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1], maxX = ctx.Caps.MaxComputeWorkGroupCount[0];
 
         var mPieces = Pieces.Split(m, [a, c], [k, n]);
@@ -76,6 +79,7 @@ public static class MatMul
                     bool vec4 = lanes && transposeB && push.K % 4 == 0 && push.Lda % 4 == 0 && push.Ldb % 4 == 0
                                 && push.AOffset % 4 == 0 && push.BOffset % 4 == 0;
                     var pipeline = !lanes ? ctx.Pipelines.Get(ShaderId.Matmul, 0, transposeB ? 1u : 0u)
+                        : !transposeB ? ctx.Pipelines.Get(ShaderId.MatmulLanesNn)
                         : ctx.Pipelines.Get(vec4 ? ShaderId.MatmulLanesVec4 : ShaderId.MatmulLanes);
                     ctx.Commands.Dispatch(pipeline,
                         [Binding.Read(mp.Ranges[0]), Binding.Read(bp.Ranges[0]), push.Beta != 0 ? Binding.ReadWrite(mp.Ranges[1]) : Binding.Write(mp.Ranges[1])],

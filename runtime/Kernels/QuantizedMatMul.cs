@@ -23,7 +23,7 @@ public static class QuantizedMatMul
         public float QOffset;
     }
 
-    private enum Kind { Dequant, Tiles, Lanes, LanesWord }
+    private enum Kind { Dequant, Tiles, Lanes, LanesWord, LanesNn, LanesNnWord }
 
     /// <summary>Format name used in shader ids: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
     public static string FormatKey(DeviceQuantizedWeight w) => w.Format switch
@@ -48,7 +48,9 @@ public static class QuantizedMatMul
             Kind.Dequant => "Dequant",
             Kind.Tiles => "Qmatmul",
             Kind.Lanes => "QmatmulLanes",
-            _ => "QmatmulLanesWord",
+            Kind.LanesWord => "QmatmulLanesWord",
+            Kind.LanesNn => "QmatmulLanesNn",
+            _ => "QmatmulLanesNnWord",
         };
         string fmt = string.Concat(FormatKey(w).Split('_').Select(p => char.ToUpperInvariant(p[0]) + p[1..]));
         return Enum.Parse<ShaderId>(prefix + fmt);
@@ -114,12 +116,17 @@ public static class QuantizedMatMul
         if (algorithm == MatMulAlgorithm.Auto) algorithm = MatMul.Choose(ctx);
         if (algorithm == MatMulAlgorithm.Lanes && !MatMul.LanesSupported(ctx))
             throw new ArgumentException("quantized matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
-        bool lanes = algorithm == MatMulAlgorithm.Lanes && transposeB;
+        bool lanes = algorithm == MatMulAlgorithm.Lanes;
         bool nibbles = w.Format is WeightFormat.Nf4 or WeightFormat.Fp4 or WeightFormat.Int4Group;
-        bool word = lanes && nibbles && k % 8 == 0 && w.Blocksize % 8 == 0 && k % w.Blocksize == 0;
-        var kind = !lanes ? Kind.Tiles : word ? Kind.LanesWord : Kind.Lanes;
+        // Word paths: whole 4-bit code words of one block. Forward walks K along rows (K a multiple of the block);
+        // the input gradient walks 8 output columns per lane (N = in_features a multiple of 8).
+        bool word = lanes && nibbles && w.Blocksize % 8 == 0 && (transposeB ? k % 8 == 0 && k % w.Blocksize == 0 : n % 8 == 0);
+        var kind = !lanes ? Kind.Tiles
+            : transposeB ? (word ? Kind.LanesWord : Kind.Lanes)
+            : (word ? Kind.LanesNnWord : Kind.LanesNn);
         var pipeline = kind == Kind.Tiles ? ctx.Pipelines.Get(Shader(kind, w), 0, transposeB ? 1u : 0u) : ctx.Pipelines.Get(Shader(kind, w));
-        uint tileM = lanes ? MatMul.LanesTileM : MatMul.TileM, tileN = lanes ? MatMul.LanesTileN : MatMul.TileN;
+        uint tileM = !lanes ? MatMul.TileM : transposeB ? MatMul.LanesTileM : MatMul.LanesNnTileM;
+        uint tileN = !lanes ? MatMul.TileN : transposeB ? MatMul.LanesTileN : MatMul.LanesNnTileN;
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
         var q = QuantBindings(w);
         for (uint r0 = 0; r0 < m; r0 += maxY * tileM)
@@ -131,7 +138,7 @@ public static class QuantizedMatMul
                 AOffset = r0 * k, BOffset = 0, COffset = r0 * n, Alpha = alpha, Beta = beta,
                 QBlock = (uint)w.Blocksize, QCols = (uint)w.InFeatures, QOffset = w.DqOffset,
             };
-            if (word && push.AOffset % 4 != 0) throw new InvalidOperationException("aligned rows expected");
+            if (word && transposeB && push.AOffset % 4 != 0) throw new InvalidOperationException("aligned rows expected");
             ctx.Commands.Dispatch(pipeline,
                 [Binding.Read(a), q[0], q[1], q[2], q[3], beta != 0 ? Binding.ReadWrite(c) : Binding.Write(c)],
                 push, (n + tileN - 1) / tileN, (rows + tileM - 1) / tileM, 1, transposeB ? "qmatmul" : "qmatmul_dx");
