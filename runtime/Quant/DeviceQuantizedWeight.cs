@@ -51,6 +51,24 @@ public sealed class DeviceQuantizedWeight : DisposableObject
         ctx.Register(this);
     }
 
+    /// <summary>Wraps buffers already on the device (the device quantizer's output).</summary>
+    internal DeviceQuantizedWeight(VulkanContext ctx, string name, WeightFormat format, int outFeatures, int inFeatures, int blocksize,
+        DeviceTensor codes, DeviceTensor scale, DeviceTensor? aux, float dqOffset)
+    {
+        Context = ctx;
+        Name = name;
+        Format = format;
+        OutFeatures = outFeatures;
+        InFeatures = inFeatures;
+        Blocksize = blocksize;
+        DoubleQuant = aux != null;
+        DqOffset = dqOffset;
+        Codes = codes;
+        Scale = scale;
+        Aux = aux;
+        ctx.Register(this);
+    }
+
     public VulkanContext Context { get; }
     public string Name { get; }
     public WeightFormat Format { get; }
@@ -86,7 +104,7 @@ public sealed class DeviceQuantizedWeight : DisposableObject
         }
     }
 
-    private static DeviceTensor Upload(VulkanContext ctx, string name, byte[] bytes)
+    internal static DeviceTensor Upload(VulkanContext ctx, string name, byte[] bytes)
     {
         long padded = (bytes.LongLength + 3) / 4 * 4;
         var t = DeviceTensor.Create(ctx, name, DType.U8, [padded], MemoryCategory.Weights);
@@ -104,7 +122,7 @@ public sealed class DeviceQuantizedWeight : DisposableObject
         return p;
     }
 
-    private static DeviceTensor UploadFloats(VulkanContext ctx, string name, float[] values)
+    internal static DeviceTensor UploadFloats(VulkanContext ctx, string name, float[] values)
     {
         var t = DeviceTensor.Create(ctx, name, DType.F32, [values.LongLength], MemoryCategory.Weights);
         t.Upload<float>(values);
