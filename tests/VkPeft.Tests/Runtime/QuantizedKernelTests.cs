@@ -138,3 +138,50 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
         Assert.InRange(w.BitsPerParam, 4.1269, 4.1271);
     }
 }
+
+/// <summary>Quantizing on the device reproduces the CPU codec byte for byte, also for a weight split across bindings.</summary>
+public sealed class DeviceQuantizerTests : IDisposable
+{
+    private readonly VulkanContext _ctx = new(GpuFixture.Options() with { MaxStorageBufferRange = 64 << 10, MaxMemoryAllocationSize = 96 << 10, ArenaBlockSize = 96 << 10 });
+
+    public void Dispose() => _ctx.Dispose();
+
+    [Theory]
+    [InlineData(QuantType.Nf4, 64, true, 7, 172)]      // partial last block, blocks spanning rows
+    [InlineData(QuantType.Nf4, 64, true, 300, 128)]    // 150 KB fp32: split into segments
+    [InlineData(QuantType.Fp4, 32, false, 33, 96)]
+    [InlineData(QuantType.Nf4, 256, false, 5, 257)]    // odd element count
+    public void MatchesCpuCodecBytes(QuantType type, int block, bool dq, int n, int k)
+    {
+        var w = TestData.Normal(n * k, n + k, 0.05f);
+        w[3] = 0; // exact zero and a zero run
+        using var t = DeviceTensor.Create(_ctx, "w", DType.F32, [n, k], MemoryCategory.Workspace);
+        t.Upload<float>(w);
+        using var q = DeviceQuantizer.Quantize4Bit(t, type, block, dq, "w");
+        var cpu = QuantizedLinearWeight.Bnb4Bit(w, n, k, type, block, dq);
+        var codes = q.Codes.ToArray<byte>().AsSpan(0, cpu.Data.Length).ToArray();
+        Assert.Equal(Convert.ToHexString(cpu.Data), Convert.ToHexString(codes));
+        if (dq)
+        {
+            Assert.Equal(cpu.QuantizedAbsmax!.Codes, q.Scale!.ToArray<byte>().AsSpan(0, cpu.QuantizedAbsmax.Codes.Length).ToArray());
+            Assert.Equal(cpu.QuantizedAbsmax.NestedAbsmax, q.Aux!.ToArray<float>());
+            Assert.Equal(cpu.QuantizedAbsmax.Offset, q.DqOffset);
+        }
+        else Assert.Equal(cpu.Absmax, q.Scale!.ToArray<float>());
+        using var deq = DeviceTensor.Create(_ctx, "deq", DType.F32, [n, k], MemoryCategory.Workspace);
+        QuantizedMatMul.Dequantize(q, deq);
+        Assert.Equal(cpu.Dequantize(), deq.ToArray<float>());
+    }
+
+    [Fact]
+    public void NaNInWeightIsAClearError()
+    {
+        var w = TestData.Normal(64 * 3, 1);
+        w[100] = float.NaN;
+        using var t = DeviceTensor.Create(_ctx, "w", DType.F32, [3, 64], MemoryCategory.Workspace);
+        t.Upload<float>(w);
+        var e = Assert.Throws<ArgumentException>(() => DeviceQuantizer.Quantize4Bit(t, QuantType.Nf4, 64, true, "layers.0.wq"));
+        Assert.Contains("layers.0.wq", e.Message);
+        Assert.Contains("block 1", e.Message);
+    }
+}
