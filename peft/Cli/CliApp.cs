@@ -26,6 +26,9 @@ public static class CliApp
         root.Options.Add(ValidationOption);
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
+        root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(EvalCommand.Create());
+        root.Subcommands.Add(TrainCommand.Create());
         return Invoke(root, args);
     }
 
@@ -48,7 +51,10 @@ public static class CliApp
     {
         ValidationFailedException => null,
         VulkanUnsupportedException or DeviceMemoryBudgetException or FormatException or FileNotFoundException
-            or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or CliUsageException => e.Message,
+            or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or CliUsageException
+            or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException => e.Message,
+        VkPeft.Peft.Formats.ModelFormatException m => m.Message,
+        ArgumentException a when a.GetType() == typeof(ArgumentException) => a.Message,
         VulkanException v => v.Message,
         IOException io => io.Message,
         _ => null,

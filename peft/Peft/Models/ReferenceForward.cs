@@ -81,9 +81,9 @@ public sealed class ReferenceForward
             {
                 var lw = w.Layers[l];
                 double[] h = RmsNorm(x, lw.AttnNorm, c.RmsNormEps);
-                double[] q = MatVec(lw.Wq, h, c.QDim, dim, lw.Bq);   // [n_heads*hd]
-                double[] k = MatVec(lw.Wk, h, c.KvDim, dim, lw.Bk);  // [n_kv*hd]
-                double[] v = MatVec(lw.Wv, h, c.KvDim, dim, lw.Bv);  // [n_kv*hd]
+                double[] q = _m.Hooked(l, LlamaTensorKind.Wq, h, MatVec(lw.Wq, h, c.QDim, dim, lw.Bq));   // [n_heads*hd]
+                double[] k = _m.Hooked(l, LlamaTensorKind.Wk, h, MatVec(lw.Wk, h, c.KvDim, dim, lw.Bk));  // [n_kv*hd]
+                double[] v = _m.Hooked(l, LlamaTensorKind.Wv, h, MatVec(lw.Wv, h, c.KvDim, dim, lw.Bv));  // [n_kv*hd]
                 for (int head = 0; head < c.NHeads; head++) _m.Rope(q, head * hd, pos);
                 for (int head = 0; head < c.NKvHeads; head++) _m.Rope(k, head * hd, pos);
                 _keys[l].Add(k);
@@ -115,14 +115,16 @@ public sealed class ReferenceForward
                         for (int i = 0; i < hd; i++) att[qOff + i] += p * vt[kvOff + i];
                     }
                 }
-                double[] o = MatVec(lw.Wo, att, dim, c.QDim, null);
+                double[] o = _m.Hooked(l, LlamaTensorKind.Wo, att, MatVec(lw.Wo, att, dim, c.QDim, null));
+                _m.AfterAttentionOutput?.Invoke(l, o);
                 for (int i = 0; i < dim; i++) x[i] += o[i];
 
                 h = RmsNorm(x, lw.FfnNorm, c.RmsNormEps);
-                double[] gate = MatVec(lw.WGate, h, c.HiddenDim, dim, null);  // [hidden]
-                double[] up = MatVec(lw.WUp, h, c.HiddenDim, dim, null);      // [hidden]
+                double[] gate = _m.Hooked(l, LlamaTensorKind.WGate, h, MatVec(lw.WGate, h, c.HiddenDim, dim, null));  // [hidden]
+                double[] up = _m.Hooked(l, LlamaTensorKind.WUp, h, MatVec(lw.WUp, h, c.HiddenDim, dim, null));        // [hidden]
                 for (int i = 0; i < c.HiddenDim; i++) gate[i] = gate[i] / (1.0 + Math.Exp(-gate[i])) * up[i];
-                double[] down = MatVec(lw.WDown, gate, dim, c.HiddenDim, null);
+                double[] down = _m.Hooked(l, LlamaTensorKind.WDown, gate, MatVec(lw.WDown, gate, dim, c.HiddenDim, null));
+                _m.AfterMlpOutput?.Invoke(l, h, down);
                 for (int i = 0; i < dim; i++) x[i] += down[i];
             }
 
@@ -133,6 +135,21 @@ public sealed class ReferenceForward
     }
 
     public Session NewSession() => new(this);
+
+    /// <summary>Optional hook after each base linear: (layer, kind, input, output) — adds an adapter's contribution to output.</summary>
+    public Action<int, LlamaTensorKind, double[], double[]>? AfterLinear { get; set; }
+
+    /// <summary>Optional hook on the attention block output before the residual add: (layer, z) transforms z in place.</summary>
+    public Action<int, double[]>? AfterAttentionOutput { get; set; }
+
+    /// <summary>Optional hook on the MLP output before the residual add: (layer, mlp input h, z) transforms z in place.</summary>
+    public Action<int, double[], double[]>? AfterMlpOutput { get; set; }
+
+    private double[] Hooked(int layer, LlamaTensorKind kind, double[] x, double[] y)
+    {
+        AfterLinear?.Invoke(layer, kind, x, y);
+        return y;
+    }
 
     /// <summary>Logits [T][vocab]: row t predicts token t+1 from tokens[0..t].</summary>
     public double[][] Forward(ReadOnlySpan<int> tokens)

@@ -1,0 +1,51 @@
+// A base model on the device, with a trained adapter attached when --adapter is given (its recorded base quantization
+// is used unless --quant says otherwise, which earns a warning).
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Training;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Cli;
+
+public sealed class AdapterSession : IDisposable
+{
+    private readonly TrainableParameters? _params;
+    private readonly LoraRuntime? _lora;
+
+    private AdapterSession(DeviceLlama model, TrainableParameters? p, LoraRuntime? lora)
+    {
+        Model = model;
+        _params = p;
+        _lora = lora;
+    }
+
+    public DeviceLlama Model { get; }
+    public IAdapterRuntime? Adapter => _lora;
+
+    public static AdapterSession Open(VulkanContext ctx, string? adapterDir, LoadedModel host, BaseQuant quant, bool quantGiven, int maxRows)
+    {
+        if (adapterDir == null) return new AdapterSession(ModelOptions.Upload(ctx, host, quant), null, null);
+        if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter: '{adapterDir}' is not a directory");
+        var adapter = AdapterIO.Load(adapterDir, host.Config);
+        var recorded = BaseQuant.FromRecord(adapter.Config.BaseQuant);
+        if (quantGiven && quant != recorded)
+            Console.Error.WriteLine($"warning: the adapter was trained against a {recorded} base; using --quant {quant} as asked");
+        var q = quantGiven ? quant : recorded;
+        if (adapter.Config.Method == PeftMethod.Adapter)
+            throw new NotSupportedException($"{adapterDir}: bottleneck adapters cannot be applied yet");
+        var model = ModelOptions.Upload(ctx, host, q);
+        var p = new TrainableParameters(ctx, withOptimizer: false);
+        foreach (var (name, t) in adapter.Tensors) p.Add(name, t.Shape, t.Data);
+        var lora = new LoraRuntime(ctx, host.Config, adapter.Config, p, maxRows) { Training = false };
+        return new AdapterSession(model, p, lora);
+    }
+
+    public void Dispose()
+    {
+        _lora?.Dispose();
+        _params?.Dispose();
+        Model.Dispose();
+    }
+}

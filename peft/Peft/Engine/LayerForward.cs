@@ -1,0 +1,83 @@
+// One decoder layer's forward on the device into a LayerState: pre-norm attention with RoPE and grouped-query heads,
+// then the SwiGLU MLP, each added to the residual stream, with adapter hooks after every base linear and block.
+using VkPeft.Peft.Methods;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Tensors;
+
+namespace VkPeft.Peft.Engine;
+
+public static class LayerForward
+{
+    /// <summary>
+    /// x_out = layer(x_in) for <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens at positions
+    /// startPos…; with <paramref name="kCache"/>/<paramref name="vCache"/> (batch 1) keys and values are appended to
+    /// the cache and attention reads it. x_out may be x_in.
+    /// </summary>
+    public static void Run(DeviceLlama model, int l, LayerState s, DeviceTensor xIn, DeviceTensor xOut, int batch, int seqLen, int startPos,
+        IAdapterRuntime? adapter, DeviceTensor? kCache = null, DeviceTensor? vCache = null)
+    {
+        var c = model.Config;
+        var layer = model.Layers[l];
+        int rows = batch * seqLen;
+        DeviceTensor R(DeviceTensor t) => LayerState.Rows(t, rows);
+        var (h1, q, k, v, o, xMid, h2, g, u, sw, z) = (R(s.H1), R(s.Q), R(s.K), R(s.V), R(s.O), R(s.XMid), R(s.H2), R(s.G), R(s.U), R(s.S), R(s.Z));
+        float eps = (float)c.RmsNormEps;
+
+        RmsNorm.Forward(xIn, layer.AttnNorm, h1, eps);
+        Linear(adapter, l, TargetModule.Q, layer.Wq, h1, q, layer.Bq);
+        Linear(adapter, l, TargetModule.K, layer.Wk, h1, k, layer.Bk);
+        Linear(adapter, l, TargetModule.V, layer.Wv, h1, v, layer.Bv);
+        Rope.Apply(q, q, model.InvFreq, c.HeadDim, model.Pairing, startPos, seqLen);
+        Rope.Apply(k, k, model.InvFreq, c.HeadDim, model.Pairing, startPos, seqLen);
+        var lse = LseView(s, batch, seqLen, c.NHeads);
+        if (kCache != null)
+        {
+            if (batch != 1) throw new ArgumentException("a KV cache serves one sequence at a time");
+            if (startPos + seqLen > kCache.Rows) throw new ArgumentException($"sequence of {startPos + seqLen} tokens exceeds the {kCache.Rows}-token cache");
+            BasicOps.Copy(k, kCache.RowsView(startPos, seqLen));
+            BasicOps.Copy(v, vCache!.RowsView(startPos, seqLen));
+            Attention.Forward(q, kCache.RowsView(0, startPos + seqLen), vCache.RowsView(0, startPos + seqLen), o, lse, 1, seqLen, startPos,
+                c.NHeads, c.NKvHeads, c.HeadDim);
+        }
+        else
+        {
+            Attention.Forward(q, k, v, o, lse, batch, seqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
+        }
+        Linear(adapter, l, TargetModule.O, layer.Wo, o, z, null);
+        adapter?.AttentionOutput(l, z);
+        BasicOps.Add(xIn, z, xMid);
+
+        RmsNorm.Forward(xMid, layer.FfnNorm, h2, eps);
+        Linear(adapter, l, TargetModule.Gate, layer.Gate, h2, g, null);
+        Linear(adapter, l, TargetModule.Up, layer.Up, h2, u, null);
+        SwiGlu.Forward(g, u, sw);
+        Linear(adapter, l, TargetModule.Down, layer.Down, sw, z, null);
+        adapter?.MlpOutput(l, h2, z);
+        BasicOps.Add(xMid, z, xOut);
+    }
+
+    /// <summary>The [batch, n_heads, seqLen] view of the state's log-sum-exp buffer.</summary>
+    public static DeviceTensor LseView(LayerState s, int batch, int seqLen, int nHeads) =>
+        batch == s.Batch && seqLen == s.SeqLen ? s.Lse
+            : s.Lse.Reshape(s.Lse.Count).RowsView(0, (long)batch * nHeads * seqLen).Reshape(batch, nHeads, seqLen);
+
+    private static void Linear(IAdapterRuntime? adapter, int l, TargetModule t, DeviceLinear w, DeviceTensor x, DeviceTensor y, DeviceTensor? bias)
+    {
+        w.Forward(x, y);
+        if (bias != null) BiasRows.Add(y, bias);
+        adapter?.Linear(l, t, x, y);
+    }
+}
+
+/// <summary>Adds a bias vector to every row (the Qwen2 q/k/v biases).</summary>
+internal static class BiasRows
+{
+    public static void Add(DeviceTensor y, DeviceTensor bias)
+    {
+        for (long r = 0; r < y.Rows; r++)
+        {
+            var row = y.RowsView(r, 1).Reshape(bias.Count);
+            BasicOps.Add(row, bias, row);
+        }
+    }
+}

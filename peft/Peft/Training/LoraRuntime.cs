@@ -1,0 +1,173 @@
+// LoRA and QA-LoRA on the device: y += s·B·A·x̃ after each targeted base linear, where x̃ is the (dropped-out) input —
+// for QA-LoRA the mean of each group of g inputs, so A is [r, in/g]. Forward hooks for training and inference, and the
+// backward that accumulates dA, dB and adds the branch's input gradient. Init as PEFT: A kaiming-uniform(a=√5), B zero.
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Peft.Training;
+
+public sealed class LoraRuntime : IAdapterRuntime, IDisposable
+{
+    private readonly LlamaConfig _c;
+    private readonly HashSet<TargetModule> _targets;
+    private readonly bool _qa;
+    private readonly int _g;
+    private readonly List<DeviceTensor> _temps = [];
+    private readonly DeviceTensor _xd, _xp, _t, _dt, _dsrc, _dx;   // flat scratch, viewed per call
+
+    public LoraRuntime(VulkanContext ctx, LlamaConfig config, AdapterConfig adapter, TrainableParameters parameters, int maxRows)
+    {
+        if (adapter.Method is not (PeftMethod.Lora or PeftMethod.QaLora)) throw new ArgumentException("LoraRuntime serves LoRA and QA-LoRA adapters");
+        if (adapter.Rank < 1) throw new FormatException($"--rank must be ≥ 1, got {adapter.Rank}");
+        if (adapter.Dropout is < 0 or >= 1) throw new FormatException($"--dropout must be in [0, 1), got {adapter.Dropout}");
+        _c = config;
+        Config = adapter;
+        Parameters = parameters;
+        _targets = [.. adapter.Targets];
+        _qa = adapter.Method == PeftMethod.QaLora;
+        _g = adapter.GroupSize;
+        if (_qa)
+            foreach (var t in _targets)
+                if (InFeatures(t) % _g != 0)
+                    throw new FormatException($"--group-size {_g} does not divide in_features {InFeatures(t)} of target {t.ToString().ToLowerInvariant()}; QA-LoRA needs it to");
+        int maxIn = _targets.Max(InFeatures), maxOut = _targets.Max(OutFeatures);
+        DeviceTensor Flat(string name, long n)
+        {
+            var t = DeviceTensor.Create(ctx, name, DType.F32, [Math.Max(n, 1)], MemoryCategory.Workspace);
+            _temps.Add(t);
+            return t;
+        }
+        _xd = Flat("lora.x_dropped", (long)maxRows * maxIn);
+        _xp = Flat("lora.x_pooled", _qa ? (long)maxRows * (maxIn / _g) : 1);
+        _t = Flat("lora.t", (long)maxRows * adapter.Rank);
+        _dt = Flat("lora.dt", (long)maxRows * adapter.Rank);
+        _dsrc = Flat("lora.d_src", (long)maxRows * maxIn);
+        _dx = Flat("lora.dx", (long)maxRows * maxIn);
+        _ = maxOut;
+    }
+
+    public AdapterConfig Config { get; }
+    public TrainableParameters Parameters { get; }
+    /// <summary>Training: dropout is applied (with <see cref="StepSeed"/>); inference: never.</summary>
+    public bool Training { get; set; }
+    /// <summary>Seed of this micro-step's dropout masks; the backward reuses it.</summary>
+    public uint StepSeed { get; set; }
+
+    public int InFeatures(TargetModule t) => t switch
+    {
+        TargetModule.O => _c.QDim,
+        TargetModule.Down => _c.HiddenDim,
+        _ => _c.Dim,
+    };
+
+    public int OutFeatures(TargetModule t) => t switch
+    {
+        TargetModule.Q => _c.QDim,
+        TargetModule.K or TargetModule.V => _c.KvDim,
+        TargetModule.Gate or TargetModule.Up => _c.HiddenDim,
+        _ => _c.Dim,
+    };
+
+    /// <summary>Creates A and B for every layer and target: A ~ U(−1/√in, 1/√in) (kaiming-uniform, a=√5), B = 0.</summary>
+    public static void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
+    {
+        var rng = new Random(seed);
+        foreach (var l in Enumerable.Range(0, c.NLayers))
+            foreach (var t in a.Targets)
+            {
+                int inF = t switch { TargetModule.O => c.QDim, TargetModule.Down => c.HiddenDim, _ => c.Dim };
+                int outF = t switch
+                {
+                    TargetModule.Q => c.QDim, TargetModule.K or TargetModule.V => c.KvDim,
+                    TargetModule.Gate or TargetModule.Up => c.HiddenDim, _ => c.Dim,
+                };
+                int aIn = a.Method == PeftMethod.QaLora ? inF / a.GroupSize : inF;
+                float bound = 1f / MathF.Sqrt(aIn);
+                var A = new float[a.Rank * aIn];
+                for (int i = 0; i < A.Length; i++) A[i] = (float)(rng.NextDouble() * 2 - 1) * bound;
+                p.Add(AdapterWeights.LoraA(l, t), [a.Rank, aIn], A);
+                p.Add(AdapterWeights.LoraB(l, t), [outF, a.Rank], new float[outF * a.Rank]);
+            }
+    }
+
+    private static DeviceTensor View(DeviceTensor flat, long rows, long cols) => flat.RowsView(0, rows * cols).Reshape(rows, cols);
+
+    private uint Seed(int l, TargetModule t) => unchecked(StepSeed * 0x9E3779B1u + (uint)(l * 16 + (int)t) * 0x85EBCA77u + 1u);
+
+    /// <summary>The branch input x̃: dropout (training) then group means (QA-LoRA).</summary>
+    private DeviceTensor Source(int l, TargetModule t, DeviceTensor x)
+    {
+        long rows = x.Rows;
+        var src = x;
+        if (Training && Config.Dropout > 0)
+        {
+            var xd = View(_xd, rows, x.RowElements);
+            Dropout.Apply(x, xd, Config.Dropout, Seed(l, t));
+            src = xd;
+        }
+        if (_qa)
+        {
+            var xp = View(_xp, rows, x.RowElements / _g);
+            GroupPool.Forward(src, xp, _g);
+            src = xp;
+        }
+        return src;
+    }
+
+    public void Linear(int layer, TargetModule target, DeviceTensor x, DeviceTensor y)
+    {
+        if (!_targets.Contains(target)) return;
+        var a = Parameters[AdapterWeights.LoraA(layer, target)];
+        var b = Parameters[AdapterWeights.LoraB(layer, target)];
+        var src = Source(layer, target, x);
+        var t = View(_t, x.Rows, Config.Rank);
+        MatMul.Run(src, a, t, transposeB: true);
+        MatMul.Run(t, b, y, transposeB: true, alpha: Config.Scaling, beta: 1);
+    }
+
+    public void AttentionOutput(int layer, DeviceTensor z) { }
+
+    public void MlpOutput(int layer, DeviceTensor h, DeviceTensor z) { }
+
+    /// <summary>
+    /// Backward of the branch at (layer, target) for input x and output gradient dy: dB += s·dyᵀ·t, dA += (s·dy·B)ᵀ·x̃,
+    /// and dx += ∂x̃ᵀ(s·dy·B·A) — accumulates into dA, dB and dx.
+    /// </summary>
+    public void Backward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx)
+    {
+        if (!_targets.Contains(target)) return;
+        var pa = Parameters.ByName[AdapterWeights.LoraA(layer, target)];
+        var pb = Parameters.ByName[AdapterWeights.LoraB(layer, target)];
+        long rows = x.Rows;
+        var src = Source(layer, target, x);
+        var t = View(_t, rows, Config.Rank);
+        MatMul.Run(src, pa.Param, t, transposeB: true);
+        MatMulTn.Run(dy, t, pb.Grad!, alpha: Config.Scaling, beta: 1);
+        var dt = View(_dt, rows, Config.Rank);
+        MatMul.Run(dy, pb.Param, dt, transposeB: false, alpha: Config.Scaling);
+        MatMulTn.Run(dt, src, pa.Grad!, alpha: 1, beta: 1);
+        bool dropout = Training && Config.Dropout > 0;
+        if (!_qa && !dropout)
+        {
+            MatMul.Run(dt, pa.Param, dx, transposeB: false, beta: 1);
+            return;
+        }
+        var dsrc = View(_dsrc, rows, src.RowElements);
+        MatMul.Run(dt, pa.Param, dsrc, transposeB: false);
+        var dxb = View(_dx, rows, x.RowElements);
+        if (_qa) GroupPool.Backward(dsrc, dxb, _g, accumulate: false);
+        else BasicOps.Copy(dsrc, dxb);
+        if (dropout) Dropout.Apply(dxb, dxb, Config.Dropout, Seed(layer, target));
+        BasicOps.Add(dx, dxb, dx);
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _temps) t.Dispose();
+    }
+}

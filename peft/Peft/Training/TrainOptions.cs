@@ -1,0 +1,67 @@
+// Everything `vkpeft train` takes, validated with messages that name the option.
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
+
+namespace VkPeft.Peft.Training;
+
+public enum LrSchedule { Cosine, Linear, Constant }
+
+public sealed record TrainOptions
+{
+    public required string Data { get; init; }
+    public string? EvalData { get; init; }
+    public double EvalFraction { get; init; } = 0.1;
+    public required AdapterConfig Adapter { get; init; }
+    public required BaseQuant Quant { get; init; }
+    public int Steps { get; init; } = 100;
+    public int Batch { get; init; } = 8;
+    public int SeqLen { get; init; } = 128;
+    public int GradAccum { get; init; } = 1;
+    public float Lr { get; init; } = 2e-4f;
+    public float WeightDecay { get; init; }
+    public int Warmup { get; init; }
+    public LrSchedule Schedule { get; init; } = LrSchedule.Cosine;
+    public float Clip { get; init; } = 1f;
+    public bool? Checkpointing { get; init; }
+    public int EvalEvery { get; init; }
+    public int SaveEvery { get; init; }
+    public int Seed { get; init; } = 42;
+    public required string Out { get; init; }
+    public bool Resume { get; init; }
+
+    public void Validate()
+    {
+        if (Steps < 1) throw new FormatException($"--steps must be ≥ 1, got {Steps}");
+        if (Batch < 1) throw new FormatException($"--batch must be ≥ 1, got {Batch}");
+        if (SeqLen < 2) throw new FormatException($"--seq-len must be ≥ 2, got {SeqLen}");
+        if (GradAccum < 1) throw new FormatException($"--grad-accum must be ≥ 1, got {GradAccum}");
+        if (!(Lr > 0) || !float.IsFinite(Lr)) throw new FormatException($"--lr must be a positive number, got {Lr}");
+        if (WeightDecay < 0 || !float.IsFinite(WeightDecay)) throw new FormatException($"--weight-decay must be ≥ 0, got {WeightDecay}");
+        if (Warmup < 0) throw new FormatException($"--warmup must be ≥ 0, got {Warmup}");
+        if (Clip < 0 || !float.IsFinite(Clip)) throw new FormatException($"--clip must be ≥ 0 (0 = off), got {Clip}");
+        if (EvalFraction is < 0 or >= 1) throw new FormatException($"--eval-fraction must be in [0, 1), got {EvalFraction}");
+        if (EvalEvery < 0) throw new FormatException($"--eval-every must be ≥ 0, got {EvalEvery}");
+        if (SaveEvery < 0) throw new FormatException($"--save-every must be ≥ 0, got {SaveEvery}");
+        var a = Adapter;
+        if (a.Method != PeftMethod.Adapter && a.Rank < 1) throw new FormatException($"--rank must be ≥ 1, got {a.Rank}");
+        if (a.Method != PeftMethod.Adapter && !(a.Alpha > 0)) throw new FormatException($"--alpha must be positive, got {a.Alpha}");
+        if (a.Dropout is < 0 or >= 1) throw new FormatException($"--dropout must be in [0, 1), got {a.Dropout}");
+        if (a.Method == PeftMethod.QaLora && !Quant.IsInt4) throw new FormatException("--method qalora trains against an INT4 group-quantized base: use --quant int4");
+        if (a.Method == PeftMethod.QaLora && a.GroupSize != Quant.Blocksize) throw new FormatException($"QA-LoRA's group size ({a.GroupSize}) must equal the INT4 base's ({Quant.Blocksize})");
+        if (a.Method == PeftMethod.Adapter && a.Bottleneck < 1) throw new FormatException($"--bottleneck must be ≥ 1, got {a.Bottleneck}");
+    }
+
+    /// <summary>The learning rate at optimizer step <paramref name="step"/> (1-based): linear warmup, then the schedule to 0.</summary>
+    public double LearningRate(long step)
+    {
+        if (Warmup > 0 && step <= Warmup) return Lr * step / (double)Warmup;
+        double progress = Steps <= Warmup ? 1 : (step - Warmup) / (double)Math.Max(1, Steps - Warmup);
+        progress = Math.Clamp(progress, 0, 1);
+        return Schedule switch
+        {
+            LrSchedule.Cosine => Lr * 0.5 * (1 + Math.Cos(Math.PI * progress)),
+            LrSchedule.Linear => Lr * (1 - progress),
+            _ => Lr,
+        };
+    }
+}

@@ -1,0 +1,150 @@
+// One training micro-batch on the device: forward through the frozen base with adapters (saving each layer's input,
+// and with checkpointing recomputing a layer's activations when its backward needs them), chunked cross-entropy over
+// the vocabulary (full-batch logits never exist), and the backward that flows input gradients through every frozen
+// linear into the trainable adapter tensors. No gradient of a frozen weight is ever formed.
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Tensors;
+
+namespace VkPeft.Peft.Training;
+
+public sealed class TrainStep : IDisposable
+{
+    private readonly DeviceLlama _model;
+    private readonly LoraRuntime _adapter;
+    private readonly List<DeviceTensor> _owned = [];
+    private readonly LayerState[] _states;
+    private readonly DeviceTensor[] _layerIn;          // L+1 x [rows, dim]: input of each layer, then the final hidden state
+    private readonly DeviceTensor _scratchOut, _hFinal, _dX, _dH, _dS, _dG, _dU, _dO, _dQ, _dK, _dV, _delta;
+    private readonly DeviceTensor _ids, _targets, _loss, _lossSum, _logits;
+
+    public TrainStep(DeviceLlama model, LoraRuntime adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128)
+    {
+        _model = model;
+        _adapter = adapter;
+        Batch = batch;
+        SeqLen = seqLen;
+        Checkpointing = checkpointing;
+        var c = model.Config;
+        var ctx = model.Context;
+        int rows = batch * seqLen;
+        DeviceTensor T(string name, DType dt, params long[] shape)
+        {
+            var t = DeviceTensor.Create(ctx, name, dt, shape, MemoryCategory.Activations);
+            _owned.Add(t);
+            return t;
+        }
+        _states = checkpointing
+            ? [new LayerState(ctx, c, batch, seqLen, "train.layer")]
+            : [.. Enumerable.Range(0, c.NLayers).Select(l => new LayerState(ctx, c, batch, seqLen, $"train.layer{l}"))];
+        _layerIn = [.. Enumerable.Range(0, c.NLayers + 1).Select(l => T($"train.x{l}", DType.F32, rows, c.Dim))];
+        _scratchOut = T("train.x_recompute", DType.F32, rows, c.Dim);
+        _hFinal = T("train.h_final", DType.F32, rows, c.Dim);
+        _dX = T("train.dx", DType.F32, rows, c.Dim);
+        _dH = T("train.dh", DType.F32, rows, c.Dim);
+        _dS = T("train.ds", DType.F32, rows, c.HiddenDim);
+        _dG = T("train.dgate", DType.F32, rows, c.HiddenDim);
+        _dU = T("train.dup", DType.F32, rows, c.HiddenDim);
+        _dO = T("train.do", DType.F32, rows, c.QDim);
+        _dQ = T("train.dq", DType.F32, rows, c.QDim);
+        _dK = T("train.dk", DType.F32, rows, c.KvDim);
+        _dV = T("train.dv", DType.F32, rows, c.KvDim);
+        _delta = T("train.attn_delta", DType.F32, batch, c.NHeads, seqLen);
+        _ids = T("train.ids", DType.I32, rows);
+        _targets = T("train.targets", DType.I32, rows);
+        _loss = T("train.loss_rows", DType.F32, rows);
+        _lossSum = T("train.loss_sum", DType.F32, 1);
+        LogitRows = Math.Min(logitRows, rows);
+        _logits = T("train.logits", DType.F32, LogitRows, c.VocabSize);
+    }
+
+    public int Batch { get; }
+    public int SeqLen { get; }
+    public bool Checkpointing { get; }
+    public int LogitRows { get; }
+
+    private LayerState State(int l) => _states[Checkpointing ? 0 : l];
+
+    /// <summary>
+    /// Forward and backward of one micro-batch (ids and targets [batch·seqLen], target −1 = not predicted); gradients
+    /// accumulate into the trainable tensors scaled by <paramref name="lossScale"/> (1 / predicted tokens of the whole
+    /// optimizer step). Returns the sum of the per-token losses of this micro-batch (one host read).
+    /// </summary>
+    public double Run(int[] ids, int[] targets, float lossScale, uint seed)
+    {
+        var c = _model.Config;
+        int rows = Batch * SeqLen;
+        if (ids.Length != rows || targets.Length != rows) throw new ArgumentException($"a micro-batch has {rows} ids and targets");
+        _adapter.Training = true;
+        _adapter.StepSeed = seed;
+        _ids.Upload<int>(ids);
+        _targets.Upload<int>(targets);
+        Embedding.Forward(_model.Embedding, _ids, _layerIn[0]);
+        for (int l = 0; l < c.NLayers; l++)
+            LayerForward.Run(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
+
+        // Loss and its gradient in chunks of rows: logits, CE (dlogits in place), dh_final = dlogits·W_cls.
+        float eps = (float)c.RmsNormEps;
+        var xL = _layerIn[c.NLayers];
+        RmsNorm.Forward(xL, _model.FinalNorm, _hFinal, eps);
+        for (int s = 0; s < rows; s += LogitRows)
+        {
+            int n = Math.Min(LogitRows, rows - s);
+            var logits = _logits.RowsView(0, n);
+            MatMul.Run(_hFinal.RowsView(s, n), _model.Classifier, logits, transposeB: true);
+            CrossEntropy.LossAndGradient(logits, _targets.RowsView(s, n), _loss.RowsView(s, n), lossScale);
+            MatMul.Run(logits, _model.Classifier, _dH.RowsView(s, n), transposeB: false);
+        }
+        RmsNorm.Backward(xL, _model.FinalNorm, _dH, _dX, eps);
+
+        for (int l = c.NLayers - 1; l >= 0; l--)
+        {
+            if (Checkpointing) LayerForward.Run(_model, l, State(l), _layerIn[l], _scratchOut, Batch, SeqLen, 0, _adapter);
+            LayerBackward(l, State(l), _layerIn[l]);
+        }
+        BasicOps.SumAll(_loss, _lossSum);
+        return _lossSum.ToArray<float>()[0];
+    }
+
+    /// <summary>dX: gradient of the layer output in, gradient of the layer input out (LoRA gradients accumulate).</summary>
+    private void LayerBackward(int l, LayerState s, DeviceTensor xIn)
+    {
+        var c = _model.Config;
+        var layer = _model.Layers[l];
+        float eps = (float)c.RmsNormEps;
+        var lora = _adapter;
+
+        // MLP block: x_out = x_mid + down(silu(gate(h2))·up(h2)).
+        layer.Down.InputGrad(_dX, _dS);
+        lora.Backward(l, TargetModule.Down, s.S, _dX, _dS);
+        SwiGlu.Backward(s.G, s.U, _dS, _dG, _dU);
+        layer.Gate.InputGrad(_dG, _dH);
+        lora.Backward(l, TargetModule.Gate, s.H2, _dG, _dH);
+        layer.Up.InputGrad(_dU, _dH, beta: 1);
+        lora.Backward(l, TargetModule.Up, s.H2, _dU, _dH);
+        RmsNorm.Backward(s.XMid, layer.FfnNorm, _dH, _dX, eps, accumulate: true);
+
+        // Attention block: x_mid = x_in + o_proj(attention(rope(q(h1)), rope(k(h1)), v(h1))).
+        layer.Wo.InputGrad(_dX, _dO);
+        lora.Backward(l, TargetModule.O, s.O, _dX, _dO);
+        var lse = LayerForward.LseView(s, Batch, SeqLen, c.NHeads);
+        Attention.Backward(s.Q, s.K, s.V, s.O, lse, _dO, _dQ, _dK, _dV, _delta, Batch, SeqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
+        Rope.Apply(_dQ, _dQ, _model.InvFreq, c.HeadDim, _model.Pairing, 0, SeqLen, inverse: true);
+        Rope.Apply(_dK, _dK, _model.InvFreq, c.HeadDim, _model.Pairing, 0, SeqLen, inverse: true);
+        layer.Wq.InputGrad(_dQ, _dH);
+        lora.Backward(l, TargetModule.Q, s.H1, _dQ, _dH);
+        layer.Wk.InputGrad(_dK, _dH, beta: 1);
+        lora.Backward(l, TargetModule.K, s.H1, _dK, _dH);
+        layer.Wv.InputGrad(_dV, _dH, beta: 1);
+        lora.Backward(l, TargetModule.V, s.H1, _dV, _dH);
+        RmsNorm.Backward(xIn, layer.AttnNorm, _dH, _dX, eps, accumulate: true);
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in _states) s.Dispose();
+        foreach (var t in _owned) t.Dispose();
+    }
+}

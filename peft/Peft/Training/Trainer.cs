@@ -1,0 +1,251 @@
+// The training loop: micro-batches with gradient accumulation, global-norm clipping, AdamW with warmup and a schedule,
+// held-out evaluation, checkpoints (adapter, optimizer state, step; written to temporary files and renamed) and a
+// bit-exact resume, NaN/Inf guards, metrics.csv, loss.svg and summary.json in the output directory.
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
+using VkPeft.Peft.Formats;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Reports;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Peft.Training;
+
+/// <summary>What one optimizer step reports.</summary>
+public sealed record StepReport(int Step, double Loss, double Lr, double GradNorm, double TokensPerSecond, double? EvalLoss);
+
+public sealed record TrainSummary(double FinalTrainLoss, double? InitialEvalLoss, double? EvalLoss, double TokensPerSecond, double WallSeconds,
+    long PeakDeviceBytes, IReadOnlyDictionary<MemoryCategory, long> PeakByCategory, int Steps, long TrainableParameters);
+
+/// <summary>Training stopped because the loss or a gradient was not finite.</summary>
+public sealed class NonFiniteLossException(string message) : Exception(message);
+
+public sealed class Trainer : IDisposable
+{
+    public const string StateFile = "trainer_state.json";
+    public const string OptimizerFile = "optimizer.safetensors";
+
+    private readonly VulkanContext _ctx;
+    private readonly DeviceLlama _model;
+    private readonly LlamaConfig _config;
+    private readonly TrainOptions _o;
+    private readonly TrainingData _data;
+    private readonly TrainableParameters _params;
+    private readonly LoraRuntime _lora;
+    private readonly TrainStep _step;
+    private LlamaRunner? _evalRunner;
+    private readonly List<(int Step, double Loss)> _trainCurve = [];
+    private readonly List<(int Step, double Loss)> _evalCurve = [];
+    private readonly List<string> _csv = [];
+    private int _done;
+
+    public Trainer(VulkanContext ctx, DeviceLlama model, TrainOptions options, TrainingData data)
+    {
+        options.Validate();
+        if (options.Adapter.Method == PeftMethod.Adapter)
+            throw new NotSupportedException("bottleneck adapters (--method adapter) are not available yet; use --method lora or qalora");
+        if (data.Train.Count == 0) throw new FormatException($"{options.Data}: no training window (is the data empty?)");
+        _ctx = ctx;
+        _model = model;
+        _config = model.Config;
+        _o = options;
+        _data = data;
+        Checkpointing = options.Checkpointing ?? model.LinearParams > 200_000_000;
+        _params = new TrainableParameters(ctx, withOptimizer: true);
+        LoraRuntime.Initialize(_params, _config, options.Adapter, options.Seed);
+        _lora = new LoraRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
+        _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing);
+    }
+
+    public bool Checkpointing { get; }
+    public TrainableParameters Parameters => _params;
+    public int CompletedSteps => _done;
+
+    /// <summary>Loads the last checkpoint of <see cref="TrainOptions.Out"/> (adapter, optimizer moments, step, curves).</summary>
+    public void ResumeFrom(string dir)
+    {
+        var statePath = Path.Combine(dir, StateFile);
+        if (!File.Exists(statePath)) throw new FileNotFoundException($"--resume: no checkpoint in {dir} ({StateFile} missing)");
+        JsonNode state;
+        try { state = JsonNode.Parse(File.ReadAllText(statePath)) ?? throw new InvalidDataException("empty"); }
+        catch (JsonException e) { throw new ModelFormatException(statePath, "json", $"corrupt checkpoint state ({e.Message})"); }
+        int step = state["step"]?.GetValue<int>() ?? throw new ModelFormatException(statePath, "step", "missing");
+        if (step > _o.Steps) throw new ModelFormatException(statePath, "step", $"checkpoint is at step {step}, past --steps {_o.Steps}");
+        var adapter = AdapterIO.Load(dir, _config);
+        foreach (var (name, t) in adapter.Tensors)
+        {
+            if (!_params.ByName.TryGetValue(name, out var p)) throw new ModelFormatException(dir, name, "tensor not part of this adapter configuration");
+            if (p.Param.Count != t.Count) throw new ModelFormatException(dir, name, $"has {t.Count} values, the configuration needs {p.Param.Count}");
+            p.Param.Upload<float>(t.Data);
+        }
+        using (var opt = SafeTensorsFile.Open(Path.Combine(dir, OptimizerFile)))
+        {
+            var moments = new Dictionary<string, (float[], float[])>();
+            foreach (var name in _params.ByName.Keys)
+                moments[name] = (opt.ReadFloat32(name + ".m"), opt.ReadFloat32(name + ".v"));
+            _params.LoadOptimizerState(moments);
+        }
+        _done = step;
+        foreach (var row in state["train_curve"]?.AsArray() ?? [])
+            _trainCurve.Add((row![0]!.GetValue<int>(), row[1]!.GetValue<double>()));
+        foreach (var row in state["eval_curve"]?.AsArray() ?? [])
+            _evalCurve.Add((row![0]!.GetValue<int>(), row[1]!.GetValue<double>()));
+        foreach (var line in state["csv"]?.AsArray() ?? []) _csv.Add(line!.GetValue<string>());
+    }
+
+    /// <summary>Held-out mean NLL with the current adapter (null without held-out data).</summary>
+    public double? Evaluate()
+    {
+        if (_data.Eval.Count == 0) return null;
+        _evalRunner ??= new LlamaRunner(_model, Math.Min(_o.Batch, _data.Eval.Count), _o.SeqLen, kvCache: false) { Adapter = _lora };
+        _lora.Training = false;
+        var windows = _data.Eval.Select(w => new Evaluator.Window(w.Inputs, w.Targets)).ToList();
+        return Evaluator.Evaluate(_evalRunner, windows).MeanNll;
+    }
+
+    /// <summary>Trains from the current step to --steps, reporting each step; returns the summary.</summary>
+    public TrainSummary Run(Action<StepReport>? onStep = null)
+    {
+        var wall = Stopwatch.StartNew();
+        Directory.CreateDirectory(_o.Out);
+        _ctx.Arena.Accounting.ResetPeaks();
+        double? initialEval = _done == 0 ? Evaluate() : _evalCurve.FirstOrDefault().Loss;
+        if (_done == 0 && initialEval is { } ie) _evalCurve.Add((0, ie));
+        var settings = new AdamWSettings();
+        long tokens = 0;
+        double lastLoss = double.NaN;
+        double? lastEval = _evalCurve.Count > 0 ? _evalCurve[^1].Loss : null;
+        var trainClock = Stopwatch.StartNew();
+        while (_done < _o.Steps)
+        {
+            int step = _done + 1;
+            var sw = Stopwatch.StartNew();
+            var micro = Enumerable.Range(0, _o.GradAccum).Select(m => _data.MicroBatch((long)_done * _o.GradAccum + m, _o.Batch, _o.Seed)).ToArray();
+            int predicted = micro.Sum(mb => mb.Sum(w => w.Targets.Count(t => t >= 0)));
+            double lossSum = 0;
+            for (int m = 0; m < micro.Length; m++)
+            {
+                var ids = micro[m].SelectMany(w => w.Inputs).ToArray();
+                var targets = micro[m].SelectMany(w => w.Targets).ToArray();
+                uint seed = unchecked((uint)(_o.Seed * 7919 + step * 131 + m));
+                lossSum += _step.Run(ids, targets, 1f / Math.Max(predicted, 1), seed);
+            }
+            double loss = lossSum / Math.Max(predicted, 1);
+            double gradNorm = _params.GradNorm();
+            if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
+                throw new NonFiniteLossException($"step {step}: loss {loss}, gradient norm {gradNorm} — training stopped; the last checkpoint in {_o.Out} (step {LastSavedStep()}) is intact. Try a lower --lr or --clip.");
+            float scale = _o.Clip > 0 && gradNorm > _o.Clip ? (float)(_o.Clip / gradNorm) : 1f;
+            double lr = _o.LearningRate(step);
+            _params.Step(step, settings with { Lr = lr, WeightDecay = _o.WeightDecay }, scale);
+            _params.ZeroGrads();
+            _done = step;
+            tokens += (long)_o.Batch * _o.SeqLen * _o.GradAccum;
+            double tps = (long)_o.Batch * _o.SeqLen * _o.GradAccum / sw.Elapsed.TotalSeconds;
+            lastLoss = loss;
+            _trainCurve.Add((step, loss));
+            double? evalLoss = null;
+            if ((_o.EvalEvery > 0 && step % _o.EvalEvery == 0) || step == _o.Steps)
+            {
+                evalLoss = Evaluate();
+                if (evalLoss is { } e) { _evalCurve.Add((step, e)); lastEval = e; }
+            }
+            _csv.Add(string.Create(CultureInfo.InvariantCulture, $"{step},{loss:R},{(evalLoss is { } ev ? ev.ToString("R", CultureInfo.InvariantCulture) : "")},{lr:R},{tps:F1},{gradNorm:R}"));
+            onStep?.Invoke(new StepReport(step, loss, lr, gradNorm, tps, evalLoss));
+            if ((_o.SaveEvery > 0 && step % _o.SaveEvery == 0) || step == _o.Steps) SaveCheckpoint();
+        }
+        var acc = _ctx.Arena.Accounting;
+        var summary = new TrainSummary(lastLoss, initialEval, lastEval, tokens / Math.Max(trainClock.Elapsed.TotalSeconds, 1e-9), wall.Elapsed.TotalSeconds,
+            acc.PeakLiveBytes, acc.PeakByCategory(), _done, _params.Count);
+        WriteReports(summary);
+        return summary;
+    }
+
+    private int LastSavedStep()
+    {
+        var p = Path.Combine(_o.Out, StateFile);
+        if (!File.Exists(p)) return 0;
+        try { return JsonNode.Parse(File.ReadAllText(p))?["step"]?.GetValue<int>() ?? 0; }
+        catch (JsonException) { return 0; }
+    }
+
+    /// <summary>Adapter, optimizer moments and trainer state, each written to a temporary file and renamed.</summary>
+    public void SaveCheckpoint()
+    {
+        var adapter = _params.ToHost(_o.Adapter);
+        var staging = Path.Combine(_o.Out, ".checkpoint.tmp");
+        if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
+        AdapterIO.SaveVkPeft(staging, adapter, _config, force: true);
+        var entries = new List<SafeTensorsWriter.Entry>();
+        foreach (var (name, (m, v)) in _params.OptimizerState())
+        {
+            entries.Add(SafeTensorsWriter.FromFloat32(name + ".m", _params.ByName[name].Shape, m));
+            entries.Add(SafeTensorsWriter.FromFloat32(name + ".v", _params.ByName[name].Shape, v));
+        }
+        SafeTensorsWriter.Write(Path.Combine(staging, OptimizerFile), entries);
+        var state = new JsonObject
+        {
+            ["format"] = "vkpeft-trainer-state/1",
+            ["step"] = _done,
+            ["micro_batches_consumed"] = (long)_done * _o.GradAccum,
+            ["seed"] = _o.Seed,
+            ["options"] = JsonSerializer.SerializeToNode(new
+            {
+                _o.Steps, _o.Batch, _o.SeqLen, _o.GradAccum, _o.Lr, _o.WeightDecay, _o.Warmup, Schedule = _o.Schedule.ToString().ToLowerInvariant(),
+                _o.Clip, Checkpointing, _o.Seed, Method = _o.Adapter.Method.ToString().ToLowerInvariant(), _o.Adapter.Rank, _o.Adapter.Alpha,
+                Quant = _o.Quant.Type, _o.Quant.Blocksize,
+            }),
+            ["train_curve"] = new JsonArray(_trainCurve.Select(p => (JsonNode)new JsonArray(p.Step, p.Loss)).ToArray()),
+            ["eval_curve"] = new JsonArray(_evalCurve.Select(p => (JsonNode)new JsonArray(p.Step, p.Loss)).ToArray()),
+            ["csv"] = new JsonArray(_csv.Select(s => (JsonNode)s).ToArray()),
+        };
+        File.WriteAllText(Path.Combine(staging, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        // Rename into place, the state last: a crash mid-way leaves the previous checkpoint's state pointing at a
+        // consistent older step (resume re-reads the adapter and optimizer files of that step only when all moved).
+        var files = Directory.GetFiles(staging).OrderBy(f => Path.GetFileName(f) == StateFile ? 1 : 0).ToArray();
+        foreach (var f in files) File.Move(f, Path.Combine(_o.Out, Path.GetFileName(f)), overwrite: true);
+        Directory.Delete(staging, recursive: true);
+    }
+
+    private void WriteReports(TrainSummary s)
+    {
+        var csv = new List<string> { "step,train_loss,eval_loss,lr,tokens_per_second,grad_norm" };
+        csv.AddRange(_csv);
+        WriteAtomic(Path.Combine(_o.Out, "metrics.csv"), string.Join('\n', csv) + "\n");
+        Plots.LossCurve(Path.Combine(_o.Out, "loss.svg"), _trainCurve, _evalCurve, $"{_o.Adapter.Method.ToString().ToUpperInvariant()} on {_o.Quant} base");
+        var summary = new JsonObject
+        {
+            ["final_train_loss"] = s.FinalTrainLoss,
+            ["initial_eval_loss"] = s.InitialEvalLoss,
+            ["eval_loss"] = s.EvalLoss,
+            ["tokens_per_second"] = s.TokensPerSecond,
+            ["wall_seconds"] = s.WallSeconds,
+            ["peak_device_bytes"] = s.PeakDeviceBytes,
+            ["peak_device_bytes_by_category"] = new JsonObject(s.PeakByCategory.Select(kv => KeyValuePair.Create(kv.Key.ToString().ToLowerInvariant(), (JsonNode?)kv.Value))),
+            ["steps"] = s.Steps,
+            ["trainable_parameters"] = s.TrainableParameters,
+            ["checkpointing"] = Checkpointing,
+            ["device"] = _ctx.Caps.Name,
+        };
+        WriteAtomic(Path.Combine(_o.Out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    private static void WriteAtomic(string path, string text)
+    {
+        File.WriteAllText(path + ".tmp", text);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    public void Dispose()
+    {
+        _evalRunner?.Dispose();
+        _step.Dispose();
+        _lora.Dispose();
+        _params.Dispose();
+    }
+}

@@ -1,0 +1,60 @@
+// Tiny random Llama models for end-to-end gradient checks and training tests.
+using VkPeft.Peft.Models;
+using VkPeft.Tests.Support;
+
+namespace VkPeft.Tests.Training;
+
+public static class TinyModels
+{
+    /// <summary>dim 32, hidden 48, 2 layers, 4 heads of 8 (GQA 2 kv heads), vocab 37: shapes off every block size.</summary>
+    public static (LlamaConfig Config, LlamaWeights Weights) Random(int seed, int dim = 32, int hidden = 48, int layers = 2, int vocab = 37)
+    {
+        var c = new LlamaConfig
+        {
+            Dim = dim, HiddenDim = hidden, NLayers = layers, NHeads = 4, NKvHeads = 2, HeadDim = dim / 4,
+            VocabSize = vocab, MaxSeqLen = 64, RmsNormEps = 1e-5, RopeTheta = 10000, RopeLayout = RopeLayout.InterleavedPairs,
+            TiedClassifier = true,
+        };
+        int s = seed;
+        float[] R(int n, float std) => TestData.Normal(n, s++, std);
+        float[] Ones(int n) { var a = R(n, 0.1f); for (int i = 0; i < n; i++) a[i] += 1; return a; }
+        var w = new LlamaWeights
+        {
+            TokenEmbedding = R(vocab * dim, 0.5f),
+            FinalNorm = Ones(dim),
+            Layers = [.. Enumerable.Range(0, layers).Select(_ => new LlamaLayerWeights
+            {
+                AttnNorm = Ones(dim),
+                FfnNorm = Ones(dim),
+                Wq = R(c.QDim * dim, 0.2f),
+                Wk = R(c.KvDim * dim, 0.2f),
+                Wv = R(c.KvDim * dim, 0.2f),
+                Wo = R(dim * c.QDim, 0.2f),
+                WGate = R(hidden * dim, 0.2f),
+                WUp = R(hidden * dim, 0.2f),
+                WDown = R(dim * hidden, 0.2f),
+            })],
+        };
+        return (c, w);
+    }
+
+    /// <summary>The same model with its seven linear kinds replaced (e.g. by what the device holds after quantization).</summary>
+    public static LlamaWeights WithLinears(LlamaWeights w, Func<int, LlamaTensorKind, float[]> linear) => new()
+    {
+        TokenEmbedding = w.TokenEmbedding,
+        FinalNorm = w.FinalNorm,
+        Classifier = w.Classifier,
+        Layers = [.. w.Layers.Select((l, i) => new LlamaLayerWeights
+        {
+            AttnNorm = l.AttnNorm,
+            FfnNorm = l.FfnNorm,
+            Wq = linear(i, LlamaTensorKind.Wq),
+            Wk = linear(i, LlamaTensorKind.Wk),
+            Wv = linear(i, LlamaTensorKind.Wv),
+            Wo = linear(i, LlamaTensorKind.Wo),
+            WGate = linear(i, LlamaTensorKind.WGate),
+            WUp = linear(i, LlamaTensorKind.WUp),
+            WDown = linear(i, LlamaTensorKind.WDown),
+        })],
+    };
+}
