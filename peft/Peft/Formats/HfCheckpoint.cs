@@ -1,5 +1,5 @@
-// Hugging Face checkpoint folders (config.json + model.safetensors or sharded index) for Llama, Mistral and
-// Qwen2-style models. HF q/k rows are in rotate-half order, so the config's RoPE layout is RotateHalf.
+// Hugging Face folders (config.json + model.safetensors or sharded index; bnb 4-bit and vkpeft INT4 linears are
+// dequantized) for Llama, Mistral and Qwen2-style models. HF q/k rows are rotate-half, so RopeLayout is RotateHalf.
 using System.Text.Json;
 using VkPeft.Peft.Models;
 
@@ -138,10 +138,21 @@ public static class HfCheckpoint
     {
         string dir = ResolveDirectory(path);
         var config = ReadConfig(Path.Combine(dir, ConfigFile));
+        int? int4Group = QuantizedSafeTensors.Int4GroupSize(Path.Combine(dir, ConfigFile));
         using var set = OpenWeights(dir);
         var weights = LlamaWeights.Build(config, (kind, layer, shape) =>
         {
             string name = TensorName(kind, layer);
+            // Quantized linear weights: bitsandbytes 4-bit (quant_state key) or vkpeft INT4 groups, dequantized to float32.
+            if (shape.Length == 2 && QuantizedSafeTensors.Bnb4BitStateKey(set, name) is not null)
+                return QuantizedSafeTensors.ReadBnb4Bit(set, name, shape);
+            if (shape.Length == 2 && int4Group is { } g && QuantizedSafeTensors.IsInt4(set, name))
+            {
+                var q = QuantizedSafeTensors.ReadInt4(set, name, shape, g);
+                var dense = new float[q.Count];
+                VkPeft.Quant.Int4GroupCodec.Dequantize(q, dense);
+                return dense;
+            }
             var info = set.Info(name);
             string file = set.FileOf(name).Path;
             if (!info.Shape.Select(d => d).SequenceEqual(shape.Select(d => (long)d)))
