@@ -29,6 +29,7 @@ public static class CliApp
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(TrainCommand.Create());
+        root.Subcommands.Add(ExportCommand.Create());
         return Invoke(root, args);
     }
 
@@ -52,7 +53,7 @@ public static class CliApp
         ValidationFailedException => null,
         VulkanUnsupportedException or DeviceMemoryBudgetException or FormatException or FileNotFoundException
             or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or CliUsageException
-            or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException => e.Message,
+            or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException or VkPeft.Peft.Export.ExportException => e.Message,
         VkPeft.Peft.Formats.ModelFormatException m => m.Message,
         ArgumentException a when a.GetType() == typeof(ArgumentException) => a.Message,
         VulkanException v => v.Message,
