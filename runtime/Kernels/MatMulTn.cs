@@ -1,0 +1,105 @@
+// fp32 C[N1,N2] = alpha·Aᵀ·B + beta·C with A [M,N1], B [M,N2]: the weight-gradient product of LoRA-style adapters.
+using System.Runtime.InteropServices;
+using VkPeft.Runtime.Commands;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Tensors;
+
+namespace VkPeft.Runtime.Kernels;
+
+/// <summary>
+/// C = alpha·Aᵀ·B + beta·C summed over the M rows (tokens) of A and B, e.g. dB_lora = s·dYᵀ·T and dA_lora = s·dTᵀ·X.
+/// Each output is one fp32 fma chain over the rows in order, in dispatches of at most <see cref="ChunkRows"/> rows
+/// accumulated with beta = 1: deterministic, no atomics. A, B and C must each fit one binding.
+/// </summary>
+public static class MatMulTn
+{
+    /// <summary>Rows of A and B summed per dispatch (bounds the length of any single dispatch).</summary>
+    public const int ChunkRows = 8192;
+    /// <summary>Output tile of the lanes shader: 8 rows x 64 columns of C (as computed; see the orientation choice).</summary>
+    public const uint LanesTileRows = 8, LanesTileCols = 64;
+    /// <summary>Output tile of the shared-memory shader.</summary>
+    public const uint TileRows = 64, TileCols = 64;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Push
+    {
+        public uint R, N, K, Ldp, Ldq, LdcR, LdcC, POffset, QOffset, COffset;
+        public float Alpha, Beta;
+    }
+
+    /// <summary>C[N1,N2] = alpha·Aᵀ·B + beta·C; A is [M,N1], B is [M,N2] (last dimension = columns). C is not read when beta = 0.</summary>
+    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, float alpha = 1, float beta = 0) =>
+        Run(a, b, c, alpha, beta, MatMulAlgorithm.Auto);
+
+    /// <summary>As <see cref="Run(DeviceTensor, DeviceTensor, DeviceTensor, float, float)"/> with a chosen shader.</summary>
+    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, float alpha, float beta, MatMulAlgorithm algorithm)
+    {
+        BasicOps.RequireF32(a, b, c);
+        long n1 = Cols(a), n2 = Cols(b);
+        long m = n1 == 0 ? 0 : a.Count / n1, mb = n2 == 0 ? 0 : b.Count / n2;
+        if (n1 > 0 && n2 > 0 && m != mb)
+            throw new ArgumentException($"MatMulTn: A '{a.Name}' {a.ShapeString} and B '{b.Name}' {b.ShapeString} disagree on the summed rows M ({m} vs {mb})");
+        if (c.Count != n1 * n2 || (c.Shape.Length > 0 && c.Shape[^1] != n2 && c.Count > 0))
+            throw new ArgumentException($"MatMulTn: C '{c.Name}' {c.ShapeString} should be [{n1}, {n2}] (Aᵀ·B of A {a.ShapeString}, B {b.ShapeString})");
+        if (c.Count == 0) return;
+        var ctx = a.Context;
+        if (m == 0)
+        {
+            // Empty sum: C = beta·C (and C is not read when beta = 0).
+            if (beta == 0) BasicOps.Fill(c, 0);
+            else BasicOps.Scale(c, c, beta);
+            return;
+        }
+        if (algorithm == MatMulAlgorithm.Auto) algorithm = MatMul.Choose(ctx);
+        if (algorithm == MatMulAlgorithm.Lanes && !MatMul.LanesSupported(ctx))
+            throw new ArgumentException("MatMulTn: the lanes algorithm needs 8-lane subgroups with broadcast");
+        bool lanes = algorithm == MatMulAlgorithm.Lanes;
+        var (aRange, aOffset) = WholeBinding(a, "A");
+        var (bRange, bOffset) = WholeBinding(b, "B");
+        var (cRange, cOffset) = WholeBinding(c, "C");
+
+        uint tileR = lanes ? LanesTileRows : TileRows, tileC = lanes ? LanesTileCols : TileCols;
+        // The kernel computes C' = Pᵀ·Q into tiles of tileR x tileC. Take P = B, Q = A and store C' transposed when
+        // that pads less (e.g. dB_lora = dYᵀ·T with thousands of rows but a rank-sized N2 on the 8 x 64 lanes tile).
+        bool swap = Padded(n2, tileR) * Padded(n1, tileC) < Padded(n1, tileR) * Padded(n2, tileC);
+        long rCount = swap ? n2 : n1, nCount = swap ? n1 : n2;
+        uint ldcR = (uint)(swap ? 1 : n2), ldcC = (uint)(swap ? n2 : 1);
+        var (pRange, pOffset, ldp) = swap ? (bRange, bOffset, (uint)n2) : (aRange, aOffset, (uint)n1);
+        var (qRange, qOffset, ldq) = swap ? (aRange, aOffset, (uint)n1) : (bRange, bOffset, (uint)n2);
+
+        uint maxX = ctx.Caps.MaxComputeWorkGroupCount[0], maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
+        uint gx = (uint)((nCount + tileC - 1) / tileC);
+        if (gx > maxX) throw new ArgumentException($"MatMulTn: {nCount} output columns need {gx} workgroups, over the device limit {maxX}");
+        var pipeline = ctx.Pipelines.Get(lanes ? ShaderId.MatmulTnLanes : ShaderId.MatmulTn);
+        for (long k0 = 0; k0 < m; k0 += ChunkRows)
+        {
+            long kCount = Math.Min(ChunkRows, m - k0);
+            float chunkBeta = k0 == 0 ? beta : 1f;
+            for (long r0 = 0; r0 < rCount; r0 += (long)maxY * tileR)
+            {
+                long rows = Math.Min(rCount - r0, (long)maxY * tileR);
+                uint gy = (uint)((rows + tileR - 1) / tileR);
+                var push = new Push
+                {
+                    R = (uint)rows, N = (uint)nCount, K = (uint)kCount, Ldp = ldp, Ldq = ldq, LdcR = ldcR, LdcC = ldcC,
+                    POffset = pOffset + (uint)(k0 * ldp + r0), QOffset = qOffset + (uint)(k0 * ldq), COffset = cOffset + (uint)(r0 * ldcR),
+                    Alpha = alpha, Beta = chunkBeta,
+                };
+                ctx.Commands.Dispatch(pipeline,
+                    [Binding.Read(pRange), Binding.Read(qRange), chunkBeta != 0 ? Binding.ReadWrite(cRange) : Binding.Write(cRange)],
+                    push, gx, gy, 1, "matmul_tn");
+            }
+        }
+    }
+
+    private static long Cols(DeviceTensor t) => t.Shape.Length == 0 ? 1 : t.Shape[^1];
+
+    private static long Padded(long n, uint tile) => (n + tile - 1) / tile * tile;
+
+    private static (BufferRange Range, uint Offset) WholeBinding(DeviceTensor t, string role)
+    {
+        if (t.Segments.Count != 1)
+            throw new ArgumentException($"MatMulTn: {role} '{t.Name}' {t.ShapeString} is split over {t.Segments.Count} bindings; it must fit one binding ({t.Context.Caps.MaxBindingBytes} bytes)");
+        return OpChecks.Whole(t);
+    }
+}

@@ -1,0 +1,118 @@
+// The split-aware PEFT kernels (dropout, activations, bias, group pooling) on tensors spanning several bindings, and
+// MatMulTn's clear refusal of split operands.
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Reference;
+using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
+using VkPeft.Tests.Support;
+using static VkPeft.Tests.Ops.OpsAssert;
+using R = VkPeft.Runtime.Reference.PeftKernelReference;
+
+namespace VkPeft.Tests.PeftKernels;
+
+public sealed class PeftSplitTests : IDisposable
+{
+    // 64 KiB bindings, 96 KiB allocations: every [300, 257] tensor below spans several segments.
+    private readonly VulkanContext _ctx = new(GpuFixture.Options() with
+    {
+        MaxStorageBufferRange = 64 << 10,
+        MaxMemoryAllocationSize = 96 << 10,
+        ArenaBlockSize = 96 << 10,
+    });
+
+    private const int Rows = 300, Cols = 257;
+
+    public void Dispose() => _ctx.Dispose();
+
+    private DeviceTensor Make(string name, float[] data, params long[] shape)
+    {
+        var t = DeviceTensor.Create(_ctx, name, DType.F32, shape, MemoryCategory.Workspace);
+        t.Upload<float>(data);
+        Assert.True(t.Segments.Count > 1 || data.Length * 4 <= 64 << 10, $"'{name}' should be split");
+        return t;
+    }
+
+    [Fact]
+    public void DropoutMaskUsesGlobalIndicesAcrossSegments()
+    {
+        var x = TestData.Uniform(Rows * Cols, 1, 0.5f, 1.5f);
+        using var tx = Make("x", x, Rows, Cols);
+        using var ty = Make("y", new float[x.Length], Rows, Cols);
+        Assert.True(tx.Segments.Count >= 4);
+        Dropout.Apply(tx, ty, 0.25f, 7);
+        var y = ty.ToArray<float>();
+        var mask = R.DropoutMask(7, x.Length, 0.25f);
+        float scale = Dropout.Scale(0.25f);
+        for (int i = 0; i < x.Length; i++) Assert.True(y[i] == (mask[i] ? x[i] * scale : 0f), $"element {i}");
+    }
+
+    [Fact]
+    public void ActivationsAcrossSegments()
+    {
+        var x = TestData.Normal(Rows * Cols, 2, 3);
+        var dy = TestData.Normal(Rows * Cols, 3);
+        using var tx = Make("x", x, Rows, Cols);
+        using var tdy = Make("dy", dy, Rows, Cols);
+        using var ty = Make("y", new float[x.Length], Rows, Cols);
+        var (xd, dyd) = (LayerReference.ToDouble(x), LayerReference.ToDouble(dy));
+        foreach (var kind in Enum.GetValues<ActivationKind>())
+        {
+            var bounds = xd.Select(v => PeftOpsTests.ActivationBounds(kind, v)).ToArray();
+            Activation.Forward(kind, tx, ty);
+            Within(R.ActivationForward(kind, xd), ty.ToArray<float>(), i => bounds[i].Forward, $"split {kind} forward");
+            Activation.Backward(kind, tx, tdy, ty);
+            var dx = R.ActivationBackward(kind, xd, dyd);
+            Within(dx, ty.ToArray<float>(), i => Math.Abs(dyd[i]) * bounds[i].Derivative + U * Math.Abs(dx[i]), $"split {kind} backward");
+        }
+    }
+
+    [Fact]
+    public void BiasAcrossSegments()
+    {
+        var y0 = TestData.Normal(Rows * Cols, 4);
+        var b = TestData.Normal(Cols, 5);
+        var dy = TestData.Normal(Rows * Cols, 6);
+        using var ty = Make("y", y0, Rows, Cols);
+        using var tb = Make("b", b, Cols);
+        using var tdy = Make("dy", dy, Rows, Cols);
+        using var tdb = Make("db", new float[Cols], Cols);
+        Bias.Add(ty, tb);
+        var y = R.BiasAdd(LayerReference.ToDouble(y0), LayerReference.ToDouble(b));
+        Within(y, ty.ToArray<float>(), i => U * Math.Abs(y[i]), "split bias add");
+        // Row-order sums per segment, each segment's sum then added to db: still Rows − 1 additions per column.
+        Bias.Grad(tdy, tdb, accumulate: false);
+        var db = R.BiasGrad(LayerReference.ToDouble(dy), Cols);
+        var absSum = R.BiasGrad(dy.Select(v => (double)Math.Abs(v)).ToArray(), Cols);
+        Within(db, tdb.ToArray<float>(), i => Rows * U / (1 - Rows * U) * absSum[i], "split bias grad");
+    }
+
+    [Fact]
+    public void GroupPoolAcrossSegments()
+    {
+        const int k = 256, g = 32, l = k / g;
+        var x = TestData.Normal(Rows * k, 7);
+        var dy = TestData.Normal(Rows * l, 8);
+        using var tx = Make("x", x, Rows, k);
+        using var ty = Make("y", new float[Rows * l], Rows, l);
+        Assert.True(tx.Segments.Count >= 4);
+        GroupPool.Forward(tx, ty, g);
+        var y = R.GroupPoolForward(LayerReference.ToDouble(x), Rows, k, g);
+        var absMean = R.GroupPoolForward(x.Select(v => (double)Math.Abs(v)).ToArray(), Rows, k, g);
+        Within(y, ty.ToArray<float>(), i => (g + 1) * U * absMean[i], "split group pool");
+        ty.Upload<float>(dy);
+        GroupPool.Backward(ty, tx, g, accumulate: false);
+        var dx = R.GroupPoolBackward(LayerReference.ToDouble(dy), Rows, k, g);
+        Within(dx, tx.ToArray<float>(), i => PeftOpsTests.TwoRoundings * Math.Abs(dx[i]), "split group pool backward");
+    }
+
+    [Fact]
+    public void MatMulTnRefusesSplitOperandsClearly()
+    {
+        using var ta = Make("a", new float[Rows * Cols], Rows, Cols);
+        using var tb = Make("b", new float[Rows * 3], Rows, 3);
+        using var tc = Make("c", new float[Cols * 3], Cols, 3);
+        var e = Assert.Throws<ArgumentException>(() => MatMulTn.Run(ta, tb, tc));
+        Assert.Contains("must fit one binding", e.Message);
+    }
+}
