@@ -47,7 +47,7 @@ public static class Progress
     /// <summary>Shows units per second of a progress task.</summary>
     private sealed class TransferSpeedlessRateColumn(string unit) : ProgressColumn
     {
-        public override Spectre.Console.Rendering.IRenderable Render(RenderOptions options, ProgressTask task, TimeSpan deltaTime) =>
+        public override Spectre.Console.Rendering.IRenderable Render(Spectre.Console.Rendering.RenderOptions options, ProgressTask task, TimeSpan deltaTime) =>
             new Text(task.Speed is { } s ? $"{s:0.#} {unit}/s" : "");
     }
 }

@@ -117,7 +117,6 @@ public sealed class Trainer : IDisposable
         _ctx.Arena.Accounting.ResetPeaks();
         double? initialEval = _done == 0 ? Evaluate() : _evalCurve.FirstOrDefault().Loss;
         if (_done == 0 && initialEval is { } ie) _evalCurve.Add((0, ie));
-        var settings = new AdamWSettings();
         long tokens = 0;
         double lastLoss = double.NaN;
         double? lastEval = _evalCurve.Count > 0 ? _evalCurve[^1].Loss : null;
@@ -142,7 +141,7 @@ public sealed class Trainer : IDisposable
                 throw new NonFiniteLossException($"step {step}: loss {loss}, gradient norm {gradNorm} — training stopped; the last checkpoint in {_o.Out} (step {LastSavedStep()}) is intact. Try a lower --lr or --clip.");
             float scale = _o.Clip > 0 && gradNorm > _o.Clip ? (float)(_o.Clip / gradNorm) : 1f;
             double lr = _o.LearningRate(step);
-            _params.Step(step, settings with { Lr = lr, WeightDecay = _o.WeightDecay }, scale);
+            _params.Step(step, new AdamWSettings(Lr: lr, WeightDecay: _o.WeightDecay), scale);
             _params.ZeroGrads();
             _done = step;
             tokens += (long)_o.Batch * _o.SeqLen * _o.GradAccum;
