@@ -12,9 +12,9 @@ namespace VkPeft.Cli;
 public sealed class AdapterSession : IDisposable
 {
     private readonly TrainableParameters? _params;
-    private readonly LoraRuntime? _lora;
+    private readonly ITrainableAdapter? _lora;
 
-    private AdapterSession(DeviceLlama model, TrainableParameters? p, LoraRuntime? lora)
+    private AdapterSession(DeviceLlama model, TrainableParameters? p, ITrainableAdapter? lora)
     {
         Model = model;
         _params = p;
@@ -33,18 +33,17 @@ public sealed class AdapterSession : IDisposable
         if (quantGiven && quant != recorded)
             Console.Error.WriteLine($"warning: the adapter was trained against a {recorded} base; using --quant {quant} as asked");
         var q = quantGiven ? quant : recorded;
-        if (adapter.Config.Method == PeftMethod.Adapter)
-            throw new NotSupportedException($"{adapterDir}: bottleneck adapters cannot be applied yet");
         var model = ModelOptions.Upload(ctx, host, q);
         var p = new TrainableParameters(ctx, withOptimizer: false);
         foreach (var (name, t) in adapter.Tensors) p.Add(name, t.Shape, t.Data);
-        var lora = new LoraRuntime(ctx, host.Config, adapter.Config, p, maxRows) { Training = false };
+        var lora = AdapterFactory.Create(ctx, host.Config, adapter.Config, p, maxRows);
+        lora.Training = false;
         return new AdapterSession(model, p, lora);
     }
 
     public void Dispose()
     {
-        _lora?.Dispose();
+        (_lora as IDisposable)?.Dispose();
         _params?.Dispose();
         Model.Dispose();
     }

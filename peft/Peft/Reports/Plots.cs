@@ -11,7 +11,7 @@ public static class Plots
     /// <summary>Writes a loss-curve SVG: train loss per step and held-out loss where evaluated.</summary>
     public static void LossCurve(string path, IReadOnlyList<(int Step, double Loss)> train, IReadOnlyList<(int Step, double Loss)> eval, string title)
     {
-        var model = new PlotModel { Title = title, Background = OxyColors.White };
+        var model = new PlotModel { Title = title, Background = OxyColors.White, Padding = new OxyThickness(8, 16, 24, 8) };
         model.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = "step", MajorGridlineStyle = LineStyle.Dot });
         model.Axes.Add(new LinearAxis { Position = AxisPosition.Left, Title = "loss (mean NLL per token)", MajorGridlineStyle = LineStyle.Dot });
         var t = new LineSeries { Title = "train", Color = OxyColor.FromRgb(0x1f, 0x77, 0xb4), StrokeThickness = 1.5 };
@@ -23,7 +23,7 @@ public static class Plots
             foreach (var (s, l) in eval) e.Points.Add(new DataPoint(s, l));
             model.Series.Add(e);
         }
-        model.Legends.Add(new OxyPlot.Legends.Legend { LegendPosition = OxyPlot.Legends.LegendPosition.TopRight });
+        model.Legends.Add(new OxyPlot.Legends.Legend { LegendPosition = OxyPlot.Legends.LegendPosition.TopRight, LegendBackground = OxyColor.FromAColor(220, OxyColors.White), LegendPadding = 6 });
         Save(path, model, 800, 450);
     }
 

@@ -11,7 +11,7 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
-public sealed class LoraRuntime : IAdapterRuntime, IDisposable
+public sealed class LoraRuntime : ITrainableAdapter, IDisposable
 {
     private readonly LlamaConfig _c;
     private readonly HashSet<TargetModule> _targets;
@@ -134,11 +134,17 @@ public sealed class LoraRuntime : IAdapterRuntime, IDisposable
 
     public void MlpOutput(int layer, DeviceTensor h, DeviceTensor z) { }
 
+    public bool HasBlockHooks => false;
+
+    public void AttentionOutputBackward(int layer, DeviceTensor dzIn, DeviceTensor dzOut) => throw new NotSupportedException("LoRA has no block hooks");
+
+    public void MlpOutputBackward(int layer, DeviceTensor h, DeviceTensor dzIn, DeviceTensor dzOut, DeviceTensor dh) => throw new NotSupportedException("LoRA has no block hooks");
+
     /// <summary>
     /// Backward of the branch at (layer, target) for input x and output gradient dy: dB += s·dyᵀ·t, dA += (s·dy·B)ᵀ·x̃,
     /// and dx += ∂x̃ᵀ(s·dy·B·A) — accumulates into dA, dB and dx.
     /// </summary>
-    public void Backward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx)
+    public void LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx)
     {
         if (!_targets.Contains(target)) return;
         var pa = Parameters.ByName[AdapterWeights.LoraA(layer, target)];

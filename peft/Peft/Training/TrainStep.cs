@@ -13,14 +13,15 @@ namespace VkPeft.Peft.Training;
 public sealed class TrainStep : IDisposable
 {
     private readonly DeviceLlama _model;
-    private readonly LoraRuntime _adapter;
+    private readonly ITrainableAdapter _adapter;
     private readonly List<DeviceTensor> _owned = [];
     private readonly LayerState[] _states;
     private readonly DeviceTensor[] _layerIn;          // L+1 x [rows, dim]: input of each layer, then the final hidden state
     private readonly DeviceTensor _scratchOut, _hFinal, _dX, _dH, _dS, _dG, _dU, _dO, _dQ, _dK, _dV, _delta;
+    private readonly DeviceTensor? _dZ, _dHx;   // [rows, dim] block-hook gradients (bottleneck adapters only)
     private readonly DeviceTensor _ids, _targets, _loss, _lossSum, _logits;
 
-    public TrainStep(DeviceLlama model, LoraRuntime adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128)
+    public TrainStep(DeviceLlama model, ITrainableAdapter adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128)
     {
         _model = model;
         _adapter = adapter;
@@ -52,6 +53,11 @@ public sealed class TrainStep : IDisposable
         _dK = T("train.dk", DType.F32, rows, c.KvDim);
         _dV = T("train.dv", DType.F32, rows, c.KvDim);
         _delta = T("train.attn_delta", DType.F32, batch, c.NHeads, seqLen);
+        if (adapter.HasBlockHooks)
+        {
+            _dZ = T("train.dz", DType.F32, rows, c.Dim);
+            _dHx = T("train.dh_adapter", DType.F32, rows, c.Dim);
+        }
         _ids = T("train.ids", DType.I32, rows);
         _targets = T("train.targets", DType.I32, rows);
         _loss = T("train.loss_rows", DType.F32, rows);
@@ -116,29 +122,43 @@ public sealed class TrainStep : IDisposable
         float eps = (float)c.RmsNormEps;
         var lora = _adapter;
 
-        // MLP block: x_out = x_mid + down(silu(gate(h2))·up(h2)).
-        layer.Down.InputGrad(_dX, _dS);
-        lora.Backward(l, TargetModule.Down, s.S, _dX, _dS);
+        // MLP block: x_out = x_mid + adapter(down(silu(gate(h2))·up(h2))).
+        var dz = _dX;
+        if (_dZ != null)
+        {
+            BasicOps.Fill(_dHx!, 0);
+            lora.MlpOutputBackward(l, s.H2, _dX, _dZ, _dHx!);
+            dz = _dZ;
+        }
+        layer.Down.InputGrad(dz, _dS);
+        lora.LinearBackward(l, TargetModule.Down, s.S, dz, _dS);
         SwiGlu.Backward(s.G, s.U, _dS, _dG, _dU);
         layer.Gate.InputGrad(_dG, _dH);
-        lora.Backward(l, TargetModule.Gate, s.H2, _dG, _dH);
+        lora.LinearBackward(l, TargetModule.Gate, s.H2, _dG, _dH);
         layer.Up.InputGrad(_dU, _dH, beta: 1);
-        lora.Backward(l, TargetModule.Up, s.H2, _dU, _dH);
+        lora.LinearBackward(l, TargetModule.Up, s.H2, _dU, _dH);
+        if (_dHx != null) BasicOps.Add(_dH, _dHx, _dH);
         RmsNorm.Backward(s.XMid, layer.FfnNorm, _dH, _dX, eps, accumulate: true);
 
-        // Attention block: x_mid = x_in + o_proj(attention(rope(q(h1)), rope(k(h1)), v(h1))).
-        layer.Wo.InputGrad(_dX, _dO);
-        lora.Backward(l, TargetModule.O, s.O, _dX, _dO);
+        // Attention block: x_mid = x_in + adapter(o_proj(attention(rope(q(h1)), rope(k(h1)), v(h1)))).
+        dz = _dX;
+        if (_dZ != null)
+        {
+            lora.AttentionOutputBackward(l, _dX, _dZ);
+            dz = _dZ;
+        }
+        layer.Wo.InputGrad(dz, _dO);
+        lora.LinearBackward(l, TargetModule.O, s.O, dz, _dO);
         var lse = LayerForward.LseView(s, Batch, SeqLen, c.NHeads);
         Attention.Backward(s.Q, s.K, s.V, s.O, lse, _dO, _dQ, _dK, _dV, _delta, Batch, SeqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
         Rope.Apply(_dQ, _dQ, _model.InvFreq, c.HeadDim, _model.Pairing, 0, SeqLen, inverse: true);
         Rope.Apply(_dK, _dK, _model.InvFreq, c.HeadDim, _model.Pairing, 0, SeqLen, inverse: true);
         layer.Wq.InputGrad(_dQ, _dH);
-        lora.Backward(l, TargetModule.Q, s.H1, _dQ, _dH);
+        lora.LinearBackward(l, TargetModule.Q, s.H1, _dQ, _dH);
         layer.Wk.InputGrad(_dK, _dH, beta: 1);
-        lora.Backward(l, TargetModule.K, s.H1, _dK, _dH);
+        lora.LinearBackward(l, TargetModule.K, s.H1, _dK, _dH);
         layer.Wv.InputGrad(_dV, _dH, beta: 1);
-        lora.Backward(l, TargetModule.V, s.H1, _dV, _dH);
+        lora.LinearBackward(l, TargetModule.V, s.H1, _dV, _dH);
         RmsNorm.Backward(xIn, layer.AttnNorm, _dH, _dX, eps, accumulate: true);
     }
 

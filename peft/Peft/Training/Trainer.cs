@@ -37,7 +37,7 @@ public sealed class Trainer : IDisposable
     private readonly TrainOptions _o;
     private readonly TrainingData _data;
     private readonly TrainableParameters _params;
-    private readonly LoraRuntime _lora;
+    private readonly ITrainableAdapter _lora;
     private readonly TrainStep _step;
     private LlamaRunner? _evalRunner;
     private readonly List<(int Step, double Loss)> _trainCurve = [];
@@ -48,8 +48,6 @@ public sealed class Trainer : IDisposable
     public Trainer(VulkanContext ctx, DeviceLlama model, TrainOptions options, TrainingData data)
     {
         options.Validate();
-        if (options.Adapter.Method == PeftMethod.Adapter)
-            throw new NotSupportedException("bottleneck adapters (--method adapter) are not available yet; use --method lora or qalora");
         if (data.Train.Count == 0) throw new FormatException($"{options.Data}: no training window (is the data empty?)");
         _ctx = ctx;
         _model = model;
@@ -58,8 +56,8 @@ public sealed class Trainer : IDisposable
         _data = data;
         Checkpointing = options.Checkpointing ?? model.LinearParams > 200_000_000;
         _params = new TrainableParameters(ctx, withOptimizer: true);
-        LoraRuntime.Initialize(_params, _config, options.Adapter, options.Seed);
-        _lora = new LoraRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
+        AdapterFactory.Initialize(_params, _config, options.Adapter, options.Seed);
+        _lora = AdapterFactory.Create(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
         _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing);
     }
 
@@ -244,7 +242,7 @@ public sealed class Trainer : IDisposable
     {
         _evalRunner?.Dispose();
         _step.Dispose();
-        _lora.Dispose();
+        (_lora as IDisposable)?.Dispose();
         _params.Dispose();
     }
 }
