@@ -81,10 +81,6 @@ public sealed class DeviceLlama : IDisposable
         }
         try
         {
-            if (quant.IsInt4)
-                foreach (var (n, i) in new[] { (c.Dim, "dim"), (c.HiddenDim, "hidden_dim"), (c.QDim, "n_heads·head_dim") })
-                    if (n % quant.Blocksize != 0)
-                        throw new FormatException($"--group-size {quant.Blocksize} does not divide the model's {i} ({n}); INT4 groups (QA-LoRA) need it to");
             var emb = F32("embedding", w.TokenEmbedding, c.VocabSize, c.Dim);
             var cls = w.Classifier == null ? null : F32("classifier", w.Classifier, c.VocabSize, c.Dim);
             var norm = F32("final_norm", w.FinalNorm, c.Dim);

@@ -107,8 +107,11 @@ public sealed class Trainer : IDisposable
         return Evaluator.Evaluate(_evalRunner, windows).MeanNll;
     }
 
-    /// <summary>Trains from the current step to --steps, reporting each step; returns the summary.</summary>
-    public TrainSummary Run(Action<StepReport>? onStep = null)
+    /// <summary>
+    /// Trains from the current step to --steps (or until <paramref name="stopAfterStep"/>, as an interruption would),
+    /// reporting each step; returns the summary.
+    /// </summary>
+    public TrainSummary Run(Action<StepReport>? onStep = null, int? stopAfterStep = null)
     {
         var wall = Stopwatch.StartNew();
         Directory.CreateDirectory(_o.Out);
@@ -119,7 +122,7 @@ public sealed class Trainer : IDisposable
         double lastLoss = double.NaN;
         double? lastEval = _evalCurve.Count > 0 ? _evalCurve[^1].Loss : null;
         var trainClock = Stopwatch.StartNew();
-        while (_done < _o.Steps)
+        while (_done < _o.Steps && (stopAfterStep == null || _done < stopAfterStep))
         {
             int step = _done + 1;
             var sw = Stopwatch.StartNew();

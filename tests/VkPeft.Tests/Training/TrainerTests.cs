@@ -1,0 +1,164 @@
+// The training loop on the real stories260K: the QLoRA parity recipe lowers held-out loss, resume is bit-exact,
+// checkpoints/metrics/plots are written, data formats and bad inputs are handled.
+using System.Text.Json.Nodes;
+using VkPeft.Peft.Data;
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Training;
+using VkPeft.Runtime.Vulkan;
+using VkPeft.Tests.Engine;
+using VkPeft.Tests.Support;
+
+namespace VkPeft.Tests.Training;
+
+[Collection("gpu")]
+public sealed class TrainerTests(GpuFixture gpu) : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-train-").FullName;
+    private VulkanContext Ctx => gpu.Context;
+    private static LoadedModel Stories => DeviceModelTests.Stories.Value;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    /// <summary>Stories in a style the base has not seen: one per line.</summary>
+    internal static string WriteData(string dir, int count, int seed)
+    {
+        var rng = new Random(seed);
+        string[] names = ["Pip", "Bo", "Mina", "Toby", "Luna", "Max"], things = ["a red kite", "a blue cup", "a tiny bell", "a round stone"];
+        var lines = Enumerable.Range(0, count).Select(_ =>
+        {
+            var n = names[rng.Next(names.Length)];
+            var t = things[rng.Next(things.Length)];
+            return $"Pip pip hooray! {n} found {t}. {n} gave {t} to a sad friend. Pip pip hooray, sharing is the best!";
+        });
+        var path = Path.Combine(dir, $"data{seed}.txt");
+        File.WriteAllLines(path, lines);
+        return path;
+    }
+
+    private TrainOptions Options(string outDir, int steps, PeftMethod method = PeftMethod.Lora, BaseQuant? quant = null) => new()
+    {
+        Data = WriteData(_dir, 48, 1),
+        EvalData = WriteData(_dir, 8, 2),
+        Adapter = new AdapterConfig
+        {
+            Method = method, Rank = 8, Alpha = 16, GroupSize = 32,
+            BaseQuant = (quant ?? BaseQuant.Parse("nf4-dq")).ToRecord(),
+        },
+        Quant = quant ?? BaseQuant.Parse("nf4-dq"),
+        Steps = steps,
+        Batch = 8,
+        SeqLen = 64,
+        Lr = 2e-3f,
+        Warmup = 2,
+        Out = outDir,
+        Seed = 5,
+    };
+
+    private TrainSummary Train(TrainOptions o, int? stopAfter = null, bool resume = false)
+    {
+        var data = TrainingData.Load(Stories.Tokenizer!, o.Data, o.EvalData, o.EvalFraction, o.SeqLen, o.Seed);
+        using var model = DeviceLlama.Load(Ctx, Stories.Config, Stories.Weights, o.Quant);
+        using var trainer = new Trainer(Ctx, model, o, data);
+        if (resume) trainer.ResumeFrom(o.Out);
+        var s = trainer.Run(stopAfterStep: stopAfter);
+        if (stopAfter != null) trainer.SaveCheckpoint();
+        return s;
+    }
+
+    [Fact]
+    public void QloraRecipeLowersHeldOutLossAndWritesItsReports()
+    {
+        // The PyTorch-style recipe: NF4+DQ base, LoRA r=8, alpha=16, all seven targets, AdamW lr 2e-3, batch 8 x 64, 40 steps.
+        var outDir = Path.Combine(_dir, "run");
+        var s = Train(Options(outDir, 40));
+        Assert.NotNull(s.InitialEvalLoss);
+        Assert.True(s.EvalLoss < 0.5 * s.InitialEvalLoss, $"held-out loss {s.InitialEvalLoss} → {s.EvalLoss}");
+        foreach (var f in new[] { "metrics.csv", "loss.svg", "summary.json", "vkpeft_adapter.json", "adapter_model.safetensors", Trainer.OptimizerFile, Trainer.StateFile })
+            Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+        var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "summary.json")))!;
+        Assert.True(summary["peak_device_bytes"]!.GetValue<long>() > 0);
+        Assert.True(summary["peak_device_bytes_by_category"]!["weights"]!.GetValue<long>() > 0);
+        Assert.Equal(41, File.ReadAllLines(Path.Combine(outDir, "metrics.csv")).Length);
+        Assert.Contains("<svg", File.ReadAllText(Path.Combine(outDir, "loss.svg")));
+        // The adapter loads back and applies: eval with it matches the trainer's held-out loss.
+        var adapter = AdapterIO.Load(outDir, Stories.Config);
+        Assert.Equal(7 * Stories.Config.NLayers * 2, adapter.Tensors.Count);
+        Assert.Equal("nf4-dq", adapter.Config.BaseQuant.Type);
+    }
+
+    [Fact]
+    public void ResumeIsBitExact()
+    {
+        var a = Path.Combine(_dir, "straight");
+        var b = Path.Combine(_dir, "resumed");
+        Train(Options(a, 6) with { Lr = 1e-3f, Adapter = Options(a, 6).Adapter with { Dropout = 0.1f } });
+        Train(Options(b, 6) with { Lr = 1e-3f, Adapter = Options(b, 6).Adapter with { Dropout = 0.1f } }, stopAfter: 3);
+        Train(Options(b, 6) with { Lr = 1e-3f, Adapter = Options(b, 6).Adapter with { Dropout = 0.1f }, Resume = true }, resume: true);
+        var wa = AdapterIO.Load(a, Stories.Config);
+        var wb = AdapterIO.Load(b, Stories.Config);
+        foreach (var (name, t) in wa.Tensors) Assert.Equal(t.Data, wb.Tensors[name].Data);
+        Assert.Equal(File.ReadAllText(Path.Combine(a, "metrics.csv")).Split('\n').Select(l => string.Join(',', l.Split(',').Take(3))),
+            File.ReadAllText(Path.Combine(b, "metrics.csv")).Split('\n').Select(l => string.Join(',', l.Split(',').Take(3))));
+    }
+
+    [Fact]
+    public void QaLoraTrainsOnAnInt4Base()
+    {
+        // stories260K's hidden size 172 = 4·43: groups of 4 divide every target's in_features.
+        var o = Options(Path.Combine(_dir, "qa"), 25, PeftMethod.QaLora, BaseQuant.Parse("int4", 4));
+        var s = Train(o with { Adapter = o.Adapter with { GroupSize = 4 } });
+        Assert.True(s.EvalLoss < 0.7 * s.InitialEvalLoss, $"held-out loss {s.InitialEvalLoss} → {s.EvalLoss}");
+    }
+
+    [Fact]
+    public void BadOptionsAndDataGetClearErrors()
+    {
+        var o = Options(Path.Combine(_dir, "bad"), 5);
+        Assert.Contains("--rank", Assert.Throws<FormatException>(() => (o with { Adapter = o.Adapter with { Rank = 0 } }).Validate()).Message);
+        Assert.Contains("--quant int4", Assert.Throws<FormatException>(() => (o with { Adapter = o.Adapter with { Method = PeftMethod.QaLora } }).Validate()).Message);
+        Assert.Contains("unknown target 'wq'", Assert.Throws<FormatException>(() => AdapterConfig.ParseTargets("q,wq")).Message);
+        var empty = Path.Combine(_dir, "empty.txt");
+        File.WriteAllText(empty, "\n  \n");
+        Assert.Contains("no non-empty document", Assert.Throws<VkPeft.Peft.Formats.ModelFormatException>(() => TextDataset.Read(empty)).Message);
+        var badJson = Path.Combine(_dir, "bad.jsonl");
+        File.WriteAllText(badJson, "{\"text\": \"ok\"}\n{not json\n");
+        var e = Assert.Throws<VkPeft.Peft.Formats.ModelFormatException>(() => TextDataset.Read(badJson));
+        Assert.Contains("line 2", e.Message);
+        Assert.Contains("bad.jsonl", e.Message);
+        // QA-LoRA group size that does not divide a target's in_features (down_proj: 172 of stories260K).
+        var qa = Options(Path.Combine(_dir, "qa-bad"), 2, PeftMethod.QaLora, BaseQuant.Parse("int4", 32));
+        var err = Assert.Throws<FormatException>(() => Train(qa));
+        Assert.Contains("--group-size 32 does not divide in_features 172 of target down", err.Message);
+    }
+
+    [Fact]
+    public void InstructionRecordsPredictOnlyTheResponse()
+    {
+        var path = Path.Combine(_dir, "inst.jsonl");
+        File.WriteAllText(path, "{\"instruction\": \"Say hi.\", \"output\": \"Hi there.\"}\n{\"prompt\": \"Q: 2+2?\\n\", \"completion\": \"4\"}\n");
+        var records = TextDataset.Read(path);
+        var tok = Stories.Tokenizer!;
+        var d = TextDataset.Tokenize(tok, records[0]);
+        Assert.Equal(tok.Eos, d.Tokens[^1]);
+        Assert.False(d.Predict[0]);
+        int promptLen = tok.Encode("Say hi.\n", bos: true).Length;
+        Assert.All(d.Predict.Take(promptLen), p => Assert.False(p));
+        Assert.True(d.Predict[^1]);
+        var windows = TrainingData.Pack([d], 32);
+        Assert.Single(windows);
+        Assert.Equal(d.Predict.Count(p => p), windows[0].Targets.Count(t => t >= 0));
+    }
+
+    [Fact]
+    public void CorruptCheckpointOnResumeIsAClearError()
+    {
+        var outDir = Path.Combine(_dir, "corrupt");
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, Trainer.StateFile), "{ not json");
+        var e = Assert.Throws<VkPeft.Peft.Formats.ModelFormatException>(() => Train(Options(outDir, 2) with { Resume = true }, resume: true));
+        Assert.Contains(Trainer.StateFile, e.Message);
+    }
+}
