@@ -1,0 +1,260 @@
+// Causal grouped-query attention on the device: forward (o and the row log-sum-exp) and backward (dq, dk, dv), both
+// streaming over keys without a [T, S] buffer. Shaders: attention_fwd, attention_bwd_dq, attention_bwd_dkv.
+using System.Runtime.InteropServices;
+using VkPeft.Runtime.Commands;
+using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Runtime.Kernels;
+
+/// <summary>
+/// Which attention shaders run: <see cref="Direct"/> reads key/query blocks straight from the buffers at
+/// workgroup-uniform addresses (8-invocation workgroups; CPU devices such as lavapipe serve these as broadcast loads),
+/// <see cref="Shared"/> stages them in shared memory (64-invocation workgroups; GPUs). Auto picks by device kind.
+/// </summary>
+public enum AttentionAlgorithm { Auto, Direct, Shared }
+
+public static class Attention
+{
+    /// <summary>The array sizes the shaders are compiled for; a head dimension uses the smallest that holds it.</summary>
+    public static IReadOnlyList<int> HeadDims => HeadDimList;
+    private static readonly int[] HeadDimList = [8, 16, 32, 48, 64, 96, 128];
+    public const int MaxHeadDim = 128;
+    public const uint DirectWorkgroupSize = 8, SharedWorkgroupSize = 64;
+
+    private static readonly ShaderId[,] Shaders =
+    {
+        { ShaderId.AttentionFwdD8, ShaderId.AttentionFwdD16, ShaderId.AttentionFwdD32, ShaderId.AttentionFwdD48, ShaderId.AttentionFwdD64, ShaderId.AttentionFwdD96, ShaderId.AttentionFwdD128 },
+        { ShaderId.AttentionFwdSharedD8, ShaderId.AttentionFwdSharedD16, ShaderId.AttentionFwdSharedD32, ShaderId.AttentionFwdSharedD48, ShaderId.AttentionFwdSharedD64, ShaderId.AttentionFwdSharedD96, ShaderId.AttentionFwdSharedD128 },
+        { ShaderId.AttentionBwdDqD8, ShaderId.AttentionBwdDqD16, ShaderId.AttentionBwdDqD32, ShaderId.AttentionBwdDqD48, ShaderId.AttentionBwdDqD64, ShaderId.AttentionBwdDqD96, ShaderId.AttentionBwdDqD128 },
+        { ShaderId.AttentionBwdDqSharedD8, ShaderId.AttentionBwdDqSharedD16, ShaderId.AttentionBwdDqSharedD32, ShaderId.AttentionBwdDqSharedD48, ShaderId.AttentionBwdDqSharedD64, ShaderId.AttentionBwdDqSharedD96, ShaderId.AttentionBwdDqSharedD128 },
+        { ShaderId.AttentionBwdDkvD8, ShaderId.AttentionBwdDkvD16, ShaderId.AttentionBwdDkvD32, ShaderId.AttentionBwdDkvD48, ShaderId.AttentionBwdDkvD64, ShaderId.AttentionBwdDkvD96, ShaderId.AttentionBwdDkvD128 },
+        { ShaderId.AttentionBwdDkvSharedD8, ShaderId.AttentionBwdDkvSharedD16, ShaderId.AttentionBwdDkvSharedD32, ShaderId.AttentionBwdDkvSharedD48, ShaderId.AttentionBwdDkvSharedD64, ShaderId.AttentionBwdDkvSharedD96, ShaderId.AttentionBwdDkvSharedD128 },
+    };
+
+    private enum Kernel { Forward = 0, Dq = 2, Dkv = 4 }
+
+    /// <summary>Mirrors the push block of include/attention.glsl.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Push
+    {
+        public uint T, S, StartPos, KvStride, Group, NHeads, Ldq, Ldk;
+        public float Scale;
+        public uint HeadDim;
+        public uint Off0, Off1, Off2, Off3, Off4, Off5, Off6, Off7;
+        public uint HeadLo, HeadHi, Lo, Hi, Accumulate;
+    }
+
+    /// <summary>
+    /// lavapipe (gallivm) ends every loop of a shader invocation once 65535 iterations have run in total. The kernels
+    /// loop about 2·headDim times per key (forward, dq) or per (query head, query) pair (dkv), so on CPU devices each
+    /// dispatch gets a bounded share of them and dispatches are chained (the first writes, later ones combine).
+    /// </summary>
+    private const long LoopBudget = 60000;
+
+    /// <summary>Loop iterations per key or pair (dot and update loops, plus rescale and staging shares), conservatively.</summary>
+    private static long ItersPerRow(int headDim) => 2L * headDim + headDim / 4 + 4;
+
+    /// <summary>Keys or pairs one dispatch may loop over: bounded on CPU devices, unbounded elsewhere; capped by a request.</summary>
+    private static long RowsPerDispatch(VulkanContext ctx, int headDim, int requested)
+    {
+        long n = ctx.Caps.Kind == DeviceKind.Cpu ? Math.Max((LoopBudget - 4L * headDim) / ItersPerRow(headDim), 1) : long.MaxValue;
+        return requested > 0 ? Math.Min(n, requested) : n;
+    }
+
+    /// <summary>The algorithm Auto picks on this device.</summary>
+    public static AttentionAlgorithm Choose(VulkanContext ctx) =>
+        ctx.Caps.Kind == DeviceKind.Cpu ? AttentionAlgorithm.Direct : AttentionAlgorithm.Shared;
+
+    /// <summary>
+    /// o = softmax(q·kᵀ/√headDim + causal mask)·v for <paramref name="batch"/> sequences of <paramref name="seqLen"/>
+    /// queries each, at positions startPos..startPos+seqLen−1; query head h uses kv head h / (nHeads/nKvHeads).
+    /// Layouts (row-major f32): q and o [batch·seqLen, nHeads·headDim]; k and v [batch·kvStride, nKvHeads·headDim] where
+    /// kvStride = k rows / batch ≥ startPos+seqLen (a KV cache may hold more rows; keys past startPos+seqLen are not
+    /// read); lse [batch, nHeads, seqLen] receives log Σ_j exp(score_ij), which <see cref="Backward"/> needs. Writes o
+    /// and lse (never accumulates). Keys are processed in dispatches of at most <paramref name="keysPerDispatch"/> keys
+    /// (0: as many as the device allows; CPU devices limit it), merged with an exact log-sum-exp combine.
+    /// </summary>
+    public static void Forward(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse,
+        int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, AttentionAlgorithm algorithm = AttentionAlgorithm.Auto,
+        int keysPerDispatch = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(keysPerDispatch);
+        var g = Geometry.Check(q, k, batch, seqLen, startPos, nHeads, nKvHeads, headDim);
+        g.Same("k", k, "v", v);
+        g.Same("q", q, "o", o);
+        g.Lse("lse", lse);
+        if (seqLen == 0 || batch == 0) return;
+        var ctx = q.Context;
+        algorithm = Resolve(ctx, algorithm);
+        var (push, ranges) = g.Bind([q, k, v, o, lse]);
+        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        for (long k0 = 0; k0 < keys; k0 += chunk)
+        {
+            push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
+            var access = k0 == 0 ? Access.Write : Access.ReadWrite;
+            Dispatch(ctx, Kernel.Forward, algorithm, headDim, push,
+                [Binding.Read(ranges[0]), Binding.Read(ranges[1]), Binding.Read(ranges[2]), new Binding(ranges[3], access), new Binding(ranges[4], access)],
+                seqLen, (uint)nHeads, (uint)batch, "attention.fwd");
+        }
+    }
+
+    /// <summary>
+    /// Gradients of <see cref="Forward"/> given dO = ∂loss/∂o (same layouts as Forward; dq like q, dk and dv like k).
+    /// Probabilities are recomputed from <paramref name="lse"/> (the Forward output for these q, k). GQA: dk and dv of a
+    /// kv head sum over its query heads in a fixed order (deterministic). Keys no query sees (rows past
+    /// startPos+seqLen of each sequence) get zero gradients. <paramref name="delta"/> [batch, nHeads, seqLen] is a
+    /// workspace that receives D_i = Σ dO_i ⊙ o_i. Writes dq, dk, dv and delta (never accumulates).
+    /// dq is computed in dispatches of at most <paramref name="keysPerDispatch"/> keys and dk/dv in dispatches of at most
+    /// <paramref name="dkvPairsPerDispatch"/> (query head, query) pairs per key (0: as many as the device allows; CPU
+    /// devices limit them), summed in a fixed order.
+    /// </summary>
+    public static void Backward(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, DeviceTensor dO,
+        DeviceTensor dq, DeviceTensor dk, DeviceTensor dv, DeviceTensor delta,
+        int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, AttentionAlgorithm algorithm = AttentionAlgorithm.Auto,
+        int keysPerDispatch = 0, int dkvPairsPerDispatch = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(keysPerDispatch);
+        ArgumentOutOfRangeException.ThrowIfNegative(dkvPairsPerDispatch);
+        var g = Geometry.Check(q, k, batch, seqLen, startPos, nHeads, nKvHeads, headDim);
+        g.Same("k", k, "v", v);
+        g.Same("k", k, "dk", dk);
+        g.Same("k", k, "dv", dv);
+        g.Same("q", q, "o", o);
+        g.Same("q", q, "dO", dO);
+        g.Same("q", q, "dq", dq);
+        g.Lse("lse", lse);
+        g.Lse("delta", delta);
+        if (batch == 0) return;
+        var ctx = q.Context;
+        algorithm = Resolve(ctx, algorithm);
+        if (seqLen == 0)
+        {
+            BasicOps.Fill(dk, 0);   // no query sees any key
+            BasicOps.Fill(dv, 0);
+            return;
+        }
+        var (push, r) = g.Bind([q, k, v, o, dO, lse, delta, dq]);
+        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        for (long k0 = 0; k0 < keys; k0 += chunk)
+        {
+            push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
+            Dispatch(ctx, Kernel.Dq, algorithm, headDim, push,
+                [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), Binding.Write(r[6]),
+                 new Binding(r[7], k0 == 0 ? Access.Write : Access.ReadWrite)],
+                seqLen, (uint)nHeads, (uint)batch, "attention.bwd.dq");
+        }
+        (push, r) = g.Bind([q, k, v, dO, lse, delta, dk, dv]);
+        // dk/dv sum over group·seqLen (query head, query) pairs: chunks of at most perChunk pairs, whole heads while a
+        // head fits, in a fixed order; the first chunk writes, the rest add.
+        int group = nHeads / nKvHeads;
+        long perChunk = RowsPerDispatch(ctx, headDim, dkvPairsPerDispatch);
+        int headsPerChunk = (int)Math.Clamp(perChunk / seqLen, 1, group);
+        int rowsPerChunk = (int)Math.Min(seqLen, perChunk);
+        bool first = true;
+        for (int h0 = 0; h0 < group; h0 += headsPerChunk)
+        {
+            for (int i0 = 0; i0 < seqLen; i0 += rowsPerChunk)
+            {
+                push.HeadLo = (uint)h0; push.HeadHi = (uint)Math.Min(group, h0 + headsPerChunk);
+                push.Lo = (uint)i0; push.Hi = (uint)Math.Min(seqLen, i0 + rowsPerChunk);
+                push.Accumulate = first ? 0u : 1u;
+                var outAccess = first ? Access.Write : Access.ReadWrite;
+                Dispatch(ctx, Kernel.Dkv, algorithm, headDim, push,
+                    [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), new Binding(r[6], outAccess), new Binding(r[7], outAccess)],
+                    g.KvStride, (uint)nKvHeads, (uint)batch, "attention.bwd.dkv");
+                first = false;
+            }
+        }
+    }
+
+    private static AttentionAlgorithm Resolve(VulkanContext ctx, AttentionAlgorithm algorithm)
+    {
+        if (algorithm == AttentionAlgorithm.Auto) algorithm = Choose(ctx);
+        if (algorithm == AttentionAlgorithm.Shared && ctx.Caps.MaxComputeWorkGroupInvocations < SharedWorkgroupSize)
+            throw new ArgumentException($"attention: the shared algorithm needs {SharedWorkgroupSize}-invocation workgroups; the device allows {ctx.Caps.MaxComputeWorkGroupInvocations}");
+        return algorithm;
+    }
+
+    private static void Dispatch(VulkanContext ctx, Kernel kernel, AttentionAlgorithm algorithm, int headDim, in Push push,
+        ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label)
+    {
+        bool shared = algorithm == AttentionAlgorithm.Shared;
+        int variant = 0;
+        while (HeadDimList[variant] < headDim) variant++;
+        uint wg = shared ? SharedWorkgroupSize : DirectWorkgroupSize;
+        long groupsX = (rows + wg - 1) / wg;
+        var max = ctx.Caps.MaxComputeWorkGroupCount;
+        if (groupsX > max[0] || groupsY > max[1] || groupsZ > max[2])
+            throw new ArgumentException($"attention: {groupsX}x{groupsY}x{groupsZ} workgroups exceed the device limit {string.Join("x", max)}");
+        var pipeline = ctx.Pipelines.Get(Shaders[(int)kernel + (shared ? 1 : 0), variant], wg);
+        ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label);
+    }
+
+    /// <summary>Validated sizes of one attention call and the push constants they give.</summary>
+    private sealed record Geometry(int Batch, int SeqLen, int StartPos, int NHeads, int NKvHeads, int HeadDim, long KvStride)
+    {
+        public long QCount => (long)Batch * SeqLen * NHeads * HeadDim;
+        public long KCount => Batch * KvStride * NKvHeads * HeadDim;
+
+        public static Geometry Check(DeviceTensor q, DeviceTensor k, int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim)
+        {
+            ArgumentNullException.ThrowIfNull(q);
+            ArgumentNullException.ThrowIfNull(k);
+            if (batch < 0 || seqLen < 0 || startPos < 0)
+                throw new ArgumentException($"attention: batch ({batch}), seqLen ({seqLen}) and startPos ({startPos}) must be non-negative");
+            if (nHeads <= 0 || nKvHeads <= 0 || nHeads % nKvHeads != 0)
+                throw new ArgumentException($"attention: nHeads ({nHeads}) must be a positive multiple of nKvHeads ({nKvHeads})");
+            if (headDim <= 0 || headDim > MaxHeadDim)
+                throw new ArgumentException($"attention: headDim {headDim} is outside the supported 1..{MaxHeadDim}");
+            long kvRow = (long)nKvHeads * headDim;
+            long stride = batch == 0 ? 0 : k.Count / ((long)batch * kvRow);
+            var g = new Geometry(batch, seqLen, startPos, nHeads, nKvHeads, headDim, stride);
+            if (q.Count != g.QCount)
+                throw new ArgumentException($"attention: q '{q.Name}' {q.ShapeString} should hold batch·seqLen·nHeads·headDim = {batch}·{seqLen}·{nHeads}·{headDim} = {g.QCount} elements");
+            if (batch > 0 && (k.Count % (batch * kvRow) != 0 || stride < (long)startPos + seqLen))
+                throw new ArgumentException($"attention: k '{k.Name}' {k.ShapeString} should hold batch·kvStride rows of nKvHeads·headDim = {kvRow} with kvStride ≥ startPos+seqLen = {(long)startPos + seqLen}");
+            if (g.QCount > uint.MaxValue || g.KCount > uint.MaxValue || (long)batch * nHeads * seqLen > uint.MaxValue)
+                throw new ArgumentException("attention: tensors over 2³² elements are not supported");
+            return g;
+        }
+
+        public void Same(string refName, DeviceTensor reference, string name, DeviceTensor t)
+        {
+            ArgumentNullException.ThrowIfNull(t);
+            if (t.Count != reference.Count)
+                throw new ArgumentException($"attention: {name} '{t.Name}' {t.ShapeString} must hold as many elements as {refName} '{reference.Name}' {reference.ShapeString} ({reference.Count})");
+        }
+
+        public void Lse(string name, DeviceTensor t)
+        {
+            ArgumentNullException.ThrowIfNull(t);
+            long n = (long)Batch * NHeads * SeqLen;
+            if (t.Count != n)
+                throw new ArgumentException($"attention: {name} '{t.Name}' {t.ShapeString} should be [batch, nHeads, seqLen] = [{Batch}, {NHeads}, {SeqLen}] ({n} elements)");
+        }
+
+        /// <summary>One binding per tensor (each must be unsplit) and the push block with their element offsets.</summary>
+        public (Push Push, Memory.BufferRange[] Ranges) Bind(DeviceTensor[] ts)
+        {
+            BasicOps.RequireF32(ts);
+            var ranges = new Memory.BufferRange[ts.Length];
+            var offs = new uint[8];
+            for (int i = 0; i < ts.Length; i++)
+            {
+                if (ts[i].Segments.Count != 1)
+                    throw new ArgumentException($"attention: '{ts[i].Name}' {ts[i].ShapeString} is split into {ts[i].Segments.Count} segments; attention needs each operand in one binding (per-layer activations fit one)");
+                (ranges[i], offs[i]) = Pieces.RangeOf(ts[i], 0, ts[i].Count);
+            }
+            var push = new Push
+            {
+                T = (uint)SeqLen, S = (uint)(StartPos + SeqLen), StartPos = (uint)StartPos, KvStride = (uint)KvStride,
+                Group = (uint)(NHeads / NKvHeads), NHeads = (uint)NHeads, Ldq = (uint)(NHeads * HeadDim), Ldk = (uint)(NKvHeads * HeadDim),
+                Scale = (float)(1.0 / Math.Sqrt(HeadDim)), HeadDim = (uint)HeadDim,
+                Off0 = offs[0], Off1 = offs[1], Off2 = offs[2], Off3 = offs[3], Off4 = offs[4], Off5 = offs[5], Off6 = offs[6], Off7 = offs[7],
+                HeadLo = 0, HeadHi = (uint)(NHeads / NKvHeads), Lo = 0, Hi = (uint)SeqLen, Accumulate = 0,
+            };
+            return (push, ranges);
+        }
+    }
+}
