@@ -16,9 +16,10 @@ public enum AttentionAlgorithm { Auto, Direct, Shared }
 
 public static class Attention
 {
-    /// <summary>The head dimensions the shaders are compiled for (one variant each).</summary>
+    /// <summary>The array sizes the shaders are compiled for; a head dimension uses the smallest that holds it.</summary>
     public static IReadOnlyList<int> HeadDims => HeadDimList;
     private static readonly int[] HeadDimList = [8, 16, 32, 48, 64, 96, 128];
+    public const int MaxHeadDim = 128;
     public const uint DirectWorkgroupSize = 8, SharedWorkgroupSize = 64;
 
     private static readonly ShaderId[,] Shaders =
@@ -41,6 +42,24 @@ public static class Attention
         public float Scale;
         public uint HeadDim;
         public uint Off0, Off1, Off2, Off3, Off4, Off5, Off6, Off7;
+        public uint HeadLo, HeadHi, Lo, Hi, Accumulate;
+    }
+
+    /// <summary>
+    /// lavapipe (gallivm) ends every loop of a shader invocation once 65535 iterations have run in total. The kernels
+    /// loop about 2·headDim times per key (forward, dq) or per (query head, query) pair (dkv), so on CPU devices each
+    /// dispatch gets a bounded share of them and dispatches are chained (the first writes, later ones combine).
+    /// </summary>
+    private const long LoopBudget = 60000;
+
+    /// <summary>Loop iterations per key or pair (dot and update loops, plus rescale and staging shares), conservatively.</summary>
+    private static long ItersPerRow(int headDim) => 2L * headDim + headDim / 4 + 4;
+
+    /// <summary>Keys or pairs one dispatch may loop over: bounded on CPU devices, unbounded elsewhere; capped by a request.</summary>
+    private static long RowsPerDispatch(VulkanContext ctx, int headDim, int requested)
+    {
+        long n = ctx.Caps.Kind == DeviceKind.Cpu ? Math.Max((LoopBudget - 4L * headDim) / ItersPerRow(headDim), 1) : long.MaxValue;
+        return requested > 0 ? Math.Min(n, requested) : n;
     }
 
     /// <summary>The algorithm Auto picks on this device.</summary>
@@ -53,11 +72,14 @@ public static class Attention
     /// Layouts (row-major f32): q and o [batch·seqLen, nHeads·headDim]; k and v [batch·kvStride, nKvHeads·headDim] where
     /// kvStride = k rows / batch ≥ startPos+seqLen (a KV cache may hold more rows; keys past startPos+seqLen are not
     /// read); lse [batch, nHeads, seqLen] receives log Σ_j exp(score_ij), which <see cref="Backward"/> needs. Writes o
-    /// and lse (never accumulates).
+    /// and lse (never accumulates). Keys are processed in dispatches of at most <paramref name="keysPerDispatch"/> keys
+    /// (0: as many as the device allows; CPU devices limit it), merged with an exact log-sum-exp combine.
     /// </summary>
     public static void Forward(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse,
-        int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, AttentionAlgorithm algorithm = AttentionAlgorithm.Auto)
+        int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, AttentionAlgorithm algorithm = AttentionAlgorithm.Auto,
+        int keysPerDispatch = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(keysPerDispatch);
         var g = Geometry.Check(q, k, batch, seqLen, startPos, nHeads, nKvHeads, headDim);
         g.Same("k", k, "v", v);
         g.Same("q", q, "o", o);
@@ -66,9 +88,15 @@ public static class Attention
         var ctx = q.Context;
         algorithm = Resolve(ctx, algorithm);
         var (push, ranges) = g.Bind([q, k, v, o, lse]);
-        Dispatch(ctx, Kernel.Forward, algorithm, headDim, push,
-            [Binding.Read(ranges[0]), Binding.Read(ranges[1]), Binding.Read(ranges[2]), Binding.Write(ranges[3]), Binding.Write(ranges[4])],
-            seqLen, (uint)nHeads, (uint)batch, "attention.fwd");
+        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        for (long k0 = 0; k0 < keys; k0 += chunk)
+        {
+            push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
+            var access = k0 == 0 ? Access.Write : Access.ReadWrite;
+            Dispatch(ctx, Kernel.Forward, algorithm, headDim, push,
+                [Binding.Read(ranges[0]), Binding.Read(ranges[1]), Binding.Read(ranges[2]), new Binding(ranges[3], access), new Binding(ranges[4], access)],
+                seqLen, (uint)nHeads, (uint)batch, "attention.fwd");
+        }
     }
 
     /// <summary>
@@ -77,11 +105,17 @@ public static class Attention
     /// kv head sum over its query heads in a fixed order (deterministic). Keys no query sees (rows past
     /// startPos+seqLen of each sequence) get zero gradients. <paramref name="delta"/> [batch, nHeads, seqLen] is a
     /// workspace that receives D_i = Σ dO_i ⊙ o_i. Writes dq, dk, dv and delta (never accumulates).
+    /// dq is computed in dispatches of at most <paramref name="keysPerDispatch"/> keys and dk/dv in dispatches of at most
+    /// <paramref name="dkvPairsPerDispatch"/> (query head, query) pairs per key (0: as many as the device allows; CPU
+    /// devices limit them), summed in a fixed order.
     /// </summary>
     public static void Backward(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, DeviceTensor dO,
         DeviceTensor dq, DeviceTensor dk, DeviceTensor dv, DeviceTensor delta,
-        int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, AttentionAlgorithm algorithm = AttentionAlgorithm.Auto)
+        int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, AttentionAlgorithm algorithm = AttentionAlgorithm.Auto,
+        int keysPerDispatch = 0, int dkvPairsPerDispatch = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(keysPerDispatch);
+        ArgumentOutOfRangeException.ThrowIfNegative(dkvPairsPerDispatch);
         var g = Geometry.Check(q, k, batch, seqLen, startPos, nHeads, nKvHeads, headDim);
         g.Same("k", k, "v", v);
         g.Same("k", k, "dk", dk);
@@ -101,13 +135,37 @@ public static class Attention
             return;
         }
         var (push, r) = g.Bind([q, k, v, o, dO, lse, delta, dq]);
-        Dispatch(ctx, Kernel.Dq, algorithm, headDim, push,
-            [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), Binding.Write(r[6]), Binding.Write(r[7])],
-            seqLen, (uint)nHeads, (uint)batch, "attention.bwd.dq");
+        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        for (long k0 = 0; k0 < keys; k0 += chunk)
+        {
+            push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
+            Dispatch(ctx, Kernel.Dq, algorithm, headDim, push,
+                [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), Binding.Write(r[6]),
+                 new Binding(r[7], k0 == 0 ? Access.Write : Access.ReadWrite)],
+                seqLen, (uint)nHeads, (uint)batch, "attention.bwd.dq");
+        }
         (push, r) = g.Bind([q, k, v, dO, lse, delta, dk, dv]);
-        Dispatch(ctx, Kernel.Dkv, algorithm, headDim, push,
-            [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), Binding.Write(r[6]), Binding.Write(r[7])],
-            g.KvStride, (uint)nKvHeads, (uint)batch, "attention.bwd.dkv");
+        // dk/dv sum over group·seqLen (query head, query) pairs: chunks of at most perChunk pairs, whole heads while a
+        // head fits, in a fixed order; the first chunk writes, the rest add.
+        int group = nHeads / nKvHeads;
+        long perChunk = RowsPerDispatch(ctx, headDim, dkvPairsPerDispatch);
+        int headsPerChunk = (int)Math.Clamp(perChunk / seqLen, 1, group);
+        int rowsPerChunk = (int)Math.Min(seqLen, perChunk);
+        bool first = true;
+        for (int h0 = 0; h0 < group; h0 += headsPerChunk)
+        {
+            for (int i0 = 0; i0 < seqLen; i0 += rowsPerChunk)
+            {
+                push.HeadLo = (uint)h0; push.HeadHi = (uint)Math.Min(group, h0 + headsPerChunk);
+                push.Lo = (uint)i0; push.Hi = (uint)Math.Min(seqLen, i0 + rowsPerChunk);
+                push.Accumulate = first ? 0u : 1u;
+                var outAccess = first ? Access.Write : Access.ReadWrite;
+                Dispatch(ctx, Kernel.Dkv, algorithm, headDim, push,
+                    [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), new Binding(r[6], outAccess), new Binding(r[7], outAccess)],
+                    g.KvStride, (uint)nKvHeads, (uint)batch, "attention.bwd.dkv");
+                first = false;
+            }
+        }
     }
 
     private static AttentionAlgorithm Resolve(VulkanContext ctx, AttentionAlgorithm algorithm)
@@ -122,7 +180,8 @@ public static class Attention
         ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label)
     {
         bool shared = algorithm == AttentionAlgorithm.Shared;
-        int variant = Array.IndexOf(HeadDimList, headDim);
+        int variant = 0;
+        while (HeadDimList[variant] < headDim) variant++;
         uint wg = shared ? SharedWorkgroupSize : DirectWorkgroupSize;
         long groupsX = (rows + wg - 1) / wg;
         var max = ctx.Caps.MaxComputeWorkGroupCount;
@@ -146,8 +205,8 @@ public static class Attention
                 throw new ArgumentException($"attention: batch ({batch}), seqLen ({seqLen}) and startPos ({startPos}) must be non-negative");
             if (nHeads <= 0 || nKvHeads <= 0 || nHeads % nKvHeads != 0)
                 throw new ArgumentException($"attention: nHeads ({nHeads}) must be a positive multiple of nKvHeads ({nKvHeads})");
-            if (Array.IndexOf(HeadDimList, headDim) < 0)
-                throw new ArgumentException($"attention: headDim {headDim} is not supported; the shaders are compiled for {string.Join(", ", HeadDims)}");
+            if (headDim <= 0 || headDim > MaxHeadDim)
+                throw new ArgumentException($"attention: headDim {headDim} is outside the supported 1..{MaxHeadDim}");
             long kvRow = (long)nKvHeads * headDim;
             long stride = batch == 0 ? 0 : k.Count / ((long)batch * kvRow);
             var g = new Geometry(batch, seqLen, startPos, nHeads, nKvHeads, headDim, stride);
@@ -193,6 +252,7 @@ public static class Attention
                 Group = (uint)(NHeads / NKvHeads), NHeads = (uint)NHeads, Ldq = (uint)(NHeads * HeadDim), Ldk = (uint)(NKvHeads * HeadDim),
                 Scale = (float)(1.0 / Math.Sqrt(HeadDim)), HeadDim = (uint)HeadDim,
                 Off0 = offs[0], Off1 = offs[1], Off2 = offs[2], Off3 = offs[3], Off4 = offs[4], Off5 = offs[5], Off6 = offs[6], Off7 = offs[7],
+                HeadLo = 0, HeadHi = (uint)(NHeads / NKvHeads), Lo = 0, Hi = (uint)SeqLen, Accumulate = 0,
             };
             return (push, ranges);
         }

@@ -5,12 +5,15 @@
 
 #include "common.glsl"
 
-// HD: the head dimension (a -D define per variant). Loops over it are fully unrolled and the loops over the BC rows
-// of a block stay rolled: lavapipe stops every loop of an invocation after 65535 iterations in total (gallivm's loop
-// limiter), so per-element loops must not iterate; and unrolling both levels makes its compile take minutes.
+// HD: the size of the per-invocation arrays (a -D define per variant); HD_RT: the real head dimension (<= HD), a push
+// constant, so loops over it stay rolled (unrolled, lavapipe takes minutes to compile these kernels).
+// lavapipe ends every loop of an invocation once 65535 iterations have run in total (gallivm's loop limiter), so the
+// host bounds the keys (attention_fwd, attention_bwd_dq) or (query head, query) pairs (attention_bwd_dkv) one dispatch
+// loops over, and chains dispatches: the first writes its outputs, later ones (accumulate != 0) combine with them.
 #ifndef HD
 #define HD 64u
 #endif
+#define HD_RT pc.head_dim
 // BC: keys (or queries) handled per block: one softmax rescale per block, and the block staged in shared memory with
 // USE_SHARED (GPUs). Without USE_SHARED every block element is read straight from the buffer at an address that is the
 // same for the whole workgroup, which CPU devices (lavapipe) serve as one broadcast load.
@@ -32,8 +35,11 @@ layout(push_constant) uniform Push
     uint ldq;         // n_heads * head_dim (row length of q, o, dO, dQ)
     uint ldk;         // n_kv_heads * head_dim (row length of k, v, dK, dV)
     float scale;      // 1 / sqrt(head_dim)
-    uint head_dim;    // == HD (checked by the host)
+    uint head_dim;    // <= HD
     uint off0, off1, off2, off3, off4, off5, off6, off7;   // element offset inside binding i
+    // This dispatch's share: keys [lo, hi) (attention_fwd, attention_bwd_dq), or query heads [head_lo, head_hi) of each
+    // kv head's group and query rows [lo, hi) (attention_bwd_dkv); accumulate != 0: combine with the outputs already there.
+    uint head_lo, head_hi, lo, hi, accumulate;
 } pc;
 
 #endif
