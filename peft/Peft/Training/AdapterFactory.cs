@@ -1,4 +1,4 @@
-// Creates the device runtime and the initial tensors of an adapter by its method (LoRA and QA-LoRA; bottleneck adapters).
+// Creates the device runtime and the initial tensors of an adapter by its method (LoRA, QA-LoRA, bottleneck adapters).
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
@@ -14,7 +14,8 @@ public static class AdapterFactory
         switch (adapter.Method)
         {
             case PeftMethod.Lora or PeftMethod.QaLora: LoraRuntime.Initialize(p, c, adapter, seed); break;
-            default: throw new NotSupportedException("bottleneck adapters (--method adapter) are not available yet; use --method lora or qalora");
+            case PeftMethod.Adapter: BottleneckRuntime.Initialize(p, c, adapter, seed); break;
+            default: throw new NotSupportedException($"unknown adapter method {adapter.Method}");
         }
     }
 
@@ -23,6 +24,7 @@ public static class AdapterFactory
         adapter.Method switch
         {
             PeftMethod.Lora or PeftMethod.QaLora => new LoraRuntime(ctx, c, adapter, p, maxRows),
-            _ => throw new NotSupportedException("bottleneck adapters (--method adapter) are not available yet; use --method lora or qalora"),
+            PeftMethod.Adapter => new BottleneckRuntime(ctx, c, adapter, p, maxRows),
+            _ => throw new NotSupportedException($"unknown adapter method {adapter.Method}"),
         };
 }
