@@ -26,6 +26,8 @@ public static class TrainCommand
         var groupSize = new Option<int?>("--group-size") { Description = "INT4 / QA-LoRA group size (default 32)" };
         var adapterKind = new Option<string>("--adapter-kind") { Description = "houlsby or parallel (--method adapter)", DefaultValueFactory = _ => "houlsby" };
         var bottleneck = new Option<int>("--bottleneck") { Description = "Bottleneck adapter size", DefaultValueFactory = _ => 16 };
+        var activation = new Option<string>("--activation") { Description = "Bottleneck activation: relu, silu or gelu", DefaultValueFactory = _ => "silu" };
+        var adapterScale = new Option<float>("--adapter-scale") { Description = "Parallel adapter output scale s", DefaultValueFactory = _ => 4f };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps", Required = true };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch", DefaultValueFactory = _ => 8 };
         var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence (packed)", DefaultValueFactory = _ => 128 };
@@ -41,9 +43,9 @@ public static class TrainCommand
         var seed = new Option<int>("--seed") { Description = "Seed for init, data order and dropout", DefaultValueFactory = _ => 42 };
         var output = new Option<string>("--out") { Description = "Output directory (adapter, checkpoints, metrics)", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue from the checkpoint in --out" };
-        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA) on a frozen 4-bit base")
+        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck) on a frozen 4-bit base")
         {
-            data, evalData, evalFraction, method, rank, alpha, dropout, rslora, targets, groupSize, adapterKind, bottleneck, steps, batch, seqLen,
+            data, evalData, evalFraction, method, rank, alpha, dropout, rslora, targets, groupSize, adapterKind, bottleneck, activation, adapterScale, steps, batch, seqLen,
             accum, lr, wd, warmup, schedule, clip, checkpointing, evalEvery, saveEvery, seed, output, resume,
         };
         model.AddTo(cmd);
@@ -75,6 +77,14 @@ public static class TrainCommand
                     var other => throw new CliUsageException($"--adapter-kind: unknown kind '{other}' (use houlsby or parallel)"),
                 },
                 Bottleneck = parse.GetValue(bottleneck),
+                Activation = parse.GetValue(activation)!.ToLowerInvariant() switch
+                {
+                    "relu" => BottleneckActivation.Relu,
+                    "silu" => BottleneckActivation.Silu,
+                    "gelu" => BottleneckActivation.Gelu,
+                    var other => throw new CliUsageException($"--activation: unknown activation '{other}' (use relu, silu or gelu)"),
+                },
+                AdapterScale = parse.GetValue(adapterScale),
                 BaseQuant = quant.ToRecord(),
                 BaseModel = parse.GetValue(model.Model)!,
             };
