@@ -73,6 +73,7 @@ public static class PlanCommand
     private static void Print(Plan p, string name)
     {
         var inv = CultureInfo.InvariantCulture;
+        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = 180;
         AnsiConsole.MarkupLine(Markup.Escape(p.Message));
         var t = new Table().AddColumn("fit").AddColumn(new TableColumn("value").RightAligned()).AddColumn("switches");
         foreach (var m in Enum.GetValues<MemoryCategory>()) t.AddColumn(new TableColumn(m.ToString().ToLowerInvariant()).RightAligned());
