@@ -30,6 +30,7 @@ public static class CliApp
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
+        root.Subcommands.Add(PlanCommand.Create());
         return Invoke(root, args);
     }
 

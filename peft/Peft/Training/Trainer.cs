@@ -55,6 +55,7 @@ public sealed class Trainer : IDisposable
         _o = options;
         _data = data;
         Checkpointing = options.Checkpointing ?? model.LinearParams > 200_000_000;
+        RefuseIfTooBig(ctx, model, options, data, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true);
         AdapterFactory.Initialize(_params, _config, options.Adapter, options.Seed);
         _lora = AdapterFactory.Create(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
@@ -62,6 +63,28 @@ public sealed class Trainer : IDisposable
     }
 
     public bool Checkpointing { get; }
+
+    /// <summary>
+    /// Refuses up front, with the fit planner's advice, a run whose analytic footprint (what TrainStep, the adapter and
+    /// the evaluation runner will allocate, on top of what is live now) exceeds the arena's memory budget.
+    /// </summary>
+    private static void RefuseIfTooBig(VulkanContext ctx, DeviceLlama model, TrainOptions o, TrainingData data, bool checkpointing)
+    {
+        if (o.Adapter.Method == PeftMethod.Adapter) return;
+        var setup = new Planning.TrainSetup
+        {
+            Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,
+            GroupSize = o.Adapter.GroupSize, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing,
+            UnifiedMemory = ctx.Arena.HostMapped, EvalBatch = data.Eval.Count > 0 ? Math.Min(o.Batch, data.Eval.Count) : 0,
+        };
+        var est = Planning.MemoryModel.Estimate(setup);
+        var acc = ctx.Arena.Accounting;
+        long more = est.TotalBytes - est[MemoryCategory.Weights];
+        if (acc.LiveBytes + more <= (long)ctx.Arena.Budget) return;
+        var plan = Planning.FitPlanner.Make(setup, (long)ctx.Arena.Budget);
+        throw new DeviceMemoryBudgetException($"training step ({o.Batch} × {o.SeqLen} tokens, checkpointing {(checkpointing ? "on" : "off")})",
+            MemoryCategory.Activations, (ulong)more, ctx.Arena.Budget, acc, "the run cannot fit; the fit plan: " + plan.Message);
+    }
     public TrainableParameters Parameters => _params;
     public int CompletedSteps => _done;
 

@@ -1,0 +1,251 @@
+// Analytic device-memory model of one training step: bytes per category exactly as DeviceLlama, TrainableParameters,
+// LoraRuntime and TrainStep allocate them, plus levers the runtime lacks (quantized embeddings, host optimizer), marked.
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
+using VkPeft.Runtime.Memory;
+
+namespace VkPeft.Peft.Planning;
+
+/// <summary>How the embedding and classifier would be held: fp32 is what the runtime does; NF4 and Q8 are modelled only.</summary>
+public enum EmbeddingFormat { Fp32, Nf4, Q8 }
+
+/// <summary>Everything the memory of a training step depends on.</summary>
+public sealed record TrainSetup
+{
+    public required LlamaConfig Config { get; init; }
+    public PeftMethod Method { get; init; } = PeftMethod.Lora;
+    public BaseQuant Quant { get; init; } = BaseQuant.Parse("nf4-dq");
+    public int Rank { get; init; } = 8;
+    public TargetModule[] Targets { get; init; } = Enum.GetValues<TargetModule>();
+    /// <summary>QA-LoRA group size (the INT4 base's); bottleneck size for --method adapter.</summary>
+    public int GroupSize { get; init; } = 32;
+    public int Bottleneck { get; init; } = 16;
+    public int Batch { get; init; } = 1;
+    public int SeqLen { get; init; } = 512;
+    public bool Checkpointing { get; init; } = true;
+    /// <summary>Rows of logits per cross-entropy chunk (TrainStep's logitRows; the trainer uses 128).</summary>
+    public int LogitRows { get; init; } = 128;
+    /// <summary>Device memory is host-mapped (no staging buffers): lavapipe and integrated GPUs.</summary>
+    public bool UnifiedMemory { get; init; } = true;
+    /// <summary>The trainer's held-out evaluation runner (batch, 0 = none), which stays allocated during training.</summary>
+    public int EvalBatch { get; init; }
+    public EmbeddingFormat Embeddings { get; init; } = EmbeddingFormat.Fp32;
+    public bool OptimizerOnHost { get; init; }
+
+    /// <summary>Which parts of this setup the runtime cannot do yet (empty when it can run as is).</summary>
+    public IReadOnlyList<string> Unavailable()
+    {
+        var list = new List<string>();
+        if (Method == PeftMethod.Adapter) list.Add("bottleneck adapters (--method adapter)");
+        if (Embeddings != EmbeddingFormat.Fp32) list.Add($"{Embeddings.ToString().ToUpperInvariant()} embedding/classifier");
+        if (OptimizerOnHost) list.Add("optimizer state on the host");
+        return list;
+    }
+}
+
+/// <summary>One named allocation (or group of equal ones) of the model.</summary>
+public sealed record MemoryItem(string Name, MemoryCategory Category, long Bytes, bool PerLayer);
+
+/// <summary>The estimate: items, bytes per category, the step total, and the transient peak of loading the base.</summary>
+public sealed record MemoryEstimate(TrainSetup Setup, IReadOnlyList<MemoryItem> Items, long LoadPeakBytes)
+{
+    public IReadOnlyDictionary<MemoryCategory, long> Categories =>
+        Enum.GetValues<MemoryCategory>().ToDictionary(c => c, c => Items.Where(i => i.Category == c).Sum(i => i.Bytes));
+
+    public long this[MemoryCategory c] => Items.Where(i => i.Category == c).Sum(i => i.Bytes);
+
+    /// <summary>Bytes live at the peak of a training step (everything is allocated up front and stays).</summary>
+    public long TotalBytes => Items.Sum(i => i.Bytes);
+
+    /// <summary>The larger of the step and the load-time peak.</summary>
+    public long PeakBytes => Math.Max(TotalBytes, LoadPeakBytes);
+}
+
+public static class MemoryModel
+{
+    private static long Pad4(long b) => (Math.Max(b, 4) + 3) / 4 * 4;
+    private static long F32(long n) => Pad4(n * 4);
+
+    /// <summary>
+    /// DeviceQuantizedWeight.DeviceBytes of an [outF, inF] weight: NF4/FP4 codes (n+1)/2, fp32 absmax per block or,
+    /// with double quantization, u8 absmax codes + fp32 nested absmax per 256 blocks + the 4-byte offset; INT4 codes +
+    /// fp32 scale and min per group; fp32 n·4. Buffers padded to 4 bytes.
+    /// </summary>
+    public static long LinearDeviceBytes(BaseQuant q, long outF, long inF) => LinearArenaBytes(q, outF, inF) + (q.DoubleQuant ? 4 : 0);
+
+    /// <summary>What the arena is charged for the weight (DeviceBytes without the push-constant offset).</summary>
+    public static long LinearArenaBytes(BaseQuant q, long outF, long inF)
+    {
+        long n = outF * inF;
+        if (!q.IsQuantized) return F32(n);
+        long codes = Pad4((n + 1) / 2);
+        if (q.IsInt4)
+        {
+            long groups = outF * ((inF + q.Blocksize - 1) / q.Blocksize);
+            return codes + 2 * F32(groups);
+        }
+        long nblk = (n + q.Blocksize - 1) / q.Blocksize;
+        return q.DoubleQuant ? codes + Pad4(nblk) + F32((nblk + 255) / 256) : codes + F32(nblk);
+    }
+
+    public static int InFeatures(LlamaConfig c, TargetModule t) => t switch { TargetModule.O => c.QDim, TargetModule.Down => c.HiddenDim, _ => c.Dim };
+
+    public static int OutFeatures(LlamaConfig c, TargetModule t) => t switch
+    {
+        TargetModule.Q => c.QDim,
+        TargetModule.K or TargetModule.V => c.KvDim,
+        TargetModule.Gate or TargetModule.Up => c.HiddenDim,
+        _ => c.Dim,
+    };
+
+    /// <summary>The linear weights of one layer: (name, out, in).</summary>
+    public static (string Name, int Out, int In)[] LayerLinears(LlamaConfig c) =>
+        [("q", c.QDim, c.Dim), ("k", c.KvDim, c.Dim), ("v", c.KvDim, c.Dim), ("o", c.Dim, c.QDim),
+         ("gate", c.HiddenDim, c.Dim), ("up", c.HiddenDim, c.Dim), ("down", c.Dim, c.HiddenDim)];
+
+    /// <summary>Every parameter of the base model (embedding, classifier, norms, linears).</summary>
+    public static long ParameterCount(LlamaConfig c)
+    {
+        long emb = (long)c.VocabSize * c.Dim * (c.TiedClassifier ? 1 : 2);
+        long layer = LayerLinears(c).Sum(l => (long)l.Out * l.In) + 2L * c.Dim + (c.AttentionBias ? c.QDim + 2L * c.KvDim : 0);
+        return emb + c.Dim + c.NLayers * layer;
+    }
+
+    /// <summary>Trainable values of the adapter (LoRA A and B per layer and target; bottleneck adapters).</summary>
+    public static long TrainableCount(TrainSetup s)
+    {
+        var c = s.Config;
+        if (s.Method == PeftMethod.Adapter) return c.NLayers * 2L * (2L * c.Dim * s.Bottleneck + s.Bottleneck + c.Dim);
+        long perLayer = 0;
+        foreach (var t in s.Targets)
+        {
+            long aIn = s.Method == PeftMethod.QaLora ? InFeatures(c, t) / s.GroupSize : InFeatures(c, t);
+            perLayer += s.Rank * aIn + (long)OutFeatures(c, t) * s.Rank;
+        }
+        return perLayer * c.NLayers;
+    }
+
+    /// <summary>The estimate for <paramref name="s"/>, item by item.</summary>
+    public static MemoryEstimate Estimate(TrainSetup s)
+    {
+        var c = s.Config;
+        int L = c.NLayers;
+        long rows = (long)s.Batch * s.SeqLen;
+        var items = new List<MemoryItem>();
+        void Add(string name, MemoryCategory cat, long bytes, bool perLayer = false) { if (bytes > 0) items.Add(new MemoryItem(name, cat, bytes, perLayer)); }
+
+        // Weights (DeviceLlama.Load): embedding, classifier, final norm, RoPE frequencies, per layer norms and linears.
+        long embBytes = EmbeddingBytes(s.Embeddings, c.VocabSize, c.Dim);
+        Add("embedding", MemoryCategory.Weights, embBytes);
+        if (!c.TiedClassifier) Add("classifier", MemoryCategory.Weights, embBytes);
+        Add("final_norm + rope_inv_freq", MemoryCategory.Weights, F32(c.Dim) + F32(c.HeadDim / 2));
+        long linears = LayerLinears(c).Sum(l => LinearArenaBytes(s.Quant, l.Out, l.In));
+        Add("linear weights", MemoryCategory.Weights, L * linears, true);
+        Add("layer norms", MemoryCategory.Weights, L * 2 * F32(c.Dim), true);
+        if (c.AttentionBias) Add("q/k/v biases", MemoryCategory.Weights, L * (F32(c.QDim) + 2 * F32(c.KvDim)), true);
+        if (s.Quant.DoubleQuant) Add("double-quant dynamic map", MemoryCategory.Weights, 256 * 4);
+
+        // Trainable tensors, gradients and AdamW moments (TrainableParameters: one fp32 tensor each, per A and B).
+        long trainableBytes = 0, largestTrainable = 0;
+        if (s.Method == PeftMethod.Adapter)
+        {
+            trainableBytes = L * 2 * (2 * F32((long)c.Dim * s.Bottleneck) + F32(s.Bottleneck) + F32(c.Dim));
+            largestTrainable = F32((long)c.Dim * s.Bottleneck);
+        }
+        else
+            foreach (var t in s.Targets)
+            {
+                long aIn = s.Method == PeftMethod.QaLora ? InFeatures(c, t) / s.GroupSize : InFeatures(c, t);
+                long a = F32(s.Rank * aIn), b = F32((long)OutFeatures(c, t) * s.Rank);
+                trainableBytes += L * (a + b);
+                largestTrainable = Math.Max(largestTrainable, Math.Max(a, b));
+            }
+        Add("adapter parameters", MemoryCategory.Trainable, trainableBytes, true);
+        Add("adapter gradients", MemoryCategory.Gradients, trainableBytes, true);
+        if (!s.OptimizerOnHost) Add("AdamW m and v", MemoryCategory.Optimizer, 2 * trainableBytes, true);
+
+        // Activations (TrainStep): layer inputs, LayerState(s), gradient buffers, ids/targets/loss, one logits chunk.
+        long state = LayerStateBytes(c, s.Batch, s.SeqLen);
+        if (s.Checkpointing) Add("layer state (1, recomputed)", MemoryCategory.Activations, state);
+        else Add("layer states (1 per layer)", MemoryCategory.Activations, L * state, true);
+        Add("layer inputs (L+1)", MemoryCategory.Activations, (L + 1) * F32(rows * c.Dim), true);
+        Add("x_recompute, h_final, dx, dh", MemoryCategory.Activations, 4 * F32(rows * c.Dim));
+        Add("ds, dgate, dup", MemoryCategory.Activations, 3 * F32(rows * c.HiddenDim));
+        Add("do, dq, dk, dv, attn_delta", MemoryCategory.Activations, 2 * F32(rows * c.QDim) + 2 * F32(rows * c.KvDim) + F32(rows * c.NHeads));
+        if (s.Method == PeftMethod.Adapter) Add("dz, dh_adapter (block hooks)", MemoryCategory.Activations, 2 * F32(rows * c.Dim));
+        Add("ids, targets, loss rows, loss sum", MemoryCategory.Activations, 2 * Pad4(rows * 4) + F32(rows) + F32(1));
+        int logitRows = (int)Math.Min(s.LogitRows, rows);
+        Add($"logits chunk ({logitRows} rows × vocab)", MemoryCategory.Activations, F32((long)logitRows * c.VocabSize));
+        if (s.EvalBatch > 0)
+        {
+            long er = (long)s.EvalBatch * s.SeqLen;
+            Add("evaluation runner", MemoryCategory.Activations,
+                2 * F32(er * c.Dim) + 2 * Pad4(er * 4) + F32(er) + F32(Math.Min(64, er) * c.VocabSize) + LayerStateBytes(c, s.EvalBatch, s.SeqLen));
+        }
+
+        // Workspace: LoRA scratch (LoraRuntime: x_dropped, d_src, dx at rows × max in_features; t, dt at rows × r;
+        // x_pooled for QA-LoRA) and the gradient-norm partials.
+        if (s.Method != PeftMethod.Adapter)
+        {
+            long maxIn = s.Targets.Max(t => InFeatures(c, t));
+            long pooled = s.Method == PeftMethod.QaLora ? rows * (maxIn / s.GroupSize) : 1;
+            Add("LoRA scratch", MemoryCategory.Workspace, 3 * F32(Math.Max(rows * maxIn, 1)) + 2 * F32(Math.Max(rows * s.Rank, 1)) + F32(Math.Max(pooled, 1)));
+        }
+        Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
+
+        // Staging: discrete GPUs copy through host-visible buffers of up to 32 MiB, one at a time.
+        if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min(32L << 20, Pad4(Math.Max(largestTrainable, rows * 4))));
+
+        // Loading quantizes layer by layer through an fp32 copy of one weight plus its block absmax (workspace).
+        long biggest = LayerLinears(c).Max(l => (long)l.Out * l.In);
+        long transient = s.Quant.IsQuantized && !s.Quant.IsInt4 ? F32(biggest) + 2 * F32((biggest + s.Quant.Blocksize - 1) / s.Quant.Blocksize) : 0;
+        long weights = items.Where(i => i.Category == MemoryCategory.Weights).Sum(i => i.Bytes);
+        return new MemoryEstimate(s, items, weights + transient);
+    }
+
+    /// <summary>Bytes of a [vocab, dim] table as fp32 (the runtime), NF4 (+DQ) or Q8_0 (modelled).</summary>
+    public static long EmbeddingBytes(EmbeddingFormat f, long vocab, long dim) => f switch
+    {
+        EmbeddingFormat.Nf4 => LinearArenaBytes(BaseQuant.Parse("nf4-dq"), vocab, dim),
+        EmbeddingFormat.Q8 => vocab * dim + Pad4((vocab * dim + 31) / 32 * 2),
+        _ => F32(vocab * dim),
+    };
+
+    /// <summary>LayerState: h1, x_mid, h2, z [rows, dim]; q, o [rows, q_dim]; k, v [rows, kv_dim]; gate, up, swiglu [rows, hidden]; lse.</summary>
+    public static long LayerStateBytes(LlamaConfig c, int batch, int seqLen)
+    {
+        long rows = (long)batch * seqLen;
+        return 4 * F32(rows * c.Dim) + 2 * F32(rows * c.QDim) + 2 * F32(rows * c.KvDim) + 3 * F32(rows * c.HiddenDim) + F32((long)batch * c.NHeads * seqLen);
+    }
+
+    /// <summary>
+    /// Analytic comparison rows, not runnable here: full fine-tuning (fp16 weights, fp32 gradients, fp32 AdamW m and v,
+    /// the same activations) and LoRA on an fp16 base (the runtime's --quant none holds fp32).
+    /// </summary>
+    public static IReadOnlyDictionary<MemoryCategory, long> FullFineTuning(TrainSetup s)
+    {
+        var lora = Estimate(s with { Quant = BaseQuant.None });
+        long p = ParameterCount(s.Config);
+        return new Dictionary<MemoryCategory, long>
+        {
+            [MemoryCategory.Weights] = 2 * p,
+            [MemoryCategory.Trainable] = 0,
+            [MemoryCategory.Gradients] = 4 * p,
+            [MemoryCategory.Optimizer] = 8 * p,
+            [MemoryCategory.Activations] = lora[MemoryCategory.Activations],
+            [MemoryCategory.Workspace] = 0,
+            [MemoryCategory.Staging] = lora[MemoryCategory.Staging],
+        };
+    }
+
+    /// <summary>LoRA with fp16 base linears (modelled: half of the fp32 base's linear bytes).</summary>
+    public static IReadOnlyDictionary<MemoryCategory, long> Fp16Lora(TrainSetup s)
+    {
+        var e = Estimate(s with { Quant = BaseQuant.None });
+        var d = e.Categories.ToDictionary(kv => kv.Key, kv => kv.Value);
+        long linears = e.Items.Where(i => i.Name == "linear weights").Sum(i => i.Bytes);
+        d[MemoryCategory.Weights] -= linears / 2;
+        return d;
+    }
+}

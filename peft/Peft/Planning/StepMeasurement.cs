@@ -1,0 +1,87 @@
+// Runs real training steps (forward, backward, gradient norm, AdamW) of a TrainSetup on the device and records the
+// peak bytes per memory category above what was live before, the time per step, and optionally the kernel profile.
+using System.Diagnostics;
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Training;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Peft.Planning;
+
+public sealed record StepMeasurementResult(
+    IReadOnlyDictionary<MemoryCategory, long> PeakByCategory,
+    long PeakLiveBytes,
+    double SecondsPerStep,
+    int TimedSteps,
+    string? Profile,
+    double LastLoss);
+
+public static class StepMeasurement
+{
+    /// <summary>
+    /// Loads <paramref name="weights"/> (shapes of <c>setup.Config</c>) and runs <paramref name="steps"/> optimizer steps
+    /// on random tokens. The first step is a warm-up (pipelines compile) when more than one is run; time and the kernel
+    /// profile come from the rest. Peaks are measured over loading plus the steps, relative to the bytes live before.
+    /// </summary>
+    public static StepMeasurementResult Run(VulkanContext ctx, TrainSetup setup, LlamaWeights weights, int steps = 2, bool profile = false,
+        Action<string>? log = null)
+    {
+        if (setup.Unavailable().Count > 0)
+            throw new NotSupportedException($"cannot run: {string.Join(", ", setup.Unavailable())} not available in the runtime");
+        var c = setup.Config;
+        var acc = ctx.Arena.Accounting;
+        var before = acc.CurrentByCategory();
+        long liveBefore = acc.LiveBytes;
+        log?.Invoke($"loading {c.NLayers} layer(s), vocabulary {c.VocabSize}, {setup.Quant}...");
+        using var model = DeviceLlama.Load(ctx, c, weights, setup.Quant);
+        acc.ResetPeaks();   // the load-time quantization scratch is transient; the step's peak is what is asked here
+        var adapter = new AdapterConfig
+        {
+            Method = setup.Method,
+            Rank = setup.Rank,
+            Alpha = 2f * setup.Rank,
+            Targets = setup.Targets,
+            GroupSize = setup.Method == PeftMethod.QaLora ? setup.GroupSize : setup.Quant.Blocksize,
+            BaseQuant = setup.Quant.ToRecord(),
+        };
+        using var parameters = new TrainableParameters(ctx, withOptimizer: true);
+        AdapterFactory.Initialize(parameters, c, adapter, 7);
+        var runtime = AdapterFactory.Create(ctx, c, adapter, parameters, setup.Batch * setup.SeqLen);
+        try
+        {
+            using var step = new TrainStep(model, runtime, setup.Batch, setup.SeqLen, setup.Checkpointing, setup.LogitRows);
+            int rows = setup.Batch * setup.SeqLen;
+            var rng = new Random(11);
+            double seconds = 0, loss = 0;
+            int timed = 0;
+            string? prof = null;
+            bool wasProfiling = ctx.Commands.ProfileEnabled;
+            for (int i = 0; i < steps; i++)
+            {
+                bool measure = steps == 1 || i > 0;
+                var ids = new int[rows + 1];
+                for (int k = 0; k < ids.Length; k++) ids[k] = rng.Next(c.VocabSize);
+                if (measure && profile) { ctx.Commands.Profile.Clear(); ctx.Commands.ProfileEnabled = true; }
+                log?.Invoke($"step {i + 1}/{steps}{(measure ? "" : " (warm-up)")}: {setup.Batch} × {setup.SeqLen} tokens...");
+                var sw = Stopwatch.StartNew();
+                loss = step.Run(ids[..rows], ids[1..], 1f / rows, (uint)i);
+                double norm = parameters.GradNorm();
+                parameters.Step(i + 1, new AdamWSettings(Lr: 1e-4), norm > 1 ? (float)(1 / norm) : 1f);
+                parameters.ZeroGrads();
+                ctx.Sync();
+                if (measure) { seconds += sw.Elapsed.TotalSeconds; timed++; }
+                if (measure && profile) prof = ctx.Commands.Profile.Format();
+            }
+            ctx.Commands.ProfileEnabled = wasProfiling;
+            var peaks = acc.PeakByCategory().ToDictionary(kv => kv.Key, kv => kv.Value - before[kv.Key]);
+            return new StepMeasurementResult(peaks, acc.PeakLiveBytes - liveBefore, seconds / Math.Max(timed, 1), timed, prof, loss / rows);
+        }
+        finally
+        {
+            (runtime as IDisposable)?.Dispose();
+        }
+    }
+}

@@ -1,0 +1,140 @@
+// The analytic memory model against peaks measured from real training steps on the device (stories260K and two small
+// random configurations), the quantized-weight byte formula, the catalog, and the plan and bench JSON shapes.
+using System.Text.Json.Nodes;
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Planning;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Vulkan;
+using VkPeft.Tests.Models;
+using VkPeft.Tests.Support;
+
+namespace VkPeft.Tests.Planning;
+
+[Collection("gpu")]
+public sealed class MemoryModelTests(GpuFixture gpu)
+{
+    private static LlamaConfig Small(int dim, int hidden, int layers, int heads, int kv, int vocab, bool tied) => new()
+    {
+        Dim = dim, HiddenDim = hidden, NLayers = layers, NHeads = heads, NKvHeads = kv, HeadDim = dim / heads, VocabSize = vocab,
+        MaxSeqLen = 128, TiedClassifier = tied,
+    };
+
+    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied"];
+
+    private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
+    {
+        "stories260K" => (new TrainSetup { Config = Stories260K.Config, Rank = 4, Batch = 2, SeqLen = 32, Checkpointing = false }, Stories260K.Weights),
+        "qalora-int4" => Random(new TrainSetup
+        {
+            Config = Small(64, 192, 2, 4, 2, 300, true), Method = PeftMethod.QaLora, Quant = BaseQuant.Parse("int4", 32), GroupSize = 32, Rank = 8,
+            Batch = 2, SeqLen = 16, Checkpointing = true,
+        }),
+        _ => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Quant = BaseQuant.Parse("nf4"), Rank = 4, Targets = [TargetModule.Q, TargetModule.V, TargetModule.Down],
+            Batch = 1, SeqLen = 32, Checkpointing = false, LogitRows = 8,
+        }),
+    };
+
+    private static (TrainSetup, LlamaWeights) Random(TrainSetup s) => (s, ModelCatalog.RandomWeights(s.Config, 5, 0.05f));
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void AnalyticModelMatchesMeasuredPeaksPerCategory(string name)
+    {
+        var (setup, weights) = Case(name);
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        setup = setup with { UnifiedMemory = ctx.Arena.HostMapped };
+        var measured = StepMeasurement.Run(ctx, setup, weights, steps: 1);
+        var est = MemoryModel.Estimate(setup);
+        foreach (var cat in Enum.GetValues<MemoryCategory>())
+        {
+            long m = measured.PeakByCategory[cat], a = est[cat];
+            Assert.True(Math.Abs(m - a) <= Math.Max(0.10 * Math.Max(m, a), 64), $"{name} {cat}: measured {m} B, analytic {a} B");
+        }
+        Assert.InRange(measured.PeakLiveBytes, est.TotalBytes * 0.9, est.TotalBytes * 1.1);
+        Assert.True(double.IsFinite(measured.LastLoss));
+    }
+
+    [Fact]
+    public void LinearBytesFollowDeviceQuantizedWeight()
+    {
+        var c = Small(96, 256, 1, 6, 3, 64, true);
+        var w = ModelCatalog.RandomWeights(c, 2);
+        foreach (var q in new[] { BaseQuant.Parse("nf4-dq"), BaseQuant.Parse("nf4"), BaseQuant.Parse("fp4-dq", 128), BaseQuant.Parse("int4", 32), BaseQuant.None })
+        {
+            using var model = DeviceLlama.Load(gpu.Context, c, w, q);
+            foreach (var lin in model.Layers[0].Linears)
+                Assert.Equal(lin.DeviceBytes, MemoryModel.LinearDeviceBytes(q, lin.OutFeatures, lin.InFeatures));
+        }
+    }
+
+    [Fact]
+    public void CatalogHasTheRealShapes()
+    {
+        var s = ModelCatalog.Get("stories260K");
+        var real = Stories260K.Config;
+        Assert.Equal((real.Dim, real.HiddenDim, real.NLayers, real.NHeads, real.NKvHeads, real.VocabSize), (s.Dim, s.HiddenDim, s.NLayers, s.NHeads, s.NKvHeads, s.VocabSize));
+        foreach (var n in ModelCatalog.Names) ModelCatalog.Get(n).Validate(n);
+        Assert.InRange(MemoryModel.ParameterCount(ModelCatalog.Get("llama-3.1-8b")), 8.0e9, 8.1e9);
+        Assert.InRange(MemoryModel.ParameterCount(ModelCatalog.Get("llama-2-7b")), 6.7e9, 6.8e9);
+        Assert.InRange(MemoryModel.ParameterCount(ModelCatalog.Get("tinyllama-1.1b")), 1.09e9, 1.11e9);
+        var slice = ModelCatalog.RandomWeights(ModelCatalog.Slice(ModelCatalog.Get("stories260K"), 2, 100));
+        Assert.Equal(2, slice.Layers.Length);
+        Assert.Equal(100 * 64, slice.TokenEmbedding.Length);
+    }
+
+    [Fact]
+    public void PlanJsonHasTheFitAndItsSwitches()
+    {
+        var setup = new TrainSetup { Config = ModelCatalog.Get("llama-3.1-8b"), SeqLen = 2048 };
+        var json = FitPlanner.ToJson(FitPlanner.Make(setup, 8L << 30), "llama-3.1-8b");
+        int maxSeq = json["max_seq_len"]!.GetValue<int>();
+        Assert.InRange(maxSeq, 2, 131072);
+        Assert.True(json["max_batch"]!.GetValue<int>() >= 0);
+        Assert.Contains(json["switches"]!.AsArray(), n => n!.GetValue<string>() == "checkpointing");
+        Assert.True(MemoryModel.Estimate(setup with { SeqLen = maxSeq }).PeakBytes <= 8L << 30);
+        Assert.True(MemoryModel.Estimate(setup with { SeqLen = maxSeq + 64, LogitRows = 32 }).PeakBytes > (8L << 30) - FitPlanner.MarginFor(8L << 30));
+
+        var tiny = FitPlanner.Make(setup, 1L << 30);
+        Assert.Null(tiny.MaxSeq);
+        Assert.Contains("does not fit", tiny.Message);
+    }
+
+    [Fact]
+    public void PlanCommandPrintsJson()
+    {
+        var writer = new StringWriter();
+        var old = Console.Out;
+        Console.SetOut(writer);
+        try { Assert.Equal(0, VkPeft.Cli.CliApp.Run(["plan", "--config", "llama-3.2-1b", "--memory", "8GiB", "--json"])); }
+        finally { Console.SetOut(old); }
+        var json = JsonNode.Parse(writer.ToString())!;
+        Assert.True(json["max_seq_len"]!.GetValue<int>() > 1000);
+        Assert.True(json["max_batch"]!.GetValue<int>() >= 1);
+        Assert.NotNull(json["switches"]!.AsArray());
+    }
+
+    [Fact]
+    public void BenchJsonOfASliceIsExtrapolatedAndMarked()
+    {
+        var full = new TrainSetup { Config = Small(64, 192, 4, 4, 2, 2000, false), Rank = 4, Batch = 1, SeqLen = 16, Checkpointing = false };
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        full = full with { UnifiedMemory = ctx.Arena.HostMapped };
+        long limit = MemoryModel.Estimate(full with { Config = ModelCatalog.Slice(full.Config, 2) }).PeakBytes;
+        var r = MemoryBenchmark.Run(ctx, "small", full, null, limit, null, 1, null);
+        Assert.Equal(2, r.Slice.Layers);
+        var json = MemoryBenchmark.ToJson(r);
+        Assert.False(json["measured"]!.GetValue<bool>());
+        Assert.True(json["tokens_per_second"]!.GetValue<double>() > 0);
+        long peak = json["peak_bytes"]!.GetValue<long>();
+        var cats = json["categories"]!.AsObject();
+        Assert.Equal(peak, cats.Sum(kv => kv.Value!.GetValue<long>()));
+        Assert.InRange(peak, MemoryModel.Estimate(full).TotalBytes * 0.9, MemoryModel.Estimate(full).TotalBytes * 1.1);
+
+        var whole = MemoryBenchmark.Run(ctx, "small", full, null, 1L << 30, null, 1, null);
+        Assert.True(MemoryBenchmark.ToJson(whole)["measured"]!.GetValue<bool>());
+    }
+}
