@@ -3,6 +3,7 @@
 using System.Text.Json;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Tokenizers;
+using static VkPeft.Peft.Formats.JsonFields;
 
 namespace VkPeft.Peft.Data;
 
@@ -52,9 +53,6 @@ public static class TextDataset
         if (records.Count == 0) throw new ModelFormatException(path, "records", "the file holds no non-empty document");
         return records;
     }
-
-    private static string? Str(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
     /// <summary>BOS + prompt + response (+ EOS after an instruction response); only response tokens are predicted.</summary>
     public static TokenizedDocument Tokenize(ITextTokenizer tok, DataRecord r)

@@ -5,6 +5,7 @@ using System.Text.Json;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
+using static VkPeft.Peft.Formats.JsonFields;
 
 namespace VkPeft.Peft.Export;
 
@@ -416,22 +417,5 @@ public static class AdapterIO
         {
             throw new ModelFormatException(path, "json", "not valid JSON: " + e.Message, e);
         }
-    }
-
-    private static string? Str(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
-
-    private static bool? Bool(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : null;
-
-    private static double? Dbl(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : null;
-
-    private static int? Int(string file, JsonElement e, string name)
-    {
-        if (!e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int i))
-            throw new ModelFormatException(file, name, $"expected an integer, got {v.GetRawText()}");
-        return i;
     }
 }

@@ -2,6 +2,7 @@
 // dequantized) for Llama, Mistral and Qwen2-style models. HF q/k rows are rotate-half, so RopeLayout is RotateHalf.
 using System.Text.Json;
 using VkPeft.Peft.Models;
+using static VkPeft.Peft.Formats.JsonFields;
 
 namespace VkPeft.Peft.Formats;
 
@@ -178,23 +179,6 @@ public static class HfCheckpoint
     }
 
     private static ModelFormatException Missing(string file, string field) => new(file, field, "required field is missing");
-
-    private static string? Str(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
-
-    private static bool? Bool(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : null;
-
-    private static double? Dbl(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : null;
-
-    private static int? Int(string file, JsonElement e, string name)
-    {
-        if (!e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int i))
-            throw new ModelFormatException(file, name, $"expected an integer, got {v.GetRawText()}");
-        return i;
-    }
 
     // eos_token_id may be an int or a list of ints (Llama 3.1); the first one is used.
     private static int? TokenId(string file, JsonElement e, string name)

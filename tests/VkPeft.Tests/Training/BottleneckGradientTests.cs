@@ -117,21 +117,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         {
             reference.AfterMlpOutput = (l, h, z) => Site(l, "mlp", h, z);
         }
-        double Loss()
-        {
-            double total = 0;
-            for (int sq = 0; sq < 2; sq++)
-            {
-                var sess = reference.NewSession();
-                for (int i = 0; i < 5; i++)
-                {
-                    var logits = sess.Step(ids[sq * 5 + i]);
-                    int tg = targets[sq * 5 + i];
-                    if (tg >= 0) total -= ReferenceForward.LogSoftmaxAt(logits, tg);
-                }
-            }
-            return total / n;
-        }
+        double Loss() => TinyModels.ReferenceLoss(reference, ids, targets, seqLen: 5);
         double refLoss = Loss();
         Assert.True(Math.Abs(gpuLoss / n - refLoss) < 1e-4, $"loss {gpuLoss / n} vs reference {refLoss}");
         // ReLU is checked by finite differences only away from its kink: a parameter step of h moves a pre-activation by

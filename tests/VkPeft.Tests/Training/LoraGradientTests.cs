@@ -80,28 +80,14 @@ public sealed class LoraGradientTests(GpuFixture gpu)
             for (int j = 0; j < r; j++) for (int i = 0; i < src.Length; i++) ax[j] += A[j * src.Length + i] * src[i];
             for (int o = 0; o < y.Length; o++) for (int j = 0; j < r; j++) y[o] += cfg.Scaling * B[o * r + j] * ax[j];
         };
-        double Loss()
-        {
-            double total = 0;
-            for (int b = 0; b < 2; b++)
-            {
-                var sess = reference.NewSession();
-                for (int i = 0; i < 5; i++)
-                {
-                    var logits = sess.Step(ids[b * 5 + i]);
-                    int tg = targets[b * 5 + i];
-                    if (tg >= 0) total -= ReferenceForward.LogSoftmaxAt(logits, tg);
-                }
-            }
-            return total / n;
-        }
+        double Loss() => TinyModels.ReferenceLoss(reference, ids, targets, seqLen: 5);
         double refLoss = Loss();
         Assert.True(Math.Abs(gpuLoss / n - refLoss) < 1e-4, $"loss {gpuLoss / n} vs reference {refLoss}");
 
-        double worst = 0;
         foreach (var (name, t) in p.ByName)
         {
             var g = t.Grad!.ToArray<float>();
+            Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
             var v = host[name];
             for (int i = 0; i < v.Length; i++)
             {
@@ -114,9 +100,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
                 // fp32 forward/backward of a loss of order 1: absolute error ~1e-6 plus 1e-3 relative (accumulated rounding).
                 double err = Math.Abs(g[i] - fd);
                 Assert.True(err <= 2e-5 + 2e-3 * Math.Abs(fd), $"{name}[{i}]: gpu {g[i]:G6} vs finite difference {fd:G6}");
-                worst = Math.Max(worst, err);
             }
         }
-        Assert.True(worst > 0 || p.Count == 0);
     }
 }

@@ -57,4 +57,27 @@ public static class TinyModels
             WDown = linear(i, LlamaTensorKind.WDown),
         })],
     };
+
+    /// <summary>
+    /// Mean negative log-likelihood (float64 reference forward) of <paramref name="targets"/> over sequences of
+    /// <paramref name="seqLen"/> tokens laid out back to back in <paramref name="ids"/>; a target of −1 is not predicted.
+    /// </summary>
+    public static double ReferenceLoss(ReferenceForward reference, int[] ids, int[] targets, int seqLen)
+    {
+        double total = 0;
+        int n = 0;
+        for (int s = 0; s < ids.Length / seqLen; s++)
+        {
+            var session = reference.NewSession();
+            for (int i = 0; i < seqLen; i++)
+            {
+                var logits = session.Step(ids[s * seqLen + i]);
+                int t = targets[s * seqLen + i];
+                if (t < 0) continue;
+                total -= ReferenceForward.LogSoftmaxAt(logits, t);
+                n++;
+            }
+        }
+        return total / n;
+    }
 }
