@@ -92,7 +92,7 @@ public static class BasicOps
         long cols = input.Shape[^1], rows = input.Count / Math.Max(cols, 1);
         if (output.Count != rows) throw new ArgumentException($"row reduction of '{input.Name}' {input.ShapeString} needs an output of {rows} elements, got {output.ShapeString}");
         var ctx = input.Context;
-        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.ReduceRowsSubgroup : ShaderId.ReduceRows, WorkgroupSize, op, 0);
+        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.ReduceRowsSubgroup : ShaderId.ReduceRows, RowWorkgroup(cols), op, 0);
         foreach (var piece in Pieces.Split(rows, [input, output], [cols, 1]))
         {
             var (gx, gy) = Pieces.Grid(piece.Count, ctx.Caps.MaxComputeWorkGroupCount[0]);
@@ -130,7 +130,7 @@ public static class BasicOps
         RequireF32(input, output);
         long cols = input.Shape[^1], rows = input.Count / Math.Max(cols, 1);
         var ctx = input.Context;
-        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.SoftmaxRowsSubgroup : ShaderId.SoftmaxRows, WorkgroupSize);
+        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.SoftmaxRowsSubgroup : ShaderId.SoftmaxRows, RowWorkgroup(cols));
         foreach (var piece in Pieces.Split(rows, [input, output], [cols, cols]))
         {
             var (gx, gy) = Pieces.Grid(piece.Count, ctx.Caps.MaxComputeWorkGroupCount[0]);
@@ -140,6 +140,17 @@ public static class BasicOps
     }
 
     internal static long Groups(long n) => (n + WorkgroupSize - 1) / WorkgroupSize;
+
+    /// <summary>
+    /// Workgroup size for one-workgroup-per-row kernels: the power of two covering the row, between 32 and 256, so short
+    /// rows (dim 64) do not pay for idle invocations at every barrier.
+    /// </summary>
+    public static uint RowWorkgroup(long cols)
+    {
+        uint n = 32;
+        while (n < cols && n < WorkgroupSize) n <<= 1;
+        return n;
+    }
 
     internal static void RequireF32(params DeviceTensor[] ts)
     {

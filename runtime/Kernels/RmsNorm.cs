@@ -36,7 +36,7 @@ public static class RmsNorm
         var (rows, dim) = Check(x, w, y, rstd);
         if (rows == 0 || dim == 0) return;
         var ctx = x.Context;
-        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.RmsnormForwardSubgroup : ShaderId.RmsnormForward, BasicOps.WorkgroupSize);
+        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.RmsnormForwardSubgroup : ShaderId.RmsnormForward, BasicOps.RowWorkgroup(dim));
         var (wRange, wOffset) = OpChecks.Whole(w);
         foreach (var piece in Pieces.Split(rows, rstd is null ? [x, y] : [x, y, rstd], rstd is null ? [dim, dim] : [dim, dim, 1]))
         {
@@ -63,7 +63,7 @@ public static class RmsNorm
         BasicOps.RequireF32(dx);
         if (rows == 0 || dim == 0) return;
         var ctx = x.Context;
-        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.RmsnormBackwardSubgroup : ShaderId.RmsnormBackward, BasicOps.WorkgroupSize, accumulate ? 1u : 0u);
+        var p = ctx.Pipelines.Get(ctx.Caps.SubgroupArithmetic ? ShaderId.RmsnormBackwardSubgroup : ShaderId.RmsnormBackward, BasicOps.RowWorkgroup(dim), accumulate ? 1u : 0u);
         var (wRange, wOffset) = OpChecks.Whole(w);
         DeviceTensor[] operands = rstd is null ? [x, dy, dx] : [x, dy, dx, rstd];
         long[] units = rstd is null ? [dim, dim, dim] : [dim, dim, dim, 1];

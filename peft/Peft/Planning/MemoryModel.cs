@@ -21,6 +21,8 @@ public sealed record TrainSetup
     /// <summary>QA-LoRA group size (the INT4 base's); bottleneck size for --method adapter.</summary>
     public int GroupSize { get; init; } = 32;
     public int Bottleneck { get; init; } = 16;
+    /// <summary>LoRA dropout: with it (or QA-LoRA pooling) the LoRA branch needs input-sized scratch buffers.</summary>
+    public float Dropout { get; init; }
     public int Batch { get; init; } = 1;
     public int SeqLen { get; init; } = 512;
     public bool Checkpointing { get; init; } = true;
@@ -184,13 +186,16 @@ public static class MemoryModel
                 2 * F32(er * c.Dim) + 2 * Pad4(er * 4) + F32(er) + F32(Math.Min(64, er) * c.VocabSize) + LayerStateBytes(c, s.EvalBatch, s.SeqLen));
         }
 
-        // Workspace: LoRA scratch (LoraRuntime: x_dropped, d_src, dx at rows × max in_features; t, dt at rows × r;
-        // x_pooled for QA-LoRA) and the gradient-norm partials.
+        // Workspace: LoRA scratch (LoraRuntime: t, dt at rows × r; with dropout x_dropped at rows × max in_features;
+        // with dropout or QA-LoRA d_src and dx at rows × max in_features; x_pooled for QA-LoRA) and the gradient-norm partials.
         if (s.Method != PeftMethod.Adapter)
         {
             long maxIn = s.Targets.Max(t => InFeatures(c, t));
-            long pooled = s.Method == PeftMethod.QaLora ? rows * (maxIn / s.GroupSize) : 1;
-            Add("LoRA scratch", MemoryCategory.Workspace, 3 * F32(Math.Max(rows * maxIn, 1)) + 2 * F32(Math.Max(rows * s.Rank, 1)) + F32(Math.Max(pooled, 1)));
+            bool qa = s.Method == PeftMethod.QaLora, dropout = s.Dropout > 0;
+            long pooled = qa ? rows * (maxIn / s.GroupSize) : 1;
+            long inputSized = (dropout ? 1 : 0) + (dropout || qa ? 2 : 0);
+            Add("LoRA scratch", MemoryCategory.Workspace, inputSized * F32(Math.Max(rows * maxIn, 1)) + (3 - inputSized) * F32(1)
+                + 2 * F32(Math.Max(rows * s.Rank, 1)) + F32(Math.Max(pooled, 1)));
         }
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
 

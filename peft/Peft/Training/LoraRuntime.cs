@@ -42,12 +42,14 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
             _temps.Add(t);
             return t;
         }
-        _xd = Flat("lora.x_dropped", (long)maxRows * maxIn);
+        // Input-sized scratch only where the branch input differs from x: dropout (x̃ and its gradient) or QA-LoRA pooling.
+        bool dropout = adapter.Dropout > 0;
+        _xd = Flat("lora.x_dropped", dropout ? (long)maxRows * maxIn : 1);
         _xp = Flat("lora.x_pooled", _qa ? (long)maxRows * (maxIn / _g) : 1);
         _t = Flat("lora.t", (long)maxRows * adapter.Rank);
         _dt = Flat("lora.dt", (long)maxRows * adapter.Rank);
-        _dsrc = Flat("lora.d_src", (long)maxRows * maxIn);
-        _dx = Flat("lora.dx", (long)maxRows * maxIn);
+        _dsrc = Flat("lora.d_src", dropout || _qa ? (long)maxRows * maxIn : 1);
+        _dx = Flat("lora.dx", dropout || _qa ? (long)maxRows * maxIn : 1);
         _ = maxOut;
     }
 

@@ -74,7 +74,7 @@ public sealed class Trainer : IDisposable
         var setup = new Planning.TrainSetup
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,
-            GroupSize = o.Adapter.GroupSize, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing,
+            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing,
             UnifiedMemory = ctx.Arena.HostMapped, EvalBatch = data.Eval.Count > 0 ? Math.Min(o.Batch, data.Eval.Count) : 0,
         };
         var est = Planning.MemoryModel.Estimate(setup);
@@ -85,6 +85,7 @@ public sealed class Trainer : IDisposable
         throw new DeviceMemoryBudgetException($"training step ({o.Batch} × {o.SeqLen} tokens, checkpointing {(checkpointing ? "on" : "off")})",
             MemoryCategory.Activations, (ulong)more, ctx.Arena.Budget, acc, "the run cannot fit; the fit plan: " + plan.Message);
     }
+
     public TrainableParameters Parameters => _params;
     public int CompletedSteps => _done;
 
