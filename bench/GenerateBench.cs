@@ -73,7 +73,7 @@ public static class GenerateBench
         _ = outIds;
         // Per generated token the kernels read every linear weight once (packed), the classifier (fp32) and one embedding row.
         long linear = model.LinearBytes;
-        long perToken = linear + model.Classifier.Bytes + 4L * c.Dim;
+        long perToken = linear + model.Classifier.DeviceBytes + 4L * c.Dim;
         double tps = produced / decodeS;
         return new GenerateRow(name, q.Type, produced, tps, prefill / prefillS, linear, perToken,
             linear * tps / 1e9 / peak.CopyGBps, perToken * tps / 1e9 / peak.CopyGBps);

@@ -24,16 +24,17 @@ public sealed class AdapterSession : IDisposable
     public DeviceLlama Model { get; }
     public IAdapterRuntime? Adapter => _lora;
 
-    public static AdapterSession Open(VulkanContext ctx, string? adapterDir, LoadedModel host, BaseQuant quant, bool quantGiven, int maxRows)
+    public static AdapterSession Open(VulkanContext ctx, string? adapterDir, LoadedModel host, BaseQuant quant, bool quantGiven, int maxRows,
+        BaseQuant? embeddingQuant = null)
     {
-        if (adapterDir == null) return new AdapterSession(ModelOptions.Upload(ctx, host, quant), null, null);
+        if (adapterDir == null) return new AdapterSession(ModelOptions.Upload(ctx, host, quant, embeddingQuant), null, null);
         if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter: '{adapterDir}' is not a directory");
         var adapter = AdapterIO.Load(adapterDir, host.Config);
         var recorded = BaseQuant.FromRecord(adapter.Config.BaseQuant);
         if (quantGiven && quant != recorded)
             Console.Error.WriteLine($"warning: the adapter was trained against a {recorded} base; using --quant {quant} as asked");
         var q = quantGiven ? quant : recorded;
-        var model = ModelOptions.Upload(ctx, host, q);
+        var model = ModelOptions.Upload(ctx, host, q, embeddingQuant);
         var p = new TrainableParameters(ctx, withOptimizer: false);
         foreach (var (name, t) in adapter.Tensors) p.Add(name, t.Shape, t.Data);
         var lora = AdapterFactory.Create(ctx, host.Config, adapter.Config, p, maxRows);

@@ -28,7 +28,7 @@ public static class GenerateCommand
             using var ctx = new VulkanContext(CliApp.RuntimeOptionsFrom(parse));
             var ids = tok.Encode(parse.GetValue(prompt)!, bos: true);
             int maxSeq = Math.Min(host.Config.MaxSeqLen > 0 ? host.Config.MaxSeqLen : 2048, ids.Length + n);
-            using var session = AdapterSession.Open(ctx, parse.GetValue(adapter), host, model.QuantOr(parse, BaseQuant.None), parse.GetValue(model.Quant) != null, Math.Max(maxSeq, ids.Length));
+            using var session = AdapterSession.Open(ctx, parse.GetValue(adapter), host, model.QuantOr(parse, BaseQuant.None), parse.GetValue(model.Quant) != null, Math.Max(maxSeq, ids.Length), model.EmbeddingQuant(parse));
             using var runner = new LlamaRunner(session.Model, 1, Math.Max(maxSeq, ids.Length), kvCache: true) { Adapter = session.Adapter };
             Console.Write(tok.Decode(ids));
             int prev = ids[^1];

@@ -14,12 +14,22 @@ public sealed class ModelOptions
     public Option<string> Model { get; } = new("--model") { Description = "Model: llama2.c .bin, Hugging Face directory (config.json + safetensors), or .gguf", Required = true };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "Tokenizer file (default: found next to the model)" };
     public Option<string?> Quant { get; } = new("--quant") { Description = "Base linear weights on the device: none, nf4, nf4-dq, fp4, fp4-dq, int4" };
+    public Option<string> QuantEmbeddings { get; } = new("--quant-embeddings") { Description = "Token embedding and classifier on the device: none (fp32), nf4, nf4-dq, fp4, fp4-dq", DefaultValueFactory = _ => "none" };
 
     public void AddTo(Command cmd)
     {
         cmd.Options.Add(Model);
         cmd.Options.Add(Tokenizer);
         cmd.Options.Add(Quant);
+        cmd.Options.Add(QuantEmbeddings);
+    }
+
+    /// <summary>The --quant-embeddings value (fp32 by default).</summary>
+    public BaseQuant EmbeddingQuant(ParseResult parse)
+    {
+        var q = BaseQuant.Parse(parse.GetValue(QuantEmbeddings)!);
+        if (q.IsInt4) throw new CliUsageException("--quant-embeddings: use none, nf4, nf4-dq, fp4 or fp4-dq");
+        return q;
     }
 
     /// <summary>Loads the host model and its tokenizer (explicit --tokenizer wins); a missing tokenizer is an error.</summary>
@@ -50,11 +60,11 @@ public sealed class ModelOptions
     }
 
     /// <summary>Uploads the model to the device with a progress bar on stderr.</summary>
-    public static DeviceLlama Upload(VulkanContext ctx, LoadedModel m, BaseQuant quant)
+    public static DeviceLlama Upload(VulkanContext ctx, LoadedModel m, BaseQuant quant, BaseQuant? embeddingQuant = null)
     {
         DeviceLlama? model = null;
         Progress.Run($"loading {m.Config.NLayers} layers ({quant})", m.Config.NLayers, "layers", tick =>
-            model = DeviceLlama.Load(ctx, m.Config, m.Weights, quant, (done, _) => tick(done)));
+            model = DeviceLlama.Load(ctx, m.Config, m.Weights, quant, (done, _) => tick(done), embeddingQuant));
         return model!;
     }
 }

@@ -95,6 +95,7 @@ public static class TrainCommand
                 EvalFraction = parse.GetValue(evalFraction),
                 Adapter = adapterCfg,
                 Quant = quant,
+                EmbeddingQuant = model.EmbeddingQuant(parse),
                 Steps = parse.GetValue(steps),
                 Batch = parse.GetValue(batch),
                 SeqLen = parse.GetValue(seqLen),
@@ -140,7 +141,7 @@ public static class TrainCommand
     {
         if (!options.Resume && File.Exists(Path.Combine(options.Out, Trainer.StateFile)))
             throw new CliUsageException($"{options.Out} already holds a training run; pass --resume to continue it or choose another --out");
-        using var model = ModelOptions.Upload(ctx, host, options.Quant);
+        using var model = ModelOptions.Upload(ctx, host, options.Quant, options.EmbeddingQuant);
         using var trainer = new Trainer(ctx, model, options, data);
         if (options.Resume) trainer.ResumeFrom(options.Out);
         TrainSummary summary = null!;

@@ -23,7 +23,7 @@ public static class QuantizedMatMul
         public float QOffset;
     }
 
-    private enum Kind { Dequant, Tiles, Lanes, LanesWord, LanesNn, LanesNnWord }
+    private enum Kind { Embedding, Dequant, Tiles, Lanes, LanesWord, LanesNn, LanesNnWord }
 
     /// <summary>Format name used in shader ids: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
     public static string FormatKey(DeviceQuantizedWeight w) => w.Format switch
@@ -45,6 +45,7 @@ public static class QuantizedMatMul
     {
         string prefix = kind switch
         {
+            Kind.Embedding => "EmbeddingDequant",
             Kind.Dequant => "Dequant",
             Kind.Tiles => "Qmatmul",
             Kind.Lanes => "QmatmulLanes",
@@ -86,6 +87,35 @@ public static class QuantizedMatMul
                     Count = (uint)piece.Count, GroupsX = gx, OutOffset = piece.Offsets[0], Start = (uint)piece.Start,
                     QBlock = (uint)w.Blocksize, QCols = (uint)w.InFeatures, QOffset = w.DqOffset,
                 }, gx, gy, 1, "dequant");
+        }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct EmbedPush { public uint Count, GroupsX, Dim, Vocab, IdsOffset, OutOffset, QBlock, QCols; public float QOffset; }
+
+    /// <summary>
+    /// output[t, :] = dequantized row ids[t] of a quantized embedding table <paramref name="table"/> [vocab, dim] (ids
+    /// int32 [T], one binding; output [T, dim] may be split); out-of-range ids give zero rows. Writes output.
+    /// </summary>
+    public static void Embed(DeviceQuantizedWeight table, DeviceTensor ids, DeviceTensor output)
+    {
+        BasicOps.RequireF32(output);
+        if (ids.DType != DType.I32) throw new ArgumentException($"'{ids.Name}' must hold int32 token ids");
+        long tokens = ids.Count, dim = table.InFeatures;
+        if (output.Count != tokens * dim) throw new ArgumentException($"embedding of {tokens} ids needs an output of [{tokens}, {dim}], got {output.ShapeString}");
+        var ctx = table.Context;
+        var p = ctx.Pipelines.Get(Shader(Kind.Embedding, table), BasicOps.WorkgroupSize);
+        var q = QuantBindings(table);
+        foreach (var piece in Pieces.Split(tokens, [ids, output], [1, dim]))
+        {
+            long n = piece.Count * dim;
+            var (gx, gy) = Pieces.Grid(BasicOps.Groups(n), ctx.Caps.MaxComputeWorkGroupCount[0]);
+            ctx.Commands.Dispatch(p, [q[0], q[1], q[2], q[3], Binding.Read(piece.Ranges[0]), Binding.Write(piece.Ranges[1])],
+                new EmbedPush
+                {
+                    Count = (uint)n, GroupsX = gx, Dim = (uint)dim, Vocab = (uint)table.OutFeatures, IdsOffset = piece.Offsets[0],
+                    OutOffset = piece.Offsets[1], QBlock = (uint)table.Blocksize, QCols = (uint)table.InFeatures, QOffset = table.DqOffset,
+                }, gx, gy, 1, "embedding_dequant");
         }
     }
 

@@ -46,19 +46,29 @@ public sealed class DeviceLayer : IDisposable
 
 public sealed class DeviceLlama : IDisposable
 {
-    private DeviceLlama(VulkanContext ctx, LlamaConfig config, BaseQuant quant, DeviceTensor embedding, DeviceTensor? classifier,
-        DeviceTensor finalNorm, DeviceTensor invFreq, DeviceLayer[] layers)
+    private DeviceLlama(VulkanContext ctx, LlamaConfig config, BaseQuant quant, BaseQuant embeddingQuant, DeviceLinear embedding,
+        DeviceLinear classifier, DeviceTensor finalNorm, DeviceTensor invFreq, DeviceLayer[] layers)
     {
-        Context = ctx; Config = config; Quant = quant; Embedding = embedding; UntiedClassifier = classifier;
+        Context = ctx; Config = config; Quant = quant; EmbeddingQuant = embeddingQuant; Embedding = embedding; Classifier = classifier;
         FinalNorm = finalNorm; InvFreq = invFreq; Layers = layers;
     }
 
     public VulkanContext Context { get; }
     public LlamaConfig Config { get; }
     public BaseQuant Quant { get; }
-    public DeviceTensor Embedding { get; }           // [vocab, dim]
-    public DeviceTensor? UntiedClassifier { get; }   // [vocab, dim], null when tied to the embedding
-    public DeviceTensor Classifier => UntiedClassifier ?? Embedding;
+    /// <summary>How the token embedding and classifier are held: fp32 (none) or a 4-bit format (--quantize-embeddings).</summary>
+    public BaseQuant EmbeddingQuant { get; }
+    public DeviceLinear Embedding { get; }           // [vocab, dim], read by row (token lookup)
+    public DeviceLinear Classifier { get; }          // [vocab, dim]; the embedding itself when tied
+    /// <summary>Device bytes of the embedding and (untied) classifier.</summary>
+    public long EmbeddingBytes => Embedding.DeviceBytes + (ReferenceEquals(Classifier, Embedding) ? 0 : Classifier.DeviceBytes);
+
+    /// <summary>output[t, :] = embedding row ids[t] (dequantized inside the kernel when the table is quantized).</summary>
+    public void EmbedTokens(DeviceTensor ids, DeviceTensor output)
+    {
+        if (Embedding.Quantized is { } q) QuantizedMatMul.Embed(q, ids, output);
+        else VkPeft.Runtime.Kernels.Embedding.Forward(Embedding.Full!, ids, output);
+    }
     public DeviceTensor FinalNorm { get; }           // [dim]
     public DeviceTensor InvFreq { get; }             // [head_dim/2] RoPE inverse frequencies (scaling applied)
     public DeviceLayer[] Layers { get; }
@@ -69,8 +79,11 @@ public sealed class DeviceLlama : IDisposable
     public long LinearParams => Layers.Sum(l => l.Linears.Sum(x => (long)x.OutFeatures * x.InFeatures));
 
     /// <summary>Uploads <paramref name="model"/>, quantizing the linear weights layer by layer; reports progress per layer.</summary>
-    public static DeviceLlama Load(VulkanContext ctx, LlamaConfig c, LlamaWeights w, BaseQuant quant, Action<int, int>? progress = null)
+    public static DeviceLlama Load(VulkanContext ctx, LlamaConfig c, LlamaWeights w, BaseQuant quant, Action<int, int>? progress = null,
+        BaseQuant? embeddingQuant = null)
     {
+        var eq = embeddingQuant ?? BaseQuant.None;
+        if (eq.IsInt4) throw new FormatException("embeddings can be held as nf4, nf4-dq, fp4 or fp4-dq (not int4)");
         var created = new List<IDisposable>();
         DeviceTensor F32(string name, float[] data, params long[] shape)
         {
@@ -81,8 +94,14 @@ public sealed class DeviceLlama : IDisposable
         }
         try
         {
-            var emb = F32("embedding", w.TokenEmbedding, c.VocabSize, c.Dim);
-            var cls = w.Classifier == null ? null : F32("classifier", w.Classifier, c.VocabSize, c.Dim);
+            DeviceLinear Table(string name, float[] data)
+            {
+                var l = eq.IsQuantized ? DeviceLinear.Create(ctx, name, data, c.VocabSize, c.Dim, eq) : DeviceLinear.Create(ctx, name, data, c.VocabSize, c.Dim, BaseQuant.None);
+                created.Add(l);
+                return l;
+            }
+            var emb = Table("embedding", w.TokenEmbedding);
+            var cls = w.Classifier == null ? emb : Table("classifier", w.Classifier);
             var norm = F32("final_norm", w.FinalNorm, c.Dim);
             var inv = ReferenceForward.RopeInverseFrequencies(c, w.RopeFreqFactors).Select(d => (float)d).ToArray();
             var invT = F32("rope_inv_freq", inv, inv.Length);
@@ -114,7 +133,7 @@ public sealed class DeviceLlama : IDisposable
                 progress?.Invoke(i + 1, c.NLayers);
             }
             ctx.Sync();
-            return new DeviceLlama(ctx, c, quant, emb, cls, norm, invT, layers);
+            return new DeviceLlama(ctx, c, quant, eq, emb, cls, norm, invT, layers);
         }
         catch
         {
@@ -127,7 +146,7 @@ public sealed class DeviceLlama : IDisposable
     {
         foreach (var l in Layers) l.Dispose();
         Embedding.Dispose();
-        UntiedClassifier?.Dispose();
+        if (!ReferenceEquals(Classifier, Embedding)) Classifier.Dispose();
         FinalNorm.Dispose();
         InvFreq.Dispose();
     }

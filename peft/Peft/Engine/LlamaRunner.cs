@@ -60,7 +60,7 @@ public sealed class LlamaRunner : IDisposable
     private static DeviceTensor Rows(DeviceTensor t, long n) => LayerState.Rows(t, n);
 
     /// <summary>Embeds <paramref name="rows"/> token ids already in <see cref="Ids"/> into <see cref="X"/>.</summary>
-    public void Embed(int rows) => Embedding.Forward(Model.Embedding, Rows(Ids, rows), Rows(X, rows));
+    public void Embed(int rows) => Model.EmbedTokens(Rows(Ids, rows), Rows(X, rows));
 
     /// <summary>Every layer over X: <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens at positions startPos….</summary>
     public void Layers(int batch, int seqLen, int startPos = 0)
@@ -77,7 +77,7 @@ public sealed class LlamaRunner : IDisposable
     public DeviceTensor LogitsOf(int start, int count)
     {
         var logits = Logits.RowsView(0, count);
-        MatMul.Run(HFinal.RowsView(start, count), Model.Classifier, logits, transposeB: true);
+        Model.Classifier.Forward(HFinal.RowsView(start, count), logits);
         return logits;
     }
 

@@ -17,7 +17,8 @@ public sealed record PlanOption(string Name, bool Checkpointing, int LogitRows, 
         var list = new List<string>();
         if (Checkpointing) list.Add("checkpointing");
         list.Add($"chunked loss ({LogitRows} rows)");
-        if (Embeddings != EmbeddingFormat.Fp32) list.Add($"{Embeddings.ToString().ToLowerInvariant()} embedding/classifier (not available)");
+        if (Embeddings == EmbeddingFormat.Nf4) list.Add("nf4-dq embedding/classifier (--quant-embeddings nf4-dq)");
+        if (Embeddings == EmbeddingFormat.Q8) list.Add("q8 embedding/classifier (not available)");
         if (OptimizerOnHost) list.Add("optimizer on host (not available)");
         list.Add($"{s.Quant.Type} base");
         return list;
@@ -46,8 +47,8 @@ public static class FitPlanner
         new("as is", false, 128, EmbeddingFormat.Fp32, false, true),
         new("checkpointing", true, 128, EmbeddingFormat.Fp32, false, true),
         new("checkpointing, 32-row loss chunks", true, 32, EmbeddingFormat.Fp32, false, true),
-        new("+ optimizer on host", true, 32, EmbeddingFormat.Fp32, true, false),
-        new("+ NF4 embedding/classifier", true, 32, EmbeddingFormat.Nf4, true, false),
+        new("checkpointing, 32-row loss chunks, NF4 embedding/classifier", true, 32, EmbeddingFormat.Nf4, false, true),
+        new("+ optimizer on host", true, 32, EmbeddingFormat.Nf4, true, false),
     ];
 
     /// <summary>Headroom kept for arena block rounding: 3% of the budget, at most 256 MiB.</summary>

@@ -138,7 +138,7 @@ public static class MemoryBenchmark
             ("fp32 base (--quant none)", true, MemoryModel.Estimate(s with { Quant = Engine.BaseQuant.None }).Categories),
             ($"checkpointing {(s.Checkpointing ? "off" : "on")}", true, MemoryModel.Estimate(s with { Checkpointing = !s.Checkpointing }).Categories),
             ("logits in chunks of 32 rows", true, MemoryModel.Estimate(s with { LogitRows = 32 }).Categories),
-            ("NF4 embedding/classifier", false, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Nf4 }).Categories),
+            ("NF4 embedding/classifier", true, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Nf4 }).Categories),
             ("Q8 embedding/classifier", false, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Q8 }).Categories),
             ("optimizer state on the host", false, MemoryModel.Estimate(s with { OptimizerOnHost = true }).Categories),
             ("fp16 LoRA (no quantization)", false, MemoryModel.Fp16Lora(s)),

@@ -40,7 +40,7 @@ public sealed record TrainSetup
     {
         var list = new List<string>();
         if (Method == PeftMethod.Adapter) list.Add("bottleneck adapters (--method adapter)");
-        if (Embeddings != EmbeddingFormat.Fp32) list.Add($"{Embeddings.ToString().ToUpperInvariant()} embedding/classifier");
+        if (Embeddings == EmbeddingFormat.Q8) list.Add("Q8 embedding/classifier");
         if (OptimizerOnHost) list.Add("optimizer state on the host");
         return list;
     }
@@ -173,7 +173,7 @@ public static class MemoryModel
         else Add("layer states (1 per layer)", MemoryCategory.Activations, L * state, true);
         Add("layer inputs (L+1)", MemoryCategory.Activations, (L + 1) * F32(rows * c.Dim), true);
         Add("x_recompute, h_final, dx, dh", MemoryCategory.Activations, 4 * F32(rows * c.Dim));
-        Add("ds, dgate, dup", MemoryCategory.Activations, 3 * F32(rows * c.HiddenDim));
+        Add("ds (dgate, dup overwrite gate, up)", MemoryCategory.Activations, F32(rows * c.HiddenDim));
         Add("do, dq, dk, dv, attn_delta", MemoryCategory.Activations, 2 * F32(rows * c.QDim) + 2 * F32(rows * c.KvDim) + F32(rows * c.NHeads));
         if (s.Method == PeftMethod.Adapter) Add("dz, dh_adapter (block hooks)", MemoryCategory.Activations, 2 * F32(rows * c.Dim));
         Add("ids, targets, loss rows, loss sum", MemoryCategory.Activations, 2 * Pad4(rows * 4) + F32(rows) + F32(1));

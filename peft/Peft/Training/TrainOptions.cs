@@ -13,6 +13,8 @@ public sealed record TrainOptions
     public double EvalFraction { get; init; } = 0.1;
     public required AdapterConfig Adapter { get; init; }
     public required BaseQuant Quant { get; init; }
+    /// <summary>How the token embedding and classifier are held (fp32 unless --quant-embeddings).</summary>
+    public BaseQuant EmbeddingQuant { get; init; } = BaseQuant.None;
     public int Steps { get; init; } = 100;
     public int Batch { get; init; } = 8;
     public int SeqLen { get; init; } = 128;

@@ -17,7 +17,7 @@ public sealed class TrainStep : IDisposable
     private readonly List<DeviceTensor> _owned = [];
     private readonly LayerState[] _states;
     private readonly DeviceTensor[] _layerIn;          // L+1 x [rows, dim]: input of each layer, then the final hidden state
-    private readonly DeviceTensor _scratchOut, _hFinal, _dX, _dH, _dS, _dG, _dU, _dO, _dQ, _dK, _dV, _delta;
+    private readonly DeviceTensor _scratchOut, _hFinal, _dX, _dH, _dS, _dO, _dQ, _dK, _dV, _delta;
     private readonly DeviceTensor? _dZ, _dHx;   // [rows, dim] block-hook gradients (bottleneck adapters only)
     private readonly DeviceTensor _ids, _targets, _loss, _lossSum, _logits;
 
@@ -46,8 +46,6 @@ public sealed class TrainStep : IDisposable
         _dX = T("train.dx", DType.F32, rows, c.Dim);
         _dH = T("train.dh", DType.F32, rows, c.Dim);
         _dS = T("train.ds", DType.F32, rows, c.HiddenDim);
-        _dG = T("train.dgate", DType.F32, rows, c.HiddenDim);
-        _dU = T("train.dup", DType.F32, rows, c.HiddenDim);
         _dO = T("train.do", DType.F32, rows, c.QDim);
         _dQ = T("train.dq", DType.F32, rows, c.QDim);
         _dK = T("train.dk", DType.F32, rows, c.KvDim);
@@ -87,7 +85,7 @@ public sealed class TrainStep : IDisposable
         _adapter.StepSeed = seed;
         _ids.Upload<int>(ids);
         _targets.Upload<int>(targets);
-        Embedding.Forward(_model.Embedding, _ids, _layerIn[0]);
+        _model.EmbedTokens(_ids, _layerIn[0]);
         for (int l = 0; l < c.NLayers; l++)
             LayerForward.Run(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
 
@@ -99,9 +97,9 @@ public sealed class TrainStep : IDisposable
         {
             int n = Math.Min(LogitRows, rows - s);
             var logits = _logits.RowsView(0, n);
-            MatMul.Run(_hFinal.RowsView(s, n), _model.Classifier, logits, transposeB: true);
+            _model.Classifier.Forward(_hFinal.RowsView(s, n), logits);
             CrossEntropy.LossAndGradient(logits, _targets.RowsView(s, n), _loss.RowsView(s, n), lossScale);
-            MatMul.Run(logits, _model.Classifier, _dH.RowsView(s, n), transposeB: false);
+            _model.Classifier.InputGrad(logits, _dH.RowsView(s, n));
         }
         RmsNorm.Backward(xL, _model.FinalNorm, _dH, _dX, eps);
 
@@ -132,11 +130,13 @@ public sealed class TrainStep : IDisposable
         }
         layer.Down.InputGrad(dz, _dS);
         lora.LinearBackward(l, TargetModule.Down, s.S, dz, _dS);
-        SwiGlu.Backward(s.G, s.U, _dS, _dG, _dU);
-        layer.Gate.InputGrad(_dG, _dH);
-        lora.LinearBackward(l, TargetModule.Gate, s.H2, _dG, _dH);
-        layer.Up.InputGrad(_dU, _dH, beta: 1);
-        lora.LinearBackward(l, TargetModule.Up, s.H2, _dU, _dH);
+        // dgate and dup overwrite gate and up: the layer's backward needs neither afterwards (checkpointing recomputes them).
+        var (dG, dU) = (s.G, s.U);
+        SwiGlu.Backward(s.G, s.U, _dS, dG, dU);
+        layer.Gate.InputGrad(dG, _dH);
+        lora.LinearBackward(l, TargetModule.Gate, s.H2, dG, _dH);
+        layer.Up.InputGrad(dU, _dH, beta: 1);
+        lora.LinearBackward(l, TargetModule.Up, s.H2, dU, _dH);
         if (_dHx != null) BasicOps.Add(_dH, _dHx, _dH);
         RmsNorm.Backward(s.XMid, layer.FfnNorm, _dH, _dX, eps, accumulate: true);
 

@@ -74,7 +74,8 @@ public sealed class Trainer : IDisposable
         var setup = new Planning.TrainSetup
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,
-            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing,
+            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout,
+            Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing,
             UnifiedMemory = ctx.Arena.HostMapped, EvalBatch = data.Eval.Count > 0 ? Math.Min(o.Batch, data.Eval.Count) : 0,
         };
         var est = Planning.MemoryModel.Estimate(setup);

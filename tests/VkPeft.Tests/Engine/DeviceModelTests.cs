@@ -64,6 +64,27 @@ public sealed class DeviceModelTests(GpuFixture gpu)
     }
 
     [Fact]
+    public void QuantizedEmbeddingAndClassifierMatchTheReferenceWithTheSameTable()
+    {
+        var m = Stories.Value;
+        var embQuant = BaseQuant.Parse("nf4-dq");
+        using var model = DeviceLlama.Load(Ctx, m.Config, m.Weights, BaseQuant.None, embeddingQuant: embQuant);
+        Assert.NotNull(model.Embedding.Quantized);
+        Assert.Same(model.Embedding, model.Classifier);   // tied
+        var table = VkPeft.Quant.QuantizedLinearWeight.Bnb4Bit(m.Weights.TokenEmbedding, m.Config.VocabSize, m.Config.Dim).Dequantize();
+        var reference = new ReferenceForward(m.Config, new LlamaWeights
+        {
+            TokenEmbedding = table, Layers = m.Weights.Layers, FinalNorm = m.Weights.FinalNorm, Classifier = m.Weights.Classifier,
+        });
+        var ids = Ints("token_ids");
+        using var runner = new LlamaRunner(model, 1, ids.Length, kvCache: false);
+        var result = Evaluator.Evaluate(runner, Evaluator.Windows([ids], ids.Length));
+        // The device decodes the same NF4+DQ table the reference uses: only fp32 vs float64 rounding remains.
+        Assert.InRange(result.MeanNll, reference.MeanNll(ids) - 1e-5, reference.MeanNll(ids) + 1e-5);
+        Assert.True(model.EmbeddingBytes * 8.0 / (m.Config.VocabSize * m.Config.Dim) < 4.2);
+    }
+
+    [Fact]
     public void GreedyGenerationReproducesTheReferenceText()
     {
         var m = Stories.Value;

@@ -90,13 +90,15 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     public void PlanJsonHasTheFitAndItsSwitches()
     {
         var setup = new TrainSetup { Config = ModelCatalog.Get("llama-3.1-8b"), SeqLen = 2048 };
-        var json = FitPlanner.ToJson(FitPlanner.Make(setup, 8L << 30), "llama-3.1-8b");
+        var plan = FitPlanner.Make(setup, 8L << 30);
+        var json = FitPlanner.ToJson(plan, "llama-3.1-8b");
         int maxSeq = json["max_seq_len"]!.GetValue<int>();
         Assert.InRange(maxSeq, 2, 131072);
         Assert.True(json["max_batch"]!.GetValue<int>() >= 0);
         Assert.Contains(json["switches"]!.AsArray(), n => n!.GetValue<string>() == "checkpointing");
-        Assert.True(MemoryModel.Estimate(setup with { SeqLen = maxSeq }).PeakBytes <= 8L << 30);
-        Assert.True(MemoryModel.Estimate(setup with { SeqLen = maxSeq + 64, LogitRows = 32 }).PeakBytes > (8L << 30) - FitPlanner.MarginFor(8L << 30));
+        var chosen = plan.MaxSeq!.Option.Apply(setup);
+        Assert.True(MemoryModel.Estimate(chosen with { SeqLen = maxSeq }).PeakBytes <= 8L << 30);
+        Assert.True(MemoryModel.Estimate(chosen with { SeqLen = maxSeq + 64 }).PeakBytes > (8L << 30) - FitPlanner.MarginFor(8L << 30));
 
         var tiny = FitPlanner.Make(setup, 1L << 30);
         Assert.Null(tiny.MaxSeq);

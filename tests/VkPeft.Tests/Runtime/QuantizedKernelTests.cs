@@ -104,6 +104,30 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
         MatMulTests.AssertWithinFp32Bound(gExpected, gAbs, tdx.Download(), n, $"{format} input gradient");
     }
 
+    [Theory]
+    [InlineData("nf4_dq")]
+    [InlineData("fp4")]
+    [InlineData("q8_0")]
+    public void QuantizedEmbeddingGathersDequantizedRows(string format)
+    {
+        const int vocab = 37, dim = 96;
+        var q = Make(format, vocab, dim, 5);
+        var deq = q.Dequantize();
+        using var table = DeviceQuantizedWeight.Upload(Ctx, "embedding", q);
+        int[] ids = [0, 36, 5, 5, -1, 37, 12];
+        using var tIds = DeviceTensor.Create(Ctx, "ids", DType.I32, [ids.Length], MemoryCategory.Workspace);
+        tIds.Upload<int>(ids);
+        using var o = Guarded.Create(Ctx, "rows", ids.Length, dim);
+        QuantizedMatMul.Embed(table, tIds, o.Tensor);
+        var got = o.Download();
+        for (int t = 0; t < ids.Length; t++)
+            for (int j = 0; j < dim; j++)
+            {
+                float expected = ids[t] is >= 0 and < vocab ? deq[ids[t] * dim + j] : 0f;   // out-of-range ids give zero rows
+                Assert.Equal(expected, got[t * dim + j]);
+            }
+    }
+
     [Fact]
     public void GoldenNf4DqVectorsDequantizeExactlyOnTheDevice()
     {
