@@ -37,6 +37,7 @@ public static class TrainCommand
         var warmup = new Option<int>("--warmup") { Description = "Linear warmup steps", DefaultValueFactory = _ => 0 };
         var schedule = new Option<string>("--schedule") { Description = "cosine, linear or constant", DefaultValueFactory = _ => "cosine" };
         var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1f };
+        var lossChunk = new Option<int>("--loss-chunk") { Description = "Rows of logits per cross-entropy chunk (fewer rows, less memory)", DefaultValueFactory = _ => 128 };
         var checkpointing = new Option<bool?>("--checkpointing") { Description = "Recompute layer activations in backward (default: on above 200M parameters)" };
         var evalEvery = new Option<int>("--eval-every") { Description = "Held-out evaluation every N steps (0 = at the end)", DefaultValueFactory = _ => 0 };
         var saveEvery = new Option<int>("--save-every") { Description = "Checkpoint every N steps (always at the end)", DefaultValueFactory = _ => 0 };
@@ -46,7 +47,7 @@ public static class TrainCommand
         var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck) on a frozen 4-bit base")
         {
             data, evalData, evalFraction, method, rank, alpha, dropout, rslora, targets, groupSize, adapterKind, bottleneck, activation, adapterScale, steps, batch, seqLen,
-            accum, lr, wd, warmup, schedule, clip, checkpointing, evalEvery, saveEvery, seed, output, resume,
+            accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, evalEvery, saveEvery, seed, output, resume,
         };
         model.AddTo(cmd);
         cmd.SetAction(parse =>
@@ -112,6 +113,7 @@ public static class TrainCommand
                 },
                 Clip = parse.GetValue(clip),
                 Checkpointing = parse.GetValue(checkpointing),
+                LogitRows = parse.GetValue(lossChunk),
                 EvalEvery = parse.GetValue(evalEvery),
                 SaveEvery = parse.GetValue(saveEvery),
                 Seed = parse.GetValue(seed),

@@ -16,7 +16,7 @@ public sealed record PlanOption(string Name, bool Checkpointing, int LogitRows, 
     {
         var list = new List<string>();
         if (Checkpointing) list.Add("checkpointing");
-        list.Add($"chunked loss ({LogitRows} rows)");
+        list.Add($"chunked loss (--loss-chunk {LogitRows})");
         if (Embeddings == EmbeddingFormat.Nf4) list.Add("nf4-dq embedding/classifier (--quant-embeddings nf4-dq)");
         if (Embeddings == EmbeddingFormat.Q8) list.Add("q8 embedding/classifier (not available)");
         if (OptimizerOnHost) list.Add("optimizer on host (not available)");

@@ -59,7 +59,7 @@ public sealed class Trainer : IDisposable
         _params = new TrainableParameters(ctx, withOptimizer: true);
         AdapterFactory.Initialize(_params, _config, options.Adapter, options.Seed);
         _lora = AdapterFactory.Create(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
-        _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing);
+        _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows);
     }
 
     public bool Checkpointing { get; }
@@ -75,7 +75,7 @@ public sealed class Trainer : IDisposable
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,
             GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout,
-            Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing,
+            Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
             UnifiedMemory = ctx.Arena.HostMapped, EvalBatch = data.Eval.Count > 0 ? Math.Min(o.Batch, data.Eval.Count) : 0,
         };
         var est = Planning.MemoryModel.Estimate(setup);

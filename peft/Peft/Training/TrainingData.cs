@@ -21,6 +21,9 @@ public sealed class TrainingData
     public int EvalDocuments { get; }
     public long TrainTokens => Train.Sum(w => (long)w.Targets.Count(t => t >= 0));
 
+    /// <summary>Training data from windows already built (benchmarks and tests on random-weight models).</summary>
+    public static TrainingData FromWindows(List<TrainWindow> train, List<TrainWindow> eval) => new(train, eval, train.Count, eval.Count);
+
     public static TrainingData Load(ITextTokenizer tok, string data, string? evalData, double evalFraction, int seqLen, int seed)
     {
         var docs = TextDataset.Read(data).Select(r => TextDataset.Tokenize(tok, r)).Where(d => d.Tokens.Length > 1).ToList();
