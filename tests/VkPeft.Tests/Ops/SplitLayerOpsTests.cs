@@ -9,26 +9,8 @@ using static VkPeft.Tests.Ops.OpsAssert;
 
 namespace VkPeft.Tests.Ops;
 
-public sealed class SplitLayerOpsTests : IDisposable
+public sealed class SplitLayerOpsTests : SplitDeviceTests
 {
-    // 64 KiB bindings, 96 KiB allocations: every tensor below spans several segments.
-    private readonly VulkanContext _ctx = new(GpuFixture.Options() with
-    {
-        MaxStorageBufferRange = 64 << 10,
-        MaxMemoryAllocationSize = 96 << 10,
-        ArenaBlockSize = 96 << 10,
-    });
-
-    public void Dispose() => _ctx.Dispose();
-
-    private DeviceTensor Make(string name, float[] data, params long[] shape)
-    {
-        var t = DeviceTensor.Create(_ctx, name, DType.F32, shape, MemoryCategory.Workspace);
-        t.Upload<float>(data);
-        Assert.True(t.Segments.Count > 1 || data.Length * 4 <= 64 << 10, $"'{name}' should be split");
-        return t;
-    }
-
     [Fact]
     public void EmbeddingAcrossSplitTableAndOutput()
     {
@@ -36,7 +18,7 @@ public sealed class SplitLayerOpsTests : IDisposable
         var table = TestData.Normal(vocab * dim, 1);
         var ids = LayerOpsTests.Ids(tokens, vocab, 2, 97);
         using var tt = Make("table", table, vocab, dim);
-        using var ti = LayerOpsTests.Ints(_ctx, "ids", ids);
+        using var ti = LayerOpsTests.Ints(Ctx, "ids", ids);
         using var ty = Make("y", new float[tokens * dim], tokens, dim);
         Assert.True(tt.Segments.Count >= 4);
         Embedding.Forward(tt, ti, ty);
@@ -58,8 +40,8 @@ public sealed class SplitLayerOpsTests : IDisposable
         var z = TestData.Normal(rows * cols, 4, 3);
         var targets = Enumerable.Range(0, rows).Select(r => r % 5 == 1 ? -1 : (r * 977) % cols).ToArray();
         using var tz = Make("logits", z, rows, cols);
-        using var tt = LayerOpsTests.Ints(_ctx, "targets", targets);
-        using var tl = DeviceTensor.Create(_ctx, "loss", DType.F32, [rows], MemoryCategory.Workspace);
+        using var tt = LayerOpsTests.Ints(Ctx, "targets", targets);
+        using var tl = DeviceTensor.Create(Ctx, "loss", DType.F32, [rows], MemoryCategory.Workspace);
         const float scale = 0.1f;
         CrossEntropy.LossAndGradient(tz, tt, tl, scale);
         var (loss, dz) = LayerReference.CrossEntropy(LayerReference.ToDouble(z), targets, rows, cols, scale);
@@ -79,7 +61,7 @@ public sealed class SplitLayerOpsTests : IDisposable
         using var tx = Make("x", x, rows, dim);
         using var tw = Make("w", w, dim);
         using var ty = Make("y", new float[rows * dim], rows, dim);
-        using var tr = DeviceTensor.Create(_ctx, "rstd", DType.F32, [rows], MemoryCategory.Workspace);
+        using var tr = DeviceTensor.Create(Ctx, "rstd", DType.F32, [rows], MemoryCategory.Workspace);
         RmsNorm.Forward(tx, tw, ty, 1e-6f, tr);
         var (y, rstd) = LayerReference.RmsNormForward(xd, wd, rows, dim, 1e-6);
         Within(y, ty.ToArray<float>(), i => 20 * U * Math.Abs(y[i]) + 1e-30, "split rmsnorm");
@@ -114,7 +96,7 @@ public sealed class SplitLayerOpsTests : IDisposable
         LayerReference.AdamWStep(pd, LayerReference.ToDouble(tg.ToArray<float>()), md, vd, 1, s.Lr, s.Beta1, s.Beta2, s.Eps, s.WeightDecay);
         Within(pd, tp.ToArray<float>(), i => 8 * U * Math.Abs(pd[i]) + 64 * U * s.Lr, "split adamw");
         using var parts = Make("partials", new float[16], 16);
-        using var total = DeviceTensor.Create(_ctx, "total", DType.F32, [1], MemoryCategory.Workspace);
+        using var total = DeviceTensor.Create(Ctx, "total", DType.F32, [1], MemoryCategory.Workspace);
         GradOps.SumOfSquares(tx, parts);
         BasicOps.SumAll(parts, total);
         double ss = LayerReference.SumOfSquares(x);
@@ -127,20 +109,22 @@ public sealed class LayerOpsFallbackTests : IDisposable
 {
     private readonly VulkanContext _ctx = new(GpuFixture.Options() with { DisableSubgroupOps = true });
 
+    private VulkanContext Ctx => _ctx;
+
     public void Dispose() => _ctx.Dispose();
 
     [Fact]
     public void RmsNormCrossEntropyAndSumOfSquaresWithoutSubgroups()
     {
-        Assert.False(_ctx.Caps.SubgroupArithmetic);
+        Assert.False(Ctx.Caps.SubgroupArithmetic);
         const int rows = 7, dim = 1000;
         var x = TestData.Normal(rows * dim, 1, 3);
         var w = TestData.Uniform(dim, 2, 0.5f, 1.5f);
         var dy = TestData.Normal(rows * dim, 3);
-        using var tx = Guarded.Create(_ctx, "x", rows, dim);
-        using var tw = Guarded.Create(_ctx, "w", dim);
-        using var ty = Guarded.Create(_ctx, "y", rows, dim);
-        using var tdy = Guarded.Create(_ctx, "dy", rows, dim);
+        using var tx = Guarded.Create(Ctx, "x", rows, dim);
+        using var tw = Guarded.Create(Ctx, "w", dim);
+        using var ty = Guarded.Create(Ctx, "y", rows, dim);
+        using var tdy = Guarded.Create(Ctx, "dy", rows, dim);
         tx.Upload(x); tw.Upload(w); tdy.Upload(dy);
         var (xd, wd) = (LayerReference.ToDouble(x), LayerReference.ToDouble(w));
         RmsNorm.Forward(tx.Tensor, tw.Tensor, ty.Tensor, 1e-5f);
@@ -152,14 +136,14 @@ public sealed class LayerOpsFallbackTests : IDisposable
         Within(dx, ty.Download(), _ => 40 * U * scale, "rmsnorm dx (fallback)");
 
         int[] targets = [3, -1, 999, 0, 500, 1, 2];
-        using var tt = LayerOpsTests.Ints(_ctx, "targets", targets);
-        using var tl = Guarded.Create(_ctx, "loss", rows);
+        using var tt = LayerOpsTests.Ints(Ctx, "targets", targets);
+        using var tl = Guarded.Create(Ctx, "loss", rows);
         CrossEntropy.LossAndGradient(tx.Tensor, tt, tl.Tensor, 1f / 6);
         var (loss, dz) = LayerReference.CrossEntropy(xd, targets, rows, dim, 1.0 / 6);
         Within(loss, tl.Download(), _ => 1e-5, "cross-entropy loss (fallback)");
         Within(dz, tx.Download(), i => 1e-5 * Math.Abs(dz[i]) + 1e-8, "cross-entropy dlogits (fallback)");
 
-        using var part = Guarded.Create(_ctx, "part", 3);
+        using var part = Guarded.Create(Ctx, "part", 3);
         tx.Upload(x);
         GradOps.SumOfSquares(tx.Tensor, part.Tensor);
         double ss = LayerReference.SumOfSquares(x);

@@ -11,27 +11,9 @@ using R = VkPeft.Runtime.Reference.PeftKernelReference;
 
 namespace VkPeft.Tests.PeftKernels;
 
-public sealed class PeftSplitTests : IDisposable
+public sealed class PeftSplitTests : SplitDeviceTests
 {
-    // 64 KiB bindings, 96 KiB allocations: every [300, 257] tensor below spans several segments.
-    private readonly VulkanContext _ctx = new(GpuFixture.Options() with
-    {
-        MaxStorageBufferRange = 64 << 10,
-        MaxMemoryAllocationSize = 96 << 10,
-        ArenaBlockSize = 96 << 10,
-    });
-
     private const int Rows = 300, Cols = 257;
-
-    public void Dispose() => _ctx.Dispose();
-
-    private DeviceTensor Make(string name, float[] data, params long[] shape)
-    {
-        var t = DeviceTensor.Create(_ctx, name, DType.F32, shape, MemoryCategory.Workspace);
-        t.Upload<float>(data);
-        Assert.True(t.Segments.Count > 1 || data.Length * 4 <= 64 << 10, $"'{name}' should be split");
-        return t;
-    }
 
     [Fact]
     public void DropoutMaskUsesGlobalIndicesAcrossSegments()

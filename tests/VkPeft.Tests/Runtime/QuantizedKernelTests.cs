@@ -166,7 +166,7 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
 /// <summary>Quantizing on the device reproduces the CPU codec byte for byte, also for a weight split across bindings.</summary>
 public sealed class DeviceQuantizerTests : IDisposable
 {
-    private readonly VulkanContext _ctx = new(GpuFixture.Options() with { MaxStorageBufferRange = 64 << 10, MaxMemoryAllocationSize = 96 << 10, ArenaBlockSize = 96 << 10 });
+    private readonly VulkanContext _ctx = new(SplitDeviceTests.SplitOptions());
 
     public void Dispose() => _ctx.Dispose();
 

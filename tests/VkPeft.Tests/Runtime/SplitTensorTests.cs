@@ -9,25 +9,8 @@ using VkPeft.Tests.Support;
 
 namespace VkPeft.Tests.Runtime;
 
-public sealed class SplitTensorTests : IDisposable
+public sealed class SplitTensorTests : SplitDeviceTests
 {
-    // 64 KiB bindings, 96 KiB allocations: a 300 KB tensor needs several of each.
-    private readonly VulkanContext _ctx = new(GpuFixture.Options() with
-    {
-        MaxStorageBufferRange = 64 << 10,
-        MaxMemoryAllocationSize = 96 << 10,
-        ArenaBlockSize = 96 << 10,
-    });
-
-    public void Dispose() => _ctx.Dispose();
-
-    private DeviceTensor Make(string name, float[] data, params long[] shape)
-    {
-        var t = DeviceTensor.Create(_ctx, name, DType.F32, shape, MemoryCategory.Workspace);
-        t.Upload<float>(data);
-        return t;
-    }
-
     [Fact]
     public void LargeTensorIsSplitAndRoundTrips()
     {
@@ -46,19 +29,19 @@ public sealed class SplitTensorTests : IDisposable
         var b = TestData.Uniform(300 * 257, 3);
         using var ta = Make("a", a, 300, 257);
         using var tb = Make("b", b, 300 * 257);          // different shape, different cut points
-        using var tc = DeviceTensor.Create(_ctx, "c", DType.F32, [300, 257], MemoryCategory.Workspace);
+        using var tc = DeviceTensor.Create(Ctx, "c", DType.F32, [300, 257], MemoryCategory.Workspace);
         BasicOps.Add(ta, tb, tc);
         Assert.Equal(CpuReference.Add(a, b), tc.ToArray<float>());
 
-        using var sums = DeviceTensor.Create(_ctx, "sums", DType.F32, [300], MemoryCategory.Workspace);
+        using var sums = DeviceTensor.Create(Ctx, "sums", DType.F32, [300], MemoryCategory.Workspace);
         BasicOps.SumRows(ta, sums);
         TestData.Close(CpuReference.SumRows(a, 300, 257), sums.ToArray<float>(), 257 * 257 * 6e-8, 0, "split sum rows");
 
-        using var total = DeviceTensor.Create(_ctx, "total", DType.F32, [1], MemoryCategory.Workspace);
+        using var total = DeviceTensor.Create(Ctx, "total", DType.F32, [1], MemoryCategory.Workspace);
         BasicOps.MaxAll(ta, total);
         Assert.Equal(a.Max(), total.ToArray<float>()[0]);
 
-        using var sm = DeviceTensor.Create(_ctx, "sm", DType.F32, [300, 257], MemoryCategory.Workspace);
+        using var sm = DeviceTensor.Create(Ctx, "sm", DType.F32, [300, 257], MemoryCategory.Workspace);
         BasicOps.SoftmaxRows(ta, sm);
         TestData.Close(CpuReference.SoftmaxRows(a, 300, 257), sm.ToArray<float>(), 1e-6, 1e-5, "split softmax");
     }
@@ -73,7 +56,7 @@ public sealed class SplitTensorTests : IDisposable
         var b = TestData.Uniform(n * k, 5);
         using var ta = Make("a", a, m, k);
         using var tb = transposeB ? Make("b", b, n, k) : Make("b", b, k, n);
-        using var tc = DeviceTensor.Create(_ctx, "c", DType.F32, [m, n], MemoryCategory.Workspace);
+        using var tc = DeviceTensor.Create(Ctx, "c", DType.F32, [m, n], MemoryCategory.Workspace);
         Assert.True(ta.Segments.Count > 1 && tb.Segments.Count > 1 && tc.Segments.Count > 1);
         MatMul.Run(ta, tb, tc, transposeB);
         var (expected, abs) = CpuReference.MatMul(a, b, m, n, k, transposeB);
@@ -83,8 +66,8 @@ public sealed class SplitTensorTests : IDisposable
     [Fact]
     public void RowLargerThanABindingIsAClearError()
     {
-        var e = Assert.Throws<ArgumentException>(() => DeviceTensor.Create(_ctx, "wide", DType.F32, [2, 20000], MemoryCategory.Workspace));
+        var e = Assert.Throws<ArgumentException>(() => DeviceTensor.Create(Ctx, "wide", DType.F32, [2, 20000], MemoryCategory.Workspace));
         Assert.Contains("wide", e.Message);
-        Assert.Equal(0, _ctx.Arena.Accounting.LiveBytes);
+        Assert.Equal(0, Ctx.Arena.Accounting.LiveBytes);
     }
 }
