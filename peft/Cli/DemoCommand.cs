@@ -14,7 +14,10 @@ namespace VkPeft.Cli;
 
 public static class DemoCommand
 {
-    public const string Prompt = "Pip pip hooray!";
+    public const string Prompt = "Pip pip hooray! Luna the";
+
+    /// <summary>Both samples use the same seeded sampling, so the difference is the adapter's.</summary>
+    private static readonly SamplingOptions Sampling = new(Temperature: 0.6f, TopP: 1f, Seed: 1);
 
     public static Command Create()
     {
@@ -52,17 +55,17 @@ public static class DemoCommand
             AnsiConsole.MarkupLine($"data: {trainData.TrainDocuments} short stories in a 'Pip pip hooray' style for training, {trainData.EvalDocuments} held out");
 
             string before = Sample(ctx, host, quant, null);
-            AnsiConsole.MarkupLine($"\n[bold]before[/] — {Markup.Escape(Prompt)} →\n  [grey]{Markup.Escape(before)}[/]\n");
+            AnsiConsole.MarkupLine($"\n[bold]before[/] (temperature {Sampling.Temperature}, seed {Sampling.Seed}) — {Markup.Escape(Prompt)} →\n  [grey]{Markup.Escape(before)}[/]\n");
             var summary = TrainCommand.Run(ctx, host, options, trainData);
             string after = Sample(ctx, host, quant, outDir);
-            AnsiConsole.MarkupLine($"\n[bold]after[/] — {Markup.Escape(Prompt)} →\n  [green]{Markup.Escape(after)}[/]\n");
+            AnsiConsole.MarkupLine($"\n[bold]after[/] (same sampling) — {Markup.Escape(Prompt)} →\n  [green]{Markup.Escape(after)}[/]\n");
             AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
                 $"held-out loss: [bold]{summary.InitialEvalLoss:F3}[/] before → [bold]{summary.EvalLoss:F3}[/] after ({summary.Steps} steps, {summary.TokensPerSecond:F0} tokens/s, {summary.WallSeconds:F1} s)"));
             var full = Path.GetFullPath(outDir);
             AnsiConsole.MarkupLine($"adapter:      {Markup.Escape(full)}");
             AnsiConsole.MarkupLine($"loss curve:   {Markup.Escape(Path.Combine(full, "loss.svg"))} (data in metrics.csv)");
             AnsiConsole.MarkupLine($"summary:      {Markup.Escape(Path.Combine(full, "summary.json"))}");
-            AnsiConsole.MarkupLine($"try it:       ./vkpeft generate --model {Markup.Escape(modelPath)} --adapter {Markup.Escape(full)} --prompt \"{Prompt}\"");
+            AnsiConsole.MarkupLine($"try it:       ./vkpeft generate --model {Markup.Escape(modelPath)} --adapter {Markup.Escape(full)} --prompt \"{Prompt}\" --temperature 0.6");
             return 0;
         });
         return cmd;
@@ -74,7 +77,7 @@ public static class DemoCommand
         var ids = tok.Encode(Prompt, bos: true);
         using var session = AdapterSession.Open(ctx, adapter, host, quant, quantGiven: true, maxRows: 160);
         using var runner = new LlamaRunner(session.Model, 1, 160, kvCache: true) { Adapter = session.Adapter };
-        var all = new Generator(runner).Generate(ids, 120, new SamplingOptions(), tok.Eos);
+        var all = new Generator(runner).Generate(ids, 100, Sampling, tok.Eos);
         return tok.Decode(all.AsSpan(ids.Length)).Trim();
     }
 }
