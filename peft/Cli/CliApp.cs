@@ -19,7 +19,7 @@ public static class CliApp
 
     public static int Run(string[] args)
     {
-        var root = new RootCommand("vkpeft: QLoRA-style fine-tuning of Llama-family models on any Vulkan GPU (or the CPU through lavapipe).");
+        var root = new RootCommand("vkpeft: QLoRA-style fine-tuning of Llama-family models on any Vulkan GPU (or the CPU through lavapipe).\n  Also: ./vkpeft test, and ./vkpeft bench kernels|memory|train|generate (the benchmarks).");
         root.Options.Add(DeviceOption);
         root.Options.Add(BudgetOption);
         root.Options.Add(ProfileOption);
@@ -30,6 +30,7 @@ public static class CliApp
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
+        root.SetAction(_ => root.Parse("--help").Invoke());   // bare `vkpeft` shows the commands
         root.Subcommands.Add(PlanCommand.Create());
         return Invoke(root, args);
     }
