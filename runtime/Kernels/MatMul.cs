@@ -12,7 +12,7 @@ public static class MatMul
 {
     public const uint TileM = 64, TileN = 64;
     // Tile of matmul_lanes.comp: (RB·SG) x (CB·SG) with SG = 8; RB and CB must match the -D values in shaders.list.
-    public const uint LanesRowBlocks = 2, LanesColBlocks = 4;
+    public const uint LanesRowBlocks = 2, LanesColBlocks = 8;
     public const uint LanesTileM = LanesRowBlocks * 8, LanesTileN = LanesColBlocks * 8;
     // Tile of matmul_lanes_nn.comp (B not transposed): RB·SG rows x SG lanes · 8 columns, RB = 1.
     public const uint LanesNnTileM = 8, LanesNnTileN = 64;

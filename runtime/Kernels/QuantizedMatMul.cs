@@ -23,6 +23,10 @@ public static class QuantizedMatMul
         public float QOffset;
     }
 
+    // Tile of the quantized variants of matmul_lanes.comp (RB = 2, CB = 4 in shaders.list: the decoded weight words take
+    // registers, so they keep a narrower tile than the fp32 variant).
+    private const uint LanesTileM = 16, LanesTileN = 32;
+
     private enum Kind { Embedding, Dequant, Tiles, Lanes, LanesWord, LanesNn, LanesNnWord }
 
     /// <summary>Format name used in shader ids: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
@@ -155,8 +159,8 @@ public static class QuantizedMatMul
             : transposeB ? (word ? Kind.LanesWord : Kind.Lanes)
             : (word ? Kind.LanesNnWord : Kind.LanesNn);
         var pipeline = kind == Kind.Tiles ? ctx.Pipelines.Get(Shader(kind, w), 0, transposeB ? 1u : 0u) : ctx.Pipelines.Get(Shader(kind, w));
-        uint tileM = !lanes ? MatMul.TileM : transposeB ? MatMul.LanesTileM : MatMul.LanesNnTileM;
-        uint tileN = !lanes ? MatMul.TileN : transposeB ? MatMul.LanesTileN : MatMul.LanesNnTileN;
+        uint tileM = !lanes ? MatMul.TileM : transposeB ? LanesTileM : MatMul.LanesNnTileM;
+        uint tileN = !lanes ? MatMul.TileN : transposeB ? LanesTileN : MatMul.LanesNnTileN;
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
         var q = QuantBindings(w);
         for (uint r0 = 0; r0 < m; r0 += maxY * tileM)
