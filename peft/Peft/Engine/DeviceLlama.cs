@@ -96,7 +96,7 @@ public sealed class DeviceLlama : IDisposable
         {
             DeviceLinear Table(string name, float[] data)
             {
-                var l = eq.IsQuantized ? DeviceLinear.Create(ctx, name, data, c.VocabSize, c.Dim, eq) : DeviceLinear.Create(ctx, name, data, c.VocabSize, c.Dim, BaseQuant.None);
+                var l = DeviceLinear.Create(ctx, name, data, c.VocabSize, c.Dim, eq);
                 created.Add(l);
                 return l;
             }

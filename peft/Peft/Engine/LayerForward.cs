@@ -80,20 +80,7 @@ public static class LayerForward
     private static void Linear(IAdapterRuntime? adapter, int l, TargetModule t, DeviceLinear w, DeviceTensor x, DeviceTensor y, DeviceTensor? bias, float beta = 0)
     {
         w.Forward(x, y, beta: beta);
-        if (bias != null) BiasRows.Add(y, bias);
+        if (bias != null) Bias.Add(y, bias);
         adapter?.Linear(l, t, x, y);
-    }
-}
-
-/// <summary>Adds a bias vector to every row (the Qwen2 q/k/v biases).</summary>
-internal static class BiasRows
-{
-    public static void Add(DeviceTensor y, DeviceTensor bias)
-    {
-        for (long r = 0; r < y.Rows; r++)
-        {
-            var row = y.RowsView(r, 1).Reshape(bias.Count);
-            BasicOps.Add(row, bias, row);
-        }
     }
 }

@@ -35,7 +35,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
             foreach (var t in _targets)
                 if (InFeatures(t) % _g != 0)
                     throw new FormatException($"--group-size {_g} does not divide in_features {InFeatures(t)} of target {t.ToString().ToLowerInvariant()}; QA-LoRA needs it to");
-        int maxIn = _targets.Max(InFeatures), maxOut = _targets.Max(OutFeatures);
+        int maxIn = _targets.Max(InFeatures);
         DeviceTensor Flat(string name, long n)
         {
             var t = DeviceTensor.Create(ctx, name, DType.F32, [Math.Max(n, 1)], MemoryCategory.Workspace);
@@ -50,7 +50,6 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         _dt = Flat("lora.dt", (long)maxRows * adapter.Rank);
         _dsrc = Flat("lora.d_src", dropout || _qa ? (long)maxRows * maxIn : 1);
         _dx = Flat("lora.dx", dropout || _qa ? (long)maxRows * maxIn : 1);
-        _ = maxOut;
     }
 
     public AdapterConfig Config { get; }
