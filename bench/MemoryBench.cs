@@ -27,13 +27,17 @@ public static class MemoryBench
         var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence", DefaultValueFactory = _ => 512 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step", DefaultValueFactory = _ => 1 };
         var ckpt = new Option<string?>("--checkpointing") { Description = "on or off (default: on above 200M linear parameters, as the trainer)" };
+        var lossChunk = new Option<int>("--loss-chunk") { Description = "Rows of logits per cross-entropy chunk", DefaultValueFactory = _ => 128 };
+        var quantEmb = new Option<string>("--quant-embeddings") { Description = "Embedding/classifier: none (fp32) or nf4-dq", DefaultValueFactory = _ => "none" };
+        var offload = new Option<bool>("--offload-checkpoints") { Description = "Layer inputs saved for recomputation in host memory (implies checkpointing)" };
+        var optHost = new Option<bool>("--optimizer-on-host") { Description = "AdamW m and v in host memory" };
         var steps = new Option<int>("--steps") { Description = "Steps to run (the first is a warm-up when more than one)", DefaultValueFactory = _ => 2 };
         var maxLayers = new Option<int>("--max-layers") { Description = "Most layers in a slice when the whole model does not fit", DefaultValueFactory = _ => 2 };
         var limit = new Option<string>("--limit") { Description = "Device bytes the benchmark may use (default 1.5GiB or 75% of the budget)", DefaultValueFactory = _ => "" };
         var svg = new Option<string?>("--svg") { Description = "Bar chart path (default out/bench/memory-<model>.svg)" };
         var cmd = new Command("memory", "Peak device memory per category of real training steps, against the analytic model")
         {
-            model, config, method, quant, rank, targets, seqLen, batch, ckpt, steps, maxLayers, limit, svg,
+            model, config, method, quant, rank, targets, seqLen, batch, ckpt, lossChunk, quantEmb, offload, optHost, steps, maxLayers, limit, svg,
         };
         cmd.SetAction(parse =>
         {
@@ -49,6 +53,21 @@ public static class MemoryBench
             else c = ModelCatalog.Get(name!);
             var setup = Setup(c, parse.GetValue(method)!, parse.GetValue(quant), parse.GetValue(rank), parse.GetValue(targets)!, parse.GetValue(batch),
                 parse.GetValue(seqLen), parse.GetValue(ckpt));
+            int rows = parse.GetValue(lossChunk);
+            if (rows < 1) throw new FormatException($"--loss-chunk must be ≥ 1, got {rows}");
+            var emb = parse.GetValue(quantEmb)!.ToLowerInvariant() switch
+            {
+                "none" or "fp32" => EmbeddingFormat.Fp32,
+                "nf4-dq" => EmbeddingFormat.Nf4,
+                var other => throw new FormatException($"--quant-embeddings: use none or nf4-dq, not '{other}'"),
+            };
+            bool off = parse.GetValue(offload);
+            if (off && parse.GetValue(ckpt) is { } ck && ck.ToLowerInvariant() is "off" or "false")
+                throw new FormatException("--offload-checkpoints needs checkpointing: drop --checkpointing off");
+            setup = setup with
+            {
+                LogitRows = rows, Embeddings = emb, OffloadCheckpoints = off, Checkpointing = setup.Checkpointing || off, OptimizerOnHost = parse.GetValue(optHost),
+            };
             using var ctx = new VulkanContext(Program.Options(parse.GetValue(device)));
             setup = setup with { UnifiedMemory = ctx.Arena.HostMapped };
             string lim = parse.GetValue(limit)!;
@@ -97,7 +116,7 @@ public static class MemoryBench
     {
         var inv = CultureInfo.InvariantCulture;
         var s = r.Full;
-        AnsiConsole.MarkupLine(Markup.Escape($"{r.Model} on {r.Device}: {s.Method.ToString().ToLowerInvariant()} r={s.Rank}, {s.Quant}, batch {s.Batch} × {s.SeqLen} tokens, checkpointing {(s.Checkpointing ? "on" : "off")}, logits in chunks of {s.LogitRows} rows"));
+        AnsiConsole.MarkupLine(Markup.Escape($"{r.Model} on {r.Device}: {s.Method.ToString().ToLowerInvariant()} r={s.Rank}, {s.Quant}, batch {s.Batch} × {s.SeqLen} tokens, checkpointing {(s.Checkpointing ? "on" : "off")}, logits in chunks of {s.LogitRows} rows, embedding/classifier {(s.Embeddings == EmbeddingFormat.Nf4 ? "nf4-dq" : "fp32")}{(s.OffloadCheckpoints ? ", layer inputs on the host" : "")}{(s.OptimizerOnHost ? ", AdamW state on the host" : "")}"));
         AnsiConsole.MarkupLine(Markup.Escape(r.Note + "."));
         string sliceName = r.Slice.Whole ? "measured" : $"measured slice ({r.Slice.Layers} layer{(r.Slice.Layers > 1 ? "s" : "")}, vocab {r.Slice.Vocab})";
         var t = new Table().AddColumn("category")
@@ -113,6 +132,12 @@ public static class MemoryBench
             t.AddRow(cat.ToString().ToLowerInvariant(), F(m), F(a), err, F(r.FullEstimate[cat]), F(r.Reported[cat]));
         }
         t.AddRow("[bold]peak (live)[/]", F(r.Measured.PeakLiveBytes), F(r.SliceEstimate.TotalBytes), "", F(r.FullEstimate.TotalBytes), $"[bold]{F(r.PeakBytes)}[/]");
+        if (r.FullEstimate.HostBytes > 0)
+        {
+            long hm = r.Measured.HostPeakByCategory.Values.Sum(), ha = r.SliceEstimate.HostBytes;
+            t.AddRow("host memory (offloaded)", F(hm), F(ha), ha == 0 ? "-" : ((hm - ha) / (double)ha).ToString("+0.0%;-0.0%;0.0%", inv), F(r.FullEstimate.HostBytes),
+                F(hm + r.FullEstimate.HostBytes - ha));
+        }
         AnsiConsole.Write(t);
         AnsiConsole.MarkupLine(string.Create(inv, $"loading peaks at {F(r.FullEstimate.LoadPeakBytes)} (analytic: weights plus one fp32 weight being quantized)"));
         string extra = r.Slice.Whole ? "" : string.Create(inv, $"; whole model ≈ {r.FullModelTokensPerSecond:F2} (extrapolated by FLOPs)");

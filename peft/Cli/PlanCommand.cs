@@ -26,9 +26,13 @@ public static class PlanCommand
         var targets = new Option<string>("--targets") { Description = "Linear layers to adapt", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
         var seqLen = new Option<int>("--seq-len") { Description = "Sequence length for the batch search", DefaultValueFactory = _ => 2048 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
+        var check = new Option<bool>("--check") { Description = "Prove the longest plan: train a random-weight model with it on the device under the budget" };
+        var checkLayers = new Option<int?>("--check-layers") { Description = "Layers to run in --check (default all; fewer extrapolate the rest from the model)" };
+        var checkSteps = new Option<int>("--check-steps") { Description = "Training steps in --check", DefaultValueFactory = _ => 1 };
+        var device = new Option<string?>("--device") { Description = "Vulkan device for --check (index or name)" };
         var cmd = new Command("plan", "Largest sequence length and batch that fit a memory budget (analytic memory model)")
         {
-            config, model, memory, method, quant, rank, targets, seqLen, json,
+            config, model, memory, method, quant, rank, targets, seqLen, json, check, checkLayers, checkSteps, device,
         };
         cmd.SetAction(parse =>
         {
@@ -36,8 +40,29 @@ public static class PlanCommand
             var setup = Setup(c, parse.GetValue(method)!, parse.GetValue(quant), parse.GetValue(rank), parse.GetValue(targets)!, parse.GetValue(seqLen));
             long budget = (long)ByteSize.Parse(parse.GetValue(memory)!, "--memory");
             var plan = FitPlanner.Make(setup, budget);
-            if (parse.GetValue(json)) Console.WriteLine(FitPlanner.ToJson(plan, name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            else Print(plan, name);
+            bool asJson = parse.GetValue(json);
+            var obj = FitPlanner.ToJson(plan, name);
+            if (!asJson) Print(plan, name);
+            if (parse.GetValue(check))
+            {
+                int steps = parse.GetValue(checkSteps);
+                if (steps < 1) throw new CliUsageException($"--check-steps must be ≥ 1, got {steps}");
+                if (parse.GetValue(checkLayers) is < 1) throw new CliUsageException($"--check-layers must be ≥ 1, got {parse.GetValue(checkLayers)}");
+                if (plan.MaxSeq == null) throw new CliUsageException("--check: nothing fits, so there is no plan to check");
+                var dir = Directory.CreateTempSubdirectory("vkpeft-plan-check-").FullName;
+                try
+                {
+                    var rt = RuntimeOptions.FromEnvironment() with { Device = parse.GetValue(device) ?? RuntimeOptions.FromEnvironment().Device };
+                    var r = PlanCheck.Run(plan, parse.GetValue(checkLayers), steps, rt, dir, m => Console.Error.WriteLine(m),
+                        s => Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {s.Step}: loss {s.Loss:F4}, {s.TokensPerSecond:F1} tokens/s")));
+                    obj["check"] = CheckJson(r);
+                    if (!asJson) PrintCheck(r);
+                    if (asJson) Console.WriteLine(obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                    return r.Honoured ? 0 : 1;
+                }
+                finally { Directory.Delete(dir, recursive: true); }
+            }
+            if (asJson) Console.WriteLine(obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         });
         return cmd;
@@ -70,26 +95,70 @@ public static class PlanCommand
         };
     }
 
+    private static System.Text.Json.Nodes.JsonObject CheckJson(PlanCheckResult r) => new()
+    {
+        ["honoured"] = r.Honoured,
+        ["seq_len"] = r.Full.SeqLen,
+        ["layers_run"] = r.Layers,
+        ["layers"] = r.Full.Config.NLayers,
+        ["vocab_run"] = r.Vocab,
+        ["vocab"] = r.Full.Config.VocabSize,
+        ["whole_model"] = r.WholeModel,
+        ["budget_bytes"] = r.Budget,
+        ["slice_budget_bytes"] = r.SliceBudget,
+        ["measured_peak_reserved_bytes"] = r.MeasuredReservedBytes,
+        ["measured_peak_live_bytes"] = r.MeasuredLiveBytes,
+        ["measured_categories"] = new System.Text.Json.Nodes.JsonObject(r.MeasuredByCategory.Select(kv =>
+            KeyValuePair.Create(kv.Key.ToString().ToLowerInvariant(), (System.Text.Json.Nodes.JsonNode?)kv.Value))),
+        ["measured_host_bytes"] = r.MeasuredHostBytes,
+        ["modelled_slice_bytes"] = r.ModelledSliceBytes,
+        ["left_out_bytes"] = r.LeftOutBytes,
+        ["extrapolated_peak_bytes"] = r.ExtrapolatedBytes,
+        ["tokens_per_second"] = r.TokensPerSecond,
+        ["seconds_per_step"] = r.SecondsPerStep,
+        ["final_loss"] = r.FinalLoss,
+    };
+
+    private static void PrintCheck(PlanCheckResult r)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var t = new Table().AddColumn("check").AddColumn(new TableColumn("bytes").RightAligned()).AddColumn("");
+        string F(long b) => ByteSize.Format(b);
+        t.AddRow("budget for this run", F(r.SliceBudget), r.WholeModel ? "the whole model ran" : $"{r.Layers} of {r.Full.Config.NLayers} layers, vocabulary {r.Vocab} of {r.Full.Config.VocabSize} ran; {F(r.LeftOutBytes)} modelled for the rest");
+        t.AddRow("measured device peak (reserved blocks)", F(r.MeasuredReservedBytes), r.MeasuredReservedBytes <= r.SliceBudget ? "[green]within[/]" : "[red]over[/]");
+        t.AddRow("measured device peak (live tensors)", F(r.MeasuredLiveBytes), string.Create(inv, $"model: {F(r.ModelledSliceBytes)}"));
+        foreach (var (cat, b) in r.MeasuredByCategory.Where(kv => kv.Value > 0)) t.AddRow($"  {cat.ToString().ToLowerInvariant()}", F(b), "");
+        t.AddRow("measured host memory (offloaded)", F(r.MeasuredHostBytes), "");
+        t.AddRow("whole model (measured + left out)", F(r.ExtrapolatedBytes), r.ExtrapolatedBytes <= r.Budget ? $"[green]within {F(r.Budget)}[/]" : $"[red]over {F(r.Budget)}[/]");
+        AnsiConsole.Write(t);
+        AnsiConsole.MarkupLine(string.Create(inv, $"{r.Full.SeqLen} tokens per step, {r.SecondsPerStep:F1} s per step ({r.TokensPerSecond:F1} tokens/s), loss {r.FinalLoss:F3}: plan {(r.Honoured ? "[green]honoured[/]" : "[red]NOT honoured[/]")}"));
+    }
+
     private static void Print(Plan p, string name)
     {
         var inv = CultureInfo.InvariantCulture;
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = 180;
         AnsiConsole.MarkupLine(Markup.Escape(p.Message));
-        var t = new Table().AddColumn("fit").AddColumn(new TableColumn("value").RightAligned()).AddColumn("switches");
+        var t = new Table().AddColumn("fit").AddColumn(new TableColumn("value").RightAligned()).AddColumn("train options");
         foreach (var m in Enum.GetValues<MemoryCategory>()) t.AddColumn(new TableColumn(m.ToString().ToLowerInvariant()).RightAligned());
         t.AddColumn(new TableColumn("total").RightAligned());
+        t.AddColumn(new TableColumn("host").RightAligned());
         void Row(string what, FitResult? r)
         {
             if (r == null) { t.AddRow(what, "-", "does not fit"); return; }
-            var cells = new List<string> { what, r.Value.ToString(inv), Markup.Escape(string.Join(", ", r.Option.Switches(p.Base))) };
+            var cells = new List<string> { what, r.Value.ToString(inv), Markup.Escape(r.Option.TrainFlags) };
             cells.AddRange(Enum.GetValues<MemoryCategory>().Select(m => ByteSize.Format(r.Estimate[m])));
             cells.Add(ByteSize.Format(r.Estimate.PeakBytes));
+            cells.Add(r.Estimate.HostBytes > 0 ? ByteSize.Format(r.Estimate.HostBytes) : "-");
             t.AddRow(cells.ToArray());
         }
         Row("max seq len (batch 1)", p.MaxSeq);
         Row($"max batch (seq {p.Base.SeqLen})", p.MaxBatch);
+        Row($"fewest levers at seq {p.Base.SeqLen}, batch 1", p.Cheapest);
         if (p.MaxSeqWithUnavailable != null) Row("max seq len, levers not yet available", p.MaxSeqWithUnavailable);
         AnsiConsole.Write(t);
-        AnsiConsole.MarkupLine(Markup.Escape($"{name}: budget {ByteSize.Format(p.Budget)}, {ByteSize.Format(p.Margin)} kept for arena block rounding"));
+        AnsiConsole.MarkupLine(Markup.Escape($"{name}: budget {ByteSize.Format(p.Budget)}, {ByteSize.Format(p.Margin)} kept for arena block rounding; host = offloaded state in system memory"));
+        if (p.MaxSeq != null)
+            AnsiConsole.MarkupLine(Markup.Escape($"train with: --seq-len {p.MaxSeq.Value} --batch 1 {p.MaxSeq.Option.TrainFlags} --memory-budget {ByteSize.Format(p.Budget).Replace(" ", "")}"));
     }
 }

@@ -39,6 +39,8 @@ public static class TrainCommand
         var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1f };
         var lossChunk = new Option<int>("--loss-chunk") { Description = "Rows of logits per cross-entropy chunk (fewer rows, less memory)", DefaultValueFactory = _ => 128 };
         var checkpointing = new Option<bool?>("--checkpointing") { Description = "Recompute layer activations in backward (default: on above 200M parameters)" };
+        var offload = new Option<bool>("--offload-checkpoints") { Description = "Keep the layer inputs saved for recomputation in host memory (implies checkpointing)" };
+        var optimizerOnHost = new Option<bool>("--optimizer-on-host") { Description = "Keep AdamW's m and v in host memory, streamed by the update kernel" };
         var evalEvery = new Option<int>("--eval-every") { Description = "Held-out evaluation every N steps (0 = at the end)", DefaultValueFactory = _ => 0 };
         var saveEvery = new Option<int>("--save-every") { Description = "Checkpoint every N steps (always at the end)", DefaultValueFactory = _ => 0 };
         var seed = new Option<int>("--seed") { Description = "Seed for init, data order and dropout", DefaultValueFactory = _ => 42 };
@@ -47,7 +49,7 @@ public static class TrainCommand
         var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck) on a frozen 4-bit base")
         {
             data, evalData, evalFraction, method, rank, alpha, dropout, rslora, targets, groupSize, adapterKind, bottleneck, activation, adapterScale, steps, batch, seqLen,
-            accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, evalEvery, saveEvery, seed, output, resume,
+            accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume,
         };
         model.AddTo(cmd);
         cmd.SetAction(parse =>
@@ -114,6 +116,8 @@ public static class TrainCommand
                 Clip = parse.GetValue(clip),
                 Checkpointing = parse.GetValue(checkpointing),
                 LogitRows = parse.GetValue(lossChunk),
+                OffloadCheckpoints = parse.GetValue(offload),
+                OptimizerOnHost = parse.GetValue(optimizerOnHost),
                 EvalEvery = parse.GetValue(evalEvery),
                 SaveEvery = parse.GetValue(saveEvery),
                 Seed = parse.GetValue(seed),
@@ -129,7 +133,7 @@ public static class TrainCommand
             using var ctx = new VulkanContext(CliApp.RuntimeOptionsFrom(parse));
             var summary = Run(ctx, host, options, trainData);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"done: {summary.Steps} steps, final train loss {summary.FinalTrainLoss:F4}, held-out loss {Fmt(summary.InitialEvalLoss)} → {Fmt(summary.EvalLoss)}, {summary.TokensPerSecond:F0} tokens/s, peak device memory {ByteSize.Format(summary.PeakDeviceBytes)}"));
+                $"done: {summary.Steps} steps, final train loss {summary.FinalTrainLoss:F4}, held-out loss {Fmt(summary.InitialEvalLoss)} → {Fmt(summary.EvalLoss)}, {summary.TokensPerSecond:F0} tokens/s, peak device memory {ByteSize.Format(summary.PeakDeviceBytes)} ({ByteSize.Format(summary.PeakReservedBytes)} reserved){(summary.PeakHostBytes > 0 ? $", host {ByteSize.Format(summary.PeakHostBytes)}" : "")}"));
             Console.WriteLine($"adapter, metrics.csv, loss.svg and summary.json written to {Path.GetFullPath(options.Out)}");
             return 0;
         });

@@ -1,7 +1,9 @@
 // Causal grouped-query attention on the device: forward (o and the row log-sum-exp) and backward (dq, dk, dv), both
-// streaming over keys without a [T, S] buffer. Shaders: attention_fwd, attention_bwd_dq, attention_bwd_dkv.
+// streaming over keys without a [T, S] buffer. Queries spanning several bindings run in row chunks, each against the
+// keys it sees. Shaders: attention_fwd, attention_bwd_dq, attention_bwd_dkv.
 using System.Runtime.InteropServices;
 using VkPeft.Runtime.Commands;
+using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
 
@@ -87,6 +89,11 @@ public static class Attention
         if (seqLen == 0 || batch == 0) return;
         var ctx = q.Context;
         algorithm = Resolve(ctx, algorithm);
+        if (!Whole(q, k, v, o, lse))
+        {
+            ForwardChunked(g, q, k, v, o, lse, algorithm, keysPerDispatch);
+            return;
+        }
         var (push, ranges) = g.Bind([q, k, v, o, lse]);
         long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
         for (long k0 = 0; k0 < keys; k0 += chunk)
@@ -134,8 +141,23 @@ public static class Attention
             BasicOps.Fill(dv, 0);
             return;
         }
+        if (!Whole(q, k, v, o, lse, dO, dq, dk, dv, delta))
+        {
+            BackwardChunked(g, q, k, v, o, lse, dO, dq, dk, dv, algorithm, keysPerDispatch, dkvPairsPerDispatch);
+            return;
+        }
+        BackwardWhole(g, q, k, v, o, lse, dO, dq, dk, dv, delta, algorithm, keysPerDispatch, dkvPairsPerDispatch, accumulateDkv: false);
+    }
+
+    /// <summary>The backward with every operand in one binding; with <paramref name="accumulateDkv"/> dk and dv are added to.</summary>
+    private static void BackwardWhole(Geometry g, DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, DeviceTensor dO,
+        DeviceTensor dq, DeviceTensor dk, DeviceTensor dv, DeviceTensor delta, AttentionAlgorithm algorithm, int keysPerDispatch, int dkvPairsPerDispatch,
+        bool accumulateDkv)
+    {
+        var ctx = q.Context;
+        int seqLen = g.SeqLen, batch = g.Batch, nHeads = g.NHeads, nKvHeads = g.NKvHeads, headDim = g.HeadDim;
+        long keys = (long)g.StartPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
         var (push, r) = g.Bind([q, k, v, o, dO, lse, delta, dq]);
-        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
         for (long k0 = 0; k0 < keys; k0 += chunk)
         {
             push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
@@ -151,7 +173,7 @@ public static class Attention
         long perChunk = RowsPerDispatch(ctx, headDim, dkvPairsPerDispatch);
         int headsPerChunk = (int)Math.Clamp(perChunk / seqLen, 1, group);
         int rowsPerChunk = (int)Math.Min(seqLen, perChunk);
-        bool first = true;
+        bool first = !accumulateDkv;
         for (int h0 = 0; h0 < group; h0 += headsPerChunk)
         {
             for (int i0 = 0; i0 < seqLen; i0 += rowsPerChunk)
@@ -165,6 +187,93 @@ public static class Attention
                     g.KvStride, (uint)nKvHeads, (uint)batch, "attention.bwd.dkv");
                 first = false;
             }
+        }
+    }
+
+    private static bool Whole(params DeviceTensor[] ts) => ts.All(t => t.Segments.Count == 1);
+
+    /// <summary>Rows of <paramref name="t"/> from <paramref name="row"/> to the end of the segment holding it.</summary>
+    private static long RowsInSegment(DeviceTensor t, long row)
+    {
+        foreach (var seg in t.Segments)
+            if (row >= seg.FirstRow && row < seg.FirstRow + seg.Rows) return seg.FirstRow + seg.Rows - row;
+        throw new ArgumentOutOfRangeException(nameof(row), $"row {row} outside '{t.Name}' {t.ShapeString}");
+    }
+
+    /// <summary>
+    /// Query chunks of one binding each, sequence by sequence: (sequence, first query, queries). Every [rows, …] operand
+    /// in <paramref name="rowTensors"/> is cut at its own segment boundaries, so each chunk view is one binding.
+    /// </summary>
+    private static IEnumerable<(int B, int T0, int N)> QueryChunks(Geometry g, DeviceTensor[] rowTensors)
+    {
+        for (int b = 0; b < g.Batch; b++)
+            for (int t0 = 0; t0 < g.SeqLen;)
+            {
+                long row = (long)b * g.SeqLen + t0, n = g.SeqLen - t0;
+                foreach (var t in rowTensors) n = Math.Min(n, RowsInSegment(t.Reshape((long)g.Batch * g.SeqLen, t.Count / ((long)g.Batch * g.SeqLen)), row));
+                yield return (b, t0, (int)n);
+                t0 += (int)n;
+            }
+    }
+
+    /// <summary>The keys (or values, or their gradients) query chunk [t0, t0+n) of sequence b sees: one binding.</summary>
+    private static DeviceTensor KeyView(Geometry g, DeviceTensor t, int b, int t0, int n)
+    {
+        var rows = t.Reshape(g.Batch * g.KvStride, (long)g.NKvHeads * g.HeadDim).RowsView(b * g.KvStride, g.StartPos + t0 + n);
+        if (rows.Segments.Count != 1)
+            throw new ArgumentException($"attention: the keys of one sequence in '{t.Name}' {t.ShapeString} span several bindings; attention needs them in one");
+        return rows;
+    }
+
+    private static DeviceTensor QueryView(Geometry g, DeviceTensor t, int b, int t0, int n) =>
+        t.Reshape((long)g.Batch * g.SeqLen, (long)g.NHeads * g.HeadDim).RowsView((long)b * g.SeqLen + t0, n);
+
+    /// <summary>Copies lse-shaped rows between [batch, nHeads, seqLen] (positions t0..t0+n of sequence b) and a [1, nHeads, n] chunk.</summary>
+    private static void CopyLse(Geometry g, DeviceTensor full, DeviceTensor chunk, int b, int t0, int n, bool toChunk)
+    {
+        var ctx = full.Context;
+        for (int h = 0; h < g.NHeads; h++)
+        {
+            var (fr, fo) = Pieces.RangeOf(full, ((long)b * g.NHeads + h) * g.SeqLen + t0, n);
+            var (cr, co) = Pieces.RangeOf(chunk, (long)h * n, n);
+            var f = fr.Slice(fo * 4UL, (ulong)n * 4);
+            var c = cr.Slice(co * 4UL, (ulong)n * 4);
+            if (toChunk) ctx.Commands.Copy(f, c, (ulong)n * 4);
+            else ctx.Commands.Copy(c, f, (ulong)n * 4);
+        }
+    }
+
+    private static void ForwardChunked(Geometry g, DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse,
+        AttentionAlgorithm algorithm, int keysPerDispatch)
+    {
+        using var lseChunk = DeviceTensor.Create(q.Context, "attention.lse_chunk", DType.F32, [(long)g.NHeads * g.SeqLen], MemoryCategory.Workspace);
+        foreach (var (b, t0, n) in QueryChunks(g, [q, o]))
+        {
+            var lt = lseChunk.RowsView(0, (long)g.NHeads * n).Reshape(1, g.NHeads, n);
+            Forward(QueryView(g, q, b, t0, n), KeyView(g, k, b, t0, n), KeyView(g, v, b, t0, n), QueryView(g, o, b, t0, n), lt,
+                1, n, g.StartPos + t0, g.NHeads, g.NKvHeads, g.HeadDim, algorithm, keysPerDispatch);
+            CopyLse(g, lse, lseChunk, b, t0, n, toChunk: false);
+        }
+    }
+
+    private static void BackwardChunked(Geometry g, DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, DeviceTensor dO,
+        DeviceTensor dq, DeviceTensor dk, DeviceTensor dv, AttentionAlgorithm algorithm, int keysPerDispatch, int dkvPairsPerDispatch)
+    {
+        var ctx = q.Context;
+        BasicOps.Fill(dk, 0);   // every chunk adds the gradients of the keys its queries see
+        BasicOps.Fill(dv, 0);
+        using var lseChunk = DeviceTensor.Create(ctx, "attention.lse_chunk", DType.F32, [(long)g.NHeads * g.SeqLen], MemoryCategory.Workspace);
+        using var deltaChunk = DeviceTensor.Create(ctx, "attention.delta_chunk", DType.F32, [(long)g.NHeads * g.SeqLen], MemoryCategory.Workspace);
+        foreach (var (b, t0, n) in QueryChunks(g, [q, o, dO, dq]))
+        {
+            var lt = lseChunk.RowsView(0, (long)g.NHeads * n).Reshape(1, g.NHeads, n);
+            var dt = deltaChunk.RowsView(0, (long)g.NHeads * n).Reshape(1, g.NHeads, n);
+            CopyLse(g, lse, lseChunk, b, t0, n, toChunk: true);
+            var kv = KeyView(g, k, b, t0, n);
+            var cg = Geometry.Check(QueryView(g, q, b, t0, n), kv, 1, n, g.StartPos + t0, g.NHeads, g.NKvHeads, g.HeadDim);
+            BackwardWhole(cg, QueryView(g, q, b, t0, n), kv, KeyView(g, v, b, t0, n), QueryView(g, o, b, t0, n), lt, QueryView(g, dO, b, t0, n),
+                QueryView(g, dq, b, t0, n), KeyView(g, dk, b, t0, n), KeyView(g, dv, b, t0, n), dt, algorithm, keysPerDispatch, dkvPairsPerDispatch,
+                accumulateDkv: true);
         }
     }
 

@@ -63,9 +63,14 @@ public static class Pieces
                 ulong byteStart = (ulong)((start - s0) * size);
                 ulong absolute = s.Range.Offset + byteStart;
                 ulong shift = absolute % align;
-                if (shift % (ulong)size != 0 || shift > byteStart)
+                if (shift % (ulong)size != 0)
                     throw new ArgumentException($"'{t.Name}': elements cannot be addressed from an aligned binding");
-                var range = s.Range.Slice(byteStart - shift, shift + (ulong)(count * size));
+                // The binding may start before a view's first byte (inside the same buffer): the kernel skips `shift`
+                // elements and touches only its own; the hazard tracker sees the wider range, which is conservative.
+                var range = shift <= byteStart
+                    ? s.Range.Slice(byteStart - shift, shift + (ulong)(count * size))
+                    : new BufferRange(s.Range.Buffer, absolute - shift, shift + (ulong)(count * size),
+                        s.Range.Mapped == 0 ? 0 : s.Range.Mapped + (nint)byteStart - (nint)shift);
                 return (range, (uint)(shift / (ulong)size));
             }
         }

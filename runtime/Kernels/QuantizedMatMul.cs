@@ -123,14 +123,16 @@ public static class QuantizedMatMul
         }
     }
 
-    /// <summary>y[M,N] = alpha·x[M,K]·deq(W[N,K])ᵀ + beta·y: the base-layer forward (x and y must each fit one binding).</summary>
+    /// <summary>y[M,N] = alpha·x[M,K]·deq(W[N,K])ᵀ + beta·y: the base-layer forward (x and y may span several bindings, by rows).</summary>
     public static void Forward(DeviceTensor x, DeviceQuantizedWeight w, DeviceTensor y, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
     {
         BasicOps.RequireF32(x, y);
         long m = x.Rows;
         if (x.RowElements != w.InFeatures) throw new ArgumentException($"forward through '{w.Name}' [{w.OutFeatures}, {w.InFeatures}]: input '{x.Name}' {x.ShapeString} has rows of {x.RowElements}");
         if (y.Rows != m || y.RowElements != w.OutFeatures) throw new ArgumentException($"forward through '{w.Name}': output '{y.Name}' {y.ShapeString} should be [{m}, {w.OutFeatures}]");
-        Run(x.Range, y.Range, w, (uint)m, (uint)w.OutFeatures, (uint)w.InFeatures, transposeB: true, alpha, beta, algorithm);
+        foreach (var piece in Pieces.Split(m, [x, y], [w.InFeatures, w.OutFeatures]))
+            Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.OutFeatures, (uint)w.InFeatures,
+                transposeB: true, alpha, beta, algorithm);
     }
 
     /// <summary>dx[M,K] = alpha·dy[M,N]·deq(W[N,K]) + beta·dx: the input gradient through a frozen quantized layer.</summary>
@@ -140,11 +142,13 @@ public static class QuantizedMatMul
         long m = dy.Rows;
         if (dy.RowElements != w.OutFeatures) throw new ArgumentException($"input gradient through '{w.Name}' [{w.OutFeatures}, {w.InFeatures}]: dy '{dy.Name}' {dy.ShapeString} has rows of {dy.RowElements}");
         if (dx.Rows != m || dx.RowElements != w.InFeatures) throw new ArgumentException($"input gradient through '{w.Name}': dx '{dx.Name}' {dx.ShapeString} should be [{m}, {w.InFeatures}]");
-        Run(dy.Range, dx.Range, w, (uint)m, (uint)w.InFeatures, (uint)w.OutFeatures, transposeB: false, alpha, beta, algorithm);
+        foreach (var piece in Pieces.Split(m, [dy, dx], [w.OutFeatures, w.InFeatures]))
+            Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.InFeatures, (uint)w.OutFeatures,
+                transposeB: false, alpha, beta, algorithm);
     }
 
-    private static void Run(Memory.BufferRange a, Memory.BufferRange c, DeviceQuantizedWeight w, uint m, uint n, uint k, bool transposeB,
-        float alpha, float beta, MatMulAlgorithm algorithm)
+    private static void Run(Memory.BufferRange a, Memory.BufferRange c, uint aOffset, uint cOffset, DeviceQuantizedWeight w, uint m, uint n, uint k,
+        bool transposeB, float alpha, float beta, MatMulAlgorithm algorithm)
     {
         var ctx = w.Context;
         if (algorithm == MatMulAlgorithm.Auto) algorithm = MatMul.Choose(ctx);
@@ -169,7 +173,7 @@ public static class QuantizedMatMul
             var push = new MatPush
             {
                 M = rows, N = n, K = k, Lda = k, Ldb = transposeB ? k : n, Ldc = n,
-                AOffset = r0 * k, BOffset = 0, COffset = r0 * n, Alpha = alpha, Beta = beta,
+                AOffset = aOffset + r0 * k, BOffset = 0, COffset = cOffset + r0 * n, Alpha = alpha, Beta = beta,
                 QBlock = (uint)w.Blocksize, QCols = (uint)w.InFeatures, QOffset = w.DqOffset,
             };
             if (word && transposeB && push.AOffset % 4 != 0) throw new InvalidOperationException("aligned rows expected");

@@ -1,5 +1,6 @@
-// Sub-allocating device-memory arena: a few large blocks (each one VkDeviceMemory + one VkBuffer), aligned slices handed
-// out first-fit, every slice charged to a category, and a budget that refuses what would not fit.
+// Sub-allocating memory arena: a few large blocks (each one VkDeviceMemory + one VkBuffer), aligned slices handed out
+// first-fit, every slice charged to a category, and a budget that refuses what would not fit. The device arena holds
+// device-local memory; the host arena holds host memory the GPU reads and writes over the bus (offloaded state).
 using Silk.NET.Vulkan;
 using VkPeft.Runtime.Vulkan;
 using VkBuffer = Silk.NET.Vulkan.Buffer;
@@ -19,11 +20,13 @@ public readonly record struct BufferRange(VkBuffer Buffer, ulong Offset, ulong S
 /// <summary>One slice of an arena block, owned by a tensor.</summary>
 public sealed class DeviceAllocation
 {
-    internal DeviceAllocation(DeviceArena.Block block, ulong offset, ulong size, ulong requested, MemoryCategory category, string name)
+    internal DeviceAllocation(DeviceArena arena, DeviceArena.Block block, ulong offset, ulong size, ulong requested, MemoryCategory category, string name)
     {
-        Block = block; Offset = offset; Size = size; Requested = requested; Category = category; Name = name;
+        Arena = arena; Block = block; Offset = offset; Size = size; Requested = requested; Category = category; Name = name;
     }
 
+    /// <summary>The arena the slice came from (and goes back to).</summary>
+    public DeviceArena Arena { get; }
     internal DeviceArena.Block Block { get; }
     public ulong Offset { get; }
     /// <summary>Bytes reserved (aligned).</summary>
@@ -44,20 +47,34 @@ public sealed unsafe class DeviceArena : DisposableObject
     private readonly object _lock = new();
     private readonly int _memoryType;
 
-    internal DeviceArena(VulkanContext ctx)
+    internal DeviceArena(VulkanContext ctx, MemoryPlace place = MemoryPlace.Device)
     {
         _ctx = ctx;
+        Place = place;
         var caps = ctx.Caps;
         Alignment = Math.Max(caps.MinStorageBufferOffsetAlignment, 64UL);
         BlockSize = Math.Min(ctx.Options.ArenaBlockSize ?? 256UL << 20, caps.MaxMemoryAllocationSize);
         BlockSize -= BlockSize % Alignment;
-        Budget = ctx.Options.MemoryBudget ?? caps.DeviceLocalBytes;
+        Budget = place == MemoryPlace.Host ? ctx.Options.HostMemoryBudget ?? ulong.MaxValue : ctx.Options.MemoryBudget ?? caps.DeviceLocalBytes;
 
         var probe = ctx.CreateRawBuffer(Alignment, Usage, "probing buffer memory types");
         MemoryRequirements req;
         ctx.Vk.GetBufferMemoryRequirements(ctx.Device, probe, &req);
         ctx.Vk.DestroyBuffer(ctx.Device, probe, null);
-        const MemoryPropertyFlags mapped = MemoryPropertyFlags.DeviceLocalBit | MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit;
+        const MemoryPropertyFlags hostFlags = MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit;
+        const MemoryPropertyFlags mapped = MemoryPropertyFlags.DeviceLocalBit | hostFlags;
+        if (place == MemoryPlace.Host)
+        {
+            // System memory: host-visible and, where the device has such a type, not device-local (a discrete GPU's
+            // host-visible device-local window is VRAM, which is what offloading is meant to spare); cached if possible.
+            _memoryType = ctx.FindMemoryType(req.MemoryTypeBits, hostFlags | MemoryPropertyFlags.HostCachedBit, MemoryPropertyFlags.DeviceLocalBit);
+            if (_memoryType < 0) _memoryType = ctx.FindMemoryType(req.MemoryTypeBits, hostFlags, MemoryPropertyFlags.DeviceLocalBit);
+            if (_memoryType < 0) _memoryType = ctx.FindMemoryType(req.MemoryTypeBits, hostFlags);
+            if (_memoryType < 0) throw new VulkanUnsupportedException("the device offers no host-visible memory type for storage buffers");
+            HostMapped = true;
+            Alignment = Math.Max(Alignment, req.Alignment);
+            return;
+        }
         _memoryType = caps.UnifiedMemory ? ctx.FindMemoryType(req.MemoryTypeBits, mapped) : -1;
         HostMapped = _memoryType >= 0;
         if (_memoryType < 0) _memoryType = ctx.FindMemoryType(req.MemoryTypeBits, MemoryPropertyFlags.DeviceLocalBit);
@@ -67,10 +84,12 @@ public sealed unsafe class DeviceArena : DisposableObject
 
     internal const BufferUsageFlags Usage = BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit;
 
+    /// <summary>Device-local memory, or host memory the device reaches over the bus.</summary>
+    public MemoryPlace Place { get; }
     public MemoryAccounting Accounting { get; } = new();
     public ulong Alignment { get; }
     public ulong BlockSize { get; }
-    /// <summary>Bytes of device memory the arena may reserve.</summary>
+    /// <summary>Bytes of memory the arena may reserve.</summary>
     public ulong Budget { get; }
     /// <summary>Device memory is host-visible and persistently mapped: uploads and downloads are plain copies.</summary>
     public bool HostMapped { get; }
@@ -111,11 +130,12 @@ public sealed unsafe class DeviceArena : DisposableObject
     {
         b.LiveCount++;
         Accounting.Charge(category, (long)requested);
-        return new DeviceAllocation(b, offset, size, requested, category, name);
+        return new DeviceAllocation(this, b, offset, size, requested, category, name);
     }
 
     public void Free(DeviceAllocation a)
     {
+        if (!ReferenceEquals(a.Arena, this)) throw new ArgumentException($"'{a.Name}' belongs to the {a.Arena.Place.ToString().ToLowerInvariant()} arena");
         lock (_lock)
         {
             if (a.Freed || IsDisposed) return;

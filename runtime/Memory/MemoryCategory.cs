@@ -11,3 +11,10 @@ public enum MemoryCategory
     Workspace,
     Staging,
 }
+
+/// <summary>Where an allocation lives: device-local memory, or host memory the device reads and writes over the bus.</summary>
+public enum MemoryPlace
+{
+    Device,
+    Host,
+}

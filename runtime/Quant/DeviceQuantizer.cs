@@ -54,6 +54,9 @@ public static class DeviceQuantizer
         invT.Upload<float>(inv);
 
         long codeBytes = (n + 1) / 2;
+        if ((ulong)((codeBytes + 3) / 4 * 4) > ctx.Caps.MaxBindingBytes)
+            throw new VulkanUnsupportedException($"'{name}' [{outF}, {inF}]: its {ByteSize.Format((ulong)codeBytes)} of 4-bit codes exceed this device's largest storage binding " +
+                $"({ByteSize.Format(ctx.Caps.MaxBindingBytes)}); hold it unquantized (for an embedding: --quant-embeddings none) or use a device with larger bindings");
         var codes = DeviceTensor.Create(ctx, name + ".codes", DType.U8, [(codeBytes + 3) / 4 * 4], MemoryCategory.Weights);
         try
         {

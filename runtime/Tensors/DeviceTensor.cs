@@ -15,9 +15,9 @@ public sealed class DeviceTensor : DisposableObject
     private readonly DeviceAllocation[] _allocations;   // empty for views
     private readonly TensorSegment[] _segments;
 
-    private DeviceTensor(VulkanContext ctx, string name, DType dtype, long[] shape, MemoryCategory category, DeviceAllocation[] allocations, TensorSegment[] segments)
+    private DeviceTensor(VulkanContext ctx, string name, DType dtype, long[] shape, MemoryCategory category, MemoryPlace place, DeviceAllocation[] allocations, TensorSegment[] segments)
     {
-        _ctx = ctx; Name = name; DType = dtype; Shape = shape; Category = category; _allocations = allocations; _segments = segments;
+        _ctx = ctx; Name = name; DType = dtype; Shape = shape; Category = category; Place = place; _allocations = allocations; _segments = segments;
         Count = shape.Aggregate(1L, (a, b) => a * b);
         RowElements = shape.Length == 0 || shape[0] == 0 ? Count : Count / shape[0];
     }
@@ -26,6 +26,8 @@ public sealed class DeviceTensor : DisposableObject
     public DType DType { get; }
     public long[] Shape { get; }
     public MemoryCategory Category { get; }
+    /// <summary>Device memory, or host memory (offloaded state); views report their storage's place.</summary>
+    public MemoryPlace Place { get; }
     /// <summary>Number of elements.</summary>
     public long Count { get; }
     /// <summary>Elements per index of dim 0 (the unit segments are cut in).</summary>
@@ -49,9 +51,14 @@ public sealed class DeviceTensor : DisposableObject
 
     public string ShapeString => "[" + string.Join(", ", Shape) + "]";
 
-    public static DeviceTensor Create(VulkanContext ctx, string name, DType dtype, long[] shape, MemoryCategory category)
+    public static DeviceTensor Create(VulkanContext ctx, string name, DType dtype, long[] shape, MemoryCategory category) =>
+        Create(ctx, name, dtype, shape, category, MemoryPlace.Device);
+
+    /// <summary>A tensor in device memory or, with <see cref="MemoryPlace.Host"/>, in host memory kernels reach over the bus.</summary>
+    public static DeviceTensor Create(VulkanContext ctx, string name, DType dtype, long[] shape, MemoryCategory category, MemoryPlace place)
     {
         ArgumentNullException.ThrowIfNull(ctx);
+        var arena = ctx.ArenaFor(place);
         if (shape.Any(d => d < 0)) throw new ArgumentException($"tensor '{name}': negative dimension in [{string.Join(", ", shape)}]");
         long count = shape.Aggregate(1L, (a, b) => a * b);
         long rows = shape.Length == 0 ? 1 : shape[0];
@@ -65,7 +72,7 @@ public sealed class DeviceTensor : DisposableObject
             if (total <= limit || rows <= 1)
             {
                 if (total > limit) throw new ArgumentException($"tensor '{name}' {ByteSize.Format(total)} in one row exceeds the largest binding ({ByteSize.Format(limit)})");
-                var a = ctx.Arena.Allocate(DeviceArena.AlignUp(Math.Max(total, 4), 4), category, name);
+                var a = arena.Allocate(DeviceArena.AlignUp(Math.Max(total, 4), 4), category, name);
                 allocs.Add(a);
                 segs.Add(new TensorSegment(a.Range, 0, rows));
             }
@@ -77,7 +84,7 @@ public sealed class DeviceTensor : DisposableObject
                 for (long r = 0; r < rows; r += perSeg)
                 {
                     long n = Math.Min(perSeg, rows - r);
-                    var a = ctx.Arena.Allocate(DeviceArena.AlignUp((ulong)(n * rowBytes), 4), category, $"{name}[{r}:{r + n}]");
+                    var a = arena.Allocate(DeviceArena.AlignUp((ulong)(n * rowBytes), 4), category, $"{name}[{r}:{r + n}]");
                     allocs.Add(a);
                     segs.Add(new TensorSegment(a.Range, r, n));
                 }
@@ -85,10 +92,10 @@ public sealed class DeviceTensor : DisposableObject
         }
         catch
         {
-            foreach (var a in allocs) ctx.Arena.Free(a);
+            foreach (var a in allocs) arena.Free(a);
             throw;
         }
-        var t = new DeviceTensor(ctx, name, dtype, shape.ToArray(), category, allocs.ToArray(), segs.ToArray());
+        var t = new DeviceTensor(ctx, name, dtype, shape.ToArray(), category, place, allocs.ToArray(), segs.ToArray());
         ctx.Register(t);
         return t;
     }
@@ -108,7 +115,7 @@ public sealed class DeviceTensor : DisposableObject
                 throw new ArgumentException($"cannot reshape split tensor '{Name}' to [{string.Join(", ", shape)}]: segment boundary falls inside a row");
             segs[i] = new TensorSegment(_segments[i].Range, startElem / newRowElems, elems / newRowElems);
         }
-        return new DeviceTensor(_ctx, Name, DType, shape.ToArray(), Category, [], segs);
+        return new DeviceTensor(_ctx, Name, DType, shape.ToArray(), Category, Place, [], segs);
     }
 
     /// <summary>A view of rows [start, start+count) along dim 0.</summary>
@@ -127,7 +134,7 @@ public sealed class DeviceTensor : DisposableObject
         if (segs.Count == 0) segs.Add(new TensorSegment(_segments[0].Range.Slice(0, 0), 0, 0));
         var shape = Shape.ToArray();
         shape[0] = count;
-        return new DeviceTensor(_ctx, $"{Name}[{start}:{start + count}]", DType, shape, Category, [], segs.ToArray());
+        return new DeviceTensor(_ctx, $"{Name}[{start}:{start + count}]", DType, shape, Category, Place, [], segs.ToArray());
     }
 
     public void Upload<T>(ReadOnlySpan<T> data) where T : unmanaged
@@ -159,8 +166,8 @@ public sealed class DeviceTensor : DisposableObject
 
     protected override void DisposeCore()
     {
-        foreach (var a in _allocations) _ctx.Arena.Free(a);
+        foreach (var a in _allocations) a.Arena.Free(a);
     }
 
-    public override string ToString() => $"{Name} {ShapeString} {DType} ({Category}, {_segments.Length} segment(s))";
+    public override string ToString() => $"{Name} {ShapeString} {DType} ({Category}{(Place == MemoryPlace.Host ? ", host" : "")}, {_segments.Length} segment(s))";
 }

@@ -15,6 +15,9 @@ public sealed record RuntimeOptions
     /// <summary>Total device bytes the arena may hold; null means the device's own size. Overruns throw DeviceMemoryBudgetException.</summary>
     public ulong? MemoryBudget { get; init; }
 
+    /// <summary>Total bytes the host arena (offloaded state) may hold; null means no limit beyond the driver's.</summary>
+    public ulong? HostMemoryBudget { get; init; }
+
     /// <summary>Lower maxStorageBufferRange (tests use this to reach split-binding paths on any device).</summary>
     public ulong? MaxStorageBufferRange { get; init; }
 

@@ -34,6 +34,23 @@ public sealed unsafe class VulkanContext : DisposableObject
     public IReadOnlyList<PhysicalDeviceSummary> AllDevices { get; }
     public int DeviceIndex { get; }
     public DeviceArena Arena { get; }
+    private DeviceArena? _hostArena;
+    private readonly object _hostArenaLock = new();
+
+    /// <summary>
+    /// Host memory for state offloaded from the device (layer inputs under checkpointing, optimizer moments): the GPU
+    /// reads and writes it over the bus; its bytes are accounted apart from the device's. Created on first use.
+    /// </summary>
+    public DeviceArena HostArena
+    {
+        get
+        {
+            lock (_hostArenaLock) return _hostArena ??= new DeviceArena(this, MemoryPlace.Host);
+        }
+    }
+
+    /// <summary>The arena of <paramref name="place"/>.</summary>
+    public DeviceArena ArenaFor(MemoryPlace place) => place == MemoryPlace.Host ? HostArena : Arena;
     public ComputePipelineCache Pipelines { get; }
     public CommandRecorder Commands { get; }
     public bool ValidationEnabled => Validation != null;
@@ -126,6 +143,7 @@ public sealed unsafe class VulkanContext : DisposableObject
         for (int i = alive.Count - 1; i >= 0; i--) alive[i].Dispose();
         Commands?.Dispose();
         Pipelines?.Dispose();
+        _hostArena?.Dispose();
         Arena?.Dispose();
         if (Device.Handle != 0) Vk.DestroyDevice(Device, null);
         if (_messenger.Handle != 0 && _destroyMessenger != null) _destroyMessenger(Instance, _messenger, null);
@@ -448,12 +466,13 @@ public sealed unsafe class VulkanContext : DisposableObject
     }
 
     /// <summary>Finds a memory type index with all of <paramref name="required"/> among <paramref name="typeBits"/>, or -1.</summary>
-    public int FindMemoryType(uint typeBits, MemoryPropertyFlags required)
+    public int FindMemoryType(uint typeBits, MemoryPropertyFlags required, MemoryPropertyFlags excluded = 0)
     {
         PhysicalDeviceMemoryProperties mp;
         Vk.GetPhysicalDeviceMemoryProperties(PhysicalDevice, &mp);
         for (int i = 0; i < mp.MemoryTypeCount; i++)
-            if ((typeBits & (1u << i)) != 0 && (mp.MemoryTypes[i].PropertyFlags & required) == required) return i;
+            if ((typeBits & (1u << i)) != 0 && (mp.MemoryTypes[i].PropertyFlags & required) == required
+                && (mp.MemoryTypes[i].PropertyFlags & excluded) == 0) return i;
         return -1;
     }
 

@@ -26,8 +26,12 @@ public interface ITrainableAdapter : IAdapterRuntime
     /// <summary>Seed of the current micro-step's random masks; the backward reuses it.</summary>
     uint StepSeed { get; set; }
 
-    /// <summary>Backward of <see cref="IAdapterRuntime.Linear"/>: accumulates parameter gradients and adds the branch's input gradient to dx.</summary>
-    void LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx);
+    /// <summary>
+    /// Backward of <see cref="IAdapterRuntime.Linear"/>: accumulates parameter gradients and adds the branch's input
+    /// gradient to dx — or, with <paramref name="overwriteDx"/>, writes it there, after every read of x (dx may then be
+    /// x's own buffer). Returns whether dx was written (false when the adapter has no branch at this target).
+    /// </summary>
+    bool LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool overwriteDx = false);
 
     /// <summary>
     /// Backward of <see cref="IAdapterRuntime.AttentionOutput"/>: given ∂loss/∂(adapter output) <paramref name="dzIn"/>,

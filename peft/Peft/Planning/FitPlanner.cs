@@ -8,9 +8,18 @@ using VkPeft.Runtime.Vulkan;
 namespace VkPeft.Peft.Planning;
 
 /// <summary>One way to run: the switches on top of the base setup and whether the runtime can do it.</summary>
-public sealed record PlanOption(string Name, bool Checkpointing, int LogitRows, EmbeddingFormat Embeddings, bool OptimizerOnHost, bool Available)
+public sealed record PlanOption(string Name, bool Checkpointing, int LogitRows, EmbeddingFormat Embeddings, bool OffloadCheckpoints, bool OptimizerOnHost,
+    bool Available)
 {
-    public TrainSetup Apply(TrainSetup s) => s with { Checkpointing = Checkpointing, LogitRows = LogitRows, Embeddings = Embeddings, OptimizerOnHost = OptimizerOnHost };
+    public TrainSetup Apply(TrainSetup s) => s with
+    {
+        Checkpointing = Checkpointing, LogitRows = LogitRows, Embeddings = Embeddings, OffloadCheckpoints = OffloadCheckpoints, OptimizerOnHost = OptimizerOnHost,
+    };
+
+    /// <summary>The `vkpeft train` options that select this way to run.</summary>
+    public string TrainFlags =>
+        $"--checkpointing {(Checkpointing ? "true" : "false")} --loss-chunk {LogitRows}" + (Embeddings == EmbeddingFormat.Nf4 ? " --quant-embeddings nf4-dq" : "")
+        + (OffloadCheckpoints ? " --offload-checkpoints" : "") + (OptimizerOnHost ? " --optimizer-on-host" : "");
 
     public IReadOnlyList<string> Switches(TrainSetup s)
     {
@@ -19,7 +28,8 @@ public sealed record PlanOption(string Name, bool Checkpointing, int LogitRows, 
         list.Add($"chunked loss (--loss-chunk {LogitRows})");
         if (Embeddings == EmbeddingFormat.Nf4) list.Add("nf4-dq embedding/classifier (--quant-embeddings nf4-dq)");
         if (Embeddings == EmbeddingFormat.Q8) list.Add("q8 embedding/classifier (not available)");
-        if (OptimizerOnHost) list.Add("optimizer on host (not available)");
+        if (OffloadCheckpoints) list.Add("layer inputs in host memory (--offload-checkpoints)");
+        if (OptimizerOnHost) list.Add("AdamW state in host memory (--optimizer-on-host)");
         list.Add($"{s.Quant.Type} base");
         return list;
     }
@@ -36,6 +46,9 @@ public sealed record Plan(
     FitResult? MaxSeqWithUnavailable,
     string Message)
 {
+    /// <summary>The cheapest way (fewest levers) to run batch 1 at the setup's sequence length, or null when none fits.</summary>
+    public FitResult? Cheapest { get; init; }
+
     public long Usable => Budget - Margin;
 }
 
@@ -44,11 +57,12 @@ public static class FitPlanner
     /// <summary>The switch combinations, cheapest (fastest) first; the unavailable ones last.</summary>
     public static IReadOnlyList<PlanOption> Options { get; } =
     [
-        new("as is", false, 128, EmbeddingFormat.Fp32, false, true),
-        new("checkpointing", true, 128, EmbeddingFormat.Fp32, false, true),
-        new("checkpointing, 32-row loss chunks", true, 32, EmbeddingFormat.Fp32, false, true),
-        new("checkpointing, 32-row loss chunks, NF4 embedding/classifier", true, 32, EmbeddingFormat.Nf4, false, true),
-        new("+ optimizer on host", true, 32, EmbeddingFormat.Nf4, true, false),
+        new("as is", false, 128, EmbeddingFormat.Fp32, false, false, true),
+        new("checkpointing", true, 128, EmbeddingFormat.Fp32, false, false, true),
+        new("checkpointing, 32-row loss chunks", true, 32, EmbeddingFormat.Fp32, false, false, true),
+        new("checkpointing, 32-row loss chunks, NF4 embedding/classifier", true, 32, EmbeddingFormat.Nf4, false, false, true),
+        new("checkpointing, 32-row loss chunks, NF4 embedding/classifier, layer inputs on host", true, 32, EmbeddingFormat.Nf4, true, false, true),
+        new("checkpointing, 32-row loss chunks, NF4 embedding/classifier, layer inputs and AdamW state on host", true, 32, EmbeddingFormat.Nf4, true, true, true),
     ];
 
     /// <summary>Headroom kept for arena block rounding: 3% of the budget, at most 256 MiB.</summary>
@@ -98,7 +112,13 @@ public static class FitPlanner
         var extra = Best(Seq, false);
         if (extra != null && maxSeq != null && extra.Value <= maxSeq.Value) extra = null;
         string msg = Describe(s, budget, maxSeq, maxBatch, extra);
-        return new Plan(s, budget, margin, maxSeq, maxBatch, extra, msg);
+        FitResult? cheapest = null;
+        foreach (var o in Options.Where(o => o.Available))
+        {
+            var e = MemoryModel.Estimate(o.Apply(s) with { Batch = 1 });
+            if (e.PeakBytes <= usable) { cheapest = new FitResult(o, s.SeqLen, e); break; }
+        }
+        return new Plan(s, budget, margin, maxSeq, maxBatch, extra, msg) { Cheapest = cheapest };
     }
 
     private static string Describe(TrainSetup s, long budget, FitResult? seq, FitResult? batch, FitResult? extra)
@@ -127,7 +147,9 @@ public static class FitPlanner
         JsonObject Fit(FitResult r) => new()
         {
             ["value"] = r.Value, ["option"] = r.Option.Name, ["switches"] = new JsonArray(r.Option.Switches(s).Select(x => (JsonNode)x).ToArray()),
+            ["train_flags"] = r.Option.TrainFlags,
             ["peak_bytes"] = r.Estimate.PeakBytes,
+            ["host_bytes"] = r.Estimate.HostBytes,
             ["categories"] = new JsonObject(r.Estimate.Categories.Select(kv => KeyValuePair.Create(kv.Key.ToString().ToLowerInvariant(), (JsonNode?)kv.Value))),
         };
         return new JsonObject
@@ -141,6 +163,7 @@ public static class FitPlanner
             ["switches"] = new JsonArray((p.MaxSeq?.Option.Switches(s) ?? []).Select(x => (JsonNode)x).ToArray()),
             ["max_seq"] = p.MaxSeq is { } a ? Fit(a) : null,
             ["max_batch_detail"] = p.MaxBatch is { } b ? Fit(b) : null,
+            ["cheapest_at_seq_len"] = p.Cheapest is { } ch ? Fit(ch) : null,
             ["max_seq_len_with_unavailable_levers"] = p.MaxSeqWithUnavailable is { } e ? Fit(e) : null,
             ["message"] = p.Message,
         };

@@ -112,8 +112,11 @@ public static class MemoryBenchmark
             {
                 ["method"] = s.Method.ToString().ToLowerInvariant(), ["quant"] = s.Quant.Type, ["blocksize"] = s.Quant.Blocksize, ["rank"] = s.Rank,
                 ["targets"] = string.Join(',', s.Targets.Select(t => t.ToString().ToLowerInvariant())), ["batch"] = s.Batch, ["seq_len"] = s.SeqLen,
-                ["checkpointing"] = s.Checkpointing, ["logit_rows"] = s.LogitRows,
+                ["checkpointing"] = s.Checkpointing, ["logit_rows"] = s.LogitRows, ["offload_checkpoints"] = s.OffloadCheckpoints,
+                ["optimizer_on_host"] = s.OptimizerOnHost,
             },
+            ["host_bytes"] = r.FullEstimate.HostBytes,
+            ["host_categories"] = Cats(r.FullEstimate.HostCategories),
             ["analytic"] = new JsonObject { ["peak_bytes"] = r.FullEstimate.TotalBytes, ["load_peak_bytes"] = r.FullEstimate.LoadPeakBytes, ["categories"] = Cats(r.FullEstimate.Categories) },
             ["slice"] = new JsonObject
             {
@@ -140,7 +143,8 @@ public static class MemoryBenchmark
             ("logits in chunks of 32 rows", true, MemoryModel.Estimate(s with { LogitRows = 32 }).Categories),
             ("NF4 embedding/classifier", true, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Nf4 }).Categories),
             ("Q8 embedding/classifier", false, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Q8 }).Categories),
-            ("optimizer state on the host", false, MemoryModel.Estimate(s with { OptimizerOnHost = true }).Categories),
+            ("layer inputs on the host (--offload-checkpoints)", true, MemoryModel.Estimate(s with { Checkpointing = true, OffloadCheckpoints = true }).Categories),
+            ("AdamW state on the host (--optimizer-on-host)", true, MemoryModel.Estimate(s with { OptimizerOnHost = true }).Categories),
             ("fp16 LoRA (no quantization)", false, MemoryModel.Fp16Lora(s)),
             ("full fine-tuning (fp16 + fp32 grads + AdamW)", false, MemoryModel.FullFineTuning(s)),
         };

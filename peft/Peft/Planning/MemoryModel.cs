@@ -1,5 +1,5 @@
-// Analytic device-memory model of one training step: bytes per category exactly as DeviceLlama, TrainableParameters,
-// LoraRuntime and TrainStep allocate them, plus levers the runtime lacks (quantized embeddings, host optimizer), marked.
+// Analytic memory model of one training step: bytes per category exactly as DeviceLlama, TrainableParameters,
+// LoraRuntime and TrainStep allocate them, in device memory or (offloaded state) host memory; levers the runtime lacks are marked.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
@@ -30,10 +30,11 @@ public sealed record TrainSetup
     public int LogitRows { get; init; } = 128;
     /// <summary>Device memory is host-mapped (no staging buffers): lavapipe and integrated GPUs.</summary>
     public bool UnifiedMemory { get; init; } = true;
-    /// <summary>The trainer's held-out evaluation runner (batch, 0 = none), which stays allocated during training.</summary>
-    public int EvalBatch { get; init; }
     public EmbeddingFormat Embeddings { get; init; } = EmbeddingFormat.Fp32;
+    /// <summary>AdamW m and v in host memory, streamed by the update kernel (--optimizer-on-host).</summary>
     public bool OptimizerOnHost { get; init; }
+    /// <summary>Layer inputs saved for recomputation in host memory (--offload-checkpoints; needs checkpointing).</summary>
+    public bool OffloadCheckpoints { get; init; }
 
     /// <summary>Which parts of this setup the runtime cannot do yet (empty when it can run as is).</summary>
     public IReadOnlyList<string> Unavailable()
@@ -41,24 +42,35 @@ public sealed record TrainSetup
         var list = new List<string>();
         if (Method == PeftMethod.Adapter) list.Add("bottleneck adapters (--method adapter)");
         if (Embeddings == EmbeddingFormat.Q8) list.Add("Q8 embedding/classifier");
-        if (OptimizerOnHost) list.Add("optimizer state on the host");
+        if (OffloadCheckpoints && !Checkpointing) list.Add("offloaded checkpoints without checkpointing");
         return list;
     }
 }
 
-/// <summary>One named allocation (or group of equal ones) of the model.</summary>
-public sealed record MemoryItem(string Name, MemoryCategory Category, long Bytes, bool PerLayer);
+/// <summary>One named allocation (or group of equal ones) of the model, in device or host memory.</summary>
+public sealed record MemoryItem(string Name, MemoryCategory Category, long Bytes, bool PerLayer, MemoryPlace Place = MemoryPlace.Device);
 
-/// <summary>The estimate: items, bytes per category, the step total, and the transient peak of loading the base.</summary>
+/// <summary>The estimate: items, device bytes per category, the step total, host bytes, and the transient peak of loading the base.</summary>
 public sealed record MemoryEstimate(TrainSetup Setup, IReadOnlyList<MemoryItem> Items, long LoadPeakBytes)
 {
+    private IEnumerable<MemoryItem> OnDevice => Items.Where(i => i.Place == MemoryPlace.Device);
+
+    /// <summary>Device bytes per category.</summary>
     public IReadOnlyDictionary<MemoryCategory, long> Categories =>
-        Enum.GetValues<MemoryCategory>().ToDictionary(c => c, c => Items.Where(i => i.Category == c).Sum(i => i.Bytes));
+        Enum.GetValues<MemoryCategory>().ToDictionary(c => c, c => OnDevice.Where(i => i.Category == c).Sum(i => i.Bytes));
 
-    public long this[MemoryCategory c] => Items.Where(i => i.Category == c).Sum(i => i.Bytes);
+    /// <summary>Host bytes per category (offloaded state).</summary>
+    public IReadOnlyDictionary<MemoryCategory, long> HostCategories =>
+        Enum.GetValues<MemoryCategory>().ToDictionary(c => c, c => Items.Where(i => i.Place == MemoryPlace.Host && i.Category == c).Sum(i => i.Bytes));
 
-    /// <summary>Bytes live at the peak of a training step (everything is allocated up front and stays).</summary>
-    public long TotalBytes => Items.Sum(i => i.Bytes);
+    /// <summary>Device bytes of one category.</summary>
+    public long this[MemoryCategory c] => OnDevice.Where(i => i.Category == c).Sum(i => i.Bytes);
+
+    /// <summary>Device bytes live at the peak of a training step (everything is allocated up front and stays).</summary>
+    public long TotalBytes => OnDevice.Sum(i => i.Bytes);
+
+    /// <summary>Host bytes of offloaded state.</summary>
+    public long HostBytes => Items.Where(i => i.Place == MemoryPlace.Host).Sum(i => i.Bytes);
 
     /// <summary>The larger of the step and the load-time peak.</summary>
     public long PeakBytes => Math.Max(TotalBytes, LoadPeakBytes);
@@ -135,7 +147,10 @@ public static class MemoryModel
         int L = c.NLayers;
         long rows = (long)s.Batch * s.SeqLen;
         var items = new List<MemoryItem>();
-        void Add(string name, MemoryCategory cat, long bytes, bool perLayer = false) { if (bytes > 0) items.Add(new MemoryItem(name, cat, bytes, perLayer)); }
+        void Add(string name, MemoryCategory cat, long bytes, bool perLayer = false, MemoryPlace place = MemoryPlace.Device)
+        {
+            if (bytes > 0) items.Add(new MemoryItem(name, cat, bytes, perLayer, place));
+        }
 
         // Weights (DeviceLlama.Load): embedding, classifier, final norm, RoPE frequencies, per layer norms and linears.
         long embBytes = EmbeddingBytes(s.Embeddings, c.VocabSize, c.Dim);
@@ -165,26 +180,29 @@ public static class MemoryModel
             }
         Add("adapter parameters", MemoryCategory.Trainable, trainableBytes, true);
         Add("adapter gradients", MemoryCategory.Gradients, trainableBytes, true);
-        if (!s.OptimizerOnHost) Add("AdamW m and v", MemoryCategory.Optimizer, 2 * trainableBytes, true);
+        Add("AdamW m and v", MemoryCategory.Optimizer, 2 * trainableBytes, true, s.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
 
         // Activations (TrainStep): layer inputs, LayerState(s), gradient buffers, ids/targets/loss, one logits chunk.
+        // ∂swiglu, ∂gate and ∂up overwrite swiglu, gate and up; held-out evaluation reuses these buffers.
         long state = LayerStateBytes(c, s.Batch, s.SeqLen);
         if (s.Checkpointing) Add("layer state (1, recomputed)", MemoryCategory.Activations, state);
         else Add("layer states (1 per layer)", MemoryCategory.Activations, L * state, true);
-        Add("layer inputs (L+1)", MemoryCategory.Activations, (L + 1) * F32(rows * c.Dim), true);
-        Add("x_recompute, h_final, dx, dh", MemoryCategory.Activations, 4 * F32(rows * c.Dim));
-        Add("ds (dgate, dup overwrite gate, up)", MemoryCategory.Activations, F32(rows * c.HiddenDim));
+        if (s.OffloadCheckpoints && s.Checkpointing)
+        {
+            Add("layer inputs (L, host)", MemoryCategory.Activations, L * F32(rows * c.Dim), true, MemoryPlace.Host);
+            Add("x_a, x_b (layer input/output)", MemoryCategory.Activations, 2 * F32(rows * c.Dim));
+        }
+        else
+        {
+            Add("layer inputs (L+1)", MemoryCategory.Activations, (L + 1) * F32(rows * c.Dim), true);
+            if (s.Checkpointing) Add("x_recompute", MemoryCategory.Activations, F32(rows * c.Dim));
+        }
+        Add("h_final, dx, dh", MemoryCategory.Activations, 3 * F32(rows * c.Dim));
         Add("do, dq, dk, dv, attn_delta", MemoryCategory.Activations, 2 * F32(rows * c.QDim) + 2 * F32(rows * c.KvDim) + F32(rows * c.NHeads));
         if (s.Method == PeftMethod.Adapter) Add("dz, dh_adapter (block hooks)", MemoryCategory.Activations, 2 * F32(rows * c.Dim));
         Add("ids, targets, loss rows, loss sum", MemoryCategory.Activations, 2 * Pad4(rows * 4) + F32(rows) + F32(1));
         int logitRows = (int)Math.Min(s.LogitRows, rows);
         Add($"logits chunk ({logitRows} rows × vocab)", MemoryCategory.Activations, F32((long)logitRows * c.VocabSize));
-        if (s.EvalBatch > 0)
-        {
-            long er = (long)s.EvalBatch * s.SeqLen;
-            Add("evaluation runner", MemoryCategory.Activations,
-                2 * F32(er * c.Dim) + 2 * Pad4(er * 4) + F32(er) + F32(Math.Min(64, er) * c.VocabSize) + LayerStateBytes(c, s.EvalBatch, s.SeqLen));
-        }
 
         // Workspace: LoRA scratch (LoraRuntime: t, dt at rows × r; with dropout x_dropped at rows × max in_features;
         // with dropout or QA-LoRA d_src and dx at rows × max in_features; x_pooled for QA-LoRA) and the gradient-norm partials.
@@ -205,8 +223,12 @@ public static class MemoryModel
         // Loading quantizes layer by layer through an fp32 copy of one weight plus its block absmax (workspace).
         long biggest = LayerLinears(c).Max(l => (long)l.Out * l.In);
         long transient = s.Quant.IsQuantized && !s.Quant.IsInt4 ? F32(biggest) + 2 * F32((biggest + s.Quant.Blocksize - 1) / s.Quant.Blocksize) : 0;
-        long weights = items.Where(i => i.Category == MemoryCategory.Weights).Sum(i => i.Bytes);
-        return new MemoryEstimate(s, items, weights + transient);
+        long weights = items.Where(i => i.Category == MemoryCategory.Weights && i.Place == MemoryPlace.Device).Sum(i => i.Bytes);
+        // A quantized embedding (then classifier) is quantized first, through an fp32 copy of the whole table.
+        long tablePeak = s.Embeddings == EmbeddingFormat.Nf4
+            ? (c.TiedClassifier ? 1 : 2) * embBytes + F32((long)c.VocabSize * c.Dim) + 2 * F32(((long)c.VocabSize * c.Dim + 63) / 64)
+            : 0;
+        return new MemoryEstimate(s, items, Math.Max(weights + transient, tablePeak));
     }
 
     /// <summary>Bytes of a [vocab, dim] table as fp32 (the runtime), NF4 (+DQ) or Q8_0 (modelled).</summary>

@@ -14,6 +14,7 @@ namespace VkPeft.Peft.Planning;
 public sealed record StepMeasurementResult(
     IReadOnlyDictionary<MemoryCategory, long> PeakByCategory,
     long PeakLiveBytes,
+    IReadOnlyDictionary<MemoryCategory, long> HostPeakByCategory,
     double SecondsPerStep,
     int TimedSteps,
     string? Profile,
@@ -33,26 +34,30 @@ public static class StepMeasurement
             throw new NotSupportedException($"cannot run: {string.Join(", ", setup.Unavailable())} not available in the runtime");
         var c = setup.Config;
         var acc = ctx.Arena.Accounting;
+        var hostAcc = ctx.HostArena.Accounting;
         var before = acc.CurrentByCategory();
+        var hostBefore = hostAcc.CurrentByCategory();
         long liveBefore = acc.LiveBytes;
         log?.Invoke($"loading {c.NLayers} layer(s), vocabulary {c.VocabSize}, {setup.Quant}...");
-        using var model = DeviceLlama.Load(ctx, c, weights, setup.Quant);
+        using var model = DeviceLlama.Load(ctx, c, weights, setup.Quant,
+            embeddingQuant: setup.Embeddings == EmbeddingFormat.Nf4 ? BaseQuant.Parse("nf4-dq") : null);
         acc.ResetPeaks();   // the load-time quantization scratch is transient; the step's peak is what is asked here
         var adapter = new AdapterConfig
         {
             Method = setup.Method,
             Rank = setup.Rank,
             Alpha = 2f * setup.Rank,
+            Dropout = setup.Dropout,
             Targets = setup.Targets,
             GroupSize = setup.Method == PeftMethod.QaLora ? setup.GroupSize : setup.Quant.Blocksize,
             BaseQuant = setup.Quant.ToRecord(),
         };
-        using var parameters = new TrainableParameters(ctx, withOptimizer: true);
+        using var parameters = new TrainableParameters(ctx, withOptimizer: true, setup.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
         AdapterFactory.Initialize(parameters, c, adapter, 7);
         var runtime = AdapterFactory.Create(ctx, c, adapter, parameters, setup.Batch * setup.SeqLen);
         try
         {
-            using var step = new TrainStep(model, runtime, setup.Batch, setup.SeqLen, setup.Checkpointing, setup.LogitRows);
+            using var step = new TrainStep(model, runtime, setup.Batch, setup.SeqLen, setup.Checkpointing, setup.LogitRows, setup.OffloadCheckpoints);
             int rows = setup.Batch * setup.SeqLen;
             var rng = new Random(11);
             double seconds = 0, loss = 0;
@@ -77,7 +82,8 @@ public static class StepMeasurement
             }
             ctx.Commands.ProfileEnabled = wasProfiling;
             var peaks = acc.PeakByCategory().ToDictionary(kv => kv.Key, kv => kv.Value - before[kv.Key]);
-            return new StepMeasurementResult(peaks, acc.PeakLiveBytes - liveBefore, seconds / Math.Max(timed, 1), timed, prof, loss / rows);
+            var hostPeaks = hostAcc.PeakByCategory().ToDictionary(kv => kv.Key, kv => kv.Value - hostBefore[kv.Key]);
+            return new StepMeasurementResult(peaks, acc.PeakLiveBytes - liveBefore, hostPeaks, seconds / Math.Max(timed, 1), timed, prof, loss / rows);
         }
         finally
         {

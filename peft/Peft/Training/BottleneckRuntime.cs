@@ -158,7 +158,7 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
 
     public void Linear(int layer, TargetModule target, DeviceTensor x, DeviceTensor y) { }
 
-    public void LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx) { }
+    public bool LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool overwriteDx = false) => false;
 
     public void AttentionOutput(int layer, DeviceTensor z)
     {

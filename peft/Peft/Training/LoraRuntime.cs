@@ -143,11 +143,12 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
 
     /// <summary>
     /// Backward of the branch at (layer, target) for input x and output gradient dy: dB += s·dyᵀ·t, dA += (s·dy·B)ᵀ·x̃,
-    /// and dx += ∂x̃ᵀ(s·dy·B·A) — accumulates into dA, dB and dx.
+    /// and dx += ∂x̃ᵀ(s·dy·B·A) — accumulates into dA, dB and dx (with <paramref name="overwriteDx"/>, dx = …, written
+    /// after the last read of x, so dx may alias x).
     /// </summary>
-    public void LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx)
+    public bool LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool overwriteDx = false)
     {
-        if (!_targets.Contains(target)) return;
+        if (!_targets.Contains(target)) return false;
         var pa = Parameters.ByName[AdapterWeights.LoraA(layer, target)];
         var pb = Parameters.ByName[AdapterWeights.LoraB(layer, target)];
         long rows = x.Rows;
@@ -161,8 +162,8 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         bool dropout = Training && Config.Dropout > 0;
         if (!_qa && !dropout)
         {
-            MatMul.Run(dt, pa.Param, dx, transposeB: false, beta: 1);
-            return;
+            MatMul.Run(dt, pa.Param, dx, transposeB: false, beta: overwriteDx ? 0 : 1);
+            return true;
         }
         var dsrc = View(_dsrc, rows, src.RowElements);
         MatMul.Run(dt, pa.Param, dsrc, transposeB: false);
@@ -170,7 +171,9 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         if (_qa) GroupPool.Backward(dsrc, dxb, _g, accumulate: false);
         else BasicOps.Copy(dsrc, dxb);
         if (dropout) Dropout.Apply(dxb, dxb, Config.Dropout, Seed(layer, target));
-        BasicOps.Add(dx, dxb, dx);
+        if (overwriteDx) BasicOps.Copy(dxb, dx);
+        else BasicOps.Add(dx, dxb, dx);
+        return true;
     }
 
     public void Dispose()

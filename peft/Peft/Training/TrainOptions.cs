@@ -25,6 +25,10 @@ public sealed record TrainOptions
     public LrSchedule Schedule { get; init; } = LrSchedule.Cosine;
     public float Clip { get; init; } = 1f;
     public bool? Checkpointing { get; init; }
+    /// <summary>Keep the layer inputs saved for recomputation in host memory (needs checkpointing).</summary>
+    public bool OffloadCheckpoints { get; init; }
+    /// <summary>Keep AdamW's m and v in host memory; the update kernel streams them.</summary>
+    public bool OptimizerOnHost { get; init; }
     /// <summary>Rows of logits per cross-entropy chunk (the fit planner lowers it to save memory).</summary>
     public int LogitRows { get; init; } = 128;
     public int EvalEvery { get; init; }
@@ -39,6 +43,7 @@ public sealed record TrainOptions
         if (Batch < 1) throw new FormatException($"--batch must be ≥ 1, got {Batch}");
         if (SeqLen < 2) throw new FormatException($"--seq-len must be ≥ 2, got {SeqLen}");
         if (LogitRows < 1) throw new FormatException($"logit rows must be ≥ 1, got {LogitRows}");
+        if (OffloadCheckpoints && Checkpointing == false) throw new FormatException("--offload-checkpoints keeps the layer inputs that checkpointing recomputes from: drop --checkpointing off");
         if (GradAccum < 1) throw new FormatException($"--grad-accum must be ≥ 1, got {GradAccum}");
         if (!(Lr > 0) || !float.IsFinite(Lr)) throw new FormatException($"--lr must be a positive number, got {Lr}");
         if (WeightDecay < 0 || !float.IsFinite(WeightDecay)) throw new FormatException($"--weight-decay must be ≥ 0, got {WeightDecay}");

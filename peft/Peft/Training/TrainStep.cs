@@ -1,7 +1,8 @@
 // One training micro-batch on the device: forward through the frozen base with adapters (saving each layer's input,
 // and with checkpointing recomputing a layer's activations when its backward needs them), chunked cross-entropy over
 // the vocabulary (full-batch logits never exist), and the backward that flows input gradients through every frozen
-// linear into the trainable adapter tensors. No gradient of a frozen weight is ever formed.
+// linear into the trainable adapter tensors. No gradient of a frozen weight is ever formed. With offloading, the saved
+// layer inputs live in host memory and the device holds two [rows, dim] buffers instead of L+1.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Kernels;
@@ -16,18 +17,24 @@ public sealed class TrainStep : IDisposable
     private readonly ITrainableAdapter _adapter;
     private readonly List<DeviceTensor> _owned = [];
     private readonly LayerState[] _states;
-    private readonly DeviceTensor[] _layerIn;          // L+1 x [rows, dim]: input of each layer, then the final hidden state
-    private readonly DeviceTensor _scratchOut, _hFinal, _dX, _dH, _dS, _dO, _dQ, _dK, _dV, _delta;
+    private readonly DeviceTensor[] _layerIn;          // L+1 x [rows, dim]: input of each layer, then the final hidden state (device)
+    private readonly DeviceTensor[] _savedIn;          // L x [rows, dim]: layer inputs in host memory (offloading only)
+    private readonly DeviceTensor? _xA, _xB;           // [rows, dim] device ping-pong buffers (offloading only)
+    private readonly DeviceTensor? _scratchOut;        // [rows, dim] recomputed layer output (checkpointing without offloading)
+    private readonly DeviceTensor _hFinal, _dX, _dH, _dO, _dQ, _dK, _dV, _delta;
     private readonly DeviceTensor? _dZ, _dHx;   // [rows, dim] block-hook gradients (bottleneck adapters only)
     private readonly DeviceTensor _ids, _targets, _loss, _lossSum, _logits;
 
-    public TrainStep(DeviceLlama model, ITrainableAdapter adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128)
+    public TrainStep(DeviceLlama model, ITrainableAdapter adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128,
+        bool offloadCheckpoints = false)
     {
+        if (offloadCheckpoints && !checkpointing) throw new FormatException("--offload-checkpoints keeps the layer inputs that checkpointing recomputes from: it needs --checkpointing on");
         _model = model;
         _adapter = adapter;
         Batch = batch;
         SeqLen = seqLen;
         Checkpointing = checkpointing;
+        OffloadCheckpoints = offloadCheckpoints;
         var c = model.Config;
         var ctx = model.Context;
         int rows = batch * seqLen;
@@ -40,12 +47,27 @@ public sealed class TrainStep : IDisposable
         _states = checkpointing
             ? [new LayerState(ctx, c, batch, seqLen, "train.layer")]
             : [.. Enumerable.Range(0, c.NLayers).Select(l => new LayerState(ctx, c, batch, seqLen, $"train.layer{l}"))];
-        _layerIn = [.. Enumerable.Range(0, c.NLayers + 1).Select(l => T($"train.x{l}", DType.F32, rows, c.Dim))];
-        _scratchOut = T("train.x_recompute", DType.F32, rows, c.Dim);
+        if (offloadCheckpoints)
+        {
+            _xA = T("train.x_a", DType.F32, rows, c.Dim);
+            _xB = T("train.x_b", DType.F32, rows, c.Dim);
+            _layerIn = [];
+            _savedIn = [.. Enumerable.Range(0, c.NLayers).Select(l =>
+            {
+                var t = DeviceTensor.Create(ctx, $"train.x{l}.host", DType.F32, [rows, c.Dim], MemoryCategory.Activations, MemoryPlace.Host);
+                _owned.Add(t);
+                return t;
+            })];
+        }
+        else
+        {
+            _layerIn = [.. Enumerable.Range(0, c.NLayers + 1).Select(l => T($"train.x{l}", DType.F32, rows, c.Dim))];
+            _savedIn = [];
+            if (checkpointing) _scratchOut = T("train.x_recompute", DType.F32, rows, c.Dim);
+        }
         _hFinal = T("train.h_final", DType.F32, rows, c.Dim);
         _dX = T("train.dx", DType.F32, rows, c.Dim);
         _dH = T("train.dh", DType.F32, rows, c.Dim);
-        _dS = T("train.ds", DType.F32, rows, c.HiddenDim);
         _dO = T("train.do", DType.F32, rows, c.QDim);
         _dQ = T("train.dq", DType.F32, rows, c.QDim);
         _dK = T("train.dk", DType.F32, rows, c.KvDim);
@@ -67,6 +89,8 @@ public sealed class TrainStep : IDisposable
     public int Batch { get; }
     public int SeqLen { get; }
     public bool Checkpointing { get; }
+    /// <summary>Layer inputs are kept in host memory between the forward and the backward.</summary>
+    public bool OffloadCheckpoints { get; }
     public int LogitRows { get; }
 
     private LayerState State(int l) => _states[Checkpointing ? 0 : l];
@@ -85,13 +109,30 @@ public sealed class TrainStep : IDisposable
         _adapter.StepSeed = seed;
         _ids.Upload<int>(ids);
         _targets.Upload<int>(targets);
-        _model.EmbedTokens(_ids, _layerIn[0]);
-        for (int l = 0; l < c.NLayers; l++)
-            LayerForward.Run(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
+        DeviceTensor xL;
+        if (OffloadCheckpoints)
+        {
+            // x_a and x_b take turns as layer input and output; each input is copied out to host memory first.
+            var (cur, next) = (_xA!, _xB!);
+            _model.EmbedTokens(_ids, cur);
+            for (int l = 0; l < c.NLayers; l++)
+            {
+                BasicOps.Copy(cur, _savedIn[l]);
+                LayerForward.Run(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
+                (cur, next) = (next, cur);
+            }
+            xL = cur;
+        }
+        else
+        {
+            _model.EmbedTokens(_ids, _layerIn[0]);
+            for (int l = 0; l < c.NLayers; l++)
+                LayerForward.Run(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
+            xL = _layerIn[c.NLayers];
+        }
 
         // Loss and its gradient in chunks of rows: logits, CE (dlogits in place), dh_final = dlogits·W_cls.
         float eps = (float)c.RmsNormEps;
-        var xL = _layerIn[c.NLayers];
         RmsNorm.Forward(xL, _model.FinalNorm, _hFinal, eps);
         for (int s = 0; s < rows; s += LogitRows)
         {
@@ -105,8 +146,46 @@ public sealed class TrainStep : IDisposable
 
         for (int l = c.NLayers - 1; l >= 0; l--)
         {
-            if (Checkpointing) LayerForward.Run(_model, l, State(l), _layerIn[l], _scratchOut, Batch, SeqLen, 0, _adapter);
+            if (OffloadCheckpoints)
+            {
+                BasicOps.Copy(_savedIn[l], _xA!);   // the final hidden state in x_a or x_b is no longer needed
+                LayerForward.Run(_model, l, State(l), _xA!, _xB!, Batch, SeqLen, 0, _adapter);
+                LayerBackward(l, State(l), _xA!);
+                continue;
+            }
+            if (Checkpointing) LayerForward.Run(_model, l, State(l), _layerIn[l], _scratchOut!, Batch, SeqLen, 0, _adapter);
             LayerBackward(l, State(l), _layerIn[l]);
+        }
+        BasicOps.SumAll(_loss, _lossSum);
+        return _lossSum.ToArray<float>()[0];
+    }
+
+    /// <summary>
+    /// Forward only, in this step's own buffers (held-out evaluation costs no extra device memory): the sum of the
+    /// per-token losses of ids/targets [batch·seqLen] (target −1 = not predicted). The adapter runs without dropout.
+    /// </summary>
+    public double Loss(int[] ids, int[] targets)
+    {
+        var c = _model.Config;
+        int rows = Batch * SeqLen;
+        if (ids.Length != rows || targets.Length != rows) throw new ArgumentException($"a micro-batch has {rows} ids and targets");
+        _adapter.Training = false;
+        _ids.Upload<int>(ids);
+        _targets.Upload<int>(targets);
+        var (cur, next) = OffloadCheckpoints ? (_xA!, _xB!) : (_layerIn[0], _layerIn[1]);
+        _model.EmbedTokens(_ids, cur);
+        for (int l = 0; l < c.NLayers; l++)
+        {
+            LayerForward.Run(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
+            (cur, next) = (next, cur);
+        }
+        RmsNorm.Forward(cur, _model.FinalNorm, _hFinal, (float)c.RmsNormEps);
+        for (int s = 0; s < rows; s += LogitRows)
+        {
+            int n = Math.Min(LogitRows, rows - s);
+            var logits = _logits.RowsView(0, n);
+            _model.Classifier.Forward(_hFinal.RowsView(s, n), logits);
+            CrossEntropy.Loss(logits, _targets.RowsView(s, n), _loss.RowsView(s, n));
         }
         BasicOps.SumAll(_loss, _lossSum);
         return _lossSum.ToArray<float>()[0];
@@ -128,11 +207,13 @@ public sealed class TrainStep : IDisposable
             lora.MlpOutputBackward(l, s.H2, _dX, _dZ, _dHx!);
             dz = _dZ;
         }
-        layer.Down.InputGrad(dz, _dS);
-        lora.LinearBackward(l, TargetModule.Down, s.S, dz, _dS);
+        // ∂loss/∂swiglu overwrites swiglu: the adapter reads it first and writes its input gradient there, then the base adds.
+        var dS = s.S;
+        bool adapterWrote = lora.LinearBackward(l, TargetModule.Down, s.S, dz, dS, overwriteDx: true);
+        layer.Down.InputGrad(dz, dS, beta: adapterWrote ? 1 : 0);
         // dgate and dup overwrite gate and up: the layer's backward needs neither afterwards (checkpointing recomputes them).
         var (dG, dU) = (s.G, s.U);
-        SwiGlu.Backward(s.G, s.U, _dS, dG, dU);
+        SwiGlu.Backward(s.G, s.U, dS, dG, dU);
         layer.Gate.InputGrad(dG, _dH);
         lora.LinearBackward(l, TargetModule.Gate, s.H2, dG, _dH);
         layer.Up.InputGrad(dU, _dH, beta: 1);

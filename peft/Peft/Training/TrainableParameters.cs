@@ -1,5 +1,6 @@
 // Trainable tensors on the device with their gradients and AdamW moments, charged to the trainable, gradient and
-// optimizer memory categories; the optimizer step, global-norm clipping and host round trips for checkpoints.
+// optimizer memory categories; the optimizer step, global-norm clipping and host round trips for checkpoints. AdamW's
+// moments can live in host memory (the paged-optimizer idea): the update kernel streams them over the bus.
 using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
@@ -10,7 +11,7 @@ namespace VkPeft.Peft.Training;
 
 public sealed class TrainableTensor : IDisposable
 {
-    public TrainableTensor(VulkanContext ctx, string name, long[] shape, bool withOptimizer)
+    public TrainableTensor(VulkanContext ctx, string name, long[] shape, bool withOptimizer, MemoryPlace optimizerPlace = MemoryPlace.Device)
     {
         Name = name;
         Shape = shape;
@@ -18,8 +19,8 @@ public sealed class TrainableTensor : IDisposable
         if (withOptimizer)
         {
             Grad = DeviceTensor.Create(ctx, name + ".grad", DType.F32, shape, MemoryCategory.Gradients);
-            M = DeviceTensor.Create(ctx, name + ".adam_m", DType.F32, shape, MemoryCategory.Optimizer);
-            V = DeviceTensor.Create(ctx, name + ".adam_v", DType.F32, shape, MemoryCategory.Optimizer);
+            M = DeviceTensor.Create(ctx, name + ".adam_m", DType.F32, shape, MemoryCategory.Optimizer, optimizerPlace);
+            V = DeviceTensor.Create(ctx, name + ".adam_v", DType.F32, shape, MemoryCategory.Optimizer, optimizerPlace);
             BasicOps.Fill(Grad, 0);
             BasicOps.Fill(M, 0);
             BasicOps.Fill(V, 0);
@@ -49,15 +50,22 @@ public sealed class TrainableParameters : IDisposable
     private DeviceTensor? _partials;
     private DeviceTensor? _norm;
 
-    public TrainableParameters(VulkanContext ctx, bool withOptimizer) { _ctx = ctx; WithOptimizer = withOptimizer; }
+    public TrainableParameters(VulkanContext ctx, bool withOptimizer, MemoryPlace optimizerPlace = MemoryPlace.Device)
+    {
+        _ctx = ctx;
+        WithOptimizer = withOptimizer;
+        OptimizerPlace = optimizerPlace;
+    }
 
     public bool WithOptimizer { get; }
+    /// <summary>Where AdamW's m and v live: device memory, or host memory streamed by the update kernel.</summary>
+    public MemoryPlace OptimizerPlace { get; }
     public Dictionary<string, TrainableTensor> ByName { get; } = new(StringComparer.Ordinal);
     public long Count => ByName.Values.Sum(t => t.Param.Count);
 
     public TrainableTensor Add(string name, long[] shape, float[] init)
     {
-        var t = new TrainableTensor(_ctx, name, shape, WithOptimizer);
+        var t = new TrainableTensor(_ctx, name, shape, WithOptimizer, OptimizerPlace);
         t.Param.Upload<float>(init);
         ByName.Add(name, t);
         return t;

@@ -21,7 +21,13 @@ namespace VkPeft.Peft.Training;
 public sealed record StepReport(int Step, double Loss, double Lr, double GradNorm, double TokensPerSecond, double? EvalLoss);
 
 public sealed record TrainSummary(double FinalTrainLoss, double? InitialEvalLoss, double? EvalLoss, double TokensPerSecond, double WallSeconds,
-    long PeakDeviceBytes, IReadOnlyDictionary<MemoryCategory, long> PeakByCategory, int Steps, long TrainableParameters);
+    long PeakDeviceBytes, IReadOnlyDictionary<MemoryCategory, long> PeakByCategory, int Steps, long TrainableParameters)
+{
+    /// <summary>Device memory reserved in arena blocks at the peak (what the --memory-budget limits).</summary>
+    public long PeakReservedBytes { get; init; }
+    /// <summary>Host memory of offloaded state at the peak (layer inputs, optimizer moments).</summary>
+    public long PeakHostBytes { get; init; }
+}
 
 /// <summary>Training stopped because the loss or a gradient was not finite.</summary>
 public sealed class NonFiniteLossException(string message) : Exception(message);
@@ -39,7 +45,6 @@ public sealed class Trainer : IDisposable
     private readonly TrainableParameters _params;
     private readonly ITrainableAdapter _lora;
     private readonly TrainStep _step;
-    private LlamaRunner? _evalRunner;
     private readonly List<(int Step, double Loss)> _trainCurve = [];
     private readonly List<(int Step, double Loss)> _evalCurve = [];
     private readonly List<string> _csv = [];
@@ -54,12 +59,12 @@ public sealed class Trainer : IDisposable
         _config = model.Config;
         _o = options;
         _data = data;
-        Checkpointing = options.Checkpointing ?? model.LinearParams > 200_000_000;
-        RefuseIfTooBig(ctx, model, options, data, Checkpointing);
-        _params = new TrainableParameters(ctx, withOptimizer: true);
+        Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > 200_000_000);
+        RefuseIfTooBig(ctx, model, options, Checkpointing);
+        _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
         AdapterFactory.Initialize(_params, _config, options.Adapter, options.Seed);
         _lora = AdapterFactory.Create(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
-        _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows);
+        _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows, options.OffloadCheckpoints);
     }
 
     public bool Checkpointing { get; }
@@ -68,7 +73,7 @@ public sealed class Trainer : IDisposable
     /// Refuses up front, with the fit planner's advice, a run whose analytic footprint (what TrainStep, the adapter and
     /// the evaluation runner will allocate, on top of what is live now) exceeds the arena's memory budget.
     /// </summary>
-    private static void RefuseIfTooBig(VulkanContext ctx, DeviceLlama model, TrainOptions o, TrainingData data, bool checkpointing)
+    private static void RefuseIfTooBig(VulkanContext ctx, DeviceLlama model, TrainOptions o, bool checkpointing)
     {
         if (o.Adapter.Method == PeftMethod.Adapter) return;
         var setup = new Planning.TrainSetup
@@ -76,7 +81,7 @@ public sealed class Trainer : IDisposable
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,
             GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
-            UnifiedMemory = ctx.Arena.HostMapped, EvalBatch = data.Eval.Count > 0 ? Math.Min(o.Batch, data.Eval.Count) : 0,
+            UnifiedMemory = ctx.Arena.HostMapped, OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
         };
         var est = Planning.MemoryModel.Estimate(setup);
         var acc = ctx.Arena.Accounting;
@@ -126,10 +131,25 @@ public sealed class Trainer : IDisposable
     public double? Evaluate()
     {
         if (_data.Eval.Count == 0) return null;
-        _evalRunner ??= new LlamaRunner(_model, Math.Min(_o.Batch, _data.Eval.Count), _o.SeqLen, kvCache: false) { Adapter = _lora };
-        _lora.Training = false;
-        var windows = _data.Eval.Select(w => new Evaluator.Window(w.Inputs, w.Targets)).ToList();
-        return Evaluator.Evaluate(_evalRunner, windows).MeanNll;
+        // The training step's own buffers run the held-out batches: evaluation adds nothing to the device peak.
+        int B = _step.Batch, T = _step.SeqLen;
+        double total = 0;
+        long count = 0;
+        for (int start = 0; start < _data.Eval.Count; start += B)
+        {
+            var ids = new int[B * T];
+            var targets = new int[B * T];
+            Array.Fill(targets, -1);
+            for (int i = 0; i < B && start + i < _data.Eval.Count; i++)
+            {
+                var w = _data.Eval[start + i];
+                w.Inputs.CopyTo(ids, i * T);
+                w.Targets.CopyTo(targets, i * T);
+                count += w.Targets.Count(t => t >= 0);
+            }
+            total += _step.Loss(ids, targets);
+        }
+        return count == 0 ? null : total / count;
     }
 
     /// <summary>
@@ -186,7 +206,11 @@ public sealed class Trainer : IDisposable
         }
         var acc = _ctx.Arena.Accounting;
         var summary = new TrainSummary(lastLoss, initialEval, lastEval, tokens / Math.Max(trainClock.Elapsed.TotalSeconds, 1e-9), wall.Elapsed.TotalSeconds,
-            acc.PeakLiveBytes, acc.PeakByCategory(), _done, _params.Count);
+            acc.PeakLiveBytes, acc.PeakByCategory(), _done, _params.Count)
+        {
+            PeakReservedBytes = acc.PeakReservedBytes,
+            PeakHostBytes = _ctx.HostArena.Accounting.PeakLiveBytes,
+        };
         WriteReports(summary);
         return summary;
     }
@@ -252,9 +276,14 @@ public sealed class Trainer : IDisposable
             ["wall_seconds"] = s.WallSeconds,
             ["peak_device_bytes"] = s.PeakDeviceBytes,
             ["peak_device_bytes_by_category"] = new JsonObject(s.PeakByCategory.Select(kv => KeyValuePair.Create(kv.Key.ToString().ToLowerInvariant(), (JsonNode?)kv.Value))),
+            ["peak_device_reserved_bytes"] = s.PeakReservedBytes,
+            ["memory_budget_bytes"] = _ctx.Arena.Budget,
+            ["peak_host_bytes"] = s.PeakHostBytes,
             ["steps"] = s.Steps,
             ["trainable_parameters"] = s.TrainableParameters,
             ["checkpointing"] = Checkpointing,
+            ["offload_checkpoints"] = _o.OffloadCheckpoints,
+            ["optimizer_on_host"] = _o.OptimizerOnHost,
             ["device"] = _ctx.Caps.Name,
         };
         WriteAtomic(Path.Combine(_o.Out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -268,7 +297,6 @@ public sealed class Trainer : IDisposable
 
     public void Dispose()
     {
-        _evalRunner?.Dispose();
         _step.Dispose();
         (_lora as IDisposable)?.Dispose();
         _params.Dispose();

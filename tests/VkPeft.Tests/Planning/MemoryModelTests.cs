@@ -21,7 +21,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         MaxSeqLen = 128, TiedClassifier = tied,
     };
 
-    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied"];
+    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings"];
 
     private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
     {
@@ -30,6 +30,11 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         {
             Config = Small(64, 192, 2, 4, 2, 300, true), Method = PeftMethod.QaLora, Quant = BaseQuant.Parse("int4", 32), GroupSize = 32, Rank = 8,
             Batch = 2, SeqLen = 16, Checkpointing = true,
+        }),
+        "offload-nf4-embeddings" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Rank = 4, Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
+            Embeddings = EmbeddingFormat.Nf4, OffloadCheckpoints = true, OptimizerOnHost = true, Dropout = 0.1f,
         }),
         _ => Random(new TrainSetup
         {
@@ -55,6 +60,11 @@ public sealed class MemoryModelTests(GpuFixture gpu)
             Assert.True(Math.Abs(m - a) <= Math.Max(0.10 * Math.Max(m, a), 64), $"{name} {cat}: measured {m} B, analytic {a} B");
         }
         Assert.InRange(measured.PeakLiveBytes, est.TotalBytes * 0.9, est.TotalBytes * 1.1);
+        foreach (var cat in Enum.GetValues<MemoryCategory>())
+        {
+            long m = measured.HostPeakByCategory[cat], a = est.HostCategories[cat];
+            Assert.True(Math.Abs(m - a) <= Math.Max(0.10 * Math.Max(m, a), 64), $"{name} host {cat}: measured {m} B, analytic {a} B");
+        }
         Assert.True(double.IsFinite(measured.LastLoss));
     }
 

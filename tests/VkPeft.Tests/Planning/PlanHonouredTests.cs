@@ -39,13 +39,17 @@ public sealed class PlanHonouredTests : IDisposable
         {
             Data = "random", Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, BaseQuant = new BaseQuantization("nf4-dq", 64) },
             Quant = BaseQuant.Parse("nf4-dq"), Steps = 2, Batch = 1, SeqLen = seq, Checkpointing = option.Checkpointing, LogitRows = option.LogitRows,
-            Out = Path.Combine(_dir, "run"), Lr = 1e-4f,
+            OffloadCheckpoints = option.OffloadCheckpoints, OptimizerOnHost = option.OptimizerOnHost, Out = Path.Combine(_dir, "run"), Lr = 1e-4f,
         };
         using (var trainer = new Trainer(ctx, model, options, data))
         {
             var summary = trainer.Run();
             Assert.True(ctx.Arena.Accounting.PeakReservedBytes <= budget, $"reserved {ctx.Arena.Accounting.PeakReservedBytes} > budget {budget}");
             Assert.True(summary.PeakDeviceBytes <= budget);
+            // The longest plan uses every lever; the offloaded state is in host memory as modelled.
+            Assert.True(option.OffloadCheckpoints && option.OptimizerOnHost, option.Name);
+            long hostModelled = MemoryModel.Estimate(option.Apply(setup) with { SeqLen = seq }).HostBytes;
+            Assert.InRange(summary.PeakHostBytes, hostModelled, hostModelled + 4096);
         }
         // Twice the planned length does not fit: the trainer refuses it up front with the plan's advice.
         var tooLong = options with { SeqLen = 2 * seq, Out = Path.Combine(_dir, "long") };

@@ -2,6 +2,7 @@
 // with the CPU reference across the splits.
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Quant;
 using VkPeft.Runtime.Reference;
 using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
@@ -61,6 +62,35 @@ public sealed class SplitTensorTests : SplitDeviceTests
         MatMul.Run(ta, tb, tc, transposeB);
         var (expected, abs) = CpuReference.MatMul(a, b, m, n, k, transposeB);
         MatMulTests.AssertWithinFp32Bound(expected, abs, tc.ToArray<float>(), k, "split matmul");
+    }
+
+    [Theory]
+    [InlineData("nf4_dq", MatMulAlgorithm.Lanes)]
+    [InlineData("nf4_dq", MatMulAlgorithm.SharedTiles)]
+    [InlineData("int4", MatMulAlgorithm.Lanes)]
+    public void QuantizedMatMulAcrossSplitActivations(string format, MatMulAlgorithm algorithm)
+    {
+        // x [203, 96] 78 KB, y [203, 130] 106 KB, dy/dx likewise: every activation spans bindings; the weight fits one.
+        const int m = 203, n = 130, k = 96;
+        var q = QuantizedKernelTests.Make(format, n, k, 31);
+        var deq = q.Dequantize();
+        using var w = DeviceQuantizedWeight.Upload(Ctx, "w", q);
+        var x = TestData.Uniform(m * k, 32);
+        using var tx = Make("x", x, m, k);
+        using var ty = DeviceTensor.Create(Ctx, "y", DType.F32, [m, n], MemoryCategory.Workspace);
+        Assert.True(tx.Segments.Count > 1 && ty.Segments.Count > 1);
+        QuantizedMatMul.Forward(tx, w, ty, algorithm: algorithm);
+        var (expected, abs) = CpuReference.MatMul(x, deq, m, n, k, transposeB: true);
+        MatMulTests.AssertWithinFp32Bound(expected, abs, ty.ToArray<float>(), k, $"split {format} forward");
+
+        var dy = TestData.Uniform(m * n, 33);
+        using var tdy = Make("dy", dy, m, n);
+        using var tdx = DeviceTensor.Create(Ctx, "dx", DType.F32, [m, k], MemoryCategory.Workspace);
+        tdx.Upload<float>(x);   // beta = 1 accumulates onto x
+        QuantizedMatMul.InputGrad(tdy, w, tdx, beta: 1, algorithm: algorithm);
+        var (g, gAbs) = CpuReference.MatMul(dy, deq, m, k, n, transposeB: false);
+        for (int i = 0; i < g.Length; i++) { g[i] += x[i]; gAbs[i] += Math.Abs(x[i]); }
+        MatMulTests.AssertWithinFp32Bound(g, gAbs, tdx.ToArray<float>(), n + 1, $"split {format} input gradient");
     }
 
     [Fact]

@@ -25,7 +25,9 @@ public sealed class LoraGradientTests(GpuFixture gpu)
     [InlineData("lora", "nf4-dq", false)]
     [InlineData("lora", "none", true)]
     [InlineData("qalora", "int4", false)]
-    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing)
+    [InlineData("lora", "nf4-dq", true, true)]
+    [InlineData("qalora", "int4", true, true)]
+    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false)
     {
         var (c, w) = TinyModels.Random(11);
         var bq = BaseQuant.Parse(quant, quant == "int4" ? 8 : null);
@@ -57,7 +59,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
             host[name] = v.Select(x => (double)x).ToArray();
         }
         using var lora = new LoraRuntime(Ctx, c, cfg, p, maxRows: 2 * 5);
-        using var step = new TrainStep(model, lora, batch: 2, seqLen: 5, checkpointing);
+        using var step = new TrainStep(model, lora, batch: 2, seqLen: 5, checkpointing, offloadCheckpoints: offload);
         int[] ids = [1, 5, 9, 2, 30, 7, 7, 3, 36, 0];
         int[] targets = [5, 9, 2, 30, -1, 7, 3, 36, 0, 11];   // one masked position
         int n = targets.Count(t => t >= 0);
