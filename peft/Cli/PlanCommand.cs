@@ -29,10 +29,9 @@ public static class PlanCommand
         var check = new Option<bool>("--check") { Description = "Prove the longest plan: train a random-weight model with it on the device under the budget" };
         var checkLayers = new Option<int?>("--check-layers") { Description = "Layers to run in --check (default all; fewer extrapolate the rest from the model)" };
         var checkSteps = new Option<int>("--check-steps") { Description = "Training steps in --check", DefaultValueFactory = _ => 1 };
-        var device = new Option<string?>("--device") { Description = "Vulkan device for --check (index or name)" };
         var cmd = new Command("plan", "Largest sequence length and batch that fit a memory budget (analytic memory model)")
         {
-            config, model, memory, method, quant, rank, targets, seqLen, json, check, checkLayers, checkSteps, device,
+            config, model, memory, method, quant, rank, targets, seqLen, json, check, checkLayers, checkSteps,
         };
         cmd.SetAction(parse =>
         {
@@ -52,7 +51,7 @@ public static class PlanCommand
                 var dir = Directory.CreateTempSubdirectory("vkpeft-plan-check-").FullName;
                 try
                 {
-                    var rt = RuntimeOptions.FromEnvironment() with { Device = parse.GetValue(device) ?? RuntimeOptions.FromEnvironment().Device };
+                    var rt = CliApp.RuntimeOptionsFrom(parse);   // --device, --validation; the budget is the plan's
                     var r = PlanCheck.Run(plan, parse.GetValue(checkLayers), steps, rt, dir, m => Console.Error.WriteLine(m),
                         s => Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {s.Step}: loss {s.Loss:F4}, {s.TokensPerSecond:F1} tokens/s")));
                     obj["check"] = CheckJson(r);

@@ -80,6 +80,8 @@ public sealed class CliTests : IDisposable
         { ["train", "--model", "MODEL", "--data", "DATA", "--steps", "2", "--method", "qalora", "--out", "OUT"], "does not divide" },
         { ["train", "--model", "MODEL", "--data", "EMPTY", "--steps", "2", "--out", "OUT"], "EMPTY" },
         { ["info", "--memory-budget", "12X"], "--memory-budget" },
+        { ["train", "--model", "MODEL", "--data", "DATA", "--steps", "2", "--offload-checkpoints", "--checkpointing", "false", "--out", "OUT"], "--checkpointing" },
+        { ["plan", "--config", "stories260K", "--memory", "8GiB", "--check", "--check-steps", "0"], "--check-steps" },
         { ["generate", "--model", "CORRUPT", "--prompt", "x"], "CORRUPT" },
         { ["train", "--model", "MODEL", "--data", "DATA", "--steps", "2", "--out", "OUT", "--resume"], "checkpoint" },
         { ["generate", "--model", "MODEL", "--prompt", "x", "--adapter", "/nope/adapter"], "/nope/adapter" },

@@ -130,6 +130,26 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     }
 
     [Fact]
+    public void PlanCheckTrainsThePlanUnderTheBudget()
+    {
+        var writer = new StringWriter();
+        var old = Console.Out;
+        Console.SetOut(writer);
+        try { Assert.Equal(0, VkPeft.Cli.CliApp.Run(["plan", "--config", "stories260K", "--memory", "6MiB", "--check", "--check-layers", "3", "--json"])); }
+        finally { Console.SetOut(old); }
+        var json = JsonNode.Parse(writer.ToString())!;
+        var check = json["check"]!;
+        Assert.True(check["honoured"]!.GetValue<bool>());
+        Assert.Equal(json["max_seq_len"]!.GetValue<int>(), check["seq_len"]!.GetValue<int>());
+        Assert.Equal(3, check["layers_run"]!.GetValue<int>());
+        long slice = check["slice_budget_bytes"]!.GetValue<long>(), measured = check["measured_peak_reserved_bytes"]!.GetValue<long>();
+        Assert.InRange(measured, 1, slice);
+        Assert.Equal(6L << 20, slice + check["left_out_bytes"]!.GetValue<long>());
+        Assert.True(check["extrapolated_peak_bytes"]!.GetValue<long>() <= 6L << 20);
+        Assert.True(double.IsFinite(check["final_loss"]!.GetValue<double>()));
+    }
+
+    [Fact]
     public void BenchJsonOfASliceIsExtrapolatedAndMarked()
     {
         var full = new TrainSetup { Config = Small(64, 192, 4, 4, 2, 2000, false), Rank = 4, Batch = 1, SeqLen = 16, Checkpointing = false };

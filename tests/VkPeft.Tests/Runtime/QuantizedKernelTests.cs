@@ -198,6 +198,17 @@ public sealed class DeviceQuantizerTests : IDisposable
     }
 
     [Fact]
+    public void CodesLargerThanOneBindingAreAClearError()
+    {
+        // [1100, 128]: 70 KB of 4-bit codes over this context's 64 KiB bindings (the fp32 source itself is split).
+        using var t = DeviceTensor.Create(_ctx, "w", DType.F32, [1100, 128], MemoryCategory.Workspace);
+        t.Upload<float>(TestData.Normal(1100 * 128, 2));
+        var e = Assert.Throws<VulkanUnsupportedException>(() => DeviceQuantizer.Quantize4Bit(t, QuantType.Nf4, 64, true, "embedding"));
+        Assert.Contains("embedding", e.Message);
+        Assert.Contains("largest storage binding", e.Message);
+    }
+
+    [Fact]
     public void NaNInWeightIsAClearError()
     {
         var w = TestData.Normal(64 * 3, 1);
