@@ -98,6 +98,8 @@ public static class PlanCheck
         };
         var sw = Stopwatch.StartNew();
         using var trainer = new Trainer(ctx, model, options, data);
+        if (log != null)
+            trainer.PhaseProgress = (phase, done, total) => log($"  {phase} {done}/{total} ({sw.Elapsed:h\\:mm\\:ss})");
         var summary = trainer.Run(onStep);
         var acc = ctx.Arena.Accounting;
         return new PlanCheckResult(full, n, vocab, plan.Budget, sliceBudget, leftOut, acc.PeakReservedBytes, acc.PeakLiveBytes, acc.PeakByCategory(),

@@ -93,6 +93,19 @@ public sealed class TrainStep : IDisposable
     public bool OffloadCheckpoints { get; }
     public int LogitRows { get; }
 
+    /// <summary>
+    /// When set, each phase of a step (layer forwards, the loss, layer backwards) is waited for and reported as
+    /// (phase, done, total): for steps long enough that a person wants to see them move.
+    /// </summary>
+    public Action<string, int, int>? Progress { get; set; }
+
+    private void Report(string phase, int done, int total)
+    {
+        if (Progress == null) return;
+        _model.Context.Sync();
+        Progress(phase, done, total);
+    }
+
     private LayerState State(int l) => _states[Checkpointing ? 0 : l];
 
     /// <summary>
@@ -120,6 +133,7 @@ public sealed class TrainStep : IDisposable
                 BasicOps.Copy(cur, _savedIn[l]);
                 LayerForward.Run(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
                 (cur, next) = (next, cur);
+                Report("forward", l + 1, c.NLayers);
             }
             xL = cur;
         }
@@ -127,7 +141,10 @@ public sealed class TrainStep : IDisposable
         {
             _model.EmbedTokens(_ids, _layerIn[0]);
             for (int l = 0; l < c.NLayers; l++)
+            {
                 LayerForward.Run(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
+                Report("forward", l + 1, c.NLayers);
+            }
             xL = _layerIn[c.NLayers];
         }
 
@@ -143,6 +160,7 @@ public sealed class TrainStep : IDisposable
             _model.Classifier.InputGrad(logits, _dH.RowsView(s, n));
         }
         RmsNorm.Backward(xL, _model.FinalNorm, _dH, _dX, eps);
+        Report("loss", 1, 1);
 
         for (int l = c.NLayers - 1; l >= 0; l--)
         {
@@ -151,10 +169,12 @@ public sealed class TrainStep : IDisposable
                 BasicOps.Copy(_savedIn[l], _xA!);   // the final hidden state in x_a or x_b is no longer needed
                 LayerForward.Run(_model, l, State(l), _xA!, _xB!, Batch, SeqLen, 0, _adapter);
                 LayerBackward(l, State(l), _xA!);
+                Report("backward", c.NLayers - l, c.NLayers);
                 continue;
             }
             if (Checkpointing) LayerForward.Run(_model, l, State(l), _layerIn[l], _scratchOut!, Batch, SeqLen, 0, _adapter);
             LayerBackward(l, State(l), _layerIn[l]);
+            Report("backward", c.NLayers - l, c.NLayers);
         }
         BasicOps.SumAll(_loss, _lossSum);
         return _lossSum.ToArray<float>()[0];

@@ -69,6 +69,9 @@ public sealed class Trainer : IDisposable
 
     public bool Checkpointing { get; }
 
+    /// <summary>Per-phase progress of each step (see <see cref="TrainStep.Progress"/>); null reports steps only.</summary>
+    public Action<string, int, int>? PhaseProgress { get => _step.Progress; set => _step.Progress = value; }
+
     /// <summary>
     /// Refuses up front, with the fit planner's advice, a run whose analytic footprint (what TrainStep, the adapter and
     /// the evaluation runner will allocate, on top of what is live now) exceeds the arena's memory budget.
