@@ -9,7 +9,8 @@ namespace VkPeft.Runtime.Kernels;
 /// <summary>
 /// C = alpha·Aᵀ·B + beta·C summed over the M rows (tokens) of A and B, e.g. dB_lora = s·dYᵀ·T and dA_lora = s·dTᵀ·X.
 /// Each output is one fp32 fma chain over the rows in order, in dispatches of at most <see cref="ChunkRows"/> rows
-/// accumulated with beta = 1: deterministic, no atomics. A, B and C must each fit one binding.
+/// accumulated with beta = 1: deterministic, no atomics. A and B may span several bindings (by rows, summed piece by
+/// piece in row order); C must fit one.
 /// </summary>
 public static class MatMulTn
 {
@@ -54,8 +55,6 @@ public static class MatMulTn
         if (algorithm == MatMulAlgorithm.Lanes && !MatMul.LanesSupported(ctx))
             throw new ArgumentException("MatMulTn: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
-        var (aRange, aOffset) = WholeBinding(a, "A");
-        var (bRange, bOffset) = WholeBinding(b, "B");
         var (cRange, cOffset) = WholeBinding(c, "C");
 
         uint tileR = lanes ? LanesTileRows : TileRows, tileC = lanes ? LanesTileCols : TileCols;
@@ -64,30 +63,36 @@ public static class MatMulTn
         bool swap = Padded(n2, tileR) * Padded(n1, tileC) < Padded(n1, tileR) * Padded(n2, tileC);
         long rCount = swap ? n2 : n1, nCount = swap ? n1 : n2;
         uint ldcR = (uint)(swap ? 1 : n2), ldcC = (uint)(swap ? n2 : 1);
-        var (pRange, pOffset, ldp) = swap ? (bRange, bOffset, (uint)n2) : (aRange, aOffset, (uint)n1);
-        var (qRange, qOffset, ldq) = swap ? (aRange, aOffset, (uint)n1) : (bRange, bOffset, (uint)n2);
 
         uint maxX = ctx.Caps.MaxComputeWorkGroupCount[0], maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
         uint gx = (uint)((nCount + tileC - 1) / tileC);
         if (gx > maxX) throw new ArgumentException($"MatMulTn: {nCount} output columns need {gx} workgroups, over the device limit {maxX}");
         var pipeline = ctx.Pipelines.Get(lanes ? ShaderId.MatmulTnLanes : ShaderId.MatmulTn);
-        for (long k0 = 0; k0 < m; k0 += ChunkRows)
+        bool first = true;
+        foreach (var piece in Pieces.Split(m, [a.Reshape(m, n1), b.Reshape(m, n2)], [n1, n2]))
         {
-            long kCount = Math.Min(ChunkRows, m - k0);
-            float chunkBeta = k0 == 0 ? beta : 1f;
-            for (long r0 = 0; r0 < rCount; r0 += (long)maxY * tileR)
+            var (aRange, aOffset, bRange, bOffset) = (piece.Ranges[0], piece.Offsets[0], piece.Ranges[1], piece.Offsets[1]);
+            var (pRange, pOffset, ldp) = swap ? (bRange, bOffset, (uint)n2) : (aRange, aOffset, (uint)n1);
+            var (qRange, qOffset, ldq) = swap ? (aRange, aOffset, (uint)n1) : (bRange, bOffset, (uint)n2);
+            for (long k0 = 0; k0 < piece.Count; k0 += ChunkRows)
             {
-                long rows = Math.Min(rCount - r0, (long)maxY * tileR);
-                uint gy = (uint)((rows + tileR - 1) / tileR);
-                var push = new Push
+                long kCount = Math.Min(ChunkRows, piece.Count - k0);
+                float chunkBeta = first ? beta : 1f;
+                first = false;
+                for (long r0 = 0; r0 < rCount; r0 += (long)maxY * tileR)
                 {
-                    R = (uint)rows, N = (uint)nCount, K = (uint)kCount, Ldp = ldp, Ldq = ldq, LdcR = ldcR, LdcC = ldcC,
-                    POffset = pOffset + (uint)(k0 * ldp + r0), QOffset = qOffset + (uint)(k0 * ldq), COffset = cOffset + (uint)(r0 * ldcR),
-                    Alpha = alpha, Beta = chunkBeta,
-                };
-                ctx.Commands.Dispatch(pipeline,
-                    [Binding.Read(pRange), Binding.Read(qRange), chunkBeta != 0 ? Binding.ReadWrite(cRange) : Binding.Write(cRange)],
-                    push, gx, gy, 1, "matmul_tn");
+                    long rows = Math.Min(rCount - r0, (long)maxY * tileR);
+                    uint gy = (uint)((rows + tileR - 1) / tileR);
+                    var push = new Push
+                    {
+                        R = (uint)rows, N = (uint)nCount, K = (uint)kCount, Ldp = ldp, Ldq = ldq, LdcR = ldcR, LdcC = ldcC,
+                        POffset = pOffset + (uint)(k0 * ldp + r0), QOffset = qOffset + (uint)(k0 * ldq), COffset = cOffset + (uint)(r0 * ldcR),
+                        Alpha = alpha, Beta = chunkBeta,
+                    };
+                    ctx.Commands.Dispatch(pipeline,
+                        [Binding.Read(pRange), Binding.Read(qRange), chunkBeta != 0 ? Binding.ReadWrite(cRange) : Binding.Write(cRange)],
+                        push, gx, gy, 1, "matmul_tn");
+                }
             }
         }
     }

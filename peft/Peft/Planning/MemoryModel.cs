@@ -212,8 +212,14 @@ public static class MemoryModel
             bool qa = s.Method == PeftMethod.QaLora, dropout = s.Dropout > 0;
             long pooled = qa ? rows * (maxIn / s.GroupSize) : 1;
             long inputSized = (dropout ? 1 : 0) + (dropout || qa ? 2 : 0);
-            Add("LoRA scratch", MemoryCategory.Workspace, inputSized * F32(Math.Max(rows * maxIn, 1)) + (3 - inputSized) * F32(1)
-                + 2 * F32(Math.Max(rows * s.Rank, 1)) + F32(Math.Max(pooled, 1)));
+            // LoraRuntime stores scratch in rows of lcm(rank, input widths) elements (placeholders of one element stay).
+            long unit = Training.LoraRuntime.ScratchUnit(c, new AdapterConfig
+            {
+                Method = s.Method, Rank = s.Rank, Targets = s.Targets, GroupSize = s.GroupSize, BaseQuant = s.Quant.ToRecord(),
+            });
+            long Scratch(long n) => n <= 1 ? F32(1) : F32((n + unit - 1) / unit * unit);
+            Add("LoRA scratch", MemoryCategory.Workspace, inputSized * Scratch(rows * maxIn) + (3 - inputSized) * F32(1)
+                + 2 * Scratch(rows * s.Rank) + Scratch(pooled));
         }
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
 

@@ -98,6 +98,9 @@ public static class PlanCheck
         };
         var sw = Stopwatch.StartNew();
         using var trainer = new Trainer(ctx, model, options, data);
+        // Every buffer of the step is allocated up front: this is (within kernel scratch) the step's peak.
+        log?.Invoke($"allocated: {ByteSize.Format(ctx.Arena.Accounting.ReservedBytes)} of device memory reserved ({ByteSize.Format(ctx.Arena.Accounting.LiveBytes)} live) " +
+                    $"of the {ByteSize.Format(sliceBudget)} budget, {ByteSize.Format(ctx.HostArena.Accounting.LiveBytes)} in host memory; training...");
         if (log != null)
             trainer.PhaseProgress = (phase, done, total) => log($"  {phase} {done}/{total} ({sw.Elapsed:h\\:mm\\:ss})");
         var summary = trainer.Run(onStep);

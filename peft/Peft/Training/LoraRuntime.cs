@@ -36,11 +36,21 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
                 if (InFeatures(t) % _g != 0)
                     throw new FormatException($"--group-size {_g} does not divide in_features {InFeatures(t)} of target {t.ToString().ToLowerInvariant()}; QA-LoRA needs it to");
         int maxIn = _targets.Max(InFeatures);
+        // Scratch is viewed as [rows, width] for several widths: stored in rows of lcm(widths) elements, so that where a
+        // long sequence splits it over bindings, every boundary falls between rows of each view.
+        long unit = ScratchUnit(config, adapter);
         DeviceTensor Flat(string name, long n)
         {
-            var t = DeviceTensor.Create(ctx, name, DType.F32, [Math.Max(n, 1)], MemoryCategory.Workspace);
+            if (n <= 1)
+            {
+                var one = DeviceTensor.Create(ctx, name, DType.F32, [1], MemoryCategory.Workspace);   // unused placeholder
+                _temps.Add(one);
+                return one;
+            }
+            long rows = (n + unit - 1) / unit;
+            var t = DeviceTensor.Create(ctx, name, DType.F32, [rows, unit], MemoryCategory.Workspace);
             _temps.Add(t);
-            return t;
+            return t.Reshape(rows * unit);
         }
         // Input-sized scratch only where the branch input differs from x: dropout (x̃ and its gradient) or QA-LoRA pooling.
         bool dropout = adapter.Dropout > 0;
@@ -96,7 +106,26 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
             }
     }
 
-    private static DeviceTensor View(DeviceTensor flat, long rows, long cols) => flat.RowsView(0, rows * cols).Reshape(rows, cols);
+    /// <summary>Elements per storage row of the scratch buffers: lcm of the rank and every input width viewed.</summary>
+    public static long ScratchUnit(LlamaConfig c, AdapterConfig a)
+    {
+        long unit = a.Rank;
+        foreach (var t in a.Targets)
+        {
+            int inF = t switch { TargetModule.O => c.QDim, TargetModule.Down => c.HiddenDim, _ => c.Dim };
+            unit = Lcm(Lcm(unit, inF), a.Method == PeftMethod.QaLora ? inF / a.GroupSize : 1);
+        }
+        return unit;
+    }
+
+    private static long Lcm(long a, long b)
+    {
+        long x = a, y = b;
+        while (y != 0) (x, y) = (y, x % y);
+        return a / x * b;
+    }
+
+        private static DeviceTensor View(DeviceTensor flat, long rows, long cols) => flat.RowsView(0, rows * cols).Reshape(rows, cols);
 
     private uint Seed(int l, TargetModule t) => unchecked(StepSeed * 0x9E3779B1u + (uint)(l * 16 + (int)t) * 0x85EBCA77u + 1u);
 

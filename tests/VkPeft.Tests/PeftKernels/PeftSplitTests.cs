@@ -1,5 +1,5 @@
 // The split-aware PEFT kernels (dropout, activations, bias, group pooling) on tensors spanning several bindings, and
-// MatMulTn's clear refusal of split operands.
+// MatMulTn summing over rows that span several bindings.
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Reference;
@@ -88,13 +88,22 @@ public sealed class PeftSplitTests : SplitDeviceTests
         Within(dx, tx.ToArray<float>(), i => PeftOpsTests.TwoRoundings * Math.Abs(dx[i]), "split group pool backward");
     }
 
-    [Fact]
-    public void MatMulTnRefusesSplitOperandsClearly()
+    [Theory]
+    [InlineData(MatMulAlgorithm.Lanes)]
+    [InlineData(MatMulAlgorithm.SharedTiles)]
+    public void MatMulTnSumsRowsAcrossBindings(MatMulAlgorithm algorithm)
     {
-        using var ta = Make("a", new float[Rows * Cols], Rows, Cols);
-        using var tb = Make("b", new float[Rows * 3], Rows, 3);
-        using var tc = Make("c", new float[Cols * 3], Cols, 3);
-        var e = Assert.Throws<ArgumentException>(() => MatMulTn.Run(ta, tb, tc));
-        Assert.Contains("must fit one binding", e.Message);
+        // A [300, 257] spans 5 bindings, B [300, 3] fits one; C = 0.5·Aᵀ·B + C sums the row pieces in order.
+        var a = TestData.Uniform(Rows * Cols, 11);
+        var b = TestData.Uniform(Rows * 3, 12);
+        var c0 = TestData.Uniform(Cols * 3, 13);
+        using var ta = Make("a", a, Rows, Cols);
+        using var tb = Make("b", b, Rows, 3);
+        using var tc = Make("c", c0, Cols, 3);
+        Assert.True(ta.Segments.Count > 1);
+        MatMulTn.Run(ta, tb, tc, 0.5f, 1f, algorithm);
+        var (c, absSum) = R.MatMulTn(LayerReference.ToDouble(a), LayerReference.ToDouble(b), Rows, Cols, 3, 0.5, 1, LayerReference.ToDouble(c0));
+        // One fp32 fma chain of Rows+1 terms per output: |err| ≤ γ_(M+1)·Σ|terms|.
+        Within(c, tc.ToArray<float>(), i => (Rows + 1) * U / (1 - (Rows + 1) * U) * absSum[i], "split matmul_tn");
     }
 }
