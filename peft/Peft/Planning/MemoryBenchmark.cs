@@ -139,7 +139,7 @@ public static class MemoryBenchmark
             ($"this run ({s.Quant.Type})", true, MemoryModel.Estimate(s).Categories),
             ("nf4 without double quant", true, MemoryModel.Estimate(s with { Quant = Engine.BaseQuant.Parse("nf4") }).Categories),
             ("fp32 base (--quant none)", true, MemoryModel.Estimate(s with { Quant = Engine.BaseQuant.None }).Categories),
-            ($"checkpointing {(s.Checkpointing ? "off" : "on")}", true, MemoryModel.Estimate(s with { Checkpointing = !s.Checkpointing }).Categories),
+            ($"checkpointing {(s.Checkpointing ? "off" : "on")}", true, MemoryModel.Estimate(s with { Checkpointing = !s.Checkpointing, OffloadCheckpoints = false }).Categories),
             ("logits in chunks of 32 rows", true, MemoryModel.Estimate(s with { LogitRows = 32 }).Categories),
             ("NF4 embedding/classifier", true, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Nf4 }).Categories),
             ("Q8 embedding/classifier", false, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Q8 }).Categories),
