@@ -42,6 +42,7 @@ public static class PlanCommand
             bool asJson = parse.GetValue(json);
             var obj = FitPlanner.ToJson(plan, name);
             if (!asJson) Print(plan, name);
+            int exit = 0;
             if (parse.GetValue(check))
             {
                 int steps = parse.GetValue(checkSteps);
@@ -56,13 +57,12 @@ public static class PlanCommand
                         s => Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {s.Step}: loss {s.Loss:F4}, {s.TokensPerSecond:F1} tokens/s")));
                     obj["check"] = CheckJson(r);
                     if (!asJson) PrintCheck(r);
-                    if (asJson) Console.WriteLine(obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-                    return r.Honoured ? 0 : 1;
+                    exit = r.Honoured ? 0 : 1;
                 }
                 finally { Directory.Delete(dir, recursive: true); }
             }
             if (asJson) Console.WriteLine(obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            return 0;
+            return exit;
         });
         return cmd;
     }

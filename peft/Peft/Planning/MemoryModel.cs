@@ -36,6 +36,13 @@ public sealed record TrainSetup
     /// <summary>Layer inputs saved for recomputation in host memory (--offload-checkpoints; needs checkpointing).</summary>
     public bool OffloadCheckpoints { get; init; }
 
+    /// <summary>The adapter a measured run of this setup trains (alpha = 2r; QA-LoRA groups, else the base's blocks).</summary>
+    public AdapterConfig ToAdapterConfig() => new()
+    {
+        Method = Method, Rank = Rank, Alpha = 2f * Rank, Dropout = Dropout, Targets = Targets,
+        GroupSize = Method == PeftMethod.QaLora ? GroupSize : Quant.Blocksize, BaseQuant = Quant.ToRecord(),
+    };
+
     /// <summary>Which parts of this setup the runtime cannot do yet (empty when it can run as is).</summary>
     public IReadOnlyList<string> Unavailable()
     {

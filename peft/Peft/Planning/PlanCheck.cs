@@ -5,7 +5,6 @@
 // modelled too.
 using System.Diagnostics;
 using VkPeft.Peft.Engine;
-using VkPeft.Peft.Methods;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
@@ -87,11 +86,7 @@ public static class PlanCheck
         var options = new TrainOptions
         {
             Data = "random tokens",
-            Adapter = new AdapterConfig
-            {
-                Method = full.Method, Rank = full.Rank, Alpha = 2f * full.Rank, Targets = full.Targets, Dropout = full.Dropout,
-                GroupSize = full.Method == PeftMethod.QaLora ? full.GroupSize : full.Quant.Blocksize, BaseQuant = full.Quant.ToRecord(),
-            },
+            Adapter = full.ToAdapterConfig(),
             Quant = full.Quant, EmbeddingQuant = eq ?? BaseQuant.None, Steps = steps, Batch = 1, SeqLen = full.SeqLen, Lr = 1e-4f,
             Checkpointing = full.Checkpointing, LogitRows = full.LogitRows, OffloadCheckpoints = full.OffloadCheckpoints, OptimizerOnHost = full.OptimizerOnHost,
             Out = workDir,

@@ -2,7 +2,6 @@
 // peak bytes per memory category above what was live before, the time per step, and optionally the kernel profile.
 using System.Diagnostics;
 using VkPeft.Peft.Engine;
-using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
@@ -42,16 +41,7 @@ public static class StepMeasurement
         using var model = DeviceLlama.Load(ctx, c, weights, setup.Quant,
             embeddingQuant: setup.Embeddings == EmbeddingFormat.Nf4 ? BaseQuant.Parse("nf4-dq") : null);
         acc.ResetPeaks();   // the load-time quantization scratch is transient; the step's peak is what is asked here
-        var adapter = new AdapterConfig
-        {
-            Method = setup.Method,
-            Rank = setup.Rank,
-            Alpha = 2f * setup.Rank,
-            Dropout = setup.Dropout,
-            Targets = setup.Targets,
-            GroupSize = setup.Method == PeftMethod.QaLora ? setup.GroupSize : setup.Quant.Blocksize,
-            BaseQuant = setup.Quant.ToRecord(),
-        };
+        var adapter = setup.ToAdapterConfig();
         using var parameters = new TrainableParameters(ctx, withOptimizer: true, setup.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
         AdapterFactory.Initialize(parameters, c, adapter, 7);
         var runtime = AdapterFactory.Create(ctx, c, adapter, parameters, setup.Batch * setup.SeqLen);

@@ -69,11 +69,14 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     /// <summary>Seed of this micro-step's dropout masks; the backward reuses it.</summary>
     public uint StepSeed { get; set; }
 
-    public int InFeatures(TargetModule t) => t switch
+    public int InFeatures(TargetModule t) => InFeaturesOf(_c, t);
+
+    /// <summary>in_features of a target's base linear: q_dim for o, hidden for down, dim otherwise.</summary>
+    public static int InFeaturesOf(LlamaConfig c, TargetModule t) => t switch
     {
-        TargetModule.O => _c.QDim,
-        TargetModule.Down => _c.HiddenDim,
-        _ => _c.Dim,
+        TargetModule.O => c.QDim,
+        TargetModule.Down => c.HiddenDim,
+        _ => c.Dim,
     };
 
     public int OutFeatures(TargetModule t) => t switch
@@ -91,7 +94,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         foreach (var l in Enumerable.Range(0, c.NLayers))
             foreach (var t in a.Targets)
             {
-                int inF = t switch { TargetModule.O => c.QDim, TargetModule.Down => c.HiddenDim, _ => c.Dim };
+                int inF = InFeaturesOf(c, t);
                 int outF = t switch
                 {
                     TargetModule.Q => c.QDim, TargetModule.K or TargetModule.V => c.KvDim,
@@ -112,7 +115,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         long unit = a.Rank;
         foreach (var t in a.Targets)
         {
-            int inF = t switch { TargetModule.O => c.QDim, TargetModule.Down => c.HiddenDim, _ => c.Dim };
+            int inF = InFeaturesOf(c, t);
             unit = Lcm(Lcm(unit, inF), a.Method == PeftMethod.QaLora ? inF / a.GroupSize : 1);
         }
         return unit;

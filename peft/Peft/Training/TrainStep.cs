@@ -150,15 +150,7 @@ public sealed class TrainStep : IDisposable
 
         // Loss and its gradient in chunks of rows: logits, CE (dlogits in place), dh_final = dlogits·W_cls.
         float eps = (float)c.RmsNormEps;
-        RmsNorm.Forward(xL, _model.FinalNorm, _hFinal, eps);
-        for (int s = 0; s < rows; s += LogitRows)
-        {
-            int n = Math.Min(LogitRows, rows - s);
-            var logits = _logits.RowsView(0, n);
-            _model.Classifier.Forward(_hFinal.RowsView(s, n), logits);
-            CrossEntropy.LossAndGradient(logits, _targets.RowsView(s, n), _loss.RowsView(s, n), lossScale);
-            _model.Classifier.InputGrad(logits, _dH.RowsView(s, n));
-        }
+        LossChunks(xL, lossScale);
         RmsNorm.Backward(xL, _model.FinalNorm, _dH, _dX, eps);
         Report("loss", 1, 1);
 
@@ -199,16 +191,32 @@ public sealed class TrainStep : IDisposable
             LayerForward.Run(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
             (cur, next) = (next, cur);
         }
-        RmsNorm.Forward(cur, _model.FinalNorm, _hFinal, (float)c.RmsNormEps);
+        LossChunks(cur, null);
+        BasicOps.SumAll(_loss, _lossSum);
+        return _lossSum.ToArray<float>()[0];
+    }
+
+    /// <summary>
+    /// Final norm, then logits and per-token losses in chunks of rows (full-batch logits never exist); with a
+    /// <paramref name="gradScale"/>, also dh_final = scale·dlogits·W_cls into dH.
+    /// </summary>
+    private void LossChunks(DeviceTensor xL, float? gradScale)
+    {
+        int rows = Batch * SeqLen;
+        RmsNorm.Forward(xL, _model.FinalNorm, _hFinal, (float)_model.Config.RmsNormEps);
         for (int s = 0; s < rows; s += LogitRows)
         {
             int n = Math.Min(LogitRows, rows - s);
             var logits = _logits.RowsView(0, n);
             _model.Classifier.Forward(_hFinal.RowsView(s, n), logits);
-            CrossEntropy.Loss(logits, _targets.RowsView(s, n), _loss.RowsView(s, n));
+            if (gradScale is not { } scale)
+            {
+                CrossEntropy.Loss(logits, _targets.RowsView(s, n), _loss.RowsView(s, n));
+                continue;
+            }
+            CrossEntropy.LossAndGradient(logits, _targets.RowsView(s, n), _loss.RowsView(s, n), scale);
+            _model.Classifier.InputGrad(logits, _dH.RowsView(s, n));
         }
-        BasicOps.SumAll(_loss, _lossSum);
-        return _lossSum.ToArray<float>()[0];
     }
 
     /// <summary>dX: gradient of the layer output in, gradient of the layer input out (LoRA gradients accumulate).</summary>

@@ -135,22 +135,13 @@ public sealed class Trainer : IDisposable
     {
         if (_data.Eval.Count == 0) return null;
         // The training step's own buffers run the held-out batches: evaluation adds nothing to the device peak.
-        int B = _step.Batch, T = _step.SeqLen;
+        var windows = _data.Eval.Select(w => new Evaluator.Window(w.Inputs, w.Targets)).ToList();
         double total = 0;
         long count = 0;
-        for (int start = 0; start < _data.Eval.Count; start += B)
+        foreach (var (ids, targets, _, predicted) in Evaluator.Batches(windows, _step.Batch, _step.SeqLen))
         {
-            var ids = new int[B * T];
-            var targets = new int[B * T];
-            Array.Fill(targets, -1);
-            for (int i = 0; i < B && start + i < _data.Eval.Count; i++)
-            {
-                var w = _data.Eval[start + i];
-                w.Inputs.CopyTo(ids, i * T);
-                w.Targets.CopyTo(targets, i * T);
-                count += w.Targets.Count(t => t >= 0);
-            }
             total += _step.Loss(ids, targets);
+            count += predicted;
         }
         return count == 0 ? null : total / count;
     }
