@@ -37,7 +37,7 @@ public sealed class AdapterSession : IDisposable
         var model = ModelOptions.Upload(ctx, host, q, embeddingQuant);
         var p = new TrainableParameters(ctx, withOptimizer: false);
         foreach (var (name, t) in adapter.Tensors) p.Add(name, t.Shape, t.Data);
-        var lora = AdapterFactory.Create(ctx, host.Config, adapter.Config, p, maxRows);
+        var lora = adapter.Config.Method.CreateRuntime(ctx, host.Config, adapter.Config, p, maxRows);
         lora.Training = false;
         return new AdapterSession(model, p, lora);
     }

@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Text.Json;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using static VkPeft.Peft.Formats.JsonFields;
 
@@ -19,13 +20,6 @@ public static class AdapterIO
     /// <summary>PEFT key of a LoRA matrix: <c>base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight</c> (part "A" or "B").</summary>
     public static string PeftKey(int layer, TargetModule t, string part) =>
         $"base_model.model.model.layers.{layer}.{AdapterConfig.HfPath(t)}.lora_{part}.weight";
-
-    private static string MethodName(PeftMethod m) => m switch
-    {
-        PeftMethod.Lora => "lora",
-        PeftMethod.QaLora => "qa-lora",
-        _ => "adapter",
-    };
 
     private static string LayoutName(RopeLayout l) => l == RopeLayout.InterleavedPairs ? "interleaved_pairs" : "rotate_half";
 
@@ -44,8 +38,8 @@ public static class AdapterIO
         ArgumentNullException.ThrowIfNull(adapter);
         ArgumentNullException.ThrowIfNull(baseConfig);
         var cfg = adapter.Config;
-        if (cfg.Method == PeftMethod.Adapter)
-            throw new ExportException("PEFT LoRA folders cannot hold a bottleneck adapter; use the vkpeft adapter format");
+        if (cfg.Method.PeftUnsupportedReason is { } why) throw new ExportException(why);
+        bool qalora = cfg.Method is LoraMethod { GroupPooled: true };
         AdapterMerge.Validate(adapter, baseConfig, "adapter");
         var entries = new List<SafeTensorsWriter.Entry>();
         for (int l = 0; l < baseConfig.NLayers; l++)
@@ -54,7 +48,7 @@ public static class AdapterIO
                 var a = adapter.Tensors[AdapterWeights.LoraA(l, t)];
                 var b = adapter.Tensors[AdapterWeights.LoraB(l, t)];
                 float[] aData = a.Data;
-                if (cfg.Method == PeftMethod.QaLora)
+                if (qalora)
                 {
                     int groups = (int)a.Shape[1];
                     if (!int.IsPow2(groups))
@@ -111,14 +105,14 @@ public static class AdapterIO
             w.WriteString("task_type", "CAUSAL_LM");
             w.WriteBoolean("use_dora", false);
             w.WriteBoolean("use_rslora", cfg.UseRsLora);
-            if (cfg.Method == PeftMethod.QaLora)
+            if (cfg.Method is LoraMethod { GroupPooled: true })
             {
                 w.WriteBoolean("use_qalora", true);
                 w.WriteNumber("qalora_group_size", cfg.GroupSize);
             }
             w.WriteStartObject("vkpeft");
             w.WriteNumber("format_version", FormatVersion);
-            w.WriteString("method", MethodName(cfg.Method));
+            w.WriteString("method", cfg.Method.Name);
             w.WriteStartObject("base_quantization");
             w.WriteString("type", cfg.BaseQuant.Type);
             w.WriteNumber("blocksize", cfg.BaseQuant.Blocksize);
@@ -172,7 +166,7 @@ public static class AdapterIO
         for (int l = 0; l < baseConfig.NLayers; l++)
             foreach (var t in targets)
             {
-                var (outF, inF) = ModelTensors.Shape(baseConfig, t);
+                var (outF, inF) = baseConfig.LinearShape(t);
                 if (qalora && (config.GroupSize <= 0 || inF % config.GroupSize != 0))
                     throw new ModelFormatException(cfgPath, "qalora_group_size", $"{config.GroupSize} does not divide in_features {inF} of {AdapterConfig.HfName(t)}");
                 int aCols = qalora ? inF / config.GroupSize : inF;
@@ -251,19 +245,11 @@ public static class AdapterIO
             w.WriteStartObject();
             w.WriteString("format", "vkpeft-adapter");
             w.WriteNumber("format_version", FormatVersion);
-            w.WriteString("method", MethodName(cfg.Method));
-            w.WriteNumber("r", cfg.Rank);
-            w.WriteNumber("lora_alpha", cfg.Alpha);
-            w.WriteNumber("lora_dropout", cfg.Dropout);
-            w.WriteBoolean("use_rslora", cfg.UseRsLora);
+            w.WriteString("method", cfg.Method.Name);
             w.WriteStartArray("target_modules");
             foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains)) w.WriteStringValue(AdapterConfig.HfName(t));
             w.WriteEndArray();
-            w.WriteNumber("group_size", cfg.GroupSize);
-            w.WriteString("bottleneck_kind", cfg.BottleneckKind.ToString().ToLowerInvariant());
-            w.WriteNumber("bottleneck", cfg.Bottleneck);
-            w.WriteString("activation", cfg.Activation.ToString().ToLowerInvariant());
-            w.WriteNumber("adapter_scale", cfg.AdapterScale);
+            cfg.Method.WriteConfig(w, cfg);
             w.WriteStartObject("base_quantization");
             w.WriteString("type", cfg.BaseQuant.Type);
             w.WriteNumber("blocksize", cfg.BaseQuant.Blocksize);
@@ -290,29 +276,17 @@ public static class AdapterIO
         var r = doc.RootElement;
         int version = Int(cfgPath, r, "format_version") ?? throw new ModelFormatException(cfgPath, "format_version", "required field is missing");
         if (version != FormatVersion) throw new ModelFormatException(cfgPath, "format_version", $"version {version} is not supported (this build reads {FormatVersion})");
-        var method = (Str(r, "method") ?? throw new ModelFormatException(cfgPath, "method", "required field is missing")) switch
-        {
-            "lora" => PeftMethod.Lora,
-            "qa-lora" => PeftMethod.QaLora,
-            "adapter" => PeftMethod.Adapter,
-            var m => throw new ModelFormatException(cfgPath, "method", $"unknown method '{m}' (lora, qa-lora, adapter)"),
-        };
-        var config = new AdapterConfig
+        string methodName = Str(r, "method") ?? throw new ModelFormatException(cfgPath, "method", "required field is missing");
+        var method = PeftMethods.TryGet(methodName)
+            ?? throw new ModelFormatException(cfgPath, "method", $"unknown method '{methodName}' ({string.Join(", ", PeftMethods.All.Select(m => m.Name))})");
+        var common = new AdapterConfig
         {
             Method = method,
-            Rank = Int(cfgPath, r, "r") ?? 8,
-            Alpha = (float)(Dbl(r, "lora_alpha") ?? 16),
-            Dropout = (float)(Dbl(r, "lora_dropout") ?? 0),
-            UseRsLora = Bool(r, "use_rslora") ?? false,
-            Targets = method == PeftMethod.Adapter && !r.TryGetProperty("target_modules", out _) ? [] : ParseHfTargets(cfgPath, r),
-            GroupSize = Int(cfgPath, r, "group_size") ?? 32,
-            BottleneckKind = ParseEnum<BottleneckKind>(cfgPath, r, "bottleneck_kind", BottleneckKind.Houlsby),
-            Bottleneck = Int(cfgPath, r, "bottleneck") ?? 16,
-            Activation = ParseEnum<BottleneckActivation>(cfgPath, r, "activation", BottleneckActivation.Silu),
-            AdapterScale = (float)(Dbl(r, "adapter_scale") ?? 4),
+            Targets = r.TryGetProperty("target_modules", out _) ? ParseHfTargets(cfgPath, r) : method.TargetsWhenUnlisted,
             BaseQuant = ReadBaseQuant(cfgPath, r, "base_quantization") ?? throw new ModelFormatException(cfgPath, "base_quantization", "required field is missing"),
             BaseModel = Str(r, "base_model_name_or_path") ?? "",
         };
+        var config = method.ReadConfig(cfgPath, r, common);
         var layout = Str(r, "rope_layout") switch
         {
             "interleaved_pairs" => RopeLayout.InterleavedPairs,
@@ -341,16 +315,16 @@ public static class AdapterIO
                 adapter.Tensors[name] = new HostTensor(file.ReadFloat32(name), info.Shape);
         AdapterMerge.Validate(adapter, baseConfig, wPath);
         if (layout != baseConfig.RopeLayout)
-            foreach (var t in config.Targets)
-                if (ModelTensors.PermutedHeads(baseConfig, t) is { } heads)
-                    for (int l = 0; l < baseConfig.NLayers; l++)
+            foreach (var spec in config.Method.Parameters(baseConfig, config))
+                if (spec.OutputRowsOf is { } t && ModelTensors.PermutedHeads(baseConfig, t) is { } heads)
+                {
+                    var tensor = adapter.Tensors[spec.Name];
+                    int rowLength = (int)(tensor.Count / tensor.Shape[0]);
+                    adapter.Tensors[spec.Name] = tensor with
                     {
-                        var bt = adapter.Tensors[AdapterWeights.LoraB(l, t)];
-                        adapter.Tensors[AdapterWeights.LoraB(l, t)] = bt with
-                        {
-                            Data = QkPermutation.PermuteRows<float>(bt.Data, heads, baseConfig.HeadDim, config.Rank, layout, baseConfig.RopeLayout),
-                        };
-                    }
+                        Data = QkPermutation.PermuteRows<float>(tensor.Data, heads, baseConfig.HeadDim, rowLength, layout, baseConfig.RopeLayout),
+                    };
+                }
         return adapter;
     }
 
@@ -397,14 +371,6 @@ public static class AdapterIO
         if (!BaseQuantization.Types.Contains(type))
             throw new ModelFormatException(file, field + ".type", $"unknown base quantization '{type}' (known: {string.Join(", ", BaseQuantization.Types)})");
         return new BaseQuantization(type, Int(file, q, "blocksize") ?? 64);
-    }
-
-    private static T ParseEnum<T>(string file, JsonElement e, string name, T fallback) where T : struct, Enum
-    {
-        string? s = Str(e, name);
-        if (s is null) return fallback;
-        return Enum.TryParse<T>(s, ignoreCase: true, out var v) ? v
-            : throw new ModelFormatException(file, name, $"unknown value '{s}' (known: {string.Join(", ", Enum.GetNames<T>().Select(n => n.ToLowerInvariant()))})");
     }
 
     private static JsonDocument ParseJson(string path)

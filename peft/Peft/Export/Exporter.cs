@@ -1,6 +1,7 @@
 // The export entry point the CLI calls: validates the format/dtype/adapter combination, merges (dense, or the
 // lossless QA-LoRA INT4 merge), writes atomically through the format writers and returns an ExportReport.
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 
 namespace VkPeft.Peft.Export;
@@ -81,9 +82,9 @@ public static class Exporter
         ArgumentNullException.ThrowIfNull(options);
         if (adapter is null) return new MergedModel(model.Config, model.Weights);
         var cfg = adapter.Config;
-        if (cfg.Method == PeftMethod.Adapter) throw AdapterMerge.BottleneckMerge();
+        if (cfg.Method.NotMergeableReason is { } why) throw new ExportException(why);
         bool int4Base = cfg.BaseQuant.Type == "int4" && cfg.BaseQuant.Blocksize == cfg.GroupSize;
-        bool lossless = cfg.Method == PeftMethod.QaLora && int4Base && options.MergeFrom == MergeFrom.Dequantized
+        bool lossless = cfg.Method is QaLoraMethod && int4Base && options.MergeFrom == MergeFrom.Dequantized
             && ((options.Format == ExportFormat.Safetensors && options.DType == ExportDType.Int4)
                 || (options.Format == ExportFormat.Gguf && options.DType == ExportDType.Q4_1 && cfg.GroupSize == 32));
         if (lossless)

@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Quant;
@@ -491,10 +492,9 @@ internal static class ModelWriters
     public static void WriteGgufLora(string path, AdapterWeights adapter, LlamaConfig baseConfig, ExportOptions o, ExportReport report)
     {
         var cfg = adapter.Config;
-        if (cfg.Method == PeftMethod.Adapter)
-            throw new ExportException("GGUF LoRA files cannot hold a bottleneck adapter; use the vkpeft adapter format");
+        if (cfg.Method.GgufLoraUnsupportedReason is { } why) throw new ExportException(why);
         AdapterMerge.Validate(adapter, baseConfig, "adapter");
-        if (cfg.Method == PeftMethod.QaLora)
+        if (cfg.Method is LoraMethod { GroupPooled: true })
         {
             report.Notes.Add(int.IsPow2(cfg.GroupSize)
                 ? $"QA-LoRA written as the equivalent plain LoRA (A expanded over groups of {cfg.GroupSize}, times 1/{cfg.GroupSize}: exact)"
@@ -512,7 +512,7 @@ internal static class ModelWriters
         for (int l = 0; l < baseConfig.NLayers; l++)
             foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains))
             {
-                var (outF, inF) = ModelTensors.Shape(baseConfig, t);
+                var (outF, inF) = baseConfig.LinearShape(t);
                 string baseName = GgufLlama.TensorName(ModelTensors.Kind(t), l);
                 var a = adapter.Tensors[AdapterWeights.LoraA(l, t)];
                 var b = adapter.Tensors[AdapterWeights.LoraB(l, t)];

@@ -4,7 +4,7 @@ using System.Text.Json;
 
 namespace VkPeft.Peft.Formats;
 
-internal static class JsonFields
+public static class JsonFields
 {
     public static string? Str(JsonElement e, string name) =>
         e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
@@ -21,5 +21,14 @@ internal static class JsonFields
         if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int i))
             throw new ModelFormatException(file, name, $"expected an integer, got {v.GetRawText()}");
         return i;
+    }
+
+    /// <summary>An enum field by name (case-insensitive), <paramref name="fallback"/> when absent; an unknown value names the file and field.</summary>
+    public static T ParseEnum<T>(string file, JsonElement e, string name, T fallback) where T : struct, Enum
+    {
+        string? s = Str(e, name);
+        if (s is null) return fallback;
+        return Enum.TryParse<T>(s, ignoreCase: true, out var v) ? v
+            : throw new ModelFormatException(file, name, $"unknown value '{s}' (known: {string.Join(", ", Enum.GetNames<T>().Select(n => n.ToLowerInvariant()))})");
     }
 }

@@ -5,8 +5,6 @@ namespace VkPeft.Peft.Methods;
 /// <summary>The seven linear weight kinds of a Llama layer an adapter may target.</summary>
 public enum TargetModule { Q, K, V, O, Gate, Up, Down }
 
-public enum PeftMethod { Lora, QaLora, Adapter }
-
 /// <summary>Bottleneck adapter placement: Houlsby (serial, after attention and after the MLP) or parallel to the MLP.</summary>
 public enum BottleneckKind { Houlsby, Parallel }
 
@@ -21,6 +19,7 @@ public sealed record BaseQuantization(string Type, int Blocksize)
 
 public sealed record AdapterConfig
 {
+    /// <summary>The PEFT method (see <see cref="PeftMethods"/>).</summary>
     public required PeftMethod Method { get; init; }
     /// <summary>LoRA / QA-LoRA rank r.</summary>
     public int Rank { get; init; } = 8;
@@ -35,6 +34,8 @@ public sealed record AdapterConfig
     public BottleneckActivation Activation { get; init; } = BottleneckActivation.Silu;
     /// <summary>Parallel adapter output scale s (He et al. use 4.0).</summary>
     public float AdapterScale { get; init; } = 4f;
+    /// <summary>The method's own configuration record, for methods that define one.</summary>
+    public MethodSettings? Settings { get; init; }
     public required BaseQuantization BaseQuant { get; init; }
     /// <summary>Path or name of the base model the adapter was trained on.</summary>
     public string BaseModel { get; init; } = "";

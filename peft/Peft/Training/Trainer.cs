@@ -62,8 +62,8 @@ public sealed class Trainer : IDisposable
         Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > 200_000_000);
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
-        AdapterFactory.Initialize(_params, _config, options.Adapter, options.Seed);
-        _lora = AdapterFactory.Create(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
+        options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);
+        _lora = options.Adapter.Method.CreateRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
         _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows, options.OffloadCheckpoints);
     }
 
@@ -78,7 +78,7 @@ public sealed class Trainer : IDisposable
     /// </summary>
     private static void RefuseIfTooBig(VulkanContext ctx, DeviceLlama model, TrainOptions o, bool checkpointing)
     {
-        if (o.Adapter.Method == PeftMethod.Adapter) return;
+        if (o.Adapter.Method.NotPlanned != null) return;
         var setup = new Planning.TrainSetup
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,

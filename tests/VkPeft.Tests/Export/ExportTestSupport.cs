@@ -31,9 +31,10 @@ internal static class ExportTestSupport
     }
 
     /// <summary>A LoRA/QA-LoRA adapter with random A and (non-zero) B for every target of <paramref name="c"/>.</summary>
-    public static AdapterWeights RandomLora(LlamaConfig c, int seed, PeftMethod method = PeftMethod.Lora, TargetModule[]? targets = null,
+    public static AdapterWeights RandomLora(LlamaConfig c, int seed, PeftMethod? method = null, TargetModule[]? targets = null,
         int rank = 4, float alpha = 8, bool rsLora = false, int groupSize = 32, BaseQuantization? baseQuant = null)
     {
+        method ??= PeftMethod.Lora;
         var cfg = new AdapterConfig
         {
             Method = method,

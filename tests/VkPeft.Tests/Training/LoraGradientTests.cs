@@ -2,6 +2,7 @@
 // GPU gradients of every A and B against float64 central differences of the reference forward with the adapter hooked in.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -48,7 +49,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
         var reference = new ReferenceForward(c, TinyModels.WithLinears(w, (l, k) => deq[l][k]));
 
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
-        LoraRuntime.Initialize(p, c, cfg, seed: 3);
+        cfg.Method.Initialize(p, c, cfg, seed: 3);
         // B starts at zero in training; give it values so that every gradient is non-trivial.
         var host = new Dictionary<string, double[]>();
         int s = 100;
