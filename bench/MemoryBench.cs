@@ -91,7 +91,7 @@ public static class MemoryBench
         long linear = MemoryModel.LayerLinears(c).Sum(l => (long)l.Out * l.In) * c.NLayers;
         bool checkpointing = ckpt?.ToLowerInvariant() switch
         {
-            null => linear > 200_000_000,
+            null => linear > VkPeft.Peft.Training.Trainer.AutoCheckpointingLinearParameters,
             "on" or "true" => true,
             "off" or "false" => false,
             var other => throw new FormatException($"--checkpointing: use on or off, not '{other}'"),

@@ -30,7 +30,7 @@ public sealed class AdapterSession : IDisposable
         if (adapterDir == null) return new AdapterSession(ModelOptions.Upload(ctx, host, quant, embeddingQuant), null, null);
         if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter: '{adapterDir}' is not a directory");
         var adapter = AdapterIO.Load(adapterDir, host.Config);
-        var recorded = BaseQuant.FromRecord(adapter.Config.BaseQuant);
+        var recorded = adapter.Config.BaseQuant;
         if (quantGiven && quant != recorded)
             Console.Error.WriteLine($"warning: the adapter was trained against a {recorded} base; using --quant {quant} as asked");
         var q = quantGiven ? quant : recorded;

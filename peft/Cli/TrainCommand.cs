@@ -2,6 +2,7 @@
 // loss.svg, summary.json and checkpoints in --out.
 using System.CommandLine;
 using System.Globalization;
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -56,7 +57,7 @@ public static class TrainCommand
                 Method = m,
                 Targets = AdapterConfig.ParseTargets(parse.GetValue(targets)!),
                 GroupSize = gs ?? quant.Blocksize,
-                BaseQuant = quant.ToRecord(),
+                BaseQuant = quant,
                 BaseModel = parse.GetValue(model.Model)!,
             });
             var options = new TrainOptions

@@ -1,5 +1,6 @@
 // Adapter validation against a base config (from the method's parameter spec), the dense merge by the method's rule, the base weights an adapter was
-// trained against (quantize→dequantize with BaseQuantization), dense merges and the lossless QA-LoRA INT4 merge.
+// trained against (quantize→dequantize with BaseQuant), dense merges and the lossless QA-LoRA INT4 merge.
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
@@ -12,7 +13,7 @@ namespace VkPeft.Peft.Export;
 /// <summary>Which base weights a LoRA update is added to.</summary>
 public enum MergeFrom
 {
-    /// <summary>The weights the adapter was trained against: the base quantized with its BaseQuantization, dequantized.</summary>
+    /// <summary>The weights the adapter was trained against: the base quantized with its BaseQuant, dequantized.</summary>
     Dequantized,
 
     /// <summary>The original (un-quantized) base weights.</summary>
@@ -76,7 +77,7 @@ public static class AdapterMerge
     /// The base linear weight an adapter trained with <paramref name="quant"/> saw: quantized then dequantized
     /// (nf4/fp4 with blocksize, ±double quant; int4 groups of blocksize), or the weight itself for "none".
     /// </summary>
-    public static float[] TrainedBase(BaseQuantization quant, float[] weight, int outF, int inF, string tensorName)
+    public static float[] TrainedBase(BaseQuant quant, float[] weight, int outF, int inF, string tensorName)
     {
         ArgumentNullException.ThrowIfNull(quant);
         return quant.Type switch
@@ -87,7 +88,7 @@ public static class AdapterMerge
             "fp4" => QuantizedLinearWeight.Bnb4Bit(weight, outF, inF, QuantType.Fp4, quant.Blocksize, false, tensorName).Dequantize(),
             "fp4-dq" => QuantizedLinearWeight.Bnb4Bit(weight, outF, inF, QuantType.Fp4, quant.Blocksize, true, tensorName).Dequantize(),
             "int4" => QuantizedLinearWeight.Int4Group(weight, outF, inF, quant.Blocksize, tensorName).Dequantize(),
-            _ => throw new ArgumentException($"unknown base quantization '{quant.Type}' (known: {string.Join(", ", BaseQuantization.Types)})", nameof(quant)),
+            _ => throw new ArgumentException($"unknown base quantization '{quant.Type}' (known: {string.Join(", ", BaseQuant.Types)})", nameof(quant)),
         };
     }
 

@@ -1,5 +1,7 @@
 // What a trainable adapter is: the PEFT method, its hyperparameters, which linear layers it targets, and the base
 // quantization it was trained against (so generate/eval can rebuild the same base).
+using VkPeft.Peft.Engine;
+
 namespace VkPeft.Peft.Methods;
 
 /// <summary>The seven linear weight kinds of a Llama layer an adapter may target.</summary>
@@ -9,13 +11,6 @@ public enum TargetModule { Q, K, V, O, Gate, Up, Down }
 public enum BottleneckKind { Houlsby, Parallel }
 
 public enum BottleneckActivation { Relu, Silu, Gelu }
-
-/// <summary>How the frozen base weights were held while training (recorded with the adapter).</summary>
-public sealed record BaseQuantization(string Type, int Blocksize)
-{
-    /// <summary>Quant types accepted by --quant: none, nf4, nf4-dq, fp4, fp4-dq, int4.</summary>
-    public static readonly IReadOnlyList<string> Types = ["none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int4"];
-}
 
 public sealed record AdapterConfig
 {
@@ -36,7 +31,8 @@ public sealed record AdapterConfig
     public float AdapterScale { get; init; } = 4f;
     /// <summary>The method's own configuration record, for methods that define one.</summary>
     public MethodSettings? Settings { get; init; }
-    public required BaseQuantization BaseQuant { get; init; }
+    /// <summary>How the frozen base weights were held while training (recorded with the adapter).</summary>
+    public required BaseQuant BaseQuant { get; init; }
     /// <summary>Path or name of the base model the adapter was trained on.</summary>
     public string BaseModel { get; init; } = "";
 

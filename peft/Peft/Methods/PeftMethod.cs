@@ -105,10 +105,10 @@ public abstract class PeftMethod
     public abstract AdapterConfig ReadConfig(string file, JsonElement root, AdapterConfig common);
 
     /// <summary>Why a PEFT adapter folder (adapter_config.json) cannot hold this method; null when it can (PEFT type LORA).</summary>
-    public virtual string? PeftUnsupportedReason => $"PEFT folders cannot hold a {CliName} adapter; use the vkpeft adapter format";
+    public virtual string? PeftUnsupportedReason => $"PEFT folders cannot hold {CliName} adapters; use the vkpeft adapter format";
 
     /// <summary>Why a GGUF LoRA file cannot hold this method; null when it can.</summary>
-    public virtual string? GgufLoraUnsupportedReason => $"GGUF LoRA files cannot hold a {CliName} adapter; use the vkpeft adapter format";
+    public virtual string? GgufLoraUnsupportedReason => $"GGUF LoRA files cannot hold {CliName} adapters; use the vkpeft adapter format";
 
     // ---------------------------------------------------------------- parameters
 
@@ -170,7 +170,7 @@ public abstract class PeftMethod
     public virtual AdapterConfig ConfigFor(TrainSetup s) => new()
     {
         Method = this, Rank = s.Rank, Alpha = 2f * s.Rank, Dropout = s.Dropout, Targets = s.Targets, GroupSize = s.Quant.Blocksize,
-        Bottleneck = s.Bottleneck, BaseQuant = s.Quant.ToRecord(),
+        Bottleneck = s.Bottleneck, BaseQuant = s.Quant,
     };
 
     // ---------------------------------------------------------------- command line

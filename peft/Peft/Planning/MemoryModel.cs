@@ -194,7 +194,7 @@ public static class MemoryModel
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
 
         // Staging: discrete GPUs copy through host-visible buffers of up to 32 MiB, one at a time.
-        if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min(32L << 20, Pad4(Math.Max(largestTrainable, rows * 4))));
+        if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min((long)Runtime.Tensors.Transfers.StagingBytes, Pad4(Math.Max(largestTrainable, rows * 4))));
 
         // Loading quantizes layer by layer through an fp32 copy of one weight plus its block absmax (workspace).
         long biggest = LayerLinears(c).Max(l => (long)l.Out * l.In);

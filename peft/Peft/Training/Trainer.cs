@@ -34,6 +34,9 @@ public sealed class NonFiniteLossException(string message) : Exception(message);
 
 public sealed class Trainer : IDisposable
 {
+    /// <summary>Without --checkpointing, checkpointing switches on above this many base linear parameters.</summary>
+    public const long AutoCheckpointingLinearParameters = 200_000_000;
+
     public const string StateFile = "trainer_state.json";
     public const string OptimizerFile = "optimizer.safetensors";
 
@@ -59,7 +62,7 @@ public sealed class Trainer : IDisposable
         _config = model.Config;
         _o = options;
         _data = data;
-        Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > 200_000_000);
+        Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > AutoCheckpointingLinearParameters);
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
         options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);

@@ -58,7 +58,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         var bq = BaseQuant.Parse("nf4-dq");
         var cfg = new AdapterConfig
         {
-            Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 3, Activation = act, AdapterScale = 4f, BaseQuant = bq.ToRecord(),
+            Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 3, Activation = act, AdapterScale = 4f, BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         var reference = Reference(model, c, w);
@@ -160,7 +160,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
     {
         var (c, w) = TinyModels.Random(5);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 5, BaseQuant = bq.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 5, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 9);
@@ -201,7 +201,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         var cfg = new AdapterConfig
         {
             Method = PeftMethod.Adapter, BottleneckKind = BottleneckKind.Parallel, Bottleneck = 4, Activation = BottleneckActivation.Relu,
-            AdapterScale = 2f, BaseQuant = BaseQuant.None.ToRecord(),
+            AdapterScale = 2f, BaseQuant = BaseQuant.None,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
         using var p = new TrainableParameters(Ctx, withOptimizer: false);

@@ -51,7 +51,7 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
             Adapter = new AdapterConfig
             {
                 Method = PeftMethod.Adapter, BottleneckKind = BottleneckKind.Houlsby, Bottleneck = 8, Activation = BottleneckActivation.Silu,
-                BaseQuant = quant.ToRecord(), BaseModel = ModelPath,
+                BaseQuant = quant, BaseModel = ModelPath,
             },
             Quant = quant,
             Steps = 30,

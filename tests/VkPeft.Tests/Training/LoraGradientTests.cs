@@ -15,12 +15,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
 {
     private VulkanContext Ctx => gpu.Context;
 
-    internal static TargetModule ToTarget(LlamaTensorKind k) => k switch
-    {
-        LlamaTensorKind.Wq => TargetModule.Q, LlamaTensorKind.Wk => TargetModule.K, LlamaTensorKind.Wv => TargetModule.V,
-        LlamaTensorKind.Wo => TargetModule.O, LlamaTensorKind.WGate => TargetModule.Gate, LlamaTensorKind.WUp => TargetModule.Up,
-        _ => TargetModule.Down,
-    };
+    internal static TargetModule ToTarget(LlamaTensorKind k) => k.ToTarget()!.Value;
 
     [Theory]
     [InlineData("lora", "nf4-dq", false)]
@@ -35,7 +30,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
         var cfg = new AdapterConfig
         {
             Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 3, GroupSize = 8,
-            BaseQuant = bq.ToRecord(),
+            BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         // The reference uses exactly the base the device holds (dequantized), so only the adapter math is compared.

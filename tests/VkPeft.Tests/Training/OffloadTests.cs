@@ -25,7 +25,7 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(21, layers: 3);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 3, Alpha = 6, Dropout = dropout, BaseQuant = bq.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 3, Alpha = 6, Dropout = dropout, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         var host = Ctx.HostArena.Accounting;
         long hostOptBefore = host.Current(MemoryCategory.Optimizer), hostActBefore = host.Current(MemoryCategory.Activations);
@@ -72,7 +72,7 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(22, layers: 2);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = bq.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 9);
@@ -96,7 +96,7 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(23, layers: 1);
         using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = BaseQuant.None.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = BaseQuant.None };
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 1);
         using var lora = new LoraRuntime(Ctx, c, cfg, p, maxRows: 4);

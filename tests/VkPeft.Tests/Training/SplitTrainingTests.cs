@@ -20,7 +20,7 @@ public sealed class SplitTrainingTests
         var cfg = new AdapterConfig
         {
             Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 4, GroupSize = 8, Dropout = method == "lora-dropout" ? 0.1f : 0,
-            BaseQuant = bq.ToRecord(),
+            BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(ctx, c, w, bq);
         using var p = new TrainableParameters(ctx, withOptimizer: true, offload ? MemoryPlace.Host : MemoryPlace.Device);

@@ -45,7 +45,7 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
         Adapter = new AdapterConfig
         {
             Method = method ?? PeftMethod.Lora, Rank = 8, Alpha = 16, GroupSize = 32,
-            BaseQuant = (quant ?? BaseQuant.Parse("nf4-dq")).ToRecord(),
+            BaseQuant = (quant ?? BaseQuant.Parse("nf4-dq")),
         },
         Quant = quant ?? BaseQuant.Parse("nf4-dq"),
         Steps = steps,

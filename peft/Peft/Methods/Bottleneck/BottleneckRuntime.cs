@@ -30,7 +30,7 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
     private readonly int _maxRows;
     private readonly float _s;                 // output scale: s for parallel, 1 for Houlsby
     private readonly ActivationKind _act;
-    private readonly List<DeviceTensor> _temps = [];
+    private readonly IReadOnlyList<IDisposable> _owned;
     private readonly DeviceTensor _a, _f, _t, _scaledBias, _dbScratch;   // flat scratch, viewed per call
     private readonly DeviceTensor[]? _savedAttn, _savedMlp;              // Houlsby, trainable: per layer [maxRows, dim]
 
@@ -63,12 +63,9 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
                 throw new ArgumentException($"bottleneck adapter: tensor '{spec.Name}' is [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", spec.Shape)}]");
         }
 
-        DeviceTensor Create(string name, MemoryCategory category, params long[] shape)
-        {
-            var t = DeviceTensor.Create(ctx, name, DType.F32, shape, category);
-            _temps.Add(t);
-            return t;
-        }
+        using var scope = new TensorScope();
+        DeviceTensor Create(string name, MemoryCategory category, params long[] shape) =>
+            scope.Add(DeviceTensor.Create(ctx, name, DType.F32, shape, category));
         _a = Create("adapter.a", MemoryCategory.Workspace, (long)maxRows * _b);
         _f = Create("adapter.f", MemoryCategory.Workspace, (long)maxRows * _b);
         _t = Create("adapter.t", MemoryCategory.Workspace, (long)maxRows * _b);
@@ -80,6 +77,7 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
             _savedAttn = [.. Enumerable.Range(0, config.NLayers).Select(l => Create($"adapter.saved.{l}.attn", MemoryCategory.Activations, maxRows, config.Dim))];
             _savedMlp = [.. Enumerable.Range(0, config.NLayers).Select(l => Create($"adapter.saved.{l}.mlp", MemoryCategory.Activations, maxRows, config.Dim))];
         }
+        _owned = scope.Keep();
     }
 
     public AdapterConfig Config { get; }
@@ -209,6 +207,6 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
 
     public void Dispose()
     {
-        foreach (var t in _temps) t.Dispose();
+        foreach (var t in _owned) t.Dispose();
     }
 }

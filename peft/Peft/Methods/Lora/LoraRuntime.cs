@@ -17,7 +17,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     private readonly HashSet<TargetModule> _targets;
     private readonly bool _qa;
     private readonly int _g;
-    private readonly List<DeviceTensor> _temps = [];
+    private readonly IReadOnlyList<IDisposable> _owned;
     private readonly DeviceTensor _xd, _xp, _t, _dt, _dsrc, _dx;   // flat scratch, viewed per call
 
     public LoraRuntime(VulkanContext ctx, LlamaConfig config, AdapterConfig adapter, TrainableParameters parameters, int maxRows)
@@ -36,6 +36,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
                 if (InFeatures(t) % _g != 0)
                     throw new FormatException($"--group-size {_g} does not divide in_features {InFeatures(t)} of target {t.ToString().ToLowerInvariant()}; QA-LoRA needs it to");
         int maxIn = _targets.Max(InFeatures);
+        using var scope = new TensorScope();
         // Scratch is viewed as [rows, width] for several widths: stored in rows of lcm(widths) elements, so that where a
         // long sequence splits it over bindings, every boundary falls between rows of each view.
         long unit = ScratchUnit(config, adapter);
@@ -44,12 +45,11 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
             if (n <= 1)
             {
                 var one = DeviceTensor.Create(ctx, name, DType.F32, [1], MemoryCategory.Workspace);   // unused placeholder
-                _temps.Add(one);
-                return one;
+                return scope.Add(one);
             }
             long rows = (n + unit - 1) / unit;
             var t = DeviceTensor.Create(ctx, name, DType.F32, [rows, unit], MemoryCategory.Workspace);
-            _temps.Add(t);
+            scope.Add(t);
             return t.Reshape(rows * unit);
         }
         // Input-sized scratch only where the branch input differs from x: dropout (x̃ and its gradient) or QA-LoRA pooling.
@@ -60,6 +60,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         _dt = Flat("lora.dt", (long)maxRows * adapter.Rank);
         _dsrc = Flat("lora.d_src", dropout || _qa ? (long)maxRows * maxIn : 1);
         _dx = Flat("lora.dx", dropout || _qa ? (long)maxRows * maxIn : 1);
+        _owned = scope.Keep();
     }
 
     public AdapterConfig Config { get; }
@@ -172,6 +173,6 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
 
     public void Dispose()
     {
-        foreach (var t in _temps) t.Dispose();
+        foreach (var t in _owned) t.Dispose();
     }
 }
