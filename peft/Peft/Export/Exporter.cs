@@ -1,7 +1,6 @@
 // The export entry point the CLI calls: validates the format/dtype/adapter combination, merges (dense, or the
 // lossless QA-LoRA INT4 merge), writes atomically through the format writers and returns an ExportReport.
 using VkPeft.Peft.Methods;
-using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 
 namespace VkPeft.Peft.Export;
@@ -83,15 +82,8 @@ public static class Exporter
         if (adapter is null) return new MergedModel(model.Config, model.Weights);
         var cfg = adapter.Config;
         if (cfg.Method.NotMergeableReason is { } why) throw new ExportException(why);
-        bool int4Base = cfg.BaseQuant.Type == "int4" && cfg.BaseQuant.Blocksize == cfg.GroupSize;
-        bool lossless = cfg.Method is QaLoraMethod && int4Base && options.MergeFrom == MergeFrom.Dequantized
-            && ((options.Format == ExportFormat.Safetensors && options.DType == ExportDType.Int4)
-                || (options.Format == ExportFormat.Gguf && options.DType == ExportDType.Q4_1 && cfg.GroupSize == 32));
-        if (lossless)
-        {
-            report?.Notes.Add($"QA-LoRA merged losslessly into INT4 groups of {cfg.GroupSize}: codes and scales unchanged, mins shifted by ΔW");
-            return AdapterMerge.MergeQaLoraInt4(model.Config, model.Weights, adapter);
-        }
+        if (cfg.Method.LosslessMerge(model.Config, model.Weights, adapter, options.Format, options.DType, options.MergeFrom, report?.Notes) is { } lossless)
+            return lossless;
         report?.Notes.Add(options.MergeFrom == MergeFrom.Dequantized
             ? $"adapter merged into the base it was trained against ({cfg.BaseQuant.Type}, blocksize {cfg.BaseQuant.Blocksize}, dequantized)"
             : "adapter merged into the original base weights");

@@ -3,7 +3,6 @@
 using System.Text;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
-using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Quant;
@@ -214,13 +213,8 @@ internal static partial class ModelWriters
         var cfg = adapter.Config;
         if (cfg.Method.GgufLoraUnsupportedReason is { } why) throw new ExportException(why);
         AdapterMerge.Validate(adapter, baseConfig, "adapter");
-        if (cfg.Method is LoraMethod { GroupPooled: true })
-        {
-            report.Notes.Add(int.IsPow2(cfg.GroupSize)
-                ? $"QA-LoRA written as the equivalent plain LoRA (A expanded over groups of {cfg.GroupSize}, times 1/{cfg.GroupSize}: exact)"
-                : $"QA-LoRA written as the equivalent plain LoRA (A expanded and times 1/{cfg.GroupSize}, rounded to float32)");
-            adapter = AdapterMerge.ExpandQaLora(adapter, baseConfig);
-        }
+        adapter = cfg.Method.AsPlainLora(adapter, baseConfig, report.Notes)
+            ?? throw new ExportException($"GGUF LoRA files cannot hold {cfg.Method} adapters; use the vkpeft adapter format");
         var (arch, layout) = GgufArch(baseConfig);
         var g = new GgufWriter();
         g.AddString("general.architecture", arch);

@@ -5,6 +5,7 @@
 using System.Globalization;
 using System.Text.Json;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Planning;
@@ -154,6 +155,19 @@ public abstract class PeftMethod
     /// </summary>
     public virtual double[]? MergeDelta(AdapterWeights adapter, LlamaConfig c, int layer, TargetModule t, ReadOnlySpan<float> baseWeight) =>
         throw new InvalidOperationException(NotMergeableReason ?? $"{CliName} has no merge rule");
+
+    /// <summary>
+    /// A merge straight into the quantized form <paramref name="format"/>/<paramref name="dtype"/> asks for that adds no
+    /// rounding (QA-LoRA into its INT4 groups), or null when the method has none for it (the dense merge is used).
+    /// </summary>
+    public virtual MergedModel? LosslessMerge(LlamaConfig c, LlamaWeights weights, AdapterWeights adapter, ExportFormat format, ExportDType dtype,
+        MergeFrom from, ICollection<string>? notes) => null;
+
+    /// <summary>
+    /// The adapter as a plain LoRA (rank, scaling, A and B) for the LoRA-only formats (GGUF LoRA), with a note of what that
+    /// costs; null when the method has no such form (see <see cref="GgufLoraUnsupportedReason"/>).
+    /// </summary>
+    public virtual AdapterWeights? AsPlainLora(AdapterWeights adapter, LlamaConfig c, ICollection<string>? notes) => null;
 
     // ---------------------------------------------------------------- memory model
 

@@ -4,6 +4,7 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using VkPeft.Quant;
 using VkPeft.Tests.Models;
@@ -107,7 +108,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
         Assert.All(report.Fallbacks, f => Assert.Contains("ffn_down", f.Tensor, StringComparison.Ordinal));
 
         // Every Q4_1 block of a merged linear weight holds the INT4 codes; d and m are the fp16 scale and min'.
-        var merged = AdapterMerge.MergeQaLoraInt4(c, Base.Weights, adapter);
+        var merged = QaLoraMerge.MergeInt4(c, Base.Weights, adapter);
         var q = merged.Int4![(2, TargetModule.Q)];
         var mini = MiniGguf.Read(path);
         var info = mini.Infos.Single(t => t.Name == "blk.2.attn_q.weight");
@@ -143,7 +144,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
     {
         var c = Base.Config;
         var adapter = RandomLora(c, 23, PeftMethod.QaLora, groupSize: 4, baseQuant: new BaseQuant("int4", 4));
-        var plain = AdapterMerge.ExpandQaLora(adapter, c);
+        var plain = QaLoraMerge.ExpandToLora(adapter, c);
         Assert.Equal(PeftMethod.Lora, plain.Config.Method);
         foreach (var t in ModelTensors.LinearKinds)
         {

@@ -120,6 +120,9 @@ public class LoraMethod : PeftMethod
         return delta;
     }
 
+    /// <summary>LoRA is its own plain form.</summary>
+    public override AdapterWeights? AsPlainLora(AdapterWeights adapter, LlamaConfig c, ICollection<string>? notes) => adapter;
+
     // ---------------------------------------------------------------- memory model
 
     /// <summary>
