@@ -48,7 +48,7 @@ public static class Llama2cCheckpoint
         if (version == 0)
         {
             shared = vocab > 0;
-            vocab = Math.Abs(vocab);
+            vocab = vocab == int.MinValue ? 0 : Math.Abs(vocab);   // int.MinValue has no positive counterpart: implausible
         }
         else
         {
