@@ -46,7 +46,8 @@ public static class TrainCheckpoint
         string root = Path.Combine(outDir, CheckpointsFolder);
         Directory.CreateDirectory(root);
         // Leftovers of a run killed mid-write: staging folders and temporary files are never final, so they go.
-        foreach (var d in Directory.GetDirectories(root, ".staging-*")) Directory.Delete(d, recursive: true);
+        foreach (var d in Directory.GetDirectories(root, ".staging-*").Concat(Directory.GetDirectories(root, ".deleting-*")))
+            Directory.Delete(d, recursive: true);
         foreach (var f in Directory.GetFiles(outDir, "*.tmp-*")) File.Delete(f);
         string final = FolderOf(outDir, step);
         string staging = Path.Combine(root, ".staging-" + Guid.NewGuid().ToString("N"));
@@ -66,7 +67,7 @@ public static class TrainCheckpoint
             }
             DurableFile.WriteAllText(Path.Combine(staging, ManifestFile), manifest.ToString());
             DurableFile.SyncDirectory(staging);
-            if (Directory.Exists(final)) Directory.Delete(final, recursive: true);   // a re-save of the same step
+            if (Directory.Exists(final)) Discard(root, final);   // a re-save of the same step
             Directory.Move(staging, final);
             DurableFile.SyncDirectory(root);
         }
@@ -81,8 +82,20 @@ public static class TrainCheckpoint
             byte[] bytes = File.ReadAllBytes(Path.Combine(final, name));
             DurableFile.WriteAllBytes(Path.Combine(outDir, name), bytes);
         }
-        foreach (var old in Steps(outDir).Skip(keep)) Directory.Delete(FolderOf(outDir, old), recursive: true);
+        foreach (var old in Steps(outDir).Skip(keep)) Discard(root, FolderOf(outDir, old));
         DurableFile.SyncDirectory(outDir);
+    }
+
+    /// <summary>
+    /// Removes a checkpoint folder without ever leaving a partial one under its name: it is renamed away (atomic)
+    /// before its files are deleted; a crash in between leaves a .deleting- folder the next save removes.
+    /// </summary>
+    private static void Discard(string root, string folder)
+    {
+        string doomed = Path.Combine(root, ".deleting-" + Guid.NewGuid().ToString("N"));
+        Directory.Move(folder, doomed);
+        DurableFile.SyncDirectory(root);
+        Directory.Delete(doomed, recursive: true);
     }
 
     /// <summary>Steps of the complete checkpoint folders under <paramref name="outDir"/>, newest first.</summary>
