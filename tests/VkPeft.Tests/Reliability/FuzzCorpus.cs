@@ -22,6 +22,9 @@ public sealed record FuzzTarget(string Name, IReadOnlyDictionary<string, byte[]>
 {
     /// <summary>The structure of each binary mutable file, walked once from the valid bytes.</summary>
     public Dictionary<string, FileStructure> Structures { get; } = [];
+
+    /// <summary>Runs after a mutated file is written (folder, mutated file): e.g. re-signs a checkpoint manifest.</summary>
+    public Action<string, string>? AfterWrite { get; init; }
 }
 
 public static class FuzzCorpus
@@ -44,7 +47,7 @@ public static class FuzzCorpus
     public static string[] Names =>
     [
         "llama2c", "llama2c-tokenizer", "gguf", "gguf-lora", "safetensors", "safetensors-sharded", "safetensors-bnb", "hf-config",
-        "tokenizer-json", "peft-adapter", "vkpeft-adapter", "data-txt", "data-jsonl",
+        "tokenizer-json", "peft-adapter", "vkpeft-adapter", "checkpoint", "data-txt", "data-jsonl",
     ];
 
     public static FuzzTarget Create(string name) => name switch
@@ -60,6 +63,7 @@ public static class FuzzCorpus
         "tokenizer-json" => Hf(name, sharded: false, bnb: false, FileKindFor: "tokenizer.json"),
         "peft-adapter" => Adapter(peft: true),
         "vkpeft-adapter" => Adapter(peft: false),
+        "checkpoint" => Checkpoint(),
         "data-txt" => Data(jsonl: false),
         "data-jsonl" => Data(jsonl: true),
         _ => throw new ArgumentException(name),
@@ -165,6 +169,51 @@ public static class FuzzCorpus
         var files = Directory.GetFiles(sub).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes);
         var mutable = files.Keys.Select(f => (f, f.EndsWith(".json", StringComparison.Ordinal) ? FileKind.Json : FileKind.Binary)).ToList();
         var t = new FuzzTarget(peft ? "peft-adapter" : "vkpeft-adapter", files, mutable, d => AdapterIO.Load(d, Config));
+        foreach (var (f, k) in mutable)
+            if (k == FileKind.Binary) t.Structures[f] = SafetensorsStructure(files[f]);
+        return t;
+    }
+
+    /// <summary>
+    /// A training checkpoint folder. After a mutation the manifest is re-signed (unless it is the mutated file), so the
+    /// mutated state, adapter and optimizer reach the parsers instead of stopping at the checksum.
+    /// </summary>
+    private static FuzzTarget Checkpoint()
+    {
+        using var dir = new TempDir();
+        var adapter = ExportTestSupport.RandomLora(Config, 9, targets: [TargetModule.V, TargetModule.Up]);
+        var entries = new List<SafeTensorsWriter.Entry>();
+        foreach (var (name, tensor) in adapter.Tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            entries.Add(SafeTensorsWriter.FromFloat32(name + ".m", tensor.Shape, tensor.Data));
+            entries.Add(SafeTensorsWriter.FromFloat32(name + ".v", tensor.Shape, tensor.Data.Select(MathF.Abs).ToArray()));
+        }
+        var state = new JsonObject
+        {
+            ["format"] = "vkpeft-trainer-state/1",
+            ["train_curve"] = new JsonArray(new JsonArray(1, 2.5)),
+            ["eval_curve"] = new JsonArray(),
+            ["csv"] = new JsonArray("1,2.5,,0.001,100.0,0.5"),
+        };
+        TrainCheckpoint.Save(dir.Path, 1, adapter, Config, entries, state, keep: 1);
+        string folder = TrainCheckpoint.FolderOf(dir.Path, 1);
+        string rel = Path.GetRelativePath(dir.Path, folder);
+        var files = Directory.GetFiles(folder).ToDictionary(f => Path.Combine(rel, Path.GetFileName(f)), File.ReadAllBytes);
+        var mutable = files.Keys.Select(f => (f, f.EndsWith(".json", StringComparison.Ordinal) ? FileKind.Json
+            : f.EndsWith(".safetensors", StringComparison.Ordinal) ? FileKind.Binary : FileKind.Text)).ToList();
+        var names = adapter.Tensors.Keys.ToList();
+        var t = new FuzzTarget("checkpoint", files, mutable, d => TrainCheckpoint.Load(d, Config, names))
+        {
+            AfterWrite = (d, mutated) =>
+            {
+                if (mutated.EndsWith(TrainCheckpoint.ManifestFile, StringComparison.Ordinal)) return;
+                string f = Path.Combine(d, rel);
+                var manifest = new StringBuilder();
+                foreach (var file in Directory.GetFiles(f).Where(x => !x.EndsWith(TrainCheckpoint.ManifestFile, StringComparison.Ordinal)).OrderBy(x => x, StringComparer.Ordinal))
+                    manifest.Append($"{Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(file)))}  {Path.GetFileName(file)}\n");
+                File.WriteAllText(Path.Combine(f, TrainCheckpoint.ManifestFile), manifest.ToString());
+            },
+        };
         foreach (var (f, k) in mutable)
             if (k == FileKind.Binary) t.Structures[f] = SafetensorsStructure(files[f]);
         return t;

@@ -53,8 +53,9 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
             target.Structures.TryGetValue(file, out var structure);
             var (bytes, what) = Mutator.Mutate(target.Files[file], kind, structure, rng);
             File.WriteAllBytes(Path.Combine(dir.Path, file), bytes);
+            target.AfterWrite?.Invoke(dir.Path, file);
             var outcome = RunCase(target, dir.Path, bytes.Length);
-            File.WriteAllBytes(Path.Combine(dir.Path, file), target.Files[file]);
+            Write(target, dir.Path, null, null);
             if (outcome is null) ok++;
             else if (outcome.StartsWith("refused: ", StringComparison.Ordinal)) refused++;
             else failures.Add($"case {i} ({file}: {what}): {outcome}");
@@ -89,7 +90,7 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
         string? message = CliApp.UserError(error);
         if (message is null) return $"crash (the CLI would print a stack trace): {error.GetType().Name}: {error.Message} at {error.StackTrace?.Split('\n').FirstOrDefault()?.Trim()}";
         if (message.Contains('\n') || message.Contains('\r')) return $"multi-line error: {message}";
-        bool namesFile = message.Contains(dir, StringComparison.Ordinal) || target.Files.Keys.Any(f => message.Contains(f, StringComparison.Ordinal));
+        bool namesFile = message.Contains(dir, StringComparison.Ordinal) || target.Files.Keys.Any(f => message.Contains(Path.GetFileName(f), StringComparison.Ordinal));
         if (!namesFile) return $"error does not name the file: {message}";
         return "refused: " + message;
     }
@@ -97,6 +98,10 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
     internal static void Write(FuzzTarget target, string dir, string? file, byte[]? bytes)
     {
         foreach (var (name, data) in target.Files)
-            File.WriteAllBytes(Path.Combine(dir, name), name == file ? bytes! : data);
+        {
+            string path = Path.Combine(dir, name);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            File.WriteAllBytes(path, name == file ? bytes! : data);
+        }
     }
 }

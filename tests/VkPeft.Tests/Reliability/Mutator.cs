@@ -52,6 +52,8 @@ public static class Mutator
                 return JsonMutation(data, rng);
             case FileKind.Jsonl when choice < 50:
                 return JsonlMutation(data, rng);
+            case FileKind.Text or FileKind.Jsonl when choice >= 95:
+                return (choice % 2 == 0 ? [] : " \n\t\n"u8.ToArray(), "empty or blank file");
             case FileKind.Binary when s?.Json is { } region && choice < 35:
                 return HeaderJsonMutation(data, region, rng);
             case FileKind.Binary when s is not null && s.Ints.Count > 0 && choice < 60:
