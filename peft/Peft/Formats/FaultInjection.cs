@@ -8,7 +8,7 @@ namespace VkPeft.Peft.Formats;
 /// Test-only fault injection, off unless VKPEFT_FAULT is set (or <see cref="Set"/> is called): <c>disk-full:NAME</c>
 /// fails the write of any file named NAME with the "No space left on device" error, <c>device-lost:STEP</c> and
 /// <c>device-oom:STEP</c> fail that optimizer step as the device would, <c>nan-grad:STEP</c> poisons a gradient of
-/// that step, <c>exit-after:STEP</c> ends the process right after that step's checkpoint (a crash without cleanup).
+/// that step.
 /// </summary>
 public static class FaultInjection
 {

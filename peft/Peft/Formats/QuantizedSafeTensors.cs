@@ -125,11 +125,13 @@ public static class QuantizedSafeTensors
             || !shEl.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long d) ? d : -1).SequenceEqual(shape.Select(d => (long)d)))
             throw new ModelFormatException(file, stateKey + ".shape", $"quant_state shape does not match config.json, which implies [{string.Join(", ", shape)}]");
         long count = shape.Aggregate(1L, (a, b) => a * b);
-        int nblk = Bnb4BitCodec.BlockCount(checked((int)count), blocksize);
-
+        // The packed codes in the file bound the count before any block arithmetic or allocation relies on it.
         var packedInfo = set.Info(weightName);
         if (packedInfo.DType != "U8" || packedInfo.ElementCount != (count + 1) / 2)
             throw new ModelFormatException(set.FileOf(weightName).Path, weightName, $"expected U8 with {(count + 1) / 2} packed bytes, found {packedInfo.DType} [{string.Join(", ", packedInfo.Shape)}]");
+        if (count > Array.MaxLength)
+            throw new ModelFormatException(set.FileOf(weightName).Path, weightName, $"{count} weights is too many for one tensor");
+        int nblk = Bnb4BitCodec.BlockCount((int)count, blocksize);
         float[] quantMap = ReadF32(set, weightName + ".quant_map", 16);
         float[] absmax;
         var absInfo = set.Info(weightName + ".absmax");

@@ -196,7 +196,6 @@ public sealed class Trainer : IDisposable
             _csv.Add(string.Create(CultureInfo.InvariantCulture, $"{step},{loss:R},{(evalLoss is { } ev ? ev.ToString("R", CultureInfo.InvariantCulture) : "")},{lr:R},{tps:F1},{gradNorm:R}"));
             onStep?.Invoke(new StepReport(step, loss, lr, gradNorm, tps, evalLoss));
             if ((_o.SaveEvery > 0 && step % _o.SaveEvery == 0) || step == _o.Steps) SaveCheckpoint();
-            if (FaultInjection.At("exit-after", step)) Environment.Exit(3);
         }
         var acc = _ctx.Arena.Accounting;
         var summary = new TrainSummary(lastLoss, initialEval, lastEval, tokens / Math.Max(trainClock.Elapsed.TotalSeconds, 1e-9), wall.Elapsed.TotalSeconds,

@@ -28,6 +28,28 @@ public sealed class KillAndResumeTests(ITestOutputHelper output) : IDisposable
     [Trait("Category", "Exhaustive")]
     public void KilledManyTimesAtRandomPointsEndsBitIdentical() => KillLoop(kills: 30, steps: 40, seed: 2);
 
+    [Fact]
+    public async Task DeviceLostInTheRealProcessExitsNonZeroWithOneLine()
+    {
+        string data = TrainerTests.WriteData(_dir, 12, 1);
+        string run = Path.Combine(_dir, "lost");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in (string[])[CliDll, .. Args(run, data, 3)]) psi.ArgumentList.Add(a);
+        psi.Environment["VKPEFT_FAULT"] = "device-lost:2";
+        using var child = Process.Start(psi)!;
+        var stderr = child.StandardError.ReadToEndAsync();
+        _ = child.StandardOutput.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        await child.WaitForExitAsync(timeout.Token);
+        string err = await stderr;
+        Assert.Equal(2, child.ExitCode);
+        string line = Assert.Single(err.Split('\n'), l => l.StartsWith("error:", StringComparison.Ordinal));
+        Assert.Contains("the device was lost during step 2", line);
+        Assert.Contains("(step 1) is intact", line);
+        Assert.DoesNotContain("   at ", err);
+        TrainCheckpoint.VerifyManifest(TrainCheckpoint.FolderOf(run, 1));
+    }
+
     private string[] Args(string outDir, string data, int steps) =>
         ["train", "--model", Model, "--data", data, "--steps", steps.ToString(System.Globalization.CultureInfo.InvariantCulture), "--batch", "2",
             "--seq-len", "16", "--eval-fraction", "0", "--save-every", "1", "--dropout", "0.1", "--lr", "1e-3", "--seed", "7", "--out", outDir];

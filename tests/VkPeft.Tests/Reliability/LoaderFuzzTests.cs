@@ -72,13 +72,13 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
         long allocationLimit = 64L * inputBytes + (64L << 20);
         long allocated = 0;
         Exception? error = null;
-        var task = Task.Factory.StartNew(() =>
+        var task = Task.Run(() =>
         {
             long before = GC.GetAllocatedBytesForCurrentThread();
             try { target.Load(dir); }
             catch (Exception e) { error = e; }
             allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        }, TaskCreationOptions.LongRunning);
+        });
         if (!task.Wait(CaseTimeout)) return $"hang: no result after {CaseTimeout.TotalSeconds} s";
         if (allocated > allocationLimit) return $"allocated {allocated} bytes for {inputBytes} bytes of input" + (error is null ? "" : $" ({error.GetType().Name})");
         return Classify(error, dir, target);

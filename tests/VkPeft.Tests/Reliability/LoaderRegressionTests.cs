@@ -69,6 +69,19 @@ public sealed class LoaderRegressionTests
     }
 
     [Fact]
+    public void Llama2cDimsWhoseProductOverflowsAnInt()
+    {
+        // dim 46,344 (4 heads of 11,586): dim² is past int.MaxValue; the file-size check must answer, not an overflow.
+        var t = FuzzCorpus.Create("llama2c");
+        byte[] bytes = (byte[])t.Files["model.bin"].Clone();
+        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(0), 46_344);
+        Refused(t, "model.bin", bytes, "model.bin");
+        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(0), 32);
+        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(8), 1 << 24);   // 16M layers: refused before the layout
+        Refused(t, "model.bin", bytes, "n_layers");
+    }
+
+    [Fact]
     public void ConfigJsonFieldsOfTheWrongType()
     {
         var t = FuzzCorpus.Create("hf-config");
