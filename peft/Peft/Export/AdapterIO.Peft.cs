@@ -190,7 +190,7 @@ public static partial class AdapterIO
         var list = new List<TargetModule>();
         foreach (var e in tm.EnumerateArray())
         {
-            string name = e.GetString() ?? "";
+            string name = RequireString(cfgPath, "target_modules", e);
             var t = ModelTensors.LinearKinds.Where(k => AdapterConfig.HfName(k) == name).Cast<TargetModule?>().FirstOrDefault()
                 ?? throw new ModelFormatException(cfgPath, "target_modules", $"unknown target '{name}' (supported: {string.Join(", ", ModelTensors.LinearKinds.Select(AdapterConfig.HfName))})");
             if (!list.Contains(t)) list.Add(t);

@@ -65,13 +65,9 @@ public static partial class AdapterIO
 
     private static JsonDocument ParseJson(string path)
     {
-        try
-        {
-            return JsonDocument.Parse(File.ReadAllBytes(path));
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(path, "json", "not valid JSON: " + e.Message, e);
-        }
+        var doc = JsonFields.ParseFile(path);
+        if (doc.RootElement.ValueKind == JsonValueKind.Object) return doc;
+        doc.Dispose();
+        throw new ModelFormatException(path, "json", "an adapter configuration must be a JSON object");
     }
 }
