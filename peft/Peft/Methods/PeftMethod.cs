@@ -99,6 +99,9 @@ public abstract class PeftMethod
     /// <summary>Targets of a config file that lists none (PEFT's default for LoRA is q and v).</summary>
     public virtual TargetModule[] TargetsWhenUnlisted => [TargetModule.Q, TargetModule.V];
 
+    /// <summary>The targets `train` adapts when --targets is not given; null for every linear.</summary>
+    public virtual TargetModule[]? DefaultTrainTargets => null;
+
     /// <summary>Writes the method's own fields into vkpeft_adapter.json.</summary>
     public abstract void WriteConfig(Utf8JsonWriter w, AdapterConfig a);
 
