@@ -68,7 +68,7 @@ public sealed class Ia3Method : PeftMethod
 
     public override AdapterConfig ReadConfig(string file, JsonElement root, AdapterConfig common)
     {
-        var ff = DefaultFeedforward;
+        TargetModule[] ff = [.. DefaultFeedforward.Where(common.Targets.Contains)];
         if (root.TryGetProperty("feedforward_modules", out var f))
         {
             if (f.ValueKind != JsonValueKind.Array) throw new ModelFormatException(file, "feedforward_modules", "must be a list of module names");
@@ -82,7 +82,8 @@ public sealed class Ia3Method : PeftMethod
         return common with { Settings = new Ia3Settings(ff) };
     }
 
-    public override string PeftUnsupportedReason => "PEFT LoRA folders cannot hold (IA)³ vectors; use the vkpeft adapter format or a merged export";
+    /// <summary>PEFT folders hold (IA)³ as peft_type IA3 (written by AdapterIO).</summary>
+    public override string? PeftUnsupportedReason => null;
 
     public override string GgufLoraUnsupportedReason =>
         "GGUF LoRA files cannot hold (IA)³ (llama.cpp has no IA3 adapter type and diag(l)·W − W is not low-rank); export a merged model instead";

@@ -1,6 +1,6 @@
 // (IA)³ end to end on the pretrained stories260K: the recipe lowers held-out loss on a distinctive pattern; `vkpeft
-// train --method ia3` saves the PEFT-style feed-forward list, loads back as (IA)³, and inference with the adapter equals
-// the merged full-precision export; formats that cannot hold it and bad options are refused in one line.
+// train --method ia3` saves the PEFT-style feed-forward list, loads back as (IA)³, inference with the adapter equals the
+// merged full-precision export, the PEFT IA3 folder round-trips; formats that cannot hold it and bad options are refused.
 using System.Globalization;
 using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
@@ -71,7 +71,9 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.True(summary.EvalLoss < 0.9 * summary.InitialEvalLoss, $"held-out loss {summary.InitialEvalLoss} → {summary.EvalLoss}");
     }
 
+    // Ten commands end to end (~15 s here): the slow tier; the gradient, invariant and recipe checks stay in the default one.
     [Fact]
+    [Trait("Category", "Exhaustive")]
     public void TrainsSavesLoadsAndMergesThroughTheCommands()
     {
         var data = WriteData();
@@ -101,6 +103,28 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.True(code == 0, err + text);
         double mergedNll = Nll("--model", merged, "--data", data, "--quant", "none");
         Assert.True(Math.Abs(mergedNll - withAdapter) <= 1e-4, string.Create(CultureInfo.InvariantCulture, $"merged {mergedNll} vs base+adapter {withAdapter}"));
+
+        // PEFT's IA3 folder: config fields and tensor names as PEFT writes them; read back (also without vkpeft's own
+        // object, as PEFT itself writes it) to the same vectors, q/k rows converted through rotate-half and back.
+        var peft = Path.Combine(_dir, "peft");
+        (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "peft", "--out", peft);
+        Assert.True(code == 0, err + text);
+        var peftJson = JsonNode.Parse(File.ReadAllText(Path.Combine(peft, AdapterIO.PeftConfigFile)))!.AsObject();
+        Assert.Equal("IA3", peftJson["peft_type"]!.GetValue<string>());
+        Assert.Equal(new[] { "k_proj", "v_proj", "down_proj" }, peftJson["target_modules"]!.AsArray().Select(n => n!.GetValue<string>()));
+        Assert.Equal(new[] { "down_proj" }, peftJson["feedforward_modules"]!.AsArray().Select(n => n!.GetValue<string>()));
+        using (var st = VkPeft.Peft.Formats.SafeTensorsFile.Open(Path.Combine(peft, AdapterIO.WeightsFile)))
+        {
+            Assert.Equal(3 * c.NLayers, st.Tensors.Count);
+            Assert.Equal(new long[] { 1, c.HiddenDim }, st.Info("base_model.model.model.layers.0.mlp.down_proj.ia3_l").Shape);
+            Assert.Equal(new long[] { c.KvDim, 1 }, st.Info("base_model.model.model.layers.0.self_attn.k_proj.ia3_l").Shape);
+        }
+        peftJson.Remove("vkpeft");
+        File.WriteAllText(Path.Combine(peft, AdapterIO.PeftConfigFile), peftJson.ToJsonString());
+        var fromPeft = AdapterIO.Load(peft, c);
+        Assert.Same(PeftMethods.Get("ia3"), fromPeft.Config.Method);
+        foreach (var (name, t) in loaded.Tensors) Assert.Equal(t.Data, fromPeft.Tensors[name].Data);
+        Assert.Equal(withAdapter, Nll("--model", Model, "--data", data, "--quant", "none", "--adapter", peft));
 
         // GGUF LoRA cannot hold it; a feed-forward module outside the targets is refused.
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf-lora", "--out", Path.Combine(_dir, "a.gguf"));
