@@ -1,5 +1,6 @@
-// End-to-end finite-difference gradient checks of LoRA and QA-LoRA through a whole tiny model with a quantized base:
-// GPU gradients of every A and B against float64 central differences of the reference forward with the adapter hooked in.
+// End-to-end finite-difference gradient checks of LoRA, LoRA-FA (A frozen) and QA-LoRA through a whole tiny model with
+// a quantized base: GPU gradients of every A and B against float64 central differences of the reference forward with
+// the adapter hooked in.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
@@ -23,14 +24,16 @@ public sealed class LoraGradientTests(GpuFixture gpu)
     [InlineData("qalora", "int4", false)]
     [InlineData("lora", "nf4-dq", true, true)]
     [InlineData("qalora", "int4", true, true)]
-    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false)
+    [InlineData("lora", "nf4-dq", false, false, true)]
+    [InlineData("lora", "nf4-dq", true, false, true)]
+    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false, bool freezeA = false)
     {
         var (c, w) = TinyModels.Random(11);
         var bq = BaseQuant.Parse(quant, quant == "int4" ? 8 : null);
         var cfg = new AdapterConfig
         {
             Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 3, GroupSize = 8,
-            BaseQuant = bq,
+            BaseQuant = bq, FreezeA = freezeA,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         // The reference uses exactly the base the device holds (dequantized), so only the adapter math is compared.
@@ -84,7 +87,12 @@ public sealed class LoraGradientTests(GpuFixture gpu)
 
         foreach (var (name, t) in p.ByName)
         {
-            var g = t.Grad!.ToArray<float>();
+            // LoRA-FA: A has neither gradient nor optimizer state; B's gradient is checked like LoRA's.
+            bool isA = name.EndsWith("lora_a", StringComparison.Ordinal);
+            Assert.Equal(freezeA && isA, t.Grad == null);
+            Assert.Equal(freezeA && isA, t.M == null);
+            if (t.Grad == null) continue;
+            var g = t.Grad.ToArray<float>();
             Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
             var v = host[name];
             for (int i = 0; i < v.Length; i++)
