@@ -150,7 +150,7 @@ public sealed class ModelExportTests(ITestOutputHelper output)
     [Fact]
     public void BnbSerializationReproducesGoldenBytes()
     {
-        using var golden = JsonDocument.Parse(File.ReadAllBytes(Support.SharedData.Path("reference", "nf4_golden.json")));
+        using var golden = JsonDocument.Parse(File.ReadAllBytes(Support.SharedData.Fixture("nf4_golden.json")));
         foreach (var c in golden.RootElement.GetProperty("cases").EnumerateArray())
         {
             int[] shape = [.. c.GetProperty("shape").EnumerateArray().Select(e => e.GetInt32())];

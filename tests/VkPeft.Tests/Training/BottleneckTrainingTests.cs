@@ -19,7 +19,7 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-bottleneck-").FullName;
     private VulkanContext Ctx => gpu.Context;
 
-    private static string ModelPath => SharedData.Path("models", "stories260K", "stories260K.bin");
+    private static string ModelPath => SharedData.Stories260K("stories260K.bin");
 
     /// <summary>Short stories in one distinctive pattern (one per line), unlike what stories260K was trained on.</summary>
     private string WriteData()
