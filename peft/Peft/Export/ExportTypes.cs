@@ -2,6 +2,7 @@
 // introduced by quantization) and the atomic output helper: write under a temporary name, then rename.
 using System.Globalization;
 using System.Text;
+using VkPeft.Peft.Methods;
 
 namespace VkPeft.Peft.Export;
 
@@ -33,6 +34,13 @@ public sealed record ExportOptions
     public required ExportFormat Format { get; init; }
     public ExportDType DType { get; init; } = ExportDType.F32;
     public MergeFrom MergeFrom { get; init; } = MergeFrom.Dequantized;
+
+    /// <summary>
+    /// Without an adapter and with MergeFrom.Dequantized: the base quantization whose dequantized linear weights the
+    /// model export writes — the base an adapter trained on that quantization (e.g. a GGUF LoRA) pairs with. Null or
+    /// "none": the original weights.
+    /// </summary>
+    public BaseQuantization? DequantizeBase { get; init; }
 
     /// <summary>Replace an existing output; without it an existing output is an error.</summary>
     public bool Force { get; init; }

@@ -461,9 +461,15 @@ internal static class ModelWriters
         for (int i = 0; i < tokens.Length; i++)
         {
             string piece = Encoding.UTF8.GetString(sm.PieceBytes(i));
+            // As llama.cpp's llama2.c converter writes them: a llama2.c vocabulary stores BOS/EOS as "\n<s>\n"/"\n</s>\n";
+            // the GGUF gets <unk>, <s>, </s> (without it llama.cpp warns that EOS is not an end-of-generation token).
+            piece = i == sm.Bos && piece.Trim() == "<s>" ? "<s>"
+                : i == sm.Eos && piece.Trim() == "</s>" ? "</s>"
+                : i == 0 && piece.Trim() == "<unk>" ? "<unk>"
+                : piece;
             tokens[i] = piece.Replace(' ', '\u2581');
             scores[i] = sm.Score(i);
-            types[i] = i == sm.Bos || i == sm.Eos ? 3
+            types[i] = i == sm.Bos || i == sm.Eos || piece.Length == 0 ? 3
                 : piece == "<unk>" ? 2
                 : piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece.EndsWith('>') ? 6
                 : 1;
