@@ -42,6 +42,13 @@ public sealed record ExportOptions
     /// </summary>
     public BaseQuantization? DequantizeBase { get; init; }
 
+    /// <summary>
+    /// Token embedding and classifier dtype of a model export. Null: the precision the model ran with — float32 when
+    /// the dtype is a block-quantized one (nf4, int4, q8_0, q4_0, q4_1 quantize the linear weights only), the dtype
+    /// itself when it is f32, f16 or bf16 (a whole-model precision).
+    /// </summary>
+    public ExportDType? EmbeddingsDType { get; init; }
+
     /// <summary>Replace an existing output; without it an existing output is an error.</summary>
     public bool Force { get; init; }
 

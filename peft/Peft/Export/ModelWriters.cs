@@ -109,7 +109,8 @@ internal static class ModelWriters
             var linear = Linear(kind);
             if (linear is null || o.DType is ExportDType.F32 or ExportDType.F16 or ExportDType.BF16)
             {
-                entries.Add(SafeTensorsWriter.FromFloat32(name, shape.Select(d => (long)d).ToArray(), data, floatType));
+                string type = kind is LlamaTensorKind.TokenEmbedding or LlamaTensorKind.Classifier ? EmbeddingsFloatType(o, floatType) : floatType;
+                entries.Add(SafeTensorsWriter.FromFloat32(name, shape.Select(d => (long)d).ToArray(), data, type));
                 continue;
             }
             if (o.DType is ExportDType.Nf4 or ExportDType.Nf4Dq)
@@ -371,7 +372,9 @@ internal static class ModelWriters
                 AddGgufTensor(g, report, name, ne, FGgmlType.F32, Encode(FGgmlType.F32, data, name));
                 continue;
             }
-            FGgmlType type = requested;
+            FGgmlType type = kind is LlamaTensorKind.TokenEmbedding or LlamaTensorKind.Classifier
+                ? (o.EmbeddingsDType is { } e ? Requested(e) : requested is FGgmlType.F16 or FGgmlType.BF16 ? requested : FGgmlType.F32)
+                : requested;
             if (type is FGgmlType.Q8_0 or FGgmlType.Q4_0 or FGgmlType.Q4_1 && shape[1] % 32 != 0)
             {
                 type = FGgmlType.F16;
@@ -440,6 +443,16 @@ internal static class ModelWriters
             }
         return (bytes, maxDev);
     }
+
+    /// <summary>Safetensors dtype of the token embedding and classifier: the float dtype of the export unless ExportOptions.EmbeddingsDType says otherwise.</summary>
+    private static string EmbeddingsFloatType(ExportOptions o, string floatType) => o.EmbeddingsDType switch
+    {
+        null => floatType,
+        ExportDType.F32 => "F32",
+        ExportDType.F16 => "F16",
+        ExportDType.BF16 => "BF16",
+        var d => throw new ExportException($"safetensors stores the token embedding and classifier as f32, f16 or bf16, not {ExportOptions.DTypeName(d.Value)}"),
+    };
 
     private static void AddTokenizer(GgufWriter g, ITextTokenizer? tok, LlamaConfig c, ExportReport report)
     {
