@@ -9,6 +9,7 @@ using static VkPeft.Tests.Cli.CliTests;
 namespace VkPeft.Tests.Cli;
 
 [Collection("cli")]
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class ExportEndToEndTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-export-").FullName;

@@ -14,6 +14,7 @@ using Xunit.Abstractions;
 namespace VkPeft.Tests.Training;
 
 [Collection("gpu")]
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper output) : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-bottleneck-").FullName;
