@@ -29,9 +29,7 @@ public sealed class LosslessEmbeddingExportTests(ITestOutputHelper output)
     public void QaLoraToQ4_1ScoresAsBasePlusAdapter()
     {
         var c = Base.Config;
-        // ffn_down's 172 inputs are not a multiple of 32: QA-LoRA with g = 32 targets the other six linears.
-        TargetModule[] targets = [TargetModule.Q, TargetModule.K, TargetModule.V, TargetModule.O, TargetModule.Gate, TargetModule.Up];
-        var adapter = RandomLora(c, 31, PeftMethod.QaLora, targets: targets, groupSize: 32, baseQuant: new BaseQuantization("int4", 32));
+        var (adapter, _) = QaLoraForQ4_1(31);
         using var dir = new TempDir();
         string path = dir.File("m.gguf");
         Exporter.Export(Base, adapter, new ExportOptions { Format = ExportFormat.Gguf, DType = ExportDType.Q4_1, OutPath = path });
