@@ -54,7 +54,7 @@ public static class ExportCommand
                 // Without an adapter, --merge-from dequantized names the base an adapter trained against: --quant says which.
                 bool mergeFromGiven = parse.GetResult(mergeFrom) is { Implicit: false };
                 if (parse.GetValue(model.Quant) is not null)
-                    options = options with { DequantizeBase = model.QuantOr(parse, BaseQuant.None, parse.GetValue(blocksize)).ToRecord() };
+                    options = options with { DequantizeBase = model.QuantOr(parse, BaseQuant.None, parse.GetValue(blocksize)) };
                 else if (mergeFromGiven && options.MergeFrom == MergeFrom.Dequantized)
                     throw new CliUsageException("--merge-from dequantized without --adapter needs --quant (the base quantization to dequantize, e.g. nf4-dq)");
             }

@@ -3,7 +3,7 @@
 using System.Globalization;
 using System.Text;
 using VkPeft.Peft.Formats;
-using VkPeft.Peft.Methods;
+using VkPeft.Peft.Engine;
 
 namespace VkPeft.Peft.Export;
 
@@ -41,7 +41,7 @@ public sealed record ExportOptions
     /// model export writes — the base an adapter trained on that quantization (e.g. a GGUF LoRA) pairs with. Null or
     /// "none": the original weights.
     /// </summary>
-    public BaseQuantization? DequantizeBase { get; init; }
+    public BaseQuant? DequantizeBase { get; init; }
 
     /// <summary>
     /// Token embedding and classifier dtype of a model export. Null: the precision the model ran with — float32 when

@@ -87,21 +87,14 @@ public static class Exporter
             var config = model.Config;
             return new MergedModel(config, ModelTensors.WithLinears(model.Weights, (layer, t, w) =>
             {
-                var (outF, inF) = ModelTensors.Shape(config, t);
+                var (outF, inF) = config.LinearShape(t);
                 return AdapterMerge.TrainedBase(q, w, outF, inF, $"layers.{layer}.{AdapterWeights.TargetName(t)}");
             }));
         }
         var cfg = adapter.Config;
-        if (cfg.Method == PeftMethod.Adapter) throw AdapterMerge.BottleneckMerge();
-        bool int4Base = cfg.BaseQuant.Type == "int4" && cfg.BaseQuant.Blocksize == cfg.GroupSize;
-        bool lossless = cfg.Method == PeftMethod.QaLora && int4Base && options.MergeFrom == MergeFrom.Dequantized
-            && ((options.Format == ExportFormat.Safetensors && options.DType == ExportDType.Int4)
-                || (options.Format == ExportFormat.Gguf && options.DType == ExportDType.Q4_1 && cfg.GroupSize == 32));
-        if (lossless)
-        {
-            report?.Notes.Add($"QA-LoRA merged losslessly into INT4 groups of {cfg.GroupSize}: codes and scales unchanged, mins shifted by ΔW");
-            return AdapterMerge.MergeQaLoraInt4(model.Config, model.Weights, adapter);
-        }
+        if (cfg.Method.NotMergeableReason is { } why) throw new ExportException(why);
+        if (cfg.Method.LosslessMerge(model.Config, model.Weights, adapter, options.Format, options.DType, options.MergeFrom, report?.Notes) is { } lossless)
+            return lossless;
         report?.Notes.Add(options.MergeFrom == MergeFrom.Dequantized
             ? $"adapter merged into the base it was trained against ({cfg.BaseQuant.Type}, blocksize {cfg.BaseQuant.Blocksize}, dequantized)"
             : "adapter merged into the original base weights");

@@ -1,5 +1,6 @@
 // The base an adapter pairs with: `export --merge-from dequantized --quant Q` without an adapter writes the base
 // dequantized from Q (what a QLoRA adapter trained against), and a GGUF LoRA export says so and prints that command.
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
@@ -27,8 +28,8 @@ public sealed class DequantizedBaseExportTests
         var c = source.Config;
         for (int layer = 0; layer < c.NLayers; layer++)
         {
-            var (outF, inF) = ModelTensors.Shape(c, TargetModule.Down);   // [dim, hidden]
-            float[] expected = AdapterMerge.TrainedBase(new BaseQuantization("nf4-dq", 64), source.Weights.Layers[layer].WDown, outF, inF, "w2");
+            var (outF, inF) = c.LinearShape(TargetModule.Down);   // [dim, hidden]
+            float[] expected = AdapterMerge.TrainedBase(new BaseQuant("nf4-dq", 64), source.Weights.Layers[layer].WDown, outF, inF, "w2");
             Assert.True(expected.AsSpan().SequenceEqual(back.Weights.Layers[layer].WDown),
                 $"layer {layer} w2: the exported base is not the NF4+DQ-dequantized original bit for bit");
             Assert.False(source.Weights.Layers[layer].WDown.AsSpan().SequenceEqual(back.Weights.Layers[layer].WDown),
@@ -53,7 +54,7 @@ public sealed class DequantizedBaseExportTests
     {
         using var dir = new TempDir();
         string adapterDir = dir.File("adapter");
-        var adapter = ExportTestSupport.RandomLora(ExportTestSupport.Base.Config, seed: 5, baseQuant: new BaseQuantization("nf4-dq", 64));
+        var adapter = ExportTestSupport.RandomLora(ExportTestSupport.Base.Config, seed: 5, baseQuant: new BaseQuant("nf4-dq", 64));
         AdapterIO.SaveVkPeft(adapterDir, adapter, ExportTestSupport.Base.Config, force: false);
         var (code, output, err) = CliTests.Run("export", "--model", Model, "--adapter", adapterDir, "--format", "gguf-lora", "--out", dir.File("lora.gguf"));
         Assert.True(code == 0, $"export failed: {err}");

@@ -7,18 +7,28 @@ public sealed class NamespaceLayerTests
     /// <summary>
     /// Lowest first. Formats, Models and Tokenizers are one layer: ModelFormatException (Formats) is the error of every
     /// reader, tokenizers and config validation included, and ModelLoader (Models) dispatches to the format readers
-    /// that build the Models records.
+    /// that build the Models records. The methods (VkPeft.Peft.Methods and one folder per method below it) sit on top:
+    /// each owns its runtime, merge, memory terms and options, built on the machinery beneath.
     /// </summary>
     private static readonly string[][] Layers =
     [
         ["VkPeft.Peft"],
-        ["VkPeft.Peft.Methods", "VkPeft.Peft.Reports"],
+        ["VkPeft.Peft.Reports"],
         ["VkPeft.Peft.Formats", "VkPeft.Peft.Models", "VkPeft.Peft.Tokenizers"],
         ["VkPeft.Peft.Data", "VkPeft.Peft.Engine"],
         ["VkPeft.Peft.Export"],
         ["VkPeft.Peft.Training"],
         ["VkPeft.Peft.Planning"],
+        ["VkPeft.Peft.Methods"],
     ];
+
+    /// <summary>
+    /// The uses that point up on purpose: every layer reaches the methods through the registry and the method contract
+    /// (the VkPeft.Peft.Methods namespace itself, never a method's folder), and the PEFT adapter format and merge use
+    /// LoRA's own delta (VkPeft.Peft.Methods.Lora), since PEFT's on-disk format is LoRA's.
+    /// </summary>
+    private static bool AllowedUpward(string from, string used) =>
+        used == "VkPeft.Peft.Methods" || (from == "VkPeft.Peft.Export" && used == "VkPeft.Peft.Methods.Lora");
 
     private static int LayerOf(string ns)
     {
@@ -26,6 +36,11 @@ public sealed class NamespaceLayerTests
             if (Layers[i].Contains(ns)) return i;
         return -1;
     }
+
+    /// <summary>True when <paramref name="ns"/> is a namespace some peft source declares (not a type name after a namespace).</summary>
+    private static bool IsNamespace(string root, string ns) =>
+        Directory.EnumerateFiles(root, "*.cs", SearchOption.AllDirectories)
+            .Any(f => File.ReadLines(f).Any(l => l.StartsWith("namespace " + ns + ";", StringComparison.Ordinal)));
 
     private static string PeftSources()
     {
@@ -59,12 +74,14 @@ public sealed class NamespaceLayerTests
                 violations.Add($"{rel}: namespace {ns} is in no layer of {nameof(NamespaceLayerTests)}.{nameof(Layers)} (add it where it belongs)");
                 continue;
             }
-            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(text, @"\bVkPeft\.Peft\.([A-Z]\w*)\b"))
+            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(text, @"\bVkPeft\.Peft\.([A-Z]\w*)(\.[A-Z]\w*)?"))
             {
                 string used = "VkPeft.Peft." + m.Groups[1].Value;
                 int layer = LayerOf(used);
                 if (layer < 0) continue;   // a type of the root namespace, e.g. VkPeft.Peft.VkPeftInfo
-                if (layer > own) violations.Add($"{rel}: {ns} (layer {own}) uses {used} (layer {layer}), a layer above it");
+                string usedFull = used + m.Groups[2].Value;   // with a method's folder, e.g. VkPeft.Peft.Methods.Lora
+                if (layer > own && !AllowedUpward(ns, usedFull) && !(usedFull != used && AllowedUpward(ns, used) && m.Groups[2].Value.Length > 0 && !IsNamespace(root, usedFull)))
+                    violations.Add($"{rel}: {ns} (layer {own}) uses {usedFull} (layer {layer}), a layer above it");
             }
         }
         Assert.True(violations.Count == 0, "namespace dependencies inside peft point the wrong way:\n" + string.Join('\n', violations.Distinct()));
