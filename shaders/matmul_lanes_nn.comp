@@ -18,29 +18,15 @@ layout(local_size_x = SG) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer BufA { float a[]; };
 #ifdef QUANT_B
-layout(std430, set = 0, binding = 1) readonly buffer QCodes { uint qcodes[]; };
-#ifdef QDQ
-layout(std430, set = 0, binding = 2) readonly buffer QScale { uint qscale[]; };
-#else
-layout(std430, set = 0, binding = 2) readonly buffer QScale { float qscale[]; };
-#endif
-layout(std430, set = 0, binding = 3) readonly buffer QAux { float qaux[]; };
-layout(std430, set = 0, binding = 4) readonly buffer QMap { float qmap[]; };
+#define QUANT_FIRST_BINDING 1
+#include "quant_bindings.glsl"
 layout(std430, set = 0, binding = 5) buffer BufC { float c[]; };
 #else
 layout(std430, set = 0, binding = 1) readonly buffer BufB { float b[]; };
 layout(std430, set = 0, binding = 2) buffer BufC { float c[]; };
 #endif
 
-layout(push_constant) uniform Push
-{
-    uint M, N, K;
-    uint lda, ldb, ldc;
-    uint a_offset, b_offset, c_offset;
-    float alpha, beta;
-    uint q_block, q_cols;
-    float q_offset;
-} pc;
+#include "matmul_push.glsl"
 
 #ifdef QUANT_B
 #include "quant.glsl"

@@ -14,52 +14,23 @@ public static class QuantizedMatMul
     [StructLayout(LayoutKind.Sequential)]
     private struct DequantPush { public uint Count, GroupsX, OutOffset, Start, QBlock, QCols; public float QOffset; }
 
-    [StructLayout(LayoutKind.Sequential)]
-    internal struct MatPush
+    /// <summary>The shaders.list format axis value of a weight: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
+    public static ShaderFormat FormatOf(DeviceQuantizedWeight w) => w.Format switch
     {
-        public uint M, N, K, Lda, Ldb, Ldc, AOffset, BOffset, COffset;
-        public float Alpha, Beta;
-        public uint QBlock, QCols;
-        public float QOffset;
-    }
-
-    // Tile of the quantized variants of matmul_lanes.comp (RB = 2, CB = 4 in shaders.list: the decoded weight words take
-    // registers, so they keep a narrower tile than the fp32 variant).
-    private const uint LanesTileM = 16, LanesTileN = 32;
-
-    private enum Kind { Embedding, Dequant, Tiles, Lanes, LanesWord, LanesNn, LanesNnWord }
-
-    /// <summary>Format name used in shader ids: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
-    public static string FormatKey(DeviceQuantizedWeight w) => w.Format switch
-    {
-        WeightFormat.Nf4 => w.DoubleQuant ? "nf4_dq" : "nf4",
-        WeightFormat.Fp4 => w.DoubleQuant ? "fp4_dq" : "fp4",
-        WeightFormat.Int4Group => "int4",
+        WeightFormat.Nf4 => w.DoubleQuant ? ShaderFormat.Nf4Dq : ShaderFormat.Nf4,
+        WeightFormat.Fp4 => w.DoubleQuant ? ShaderFormat.Fp4Dq : ShaderFormat.Fp4,
+        WeightFormat.Int4Group => ShaderFormat.Int4,
         WeightFormat.Gguf => w.GgmlType switch
         {
-            GgmlType.Q4_0 => "q4_0",
-            GgmlType.Q4_1 => "q4_1",
-            GgmlType.Q8_0 => "q8_0",
+            GgmlType.Q4_0 => ShaderFormat.Q40,
+            GgmlType.Q4_1 => ShaderFormat.Q41,
+            GgmlType.Q8_0 => ShaderFormat.Q80,
             var t => throw new ArgumentException($"'{w.Name}': GGUF type {t} is not a quantized weight format the kernels decode"),
         },
         var f => throw new ArgumentException($"'{w.Name}': unknown weight format {f}"),
     };
 
-    private static ShaderId Shader(Kind kind, DeviceQuantizedWeight w)
-    {
-        string prefix = kind switch
-        {
-            Kind.Embedding => "EmbeddingDequant",
-            Kind.Dequant => "Dequant",
-            Kind.Tiles => "Qmatmul",
-            Kind.Lanes => "QmatmulLanes",
-            Kind.LanesWord => "QmatmulLanesWord",
-            Kind.LanesNn => "QmatmulLanesNn",
-            _ => "QmatmulLanesNnWord",
-        };
-        string fmt = string.Concat(FormatKey(w).Split('_').Select(p => char.ToUpperInvariant(p[0]) + p[1..]));
-        return Enum.Parse<ShaderId>(prefix + fmt);
-    }
+    private static ShaderId Shader(ShaderFamily family, DeviceQuantizedWeight w) => ShaderCatalog.Find(new ShaderKey(family, Format: FormatOf(w)));
 
     private static Binding[] QuantBindings(DeviceQuantizedWeight w)
     {
@@ -80,7 +51,7 @@ public static class QuantizedMatMul
         BasicOps.RequireF32(output);
         if (output.Count != w.Count) throw new ArgumentException($"dequantize '{w.Name}': output has {output.Count} elements, the weight {w.Count}");
         var ctx = w.Context;
-        var p = ctx.Pipelines.Get(Shader(Kind.Dequant, w), BasicOps.WorkgroupSize);
+        var p = ctx.Pipelines.Get(Shader(ShaderFamily.Dequant, w), BasicOps.WorkgroupSize);
         var q = QuantBindings(w);
         foreach (var piece in Pieces.Split(w.Count, [output], [1]))
         {
@@ -108,7 +79,7 @@ public static class QuantizedMatMul
         long tokens = ids.Count, dim = table.InFeatures;
         if (output.Count != tokens * dim) throw new ArgumentException($"embedding of {tokens} ids needs an output of [{tokens}, {dim}], got {output.ShapeString}");
         var ctx = table.Context;
-        var p = ctx.Pipelines.Get(Shader(Kind.Embedding, table), BasicOps.WorkgroupSize);
+        var p = ctx.Pipelines.Get(Shader(ShaderFamily.EmbeddingDequant, table), BasicOps.WorkgroupSize);
         var q = QuantBindings(table);
         foreach (var piece in Pieces.Split(tokens, [ids, output], [1, dim]))
         {
@@ -159,18 +130,18 @@ public static class QuantizedMatMul
         // Word paths: whole 4-bit code words of one block. Forward walks K along rows (K a multiple of the block);
         // the input gradient walks 8 output columns per lane (N = in_features a multiple of 8).
         bool word = lanes && nibbles && w.Blocksize % 8 == 0 && (transposeB ? k % 8 == 0 && k % w.Blocksize == 0 : n % 8 == 0);
-        var kind = !lanes ? Kind.Tiles
-            : transposeB ? (word ? Kind.LanesWord : Kind.Lanes)
-            : (word ? Kind.LanesNnWord : Kind.LanesNn);
-        var pipeline = kind == Kind.Tiles ? ctx.Pipelines.Get(Shader(kind, w), 0, transposeB ? 1u : 0u) : ctx.Pipelines.Get(Shader(kind, w));
-        uint tileM = !lanes ? MatMul.TileM : transposeB ? LanesTileM : MatMul.LanesNnTileM;
-        uint tileN = !lanes ? MatMul.TileN : transposeB ? LanesTileN : MatMul.LanesNnTileN;
+        var family = !lanes ? ShaderFamily.Qmatmul
+            : transposeB ? (word ? ShaderFamily.QmatmulLanesWord : ShaderFamily.QmatmulLanes)
+            : (word ? ShaderFamily.QmatmulLanesNnWord : ShaderFamily.QmatmulLanesNn);
+        var shader = Shader(family, w);
+        var pipeline = !lanes ? ctx.Pipelines.Get(shader, 0, transposeB ? 1u : 0u) : ctx.Pipelines.Get(shader);
+        var (tileM, tileN) = !lanes ? (MatMul.TileM, MatMul.TileN) : MatMul.LanesTile(shader);
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
         var q = QuantBindings(w);
         for (uint r0 = 0; r0 < m; r0 += maxY * tileM)
         {
             uint rows = Math.Min(m - r0, maxY * tileM);
-            var push = new MatPush
+            var push = new MatMul.MatPush
             {
                 M = rows, N = n, K = k, Lda = k, Ldb = transposeB ? k : n, Ldc = n,
                 AOffset = aOffset + r0 * k, BOffset = 0, COffset = cOffset + r0 * n, Alpha = alpha, Beta = beta,

@@ -1,6 +1,7 @@
 // Decoding of quantized weights inside shaders, one format per define (the C# spec is quant/): bitsandbytes NF4/FP4
 // with fp32 or double-quantized absmax (QFMT_NF4, QFMT_FP4, with QDQ), QA-LoRA INT4 groups (QFMT_INT4), GGUF
-// Q4_0/Q4_1/Q8_0 (QFMT_Q4_0, QFMT_Q4_1, QFMT_Q8_0). The includer declares the buffers before including:
+// Q4_0/Q4_1/Q8_0 (QFMT_Q4_0, QFMT_Q4_1, QFMT_Q8_0). The includer declares the buffers before including
+// (include/quant_bindings.glsl):
 //   qcodes[]  uint  packed 4-bit codes (bnb nibble order: element 2k high nibble) or GGUF block bytes
 //   qscale[]  float absmax per block (NF4/FP4), scale per group (INT4)      | uint DQ absmax codes (QDQ)
 //   qaux[]    float nested absmax per 256 blocks (QDQ), min per group (INT4)
