@@ -10,8 +10,6 @@ public enum MatMulAlgorithm { Auto, SharedTiles, Lanes }
 
 public static class MatMul
 {
-    public const uint TileM = 64, TileN = 64;
-
     /// <summary>
     /// Output tile of a lanes variant, read from its defines in the catalog: matmul_lanes.comp owns (RB·SG) x (CB·SG),
     /// matmul_lanes_nn.comp (B not transposed) RB·SG rows x SG lanes · 8 columns.
@@ -48,7 +46,9 @@ public static class MatMul
     /// C[M,N] = alpha·A[M,K]·B + beta·C where B is [K,N], or [N,K] used transposed when <paramref name="transposeB"/>
     /// (the nn.Linear weight layout: y = x·Wᵀ).
     /// </summary>
-    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    /// <param name="tiles">shared-tiles shape (default: the device's entry of <see cref="MatMulTiles.Table"/>)</param>
+    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0,
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null)
     {
         BasicOps.RequireF32(a, b, c);
         long m = a.Rows, k = a.RowElements;
@@ -62,7 +62,9 @@ public static class MatMul
             throw new ArgumentException("matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
         // The vec4 lanes variant has the same tile as the scalar one (same RB, CB, SG).
-        var (tileM, tileN) = !lanes ? (TileM, TileN) : LanesTile(transposeB ? ShaderId.MatmulLanes : ShaderId.MatmulLanesNn);
+        tiles ??= MatMulTiles.For(ctx.Caps, fp16B: false);
+        if (!lanes && !MatMulTiles.Fits(tiles, ctx.Caps, false)) throw new ArgumentException($"matmul: tiles {tiles.Name} do not fit this device");
+        var (tileM, tileN) = !lanes ? (tiles.BM, tiles.BN) : LanesTile(transposeB ? ShaderId.MatmulLanes : ShaderId.MatmulLanesNn);
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1], maxX = ctx.Caps.MaxComputeWorkGroupCount[0];
 
         var mPieces = Pieces.Split(m, [a, c], [k, n]);
@@ -89,7 +91,8 @@ public static class MatMul
                     };
                     bool vec4 = lanes && transposeB && push.K % 4 == 0 && push.Lda % 4 == 0 && push.Ldb % 4 == 0
                                 && push.AOffset % 4 == 0 && push.BOffset % 4 == 0;
-                    var pipeline = !lanes ? ctx.Pipelines.Get(ShaderId.Matmul, 0, transposeB ? 1u : 0u)
+                    bool vecA = push.K % 4 == 0 && push.Lda % 4 == 0 && push.AOffset % 4 == 0;
+                    var pipeline = !lanes ? ctx.Pipelines.Get(ShaderId.Matmul, tiles.Spec(transposeB, vecA))
                         : !transposeB ? ctx.Pipelines.Get(ShaderId.MatmulLanesNn)
                         : ctx.Pipelines.Get(vec4 ? ShaderId.MatmulLanesVec4 : ShaderId.MatmulLanes);
                     ctx.Commands.Dispatch(pipeline,

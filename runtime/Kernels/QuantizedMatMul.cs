@@ -32,6 +32,18 @@ public static class QuantizedMatMul
 
     private static ShaderId Shader(ShaderFamily family, DeviceQuantizedWeight w) => ShaderCatalog.Find(new ShaderKey(family, Format: FormatOf(w)));
 
+    /// <summary>
+    /// The word variant whose output tile has the most rows that <paramref name="m"/> fills (the smallest when none
+    /// does): each decoded code word is shared by every row of the tile.
+    /// </summary>
+    public static ShaderId LargestTileFor(ShaderFamily family, ShaderFormat format, uint m)
+    {
+        var tiles = ShaderCatalog.All.Where(s => s.Key.Family == family && s.Key.Format == format)
+            .Select(s => (s.Id, Rows: MatMul.LanesTile(s.Id).M)).OrderBy(t => t.Rows).ToArray();
+        if (tiles.Length == 0) throw new ArgumentException($"no {family} variant for {format} in shaders/shaders.list");
+        return tiles.LastOrDefault(t => t.Rows <= m, tiles[0]).Id;
+    }
+
     private static Binding[] QuantBindings(DeviceQuantizedWeight w)
     {
         var codes = w.Codes.Range;
@@ -95,7 +107,10 @@ public static class QuantizedMatMul
     }
 
     /// <summary>y[M,N] = alpha·x[M,K]·deq(W[N,K])ᵀ + beta·y: the base-layer forward (x and y may span several bindings, by rows).</summary>
-    public static void Forward(DeviceTensor x, DeviceQuantizedWeight w, DeviceTensor y, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    /// <param name="tiles">shared-tiles shape (default: the device's table entry)</param>
+    /// <param name="fp16Tiles">decoded weight tile in fp16 (default: where the device has shaderFloat16)</param>
+    public static void Forward(DeviceTensor x, DeviceQuantizedWeight w, DeviceTensor y, float alpha = 1, float beta = 0,
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null)
     {
         BasicOps.RequireF32(x, y);
         long m = x.Rows;
@@ -103,11 +118,14 @@ public static class QuantizedMatMul
         if (y.Rows != m || y.RowElements != w.OutFeatures) throw new ArgumentException($"forward through '{w.Name}': output '{y.Name}' {y.ShapeString} should be [{m}, {w.OutFeatures}]");
         foreach (var piece in Pieces.Split(m, [x, y], [w.InFeatures, w.OutFeatures]))
             Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.OutFeatures, (uint)w.InFeatures,
-                transposeB: true, alpha, beta, algorithm);
+                transposeB: true, alpha, beta, algorithm, tiles, fp16Tiles);
     }
 
     /// <summary>dx[M,K] = alpha·dy[M,N]·deq(W[N,K]) + beta·dx: the input gradient through a frozen quantized layer.</summary>
-    public static void InputGrad(DeviceTensor dy, DeviceQuantizedWeight w, DeviceTensor dx, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    /// <param name="tiles">shared-tiles shape (default: the device's table entry)</param>
+    /// <param name="fp16Tiles">decoded weight tile in fp16 (default: where the device has shaderFloat16)</param>
+    public static void InputGrad(DeviceTensor dy, DeviceQuantizedWeight w, DeviceTensor dx, float alpha = 1, float beta = 0,
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null)
     {
         BasicOps.RequireF32(dy, dx);
         long m = dy.Rows;
@@ -115,11 +133,11 @@ public static class QuantizedMatMul
         if (dx.Rows != m || dx.RowElements != w.InFeatures) throw new ArgumentException($"input gradient through '{w.Name}': dx '{dx.Name}' {dx.ShapeString} should be [{m}, {w.InFeatures}]");
         foreach (var piece in Pieces.Split(m, [dy, dx], [w.OutFeatures, w.InFeatures]))
             Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.InFeatures, (uint)w.OutFeatures,
-                transposeB: false, alpha, beta, algorithm);
+                transposeB: false, alpha, beta, algorithm, tiles, fp16Tiles);
     }
 
     private static void Run(Memory.BufferRange a, Memory.BufferRange c, uint aOffset, uint cOffset, DeviceQuantizedWeight w, uint m, uint n, uint k,
-        bool transposeB, float alpha, float beta, MatMulAlgorithm algorithm)
+        bool transposeB, float alpha, float beta, MatMulAlgorithm algorithm, MatMulTiles? tiles, bool? fp16Tiles)
     {
         var ctx = w.Context;
         if (algorithm == MatMulAlgorithm.Auto) algorithm = MatMul.Choose(ctx);
@@ -127,15 +145,31 @@ public static class QuantizedMatMul
             throw new ArgumentException("quantized matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
         bool nibbles = w.Format is WeightFormat.Nf4 or WeightFormat.Fp4 or WeightFormat.Int4Group;
-        // Word paths: whole 4-bit code words of one block. Forward walks K along rows (K a multiple of the block);
-        // the input gradient walks 8 output columns per lane (N = in_features a multiple of 8).
-        bool word = lanes && nibbles && w.Blocksize % 8 == 0 && (transposeB ? k % 8 == 0 && k % w.Blocksize == 0 : n % 8 == 0);
-        var family = !lanes ? ShaderFamily.Qmatmul
-            : transposeB ? (word ? ShaderFamily.QmatmulLanesWord : ShaderFamily.QmatmulLanes)
-            : (word ? ShaderFamily.QmatmulLanesNnWord : ShaderFamily.QmatmulLanesNn);
-        var shader = Shader(family, w);
-        var pipeline = !lanes ? ctx.Pipelines.Get(shader, 0, transposeB ? 1u : 0u) : ctx.Pipelines.Get(shader);
-        var (tileM, tileN) = !lanes ? (MatMul.TileM, MatMul.TileN) : MatMul.LanesTile(shader);
+        bool fp16 = fp16Tiles ?? ctx.Caps.ShaderFloat16;
+        if (fp16 && !ctx.Caps.ShaderFloat16) throw new ArgumentException("quantized matmul: fp16 tiles need the shaderFloat16 feature");
+        tiles ??= MatMulTiles.For(ctx.Caps, fp16);
+        if (!lanes && !MatMulTiles.Fits(tiles, ctx.Caps, fp16)) throw new ArgumentException($"quantized matmul: tiles {tiles.Name} do not fit this device");
+        var tileType = fp16 ? ShaderTileType.F16 : ShaderTileType.F32;
+        // Word paths decode whole 4-bit code words of one block. Lanes: forward walks K along rows (K a multiple of
+        // the block), the input gradient 8 output columns per lane (N = in_features a multiple of 8). Tiles: chunks of
+        // BK values along K (forward) or 32 columns (input gradient) inside one block.
+        bool word = nibbles && (lanes
+            ? w.Blocksize % 8 == 0 && (transposeB ? k % 8 == 0 && k % w.Blocksize == 0 : n % 8 == 0)
+            : transposeB ? k % tiles.BK == 0 && w.Blocksize % tiles.BK == 0 && tiles.BK % 8 == 0
+                         : n % 32 == 0 && w.Blocksize % 32 == 0 && tiles.BN % 32 == 0);
+        var format = FormatOf(w);
+        ShaderId shader;
+        if (!lanes)
+            shader = ShaderCatalog.Find(new ShaderKey(word ? ShaderFamily.QmatmulWord : ShaderFamily.Qmatmul, Format: format, TileType: tileType));
+        else
+        {
+            var family = transposeB ? (word ? ShaderFamily.QmatmulLanesWord : ShaderFamily.QmatmulLanes)
+                : (word ? ShaderFamily.QmatmulLanesNnWord : ShaderFamily.QmatmulLanesNn);
+            shader = word ? LargestTileFor(family, format, m) : Shader(family, w);
+        }
+        bool vecA = k % 4 == 0 && aOffset % 4 == 0;
+        var pipeline = !lanes ? ctx.Pipelines.Get(shader, tiles.Spec(transposeB, vecA)) : ctx.Pipelines.Get(shader);
+        var (tileM, tileN) = !lanes ? (tiles.BM, tiles.BN) : MatMul.LanesTile(shader);
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
         var q = QuantBindings(w);
         for (uint r0 = 0; r0 < m; r0 += maxY * tileM)

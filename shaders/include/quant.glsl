@@ -125,16 +125,25 @@ void q_dequant_word(uint w, float scale, float bias, out float v[8])
     }
 }
 
+// Scale and bias of block/group index b (bias is 0 for NF4/FP4; INT4 groups are numbered row · groups + col / size).
+void q_params_of_block(uint b, out float scale, out float bias)
+{
+#ifdef QFMT_INT4
+    scale = qscale[b];
+    bias = qaux[b];
+#else
+    scale = q_absmax(b);
+    bias = 0.0;
+#endif
+}
+
 // Scale and bias of the block/group holding element e (bias is 0 for NF4/FP4).
 void q_block_params(uint e, out float scale, out float bias)
 {
 #ifdef QFMT_INT4
-    uint g = q_group(e);
-    scale = qscale[g];
-    bias = qaux[g];
+    q_params_of_block(q_group(e), scale, bias);
 #else
-    scale = q_absmax(e / pc.q_block);
-    bias = 0.0;
+    q_params_of_block(e / pc.q_block, scale, bias);
 #endif
 }
 #endif

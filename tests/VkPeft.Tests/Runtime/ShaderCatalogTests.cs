@@ -33,13 +33,18 @@ public sealed class ShaderCatalogTests
     [InlineData(ShaderFamily.QmatmulLanes, false)]
     [InlineData(ShaderFamily.QmatmulLanesNn, false)]
     [InlineData(ShaderFamily.EmbeddingDequant, false)]
+    [InlineData(ShaderFamily.QmatmulWord, true)]
     [InlineData(ShaderFamily.QmatmulLanesWord, true)]
     [InlineData(ShaderFamily.QmatmulLanesNnWord, true)]
     public void ProductLinesExpandOverTheirFormatAxis(ShaderFamily family, bool nibblesOnly)
     {
         var variants = ShaderCatalog.All.Where(s => s.Key.Family == family).ToArray();
         var expected = FormatDefines.Keys.Where(f => !nibblesOnly || f is not (ShaderFormat.Q40 or ShaderFormat.Q41 or ShaderFormat.Q80)).ToArray();
-        Assert.Equal(expected.Order(), variants.Select(v => v.Key.Format!.Value).Order());
+        Assert.Equal(expected.Order(), variants.Select(v => v.Key.Format!.Value).Distinct().Order());
+        // Some families also expand over tile axes: one variant per key, each tile's RB and tile type as declared.
+        Assert.Equal(variants.Length, variants.Select(v => v.Key).Distinct().Count());
+        Assert.All(variants, v => Assert.Equal(v.Key.TileType == ShaderTileType.F16, v.Has("FP16_TILES")));
+        Assert.All(variants.Where(v => v.Key.Tile is not null), v => Assert.Equal(v.Key.Tile switch { ShaderTile.M8 => 1u, ShaderTile.M16 => 2u, _ => 4u }, v.DefineUInt("RB")));
         foreach (var v in variants)
         {
             // The axis value's defines are appended to the line's own, and no other format's define sneaks in.
@@ -48,6 +53,19 @@ public sealed class ShaderCatalogTests
             Assert.Equal(fmt.Length, v.DefineValues.Keys.Count(k => k.StartsWith("QFMT_", StringComparison.Ordinal) || k == "QDQ"));
             Assert.Equal(family != ShaderFamily.Dequant && family != ShaderFamily.EmbeddingDequant, v.Has("QUANT_B"));
         }
+    }
+
+    [Theory]
+    [InlineData(1u, 8u, 16u)]
+    [InlineData(15u, 8u, 16u)]
+    [InlineData(16u, 16u, 16u)]
+    [InlineData(31u, 16u, 16u)]
+    [InlineData(32u, 32u, 32u)]
+    [InlineData(600u, 32u, 32u)]
+    public void WordKernelsTakeTheLargestTileTheRowsFill(uint m, uint nnRows, uint fwdRows)
+    {
+        Assert.Equal(nnRows, MatMul.LanesTile(QuantizedMatMul.LargestTileFor(ShaderFamily.QmatmulLanesNnWord, ShaderFormat.Nf4Dq, m)).M);
+        Assert.Equal(fwdRows, MatMul.LanesTile(QuantizedMatMul.LargestTileFor(ShaderFamily.QmatmulLanesWord, ShaderFormat.Int4, m)).M);
     }
 
     [Fact]
