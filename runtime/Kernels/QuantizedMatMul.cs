@@ -33,6 +33,58 @@ public static class QuantizedMatMul
     private static ShaderId Shader(ShaderFamily family, DeviceQuantizedWeight w) => ShaderCatalog.Find(new ShaderKey(family, Format: FormatOf(w)));
 
     /// <summary>
+    /// fp16 decoded-weight tiles in the shared-tiles fused 4-bit GEMM: used where the device has shaderFloat16 and the
+    /// first use agreed with the fp32 tiles on an NF4+DQ weight of awkward shape (forward and input gradient).
+    /// </summary>
+    public static readonly FastKernel Fp16Tiles = new("fused 4-bit matmul (shared tiles)", "fp16 weight tiles", "fp32 tiles",
+        caps => caps.ShaderFloat16 ? null : "the device lacks shaderFloat16", SelfCheckFp16Tiles);
+
+    /// <summary>
+    /// Runs forward and input gradient with fp16 and with fp32 tiles on M = 67, N = 33, K = 96 (not multiples of the
+    /// tile or the 64-block; K a multiple of BK so the forward decodes whole words): the two may differ by the fp16
+    /// rounding of each decoded weight (2⁻¹¹ relative) plus twice the fp32 summation bound γ_K, times Σ|a·b|.
+    /// </summary>
+    private static string? SelfCheckFp16Tiles(VulkanContext ctx)
+    {
+        const int m = 67, n = 33, k = 96;
+        var rng = new Random(12);
+        float[] Values(int count, float scale) { var v = new float[count]; for (int i = 0; i < count; i++) v[i] = (float)(rng.NextDouble() * 2 - 1) * scale; return v; }
+        var q = QuantizedLinearWeight.Bnb4Bit(Values(n * k, 0.05f), n, k);
+        var deq = q.Dequantize();
+        using var w = DeviceQuantizedWeight.Upload(ctx, "selfcheck.w", q);
+        foreach (bool forward in new[] { true, false })
+        {
+            int inner = forward ? k : n, outer = forward ? n : k;
+            var a = Values(m * inner, 1f);
+            using var ta = DeviceTensor.Create(ctx, "selfcheck.a", DType.F32, [m, inner], Memory.MemoryCategory.Workspace);
+            using var fast = DeviceTensor.Create(ctx, "selfcheck.fast", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
+            using var reference = DeviceTensor.Create(ctx, "selfcheck.ref", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
+            ta.Upload<float>(a);
+            if (forward)
+            {
+                Forward(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: true);
+                Forward(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false);
+            }
+            else
+            {
+                InputGrad(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: true);
+                InputGrad(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false);
+            }
+            var (_, abs) = Reference.CpuReference.MatMul(a, deq, m, outer, inner, transposeB: forward);
+            var f = fast.ToArray<float>();
+            var r = reference.ToArray<float>();
+            double u = 1.0 / (1 << 24), gamma = (inner + 1) * u / (1 - (inner + 1) * u);
+            for (int i = 0; i < f.Length; i++)
+            {
+                double bound = (1.0 / 2048 + 2 * gamma) * abs[i] + 1e-30;
+                if (!(Math.Abs(f[i] - r[i]) <= bound))
+                    return $"{(forward ? "forward" : "input gradient")} [{m}x{inner}x{outer}] element {i}: {f[i]} vs {r[i]}";
+            }
+        }
+        return null;
+    }
+
+    /// <summary>
     /// The word variant whose output tile has the most rows that <paramref name="m"/> fills (the smallest when none
     /// does): each decoded code word is shared by every row of the tile.
     /// </summary>
@@ -145,7 +197,7 @@ public static class QuantizedMatMul
             throw new ArgumentException("quantized matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
         bool nibbles = w.Format is WeightFormat.Nf4 or WeightFormat.Fp4 or WeightFormat.Int4Group;
-        bool fp16 = fp16Tiles ?? ctx.Caps.ShaderFloat16;
+        bool fp16 = fp16Tiles ?? (!lanes && ctx.Kernels.Use(Fp16Tiles));
         if (fp16 && !ctx.Caps.ShaderFloat16) throw new ArgumentException("quantized matmul: fp16 tiles need the shaderFloat16 feature");
         tiles ??= MatMulTiles.For(ctx.Caps, fp16);
         if (!lanes && !MatMulTiles.Fits(tiles, ctx.Caps, fp16)) throw new ArgumentException($"quantized matmul: tiles {tiles.Name} do not fit this device");

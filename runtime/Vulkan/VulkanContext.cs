@@ -53,6 +53,8 @@ public sealed unsafe class VulkanContext : DisposableObject
     public DeviceArena ArenaFor(MemoryPlace place) => place == MemoryPlace.Host ? HostArena : Arena;
     public ComputePipelineCache Pipelines { get; }
     public CommandRecorder Commands { get; }
+    /// <summary>Which fast kernel variants this device uses (self-checked on first use; see Kernels/KernelPaths.cs).</summary>
+    public KernelPaths Kernels { get; }
     public bool ValidationEnabled => Validation != null;
 
     /// <summary>Creates a context with options from the environment (VKPEFT_DEVICE, VKPEFT_VALIDATION, ...).</summary>
@@ -101,6 +103,7 @@ public sealed unsafe class VulkanContext : DisposableObject
             Arena = new DeviceArena(this);
             Pipelines = new ComputePipelineCache(this);
             Commands = new CommandRecorder(this);
+            Kernels = new KernelPaths(this, options.SafeKernels, options.Warn ?? (line => Console.Error.WriteLine("vkpeft: warning: " + line)));
         }
         catch
         {
