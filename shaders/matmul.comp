@@ -16,7 +16,23 @@
 //   TRANS_B 0 (input gradient dy·deq(W)): a chunk is DX_CHUNK consecutive columns of one weight row (N and the block
 //   multiples of DX_CHUNK).
 // Other formats and shapes decode element by element (q_dequant).
+//
+// COOPMAT (VK_NV_cooperative_matrix; built and checked by spirv-val, run only where the device lists 16x16x16 fp16 x
+// fp16 -> fp32 subgroup matrices): A and B tiles are stored as fp16, each subgroup multiplies a 32x32 block of the tile
+// as 2x2 cooperative 16x16 matrices with fp32 accumulators, and the result goes through shared memory to C (bounds,
+// alpha, beta). The workgroup holds (BM/32)·(BN/32) subgroups of 32 invocations; BK is a multiple of 16.
 #extension GL_EXT_control_flow_attributes : enable
+#ifdef COOPMAT
+#extension GL_NV_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_KHR_shader_subgroup_basic : require
+#define FP16_TILES
+#define ATYPE float16_t
+#define A_PAD 8u
+#else
+#define ATYPE float
+#define A_PAD 4u
+#endif
 #ifdef FP16_TILES
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
 #define BTYPE float16_t
@@ -35,7 +51,7 @@ layout(constant_id = 5) const uint TM = 4;
 layout(constant_id = 6) const uint TN = 4;
 layout(constant_id = 7) const uint VEC_A = 0;   // 1: K, lda and a_offset are multiples of 4
 
-const uint A_STRIDE = BM + 4u;
+const uint A_STRIDE = BM + A_PAD;
 const uint B_STRIDE = BN + B_PAD;
 #define DX_CHUNK 32u
 
@@ -60,7 +76,7 @@ layout(std430, set = 0, binding = 2) buffer BufC { float c[]; };
 #define LOAD_B(idx) b[pc.b_offset + (idx)]
 #endif
 
-shared float As[2u * BK * A_STRIDE];
+shared ATYPE As[2u * BK * A_STRIDE];
 shared BTYPE Bs[2u * BK * B_STRIDE];
 
 void load_a(uint s, uint row0, uint k0)
@@ -74,10 +90,10 @@ void load_a(uint s, uint row0, uint k0)
             uint r = idx / (BK / 4u), kq = (idx % (BK / 4u)) * 4u;
             uint gr = row0 + r, gk = k0 + kq;
             vec4 v = (gr < pc.M && gk < pc.K) ? a4[(pc.a_offset + gr * pc.lda + gk) >> 2] : vec4(0.0);
-            As[base + kq * A_STRIDE + r] = v.x;
-            As[base + (kq + 1u) * A_STRIDE + r] = v.y;
-            As[base + (kq + 2u) * A_STRIDE + r] = v.z;
-            As[base + (kq + 3u) * A_STRIDE + r] = v.w;
+            As[base + kq * A_STRIDE + r] = ATYPE(v.x);
+            As[base + (kq + 1u) * A_STRIDE + r] = ATYPE(v.y);
+            As[base + (kq + 2u) * A_STRIDE + r] = ATYPE(v.z);
+            As[base + (kq + 3u) * A_STRIDE + r] = ATYPE(v.w);
         }
     }
     else
@@ -86,7 +102,7 @@ void load_a(uint s, uint row0, uint k0)
         {
             uint r = idx / BK, kk = idx % BK;
             uint gr = row0 + r, gk = k0 + kk;
-            As[base + kk * A_STRIDE + r] = (gr < pc.M && gk < pc.K) ? a[pc.a_offset + gr * pc.lda + gk] : 0.0;
+            As[base + kk * A_STRIDE + r] = ATYPE((gr < pc.M && gk < pc.K) ? a[pc.a_offset + gr * pc.lda + gk] : 0.0);
         }
     }
 }
@@ -165,6 +181,61 @@ void load_b(uint s, uint col0, uint k0)
 #endif
 }
 
+#ifdef COOPMAT
+const uint C_STRIDE = BN + 4u;
+shared float Cs[BM * C_STRIDE];
+
+void main()
+{
+    uint tid = gl_LocalInvocationID.x;
+    uint row0 = gl_WorkGroupID.y * BM, col0 = gl_WorkGroupID.x * BN;
+    // This subgroup's 32x32 block of the tile.
+    uint wm = (gl_SubgroupID / (BN / 32u)) * 32u, wn = (gl_SubgroupID % (BN / 32u)) * 32u;
+
+    fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[2][2];
+    [[unroll]] for (uint i = 0u; i < 2u; i++)
+        [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+
+    uint slices = (pc.K + BK - 1u) / BK;
+    load_a(0u, row0, 0u);
+    load_b(0u, col0, 0u);
+    barrier();
+    for (uint t = 0u; t < slices; t++)
+    {
+        uint s = t & 1u;
+        if (t + 1u < slices)
+        {
+            load_a(s ^ 1u, row0, (t + 1u) * BK);
+            load_b(s ^ 1u, col0, (t + 1u) * BK);
+        }
+        uint abase = s * BK * A_STRIDE, bbase = s * BK * B_STRIDE;
+        for (uint kk = 0u; kk < BK; kk += 16u)
+        {
+            // A is stored k-major (element (m, k) at k·A_STRIDE + m): a column-major 16x16 load; B row-major.
+            fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> am[2], bm[2];
+            [[unroll]] for (uint i = 0u; i < 2u; i++) coopMatLoadNV(am[i], As, abase + kk * A_STRIDE + wm + 16u * i, A_STRIDE, true);
+            [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(bm[j], Bs, bbase + kk * B_STRIDE + wn + 16u * j, B_STRIDE, false);
+            [[unroll]] for (uint i = 0u; i < 2u; i++)
+                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(am[i], bm[j], acc[i][j]);
+        }
+        barrier();
+    }
+
+    [[unroll]] for (uint i = 0u; i < 2u; i++)
+        [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (wm + 16u * i) * C_STRIDE + wn + 16u * j, C_STRIDE, false);
+    barrier();
+    for (uint idx = tid; idx < BM * BN; idx += gl_WorkGroupSize.x)
+    {
+        uint r = idx / BN, cc = idx % BN;
+        uint gr = row0 + r, gc = col0 + cc;
+        if (gr >= pc.M || gc >= pc.N) continue;
+        uint o = pc.c_offset + gr * pc.ldc + gc;
+        float v = pc.alpha * Cs[r * C_STRIDE + cc];
+        if (pc.beta != 0.0) v += pc.beta * c[o];
+        c[o] = v;
+    }
+}
+#else
 void main()
 {
     uint tid = gl_LocalInvocationID.x;
@@ -215,3 +286,4 @@ void main()
         }
     }
 }
+#endif

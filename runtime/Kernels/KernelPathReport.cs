@@ -1,5 +1,5 @@
 // Which kernel path each op uses on this device and why (for `vkpeft info`): the matmul algorithm and tile shape, the
-// fused 4-bit GEMM's weight-tile type (self-checked fast variant), and why cooperative-matrix variants are absent.
+// fused 4-bit GEMM's weight-tile type and cooperative matrices (self-checked fast variants), and why they are absent.
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Runtime.Kernels;
@@ -27,9 +27,16 @@ public static class KernelPathReport
             list.Add(new("fused 4-bit matmul", $"shared tiles {t.Name}, code words decoded once per tile", "GPU device"));
             list.Add(choice with { Op = "fused 4-bit matmul weight tiles" });
         }
-        list.Add(new("cooperative matrices", "not used",
-            "no cooperative-matrix variants are built: VK_KHR_cooperative_matrix needs GL_KHR_cooperative_matrix, which the "
-            + "glslc in our package registries (Debian 12 shaderc) does not compile"));
+        const string noKhr = "VK_KHR_cooperative_matrix (AMD, Intel) variants are not built: they need GL_KHR_cooperative_matrix, "
+            + "which the glslc in our package registries (Debian 12 shaderc) does not compile";
+        var nv = QuantizedMatMul.CoopMatrixUnavailable(caps);
+        if (nv != null || lanes)
+            list.Add(new("cooperative matrices", "not used", (nv ?? "the lanes algorithm runs on this device") + "; " + noKhr));
+        else
+        {
+            var choice = ctx.Kernels.Describe(QuantizedMatMul.CoopMatrix);
+            list.Add(new("cooperative matrices", choice.Path, choice.Why + "; " + noKhr));
+        }
         return list;
     }
 }

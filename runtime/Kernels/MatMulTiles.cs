@@ -33,6 +33,16 @@ public sealed record MatMulTiles(string Name, uint BM, uint BN, uint BK, uint TM
         new("32x32x16, 2x2 per invocation", 32, 32, 16, 2, 2, Any),
     ];
 
+    /// <summary>
+    /// Tile of the cooperative-matrix variants (COOPMAT): four subgroups of 32, each a 32x32 block as 2x2 16x16x16
+    /// matrices; TM x TN = 4 x 8 only sizes the workgroup ((64/4)·(64/8) = 128 invocations). BK = 32: two matrix steps
+    /// per slice, and whole 32-value chunks of a 4-bit row.
+    /// </summary>
+    public static readonly MatMulTiles CoopMatrix = new("64x64x32, 2x2 cooperative 16x16x16 matrices per subgroup", 64, 64, 32, 4, 8, Gpus);
+
+    /// <summary>Shared bytes of the cooperative-matrix variant: fp16 A and B tiles, double-buffered, and the fp32 C tile.</summary>
+    public static uint CoopMatrixSharedBytes => 2 * CoopMatrix.BK * ((CoopMatrix.BM + 8) * 2 + (CoopMatrix.BN + 8) * 2) + CoopMatrix.BM * (CoopMatrix.BN + 4) * 4;
+
     /// <summary>The first table entry for this device kind whose shared memory and workgroup size the device allows.</summary>
     public static MatMulTiles For(DeviceCapabilities caps, bool fp16B) =>
         Table.FirstOrDefault(t => t.Kinds.Contains(caps.Kind) && Fits(t, caps, fp16B))

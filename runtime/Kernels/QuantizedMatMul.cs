@@ -37,14 +37,38 @@ public static class QuantizedMatMul
     /// first use agreed with the fp32 tiles on an NF4+DQ weight of awkward shape (forward and input gradient).
     /// </summary>
     public static readonly FastKernel Fp16Tiles = new("fused 4-bit matmul (shared tiles)", "fp16 weight tiles", "fp32 tiles",
-        caps => caps.ShaderFloat16 ? null : "the device lacks shaderFloat16", SelfCheckFp16Tiles);
+        caps => caps.ShaderFloat16 ? null : "the device lacks shaderFloat16", ctx => SelfCheckAgainstFp32Tiles(ctx, coop: false));
 
     /// <summary>
-    /// Runs forward and input gradient with fp16 and with fp32 tiles on M = 67, N = 33, K = 96 (not multiples of the
-    /// tile or the 64-block; K a multiple of BK so the forward decodes whole words): the two may differ by the fp16
-    /// rounding of each decoded weight (2⁻¹¹ relative) plus twice the fp32 summation bound γ_K, times Σ|a·b|.
+    /// NVIDIA cooperative matrices (fp16 A and B tiles, fp32 accumulators) in the fused 4-bit GEMM: used where the device
+    /// lists 16x16x16 fp16 x fp16 -> fp32 subgroup matrices with 32-wide subgroups, after the first use agreed with the
+    /// fp32 tiles.
     /// </summary>
-    private static string? SelfCheckFp16Tiles(VulkanContext ctx)
+    public static readonly FastKernel CoopMatrix = new("fused 4-bit matmul (shared tiles)", "NV cooperative matrices 16x16x16 fp16->fp32", "fp32 tiles",
+        CoopMatrixUnavailable, ctx => SelfCheckAgainstFp32Tiles(ctx, coop: true));
+
+    /// <summary>Why this device cannot run the cooperative-matrix variants (null when it can).</summary>
+    public static string? CoopMatrixUnavailable(DeviceCapabilities caps)
+    {
+        if (caps.CooperativeMatricesNV.Length == 0) return "the device does not offer VK_NV_cooperative_matrix";
+        if (!caps.CooperativeMatricesNV.Any(s => s is { M: 16, N: 16, K: 16 } && s.AType.StartsWith("Float16", StringComparison.Ordinal)
+                && s.BType.StartsWith("Float16", StringComparison.Ordinal) && s.CType.StartsWith("Float32", StringComparison.Ordinal)
+                && s.DType.StartsWith("Float32", StringComparison.Ordinal) && s.Scope.StartsWith("Subgroup", StringComparison.Ordinal)))
+            return "the device lists no 16x16x16 fp16 x fp16 -> fp32 subgroup cooperative matrix";
+        if (caps.SubgroupSize != 32) return $"the cooperative-matrix variants are laid out for 32-wide subgroups, the device has {caps.SubgroupSize}";
+        if (!caps.ShaderFloat16) return "the device lacks shaderFloat16";
+        if (MatMulTiles.CoopMatrixSharedBytes > caps.MaxComputeSharedMemorySize || MatMulTiles.CoopMatrix.Invocations > caps.MaxComputeWorkGroupInvocations)
+            return $"the cooperative-matrix tile needs {MatMulTiles.CoopMatrixSharedBytes} bytes of shared memory";
+        return null;
+    }
+
+    /// <summary>
+    /// Runs forward and input gradient with the fast variant (fp16 weight tiles, or cooperative matrices) and with fp32
+    /// tiles on M = 67, N = 33, K = 96 (not multiples of the tile or the 64-block; K a multiple of 32 so the forward
+    /// decodes whole words): they may differ by the fp16 rounding of each decoded weight (2⁻¹¹ relative; cooperative
+    /// matrices round A too: 2·2⁻¹¹) plus twice the fp32 summation bound γ_K, times Σ|a·b|.
+    /// </summary>
+    private static string? SelfCheckAgainstFp32Tiles(VulkanContext ctx, bool coop)
     {
         const int m = 67, n = 33, k = 96;
         var rng = new Random(12);
@@ -62,13 +86,13 @@ public static class QuantizedMatMul
             ta.Upload<float>(a);
             if (forward)
             {
-                Forward(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: true);
-                Forward(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false);
+                Forward(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: !coop, coopMatrix: coop);
+                Forward(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
             }
             else
             {
-                InputGrad(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: true);
-                InputGrad(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false);
+                InputGrad(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: !coop, coopMatrix: coop);
+                InputGrad(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
             }
             var (_, abs) = Reference.CpuReference.MatMul(a, deq, m, outer, inner, transposeB: forward);
             var f = fast.ToArray<float>();
@@ -76,7 +100,7 @@ public static class QuantizedMatMul
             double u = 1.0 / (1 << 24), gamma = (inner + 1) * u / (1 - (inner + 1) * u);
             for (int i = 0; i < f.Length; i++)
             {
-                double bound = (1.0 / 2048 + 2 * gamma) * abs[i] + 1e-30;
+                double bound = ((coop ? 2.0 : 1.0) / 2048 + 2 * gamma) * abs[i] + 1e-30;
                 if (!(Math.Abs(f[i] - r[i]) <= bound))
                     return $"{(forward ? "forward" : "input gradient")} [{m}x{inner}x{outer}] element {i}: {f[i]} vs {r[i]}";
             }
@@ -162,7 +186,7 @@ public static class QuantizedMatMul
     /// <param name="tiles">shared-tiles shape (default: the device's table entry)</param>
     /// <param name="fp16Tiles">decoded weight tile in fp16 (default: where the device has shaderFloat16)</param>
     public static void Forward(DeviceTensor x, DeviceQuantizedWeight w, DeviceTensor y, float alpha = 1, float beta = 0,
-        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null)
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null, bool? coopMatrix = null)
     {
         BasicOps.RequireF32(x, y);
         long m = x.Rows;
@@ -170,14 +194,14 @@ public static class QuantizedMatMul
         if (y.Rows != m || y.RowElements != w.OutFeatures) throw new ArgumentException($"forward through '{w.Name}': output '{y.Name}' {y.ShapeString} should be [{m}, {w.OutFeatures}]");
         foreach (var piece in Pieces.Split(m, [x, y], [w.InFeatures, w.OutFeatures]))
             Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.OutFeatures, (uint)w.InFeatures,
-                transposeB: true, alpha, beta, algorithm, tiles, fp16Tiles);
+                transposeB: true, alpha, beta, algorithm, tiles, fp16Tiles, coopMatrix);
     }
 
     /// <summary>dx[M,K] = alpha·dy[M,N]·deq(W[N,K]) + beta·dx: the input gradient through a frozen quantized layer.</summary>
     /// <param name="tiles">shared-tiles shape (default: the device's table entry)</param>
     /// <param name="fp16Tiles">decoded weight tile in fp16 (default: where the device has shaderFloat16)</param>
     public static void InputGrad(DeviceTensor dy, DeviceQuantizedWeight w, DeviceTensor dx, float alpha = 1, float beta = 0,
-        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null)
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null, bool? coopMatrix = null)
     {
         BasicOps.RequireF32(dy, dx);
         long m = dy.Rows;
@@ -185,11 +209,11 @@ public static class QuantizedMatMul
         if (dx.Rows != m || dx.RowElements != w.InFeatures) throw new ArgumentException($"input gradient through '{w.Name}': dx '{dx.Name}' {dx.ShapeString} should be [{m}, {w.InFeatures}]");
         foreach (var piece in Pieces.Split(m, [dy, dx], [w.OutFeatures, w.InFeatures]))
             Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.InFeatures, (uint)w.OutFeatures,
-                transposeB: false, alpha, beta, algorithm, tiles, fp16Tiles);
+                transposeB: false, alpha, beta, algorithm, tiles, fp16Tiles, coopMatrix);
     }
 
     private static void Run(Memory.BufferRange a, Memory.BufferRange c, uint aOffset, uint cOffset, DeviceQuantizedWeight w, uint m, uint n, uint k,
-        bool transposeB, float alpha, float beta, MatMulAlgorithm algorithm, MatMulTiles? tiles, bool? fp16Tiles)
+        bool transposeB, float alpha, float beta, MatMulAlgorithm algorithm, MatMulTiles? tiles, bool? fp16Tiles, bool? coopMatrix)
     {
         var ctx = w.Context;
         if (algorithm == MatMulAlgorithm.Auto) algorithm = MatMul.Choose(ctx);
@@ -197,10 +221,12 @@ public static class QuantizedMatMul
             throw new ArgumentException("quantized matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
         bool nibbles = w.Format is WeightFormat.Nf4 or WeightFormat.Fp4 or WeightFormat.Int4Group;
-        bool fp16 = fp16Tiles ?? (!lanes && ctx.Kernels.Use(Fp16Tiles));
+        bool coop = !lanes && (coopMatrix ?? (fp16Tiles == null && tiles == null && ctx.Kernels.Use(CoopMatrix)));
+        if (coop && CoopMatrix.Unavailable(ctx.Caps) is { } noCoop) throw new ArgumentException("quantized matmul: " + noCoop);
+        bool fp16 = !coop && (fp16Tiles ?? (!lanes && ctx.Kernels.Use(Fp16Tiles)));
         if (fp16 && !ctx.Caps.ShaderFloat16) throw new ArgumentException("quantized matmul: fp16 tiles need the shaderFloat16 feature");
-        tiles ??= MatMulTiles.For(ctx.Caps, fp16);
-        if (!lanes && !MatMulTiles.Fits(tiles, ctx.Caps, fp16)) throw new ArgumentException($"quantized matmul: tiles {tiles.Name} do not fit this device");
+        tiles = coop ? MatMulTiles.CoopMatrix : tiles ?? MatMulTiles.For(ctx.Caps, fp16);
+        if (!lanes && !coop && !MatMulTiles.Fits(tiles, ctx.Caps, fp16)) throw new ArgumentException($"quantized matmul: tiles {tiles.Name} do not fit this device");
         var tileType = fp16 ? ShaderTileType.F16 : ShaderTileType.F32;
         // Word paths decode whole 4-bit code words of one block. Lanes: forward walks K along rows (K a multiple of
         // the block), the input gradient 8 output columns per lane (N = in_features a multiple of 8). Tiles: chunks of
@@ -211,7 +237,9 @@ public static class QuantizedMatMul
                          : n % 32 == 0 && w.Blocksize % 32 == 0 && tiles.BN % 32 == 0);
         var format = FormatOf(w);
         ShaderId shader;
-        if (!lanes)
+        if (coop)
+            shader = ShaderCatalog.Find(new ShaderKey(word ? ShaderFamily.QmatmulWordCoopmat : ShaderFamily.QmatmulCoopmat, Format: format));
+        else if (!lanes)
             shader = ShaderCatalog.Find(new ShaderKey(word ? ShaderFamily.QmatmulWord : ShaderFamily.Qmatmul, Format: format, TileType: tileType));
         else
         {

@@ -132,3 +132,48 @@ public sealed class KernelPathsTests(GpuFixture gpu)
         Assert.Contains("GL_KHR_cooperative_matrix", report[3].Why);
     }
 }
+
+/// <summary>Cooperative-matrix variants: compiled (and spirv-val'd) in the build, selected only where the device lists their shape.</summary>
+public sealed class CooperativeMatrixSelectionTests
+{
+    private static DeviceCapabilities Caps(uint subgroup, params CooperativeMatrixShape[] shapes) => new()
+    {
+        Name = "test", Kind = DeviceKind.DiscreteGpu, VendorId = 0x10de, DeviceId = 1, ApiVersion = "1.3", DriverName = "d", DriverInfo = "i",
+        MaxStorageBufferRange = 1u << 30, MaxMemoryAllocationSize = 1u << 30, MaxBufferSize = 1u << 30,
+        MaxComputeWorkGroupCount = [65535, 65535, 65535], MaxComputeWorkGroupSize = [1024, 1024, 64], MaxComputeWorkGroupInvocations = 1024,
+        MaxComputeSharedMemorySize = 49152, MinStorageBufferOffsetAlignment = 16, MaxPushConstantsSize = 256, MaxPerStageStorageBuffers = 16,
+        SubgroupSize = subgroup, SubgroupArithmetic = true, SubgroupShuffle = true, SubgroupBallot = true, ShaderFloat16 = true, ShaderInt8 = true,
+        StorageBuffer8Bit = true, StorageBuffer16Bit = true, BufferDeviceAddress = true, TimestampsSupported = true, TimestampPeriodNs = 1,
+        MemoryBudgetExtension = true, UnifiedMemory = false, Heaps = [], CooperativeMatricesNV = shapes,
+    };
+
+    private static readonly CooperativeMatrixShape F16x16 = new(16, 16, 16, "Float16NV", "Float16NV", "Float32NV", "Float32NV", "SubgroupNV");
+
+    [Fact]
+    public void SelectedOnlyWhereTheDeviceListsTheShape()
+    {
+        Assert.Null(QuantizedMatMul.CoopMatrixUnavailable(Caps(32, F16x16)));
+        Assert.Contains("does not offer", QuantizedMatMul.CoopMatrixUnavailable(Caps(32)));
+        Assert.Contains("lists no 16x16x16", QuantizedMatMul.CoopMatrixUnavailable(Caps(32, F16x16 with { CType = "Float16NV", DType = "Float16NV" })));
+        Assert.Contains("lists no 16x16x16", QuantizedMatMul.CoopMatrixUnavailable(Caps(32, F16x16 with { K = 8 })));
+        Assert.Contains("32-wide subgroups", QuantizedMatMul.CoopMatrixUnavailable(Caps(64, F16x16)));
+        Assert.Contains("shared memory", QuantizedMatMul.CoopMatrixUnavailable(Caps(32, F16x16) with { MaxComputeSharedMemorySize = 16384 }));
+        Assert.Contains("shaderFloat16", QuantizedMatMul.CoopMatrixUnavailable(Caps(32, F16x16) with { ShaderFloat16 = false }));
+    }
+
+    [Fact]
+    public void TheVariantsAreCompiledForEveryFormatWithTheCooperativeMatrixCapability()
+    {
+        var variants = ShaderCatalog.All.Where(s => s.Has("COOPMAT")).ToArray();
+        Assert.Equal(8 + 5, variants.Length);
+        foreach (var v in variants)
+        {
+            var words = ShaderCatalog.LoadSpirv(v.Id);
+            // OpCapability (opcode 17, 2 words) CooperativeMatrixNV (5357) in the module header section.
+            bool found = false;
+            for (int i = 20; i + 8 <= words.Length && !found; i += 4)
+                found = BitConverter.ToUInt32(words, i) == (2u << 16 | 17u) && BitConverter.ToUInt32(words, i + 4) == 5357u;
+            Assert.True(found, $"{v.Name} lacks OpCapability CooperativeMatrixNV");
+        }
+    }
+}
