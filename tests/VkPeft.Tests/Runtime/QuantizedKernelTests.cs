@@ -83,7 +83,19 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
 
     [Theory]
     [MemberData(nameof(MatmulCases))]
-    public void FusedForwardAndInputGradientMatchCpu(string format, int m, int n, int k, MatMulAlgorithm algorithm)
+    public void FusedForwardAndInputGradientMatchCpu(string format, int m, int n, int k, MatMulAlgorithm algorithm) =>
+        // The device decodes exactly the codec's values (previous test), so only fp32 summation error remains: γ_K bound.
+        CheckForwardAndInputGrad(format, m, n, k, $"{format} {algorithm}", 0,
+            (x, w, y) => QuantizedMatMul.Forward(x, w, y, algorithm: algorithm, fp16Tiles: false),
+            (dy, w, dx) => QuantizedMatMul.InputGrad(dy, w, dx, algorithm: algorithm, fp16Tiles: false));
+
+    /// <summary>
+    /// Runs a fused forward and input gradient on a weight of the format (guard regions around every output) and checks
+    /// both against the float64 CPU product of the dequantized weight within the fp32 bound, widened by
+    /// <paramref name="rounding"/> (relative rounding of the weight tile) where the kernel stores weights in fp16.
+    /// </summary>
+    private void CheckForwardAndInputGrad(string format, int m, int n, int k, string what, double rounding,
+        Action<DeviceTensor, DeviceQuantizedWeight, DeviceTensor> forward, Action<DeviceTensor, DeviceQuantizedWeight, DeviceTensor> inputGrad)
     {
         var q = Make(format, n, k, m * 7 + n);
         var deq = q.Dequantize();
@@ -92,18 +104,17 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
         using var tx = Guarded.Create(Ctx, "x", m, k);
         using var ty = Guarded.Create(Ctx, "y", m, n);
         tx.Upload(x);
-        QuantizedMatMul.Forward(tx.Tensor, w, ty.Tensor, algorithm: algorithm, fp16Tiles: false);
+        forward(tx.Tensor, w, ty.Tensor);
         var (expected, abs) = CpuReference.MatMul(x, deq, m, n, k, transposeB: true);
-        // The device decodes exactly the codec's values (previous test), so only fp32 summation error remains: γ_K bound.
-        MatMulTests.AssertWithinFp32Bound(expected, abs, ty.Download(), k, $"{format} forward");
+        MatMulTests.AssertWithinFp32Bound(expected, abs, ty.Download(), k, $"{what} forward", rounding);
 
         var dy = TestData.Uniform(m * n, m + 2);
         using var tdy = Guarded.Create(Ctx, "dy", m, n);
         using var tdx = Guarded.Create(Ctx, "dx", m, k);
         tdy.Upload(dy);
-        QuantizedMatMul.InputGrad(tdy.Tensor, w, tdx.Tensor, algorithm: algorithm, fp16Tiles: false);
+        inputGrad(tdy.Tensor, w, tdx.Tensor);
         var (gExpected, gAbs) = CpuReference.MatMul(dy, deq, m, k, n, transposeB: false);
-        MatMulTests.AssertWithinFp32Bound(gExpected, gAbs, tdx.Download(), n, $"{format} input gradient");
+        MatMulTests.AssertWithinFp32Bound(gExpected, gAbs, tdx.Download(), n, $"{what} input gradient", rounding);
     }
 
     /// <summary>
@@ -140,26 +151,10 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
             Assert.Throws<ArgumentException>(() => QuantizedMatMul.Forward(x0, w0, y0, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16));
             return;
         }
-        var q = Make(format, n, k, m * 5 + n);
-        var deq = q.Dequantize();
-        using var w = DeviceQuantizedWeight.Upload(Ctx, "w", q);
-        var x = TestData.Uniform(m * k, m + 3);
-        using var tx = Guarded.Create(Ctx, "x", m, k);
-        using var ty = Guarded.Create(Ctx, "y", m, n);
-        tx.Upload(x);
-        QuantizedMatMul.Forward(tx.Tensor, w, ty.Tensor, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16);
         // fp32 tiles: only fp32 summation error (γ_K); fp16 tiles also round each decoded weight by ≤ 2⁻¹¹ relative.
-        double rounding = fp16 ? 1.0 / 2048 : 0;
-        var (expected, abs) = CpuReference.MatMul(x, deq, m, n, k, transposeB: true);
-        MatMulTests.AssertWithinFp32Bound(expected, abs, ty.Download(), k, $"{format} {tiles.Name} fp16={fp16} forward", rounding);
-
-        var dy = TestData.Uniform(m * n, m + 4);
-        using var tdy = Guarded.Create(Ctx, "dy", m, n);
-        using var tdx = Guarded.Create(Ctx, "dx", m, k);
-        tdy.Upload(dy);
-        QuantizedMatMul.InputGrad(tdy.Tensor, w, tdx.Tensor, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16);
-        var (gExpected, gAbs) = CpuReference.MatMul(dy, deq, m, k, n, transposeB: false);
-        MatMulTests.AssertWithinFp32Bound(gExpected, gAbs, tdx.Download(), n, $"{format} {tiles.Name} fp16={fp16} input gradient", rounding);
+        CheckForwardAndInputGrad(format, m, n, k, $"{format} {tiles.Name} fp16={fp16}", fp16 ? 1.0 / 2048 : 0,
+            (x, w, y) => QuantizedMatMul.Forward(x, w, y, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16),
+            (dy, w, dx) => QuantizedMatMul.InputGrad(dy, w, dx, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16));
     }
 
     [Fact]
