@@ -38,6 +38,19 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>The tokenizer.model seed is a working SentencePiece model: it encodes as the score-merge tokenizer over the same pieces.</summary>
+    [Fact]
+    public void SentencePieceSeedEncodesLikeTheScoreMergeTokenizer()
+    {
+        using var dir = new Models.TempDir();
+        File.WriteAllBytes(dir.File("tokenizer.model"), FuzzCorpus.SentencePieceModel());
+        var sp = VkPeft.Peft.Tokenizers.HfTokenizers.LoadSentencePiece(dir.File("tokenizer.model"));
+        var reference = FuzzCorpus.Tokenizer();
+        Assert.Equal(FuzzCorpus.Pieces.Length, sp.VocabSize);
+        foreach (string text in new[] { "the hat", "an other tiger", "in a tent he sat" })
+            Assert.Equal(reference.Encode(text), sp.Encode(text));
+    }
+
     private void Sweep(string format, int cases, int seed)
     {
         var target = FuzzCorpus.Create(format);
