@@ -1,8 +1,10 @@
-// `vkpeft info [--json]`: the chosen Vulkan device, its limits, memory heaps and budget, optional features, other devices.
+// `vkpeft info [--json]`: the chosen Vulkan device, its limits, memory heaps and budget, optional features, the kernel
+// path each op uses and why, other devices.
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
+using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Cli;
@@ -41,6 +43,7 @@ public static class InfoCommand
                 ["api_version"] = c.ApiVersion,
                 ["driver"] = c.DriverName,
                 ["driver_info"] = c.DriverInfo,
+                ["driver_source"] = DriverSource(),
             },
             ["limits"] = new JsonObject
             {
@@ -82,6 +85,12 @@ public static class InfoCommand
                     ["usage"] = h.Usage,
                 }).ToArray()),
             },
+            ["kernel_paths"] = new JsonArray(KernelPathReport.Describe(ctx).Select(k => (JsonNode)new JsonObject
+            {
+                ["op"] = k.Op,
+                ["path"] = k.Path,
+                ["why"] = k.Why,
+            }).ToArray()),
             ["devices"] = new JsonArray(ctx.AllDevices.Select(d => (JsonNode)new JsonObject
             {
                 ["index"] = d.Index,
@@ -93,11 +102,23 @@ public static class InfoCommand
         };
     }
 
+    /// <summary>Where the Vulkan driver comes from: the launcher's Mesa 25 lavapipe, an explicit driver file, or the system's.</summary>
+    public static string DriverSource()
+    {
+        if (Environment.GetEnvironmentVariable("VKPEFT_DRIVER_SOURCE") is { Length: > 0 } launcher) return launcher;
+        var files = Environment.GetEnvironmentVariable("VK_DRIVER_FILES") is { Length: > 0 } f ? f : Environment.GetEnvironmentVariable("VK_ICD_FILENAMES");
+        if (!string.IsNullOrEmpty(files)) return $"the driver files in VK_DRIVER_FILES/VK_ICD_FILENAMES ({files})";
+        return Environment.GetEnvironmentVariable("VKPEFT_SYSTEM_MESA") == "1"
+            ? "the system's Vulkan drivers (VKPEFT_SYSTEM_MESA=1)"
+            : "the system's Vulkan drivers";
+    }
+
     private static void Print(VulkanContext ctx)
     {
         var c = ctx.Caps;
         var console = AnsiConsole.Console;
         console.MarkupLine($"[bold]{Markup.Escape(c.Name)}[/] ({c.Kind}, Vulkan {c.ApiVersion}, driver {Markup.Escape(c.DriverName)} {Markup.Escape(c.DriverInfo)})");
+        console.MarkupLine($"driver source: {Markup.Escape(DriverSource())}");
         var t = new Table().AddColumn("limit").AddColumn(new TableColumn("value").RightAligned());
         t.AddRow("maxStorageBufferRange", ByteSize.Format(c.MaxStorageBufferRange));
         t.AddRow("maxMemoryAllocationSize", ByteSize.Format(c.MaxMemoryAllocationSize));
@@ -124,6 +145,9 @@ public static class InfoCommand
             h.AddRow(heap.Index.ToString(), ByteSize.Format(heap.Size), YesNo(heap.DeviceLocal),
                 heap.Budget is { } b ? ByteSize.Format(b) : "-", heap.Usage is { } u ? ByteSize.Format(u) : "-");
         console.Write(h);
+        var k = new Table().AddColumn("op").AddColumn("kernel path").AddColumn("why");
+        foreach (var p in KernelPathReport.Describe(ctx)) k.AddRow(Markup.Escape(p.Op), Markup.Escape(p.Path), Markup.Escape(p.Why));
+        console.Write(k);
         console.MarkupLine($"vkpeft memory budget: [bold]{ByteSize.Format(ctx.Arena.Budget)}[/] (--memory-budget to lower it)");
         console.MarkupLine("Devices present:");
         foreach (var d in ctx.AllDevices)
