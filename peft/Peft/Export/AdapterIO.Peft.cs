@@ -54,11 +54,16 @@ public static partial class AdapterIO
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "A"), a.Shape, aData, dtype));
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "B"), b.Shape, bData, dtype));
             }
+        return WritePeftFolder(dir, force, dtype, PeftConfigJson(cfg, baseConfig), entries);
+    }
 
+    /// <summary>A PEFT folder (config + safetensors) written to a temporary folder and renamed into place.</summary>
+    private static ExportReport WritePeftFolder(string dir, bool force, string dtype, byte[] configJson, List<SafeTensorsWriter.Entry> entries)
+    {
         var report = new ExportReport { OutPath = Path.GetFullPath(dir), Format = ExportFormat.Peft, DType = dtype };
         AtomicOutput.WriteDirectory(dir, force, tmp =>
         {
-            File.WriteAllBytes(Path.Combine(tmp, PeftConfigFile), PeftConfigJson(cfg, baseConfig));
+            File.WriteAllBytes(Path.Combine(tmp, PeftConfigFile), configJson);
             SafeTensorsWriter.Write(Path.Combine(tmp, WeightsFile), entries);
         });
         foreach (var e in entries) report.Tensors.Add(new ExportedTensor(e.Name, e.DType, e.Shape, e.Data.LongLength));

@@ -32,15 +32,7 @@ public static partial class AdapterIO
                 var v = adapter.Tensors[Ia3Method.VectorName(l, t)];
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftIa3Key(l, t), v.Shape, Ia3Rows(v.Data, baseConfig, cfg, t, baseConfig.RopeLayout, RopeLayout.RotateHalf), dtype));
             }
-        var report = new ExportReport { OutPath = Path.GetFullPath(dir), Format = ExportFormat.Peft, DType = dtype };
-        AtomicOutput.WriteDirectory(dir, force, tmp =>
-        {
-            File.WriteAllBytes(Path.Combine(tmp, PeftConfigFile), PeftIa3ConfigJson(cfg, baseConfig));
-            SafeTensorsWriter.Write(Path.Combine(tmp, WeightsFile), entries);
-        });
-        foreach (var e in entries) report.Tensors.Add(new ExportedTensor(e.Name, e.DType, e.Shape, e.Data.LongLength));
-        report.Files.AddRange([PeftConfigFile, WeightsFile]);
-        return report;
+        return WritePeftFolder(dir, force, dtype, PeftIa3ConfigJson(cfg, baseConfig), entries);
     }
 
     /// <summary>PEFT's IA3Config fields (as <c>save_pretrained</c> writes them) plus vkpeft's own object.</summary>

@@ -36,15 +36,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
             BaseQuant = bq, FreezeA = freezeA,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
-        // The reference uses exactly the base the device holds (dequantized), so only the adapter math is compared.
-        var deq = model.Layers.Select(l => new Dictionary<LlamaTensorKind, float[]>
-        {
-            [LlamaTensorKind.Wq] = l.Wq.DownloadDequantized(), [LlamaTensorKind.Wk] = l.Wk.DownloadDequantized(),
-            [LlamaTensorKind.Wv] = l.Wv.DownloadDequantized(), [LlamaTensorKind.Wo] = l.Wo.DownloadDequantized(),
-            [LlamaTensorKind.WGate] = l.Gate.DownloadDequantized(), [LlamaTensorKind.WUp] = l.Up.DownloadDequantized(),
-            [LlamaTensorKind.WDown] = l.Down.DownloadDequantized(),
-        }).ToArray();
-        var reference = new ReferenceForward(c, TinyModels.WithLinears(w, (l, k) => deq[l][k]));
+        var reference = TinyModels.DequantizedReference(model, c, w);
 
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 3);

@@ -25,19 +25,7 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>Short stories in one distinctive pattern (one per line), unlike what stories260K was trained on.</summary>
-    private string WriteData()
-    {
-        string[] names = ["Pip", "Mo", "Tess", "Bo", "Lulu", "Kit"];
-        string[] places = ["the pond", "the red barn", "the big hill", "the garden"];
-        var lines = new List<string>();
-        foreach (var n in names)
-            foreach (var p in places)
-                lines.Add($"Pip pip hooray! {n} went to {p}. {n} said pip pip hooray and ran home.");
-        var path = Path.Combine(_dir, "stories.txt");
-        File.WriteAllLines(path, lines);
-        return path;
-    }
+    private string WriteData() => TinyModels.WritePatternStories(_dir);
 
     [Fact]
     public void RecipeLowersHeldOutLossOnStories260K()
@@ -95,13 +83,13 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.All(loaded.Tensors.Values, t => Assert.Contains(t.Data, x => x != 1f));
 
         // Inference with the adapter equals the merged f32 export: only l·W rounded once vs l·(W·x) differ.
-        double withAdapter = Nll("--model", Model, "--data", data, "--quant", "none", "--adapter", run);
-        double baseNll = Nll("--model", Model, "--data", data, "--quant", "none");
+        double withAdapter = EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", run);
+        double baseNll = EvalNll("--model", Model, "--data", data, "--quant", "none");
         Assert.NotEqual(baseNll, withAdapter);
         var merged = Path.Combine(_dir, "merged.bin");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "llama2c", "--dtype", "f32", "--merge-from", "original", "--out", merged);
         Assert.True(code == 0, err + text);
-        double mergedNll = Nll("--model", merged, "--data", data, "--quant", "none");
+        double mergedNll = EvalNll("--model", merged, "--data", data, "--quant", "none");
         Assert.True(Math.Abs(mergedNll - withAdapter) <= 1e-4, string.Create(CultureInfo.InvariantCulture, $"merged {mergedNll} vs base+adapter {withAdapter}"));
 
         // PEFT's IA3 folder: config fields and tensor names as PEFT writes them; read back (also without vkpeft's own
@@ -124,7 +112,7 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
         var fromPeft = AdapterIO.Load(peft, c);
         Assert.Same(PeftMethods.Get("ia3"), fromPeft.Config.Method);
         foreach (var (name, t) in loaded.Tensors) Assert.Equal(t.Data, fromPeft.Tensors[name].Data);
-        Assert.Equal(withAdapter, Nll("--model", Model, "--data", data, "--quant", "none", "--adapter", peft));
+        Assert.Equal(withAdapter, EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", peft));
 
         // GGUF LoRA cannot hold it; a feed-forward module outside the targets is refused.
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf-lora", "--out", Path.Combine(_dir, "a.gguf"));
@@ -135,12 +123,5 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.NotEqual(0, code);
         Assert.Contains("--feedforward", err + text);
         Assert.DoesNotContain("   at ", err + text);
-    }
-
-    private static double Nll(params string[] args)
-    {
-        var (code, text, err) = Run(["eval", .. args, "--json"]);
-        Assert.True(code == 0, err + text);
-        return JsonNode.Parse(text)!["mean_nll"]!.GetValue<double>();
     }
 }

@@ -24,18 +24,7 @@ public sealed class LoraFaTrainingTests(GpuFixture gpu, ITestOutputHelper output
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private string WriteData()
-    {
-        string[] names = ["Pip", "Mo", "Tess", "Bo", "Lulu", "Kit"];
-        string[] places = ["the pond", "the red barn", "the big hill", "the garden"];
-        var lines = new List<string>();
-        foreach (var n in names)
-            foreach (var p in places)
-                lines.Add($"Pip pip hooray! {n} went to {p}. {n} said pip pip hooray and ran home.");
-        var path = Path.Combine(_dir, "stories.txt");
-        File.WriteAllLines(path, lines);
-        return path;
-    }
+    private string WriteData() => TinyModels.WritePatternStories(_dir);
 
     [Fact]
     public void OnlyBTrainsAndTheHeldOutLossFalls()
