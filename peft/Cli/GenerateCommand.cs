@@ -1,6 +1,8 @@
-// `vkpeft generate`: prints the prompt and streams the continuation token by token (greedy at temperature 0).
+// `vkpeft generate`: prints the prompt and streams the continuation as text, a character never split across tokens
+// (greedy at temperature 0).
 using System.CommandLine;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Tokenizers;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Cli;
@@ -31,14 +33,10 @@ public static class GenerateCommand
             using var session = AdapterSession.Open(ctx, parse.GetValue(adapter), host, model.QuantOr(parse, BaseQuant.None), parse.GetValue(model.Quant) != null, Math.Max(maxSeq, ids.Length), model.EmbeddingQuant(parse));
             using var runner = new LlamaRunner(session.Model, 1, Math.Max(maxSeq, ids.Length), kvCache: true) { Adapter = session.Adapter };
             Console.Write(tok.Decode(ids));
-            int prev = ids[^1];
+            var stream = new StreamingDecoder(tok, ids[^1]);
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            var all = new Generator(runner).Generate(ids, n, sampling, tok.Eos, id =>
-            {
-                Console.Write(tok.DecodeToken(prev, id));
-                prev = id;
-            });
-            Console.WriteLine();
+            var all = new Generator(runner).Generate(ids, n, sampling, tok.Eos, id => Console.Write(stream.Push(id)));
+            Console.WriteLine(stream.Flush());
             int generated = all.Length - ids.Length;
             Console.Error.WriteLine($"[{generated} tokens in {sw.Elapsed.TotalSeconds:F2} s, {generated / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F1} tokens/s on {ctx.Caps.Name}]");
             if (parse.GetValue(CliApp.ProfileOption)) Console.Error.WriteLine(ctx.Commands.Profile.Format());
