@@ -25,8 +25,12 @@ public sealed class ChatTemplate
         if (eosToken != null) _specials["eos_token"] = eosToken;
     }
 
-    /// <summary>The template of a tokenizer; a clear error when its tokenizer_config.json has none.</summary>
-    public static ChatTemplate Of(ITextTokenizer tokenizer)
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ITextTokenizer, ChatTemplate> Parsed = [];
+
+    /// <summary>The template of a tokenizer (parsed once); a clear error when its tokenizer_config.json has none.</summary>
+    public static ChatTemplate Of(ITextTokenizer tokenizer) => Parsed.GetValue(tokenizer, Create);
+
+    private static ChatTemplate Create(ITextTokenizer tokenizer)
     {
         if (tokenizer is not HfTokenizer hf)
             throw new FormatException("chat data and --chat need a Hugging Face tokenizer.json with a chat_template in tokenizer_config.json");
@@ -50,6 +54,23 @@ public sealed class ChatTemplate
         };
         try { return _template.Render(vars); }
         catch (JinjaException e) { throw new ModelFormatException(_file, "chat_template", e.Message); }
+    }
+
+    /// <summary>
+    /// The special token the template writes right after an assistant turn (Llama 3's &lt;|eot_id|&gt;, ChatML's
+    /// &lt;|im_end|&gt;), found by rendering a two-turn probe; null when the template writes none there.
+    /// </summary>
+    public int? EndOfTurnToken(HfTokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        const string Reply = "Probe reply text";
+        string full;
+        try { full = Render([new ChatMessage("user", "Probe question"), new ChatMessage("assistant", Reply)], addGenerationPrompt: false); }
+        catch (ModelFormatException) { return null; }
+        int at = full.LastIndexOf(Reply, StringComparison.Ordinal);
+        if (at < 0) return null;
+        int len = tokenizer.SpecialTokenLengthAt(full, at + Reply.Length);
+        return len == 0 ? null : tokenizer.TokenToId(full.Substring(at + Reply.Length, len));
     }
 
     private static string StrftimeToNet(string f) => f

@@ -148,6 +148,16 @@ public sealed class HfTokenizer : ITextTokenizer
         return result;
     }
 
+    /// <summary>Length of the special token whose text starts at <paramref name="pos"/> (0 when none does).</summary>
+    public int SpecialTokenLengthAt(string text, int pos)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        if (pos >= text.Length || !_addedByFirstChar.TryGetValue(text[pos], out var candidates)) return 0;
+        foreach (var a in candidates)
+            if (a.Special && text.AsSpan(pos).StartsWith(a.Content, StringComparison.Ordinal)) return a.Content.Length;
+        return 0;
+    }
+
     private static bool IsWordChar(char c) => char.IsLetterOrDigit(c) || c == '_';
 
     // ------------------------------------------------------------------ decoding
