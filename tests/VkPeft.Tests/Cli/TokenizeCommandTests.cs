@@ -1,6 +1,7 @@
 // `vkpeft tokenize` on the real Mistral tokenizer (the quickest to load): --json ids equal Hugging Face's for a golden case, the text listing
 // shows every token, and mistakes in the options are one-line errors.
 using System.Text.Json.Nodes;
+using VkPeft.Tests.Support;
 using VkPeft.Tests.Tokenizers;
 
 namespace VkPeft.Tests.Cli;
@@ -34,6 +35,28 @@ public sealed class TokenizeCommandTests
         Assert.Contains("'▁world'", output);
         Assert.Contains("' world'", output);
         Assert.Contains("3 tokens; decoded: '<s> Hello world'", output);
+    }
+
+    [Fact]
+    public void GenerateChatAppliesTheTemplate()
+    {
+        string dir = Directory.CreateTempSubdirectory("vkpeft-chat-cli-").FullName;
+        try
+        {
+            string model = SharedData.Path("models", "stories260K", "stories260K.bin");
+            string tok = Training.ChatDataTests.WriteTokenizer(dir);
+            var (code, output, err) = CliTests.Run("generate", "--model", model, "--tokenizer", tok, "--prompt", "Hi", "--chat", "--max-tokens", "3");
+            Assert.True(code == 0, err);
+            Assert.DoesNotContain("Hi", output, StringComparison.Ordinal);      // the reply only, not the rendered prompt
+            Assert.Contains("tokens/s", err);
+            (code, _, err) = CliTests.Run("generate", "--model", model, "--prompt", "Hi", "--chat", "--max-tokens", "3");
+            Assert.NotEqual(0, code);
+            Assert.Contains("chat_template", err);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [Theory]

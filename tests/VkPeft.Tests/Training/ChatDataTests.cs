@@ -26,7 +26,7 @@ public sealed class ChatDataTests(GpuFixture gpu) : IDisposable
         "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content | trim }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
 
     /// <summary>GPT-2 byte-level vocabulary (one token per byte, no merges) plus four special tokens: 260 ids.</summary>
-    private static string WriteTokenizer(string dir, string? template = Template)
+    internal static string WriteTokenizer(string dir, string? template = Template)
     {
         var vocab = new JsonObject();
         int n = 0;
