@@ -79,14 +79,8 @@ public static class TokenizeCommand
 
     /// <summary>The text this token adds after <paramref name="prev"/> (special tokens shown as written; a character whose
     /// bytes span tokens shows as U+FFFD in each).</summary>
-    private static string Piece(ITextTokenizer tok, int prev, int id)
-    {
-        if (tok is not HfTokenizer h) return tok.DecodeToken(prev, id);
-        if (prev < 0) return h.Decode([id], skipSpecialTokens: false, cleanUp: false);
-        string before = h.Decode([prev], skipSpecialTokens: false, cleanUp: false);
-        string both = h.Decode([prev, id], skipSpecialTokens: false, cleanUp: false);
-        return both.StartsWith(before, StringComparison.Ordinal) ? both[before.Length..] : h.Decode([id], skipSpecialTokens: false, cleanUp: false);
-    }
+    private static string Piece(ITextTokenizer tok, int prev, int id) =>
+        tok is HfTokenizer h ? h.DecodeToken(prev, id, skipSpecialTokens: false) : tok.DecodeToken(prev, id);
 
     /// <summary>Quoted with control characters escaped so whitespace tokens are visible.</summary>
     private static string Quote(string s)

@@ -34,7 +34,7 @@ public sealed class BpeModel
             if (id < 0) throw new Formats.ModelFormatException(file, "model.vocab", $"token '{t}' has negative id {id}");
             _tokens[id] = t;
         }
-        _merges = new Dictionary<long, (int, int)>(merges.Count);
+        _merges = new Dictionary<long, (int, int)>(merges.Count, PairComparer.Instance);
         for (int rank = 0; rank < merges.Count; rank++)
         {
             var (l, r) = merges[rank];
@@ -72,6 +72,14 @@ public sealed class BpeModel
     public string? TokenOf(int id) => id >= 0 && id < _tokens.Length && _tokens[id].Length > 0 ? _tokens[id] : null;
 
     private static long Key(int a, int b) => ((long)a << 32) | (uint)b;
+
+    /// <summary>long's own hash (low ^ high) would send most id pairs to a few buckets; mix all 64 bits instead.</summary>
+    private sealed class PairComparer : IEqualityComparer<long>
+    {
+        public static readonly PairComparer Instance = new();
+        public bool Equals(long x, long y) => x == y;
+        public int GetHashCode(long key) => (int)((ulong)(key * unchecked((long)0x9E3779B97F4A7C15)) >> 32);
+    }
 
     /// <summary>Appends the ids of one pre-tokenized word to <paramref name="output"/>.</summary>
     public void Encode(string word, List<int> output)

@@ -189,12 +189,16 @@ public sealed class HfTokenizer : ITextTokenizer
         .Replace(" 'm", "'m", StringComparison.Ordinal).Replace(" 's", "'s", StringComparison.Ordinal)
         .Replace(" 've", "'ve", StringComparison.Ordinal).Replace(" 're", "'re", StringComparison.Ordinal);
 
-    public string DecodeToken(int prev, int id)
+    public string DecodeToken(int prev, int id) => DecodeToken(prev, id, skipSpecialTokens: true);
+
+    /// <summary>The text <paramref name="id"/> adds after <paramref name="prev"/> (-1: at the start), without clean-up.</summary>
+    public string DecodeToken(int prev, int id, bool skipSpecialTokens)
     {
-        if (prev < 0) return Decode([id], skipSpecialTokens: true, cleanUp: false);
-        string before = Decode([prev], skipSpecialTokens: true, cleanUp: false);
-        string both = Decode([prev, id], skipSpecialTokens: true, cleanUp: false);
-        return both.StartsWith(before, StringComparison.Ordinal) ? both[before.Length..] : Decode([id], skipSpecialTokens: true, cleanUp: false);
+        string alone = Decode([id], skipSpecialTokens, cleanUp: false);
+        if (prev < 0) return alone;
+        string before = Decode([prev], skipSpecialTokens, cleanUp: false);
+        string both = Decode([prev, id], skipSpecialTokens, cleanUp: false);
+        return both.StartsWith(before, StringComparison.Ordinal) ? both[before.Length..] : alone;
     }
 
     // ------------------------------------------------------------------ loading

@@ -71,3 +71,28 @@ public sealed class HfTokenizerGoldenTests
         Assert.NotNull(llama3.ChatTemplate);
     }
 }
+
+/// <summary>A GGUF "gpt2" vocabulary with pre-tokenizer "llama-bpe" (Llama 3 in llama.cpp's files) tokenizes as HF.</summary>
+[Trait("Category", "Exhaustive")]
+public sealed class GgufByteLevelGoldenTests
+{
+    [Fact]
+    public void Llama3VocabularyFromGgufFieldsMatchesHuggingFace()
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(TokenizerGolden.File("llama3", "tokenizer.json")));
+        var model = doc.RootElement.GetProperty("model");
+        var vocab = model.GetProperty("vocab").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetInt32());
+        var merges = model.GetProperty("merges").EnumerateArray().Select(m => m.GetString()!).Select(m => (m[..m.IndexOf(' ', 1)], m[(m.IndexOf(' ', 1) + 1)..])).ToList();
+        var special = doc.RootElement.GetProperty("added_tokens").EnumerateArray().ToDictionary(a => a.GetProperty("content").GetString()!, a => a.GetProperty("id").GetInt32());
+        var tok = (HfTokenizer)HfTokenizers.CreateByteLevel(vocab, merges, HfTokenizers.Llama3Pattern, special, 128256, 128000, 128001, ignoreMerges: true);
+        var failures = new StringBuilder();
+        foreach (var c in TokenizerGolden.Expected("llama3").GetProperty("cases").EnumerateArray())
+        {
+            if (c.GetProperty("split_special_tokens").GetBoolean()) continue;
+            int[] want = TokenizerGolden.Ints(c.GetProperty("ids"));
+            if (!tok.Encode(c.GetProperty("text").GetString()!, addSpecialTokens: false).SequenceEqual(want)) failures.AppendLine($"{c.GetProperty("id")}: ids differ");
+            if (tok.Decode(want, skipSpecialTokens: false, cleanUp: false) != c.GetProperty("decoded_no_cleanup").GetString()) failures.AppendLine($"{c.GetProperty("id")}: decode differs");
+        }
+        Assert.True(failures.Length == 0, failures.ToString());
+    }
+}
