@@ -160,7 +160,8 @@ public static class GgufLlama
                         _ => HfTokenizers.Gpt2Pattern,
                     };
                     bool ignoreMerges = f.TryGetString("tokenizer.ggml.pre") is "llama-bpe" or "llama3" or "smaug-bpe";
-                    return HfTokenizers.CreateByteLevel(vocab, merges, pattern, special, tokens.Length, bos, eos, ignoreMerges, f.Path);
+                    return HfTokenizers.CreateByteLevel(vocab, merges, pattern, special, tokens.Length, bos, eos, ignoreMerges, f.Path,
+                        f.TryGetString("tokenizer.chat_template"));
                 }
             default:
                 throw new ModelFormatException(f.Path, "tokenizer.ggml.model", $"unsupported tokenizer model '{kind}' (supported: llama, gpt2)");

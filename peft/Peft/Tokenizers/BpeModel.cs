@@ -34,6 +34,7 @@ public sealed class BpeModel
             if (id < 0) throw new Formats.ModelFormatException(file, "model.vocab", $"token '{t}' has negative id {id}");
             _tokens[id] = t;
         }
+        Merges = merges;
         _merges = new Dictionary<long, (int, int)>(merges.Count, PairComparer.Instance);
         for (int rank = 0; rank < merges.Count; rank++)
         {
@@ -58,6 +59,9 @@ public sealed class BpeModel
     }
 
     public int Size => _tokens.Length;
+
+    /// <summary>The merges in rank order, as read.</summary>
+    public IReadOnlyList<(string Left, string Right)> Merges { get; }
     public int UnkId { get; } = -1;
     public bool FuseUnk { get; }
     public bool ByteFallback { get; }

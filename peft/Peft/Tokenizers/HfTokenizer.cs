@@ -28,6 +28,7 @@ public sealed class HfTokenizer : ITextTokenizer
         _prefix = other._prefix; _suffix = other._suffix; _addedById = other._addedById; _addedByFirstChar = other._addedByFirstChar;
         VocabSize = other.VocabSize; Bos = other.Bos; Eos = other.Eos; BosToken = other.BosToken; EosToken = other.EosToken;
         CleanUpTokenizationSpaces = other.CleanUpTokenizationSpaces; ChatTemplate = other.ChatTemplate; Path = other.Path;
+        ByteLevel = other.ByteLevel; SplitPattern = other.SplitPattern; PrependsSpace = other.PrependsSpace;
         SplitSpecialTokens = splitSpecialTokens;
     }
 
@@ -42,11 +43,15 @@ public sealed class HfTokenizer : ITextTokenizer
         VocabSize = Math.Max(model.Size, _addedById.Count == 0 ? 0 : _addedById.Keys.Max() + 1);
     }
 
-    /// <summary>A tokenizer built from parts (GGUF vocabularies): no post-processor tokens, no clean-up, no template.</summary>
+    /// <summary>A byte-level tokenizer built from parts (GGUF vocabularies): no post-processor tokens, no clean-up.</summary>
     public static HfTokenizer Create(string path, BpeModel model, ITextNormalizer? normalizer, IPreTokenizer? preTokenizer,
-        ITokenDecoder? decoder, IEnumerable<AddedToken> added, int bos, int eos, int vocabSize)
+        ITokenDecoder? decoder, IEnumerable<AddedToken> added, int bos, int eos, int vocabSize, string? chatTemplate = null)
     {
-        var t = new HfTokenizer(path, model, normalizer, preTokenizer, decoder, [], [], added) { Bos = bos, Eos = eos };
+        var t = new HfTokenizer(path, model, normalizer, preTokenizer, decoder, [], [], added)
+        {
+            Bos = bos, Eos = eos, ChatTemplate = chatTemplate, ByteLevel = true,
+        };
+        t = new HfTokenizer(t, false) { BosToken = t.TokenString(bos), EosToken = t.TokenString(eos) };
         if (t.VocabSize > vocabSize) throw new ModelFormatException(path, "vocab_size", $"tokenizer has {t.VocabSize} ids, more than {vocabSize}");
         return t;
     }
@@ -64,6 +69,21 @@ public sealed class HfTokenizer : ITextTokenizer
 
     /// <summary>tokenizer_config.json chat_template (or chat_template.jinja next to it), null when there is none.</summary>
     public string? ChatTemplate { get; private init; }
+
+    /// <summary>GPT-2 byte-level pre-tokenization (else SentencePiece style); with <see cref="SplitPattern"/> and
+    /// <see cref="PrependsSpace"/> what a GGUF export needs to describe the tokenizer.</summary>
+    public bool ByteLevel { get; private init; }
+
+    /// <summary>The regex of the pre-tokenizer's Split stage (or GPT-2's when ByteLevel splits itself), else null.</summary>
+    public string? SplitPattern { get; private init; }
+
+    /// <summary>True when a word-start marker is prepended to the text (SentencePiece's dummy prefix).</summary>
+    public bool PrependsSpace { get; private init; }
+
+    public BpeModel Model => _model;
+
+    /// <summary>The ids the post-processor puts before and after a sequence.</summary>
+    public (IReadOnlyList<int> Prefix, IReadOnlyList<int> Suffix) SpecialFraming => (_prefix, _suffix);
 
     /// <summary>When true, special-token text in the input is tokenized as plain text (HF split_special_tokens=True).</summary>
     public bool SplitSpecialTokens { get; }
@@ -271,8 +291,18 @@ public sealed class HfTokenizer : ITextTokenizer
         string jinja = System.IO.Path.Combine(dir, "chat_template.jinja");
         if (template is null && File.Exists(jinja)) template = File.ReadAllText(jinja);
 
+        string preJson = root.TryGetProperty("pre_tokenizer", out var preEl) ? preEl.GetRawText() : "null";
+        string normJson = root.TryGetProperty("normalizer", out var normEl) ? normEl.GetRawText() : "null";
+        bool byteLevel = preJson.Contains("\"ByteLevel\"", StringComparison.Ordinal);
+        string? pattern = FindSplitRegex(preEl);
+        if (pattern is null && byteLevel && preJson.Contains("\"use_regex\":true", StringComparison.Ordinal) | preJson.Contains("\"use_regex\": true", StringComparison.Ordinal))
+            pattern = HfPipeline.Gpt2Pattern;
         return new HfTokenizer(path, bpe, normalizer, preTokenizer, decoder, prefix, suffix, added)
         {
+            ByteLevel = byteLevel,
+            SplitPattern = pattern,
+            PrependsSpace = normJson.Contains("\"Prepend\"", StringComparison.Ordinal)
+                || (preJson.Contains("\"Metaspace\"", StringComparison.Ordinal) && !preJson.Contains("\"never\"", StringComparison.Ordinal)),
             Bos = bos,
             Eos = eos,
             BosToken = bos >= 0 ? probe.TokenString(bos) : null,
@@ -280,6 +310,16 @@ public sealed class HfTokenizer : ITextTokenizer
             CleanUpTokenizationSpaces = cfg is { ValueKind: JsonValueKind.Object } c5 && (Bool(c5, "clean_up_tokenization_spaces") ?? false),
             ChatTemplate = template,
         };
+    }
+
+    /// <summary>The Regex of the first Split stage in a pre_tokenizer object (searching Sequence members).</summary>
+    private static string? FindSplitRegex(JsonElement e)
+    {
+        if (e.ValueKind == JsonValueKind.Array)
+            return e.EnumerateArray().Select(FindSplitRegex).FirstOrDefault(x => x != null);
+        if (e.ValueKind != JsonValueKind.Object) return null;
+        if (Str(e, "type") == "Split" && e.TryGetProperty("pattern", out var p) && Str(p, "Regex") is { } rx) return rx;
+        return e.TryGetProperty("pretokenizers", out var inner) ? FindSplitRegex(inner) : null;
     }
 
     private static BpeModel ReadBpe(string path, JsonElement model)

@@ -35,7 +35,8 @@ public static class HfTokenizers
     /// <summary>Byte-level BPE (GPT-2, Llama 3, Qwen2) from a GGUF vocabulary: split by <paramref name="pattern"/>, bytes as
     /// GPT-2 characters, BPE (whole-word lookup first with <paramref name="ignoreMerges"/>, as Llama 3 does).</summary>
     public static ITextTokenizer CreateByteLevel(IReadOnlyDictionary<string, int> vocab, IReadOnlyList<(string A, string B)> merges,
-        string pattern, IReadOnlyDictionary<string, int> special, int vocabSize, int bos, int eos, bool ignoreMerges = false, string file = "GGUF")
+        string pattern, IReadOnlyDictionary<string, int> special, int vocabSize, int bos, int eos, bool ignoreMerges = false, string file = "GGUF",
+        string? chatTemplate = null)
     {
         ArgumentNullException.ThrowIfNull(special);
         var model = new BpeModel(vocab, merges, unkToken: null, fuseUnk: false, byteFallback: false, ignoreMerges, file);
@@ -43,6 +44,6 @@ public static class HfTokenizers
             new SplitPreTokenizer(new CodePointRegex(pattern), SplitBehavior.Isolated, invert: false),
             new ByteLevelPreTokenizer(addPrefixSpace: false, useRegex: false)]);
         var added = special.Select(kv => new AddedToken(kv.Value, kv.Key, Special: true, false, false, false, Normalized: false));
-        return HfTokenizer.Create(file, model, null, preTokenizer, new ByteLevelDecoder(), added, bos, eos, vocabSize);
+        return HfTokenizer.Create(file, model, null, preTokenizer, new ByteLevelDecoder(), added, bos, eos, vocabSize, chatTemplate);
     }
 }
