@@ -34,7 +34,11 @@ public static class TokenizeCommand
             if (tokPath is not null)
             {
                 if (!File.Exists(tokPath) && !Directory.Exists(tokPath)) throw new FileNotFoundException($"--tokenizer: '{tokPath}' does not exist");
-                var cfg = modelPath is null ? null : ModelLoader.Load(modelPath).Config;
+                // Only a llama2.c tokenizer.bin needs the model (for its vocabulary size); the others name their own BOS/EOS.
+                bool needsModel = Directory.Exists(tokPath)
+                    ? !File.Exists(Path.Combine(tokPath, "tokenizer.json")) && !File.Exists(Path.Combine(tokPath, "tokenizer.model"))
+                    : !tokPath.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !tokPath.EndsWith(".model", StringComparison.OrdinalIgnoreCase);
+                var cfg = modelPath is not null && needsModel ? ModelLoader.Load(modelPath).Config : null;
                 tok = TokenizerFiles.Load(tokPath, cfg?.VocabSize, cfg?.BosId ?? -1, cfg?.EosId ?? -1);
             }
             else
