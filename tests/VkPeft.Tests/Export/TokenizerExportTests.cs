@@ -31,4 +31,33 @@ public sealed class TokenizerExportTests
         Assert.Equal(tok.Encode(Text, bos: false), back.Encode(Text, bos: false));
         Assert.Equal((tok.Bos, tok.Eos), (back.Bos, back.Eos));
     }
+
+    [Fact]
+    public void SentencePieceStyleTokenizerJsonSurvivesGgufExport()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("tokenizer.json");
+        File.WriteAllText(path, """
+            {"added_tokens": [{"id": 0, "content": "<unk>", "special": true}, {"id": 1, "content": "<s>", "special": true}, {"id": 2, "content": "</s>", "special": true}],
+             "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+             "pre_tokenizer": null,
+             "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                                "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+             "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+             "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true,
+                       "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "a": 4, "b": 5, "c": 6, "▁a": 7, "ab": 8, "▁ab": 9, "bc": 10, "▁abc": 11},
+                       "merges": ["▁ a", "a b", "▁a b", "b c", "▁ab c"]}}
+            """);
+        var tok = TokenizerFiles.Load(path);
+        string gguf = dir.File("m.gguf");
+        var report = Exporter.Export(Base with { Tokenizer = tok }, null, new ExportOptions { Format = ExportFormat.Gguf, DType = ExportDType.F32, OutPath = gguf });
+        Assert.DoesNotContain(report.Notes, n => n.Contains("tokenizer", StringComparison.Ordinal));
+        Assert.Equal("llama", GgufFile.Open(gguf).GetString("tokenizer.ggml.model"));
+        var back = ModelLoader.Load(gguf).Tokenizer!;
+        foreach (string text in new[] { "abc ab a", "cab abc", "bca" })
+        {
+            Assert.Equal(tok.Encode(text, bos: true), back.Encode(text, bos: true));
+            Assert.Equal(tok.Decode(tok.Encode(text, bos: true)), back.Decode(back.Encode(text, bos: true)));
+        }
+    }
 }
