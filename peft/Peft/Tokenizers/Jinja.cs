@@ -33,6 +33,9 @@ public sealed class JinjaTemplate
     public JinjaTemplate(string source)
     {
         ArgumentNullException.ThrowIfNull(source);
+        // Like jinja2 (keep_trailing_newline off), one newline at the very end of the source is not output.
+        if (source.EndsWith("\r\n", StringComparison.Ordinal)) source = source[..^2];
+        else if (source.EndsWith('\n')) source = source[..^1];
         var parser = new Parser(Lexer.Tokenize(Preprocess(source)));
         _body = parser.ParseBody();
         parser.ExpectEnd();

@@ -47,6 +47,15 @@ public sealed class ChatTemplateTests
         Assert.Equal(expected, t.Render(messages, addGenerationPrompt));
     }
 
+    [Theory]
+    [InlineData("a\n", "a")]
+    [InlineData("a\n\n", "a\n")]
+    [InlineData("{% if true %}x{% endif %}\n", "x")]
+    [InlineData("a\r\n", "a")]
+    [InlineData("  {% for m in messages %}\n[{{ m.role }}]\n  {%- endfor %}", "[user]")]
+    public void WhitespaceAsJinja2(string source, string expected) =>
+        Assert.Equal(expected, new ChatTemplate(source, "cfg.json").Render([new ChatMessage("user", "x")], false));
+
     [Fact]
     public void RaiseExceptionIsAnErrorNamingTheTemplate()
     {
