@@ -6,7 +6,6 @@
 // unknown statement, filter, test or method — is a JinjaException at parse or render time, never a silent wrong render.
 using System.Globalization;
 using System.Text;
-using System.Text.Json;
 
 namespace VkPeft.Peft.Tokenizers;
 
@@ -101,6 +100,7 @@ public sealed class JinjaTemplate
     internal static int FindTagEnd(string s, int from, char close)
     {
         char quote = '\0';
+        int depth = 0;                  // dict braces inside an expression: "{{ {'a': {}} }}"
         for (int i = from; i + 1 < s.Length; i++)
         {
             char c = s[i];
@@ -111,7 +111,9 @@ public sealed class JinjaTemplate
                 continue;
             }
             if (close != '#' && (c == '\'' || c == '"')) { quote = c; continue; }
-            if (c == close && s[i + 1] == '}') return i;
+            if (c == close && s[i + 1] == '}' && depth == 0) return i;
+            if (close != '#' && c == '{') depth++;
+            else if (close != '#' && c == '}') depth--;
         }
         throw new JinjaException($"unclosed tag at offset {from - 2}");
     }
@@ -190,11 +192,25 @@ public sealed class JinjaTemplate
             bool b => b ? "true" : "false",
             long l => l.ToString(CultureInfo.InvariantCulture),
             double d => d.ToString("R", CultureInfo.InvariantCulture),
-            string s => JsonSerializer.Serialize(s),
+            string s => JsonString(s),
             List<object?> l => l.Count == 0 ? "[]" : "[" + nl + string.Join(sep + nl, l.Select(x => ToJson(x, indent, depth + 1))) + close + "]",
-            Dictionary<string, object?> d => d.Count == 0 ? "{}" : "{" + nl + string.Join(sep + nl, d.Select(kv => JsonSerializer.Serialize(kv.Key) + ": " + ToJson(kv.Value, indent, depth + 1))) + close + "}",
+            Dictionary<string, object?> d => d.Count == 0 ? "{}" : "{" + nl + string.Join(sep + nl, d.Select(kv => JsonString(kv.Key) + ": " + ToJson(kv.Value, indent, depth + 1))) + close + "}",
             _ => throw new JinjaException($"tojson cannot serialize {v.GetType().Name}"),
         };
+    }
+
+    /// <summary>A JSON string as Python's json.dumps(ensure_ascii=False) writes it (transformers' tojson).</summary>
+    private static string JsonString(string s)
+    {
+        var sb = new StringBuilder(s.Length + 2).Append('"');
+        foreach (char c in s)
+            sb.Append(c switch
+            {
+                '"' => "\\\"", '\\' => "\\\\", '\n' => "\\n", '\r' => "\\r", '\t' => "\\t", '\b' => "\\b", '\f' => "\\f",
+                < ' ' => $"\\u{(int)c:x4}",
+                _ => c.ToString(),
+            });
+        return sb.Append('"').ToString();
     }
 
     internal static bool JEquals(object? a, object? b) => (a, b) switch
@@ -522,9 +538,10 @@ public sealed class JinjaTemplate
         }
     }
 
-    private sealed class FilterExpr(Expr target, string name, List<Expr> args) : Expr
+    private sealed class FilterExpr(Expr target, string name, List<Expr> args, List<(string Name, Expr Value)> kwargs) : Expr
     {
-        public override object? Eval(Scope scope) => Filters.Apply(name, target.Eval(scope), args.Select(a => a.Eval(scope)).ToList());
+        public override object? Eval(Scope scope) => Filters.Apply(name, target.Eval(scope), args.Select(a => a.Eval(scope)).ToList(),
+            kwargs.ToDictionary(k => k.Name, k => k.Value.Eval(scope)));
     }
 
     private sealed class TestExpr(Expr target, string name, bool negate, List<Expr> args) : Expr
@@ -861,8 +878,8 @@ public sealed class JinjaTemplate
                     _p++;
                     string name = ExpectName();
                     Filters.Check(name);
-                    var args = IsOp("(") ? ParseArgs().Args : [];
-                    e = new FilterExpr(e, name, args);
+                    var (args, kwargs) = IsOp("(") ? ParseArgs() : ([], []);
+                    e = new FilterExpr(e, name, args, kwargs);
                 }
                 else if (IsName("is"))
                 {
@@ -1007,7 +1024,7 @@ public sealed class JinjaTemplate
             if (!Known.Contains(name)) throw new JinjaException($"template filter '{name}' is not supported by vkpeft's chat template renderer");
         }
 
-        public static object? Apply(string name, object? v, List<object?> a)
+        public static object? Apply(string name, object? v, List<object?> a, Dictionary<string, object?> kw)
         {
             switch (name)
             {
@@ -1027,7 +1044,7 @@ public sealed class JinjaTemplate
                 case "title": return Methods.Call(Str(v), "title", []);
                 case "default" or "d":
                     {
-                        bool boolean = a.Count > 1 && Truthy(a[1]);
+                        bool boolean = a.Count > 1 ? Truthy(a[1]) : Truthy(kw.GetValueOrDefault("boolean"));
                         return v is JinjaUndefined || (boolean && !Truthy(v)) ? a.ElementAtOrDefault(0) ?? "" : v;
                     }
                 case "first": return v switch { List<object?> l => l.Count > 0 ? l[0] : JinjaUndefined.Value, string s => s.Length > 0 ? s[..1] : JinjaUndefined.Value, _ => JinjaUndefined.Value };
@@ -1037,7 +1054,11 @@ public sealed class JinjaTemplate
                 case "int": return v is string s0 && double.TryParse(s0, NumberStyles.Float, CultureInfo.InvariantCulture, out double d0) ? (long)d0 : v is double d1 ? (long)d1 : v is long ? v : 0L;
                 case "float": return v is long l0 ? (double)l0 : v is double ? v : v is string s1 && double.TryParse(s1, NumberStyles.Float, CultureInfo.InvariantCulture, out double d2) ? d2 : 0.0;
                 case "list": return AsList(v);
-                case "tojson": return ToJson(v, a.Count > 0 && a[0] is long n ? (int)n : null);
+                case "tojson":
+                    {
+                        var indent = a.Count > 0 ? a[0] : kw.GetValueOrDefault("indent");
+                        return ToJson(v, indent is long n ? (int)n : null);
+                    }
                 case "items": return v is Dictionary<string, object?> dict ? dict.Select(kv => (object?)new List<object?> { kv.Key, kv.Value }).ToList() : throw new JinjaException("items of a non-mapping");
                 case "reverse": return v is string rs ? new string(rs.Reverse().ToArray()) : AsList(v).AsEnumerable().Reverse().ToList();
                 case "replace": return Str(v).Replace(Str(a[0]), Str(a[1]), StringComparison.Ordinal);

@@ -57,6 +57,15 @@ public sealed class ChatTemplateTests
         Assert.Equal(expected, new ChatTemplate(source, "cfg.json").Render([new ChatMessage("user", "x")], false));
 
     [Fact]
+    public void ToJsonAsTransformers()
+    {
+        // Expected output from Python's jinja2 with transformers' tojson (json.dumps, ensure_ascii=False).
+        const string Source = "{{ {'name': 'wörld \"q\"\\n', 'n': [1, 2.5, none, true], 'e': {}} | tojson(indent=2) }}|{{ messages | tojson }}|{{ x | default('d', boolean=true) }}";
+        const string Expected = "{\n  \"name\": \"wörld \\\"q\\\"\\n\",\n  \"n\": [\n    1,\n    2.5,\n    null,\n    true\n  ],\n  \"e\": {}\n}|[{\"role\": \"user\", \"content\": \"Héllo <b>&\"}]|d";
+        Assert.Equal(Expected, new ChatTemplate(Source, "cfg.json").Render([new ChatMessage("user", "Héllo <b>&")], false));
+    }
+
+    [Fact]
     public void RaiseExceptionIsAnErrorNamingTheTemplate()
     {
         var t = new ChatTemplate(Template, "cfg.json", "<s>", "</s>");
