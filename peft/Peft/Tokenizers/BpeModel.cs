@@ -60,6 +60,9 @@ public sealed class BpeModel
 
     public int Size => _tokens.Length;
 
+    /// <summary>Number of vocabulary entries (ids may leave holes).</summary>
+    public int EntryCount => _vocab.Count;
+
     /// <summary>The merges in rank order, as read.</summary>
     public IReadOnlyList<(string Left, string Right)> Merges { get; }
     public int UnkId { get; } = -1;

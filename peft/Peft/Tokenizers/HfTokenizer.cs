@@ -232,37 +232,43 @@ public sealed class HfTokenizer : ITextTokenizer
     {
         ArgumentNullException.ThrowIfNull(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer file not found: {path}", path);
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new ModelFormatException(path, "json", $"not valid JSON ({e.Message})"); }
-        using var _ = doc;
+        using var doc = JsonFields.ParseFile(path);
         var root = doc.RootElement;
-        if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
+        if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, "json", "tokenizer.json must be a JSON object");
+        if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
             throw new ModelFormatException(path, "model", "missing tokenizer model object");
 
-        var bpe = ReadBpe(path, model);
+        var bpe = ReadBpe(path, root, model);
         var added = new List<AddedToken>();
         if (root.TryGetProperty("added_tokens", out var addedEl) && addedEl.ValueKind == JsonValueKind.Array)
         {
             int i = 0;
             foreach (var a in addedEl.EnumerateArray())
-                added.Add(ReadAdded(path, $"added_tokens[{i++}]", a, Int(path, a, "id")));
+            {
+                string field = $"added_tokens[{i++}]";
+                if (a.ValueKind != JsonValueKind.Object || !a.TryGetProperty("id", out var idEl))
+                    throw new ModelFormatException(path, field, "expected {\"id\": …, \"content\": \"…\"}");
+                added.Add(ReadAdded(path, field, a, JsonFields.RequireInt(path, field + ".id", idEl)));
+            }
         }
+        // Ids index the vocabulary arrays: each must be non-negative and the largest at most what the entries justify.
+        int entries = bpe.Size == 0 ? 0 : bpe.EntryCount;
+        foreach (var a in added)
+            if (a.Id < 0 || a.Id >= entries + added.Count)
+                throw new ModelFormatException(path, $"added_tokens.{a.Content}", $"token id {a.Id} outside 0..{entries + added.Count - 1}");
 
         string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
         string configPath = System.IO.Path.Combine(dir, "tokenizer_config.json");
         JsonDocument? config = null;
-        if (File.Exists(configPath))
-        {
-            try { config = JsonDocument.Parse(File.ReadAllBytes(configPath)); }
-            catch (JsonException e) { throw new ModelFormatException(configPath, "json", $"not valid JSON ({e.Message})"); }
-        }
+        if (File.Exists(configPath)) config = JsonFields.ParseFile(configPath);
         using var __ = config;
         var cfg = config?.RootElement;
         if (cfg is { ValueKind: JsonValueKind.Object } c && c.TryGetProperty("added_tokens_decoder", out var dec) && dec.ValueKind == JsonValueKind.Object)
             foreach (var p in dec.EnumerateObject())
             {
                 if (!int.TryParse(p.Name, out int id)) throw new ModelFormatException(configPath, $"added_tokens_decoder.{p.Name}", "key is not a token id");
+                if (id < 0 || id > bpe.Size + added.Count + dec.EnumerateObject().Count())
+                    throw new ModelFormatException(configPath, $"added_tokens_decoder.{p.Name}", $"token id {id} outside the vocabulary");
                 if (added.All(a => a.Id != id)) added.Add(ReadAdded(configPath, $"added_tokens_decoder.{p.Name}", p.Value, id));
             }
 
@@ -318,11 +324,11 @@ public sealed class HfTokenizer : ITextTokenizer
         if (e.ValueKind == JsonValueKind.Array)
             return e.EnumerateArray().Select(FindSplitRegex).FirstOrDefault(x => x != null);
         if (e.ValueKind != JsonValueKind.Object) return null;
-        if (Str(e, "type") == "Split" && e.TryGetProperty("pattern", out var p) && Str(p, "Regex") is { } rx) return rx;
+        if (Str(e, "type") == "Split" && e.TryGetProperty("pattern", out var p) && p.ValueKind == JsonValueKind.Object && Str(p, "Regex") is { } rx) return rx;
         return e.TryGetProperty("pretokenizers", out var inner) ? FindSplitRegex(inner) : null;
     }
 
-    private static BpeModel ReadBpe(string path, JsonElement model)
+    private static BpeModel ReadBpe(string path, JsonElement root, JsonElement model)
     {
         string type = Str(model, "type") ?? (model.TryGetProperty("merges", out _) ? "BPE" : "?");
         if (type != "BPE")
@@ -336,12 +342,11 @@ public sealed class HfTokenizer : ITextTokenizer
         if (!model.TryGetProperty("vocab", out var vocabEl) || vocabEl.ValueKind != JsonValueKind.Object)
             throw new ModelFormatException(path, "model.vocab", "missing vocabulary object");
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var p in vocabEl.EnumerateObject())
-        {
-            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0)
-                throw new ModelFormatException(path, $"model.vocab.{p.Name}", "id is not a non-negative integer");
-            vocab[p.Name] = id;
-        }
+        foreach (var p in vocabEl.EnumerateObject()) vocab[p.Name] = JsonFields.RequireInt(path, "model.vocab." + p.Name, p.Value);
+        int slack = root.TryGetProperty("added_tokens", out var addedList) && addedList.ValueKind == JsonValueKind.Array ? addedList.GetArrayLength() : 0;
+        foreach (var (piece, id) in vocab)
+            if (id < 0 || id >= vocab.Count + slack)
+                throw new ModelFormatException(path, "model.vocab." + piece, $"token id {id} outside 0..{vocab.Count + slack - 1} (the file lists {vocab.Count} tokens)");
         var merges = new List<(string, string)>();
         if (model.TryGetProperty("merges", out var mergesEl) && mergesEl.ValueKind == JsonValueKind.Array)
         {
@@ -351,7 +356,7 @@ public sealed class HfTokenizer : ITextTokenizer
                 if (m.ValueKind == JsonValueKind.String)
                 {
                     string s = m.GetString()!;
-                    int sp = s.IndexOf(' ', 1);
+                    int sp = s.Length < 2 ? -1 : s.IndexOf(' ', 1);
                     if (sp < 0) throw new ModelFormatException(path, $"model.merges[{i}]", $"merge '{s}' has no separating space");
                     merges.Add((s[..sp], s[(sp + 1)..]));
                 }
@@ -367,8 +372,9 @@ public sealed class HfTokenizer : ITextTokenizer
 
     private static AddedToken ReadAdded(string file, string field, JsonElement a, int? id)
     {
-        if (a.ValueKind != JsonValueKind.Object || Str(a, "content") is not { } content || id is not { } i || i < 0)
+        if (a.ValueKind != JsonValueKind.Object || !a.TryGetProperty("content", out var contentEl) || id is not { } i || i < 0)
             throw new ModelFormatException(file, field, "expected {\"id\": …, \"content\": \"…\"}");
+        string content = JsonFields.RequireString(file, field + ".content", contentEl);
         bool special = Bool(a, "special") ?? false;
         return new AddedToken(i, content, special, Bool(a, "lstrip") ?? false, Bool(a, "rstrip") ?? false,
             Bool(a, "single_word") ?? false, Bool(a, "normalized") ?? !special);
@@ -378,6 +384,7 @@ public sealed class HfTokenizer : ITextTokenizer
     private static (int[] Prefix, int[] Suffix) PostProcessor(string file, JsonElement e, string path, List<AddedToken> added, BpeModel model)
     {
         if (e.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null) return ([], []);
+        if (e.ValueKind != JsonValueKind.Object) throw new ModelFormatException(file, path, "expected an object");
         int IdOf(string token, string field) =>
             added.FirstOrDefault(a => a.Content == token)?.Id ?? (model.TryGetId(token, out int id) ? id
                 : throw new ModelFormatException(file, field, $"token '{token}' is not in the vocabulary"));
@@ -403,7 +410,7 @@ public sealed class HfTokenizer : ITextTokenizer
             case "BertProcessing" or "RobertaProcessing":
                 {
                     string Token(string name) => e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 2
-                        ? v[0].GetString()! : throw new ModelFormatException(file, $"{path}.{name}", "expected [token, id]");
+                        ? JsonFields.RequireString(file, $"{path}.{name}[0]", v[0]) : throw new ModelFormatException(file, $"{path}.{name}", "expected [token, id]");
                     return ([IdOf(Token("cls"), path + ".cls")], [IdOf(Token("sep"), path + ".sep")]);
                 }
             case "TemplateProcessing":
@@ -418,12 +425,13 @@ public sealed class HfTokenizer : ITextTokenizer
                     foreach (var item in single.EnumerateArray())
                     {
                         string field = $"{path}.single[{i++}]";
+                        if (item.ValueKind != JsonValueKind.Object) throw new ModelFormatException(file, field, "expected an object");
                         if (item.TryGetProperty("Sequence", out _)) { seenSequence = true; continue; }
-                        if (!item.TryGetProperty("SpecialToken", out var sp) || Str(sp, "id") is not { } name)
+                        if (!item.TryGetProperty("SpecialToken", out var sp) || sp.ValueKind != JsonValueKind.Object || Str(sp, "id") is not { } name)
                             throw new ModelFormatException(file, field, "expected {\"SpecialToken\": …} or {\"Sequence\": …}");
                         int[] ids = specials.ValueKind == JsonValueKind.Object && specials.TryGetProperty(name, out var entry)
-                            && entry.TryGetProperty("ids", out var idsEl) && idsEl.ValueKind == JsonValueKind.Array
-                            ? idsEl.EnumerateArray().Select(x => x.GetInt32()).ToArray()
+                            && entry.ValueKind == JsonValueKind.Object && entry.TryGetProperty("ids", out var idsEl) && idsEl.ValueKind == JsonValueKind.Array
+                            ? idsEl.EnumerateArray().Select(x => JsonFields.RequireInt(file, $"{path}.special_tokens.{name}.ids", x)).ToArray()
                             : [IdOf(name, field)];
                         (seenSequence ? post : pre).AddRange(ids);
                     }
@@ -451,7 +459,7 @@ public sealed class HfTokenizer : ITextTokenizer
         if (v.ValueKind == JsonValueKind.Array)
         {
             foreach (var t in v.EnumerateArray())
-                if (Str(t, "name") == "default" && Str(t, "template") is { } s) return s;
+                if (t.ValueKind == JsonValueKind.Object && Str(t, "name") == "default" && Str(t, "template") is { } s) return s;
             throw new ModelFormatException(file, "chat_template", "a list of templates without one named \"default\"");
         }
         throw new ModelFormatException(file, "chat_template", "expected a string or a list of {name, template}");
