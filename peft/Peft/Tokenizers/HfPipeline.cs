@@ -100,7 +100,7 @@ public static class HfPipeline
     private static string Required(string file, JsonElement e, string name, string path) =>
         Str(e, name) ?? throw new ModelFormatException(file, $"{path}.{name}", "missing or not a string");
 
-    private static IEnumerable<(JsonElement Element, string Path)> Items(string file, JsonElement e, string name, string path)
+    private static List<(JsonElement Element, string Path)> Items(string file, JsonElement e, string name, string path)
     {
         if (!e.TryGetProperty(name, out var arr) || arr.ValueKind != JsonValueKind.Array)
             throw new ModelFormatException(file, $"{path}.{name}", "missing or not an array");

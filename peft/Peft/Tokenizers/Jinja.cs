@@ -693,7 +693,7 @@ public sealed class JinjaTemplate
                             _p += 2;
                             nodes.Add(keyword.Value switch
                             {
-                                "if" => ParseIf(),
+                                "if" => (Node)ParseIf(),
                                 "for" => ParseFor(),
                                 "set" => ParseSet(),
                                 _ => throw new JinjaException($"template statement '{{% {keyword.Value} %}}' (offset {keyword.Offset}) is not supported by vkpeft's chat template renderer"),
@@ -714,7 +714,7 @@ public sealed class JinjaTemplate
             Expect(TokKind.StmtClose, "'%}'");
         }
 
-        private Node ParseIf()
+        private IfNode ParseIf()
         {
             var branches = new List<(Expr?, List<Node>)>();
             var cond = ParseExpr();
@@ -736,7 +736,7 @@ public sealed class JinjaTemplate
             }
         }
 
-        private Node ParseFor()
+        private ForNode ParseFor()
         {
             var targets = new List<string> { ExpectName() };
             while (IsOp(",")) { _p++; targets.Add(ExpectName()); }
@@ -760,7 +760,7 @@ public sealed class JinjaTemplate
             return new ForNode(targets, iterable, filter, body, elseBody);
         }
 
-        private Node ParseSet()
+        private SetNode ParseSet()
         {
             string name = ExpectName();
             string? attr = null;

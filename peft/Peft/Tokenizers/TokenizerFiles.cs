@@ -4,6 +4,8 @@ namespace VkPeft.Peft.Tokenizers;
 
 public static class TokenizerFiles
 {
+    private static readonly string[] FolderFiles = ["tokenizer.json", "tokenizer.model", "tokenizer.bin"];
+
     /// <summary>
     /// Opens <paramref name="path"/> (a file, or a folder holding tokenizer.json / tokenizer.model / tokenizer.bin).
     /// <paramref name="bos"/>/<paramref name="eos"/> are the model's ids, used where the tokenizer files name none;
@@ -14,8 +16,7 @@ public static class TokenizerFiles
         ArgumentNullException.ThrowIfNull(path);
         if (Directory.Exists(path))
         {
-            string? found = new[] { "tokenizer.json", "tokenizer.model", "tokenizer.bin" }
-                .Select(f => Path.Combine(path, f)).FirstOrDefault(File.Exists);
+            string? found = FolderFiles.Select(f => Path.Combine(path, f)).FirstOrDefault(File.Exists);
             path = found ?? throw new FileNotFoundException($"{path}: no tokenizer.json, tokenizer.model or tokenizer.bin in the folder");
         }
         if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer file not found: {path}", path);
