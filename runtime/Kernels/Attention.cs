@@ -1,6 +1,6 @@
 // Causal grouped-query attention on the device: forward (o and the row log-sum-exp) and backward (dq, dk, dv), both
 // streaming over keys without a [T, S] buffer. Queries spanning several bindings run in row chunks, each against the
-// keys it sees. Shaders: attention_fwd, attention_bwd_dq, attention_bwd_dkv.
+// keys it sees. Shaders: attention_fwd, attention_bwd_dq, attention_bwd_dkv and their flash versions (attention_flash_*).
 using System.Runtime.InteropServices;
 using VkPeft.Runtime.Commands;
 using VkPeft.Runtime.Memory;
@@ -12,9 +12,11 @@ namespace VkPeft.Runtime.Kernels;
 /// <summary>
 /// Which attention shaders run: <see cref="Direct"/> reads key/query blocks straight from the buffers at
 /// workgroup-uniform addresses (8-invocation workgroups; CPU devices such as lavapipe serve these as broadcast loads),
-/// <see cref="Shared"/> stages them in shared memory (64-invocation workgroups; GPUs). Auto picks by device kind.
+/// <see cref="Shared"/> stages them in shared memory (64-invocation workgroups, one row per invocation),
+/// <see cref="Flash"/> is FlashAttention-2 style (a workgroup owns 16 rows, four invocations per row split the head
+/// dimension, keys/queries stream through shared memory as tiles; GPUs). Auto picks per device kind from measurements.
 /// </summary>
-public enum AttentionAlgorithm { Auto, Direct, Shared }
+public enum AttentionAlgorithm { Auto, Direct, Shared, Flash }
 
 public static class Attention
 {
@@ -32,6 +34,19 @@ public static class Attention
         { ShaderId.AttentionBwdDqSharedD8, ShaderId.AttentionBwdDqSharedD16, ShaderId.AttentionBwdDqSharedD32, ShaderId.AttentionBwdDqSharedD48, ShaderId.AttentionBwdDqSharedD64, ShaderId.AttentionBwdDqSharedD96, ShaderId.AttentionBwdDqSharedD128 },
         { ShaderId.AttentionBwdDkvD8, ShaderId.AttentionBwdDkvD16, ShaderId.AttentionBwdDkvD32, ShaderId.AttentionBwdDkvD48, ShaderId.AttentionBwdDkvD64, ShaderId.AttentionBwdDkvD96, ShaderId.AttentionBwdDkvD128 },
         { ShaderId.AttentionBwdDkvSharedD8, ShaderId.AttentionBwdDkvSharedD16, ShaderId.AttentionBwdDkvSharedD32, ShaderId.AttentionBwdDkvSharedD48, ShaderId.AttentionBwdDkvSharedD64, ShaderId.AttentionBwdDkvSharedD96, ShaderId.AttentionBwdDkvSharedD128 },
+    };
+
+    /// <summary>Head dimensions the flash shaders are compiled for (compile-time sizes; smaller ones are zero-padded).</summary>
+    public static IReadOnlyList<int> FlashHeadDims => FlashHeadDimList;
+    private static readonly int[] FlashHeadDimList = [8, 16, 32, 48, 64, 80, 96, 128];
+    /// <summary>Rows (queries; keys for dk/dv) one flash workgroup owns, and its invocations (attention_flash.glsl).</summary>
+    public const uint FlashRows = 16, FlashWorkgroupSize = 64;
+
+    private static readonly ShaderId[,] FlashShaders =
+    {
+        { ShaderId.AttentionFlashFwdD8, ShaderId.AttentionFlashFwdD16, ShaderId.AttentionFlashFwdD32, ShaderId.AttentionFlashFwdD48, ShaderId.AttentionFlashFwdD64, ShaderId.AttentionFlashFwdD80, ShaderId.AttentionFlashFwdD96, ShaderId.AttentionFlashFwdD128 },
+        { ShaderId.AttentionFlashBwdDqD8, ShaderId.AttentionFlashBwdDqD16, ShaderId.AttentionFlashBwdDqD32, ShaderId.AttentionFlashBwdDqD48, ShaderId.AttentionFlashBwdDqD64, ShaderId.AttentionFlashBwdDqD80, ShaderId.AttentionFlashBwdDqD96, ShaderId.AttentionFlashBwdDqD128 },
+        { ShaderId.AttentionFlashBwdDkvD8, ShaderId.AttentionFlashBwdDkvD16, ShaderId.AttentionFlashBwdDkvD32, ShaderId.AttentionFlashBwdDkvD48, ShaderId.AttentionFlashBwdDkvD64, ShaderId.AttentionFlashBwdDkvD80, ShaderId.AttentionFlashBwdDkvD96, ShaderId.AttentionFlashBwdDkvD128 },
     };
 
     private enum Kernel { Forward = 0, Dq = 2, Dkv = 4 }
@@ -54,19 +69,25 @@ public static class Attention
     /// </summary>
     private const long LoopBudget = 60000;
 
-    /// <summary>Loop iterations per key or pair (dot and update loops, plus rescale and staging shares), conservatively.</summary>
-    private static long ItersPerRow(int headDim) => 2L * headDim + headDim / 4 + 4;
+    /// <summary>
+    /// Loop iterations per key or pair (dot and update loops, plus rescale and staging shares), conservatively. The flash
+    /// kernels split each row's head dimension over four invocations: each loops over a quarter of it per key for the
+    /// partial dot products and for the update, plus the partial-sum and staging shares.
+    /// </summary>
+    private static long ItersPerRow(AttentionAlgorithm algorithm, int headDim) => algorithm == AttentionAlgorithm.Flash
+        ? headDim / 2 + headDim / 4 + 16
+        : 2L * headDim + headDim / 4 + 4;
 
     /// <summary>Keys or pairs one dispatch may loop over: bounded on CPU devices, unbounded elsewhere; capped by a request.</summary>
-    private static long RowsPerDispatch(VulkanContext ctx, int headDim, int requested)
+    private static long RowsPerDispatch(VulkanContext ctx, AttentionAlgorithm algorithm, int headDim, int requested)
     {
-        long n = ctx.Caps.Kind == DeviceKind.Cpu ? Math.Max((LoopBudget - 4L * headDim) / ItersPerRow(headDim), 1) : long.MaxValue;
+        long n = ctx.Caps.Kind == DeviceKind.Cpu ? Math.Max((LoopBudget - 4L * headDim) / ItersPerRow(algorithm, headDim), 1) : long.MaxValue;
         return requested > 0 ? Math.Min(n, requested) : n;
     }
 
     /// <summary>The algorithm Auto picks on this device.</summary>
     public static AttentionAlgorithm Choose(VulkanContext ctx) =>
-        ctx.Caps.Kind == DeviceKind.Cpu ? AttentionAlgorithm.Direct : AttentionAlgorithm.Shared;
+        ctx.Caps.Kind == DeviceKind.Cpu ? AttentionAlgorithm.Direct : AttentionAlgorithm.Flash;
 
     /// <summary>
     /// o = softmax(q·kᵀ/√headDim + causal mask)·v for <paramref name="batch"/> sequences of <paramref name="seqLen"/>
@@ -95,7 +116,7 @@ public static class Attention
             return;
         }
         var (push, ranges) = g.Bind([q, k, v, o, lse]);
-        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch);
         for (long k0 = 0; k0 < keys; k0 += chunk)
         {
             push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
@@ -156,7 +177,7 @@ public static class Attention
     {
         var ctx = q.Context;
         int seqLen = g.SeqLen, batch = g.Batch, nHeads = g.NHeads, nKvHeads = g.NKvHeads, headDim = g.HeadDim;
-        long keys = (long)g.StartPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        long keys = (long)g.StartPos + seqLen, chunk = RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch);
         var (push, r) = g.Bind([q, k, v, o, dO, lse, delta, dq]);
         for (long k0 = 0; k0 < keys; k0 += chunk)
         {
@@ -170,7 +191,7 @@ public static class Attention
         // dk/dv sum over group·seqLen (query head, query) pairs: chunks of at most perChunk pairs, whole heads while a
         // head fits, in a fixed order; the first chunk writes, the rest add.
         int group = nHeads / nKvHeads;
-        long perChunk = RowsPerDispatch(ctx, headDim, dkvPairsPerDispatch);
+        long perChunk = RowsPerDispatch(ctx, algorithm, headDim, dkvPairsPerDispatch);
         int headsPerChunk = (int)Math.Clamp(perChunk / seqLen, 1, group);
         int rowsPerChunk = (int)Math.Min(seqLen, perChunk);
         bool first = !accumulateDkv;
@@ -280,23 +301,26 @@ public static class Attention
     private static AttentionAlgorithm Resolve(VulkanContext ctx, AttentionAlgorithm algorithm)
     {
         if (algorithm == AttentionAlgorithm.Auto) algorithm = Choose(ctx);
-        if (algorithm == AttentionAlgorithm.Shared && ctx.Caps.MaxComputeWorkGroupInvocations < SharedWorkgroupSize)
-            throw new ArgumentException($"attention: the shared algorithm needs {SharedWorkgroupSize}-invocation workgroups; the device allows {ctx.Caps.MaxComputeWorkGroupInvocations}");
+        if (algorithm is AttentionAlgorithm.Shared or AttentionAlgorithm.Flash && ctx.Caps.MaxComputeWorkGroupInvocations < SharedWorkgroupSize)
+            throw new ArgumentException($"attention: the {algorithm} algorithm needs {SharedWorkgroupSize}-invocation workgroups; the device allows {ctx.Caps.MaxComputeWorkGroupInvocations}");
         return algorithm;
     }
 
     private static void Dispatch(VulkanContext ctx, Kernel kernel, AttentionAlgorithm algorithm, int headDim, in Push push,
         ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label)
     {
-        bool shared = algorithm == AttentionAlgorithm.Shared;
+        bool shared = algorithm == AttentionAlgorithm.Shared, flash = algorithm == AttentionAlgorithm.Flash;
+        var dims = flash ? FlashHeadDimList : HeadDimList;
         int variant = 0;
-        while (HeadDimList[variant] < headDim) variant++;
-        uint wg = shared ? SharedWorkgroupSize : DirectWorkgroupSize;
-        long groupsX = (rows + wg - 1) / wg;
+        while (dims[variant] < headDim) variant++;
+        uint wg = flash ? FlashWorkgroupSize : shared ? SharedWorkgroupSize : DirectWorkgroupSize;
+        uint rowsPerGroup = flash ? FlashRows : wg;
+        long groupsX = (rows + rowsPerGroup - 1) / rowsPerGroup;
         var max = ctx.Caps.MaxComputeWorkGroupCount;
         if (groupsX > max[0] || groupsY > max[1] || groupsZ > max[2])
             throw new ArgumentException($"attention: {groupsX}x{groupsY}x{groupsZ} workgroups exceed the device limit {string.Join("x", max)}");
-        var pipeline = ctx.Pipelines.Get(Shaders[(int)kernel + (shared ? 1 : 0), variant], wg);
+        var id = flash ? FlashShaders[(int)kernel / 2, variant] : Shaders[(int)kernel + (shared ? 1 : 0), variant];
+        var pipeline = ctx.Pipelines.Get(id, wg);
         ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label);
     }
 

@@ -1,4 +1,4 @@
-// GPU-vs-CPU tests of causal grouped-query attention (forward and backward, both shader algorithms) on awkward shapes,
+// GPU-vs-CPU tests of causal grouped-query attention (forward and backward, every shader algorithm) on awkward shapes,
 // GQA ratios 1/2/4, batches, generation mode with a KV cache, guard regions; plus a rough timing print.
 using System.Diagnostics;
 using Xunit.Abstractions;
@@ -30,6 +30,7 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
         {
             data.Add(b, t, p, h, kv, hd, extra, AttentionAlgorithm.Direct);
             data.Add(b, t, p, h, kv, hd, extra, AttentionAlgorithm.Shared);
+            data.Add(b, t, p, h, kv, hd, extra, AttentionAlgorithm.Flash);
         }
         return data;
     }
@@ -56,6 +57,8 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
     [InlineData(5, 7, AttentionAlgorithm.Direct)]
     [InlineData(5, 7, AttentionAlgorithm.Shared)]
     [InlineData(16, 40, AttentionAlgorithm.Direct)]
+    [InlineData(5, 7, AttentionAlgorithm.Flash)]
+    [InlineData(16, 40, AttentionAlgorithm.Flash)]
     public void ChainedDispatchesMatchCpuReference(int keysPerDispatch, int pairsPerDispatch, AttentionAlgorithm algorithm)
     {
         var s = new AttentionShape(2, 17, 2, 8, 2, 16, 21);
