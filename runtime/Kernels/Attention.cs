@@ -116,14 +116,17 @@ public static class Attention
             return;
         }
         var (push, ranges) = g.Bind([q, k, v, o, lse]);
-        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch);
+        var timed = new Timed(ctx, g, "attention.fwd", algorithm, 4);
+        long keys = (long)startPos + seqLen, chunk = Math.Min(RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch), timed.KeysPerDispatch());
         for (long k0 = 0; k0 < keys; k0 += chunk)
         {
             push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
             var access = k0 == 0 ? Access.Write : Access.ReadWrite;
+            double units = timed.KeyRangeUnits(push.Lo, push.Hi);
             Dispatch(ctx, Kernel.Forward, algorithm, headDim, push,
                 [Binding.Read(ranges[0]), Binding.Read(ranges[1]), Binding.Read(ranges[2]), new Binding(ranges[3], access), new Binding(ranges[4], access)],
-                seqLen, (uint)nHeads, (uint)batch, "attention.fwd");
+                seqLen, (uint)nHeads, (uint)batch, timed.Label, timed.Budget.Learn(timed.Key, units));
+            timed.Budget.Queued(ctx, timed.Key, units);
         }
     }
 
@@ -177,21 +180,25 @@ public static class Attention
     {
         var ctx = q.Context;
         int seqLen = g.SeqLen, batch = g.Batch, nHeads = g.NHeads, nKvHeads = g.NKvHeads, headDim = g.HeadDim;
-        long keys = (long)g.StartPos + seqLen, chunk = RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch);
+        var timed = new Timed(ctx, g, "attention.bwd.dq", algorithm, 6);
+        long keys = (long)g.StartPos + seqLen, chunk = Math.Min(RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch), timed.KeysPerDispatch());
         var (push, r) = g.Bind([q, k, v, o, dO, lse, delta, dq]);
         for (long k0 = 0; k0 < keys; k0 += chunk)
         {
             push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
+            double units = timed.KeyRangeUnits(push.Lo, push.Hi);
             Dispatch(ctx, Kernel.Dq, algorithm, headDim, push,
                 [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), Binding.Write(r[6]),
                  new Binding(r[7], k0 == 0 ? Access.Write : Access.ReadWrite)],
-                seqLen, (uint)nHeads, (uint)batch, "attention.bwd.dq");
+                seqLen, (uint)nHeads, (uint)batch, timed.Label, timed.Budget.Learn(timed.Key, units));
+            timed.Budget.Queued(ctx, timed.Key, units);
         }
         (push, r) = g.Bind([q, k, v, dO, lse, delta, dk, dv]);
         // dk/dv sum over group·seqLen (query head, query) pairs: chunks of at most perChunk pairs, whole heads while a
         // head fits, in a fixed order; the first chunk writes, the rest add.
         int group = nHeads / nKvHeads;
-        long perChunk = RowsPerDispatch(ctx, algorithm, headDim, dkvPairsPerDispatch);
+        timed = new Timed(ctx, g, "attention.bwd.dkv", algorithm, 8);
+        long perChunk = Math.Min(RowsPerDispatch(ctx, algorithm, headDim, dkvPairsPerDispatch), timed.PairsPerDispatch());
         int headsPerChunk = (int)Math.Clamp(perChunk / seqLen, 1, group);
         int rowsPerChunk = (int)Math.Min(seqLen, perChunk);
         bool first = !accumulateDkv;
@@ -203,9 +210,11 @@ public static class Attention
                 push.Lo = (uint)i0; push.Hi = (uint)Math.Min(seqLen, i0 + rowsPerChunk);
                 push.Accumulate = first ? 0u : 1u;
                 var outAccess = first ? Access.Write : Access.ReadWrite;
+                double units = timed.PairRangeUnits(push.HeadHi - push.HeadLo, push.Lo, push.Hi);
                 Dispatch(ctx, Kernel.Dkv, algorithm, headDim, push,
                     [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), new Binding(r[6], outAccess), new Binding(r[7], outAccess)],
-                    g.KvStride, (uint)nKvHeads, (uint)batch, "attention.bwd.dkv");
+                    g.KvStride, (uint)nKvHeads, (uint)batch, timed.Label, timed.Budget.Learn(timed.Key, units));
+                timed.Budget.Queued(ctx, timed.Key, units);
                 first = false;
             }
         }
@@ -306,8 +315,45 @@ public static class Attention
         return algorithm;
     }
 
+    /// <summary>
+    /// One kernel's share of the device's <see cref="DispatchBudget"/>: work units are FLOPs, <paramref name="flopsPerPair"/>
+    /// per (query, key) pair and head dimension (forward 4: q·k and p·v; dq 6; dk/dv 8), counting only the pairs the
+    /// causal mask keeps.
+    /// </summary>
+    private sealed class Timed(VulkanContext ctx, Geometry g, string label, AttentionAlgorithm algorithm, int flopsPerPair)
+    {
+        public DispatchBudget Budget { get; } = DispatchBudget.For(ctx);
+        public string Label => label;
+        public string Key { get; } = $"{label}.{algorithm}";
+
+        private double PerPair => (double)flopsPerPair * g.HeadDim;
+
+        /// <summary>Keys per dispatch (forward, dq): a key costs at most one pair per query of every head and sequence.</summary>
+        public long KeysPerDispatch() => Budget.ItemsPerDispatch(Key, PerPair * g.SeqLen * g.NHeads * g.Batch, (int)FlashRows);
+
+        /// <summary>(query head, query) pairs per dispatch (dk/dv): one costs at most every key of every kv head and sequence.</summary>
+        public long PairsPerDispatch() => Budget.ItemsPerDispatch(Key, PerPair * (g.StartPos + g.SeqLen) * g.NKvHeads * g.Batch, (int)FlashRows);
+
+        /// <summary>Work of keys [lo, hi) against every query (forward, dq).</summary>
+        public double KeyRangeUnits(uint lo, uint hi)
+        {
+            double pairs = 0;
+            for (long i = 0; i < g.SeqLen; i++)
+                pairs += Math.Max(0, Math.Min(hi, g.StartPos + i + 1) - lo);
+            return pairs * PerPair * g.NHeads * g.Batch;
+        }
+
+        /// <summary>Work of <paramref name="heads"/> query heads per kv head times queries [lo, hi) against the keys they see (dk/dv).</summary>
+        public double PairRangeUnits(uint heads, uint lo, uint hi)
+        {
+            double keys = 0;
+            for (long i = lo; i < hi; i++) keys += g.StartPos + i + 1;
+            return keys * heads * PerPair * g.NKvHeads * g.Batch;
+        }
+    }
+
     private static void Dispatch(VulkanContext ctx, Kernel kernel, AttentionAlgorithm algorithm, int headDim, in Push push,
-        ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label)
+        ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label, Action<double>? onDeviceSeconds = null)
     {
         bool shared = algorithm == AttentionAlgorithm.Shared, flash = algorithm == AttentionAlgorithm.Flash;
         var dims = flash ? FlashHeadDimList : HeadDimList;
@@ -321,7 +367,7 @@ public static class Attention
             throw new ArgumentException($"attention: {groupsX}x{groupsY}x{groupsZ} workgroups exceed the device limit {string.Join("x", max)}");
         var id = flash ? FlashShaders[(int)kernel / 2, variant] : Shaders[(int)kernel + (shared ? 1 : 0), variant];
         var pipeline = ctx.Pipelines.Get(id, wg);
-        ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label);
+        ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label, onDeviceSeconds);
     }
 
     /// <summary>Validated sizes of one attention call and the push constants they give.</summary>

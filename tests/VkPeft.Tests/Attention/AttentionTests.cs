@@ -15,16 +15,24 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
 {
     private VulkanContext Ctx => gpu.Context;
 
-    public static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> Cases()
-    {
+    public static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> Cases() => WithEveryAlgorithm(
+    [
         // batch, seqLen, startPos, nHeads, nKvHeads, headDim, extra kv rows per sequence
-        (int, int, int, int, int, int, int)[] shapes =
-        [
-            (1, 1, 0, 4, 4, 8, 0), (1, 3, 0, 4, 2, 16, 0), (3, 17, 0, 4, 1, 64, 0), (1, 67, 0, 4, 2, 16, 0),
-            (1, 130, 0, 2, 1, 64, 0), (3, 9, 0, 2, 2, 8, 0),
-            (3, 1, 20, 8, 2, 16, 5), (1, 3, 37, 4, 4, 64, 0), (2, 3, 5, 4, 1, 8, 4),
-            (1, 5, 0, 2, 1, 48, 0), (2, 11, 0, 2, 2, 32, 0), (1, 9, 2, 2, 1, 128, 0), (1, 6, 0, 1, 1, 3, 0), (1, 7, 0, 2, 2, 96, 0),
-        ];
+        (1, 1, 0, 4, 4, 8, 0), (1, 3, 0, 4, 2, 16, 0), (3, 17, 0, 4, 1, 64, 0), (1, 67, 0, 4, 2, 16, 0),
+        (1, 130, 0, 2, 1, 64, 0), (3, 9, 0, 2, 2, 8, 0),
+        (3, 1, 20, 8, 2, 16, 5), (1, 3, 37, 4, 4, 64, 0), (2, 3, 5, 4, 1, 8, 4),
+        (1, 5, 0, 2, 1, 48, 0), (2, 11, 0, 2, 2, 32, 0), (1, 9, 2, 2, 1, 128, 0), (1, 6, 0, 1, 1, 3, 0), (1, 7, 0, 2, 2, 96, 0),
+        (2, 67, 13, 8, 2, 128, 0), (2, 3, 30, 4, 2, 48, 2),
+    ]);
+
+    /// <summary>Long sequences after a cached prefix (several seconds each for the float64 reference on a CPU).</summary>
+    public static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> LongCases() => WithEveryAlgorithm(
+    [
+        (1, 600, 40, 4, 1, 64, 3), (2, 600, 7, 4, 2, 48, 0),
+    ]);
+
+    private static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> WithEveryAlgorithm((int, int, int, int, int, int, int)[] shapes)
+    {
         var data = new TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm>();
         foreach (var (b, t, p, h, kv, hd, extra) in shapes)
         {
@@ -34,6 +42,12 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
         }
         return data;
     }
+
+    [Theory]
+    [MemberData(nameof(LongCases))]
+    [Trait("Category", "Exhaustive")]
+    public void LongSequencesMatchCpuReference(int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, int extra, AttentionAlgorithm algorithm) =>
+        MatchesCpuReference(batch, seqLen, startPos, nHeads, nKvHeads, headDim, extra, algorithm);
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -68,6 +82,64 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
         var dO = TestData.Normal(s.QCount, 34);
         var r = Run(s, q, k, v, dO, algorithm, out _, out _, keysPerDispatch, pairsPerDispatch);
         Compare(s, q, k, v, dO, r);
+    }
+
+    /// <summary>
+    /// Watchdog-safe splitting: with a per-dispatch time target far below any kernel's time every attention kernel runs
+    /// one key (or query) block per dispatch and submits after each; results match the reference as the unsplit run
+    /// does, and the budget learns the kernels' rates from their measured device times.
+    /// </summary>
+    [Theory]
+    [InlineData(AttentionAlgorithm.Flash)]
+    [InlineData(AttentionAlgorithm.Direct)]
+    public void TimeBudgetSplitMatchesCpuReference(AttentionAlgorithm algorithm)
+    {
+        var s = new AttentionShape(2, 67, 5, 4, 2, 16, 72);
+        var q = TestData.Normal(s.QCount, 51, 1.5f);
+        var k = TestData.Normal(s.KCount, 52, 1.5f);
+        var v = TestData.Normal(s.KCount, 53);
+        var dO = TestData.Normal(s.QCount, 54);
+        var budget = DispatchBudget.For(Ctx);
+        var (enabled, target, submit) = (budget.Enabled, budget.TargetSeconds, budget.SubmitSeconds);
+        long dispatches, submits;
+        Result r;
+        try
+        {
+            budget.Reset();
+            (budget.Enabled, budget.TargetSeconds, budget.SubmitSeconds) = (true, 1e-12, 1e-12);
+            long d0 = Ctx.Commands.TotalDispatches, s0 = Ctx.Commands.TotalSubmits;
+            r = Run(s, q, k, v, dO, algorithm, out _, out _);
+            (dispatches, submits) = (Ctx.Commands.TotalDispatches - d0, Ctx.Commands.TotalSubmits - s0);
+            if (Ctx.Caps.TimestampsSupported)
+                Assert.Contains(new[] { "attention.fwd", "attention.bwd.dq", "attention.bwd.dkv" },
+                    label => budget.Rate($"{label}.{algorithm}") != DispatchBudget.InitialRate);
+        }
+        finally
+        {
+            (budget.Enabled, budget.TargetSeconds, budget.SubmitSeconds) = (enabled, target, submit);
+            budget.Reset();
+        }
+        // Forward and dq: 72 keys in blocks of 16 → 5 dispatches each; dk/dv: 2 query heads per kv head × 5 row blocks.
+        output.WriteLine($"{dispatches} dispatches, {submits} submits");
+        Assert.True(dispatches >= 20, $"{dispatches} dispatches");
+        Assert.True(submits >= 20, $"{submits} submits");
+        Compare(s, q, k, v, dO, r);
+    }
+
+    /// <summary>The flash backward has no atomics and sums in a fixed order: two runs give bit-identical gradients.</summary>
+    [Fact]
+    public void FlashBackwardIsBitReproducible()
+    {
+        var s = new AttentionShape(1, 67, 3, 8, 2, 64, 70);
+        var q = TestData.Normal(s.QCount, 61, 1.5f);
+        var k = TestData.Normal(s.KCount, 62, 1.5f);
+        var v = TestData.Normal(s.KCount, 63);
+        var dO = TestData.Normal(s.QCount, 64);
+        var a = Run(s, q, k, v, dO, AttentionAlgorithm.Flash, out _, out _);
+        var b = Run(s, q, k, v, dO, AttentionAlgorithm.Flash, out _, out _);
+        Assert.Equal(a.Dq, b.Dq);
+        Assert.Equal(a.Dk, b.Dk);
+        Assert.Equal(a.Dv, b.Dv);
     }
 
     [Fact]
