@@ -1,10 +1,10 @@
 #version 450
 // attention_flash_bwd_dq: the query gradient of attention_bwd_dq (same inputs, outputs, push block and chaining: keys
 // [lo, hi), the first dispatch writes dq, later ones add; every dispatch writes delta) organised like
-// attention_flash_fwd: a workgroup owns FLASH_ROWS query rows of one head, blocks of BC keys and values stream through
-// shared memory, and S = Q·Kᵀ and dP = dO·Vᵀ are FLASH_ROWS × BC tiles with the head dimension split across each row's
-// lanes. With P = exp(S − lse) (from the forward) and D = rowsum(dO ⊙ O): dq = scale · (P ⊙ (dP − D))·K. Nothing of
-// size [T, T] is stored; the sums run in a fixed order (deterministic).
+// attention_flash_fwd: a workgroup owns FLASH_ROWS query rows (of FLASH_HEADS heads sharing a kv head), blocks of BC
+// keys and values stream through shared memory, and S = Q·Kᵀ and dP = dO·Vᵀ are FLASH_ROWS × BC tiles with the head
+// dimension split across each row's lanes. With P = exp(S − lse) (from the forward) and D = rowsum(dO ⊙ O):
+// dq = scale · (P ⊙ (dP − D))·K. Nothing of size [T, T] is stored; the sums run in a fixed order (deterministic).
 #include "attention_flash.glsl"
 
 layout(std430, set = 0, binding = 0) readonly buffer BufQ { float q[]; };
@@ -23,13 +23,13 @@ shared float part_p[FLASH_ROWS][BC][FLASH_TPR];   // per-lane partial dO·v (and
 
 void main()
 {
-    uint h = gl_WorkGroupID.y, b = gl_WorkGroupID.z, kvh = h / pc.group;
     uint r = FLASH_R, lane = FLASH_LANE;
-    uint i0 = gl_WorkGroupID.x * FLASH_ROWS;
-    uint row = i0 + r;
+    uint h = gl_WorkGroupID.y * FLASH_HEADS + r % FLASH_HEADS, b = gl_WorkGroupID.z, kvh = h / pc.group;
+    uint i0 = gl_WorkGroupID.x * FLASH_POSITIONS;
+    uint row = i0 + r / FLASH_HEADS;
     uint i = min(row, pc.T - 1);          // rows past T compute a copy of the last row and store nothing
     uint pos = pc.start_pos + i;
-    uint kend = min(min(pc.S, pc.hi), pc.start_pos + min(i0 + FLASH_ROWS, pc.T));
+    uint kend = min(min(pc.S, pc.hi), pc.start_pos + min(i0 + FLASH_POSITIONS, pc.T));
 
     uint qbase = (b * pc.T + i) * pc.ldq + h * HD_RT;   // row offset shared by q, o, dO and dq (plus their binding offsets)
     uint kbase = pc.off1 + b * pc.kv_stride * pc.ldk + kvh * HD_RT;

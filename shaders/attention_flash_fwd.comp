@@ -1,10 +1,11 @@
 #version 450
 // attention_flash_fwd: the forward of attention_fwd (same inputs, outputs, push block and dispatch chaining: keys
 // [lo, hi), the first dispatch writes o and lse, later ones merge by log-sum-exp) organised FlashAttention-2 style for
-// GPUs: a workgroup owns FLASH_ROWS query rows of one head; blocks of BC keys and values stream through shared memory;
-// S = Q·Kᵀ is computed as a FLASH_ROWS × BC tile with the head dimension split across each row's lanes, the online
-// softmax runs in fp32, and O += P·V as a FLASH_ROWS × HD tile spread over the workgroup. Key blocks past the last
-// row's position (above the causal diagonal) are never loaded. One workgroup per (row block, head, sequence).
+// GPUs: a workgroup owns FLASH_ROWS query rows (of FLASH_HEADS heads sharing a kv head); blocks of BC keys and values
+// stream through shared memory once for all of them; S = Q·Kᵀ is computed as a FLASH_ROWS × BC tile with the head
+// dimension split across each row's lanes, the online softmax runs in fp32, and O += P·V as a FLASH_ROWS × HD tile
+// spread over the workgroup. Key blocks past the last row's position (above the causal diagonal) are never loaded.
+// One workgroup per (row block, head block, sequence).
 #include "attention_flash.glsl"
 
 layout(std430, set = 0, binding = 0) readonly buffer BufQ { float q[]; };
@@ -19,14 +20,14 @@ shared float part[FLASH_ROWS][BC][FLASH_TPR];   // per-lane partial scores
 
 void main()
 {
-    uint h = gl_WorkGroupID.y, b = gl_WorkGroupID.z, kvh = h / pc.group;
     uint r = FLASH_R, lane = FLASH_LANE;
-    uint i0 = gl_WorkGroupID.x * FLASH_ROWS;
-    uint row = i0 + r;
+    uint h = gl_WorkGroupID.y * FLASH_HEADS + r % FLASH_HEADS, b = gl_WorkGroupID.z, kvh = h / pc.group;
+    uint i0 = gl_WorkGroupID.x * FLASH_POSITIONS;
+    uint row = i0 + r / FLASH_HEADS;
     uint i = min(row, pc.T - 1);          // rows past T compute a copy of the last row and store nothing
     uint pos = pc.start_pos + i;
     // Keys this workgroup needs: up to the position of its last row (uniform across the workgroup).
-    uint kend = min(min(pc.S, pc.hi), pc.start_pos + min(i0 + FLASH_ROWS, pc.T));
+    uint kend = min(min(pc.S, pc.hi), pc.start_pos + min(i0 + FLASH_POSITIONS, pc.T));
 
     uint qbase = pc.off0 + (b * pc.T + i) * pc.ldq + h * HD_RT;
     uint kbase = pc.off1 + b * pc.kv_stride * pc.ldk + kvh * HD_RT;

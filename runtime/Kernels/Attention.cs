@@ -360,15 +360,21 @@ public static class Attention
         int variant = 0;
         while (dims[variant] < headDim) variant++;
         uint wg = flash ? FlashWorkgroupSize : shared ? SharedWorkgroupSize : DirectWorkgroupSize;
-        uint rowsPerGroup = flash ? FlashRows : wg;
+        // Flash query-row kernels pack the query heads of a kv-head group into one workgroup (as many as divide both
+        // the group and the workgroup's rows), so each staged key/value block serves them all.
+        uint heads = flash && kernel != Kernel.Dkv ? Gcd(push.Group, FlashRows) : 1;
+        uint rowsPerGroup = flash ? FlashRows / heads : wg;
+        groupsY /= heads;
         long groupsX = (rows + rowsPerGroup - 1) / rowsPerGroup;
         var max = ctx.Caps.MaxComputeWorkGroupCount;
         if (groupsX > max[0] || groupsY > max[1] || groupsZ > max[2])
             throw new ArgumentException($"attention: {groupsX}x{groupsY}x{groupsZ} workgroups exceed the device limit {string.Join("x", max)}");
         var id = flash ? FlashShaders[(int)kernel / 2, variant] : Shaders[(int)kernel + (shared ? 1 : 0), variant];
-        var pipeline = ctx.Pipelines.Get(id, wg);
+        var pipeline = flash ? ctx.Pipelines.Get(id, wg, heads) : ctx.Pipelines.Get(id, wg);
         ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label, onDeviceSeconds);
     }
+
+    private static uint Gcd(uint a, uint b) => b == 0 ? a : Gcd(b, a % b);
 
     /// <summary>Validated sizes of one attention call and the push constants they give.</summary>
     private sealed record Geometry(int Batch, int SeqLen, int StartPos, int NHeads, int NKvHeads, int HeadDim, long KvStride)
