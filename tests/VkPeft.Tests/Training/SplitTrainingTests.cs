@@ -4,6 +4,7 @@
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Training;
+using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
@@ -39,11 +40,14 @@ public sealed class SplitTrainingTests
     [InlineData("lora", true)]
     [InlineData("lora-dropout", false)]
     [InlineData("qalora", true)]
-    public void StepWithActivationsOverManyBindingsMatchesOneBinding(string method, bool offload)
+    [InlineData("lora", false, true)]   // the flash attention kernels in both steps
+    public void StepWithActivationsOverManyBindingsMatchesOneBinding(string method, bool offload, bool flash = false)
     {
         const int seqLen = 700;   // [700, 32] fp32 = 88 KB and [700, 48] = 131 KB: over the 64 KiB bindings
         using var split = new VulkanContext(SplitDeviceTests.SplitOptions());
         using var whole = new VulkanContext(GpuFixture.Options());
+        using var flashSplit = flash ? VkPeft.Runtime.Kernels.Attention.Force(split, AttentionAlgorithm.Flash) : null;
+        using var flashWhole = flash ? VkPeft.Runtime.Kernels.Attention.Force(whole, AttentionAlgorithm.Flash) : null;
         var gs = Gradients(split, method, offload, seqLen, out double lossSplit);
         var gw = Gradients(whole, method, offload, seqLen, out double lossWhole);
         // Same math, other summation orders (attention key chunks, row pieces of the weight-gradient sums): fp32 rounding only.
