@@ -1,17 +1,35 @@
 // GGUF/ggml legacy block formats Q4_0, Q4_1 and Q8_0 (ggml-common.h layouts), with the gguf-py reference quantizers
-// (llama.cpp gguf-py/gguf/quants.py) reproduced bit for bit, plus the F32/F16/BF16 tensor encodings.
+// (llama.cpp gguf-py/gguf/quants.py) reproduced bit for bit, plus the F32/F16/BF16 tensor encodings, and the block
+// geometry of every ggml type id a GGUF file may declare (so a reader can check sizes of types it cannot decode).
 using System.Buffers.Binary;
 
 namespace VkPeft.Quant;
 
-/// <summary>ggml tensor type ids (the values written in GGUF tensor infos).</summary>
+/// <summary>
+/// ggml tensor type ids (the values written in GGUF tensor infos). <see cref="GgufBlockCodec"/> encodes and decodes
+/// F32, F16, BF16, Q4_0, Q4_1 and Q8_0; the others are known by their block geometry only.
+/// </summary>
 public enum GgmlType
 {
     F32 = 0,
     F16 = 1,
     Q4_0 = 2,
     Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
     Q8_0 = 8,
+    Q8_1 = 9,
+    Q2_K = 10,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    Q8_K = 15,
+    I8 = 24,
+    I16 = 25,
+    I32 = 26,
+    I64 = 27,
+    F64 = 28,
     BF16 = 30,
 }
 
@@ -29,24 +47,29 @@ public enum GgmlType
 /// </summary>
 public static class GgufBlockCodec
 {
-    /// <summary>Weights per block: 32 for Q4_0/Q4_1/Q8_0, 1 for F32/F16/BF16.</summary>
-    public static int BlockSize(GgmlType type) => type switch
+    /// <summary>(weights per block, bytes per block) of a ggml type id, or null for an id this project does not know.</summary>
+    public static (int BlockSize, int BlockBytes)? Geometry(GgmlType type) => type switch
     {
-        GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q8_0 => 32,
-        GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => 1,
-        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unsupported ggml type"),
+        GgmlType.F32 => (1, 4), GgmlType.F16 => (1, 2), GgmlType.BF16 => (1, 2), GgmlType.F64 => (1, 8),
+        GgmlType.I8 => (1, 1), GgmlType.I16 => (1, 2), GgmlType.I32 => (1, 4), GgmlType.I64 => (1, 8),
+        GgmlType.Q4_0 => (32, 18), GgmlType.Q4_1 => (32, 20), GgmlType.Q5_0 => (32, 22), GgmlType.Q5_1 => (32, 24),
+        GgmlType.Q8_0 => (32, 34), GgmlType.Q8_1 => (32, 36),
+        GgmlType.Q2_K => (256, 84), GgmlType.Q3_K => (256, 110), GgmlType.Q4_K => (256, 144),
+        GgmlType.Q5_K => (256, 176), GgmlType.Q6_K => (256, 210), GgmlType.Q8_K => (256, 292),
+        _ => null,
     };
 
-    /// <summary>Bytes per block: Q4_0 18, Q4_1 20, Q8_0 34, F32 4, F16 2, BF16 2.</summary>
-    public static int BlockBytes(GgmlType type) => type switch
-    {
-        GgmlType.Q4_0 => 18,
-        GgmlType.Q4_1 => 20,
-        GgmlType.Q8_0 => 34,
-        GgmlType.F32 => 4,
-        GgmlType.F16 or GgmlType.BF16 => 2,
-        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unsupported ggml type"),
-    };
+    /// <summary>Whether <see cref="Quantize"/> and <see cref="Dequantize"/> handle <paramref name="type"/>.</summary>
+    public static bool IsCodec(GgmlType type) =>
+        type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q8_0;
+
+    /// <summary>Weights per block (32 for Q4_0/Q4_1/Q8_0, 1 for F32/F16/BF16; 256 for the K-quants).</summary>
+    public static int BlockSize(GgmlType type) =>
+        Geometry(type)?.BlockSize ?? throw new ArgumentOutOfRangeException(nameof(type), type, "unknown ggml type");
+
+    /// <summary>Bytes per block: Q4_0 18, Q4_1 20, Q8_0 34, F32 4, F16 2, BF16 2 (and the geometry of the others).</summary>
+    public static int BlockBytes(GgmlType type) =>
+        Geometry(type)?.BlockBytes ?? throw new ArgumentOutOfRangeException(nameof(type), type, "unknown ggml type");
 
     /// <summary>Encoded size of <paramref name="count"/> weights (count must be a multiple of the block size).</summary>
     public static long ByteCount(GgmlType type, long count)
@@ -57,10 +80,16 @@ public static class GgufBlockCodec
         return count / blockSize * BlockBytes(type);
     }
 
+    private static void RequireCodec(GgmlType type)
+    {
+        if (!IsCodec(type)) throw new ArgumentOutOfRangeException(nameof(type), type, "no codec for this ggml type (F32, F16, BF16, Q4_0, Q4_1 and Q8_0 have one)");
+    }
+
     /// <summary>Encodes the row-major weights as <paramref name="type"/>; see the class summary for layouts.</summary>
     /// <exception cref="ArgumentException">Empty input, a count that is not a whole number of blocks, or (quantized types) a NaN/infinite weight.</exception>
     public static byte[] Quantize(GgmlType type, ReadOnlySpan<float> weights, string tensorName = "weight")
     {
+        RequireCodec(type);
         WeightChecks.NotEmpty(weights.Length, tensorName);
         var output = new byte[ByteCount(type, weights.Length)];
         switch (type)
@@ -154,6 +183,7 @@ public static class GgufBlockCodec
     /// <summary>Decodes <paramref name="count"/> weights of <paramref name="type"/> into <paramref name="destination"/>.</summary>
     public static void Dequantize(GgmlType type, ReadOnlySpan<byte> data, long count, Span<float> destination)
     {
+        RequireCodec(type);
         long bytes = ByteCount(type, count);
         if (data.Length < bytes) throw new ArgumentException($"{type} data holds {data.Length} bytes, {bytes} needed for {count} weights", nameof(data));
         if (destination.Length < count) throw new ArgumentException($"destination holds {destination.Length} values, {count} needed", nameof(destination));

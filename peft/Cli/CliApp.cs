@@ -55,7 +55,7 @@ public static class CliApp
         ValidationFailedException => null,
         VulkanUnsupportedException or DeviceMemoryBudgetException or FormatException or FileNotFoundException
             or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or CliUsageException
-            or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException or VkPeft.Peft.Export.ExportException => e.Message,
+            or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException or VkPeft.Peft.Training.TrainingFaultException or VkPeft.Peft.Training.RunLockedException or VkPeft.Peft.Export.ExportException => e.Message,
         VkPeft.Peft.Formats.ModelFormatException m => m.Message,
         ArgumentException a when a.GetType() == typeof(ArgumentException) => a.Message,
         VulkanException v => v.Message,

@@ -45,11 +45,12 @@ public static class TrainCommand
         var saveEvery = new Option<int>("--save-every") { Description = "Checkpoint every N steps (always at the end)", DefaultValueFactory = _ => 0 };
         var seed = new Option<int>("--seed") { Description = "Seed for init, data order and dropout", DefaultValueFactory = _ => 42 };
         var output = new Option<string>("--out") { Description = "Output directory (adapter, checkpoints, metrics)", Required = true };
-        var resume = new Option<bool>("--resume") { Description = "Continue from the checkpoint in --out" };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the newest intact checkpoint in --out (a finished run is left as it is)" };
+        var keep = new Option<int>("--keep-checkpoints") { Description = "Checkpoints kept in --out/checkpoints; --resume falls back to an older one when the newest is corrupt", DefaultValueFactory = _ => TrainCheckpoint.DefaultKeep };
         var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck) on a frozen 4-bit base")
         {
             data, evalData, evalFraction, method, rank, alpha, dropout, rslora, targets, groupSize, adapterKind, bottleneck, activation, adapterScale, steps, batch, seqLen,
-            accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume,
+            accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume, keep,
         };
         model.AddTo(cmd);
         cmd.SetAction(parse =>
@@ -123,8 +124,14 @@ public static class TrainCommand
                 Seed = parse.GetValue(seed),
                 Out = parse.GetValue(output)!,
                 Resume = parse.GetValue(resume),
+                KeepCheckpoints = parse.GetValue(keep),
             };
             options.Validate();
+            if (options.Resume && TrainCheckpoint.LatestStep(options.Out) is var reached && reached >= options.Steps)
+            {
+                Console.WriteLine($"{options.Out}: the run already reached step {reached} of --steps {options.Steps}; nothing to do (raise --steps to train further)");
+                return 0;
+            }
             var (host, tok) = model.LoadHost(parse);
             if (host.Config.MaxSeqLen > 0 && options.SeqLen > host.Config.MaxSeqLen)
                 throw new CliUsageException($"--seq-len {options.SeqLen} exceeds the model's context of {host.Config.MaxSeqLen}");
@@ -145,11 +152,12 @@ public static class TrainCommand
     /// <summary>Loads the base onto the device and trains with a progress bar; shared with the demo.</summary>
     public static TrainSummary Run(VulkanContext ctx, Peft.Models.LoadedModel host, TrainOptions options, TrainingData data)
     {
-        if (!options.Resume && File.Exists(Path.Combine(options.Out, Trainer.StateFile)))
+        using var runLock = RunLock.Acquire(options.Out);
+        if (!options.Resume && (File.Exists(Path.Combine(options.Out, Trainer.StateFile)) || TrainCheckpoint.Steps(options.Out).Count > 0))
             throw new CliUsageException($"{options.Out} already holds a training run; pass --resume to continue it or choose another --out");
         using var model = ModelOptions.Upload(ctx, host, options.Quant, options.EmbeddingQuant);
         using var trainer = new Trainer(ctx, model, options, data);
-        if (options.Resume) trainer.ResumeFrom(options.Out);
+        if (options.Resume) trainer.ResumeFrom(options.Out, Console.Error.WriteLine);
         TrainSummary summary = null!;
         Progress.Run($"training {options.Adapter.Method.ToString().ToLowerInvariant()}", options.Steps, "steps", tick =>
         {

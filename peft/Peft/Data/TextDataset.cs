@@ -22,8 +22,19 @@ public static class TextDataset
         var ext = Path.GetExtension(path).ToLowerInvariant();
         var records = new List<DataRecord>();
         int lineNo = 0;
-        foreach (var raw in File.ReadLines(path))
+        // Strict UTF-8: a byte sequence that is not text is an error naming the line, not a silent U+FFFD.
+        using var lines = File.ReadLines(path, new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true)).GetEnumerator();
+        while (true)
         {
+            try
+            {
+                if (!lines.MoveNext()) break;
+            }
+            catch (System.Text.DecoderFallbackException)
+            {
+                throw new ModelFormatException(path, $"line {lineNo + 1}", "invalid UTF-8 at or after this line (the data must be UTF-8 text)");
+            }
+            string raw = lines.Current;
             lineNo++;
             var line = raw.Trim();
             if (line.Length == 0) continue;

@@ -209,7 +209,7 @@ public static class AdapterIO
         var list = new List<TargetModule>();
         foreach (var e in tm.EnumerateArray())
         {
-            string name = e.GetString() ?? "";
+            string name = RequireString(cfgPath, "target_modules", e);
             var t = ModelTensors.LinearKinds.Where(k => AdapterConfig.HfName(k) == name).Cast<TargetModule?>().FirstOrDefault()
                 ?? throw new ModelFormatException(cfgPath, "target_modules", $"unknown target '{name}' (supported: {string.Join(", ", ModelTensors.LinearKinds.Select(AdapterConfig.HfName))})");
             if (!list.Contains(t)) list.Add(t);
@@ -409,13 +409,9 @@ public static class AdapterIO
 
     private static JsonDocument ParseJson(string path)
     {
-        try
-        {
-            return JsonDocument.Parse(File.ReadAllBytes(path));
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(path, "json", "not valid JSON: " + e.Message, e);
-        }
+        var doc = JsonFields.ParseFile(path);
+        if (doc.RootElement.ValueKind == JsonValueKind.Object) return doc;
+        doc.Dispose();
+        throw new ModelFormatException(path, "json", "an adapter configuration must be a JSON object");
     }
 }

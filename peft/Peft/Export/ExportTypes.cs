@@ -2,6 +2,7 @@
 // introduced by quantization) and the atomic output helper: write under a temporary name, then rename.
 using System.Globalization;
 using System.Text;
+using VkPeft.Peft.Formats;
 
 namespace VkPeft.Peft.Export;
 
@@ -154,10 +155,14 @@ internal static class AtomicOutput
         System.IO.Directory.CreateDirectory(tmp);
         try
         {
+            FaultInjection.BeforeWrite(Path.GetFileName(full));
             fill(tmp);
+            foreach (var f in System.IO.Directory.GetFiles(tmp, "*", SearchOption.AllDirectories)) DurableFile.Flush(f);
+            DurableFile.SyncDirectory(tmp);
             if (System.IO.Directory.Exists(full)) System.IO.Directory.Delete(full, recursive: true);
             else if (System.IO.File.Exists(full)) System.IO.File.Delete(full);
             System.IO.Directory.Move(tmp, full);
+            DurableFile.SyncDirectory(parent);
         }
         finally
         {
@@ -175,9 +180,12 @@ internal static class AtomicOutput
         string tmp = Path.Combine(parent, "." + Path.GetFileName(full) + ".tmp-" + Guid.NewGuid().ToString("N"));
         try
         {
+            FaultInjection.BeforeWrite(Path.GetFileName(full));
             write(tmp);
+            DurableFile.Flush(tmp);
             if (System.IO.Directory.Exists(full)) System.IO.Directory.Delete(full, recursive: true);
             System.IO.File.Move(tmp, full, overwrite: true);
+            DurableFile.SyncDirectory(parent);
         }
         finally
         {

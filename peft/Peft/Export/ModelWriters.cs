@@ -8,8 +8,6 @@ using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Quant;
-using FGgmlType = VkPeft.Peft.Formats.GgmlType;
-using QGgmlType = VkPeft.Quant.GgmlType;
 
 namespace VkPeft.Peft.Export;
 
@@ -291,25 +289,25 @@ internal static class ModelWriters
 
     // ------------------------------------------------------------------ GGUF model
 
-    private static FGgmlType Requested(ExportDType d) => d switch
+    private static GgmlType Requested(ExportDType d) => d switch
     {
-        ExportDType.F32 => FGgmlType.F32,
-        ExportDType.F16 => FGgmlType.F16,
-        ExportDType.BF16 => FGgmlType.BF16,
-        ExportDType.Q8_0 => FGgmlType.Q8_0,
-        ExportDType.Q4_0 => FGgmlType.Q4_0,
-        ExportDType.Q4_1 => FGgmlType.Q4_1,
+        ExportDType.F32 => GgmlType.F32,
+        ExportDType.F16 => GgmlType.F16,
+        ExportDType.BF16 => GgmlType.BF16,
+        ExportDType.Q8_0 => GgmlType.Q8_0,
+        ExportDType.Q4_0 => GgmlType.Q4_0,
+        ExportDType.Q4_1 => GgmlType.Q4_1,
         _ => throw new ExportException($"dtype {ExportOptions.DTypeName(d)} is not a GGUF tensor type (use f32, f16, bf16, q8_0, q4_0, q4_1)"),
     };
 
-    private static uint FileType(FGgmlType t) => t switch
+    private static uint FileType(GgmlType t) => t switch
     {
-        FGgmlType.F32 => 0,
-        FGgmlType.F16 => 1,
-        FGgmlType.Q4_0 => 2,
-        FGgmlType.Q4_1 => 3,
-        FGgmlType.Q8_0 => 7,
-        FGgmlType.BF16 => 32,
+        GgmlType.F32 => 0,
+        GgmlType.F16 => 1,
+        GgmlType.Q4_0 => 2,
+        GgmlType.Q4_1 => 3,
+        GgmlType.Q8_0 => 7,
+        GgmlType.BF16 => 32,
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
@@ -322,14 +320,14 @@ internal static class ModelWriters
         var requested = Requested(o.DType);
         var (arch, layout) = GgufArch(m.Config);
         var (c, w) = ModelTensors.ToLayout(m.Config, m.Weights, layout);
-        var int4 = requested == FGgmlType.Q4_1 ? Int4InLayout(m, layout) : null;
+        var int4 = requested == GgmlType.Q4_1 ? Int4InLayout(m, layout) : null;
         if (int4 is not null && int4.Values.Any(q => q.GroupSize != 32)) int4 = null;
         var g = new GgufWriter();
         g.AddString("general.architecture", arch);
         g.AddString("general.type", "model");
         g.AddString("general.name", o.Name ?? Path.GetFileNameWithoutExtension(source.Source.Path));
         g.AddUInt32("general.file_type", FileType(requested));
-        if (requested is FGgmlType.Q8_0 or FGgmlType.Q4_0 or FGgmlType.Q4_1) g.AddUInt32("general.quantization_version", 2);
+        if (requested is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1) g.AddUInt32("general.quantization_version", 2);
         g.AddUInt32($"{arch}.context_length", (uint)c.MaxSeqLen);
         g.AddUInt32($"{arch}.embedding_length", (uint)c.Dim);
         g.AddUInt32($"{arch}.block_count", (uint)c.NLayers);
@@ -368,17 +366,17 @@ internal static class ModelWriters
             ulong[] ne = shape.Reverse().Select(d => (ulong)d).ToArray();
             if (shape.Length == 1)
             {
-                AddGgufTensor(g, report, name, ne, FGgmlType.F32, Encode(FGgmlType.F32, data, name));
+                AddGgufTensor(g, report, name, ne, GgmlType.F32, Encode(GgmlType.F32, data, name));
                 continue;
             }
-            FGgmlType type = requested;
-            if (type is FGgmlType.Q8_0 or FGgmlType.Q4_0 or FGgmlType.Q4_1 && shape[1] % 32 != 0)
+            GgmlType type = requested;
+            if (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 && shape[1] % 32 != 0)
             {
-                type = FGgmlType.F16;
+                type = GgmlType.F16;
                 report.Fallbacks.Add(new ExportFallback(name, requested.ToString(), "F16", $"row length {shape[1]} is not a multiple of the 32-weight block"));
             }
             var linear = Linear(kind);
-            if (type == FGgmlType.Q4_1 && int4 is not null && linear is { } t && int4.TryGetValue((layer, t), out var q))
+            if (type == GgmlType.Q4_1 && int4 is not null && linear is { } t && int4.TryGetValue((layer, t), out var q))
             {
                 var (bytes, err) = Q4_1FromInt4(q);
                 report.Q4_1Fp16Deviation = Math.Max(report.Q4_1Fp16Deviation ?? 0, err);
@@ -386,24 +384,24 @@ internal static class ModelWriters
                 continue;
             }
             byte[] encoded = Encode(type, data, name);
-            if (type is FGgmlType.Q8_0 or FGgmlType.Q4_0 or FGgmlType.Q4_1)
+            if (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1)
             {
                 var back = new float[data.Length];
-                GgufBlockCodec.Dequantize((QGgmlType)(int)type, encoded, data.Length, back);
+                GgufBlockCodec.Dequantize(type, encoded, data.Length, back);
                 report.AddError(MaxAbsDiff(back, data));
             }
             AddGgufTensor(g, report, name, ne, type, encoded);
         }
         if (ropeFreqs is not null)
-            AddGgufTensor(g, report, "rope_freqs.weight", [(ulong)ropeFreqs.Length], FGgmlType.F32, Encode(FGgmlType.F32, ropeFreqs, "rope_freqs.weight"));
+            AddGgufTensor(g, report, "rope_freqs.weight", [(ulong)ropeFreqs.Length], GgmlType.F32, Encode(GgmlType.F32, ropeFreqs, "rope_freqs.weight"));
         if (report.MaxAbsWeightError is not null)
             report.WeightErrorBasis = "tensors quantized here (dequantized) vs the float32 weights being exported";
         g.Write(path);
     }
 
-    private static byte[] Encode(FGgmlType type, float[] data, string name) => GgufBlockCodec.Quantize((QGgmlType)(int)type, data, name);
+    private static byte[] Encode(GgmlType type, float[] data, string name) => GgufBlockCodec.Quantize(type, data, name);
 
-    private static void AddGgufTensor(GgufWriter g, ExportReport report, string name, ulong[] ne, FGgmlType type, byte[] data)
+    private static void AddGgufTensor(GgufWriter g, ExportReport report, string name, ulong[] ne, GgmlType type, byte[] data)
     {
         g.AddTensor(name, ne, type, data);
         report.Tensors.Add(new ExportedTensor(name, type.ToString(), ne.Select(d => (long)d).ToArray(), data.LongLength));
@@ -519,8 +517,8 @@ internal static class ModelWriters
                 float[] bData = ModelTensors.PermutedHeads(baseConfig, t) is { } heads
                     ? QkPermutation.PermuteRows<float>(b.Data, heads, baseConfig.HeadDim, r, baseConfig.RopeLayout, layout)
                     : b.Data;
-                AddGgufTensor(g, report, baseName + ".lora_a", [(ulong)inF, (ulong)r], FGgmlType.F32, Encode(FGgmlType.F32, a.Data, baseName + ".lora_a"));
-                AddGgufTensor(g, report, baseName + ".lora_b", [(ulong)r, (ulong)outF], FGgmlType.F32, Encode(FGgmlType.F32, bData, baseName + ".lora_b"));
+                AddGgufTensor(g, report, baseName + ".lora_a", [(ulong)inF, (ulong)r], GgmlType.F32, Encode(GgmlType.F32, a.Data, baseName + ".lora_a"));
+                AddGgufTensor(g, report, baseName + ".lora_b", [(ulong)r, (ulong)outF], GgmlType.F32, Encode(GgmlType.F32, bData, baseName + ".lora_b"));
             }
         g.Write(path);
     }

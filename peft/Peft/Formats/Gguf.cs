@@ -1,16 +1,10 @@
-// GGUF v2/v3 reader: header, typed metadata (arrays included), tensor infos, alignment and strict data tiling,
-// tensor data to float32 through an IGgmlBlockDecoder (local F32/F16/BF16/Q8_0/Q4_0/Q4_1 decoder by default).
-using System.Runtime.InteropServices;
+// GGUF v2/v3 reader: header, typed metadata (arrays included), tensor infos, alignment and strict data tiling, every
+// declared count and length checked against the bytes that exist before anything is allocated; tensor data decoded to
+// float32 by the quant codec (GgufBlockCodec: F32/F16/BF16/Q8_0/Q4_0/Q4_1).
 using System.Text;
+using VkPeft.Quant;
 
 namespace VkPeft.Peft.Formats;
-
-public enum GgmlType : uint
-{
-    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
-    I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
-}
 
 public enum GgufValueType : uint
 {
@@ -32,95 +26,7 @@ public sealed record GgufTensorInfo(string Name, ulong[] Ne, GgmlType Type, ulon
     /// <summary>PyTorch-order shape (reversed Ne).</summary>
     public long[] Shape => Ne.Reverse().Select(d => (long)d).ToArray();
 
-    public long ByteSize => GgmlTypes.RowBytes(Type, ElementCount);
-}
-
-public static class GgmlTypes
-{
-    /// <summary>(weights per block, bytes per block), or null for a type id this reader does not know.</summary>
-    public static (int BlockSize, int BlockBytes)? Block(GgmlType t) => t switch
-    {
-        GgmlType.F32 => (1, 4), GgmlType.F16 => (1, 2), GgmlType.BF16 => (1, 2), GgmlType.F64 => (1, 8),
-        GgmlType.I8 => (1, 1), GgmlType.I16 => (1, 2), GgmlType.I32 => (1, 4), GgmlType.I64 => (1, 8),
-        GgmlType.Q4_0 => (32, 18), GgmlType.Q4_1 => (32, 20), GgmlType.Q5_0 => (32, 22), GgmlType.Q5_1 => (32, 24),
-        GgmlType.Q8_0 => (32, 34), GgmlType.Q8_1 => (32, 36),
-        GgmlType.Q2_K => (256, 84), GgmlType.Q3_K => (256, 110), GgmlType.Q4_K => (256, 144),
-        GgmlType.Q5_K => (256, 176), GgmlType.Q6_K => (256, 210), GgmlType.Q8_K => (256, 292),
-        _ => null,
-    };
-
-    public static long RowBytes(GgmlType t, long elements)
-    {
-        var (bs, bb) = Block(t) ?? throw new ArgumentException($"unknown ggml type {(uint)t}", nameof(t));
-        return elements / bs * bb;
-    }
-}
-
-/// <summary>Converts ggml tensor bytes to float32. The seam for the VkPeft.Quant GGUF codecs.</summary>
-public interface IGgmlBlockDecoder
-{
-    bool CanDecode(GgmlType type);
-
-    /// <summary>Decodes <paramref name="dst"/>.Length values from <paramref name="src"/>.</summary>
-    void Decode(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst);
-}
-
-/// <summary>Small local decoder for F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (formats.md §5 block layouts).</summary>
-public sealed class GgmlBlockDecoder : IGgmlBlockDecoder
-{
-    public static readonly GgmlBlockDecoder Instance = new();
-
-    public bool CanDecode(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1;
-
-    public void Decode(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst)
-    {
-        switch (type)
-        {
-            case GgmlType.F32:
-                MemoryMarshal.Cast<byte, float>(src)[..dst.Length].CopyTo(dst);
-                return;
-            case GgmlType.F16:
-                {
-                    var h = MemoryMarshal.Cast<byte, Half>(src);
-                    for (int i = 0; i < dst.Length; i++) dst[i] = (float)h[i];
-                    return;
-                }
-            case GgmlType.BF16:
-                {
-                    var b = MemoryMarshal.Cast<byte, ushort>(src);
-                    for (int i = 0; i < dst.Length; i++) dst[i] = SafeTensorDTypes.FromBFloat16(b[i]);
-                    return;
-                }
-            case GgmlType.Q8_0:
-                for (int blk = 0; blk < dst.Length / 32; blk++)
-                {
-                    var s = src.Slice(blk * 34, 34);
-                    float d = (float)BitConverter.ToHalf(s);
-                    for (int j = 0; j < 32; j++) dst[blk * 32 + j] = (sbyte)s[2 + j] * d;
-                }
-                return;
-            case GgmlType.Q4_0:
-            case GgmlType.Q4_1:
-                {
-                    int bb = type == GgmlType.Q4_0 ? 18 : 20;
-                    for (int blk = 0; blk < dst.Length / 32; blk++)
-                    {
-                        var s = src.Slice(blk * bb, bb);
-                        float d = (float)BitConverter.ToHalf(s);
-                        float m = type == GgmlType.Q4_1 ? (float)BitConverter.ToHalf(s[2..]) : -8 * d;
-                        var qs = s[(bb - 16)..];
-                        for (int j = 0; j < 16; j++)
-                        {
-                            dst[blk * 32 + j] = (qs[j] & 0xF) * d + m;
-                            dst[blk * 32 + j + 16] = (qs[j] >> 4) * d + m;
-                        }
-                    }
-                    return;
-                }
-            default:
-                throw new NotSupportedException($"ggml type {type} has no decoder here");
-        }
-    }
+    public long ByteSize => GgufBlockCodec.ByteCount(Type, ElementCount);
 }
 
 public sealed class GgufFile
@@ -129,10 +35,9 @@ public sealed class GgufFile
     public const uint DefaultAlignment = 32;
 
     private readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
-    private readonly IGgmlBlockDecoder _decoder;
 
     private GgufFile(string path, uint version, Dictionary<string, object> metadata, List<GgufTensorInfo> tensors,
-        uint alignment, long dataOffset, IGgmlBlockDecoder decoder)
+        uint alignment, long dataOffset)
     {
         Path = path;
         Version = version;
@@ -140,7 +45,6 @@ public sealed class GgufFile
         Tensors = tensors;
         Alignment = alignment;
         DataOffset = dataOffset;
-        _decoder = decoder;
         _tensorsByName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
     }
 
@@ -157,7 +61,7 @@ public sealed class GgufFile
     public long DataOffset { get; }
 
     /// <summary>Reads and validates header, metadata and tensor infos (tensor data stays on disk).</summary>
-    public static GgufFile Open(string path, IGgmlBlockDecoder? decoder = null)
+    public static GgufFile Open(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"GGUF file not found: {path}", path);
         using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
@@ -203,9 +107,13 @@ public sealed class GgufFile
             uint typeId = r.U32(name + ".type");
             ulong offset = r.U64(name + ".offset");
             var type = (GgmlType)typeId;
-            var block = GgmlTypes.Block(type)
+            var block = GgufBlockCodec.Geometry(type)
                 ?? throw new ModelFormatException(path, name, $"unsupported tensor dtype: ggml type id {typeId}");
             if (ne.Any(d => d == 0 || d > int.MaxValue)) throw new ModelFormatException(path, name, $"dims [{string.Join(", ", ne)}] out of range");
+            // The element count and byte size must fit what the file can hold before anything relies on them.
+            System.Numerics.BigInteger elements = ne.Aggregate(System.Numerics.BigInteger.One, (acc, d) => acc * d);
+            if (elements / block.BlockSize * block.BlockBytes > fs.Length)
+                throw new ModelFormatException(path, name, $"dims [{string.Join(", ", ne)}] of {type} need more bytes than the {fs.Length}-byte file holds");
             if (ne[0] % (ulong)block.BlockSize != 0)
                 throw new ModelFormatException(path, name, $"ne[0] = {ne[0]} is not a multiple of the {type} block size {block.BlockSize}");
             tensors.Add(new GgufTensorInfo(name, ne, type, offset));
@@ -227,7 +135,7 @@ public sealed class GgufFile
                     $"truncated: tensor data ends at {dataOffset + end} but the file is {fs.Length} bytes");
             expected = Align(end, alignment);
         }
-        return new GgufFile(path, version, metadata, tensors, alignment, dataOffset, decoder ?? GgmlBlockDecoder.Instance);
+        return new GgufFile(path, version, metadata, tensors, alignment, dataOffset);
     }
 
     public static long Align(long offset, long alignment) => offset + (alignment - offset % alignment) % alignment;
@@ -257,10 +165,10 @@ public sealed class GgufFile
     public float[] ReadFloat32(string name)
     {
         var t = Tensor(name);
-        if (!_decoder.CanDecode(t.Type))
+        if (!GgufBlockCodec.IsCodec(t.Type))
             throw new ModelFormatException(Path, name, $"unsupported tensor dtype {t.Type} for float conversion");
         var dst = new float[t.ElementCount];
-        _decoder.Decode(t.Type, ReadTensorBytes(name), dst);
+        GgufBlockCodec.Dequantize(t.Type, ReadTensorBytes(name), dst.Length, dst);
         return dst;
     }
 
@@ -330,6 +238,7 @@ public sealed class GgufFile
                 throw new ModelFormatException(path, field, $"truncated: string of {len} bytes runs past the end of the file");
             byte[] bytes = Read(field, r => r.ReadBytes((int)len));
             if (bytes.Length != (int)len) throw new ModelFormatException(path, field, "truncated inside a string");
+            JsonFields.RequireUtf8(path, field, bytes);
             return Encoding.UTF8.GetString(bytes);
         }
 
@@ -360,7 +269,17 @@ public sealed class GgufFile
         {
             var et = (GgufValueType)U32(key + " (array element type)");
             ulong count = U64(key + " (array length)");
-            if (count > (ulong)(fs.Length - fs.Position))
+            // Each element takes at least this many bytes in the file (a string its 8-byte length, an array its type and
+            // length): a count the remaining bytes cannot hold is refused before the array is allocated.
+            ulong minBytes = et switch
+            {
+                GgufValueType.UInt8 or GgufValueType.Int8 or GgufValueType.Bool => 1,
+                GgufValueType.UInt16 or GgufValueType.Int16 => 2,
+                GgufValueType.UInt32 or GgufValueType.Int32 or GgufValueType.Float32 => 4,
+                GgufValueType.Array => 12,
+                _ => 8,
+            };
+            if (count > (ulong)(fs.Length - fs.Position) / minBytes)
                 throw new ModelFormatException(path, key, $"truncated: array of {count} elements runs past the end of the file");
             int n = (int)count;
             Array values = et switch

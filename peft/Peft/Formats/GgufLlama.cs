@@ -31,6 +31,10 @@ public static class GgufLlama
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
+    private static int ToInt(GgufFile f, string key, long value) =>
+        value is >= int.MinValue and <= int.MaxValue ? (int)value
+            : throw new ModelFormatException(f.Path, key, $"value {value} is outside the 32-bit range");
+
     public static LlamaConfig ReadConfig(GgufFile f)
     {
         ArgumentNullException.ThrowIfNull(f);
@@ -38,8 +42,8 @@ public static class GgufLlama
         if (!SupportedArchitectures.Contains(arch))
             throw new ModelFormatException(f.Path, "general.architecture",
                 $"unsupported architecture '{arch}' (supported: {string.Join(", ", SupportedArchitectures)})");
-        int I(string key) => checked((int)f.GetInteger($"{arch}.{key}"));
-        int? OptI(string key) => f.TryGetInteger($"{arch}.{key}") is { } v ? checked((int)v) : null;
+        int I(string key) => ToInt(f, $"{arch}.{key}", f.GetInteger($"{arch}.{key}"));
+        int? OptI(string key) => f.TryGetInteger($"{arch}.{key}") is { } v ? ToInt(f, $"{arch}.{key}", v) : null;
 
         int dim = I("embedding_length");
         int heads = I("attention.head_count");

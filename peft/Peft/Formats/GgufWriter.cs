@@ -1,6 +1,7 @@
 // GGUF v3 writer: typed metadata (the exact value types llama.cpp checks), tensor infos in ne order, tensor data
 // padded to the alignment (general.alignment, default 32); written to a temporary file and renamed.
 using System.Text;
+using VkPeft.Quant;
 
 namespace VkPeft.Peft.Formats;
 
@@ -43,10 +44,10 @@ public sealed class GgufWriter
         if (Encoding.UTF8.GetByteCount(name) > 64) throw new ArgumentException($"tensor name '{name}' is longer than 64 bytes", nameof(name));
         if (!_names.Add(name)) throw new ArgumentException($"duplicate tensor '{name}'", nameof(name));
         if (ne.Length is 0 or > 4) throw new ArgumentException($"tensor '{name}': {ne.Length} dims (1..4 allowed)", nameof(ne));
-        var (bs, _) = GgmlTypes.Block(type) ?? throw new ArgumentException($"unknown ggml type {type}", nameof(type));
+        var (bs, _) = GgufBlockCodec.Geometry(type) ?? throw new ArgumentException($"unknown ggml type {type}", nameof(type));
         if (ne[0] % (ulong)bs != 0) throw new ArgumentException($"tensor '{name}': ne[0] = {ne[0]} is not a multiple of the {type} block size {bs}", nameof(ne));
         long count = ne.Aggregate(1L, (a, b) => checked(a * (long)b));
-        long bytes = GgmlTypes.RowBytes(type, count);
+        long bytes = GgufBlockCodec.ByteCount(type, count);
         if (bytes != data.LongLength) throw new ArgumentException($"tensor '{name}': {data.LongLength} bytes, {type} ne [{string.Join(", ", ne)}] needs {bytes}", nameof(data));
         _tensors.Add((name, ne, type, data));
     }

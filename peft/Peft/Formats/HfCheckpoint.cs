@@ -47,20 +47,12 @@ public static class HfCheckpoint
     public static LlamaConfig ReadConfig(string configPath)
     {
         if (!File.Exists(configPath)) throw new FileNotFoundException($"config.json not found: {configPath}", configPath);
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(File.ReadAllBytes(configPath));
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(configPath, "config", "not valid JSON: " + e.Message, e);
-        }
-        using var _ = doc;
+        using var doc = JsonFields.ParseFile(configPath);
         var r = doc.RootElement;
+        if (r.ValueKind != JsonValueKind.Object) throw new ModelFormatException(configPath, "config", "config.json must be a JSON object");
         string modelType = Str(r, "model_type") ?? "";
         string? archName = r.TryGetProperty("architectures", out var archs) && archs.ValueKind == JsonValueKind.Array && archs.GetArrayLength() > 0
-            ? archs[0].GetString() : null;
+            && archs[0].ValueKind == JsonValueKind.String ? archs[0].GetString() : null;
         if (!SupportedModelTypes.Contains(modelType))
         {
             string shown = modelType.Length > 0 ? modelType : archName ?? "(none)";
@@ -107,7 +99,7 @@ public static class HfCheckpoint
         int? window = null;
         if (r.TryGetProperty("sliding_window", out var sw) && sw.ValueKind == JsonValueKind.Number
             && (!qwen || Bool(r, "use_sliding_window") == true))
-            window = sw.GetInt32();
+            window = JsonFields.RequireInt(configPath, "sliding_window", sw);
 
         var config = new LlamaConfig
         {
@@ -184,7 +176,7 @@ public static class HfCheckpoint
     private static int? TokenId(string file, JsonElement e, string name)
     {
         if (e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Array)
-            return v.GetArrayLength() > 0 && v[0].TryGetInt32(out int first) ? first : null;
+            return v.GetArrayLength() > 0 ? JsonFields.RequireInt(file, name + "[0]", v[0]) : null;
         return Int(file, e, name);
     }
 }

@@ -48,7 +48,7 @@ public static class Llama2cCheckpoint
         if (version == 0)
         {
             shared = vocab > 0;
-            vocab = Math.Abs(vocab);
+            vocab = vocab == int.MinValue ? 0 : Math.Abs(vocab);   // int.MinValue has no positive counterpart: implausible
         }
         else
         {
@@ -85,6 +85,10 @@ public static class Llama2cCheckpoint
             EosId = 2,
         };
         config.Validate(path);
+        // Every layer stores at least its two norm vectors: refuse a layer count the file cannot hold before the
+        // per-layer layout is built.
+        if ((long)config.NLayers * config.Dim * 8 > fs.Length)
+            throw new ModelFormatException(path, "n_layers", $"{config.NLayers} layers of dim {config.Dim} cannot fit in a {fs.Length}-byte file");
 
         var segments = Layout(config, version);
         long expected = headerBytes;
@@ -112,7 +116,7 @@ public static class Llama2cCheckpoint
                 fs.Seek(4L * s.Count, SeekOrigin.Current);
                 continue;
             }
-            var data = new float[s.Count];
+            var data = new float[s.Count];   // fits: the file-size check above bounds every segment by the bytes present
             fs.ReadExactly(MemoryMarshal.AsBytes(data.AsSpan()));
             arrays[(s.Kind.Value, s.Layer)] = data;
         }
@@ -154,15 +158,17 @@ public static class Llama2cCheckpoint
         }
     }
 
-    private readonly record struct Segment(string Name, LlamaTensorKind? Kind, int Layer, int Count);
+    private readonly record struct Segment(string Name, LlamaTensorKind? Kind, int Layer, long Count);
 
     private static List<Segment> Layout(LlamaConfig c, int version)
     {
         var list = new List<Segment>();
-        int Size(LlamaTensorKind k)
+        // Header sizes are at most 2^24 each, so a product of two stays far inside a long; the caller compares the
+        // total with the file size before anything is allocated.
+        long Size(LlamaTensorKind k)
         {
-            int n = 1;
-            foreach (int d in LlamaWeights.ShapeOf(c, k)) n = checked(n * d);
+            long n = 1;
+            foreach (int d in LlamaWeights.ShapeOf(c, k)) n *= d;
             return n;
         }
         void PerLayer(string name, LlamaTensorKind k)
@@ -184,7 +190,7 @@ public static class Llama2cCheckpoint
             PerLayer("w2", LlamaTensorKind.WDown);
             PerLayer("w3", LlamaTensorKind.WUp);
             Global("rms_final_weight", LlamaTensorKind.FinalNorm);
-            int half = c.MaxSeqLen * (c.HeadDim / 2);
+            long half = (long)c.MaxSeqLen * (c.HeadDim / 2);
             list.Add(new Segment("freq_cis_real", null, -1, half));
             list.Add(new Segment("freq_cis_imag", null, -1, half));
         }

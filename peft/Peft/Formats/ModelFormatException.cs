@@ -5,24 +5,40 @@ namespace VkPeft.Peft.Formats;
 public sealed class ModelFormatException : Exception
 {
     public ModelFormatException(string file, string field, string message)
-        : base($"{file}: {field}: {message}")
+        : base(OneLine($"{file}: {field}: {message}"))
     {
         File = file;
-        Field = field;
-        Detail = message;
+        Field = OneLine(field);
+        Detail = OneLine(message);
     }
 
     public ModelFormatException(string file, string field, string message, Exception inner)
-        : base($"{file}: {field}: {message}", inner)
+        : base(OneLine($"{file}: {field}: {message}"), inner)
     {
         File = file;
-        Field = field;
-        Detail = message;
+        Field = OneLine(field);
+        Detail = OneLine(message);
     }
 
     public ModelFormatException() : this("?", "?", "model format error") { }
     public ModelFormatException(string message) : this("?", "?", message) { }
     public ModelFormatException(string message, Exception inner) : this("?", "?", message, inner) { }
+
+    /// <summary>
+    /// The text with control characters (line breaks included) shown as \uXXXX and cut to 1,000 characters: names and
+    /// values quoted from a hostile file never break the one-line error.
+    /// </summary>
+    public static string OneLine(string text)
+    {
+        var sb = new System.Text.StringBuilder(Math.Min(text.Length, 1000));
+        foreach (char ch in text)
+        {
+            if (sb.Length >= 1000) { sb.Append("..."); break; }
+            if (char.IsControl(ch)) sb.Append($"\\u{(int)ch:X4}");
+            else sb.Append(ch);
+        }
+        return sb.ToString();
+    }
 
     /// <summary>Path of the offending file.</summary>
     public string File { get; }

@@ -116,28 +116,22 @@ public static class QuantizedSafeTensors
         string stateKey = Bnb4BitStateKey(set, weightName) ?? throw new ModelFormatException(set.Source, weightName, "no bitsandbytes quant_state");
         var stateFile = set.FileOf(stateKey);
         string file = stateFile.Path;
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(stateFile.GetBytes(stateKey).ToArray());
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(file, stateKey, "quant_state is not valid JSON: " + e.Message, e);
-        }
-        using var _ = doc;
+        using var doc = JsonFields.Parse(file, stateKey, stateFile.GetBytes(stateKey));
         var r = doc.RootElement;
-        int blocksize = r.TryGetProperty("blocksize", out var bsEl) && bsEl.TryGetInt32(out int bs) ? bs
-            : throw new ModelFormatException(file, stateKey + ".blocksize", "missing or not an integer");
+        if (r.ValueKind != JsonValueKind.Object) throw new ModelFormatException(file, stateKey, "quant_state must be a JSON object");
+        int blocksize = r.TryGetProperty("blocksize", out var bsEl) && bsEl.ValueKind == JsonValueKind.Number && bsEl.TryGetInt32(out int bs) && bs > 0 ? bs
+            : throw new ModelFormatException(file, stateKey + ".blocksize", "missing or not a positive integer");
         if (!r.TryGetProperty("shape", out var shEl) || shEl.ValueKind != JsonValueKind.Array
-            || !shEl.EnumerateArray().Select(e => e.GetInt64()).SequenceEqual(shape.Select(d => (long)d)))
+            || !shEl.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long d) ? d : -1).SequenceEqual(shape.Select(d => (long)d)))
             throw new ModelFormatException(file, stateKey + ".shape", $"quant_state shape does not match config.json, which implies [{string.Join(", ", shape)}]");
         long count = shape.Aggregate(1L, (a, b) => a * b);
-        int nblk = Bnb4BitCodec.BlockCount(checked((int)count), blocksize);
-
+        // The packed codes in the file bound the count before any block arithmetic or allocation relies on it.
         var packedInfo = set.Info(weightName);
         if (packedInfo.DType != "U8" || packedInfo.ElementCount != (count + 1) / 2)
             throw new ModelFormatException(set.FileOf(weightName).Path, weightName, $"expected U8 with {(count + 1) / 2} packed bytes, found {packedInfo.DType} [{string.Join(", ", packedInfo.Shape)}]");
+        if (count > Array.MaxLength)
+            throw new ModelFormatException(set.FileOf(weightName).Path, weightName, $"{count} weights is too many for one tensor");
+        int nblk = Bnb4BitCodec.BlockCount((int)count, blocksize);
         float[] quantMap = ReadF32(set, weightName + ".quant_map", 16);
         float[] absmax;
         var absInfo = set.Info(weightName + ".absmax");
@@ -189,10 +183,11 @@ public static class QuantizedSafeTensors
     /// <summary>group_size of an INT4 folder's config.json quantization_config, or null when it is not the INT4 form.</summary>
     public static int? Int4GroupSize(string configPath)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(configPath));
-        if (!doc.RootElement.TryGetProperty("quantization_config", out var qc) || qc.ValueKind != JsonValueKind.Object) return null;
-        if (!qc.TryGetProperty("quant_method", out var m) || m.GetString() != Int4QuantMethod) return null;
-        if (!qc.TryGetProperty("group_size", out var g) || !g.TryGetInt32(out int gs) || gs <= 0)
+        using var doc = JsonFields.ParseFile(configPath);
+        if (doc.RootElement.ValueKind != JsonValueKind.Object
+            || !doc.RootElement.TryGetProperty("quantization_config", out var qc) || qc.ValueKind != JsonValueKind.Object) return null;
+        if (JsonFields.Str(qc, "quant_method") != Int4QuantMethod) return null;
+        if (!qc.TryGetProperty("group_size", out var g) || g.ValueKind != JsonValueKind.Number || !g.TryGetInt32(out int gs) || gs <= 0)
             throw new ModelFormatException(configPath, "quantization_config.group_size", "missing or not a positive integer");
         return gs;
     }

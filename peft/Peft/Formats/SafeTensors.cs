@@ -1,9 +1,10 @@
 // safetensors: memory-mapped reader with full header validation (contiguous tiling, no holes or duplicates,
-// dtype sizes), F32/F16/BF16/F64 -> float32 conversion, sharded index support, and an atomic writer.
+// dtype sizes), F32/F16/BF16/F64 -> float32 conversion (half and bfloat16 through the quant codec), sharded index support, and an atomic writer.
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
+using VkPeft.Quant;
 
 namespace VkPeft.Peft.Formats;
 
@@ -29,15 +30,6 @@ public static class SafeTensorDTypes
     /// <summary>Dtypes this project converts to float32.</summary>
     public static bool IsFloatConvertible(string dtype) => dtype is "F32" or "F16" or "BF16" or "F64";
 
-    /// <summary>float32 -> bfloat16 bits, round to nearest even (NaN stays NaN).</summary>
-    public static ushort ToBFloat16(float f)
-    {
-        uint b = BitConverter.SingleToUInt32Bits(f);
-        if (float.IsNaN(f)) return (ushort)((b >> 16) | 0x40);
-        return (ushort)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
-    }
-
-    public static float FromBFloat16(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
 }
 
 public sealed unsafe class SafeTensorsFile : IDisposable
@@ -113,16 +105,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     {
         if (header.Length == 0 || header[0] != (byte)'{')
             throw new ModelFormatException(path, "header", "header JSON must start with '{'");
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(header);
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(path, "header", "header is not valid JSON: " + e.Message, e);
-        }
-        using var _ = doc;
+        using var doc = JsonFields.Parse(path, "header", header);
+        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, "header", "header JSON must be an object");
         var tensors = new Dictionary<string, SafeTensorInfo>(StringComparer.Ordinal);
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -157,7 +141,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
                     throw new ModelFormatException(path, p.Name, "shape entries must be non-negative integers");
                 shape[i++] = v;
             }
-            if (!off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
+            if (off[0].ValueKind != JsonValueKind.Number || off[1].ValueKind != JsonValueKind.Number
+                || !off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
                 throw new ModelFormatException(path, p.Name, "data_offsets must be [begin, end] with 0 <= begin <= end");
             var info = new SafeTensorInfo(p.Name, dtype, shape, begin, end);
             long expectedBytes;
@@ -224,14 +209,12 @@ public sealed unsafe class SafeTensorsFile : IDisposable
                 break;
             case "F16":
                 {
-                    var h = MemoryMarshal.Cast<byte, Half>(src);
-                    for (int i = 0; i < dst.Length; i++) dst[i] = (float)h[i];
+                    HalfPrecision.FromF16(MemoryMarshal.Cast<byte, ushort>(src), dst);
                     break;
                 }
             case "BF16":
                 {
-                    var b = MemoryMarshal.Cast<byte, ushort>(src);
-                    for (int i = 0; i < dst.Length; i++) dst[i] = SafeTensorDTypes.FromBFloat16(b[i]);
+                    HalfPrecision.FromBf16(MemoryMarshal.Cast<byte, ushort>(src), dst);
                     break;
                 }
             default:
@@ -294,14 +277,14 @@ public sealed class SafeTensorsSet : IDisposable
 
     private void OpenIndex(string indexPath)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+        using var doc = JsonFields.ParseFile(indexPath);
         if (!doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
             throw new ModelFormatException(indexPath, "weight_map", "missing or not an object");
         string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
         var shards = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
         foreach (var p in map.EnumerateObject())
         {
-            string shard = p.Value.GetString() ?? throw new ModelFormatException(indexPath, "weight_map." + p.Name, "shard name must be a string");
+            string shard = JsonFields.RequireString(indexPath, "weight_map." + p.Name, p.Value);
             if (shard.Contains('/') || shard.Contains('\\') || shard.Contains(".."))
                 throw new ModelFormatException(indexPath, "weight_map." + p.Name, $"shard '{shard}' must be a file name in the same folder");
             if (!shards.TryGetValue(shard, out var file))
@@ -350,15 +333,15 @@ public static class SafeTensorsWriter
                 break;
             case "F16":
                 {
-                    var h = new Half[values.Length];
-                    for (int i = 0; i < h.Length; i++) h[i] = (Half)values[i];
+                    var h = new ushort[values.Length];
+                    HalfPrecision.ToF16(values, h);
                     data = MemoryMarshal.AsBytes(h.AsSpan()).ToArray();
                     break;
                 }
             case "BF16":
                 {
                     var b = new ushort[values.Length];
-                    for (int i = 0; i < b.Length; i++) b[i] = SafeTensorDTypes.ToBFloat16(values[i]);
+                    HalfPrecision.ToBf16(values, b);
                     data = MemoryMarshal.AsBytes(b.AsSpan()).ToArray();
                     break;
                 }
@@ -435,7 +418,10 @@ public static class SafeTensorsWriter
         using var fs = File.OpenRead(path);
         Span<byte> len = stackalloc byte[8];
         fs.ReadExactly(len);
-        var bytes = new byte[BitConverter.ToUInt64(len)];
+        ulong n = BitConverter.ToUInt64(len);
+        if (n > SafeTensorsFile.MaxHeaderBytes || (long)n > fs.Length - 8)
+            throw new ModelFormatException(path, "header length", $"{n} bytes is not a valid header length for this {fs.Length}-byte file");
+        var bytes = new byte[n];
         fs.ReadExactly(bytes);
         return Encoding.UTF8.GetString(bytes);
     }

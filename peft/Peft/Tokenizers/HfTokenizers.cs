@@ -35,8 +35,9 @@ public static class HfTokenizers
     /// <summary>tokenizer.json with a BPE model. Throws <see cref="ModelFormatException"/> for other model types.</summary>
     public static ITextTokenizer LoadTokenizerJson(string path, int bos, int eos)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+        using var doc = JsonFields.ParseFile(path);
         var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, "json", "tokenizer.json must be a JSON object");
         if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
             throw new ModelFormatException(path, "model", "missing tokenizer model object");
         string type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : "BPE";
@@ -46,15 +47,23 @@ public static class HfTokenizers
             throw new ModelFormatException(path, "model.vocab", "missing vocabulary");
 
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var p in vocabEl.EnumerateObject()) vocab[p.Name] = p.Value.GetInt32();
+        foreach (var p in vocabEl.EnumerateObject()) vocab[p.Name] = JsonFields.RequireInt(path, "model.vocab." + p.Name, p.Value);
         var special = new Dictionary<string, int>(StringComparer.Ordinal);
+        int addedCount = 0;
         if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
             foreach (var a in added.EnumerateArray())
-                if (a.TryGetProperty("content", out var c) && a.TryGetProperty("id", out var id))
+                if (a.ValueKind == JsonValueKind.Object && a.TryGetProperty("content", out var c) && a.TryGetProperty("id", out var id))
                 {
-                    special[c.GetString()!] = id.GetInt32();
-                    vocab.TryAdd(c.GetString()!, id.GetInt32());
+                    string content = JsonFields.RequireString(path, $"added_tokens[{addedCount}].content", c);
+                    int tokenId = JsonFields.RequireInt(path, $"added_tokens[{addedCount}].id", id);
+                    special[content] = tokenId;
+                    vocab.TryAdd(content, tokenId);
+                    addedCount++;
                 }
+        // Ids index the vocabulary arrays: each must be non-negative and the largest at most what the entries justify.
+        foreach (var (piece, tokenId) in vocab)
+            if (tokenId < 0 || tokenId >= vocab.Count + addedCount)
+                throw new ModelFormatException(path, "model.vocab." + piece, $"token id {tokenId} outside 0..{vocab.Count + addedCount - 1} (the file lists {vocab.Count} tokens)");
 
         var merges = new List<(string A, string B)>();
         if (model.TryGetProperty("merges", out var mergesEl) && mergesEl.ValueKind == JsonValueKind.Array)
@@ -64,12 +73,12 @@ public static class HfTokenizers
                 if (m.ValueKind == JsonValueKind.String)
                 {
                     string s = m.GetString()!;
-                    int sp = s.IndexOf(' ', 1);
+                    int sp = s.Length < 2 ? -1 : s.IndexOf(' ', 1);
                     if (sp < 0) throw new ModelFormatException(path, "model.merges", $"merge '{s}' has no separating space");
                     merges.Add((s[..sp], s[(sp + 1)..]));
                 }
                 else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2)
-                    merges.Add((m[0].GetString()!, m[1].GetString()!));
+                    merges.Add((JsonFields.RequireString(path, "model.merges", m[0]), JsonFields.RequireString(path, "model.merges", m[1])));
                 else throw new ModelFormatException(path, "model.merges", "each merge must be \"a b\" or [a, b]");
             }
         }
@@ -78,7 +87,14 @@ public static class HfTokenizers
         if (ContainsType(root, "ByteLevel"))
         {
             string pattern = FindSplitPattern(root) ?? Gpt2Pattern;
-            return CreateByteLevel(vocab, merges, pattern, special, vocabSize, bos, eos);
+            try
+            {
+                return CreateByteLevel(vocab, merges, pattern, special, vocabSize, bos, eos);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ModelFormatException(path, "pre_tokenizer", "the split pattern or the BPE vocabulary is not usable: " + e.Message, e);
+            }
         }
 
         // Metaspace (SentencePiece-converted) BPE: equivalent to score-merging with score = -rank.
@@ -146,8 +162,9 @@ public static class HfTokenizers
                 continue;
             }
             if (e.ValueKind != JsonValueKind.Object) continue;
-            if (e.TryGetProperty("type", out var ty) && ty.GetString() == "Split"
-                && e.TryGetProperty("pattern", out var pat) && pat.TryGetProperty("Regex", out var rx))
+            if (e.TryGetProperty("type", out var ty) && ty.ValueKind == JsonValueKind.String && ty.GetString() == "Split"
+                && e.TryGetProperty("pattern", out var pat) && pat.ValueKind == JsonValueKind.Object
+                && pat.TryGetProperty("Regex", out var rx) && rx.ValueKind == JsonValueKind.String)
                 return rx.GetString();
             if (e.TryGetProperty("pretokenizers", out var inner)) stack.Push(inner);
         }

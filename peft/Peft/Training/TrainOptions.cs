@@ -37,6 +37,9 @@ public sealed record TrainOptions
     public required string Out { get; init; }
     public bool Resume { get; init; }
 
+    /// <summary>Checkpoint folders kept under --out/checkpoints (the newest and older ones to fall back on).</summary>
+    public int KeepCheckpoints { get; init; } = TrainCheckpoint.DefaultKeep;
+
     public void Validate()
     {
         if (Steps < 1) throw new FormatException($"--steps must be ≥ 1, got {Steps}");
@@ -52,6 +55,7 @@ public sealed record TrainOptions
         if (EvalFraction is < 0 or >= 1) throw new FormatException($"--eval-fraction must be in [0, 1), got {EvalFraction}");
         if (EvalEvery < 0) throw new FormatException($"--eval-every must be ≥ 0, got {EvalEvery}");
         if (SaveEvery < 0) throw new FormatException($"--save-every must be ≥ 0, got {SaveEvery}");
+        if (KeepCheckpoints < 1) throw new FormatException($"--keep-checkpoints must be ≥ 1, got {KeepCheckpoints}");
         var a = Adapter;
         if (a.Method != PeftMethod.Adapter && a.Rank < 1) throw new FormatException($"--rank must be ≥ 1, got {a.Rank}");
         if (a.Method != PeftMethod.Adapter && !(a.Alpha > 0)) throw new FormatException($"--alpha must be positive, got {a.Alpha}");

@@ -1,6 +1,7 @@
 // The training loop: micro-batches with gradient accumulation, global-norm clipping, AdamW with warmup and a schedule,
-// held-out evaluation, checkpoints (adapter, optimizer state, step; written to temporary files and renamed) and a
-// bit-exact resume, NaN/Inf guards, metrics.csv, loss.svg and summary.json in the output directory.
+// held-out evaluation, checkpoints (TrainCheckpoint: durable, checksummed folders) and a bit-exact resume, NaN/Inf
+// guards, device-loss and write-failure errors that point at the intact checkpoint, metrics.csv, loss.svg and
+// summary.json in the output directory.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -34,8 +35,8 @@ public sealed class NonFiniteLossException(string message) : Exception(message);
 
 public sealed class Trainer : IDisposable
 {
-    public const string StateFile = "trainer_state.json";
-    public const string OptimizerFile = "optimizer.safetensors";
+    public const string StateFile = TrainCheckpoint.StateFile;
+    public const string OptimizerFile = TrainCheckpoint.OptimizerFile;
 
     private readonly VulkanContext _ctx;
     private readonly DeviceLlama _model;
@@ -98,36 +99,25 @@ public sealed class Trainer : IDisposable
     public TrainableParameters Parameters => _params;
     public int CompletedSteps => _done;
 
-    /// <summary>Loads the last checkpoint of <see cref="TrainOptions.Out"/> (adapter, optimizer moments, step, curves).</summary>
-    public void ResumeFrom(string dir)
+    /// <summary>Loads the newest intact checkpoint of <paramref name="dir"/> (adapter, optimizer moments, step, curves).</summary>
+    public void ResumeFrom(string dir, Action<string>? warn = null)
     {
-        var statePath = Path.Combine(dir, StateFile);
-        if (!File.Exists(statePath)) throw new FileNotFoundException($"--resume: no checkpoint in {dir} ({StateFile} missing)");
-        JsonNode state;
-        try { state = JsonNode.Parse(File.ReadAllText(statePath)) ?? throw new InvalidDataException("empty"); }
-        catch (JsonException e) { throw new ModelFormatException(statePath, "json", $"corrupt checkpoint state ({e.Message})"); }
-        int step = state["step"]?.GetValue<int>() ?? throw new ModelFormatException(statePath, "step", "missing");
-        if (step > _o.Steps) throw new ModelFormatException(statePath, "step", $"checkpoint is at step {step}, past --steps {_o.Steps}");
-        var adapter = AdapterIO.Load(dir, _config);
-        foreach (var (name, t) in adapter.Tensors)
+        var c = TrainCheckpoint.Load(dir, _config, _params.ByName.Keys, warn);
+        if (c.Step > _o.Steps) throw new ModelFormatException(Path.Combine(c.Folder, StateFile), "step", $"checkpoint is at step {c.Step}, past --steps {_o.Steps}");
+        foreach (var (name, t) in c.Adapter.Tensors)
         {
-            if (!_params.ByName.TryGetValue(name, out var p)) throw new ModelFormatException(dir, name, "tensor not part of this adapter configuration");
-            if (p.Param.Count != t.Count) throw new ModelFormatException(dir, name, $"has {t.Count} values, the configuration needs {p.Param.Count}");
+            var p = _params.ByName[name];
+            if (p.Param.Count != t.Count) throw new ModelFormatException(c.Folder, name, $"has {t.Count} values, the configuration needs {p.Param.Count}");
             p.Param.Upload<float>(t.Data);
         }
-        using (var opt = SafeTensorsFile.Open(Path.Combine(dir, OptimizerFile)))
-        {
-            var moments = new Dictionary<string, (float[], float[])>();
-            foreach (var name in _params.ByName.Keys)
-                moments[name] = (opt.ReadFloat32(name + ".m"), opt.ReadFloat32(name + ".v"));
-            _params.LoadOptimizerState(moments);
-        }
-        _done = step;
-        foreach (var row in state["train_curve"]?.AsArray() ?? [])
-            _trainCurve.Add((row![0]!.GetValue<int>(), row[1]!.GetValue<double>()));
-        foreach (var row in state["eval_curve"]?.AsArray() ?? [])
-            _evalCurve.Add((row![0]!.GetValue<int>(), row[1]!.GetValue<double>()));
-        foreach (var line in state["csv"]?.AsArray() ?? []) _csv.Add(line!.GetValue<string>());
+        foreach (var (name, (m, v)) in c.Moments)
+            if (m.Length != _params.ByName[name].Param.Count || v.Length != m.Length)
+                throw new ModelFormatException(Path.Combine(c.Folder, OptimizerFile), name, $"optimizer moments hold {m.Length} and {v.Length} values, the configuration needs {_params.ByName[name].Param.Count}");
+        _params.LoadOptimizerState(c.Moments.ToDictionary(kv => kv.Key, kv => kv.Value));
+        _done = c.Step;
+        _trainCurve.AddRange(c.TrainCurve);
+        _evalCurve.AddRange(c.EvalCurve);
+        _csv.AddRange(c.Csv);
     }
 
     /// <summary>Held-out mean NLL with the current adapter (null without held-out data).</summary>
@@ -158,7 +148,7 @@ public sealed class Trainer : IDisposable
         double? initialEval = _done == 0 ? Evaluate() : _evalCurve.FirstOrDefault().Loss;
         if (_done == 0 && initialEval is { } ie) _evalCurve.Add((0, ie));
         long tokens = 0;
-        double lastLoss = double.NaN;
+        double lastLoss = _trainCurve.Count > 0 ? _trainCurve[^1].Loss : double.NaN;
         double? lastEval = _evalCurve.Count > 0 ? _evalCurve[^1].Loss : null;
         var trainClock = Stopwatch.StartNew();
         while (_done < _o.Steps && (stopAfterStep == null || _done < stopAfterStep))
@@ -168,12 +158,21 @@ public sealed class Trainer : IDisposable
             var micro = Enumerable.Range(0, _o.GradAccum).Select(m => _data.MicroBatch((long)_done * _o.GradAccum + m, _o.Batch, _o.Seed)).ToArray();
             int predicted = micro.Sum(mb => mb.Sum(w => w.Targets.Count(t => t >= 0)));
             double lossSum = 0;
-            for (int m = 0; m < micro.Length; m++)
+            try
             {
-                var ids = micro[m].SelectMany(w => w.Inputs).ToArray();
-                var targets = micro[m].SelectMany(w => w.Targets).ToArray();
-                uint seed = unchecked((uint)(_o.Seed * 7919 + step * 131 + m));
-                lossSum += _step.Run(ids, targets, 1f / Math.Max(predicted, 1), seed);
+                TrainingFaults.Injected(step);
+                for (int m = 0; m < micro.Length; m++)
+                {
+                    var ids = micro[m].SelectMany(w => w.Inputs).ToArray();
+                    var targets = micro[m].SelectMany(w => w.Targets).ToArray();
+                    uint seed = unchecked((uint)(_o.Seed * 7919 + step * 131 + m));
+                    lossSum += _step.Run(ids, targets, 1f / Math.Max(predicted, 1), seed);
+                }
+                if (FaultInjection.At("nan-grad", step)) PoisonGradient();
+            }
+            catch (Exception e) when (TrainingFaults.DuringStep(e, step, _o.Out, LastSavedStep()) is { } clear)
+            {
+                throw clear;
             }
             double loss = lossSum / Math.Max(predicted, 1);
             double gradNorm = _params.GradNorm();
@@ -209,28 +208,31 @@ public sealed class Trainer : IDisposable
         return summary;
     }
 
-    private int LastSavedStep()
+    private int LastSavedStep() => TrainCheckpoint.LatestStep(_o.Out);
+
+    /// <summary>Test fault: one gradient element of the first trainable tensor becomes NaN (any method's parameters).</summary>
+    private void PoisonGradient()
     {
-        var p = Path.Combine(_o.Out, StateFile);
-        if (!File.Exists(p)) return 0;
-        try { return JsonNode.Parse(File.ReadAllText(p))?["step"]?.GetValue<int>() ?? 0; }
-        catch (JsonException) { return 0; }
+        var first = _params.ByName.Values.First();
+        var grad = new float[first.Grad!.Count];
+        first.Grad.Download<float>(grad);
+        grad[grad.Length / 2] = float.NaN;
+        first.Grad.Upload<float>(grad);
     }
 
-    /// <summary>Adapter, optimizer moments and trainer state, each written to a temporary file and renamed.</summary>
+    /// <summary>
+    /// Adapter, optimizer moments and trainer state as one durable, checksummed checkpoint (see <see cref="TrainCheckpoint"/>);
+    /// a failed write leaves the previous checkpoints intact and says so.
+    /// </summary>
     public void SaveCheckpoint()
     {
         var adapter = _params.ToHost(_o.Adapter);
-        var staging = Path.Combine(_o.Out, ".checkpoint.tmp");
-        if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
-        AdapterIO.SaveVkPeft(staging, adapter, _config, force: true);
         var entries = new List<SafeTensorsWriter.Entry>();
         foreach (var (name, (m, v)) in _params.OptimizerState())
         {
             entries.Add(SafeTensorsWriter.FromFloat32(name + ".m", _params.ByName[name].Shape, m));
             entries.Add(SafeTensorsWriter.FromFloat32(name + ".v", _params.ByName[name].Shape, v));
         }
-        SafeTensorsWriter.Write(Path.Combine(staging, OptimizerFile), entries);
         var state = new JsonObject
         {
             ["format"] = "vkpeft-trainer-state/1",
@@ -247,12 +249,16 @@ public sealed class Trainer : IDisposable
             ["eval_curve"] = new JsonArray(_evalCurve.Select(p => (JsonNode)new JsonArray(p.Step, p.Loss)).ToArray()),
             ["csv"] = new JsonArray(_csv.Select(s => (JsonNode)s).ToArray()),
         };
-        File.WriteAllText(Path.Combine(staging, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        // Rename into place, the state last: a crash mid-way leaves the previous checkpoint's state pointing at a
-        // consistent older step (resume re-reads the adapter and optimizer files of that step only when all moved).
-        var files = Directory.GetFiles(staging).OrderBy(f => Path.GetFileName(f) == StateFile ? 1 : 0).ToArray();
-        foreach (var f in files) File.Move(f, Path.Combine(_o.Out, Path.GetFileName(f)), overwrite: true);
-        Directory.Delete(staging, recursive: true);
+        int previous = LastSavedStep();
+        try
+        {
+            TrainCheckpoint.Save(_o.Out, _done, adapter, _config, entries, state, _o.KeepCheckpoints);
+        }
+        catch (IOException e)
+        {
+            throw new IOException($"writing the checkpoint of step {_done} into {_o.Out} failed ({e.Message}); the previous checkpoint "
+                + (previous > 0 ? $"(step {previous}) is intact" : "does not exist yet") + ": free disk space, then rerun with --resume", e);
+        }
     }
 
     private void WriteReports(TrainSummary s)
@@ -263,7 +269,7 @@ public sealed class Trainer : IDisposable
         Plots.LossCurve(Path.Combine(_o.Out, "loss.svg"), _trainCurve, _evalCurve, $"{_o.Adapter.Method.ToString().ToUpperInvariant()} on {_o.Quant} base");
         var summary = new JsonObject
         {
-            ["final_train_loss"] = s.FinalTrainLoss,
+            ["final_train_loss"] = double.IsFinite(s.FinalTrainLoss) ? s.FinalTrainLoss : null,
             ["initial_eval_loss"] = s.InitialEvalLoss,
             ["eval_loss"] = s.EvalLoss,
             ["tokens_per_second"] = s.TokensPerSecond,
@@ -283,11 +289,7 @@ public sealed class Trainer : IDisposable
         WriteAtomic(Path.Combine(_o.Out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    private static void WriteAtomic(string path, string text)
-    {
-        File.WriteAllText(path + ".tmp", text);
-        File.Move(path + ".tmp", path, overwrite: true);
-    }
+    private static void WriteAtomic(string path, string text) => DurableFile.WriteAllText(path, text);
 
     public void Dispose()
     {

@@ -55,7 +55,7 @@ public sealed class ModelExportTests(ITestOutputHelper output)
         var report = Run(outDir, ExportFormat.Safetensors, dtype);
         Assert.All(report.Tensors, t => Assert.Equal(stored, t.DType));
         var m = ModelLoader.Load(outDir);
-        Func<float, float> round = dtype == ExportDType.F16 ? v => (float)(Half)v : v => SafeTensorDTypes.FromBFloat16(SafeTensorDTypes.ToBFloat16(v));
+        Func<float, float> round = dtype == ExportDType.F16 ? v => (float)(Half)v : v => VkPeft.Quant.HalfPrecision.FromBf16(VkPeft.Quant.HalfPrecision.ToBf16(v));
         float[] Round(float[] w) => w.Select(round).ToArray();
         var rounded = ModelTensors.WithLinears(Base.Weights, (_, _, w) => Round(w));
         rounded = new LlamaWeights

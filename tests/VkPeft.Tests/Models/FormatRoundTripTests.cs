@@ -2,6 +2,7 @@
 // and loaded back through the library gives the llama2.c logits.
 using System.Text;
 using VkPeft.Peft.Formats;
+using VkPeft.Quant;
 using VkPeft.Peft.Models;
 using Xunit.Abstractions;
 
