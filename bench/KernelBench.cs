@@ -116,6 +116,20 @@ public static class KernelBench
             results.Add(Result("nf4-dq fused forward", fwd, true));
             double dx = GpuTimer.MedianSeconds(ctx, () => QuantizedMatMul.InputGrad(y, w, x), runs);
             results.Add(Result("nf4-dq fused input grad", dx, true));
+            if (MatMul.Choose(ctx) == MatMulAlgorithm.SharedTiles && m > 1)
+            {
+                // Each shared-tiles path the device can run, side by side (Auto above picks one of them).
+                var paths = new List<(string Name, bool Fp16, bool Coop)> { ("fp32 tiles", false, false) };
+                if (ctx.Caps.ShaderFloat16) paths.Add(("fp16 weight tiles", true, false));
+                if (QuantizedMatMul.CoopMatrixUnavailable(ctx.Caps) == null) paths.Add(("NV cooperative matrices", false, true));
+                foreach (var (name, fp16, coop) in paths)
+                {
+                    double pf = GpuTimer.MedianSeconds(ctx, () => QuantizedMatMul.Forward(x, w, y, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: fp16, coopMatrix: coop), runs);
+                    results.Add(Result($"nf4-dq fused forward, {name}", pf, true));
+                    double pd = GpuTimer.MedianSeconds(ctx, () => QuantizedMatMul.InputGrad(y, w, x, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: fp16, coopMatrix: coop), runs);
+                    results.Add(Result($"nf4-dq fused input grad, {name}", pd, true));
+                }
+            }
             double f32 = GpuTimer.MedianSeconds(ctx, () => MatMul.Run(x, wF32, y, transposeB: true), runs);
             results.Add(Result("fp32 matmul (same shape)", f32, false));
             using var deq = DeviceTensor.Create(ctx, "deq", DType.F32, [dim, dim], MemoryCategory.Workspace);

@@ -20,7 +20,7 @@ public static class MemoryBench
     {
         var model = new Option<string?>("--model") { Description = "Model path (its real weights are used when the whole model fits)" };
         var config = new Option<string?>("--config") { Description = $"Built-in shape with random weights: {string.Join(", ", ModelCatalog.Names)}" };
-        var method = new Option<string>("--method") { Description = "lora, qalora or adapter", DefaultValueFactory = _ => "lora" };
+        var method = new Option<string>("--method") { Description = PeftMethods.Known, DefaultValueFactory = _ => "lora" };
         var quant = new Option<string?>("--quant") { Description = "Base format (default nf4-dq; int4 for qalora)" };
         var rank = new Option<int>("--rank") { Description = "LoRA rank", DefaultValueFactory = _ => 8 };
         var targets = new Option<string>("--targets") { Description = "Linear layers to adapt", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
@@ -87,26 +87,18 @@ public static class MemoryBench
 
     public static TrainSetup Setup(LlamaConfig c, string method, string? quant, int rank, string targets, int batch, int seqLen, string? ckpt)
     {
-        var m = method.ToLowerInvariant() switch
-        {
-            "lora" => PeftMethod.Lora,
-            "qalora" or "qa-lora" => PeftMethod.QaLora,
-            "adapter" => PeftMethod.Adapter,
-            var other => throw new FormatException($"--method: unknown method '{other}' (use lora, qalora or adapter)"),
-        };
-        var q = BaseQuant.Parse(quant ?? (m == PeftMethod.QaLora ? "int4" : "nf4-dq"));
+        var m = PeftMethods.TryGet(method) ?? throw new FormatException($"--method: unknown method '{method}' (use {PeftMethods.Known})");
         long linear = MemoryModel.LayerLinears(c).Sum(l => (long)l.Out * l.In) * c.NLayers;
         bool checkpointing = ckpt?.ToLowerInvariant() switch
         {
-            null => linear > 200_000_000,
+            null => linear > VkPeft.Peft.Training.Trainer.AutoCheckpointingLinearParameters,
             "on" or "true" => true,
             "off" or "false" => false,
             var other => throw new FormatException($"--checkpointing: use on or off, not '{other}'"),
         };
-        return new TrainSetup
+        return TrainSetup.For(c, m, quant == null ? null : BaseQuant.Parse(quant), rank, AdapterConfig.ParseTargets(targets), seqLen) with
         {
-            Config = c, Method = m, Quant = q, Rank = rank, Targets = AdapterConfig.ParseTargets(targets), GroupSize = q.IsInt4 ? q.Blocksize : 32,
-            Batch = batch, SeqLen = seqLen, Checkpointing = checkpointing,
+            Batch = batch, Checkpointing = checkpointing,
         };
     }
 

@@ -3,14 +3,8 @@
 // by define, include/quant.glsl); rows whose id is outside [0, vocab) are zeroed. Writes out.
 #include "common.glsl"
 
-layout(std430, set = 0, binding = 0) readonly buffer QCodes { uint qcodes[]; };
-#ifdef QDQ
-layout(std430, set = 0, binding = 1) readonly buffer QScale { uint qscale[]; };
-#else
-layout(std430, set = 0, binding = 1) readonly buffer QScale { float qscale[]; };
-#endif
-layout(std430, set = 0, binding = 2) readonly buffer QAux { float qaux[]; };
-layout(std430, set = 0, binding = 3) readonly buffer QMap { float qmap[]; };
+#define QUANT_FIRST_BINDING 0
+#include "quant_bindings.glsl"
 layout(std430, set = 0, binding = 4) readonly buffer Ids { int ids[]; };
 layout(std430, set = 0, binding = 5) writeonly buffer Out { float y[]; };
 

@@ -1,46 +1,73 @@
 #version 450
-// matmul: C[M,N] = alpha * A[M,K] · op(B) + beta * C, fp32, tiled in shared memory with a TM x TN register tile per
-// invocation. op(B) = B[K,N] (TRANS_B 0) or B[N,K]ᵀ (TRANS_B 1, the nn.Linear weight layout). Row strides lda/ldb/ldc
-// and element offsets let callers address sub-matrices (split tensors). With QUANT_B, B is a quantized weight decoded
-// tile by tile into shared memory (no full-precision copy exists). Writes C when beta == 0, else accumulates.
+// matmul: C[M,N] = alpha * A[M,K] · op(B) + beta * C with fp32 accumulators, tiled in shared memory for GPUs. op(B) =
+// B[K,N] (TRANS_B 0) or B[N,K]ᵀ (TRANS_B 1, the nn.Linear weight layout). Row strides lda/ldb/ldc and element offsets
+// let callers address sub-matrices (split tensors). Writes C when beta == 0, else accumulates.
+//
+// Tile shape (BM x BN outputs per workgroup, BK along K, TM x TN per invocation) comes from specialization constants the
+// runtime picks per device from one table (runtime/Kernels/MatMulTiles.cs); the workgroup has (BM/TM)·(BN/TN)
+// invocations. Shared tiles are double-buffered (the next K slice loads while this one is multiplied: one barrier per
+// slice) with padded rows (no bank conflicts between the columns invocations read), and A is read as vec4 when VEC_A.
+//
+// With QUANT_B, B is a quantized weight (include/quant.glsl) decoded into the shared tile; FP16_TILES stores the decoded
+// tile as fp16 (A and the accumulators stay fp32). With QWORD (nibble formats) every packed code word is read and decoded
+// once per tile by one invocation, all 8 nibbles, and the block scale (with double quantization: code byte, table entry,
+// nested scale) once per chunk of CHUNK elements that lies inside one block:
+//   TRANS_B 1 (forward x·deq(W)ᵀ): a chunk is BK consecutive K values of one weight row (K and the block multiples of BK);
+//   TRANS_B 0 (input gradient dy·deq(W)): a chunk is DX_CHUNK consecutive columns of one weight row (N and the block
+//   multiples of DX_CHUNK).
+// Other formats and shapes decode element by element (q_dequant).
+//
+// COOPMAT (VK_NV_cooperative_matrix; built and checked by spirv-val, run only where the device lists 16x16x16 fp16 x
+// fp16 -> fp32 subgroup matrices): A and B tiles are stored as fp16, each subgroup multiplies a 32x32 block of the tile
+// as 2x2 cooperative 16x16 matrices with fp32 accumulators, and the result goes through shared memory to C (bounds,
+// alpha, beta). The workgroup holds (BM/32)·(BN/32) subgroups of 32 invocations; BK is a multiple of 16.
 #extension GL_EXT_control_flow_attributes : enable
+#ifdef COOPMAT
+#extension GL_NV_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_KHR_shader_subgroup_basic : require
+#define FP16_TILES
+#define ATYPE float16_t
+#define A_PAD 8u
+#else
+#define ATYPE float
+#define A_PAD 4u
+#endif
+#ifdef FP16_TILES
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#define BTYPE float16_t
+#define B_PAD 8u
+#else
+#define BTYPE float
+#define B_PAD 4u
+#endif
 
+layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint TRANS_B = 0;
+layout(constant_id = 2) const uint BM = 64;
+layout(constant_id = 3) const uint BN = 64;
+layout(constant_id = 4) const uint BK = 16;
+layout(constant_id = 5) const uint TM = 4;
+layout(constant_id = 6) const uint TN = 4;
+layout(constant_id = 7) const uint VEC_A = 0;   // 1: K, lda and a_offset are multiples of 4
 
-#define WG 256u
-#define BM 64u
-#define BN 64u
-#define BK 16u
-#define TM 4u
-#define TN 4u
-layout(local_size_x = 256) in;
+const uint A_STRIDE = BM + A_PAD;
+const uint B_STRIDE = BN + B_PAD;
+#define DX_CHUNK 32u
 
 layout(std430, set = 0, binding = 0) readonly buffer BufA { float a[]; };
+layout(std430, set = 0, binding = 0) readonly buffer BufA4 { vec4 a4[]; };
 #ifdef QUANT_B
-// B is a quantized weight (include/quant.glsl): element idx of B is q_dequant(b_offset + idx); C is binding 5.
-layout(std430, set = 0, binding = 1) readonly buffer QCodes { uint qcodes[]; };
-#ifdef QDQ
-layout(std430, set = 0, binding = 2) readonly buffer QScale { uint qscale[]; };
-#else
-layout(std430, set = 0, binding = 2) readonly buffer QScale { float qscale[]; };
-#endif
-layout(std430, set = 0, binding = 3) readonly buffer QAux { float qaux[]; };
-layout(std430, set = 0, binding = 4) readonly buffer QMap { float qmap[]; };
+// B is a quantized weight: element idx of B is q_dequant(b_offset + idx); C is binding 5.
+#define QUANT_FIRST_BINDING 1
+#include "quant_bindings.glsl"
 layout(std430, set = 0, binding = 5) buffer BufC { float c[]; };
 #else
 layout(std430, set = 0, binding = 1) readonly buffer BufB { float b[]; };
 layout(std430, set = 0, binding = 2) buffer BufC { float c[]; };
 #endif
 
-layout(push_constant) uniform Push
-{
-    uint M, N, K;
-    uint lda, ldb, ldc;
-    uint a_offset, b_offset, c_offset;
-    float alpha, beta;
-    uint q_block, q_cols;   // quantized B only: block/group size and in_features of the weight
-    float q_offset;         // quantized B only: double-quantization offset
-} pc;
+#include "matmul_push.glsl"
 
 #ifdef QUANT_B
 #include "quant.glsl"
@@ -49,9 +76,166 @@ layout(push_constant) uniform Push
 #define LOAD_B(idx) b[pc.b_offset + (idx)]
 #endif
 
-shared float As[BK][BM];
-shared float Bs[BK][BN];
+shared ATYPE As[2u * BK * A_STRIDE];
+shared BTYPE Bs[2u * BK * B_STRIDE];
 
+void load_a(uint s, uint row0, uint k0)
+{
+    uint base = s * BK * A_STRIDE;
+    if (VEC_A == 1u)
+    {
+        uint quads = BM * BK / 4u;
+        for (uint idx = gl_LocalInvocationID.x; idx < quads; idx += gl_WorkGroupSize.x)
+        {
+            uint r = idx / (BK / 4u), kq = (idx % (BK / 4u)) * 4u;
+            uint gr = row0 + r, gk = k0 + kq;
+            vec4 v = (gr < pc.M && gk < pc.K) ? a4[(pc.a_offset + gr * pc.lda + gk) >> 2] : vec4(0.0);
+            As[base + kq * A_STRIDE + r] = ATYPE(v.x);
+            As[base + (kq + 1u) * A_STRIDE + r] = ATYPE(v.y);
+            As[base + (kq + 2u) * A_STRIDE + r] = ATYPE(v.z);
+            As[base + (kq + 3u) * A_STRIDE + r] = ATYPE(v.w);
+        }
+    }
+    else
+    {
+        for (uint idx = gl_LocalInvocationID.x; idx < BM * BK; idx += gl_WorkGroupSize.x)
+        {
+            uint r = idx / BK, kk = idx % BK;
+            uint gr = row0 + r, gk = k0 + kk;
+            As[base + kk * A_STRIDE + r] = ATYPE((gr < pc.M && gk < pc.K) ? a[pc.a_offset + gr * pc.lda + gk] : 0.0);
+        }
+    }
+}
+
+#if defined(QUANT_B) && defined(QWORD)
+// Decodes `words` code words from word index w0 (one block: scale and bias given) into v (8 values per word).
+void decode_words(uint w0, uint words, float scale, float bias, uint base, uint stride, uint first)
+{
+    for (uint w = 0u; w < words; w++)
+    {
+        float v[8];
+        q_dequant_word(w0 + w, scale, bias, v);
+        [[unroll]] for (uint i = 0u; i < 8u; i++) Bs[base + (first + w * 8u + i) * stride] = BTYPE(v[i]);
+    }
+}
+#endif
+
+void load_b(uint s, uint col0, uint k0)
+{
+    uint base = s * BK * B_STRIDE;
+#if defined(QUANT_B) && defined(QWORD)
+    if (TRANS_B == 1u)
+    {
+        // One chunk per weight row n: BK values along K from k0, inside one block (K and the block multiples of BK).
+        for (uint n = gl_LocalInvocationID.x; n < BN; n += gl_WorkGroupSize.x)
+        {
+            uint gn = col0 + n;
+            if (gn < pc.N && k0 < pc.K)
+            {
+                uint e = pc.b_offset + gn * pc.ldb + k0;
+                float scale, bias;
+                q_block_params(e, scale, bias);
+                // Element kk of the chunk goes to Bs[kk][n]: stride B_STRIDE, first row 0, column n.
+                decode_words(e >> 3, BK / 8u, scale, bias, base + n, B_STRIDE, 0u);
+            }
+            else
+                for (uint kk = 0u; kk < BK; kk++) Bs[base + kk * B_STRIDE + n] = BTYPE(0.0);
+        }
+    }
+    else
+    {
+        // Chunks of DX_CHUNK columns of weight row k0 + kk (N and the block multiples of DX_CHUNK).
+        uint per_row = BN / DX_CHUNK;
+        for (uint idx = gl_LocalInvocationID.x; idx < BK * per_row; idx += gl_WorkGroupSize.x)
+        {
+            uint kk = idx / per_row, n = (idx % per_row) * DX_CHUNK;
+            uint gk = k0 + kk, gn = col0 + n;
+            if (gk < pc.K && gn < pc.N)
+            {
+                uint e = pc.b_offset + gk * pc.ldb + gn;
+                float scale, bias;
+                q_block_params(e, scale, bias);
+                // Element j of the chunk goes to Bs[kk][n + j]: stride 1.
+                decode_words(e >> 3, DX_CHUNK / 8u, scale, bias, base + kk * B_STRIDE + n, 1u, 0u);
+            }
+            else
+                for (uint j = 0u; j < DX_CHUNK; j++) Bs[base + kk * B_STRIDE + n + j] = BTYPE(0.0);
+        }
+    }
+#else
+    for (uint idx = gl_LocalInvocationID.x; idx < BN * BK; idx += gl_WorkGroupSize.x)
+    {
+        if (TRANS_B == 0u)
+        {
+            uint kk = idx / BN, n = idx % BN;
+            uint gk = k0 + kk, gn = col0 + n;
+            Bs[base + kk * B_STRIDE + n] = BTYPE((gk < pc.K && gn < pc.N) ? LOAD_B(gk * pc.ldb + gn) : 0.0);
+        }
+        else
+        {
+            uint n = idx / BK, kk = idx % BK;
+            uint gk = k0 + kk, gn = col0 + n;
+            Bs[base + kk * B_STRIDE + n] = BTYPE((gk < pc.K && gn < pc.N) ? LOAD_B(gn * pc.ldb + gk) : 0.0);
+        }
+    }
+#endif
+}
+
+#ifdef COOPMAT
+const uint C_STRIDE = BN + 4u;
+shared float Cs[BM * C_STRIDE];
+
+void main()
+{
+    uint tid = gl_LocalInvocationID.x;
+    uint row0 = gl_WorkGroupID.y * BM, col0 = gl_WorkGroupID.x * BN;
+    // This subgroup's 32x32 block of the tile.
+    uint wm = (gl_SubgroupID / (BN / 32u)) * 32u, wn = (gl_SubgroupID % (BN / 32u)) * 32u;
+
+    fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[2][2];
+    [[unroll]] for (uint i = 0u; i < 2u; i++)
+        [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+
+    uint slices = (pc.K + BK - 1u) / BK;
+    load_a(0u, row0, 0u);
+    load_b(0u, col0, 0u);
+    barrier();
+    for (uint t = 0u; t < slices; t++)
+    {
+        uint s = t & 1u;
+        if (t + 1u < slices)
+        {
+            load_a(s ^ 1u, row0, (t + 1u) * BK);
+            load_b(s ^ 1u, col0, (t + 1u) * BK);
+        }
+        uint abase = s * BK * A_STRIDE, bbase = s * BK * B_STRIDE;
+        for (uint kk = 0u; kk < BK; kk += 16u)
+        {
+            // A is stored k-major (element (m, k) at k·A_STRIDE + m): a column-major 16x16 load; B row-major.
+            fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> am[2], bm[2];
+            [[unroll]] for (uint i = 0u; i < 2u; i++) coopMatLoadNV(am[i], As, abase + kk * A_STRIDE + wm + 16u * i, A_STRIDE, true);
+            [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(bm[j], Bs, bbase + kk * B_STRIDE + wn + 16u * j, B_STRIDE, false);
+            [[unroll]] for (uint i = 0u; i < 2u; i++)
+                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(am[i], bm[j], acc[i][j]);
+        }
+        barrier();
+    }
+
+    [[unroll]] for (uint i = 0u; i < 2u; i++)
+        [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (wm + 16u * i) * C_STRIDE + wn + 16u * j, C_STRIDE, false);
+    barrier();
+    for (uint idx = tid; idx < BM * BN; idx += gl_WorkGroupSize.x)
+    {
+        uint r = idx / BN, cc = idx % BN;
+        uint gr = row0 + r, gc = col0 + cc;
+        if (gr >= pc.M || gc >= pc.N) continue;
+        uint o = pc.c_offset + gr * pc.ldc + gc;
+        float v = pc.alpha * Cs[r * C_STRIDE + cc];
+        if (pc.beta != 0.0) v += pc.beta * c[o];
+        c[o] = v;
+    }
+}
+#else
 void main()
 {
     uint tid = gl_LocalInvocationID.x;
@@ -62,37 +246,25 @@ void main()
     [[unroll]] for (uint i = 0; i < TM; i++)
         [[unroll]] for (uint j = 0; j < TN; j++) acc[i][j] = 0.0;
 
-    for (uint k0 = 0; k0 < pc.K; k0 += BK)
+    uint slices = (pc.K + BK - 1u) / BK;
+    load_a(0u, row0, 0u);
+    load_b(0u, col0, 0u);
+    barrier();
+    for (uint t = 0u; t < slices; t++)
     {
-        [[unroll]] for (uint l = 0; l < BM * BK / WG; l++)
+        uint s = t & 1u;
+        // Fill the other buffer with the next slice while this one is multiplied; the barrier below ends both.
+        if (t + 1u < slices)
         {
-            uint idx = tid + l * WG;
-            uint r = idx / BK, kk = idx % BK;
-            uint gr = row0 + r, gk = k0 + kk;
-            As[kk][r] = (gr < pc.M && gk < pc.K) ? a[pc.a_offset + gr * pc.lda + gk] : 0.0;
+            load_a(s ^ 1u, row0, (t + 1u) * BK);
+            load_b(s ^ 1u, col0, (t + 1u) * BK);
         }
-        [[unroll]] for (uint l = 0; l < BN * BK / WG; l++)
-        {
-            uint idx = tid + l * WG;
-            if (TRANS_B == 0)
-            {
-                uint kk = idx / BN, n = idx % BN;
-                uint gk = k0 + kk, gn = col0 + n;
-                Bs[kk][n] = (gk < pc.K && gn < pc.N) ? LOAD_B(gk * pc.ldb + gn) : 0.0;
-            }
-            else
-            {
-                uint n = idx / BK, kk = idx % BK;
-                uint gk = k0 + kk, gn = col0 + n;
-                Bs[kk][n] = (gk < pc.K && gn < pc.N) ? LOAD_B(gn * pc.ldb + gk) : 0.0;
-            }
-        }
-        barrier();
-        [[unroll]] for (uint kk = 0; kk < BK; kk++)
+        uint abase = s * BK * A_STRIDE, bbase = s * BK * B_STRIDE;
+        for (uint kk = 0u; kk < BK; kk++)
         {
             float av[TM], bv[TN];
-            [[unroll]] for (uint i = 0; i < TM; i++) av[i] = As[kk][ty + i * (BM / TM)];
-            [[unroll]] for (uint j = 0; j < TN; j++) bv[j] = Bs[kk][tx + j * (BN / TN)];
+            [[unroll]] for (uint i = 0; i < TM; i++) av[i] = As[abase + kk * A_STRIDE + ty + i * (BM / TM)];
+            [[unroll]] for (uint j = 0; j < TN; j++) bv[j] = float(Bs[bbase + kk * B_STRIDE + tx + j * (BN / TN)]);
             [[unroll]] for (uint i = 0; i < TM; i++)
                 [[unroll]] for (uint j = 0; j < TN; j++) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
         }
@@ -114,3 +286,4 @@ void main()
         }
     }
 }
+#endif

@@ -33,29 +33,15 @@ layout(std430, set = 0, binding = 0) readonly buffer BufA { ELEM a[]; };
 #ifdef QUANT_B
 // B is a quantized weight [N,K] (include/quant.glsl); C is binding 5. QWORD: K and the block/group size are multiples
 // of 8 and K of the block, so each code word holds 8 elements of one row and one block.
-layout(std430, set = 0, binding = 1) readonly buffer QCodes { uint qcodes[]; };
-#ifdef QDQ
-layout(std430, set = 0, binding = 2) readonly buffer QScale { uint qscale[]; };
-#else
-layout(std430, set = 0, binding = 2) readonly buffer QScale { float qscale[]; };
-#endif
-layout(std430, set = 0, binding = 3) readonly buffer QAux { float qaux[]; };
-layout(std430, set = 0, binding = 4) readonly buffer QMap { float qmap[]; };
+#define QUANT_FIRST_BINDING 1
+#include "quant_bindings.glsl"
 layout(std430, set = 0, binding = 5) buffer BufC { float c[]; };
 #else
 layout(std430, set = 0, binding = 1) readonly buffer BufB { ELEM b[]; };
 layout(std430, set = 0, binding = 2) buffer BufC { float c[]; };
 #endif
 
-layout(push_constant) uniform Push
-{
-    uint M, N, K;
-    uint lda, ldb, ldc;
-    uint a_offset, b_offset, c_offset;
-    float alpha, beta;
-    uint q_block, q_cols;   // quantized B only: block/group size and in_features of the weight
-    float q_offset;         // quantized B only: double-quantization offset
-} pc;
+#include "matmul_push.glsl"
 
 #ifdef QUANT_B
 #include "quant.glsl"

@@ -18,29 +18,15 @@ layout(local_size_x = SG) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer BufA { float a[]; };
 #ifdef QUANT_B
-layout(std430, set = 0, binding = 1) readonly buffer QCodes { uint qcodes[]; };
-#ifdef QDQ
-layout(std430, set = 0, binding = 2) readonly buffer QScale { uint qscale[]; };
-#else
-layout(std430, set = 0, binding = 2) readonly buffer QScale { float qscale[]; };
-#endif
-layout(std430, set = 0, binding = 3) readonly buffer QAux { float qaux[]; };
-layout(std430, set = 0, binding = 4) readonly buffer QMap { float qmap[]; };
+#define QUANT_FIRST_BINDING 1
+#include "quant_bindings.glsl"
 layout(std430, set = 0, binding = 5) buffer BufC { float c[]; };
 #else
 layout(std430, set = 0, binding = 1) readonly buffer BufB { float b[]; };
 layout(std430, set = 0, binding = 2) buffer BufC { float c[]; };
 #endif
 
-layout(push_constant) uniform Push
-{
-    uint M, N, K;
-    uint lda, ldb, ldc;
-    uint a_offset, b_offset, c_offset;
-    float alpha, beta;
-    uint q_block, q_cols;
-    float q_offset;
-} pc;
+#include "matmul_push.glsl"
 
 #ifdef QUANT_B
 #include "quant.glsl"
@@ -58,15 +44,31 @@ void main()
     [[unroll]] for (uint i = 0; i < RB * SG; i++)
         [[unroll]] for (uint j = 0; j < 8u; j++) acc[i][j] = 0.0;
 
+#if defined(QUANT_B) && defined(QWORD)
+    // N and the block are multiples of 8 and col0 is too, so this lane's 8 columns of row k are one code word in one
+    // block. The block index walks down the rows by a fixed quotient and remainder of ldb (no division per row); the
+    // parameters are decoded once per row and lane, the 8 nibbles of the word at once.
+    uint ecol = pc.b_offset + min(col0, pc.N - 8u);
+#ifdef QFMT_INT4
+    uint blk = ecol / pc.q_block, rem = 0u;                                      // group of (row 0, col); rows add
+    uint step_blk = (pc.q_cols + pc.q_block - 1u) / pc.q_block, step_rem = 0u;    // groups per row
+#else
+    uint blk = ecol / pc.q_block, rem = ecol - blk * pc.q_block;
+    uint step_blk = pc.ldb / pc.q_block, step_rem = pc.ldb - step_blk * pc.q_block;
+#endif
+    uint word = ecol >> 3, step_word = pc.ldb >> 3;
+#endif
     for (uint k = 0; k < pc.K; k++)
     {
         float bv[8];
-        uint e = pc.b_offset + k * pc.ldb + col0;               // element index of this lane's first column in row k
 #if defined(QUANT_B) && defined(QWORD)
-        // N and the block are multiples of 8 and col0 is too, so the 8 columns are one code word in one block.
         float qs, qb;
-        q_block_params(min(e, pc.b_offset + k * pc.ldb + pc.N - 8u), qs, qb);
-        q_dequant_word(min(e, pc.b_offset + k * pc.ldb + pc.N - 8u) >> 3, qs, qb, bv);
+        q_params_of_block(blk, qs, qb);
+        q_dequant_word(word, qs, qb, bv);
+        word += step_word;
+        blk += step_blk;
+        rem += step_rem;
+        if (rem >= pc.q_block) { rem -= pc.q_block; blk++; }
 #else
         [[unroll]] for (uint j = 0; j < 8u; j++)
         {

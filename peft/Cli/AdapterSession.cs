@@ -30,14 +30,14 @@ public sealed class AdapterSession : IDisposable
         if (adapterDir == null) return new AdapterSession(ModelOptions.Upload(ctx, host, quant, embeddingQuant), null, null);
         if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter: '{adapterDir}' is not a directory");
         var adapter = AdapterIO.Load(adapterDir, host.Config);
-        var recorded = BaseQuant.FromRecord(adapter.Config.BaseQuant);
+        var recorded = adapter.Config.BaseQuant;
         if (quantGiven && quant != recorded)
             Console.Error.WriteLine($"warning: the adapter was trained against a {recorded} base; using --quant {quant} as asked");
         var q = quantGiven ? quant : recorded;
         var model = ModelOptions.Upload(ctx, host, q, embeddingQuant);
         var p = new TrainableParameters(ctx, withOptimizer: false);
         foreach (var (name, t) in adapter.Tensors) p.Add(name, t.Shape, t.Data);
-        var lora = AdapterFactory.Create(ctx, host.Config, adapter.Config, p, maxRows);
+        var lora = adapter.Config.Method.CreateRuntime(ctx, host.Config, adapter.Config, p, maxRows);
         lora.Training = false;
         return new AdapterSession(model, p, lora);
     }

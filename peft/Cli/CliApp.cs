@@ -17,6 +17,13 @@ public static class CliApp
 
     public static readonly Option<bool> ValidationOption = new("--validation") { Description = "Enable the Khronos validation layer", Recursive = true };
 
+    /// <summary>--kernels fast|safe: safe forces the fp32 reference kernel paths (env VKPEFT_KERNELS=safe).</summary>
+    public static readonly Option<string?> KernelsOption = new("--kernels")
+    {
+        Description = "fast (default: self-checked fast variants where the device has them) or safe (fp32 reference kernels only; env VKPEFT_KERNELS)",
+        Recursive = true,
+    };
+
     public static int Run(string[] args)
     {
         var root = new RootCommand("vkpeft: QLoRA-style fine-tuning of Llama-family models on any Vulkan GPU (or the CPU through lavapipe).\n  Also: ./vkpeft test, and ./vkpeft bench kernels|memory|train|generate (the benchmarks).");
@@ -24,6 +31,7 @@ public static class CliApp
         root.Options.Add(BudgetOption);
         root.Options.Add(ProfileOption);
         root.Options.Add(ValidationOption);
+        root.Options.Add(KernelsOption);
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
@@ -73,6 +81,13 @@ public static class CliApp
         if (!string.IsNullOrWhiteSpace(budget)) opts = opts with { MemoryBudget = ByteSize.Parse(budget, "--memory-budget") };
         if (parse.GetValue(ProfileOption)) opts = opts with { Profile = true };
         if (parse.GetValue(ValidationOption)) opts = opts with { Validation = true };
+        switch (parse.GetValue(KernelsOption))
+        {
+            case null: break;
+            case "safe": opts = opts with { SafeKernels = true }; break;
+            case "fast": opts = opts with { SafeKernels = false }; break;
+            case var k: throw new CliUsageException($"--kernels: expected 'fast' or 'safe', got '{k}'");
+        }
         return opts;
     }
 }

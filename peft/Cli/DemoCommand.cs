@@ -37,7 +37,7 @@ public static class DemoCommand
             {
                 Data = data,
                 EvalFraction = 0.15,
-                Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = 16, BaseQuant = quant.ToRecord(), BaseModel = modelPath },
+                Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = 16, BaseQuant = quant, BaseModel = modelPath },
                 Quant = quant,
                 Steps = parse.GetValue(steps),
                 Batch = 8,

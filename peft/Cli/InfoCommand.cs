@@ -1,8 +1,10 @@
-// `vkpeft info [--json]`: the chosen Vulkan device, its limits, memory heaps and budget, optional features, other devices.
+// `vkpeft info [--json]`: the chosen Vulkan device, its limits, memory heaps and budget, optional features, the kernel
+// path each op uses and why, other devices.
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
+using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Cli;
@@ -82,6 +84,12 @@ public static class InfoCommand
                     ["usage"] = h.Usage,
                 }).ToArray()),
             },
+            ["kernel_paths"] = new JsonArray(KernelPathReport.Describe(ctx).Select(k => (JsonNode)new JsonObject
+            {
+                ["op"] = k.Op,
+                ["path"] = k.Path,
+                ["why"] = k.Why,
+            }).ToArray()),
             ["devices"] = new JsonArray(ctx.AllDevices.Select(d => (JsonNode)new JsonObject
             {
                 ["index"] = d.Index,
@@ -124,6 +132,9 @@ public static class InfoCommand
             h.AddRow(heap.Index.ToString(), ByteSize.Format(heap.Size), YesNo(heap.DeviceLocal),
                 heap.Budget is { } b ? ByteSize.Format(b) : "-", heap.Usage is { } u ? ByteSize.Format(u) : "-");
         console.Write(h);
+        var k = new Table().AddColumn("op").AddColumn("kernel path").AddColumn("why");
+        foreach (var p in KernelPathReport.Describe(ctx)) k.AddRow(Markup.Escape(p.Op), Markup.Escape(p.Path), Markup.Escape(p.Why));
+        console.Write(k);
         console.MarkupLine($"vkpeft memory budget: [bold]{ByteSize.Format(ctx.Arena.Budget)}[/] (--memory-budget to lower it)");
         console.MarkupLine("Devices present:");
         foreach (var d in ctx.AllDevices)

@@ -20,7 +20,7 @@ public static class PlanCommand
         var config = new Option<string?>("--config") { Description = $"Built-in model shape: {string.Join(", ", ModelCatalog.Names)}" };
         var model = new Option<string?>("--model") { Description = "Model path (HF folder, .gguf, llama2.c .bin); only its configuration is read" };
         var memory = new Option<string>("--memory") { Description = "Device memory to plan for, e.g. 8GiB", Required = true };
-        var method = new Option<string>("--method") { Description = "lora or qalora", DefaultValueFactory = _ => "lora" };
+        var method = new Option<string>("--method") { Description = PeftMethods.Known, DefaultValueFactory = _ => "lora" };
         var quant = new Option<string?>("--quant") { Description = "Base format: none, nf4, nf4-dq, fp4, fp4-dq, int4 (default nf4-dq; int4 for qalora)" };
         var rank = new Option<int>("--rank") { Description = "LoRA rank r", DefaultValueFactory = _ => 8 };
         var targets = new Option<string>("--targets") { Description = "Linear layers to adapt", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
@@ -77,21 +77,10 @@ public static class PlanCommand
 
     public static TrainSetup Setup(LlamaConfig c, string method, string? quant, int rank, string targets, int seqLen)
     {
-        var m = method.ToLowerInvariant() switch
-        {
-            "lora" => PeftMethod.Lora,
-            "qalora" or "qa-lora" => PeftMethod.QaLora,
-            "adapter" => PeftMethod.Adapter,
-            var other => throw new CliUsageException($"--method: unknown method '{other}' (use lora, qalora or adapter)"),
-        };
+        var m = MethodCliOptions.Parse(method);
         if (rank < 1) throw new CliUsageException($"--rank must be ≥ 1, got {rank}");
         if (seqLen < 2) throw new CliUsageException($"--seq-len must be ≥ 2, got {seqLen}");
-        var q = BaseQuant.Parse(quant ?? (m == PeftMethod.QaLora ? "int4" : "nf4-dq"));
-        return new TrainSetup
-        {
-            Config = c, Method = m, Quant = q, Rank = rank, Targets = AdapterConfig.ParseTargets(targets),
-            GroupSize = q.IsInt4 ? q.Blocksize : 32, Batch = 1, SeqLen = seqLen, Checkpointing = true,
-        };
+        return TrainSetup.For(c, m, quant == null ? null : BaseQuant.Parse(quant), rank, AdapterConfig.ParseTargets(targets), seqLen);
     }
 
     private static System.Text.Json.Nodes.JsonObject CheckJson(PlanCheckResult r) => new()

@@ -17,17 +17,9 @@ public static class TrainCommand
         var data = new Option<string>("--data") { Description = ".txt (one document per line), .jsonl with \"text\", or instruction records", Required = true };
         var evalData = new Option<string?>("--eval-data") { Description = "Held-out data (default: --eval-fraction of --data)" };
         var evalFraction = new Option<double>("--eval-fraction") { Description = "Share of documents held out when no --eval-data", DefaultValueFactory = _ => 0.1 };
-        var method = new Option<string>("--method") { Description = "lora, qalora or adapter", DefaultValueFactory = _ => "lora" };
-        var rank = new Option<int>("--rank") { Description = "LoRA rank r", DefaultValueFactory = _ => 8 };
-        var alpha = new Option<float>("--alpha") { Description = "LoRA alpha (scaling alpha/r)", DefaultValueFactory = _ => 16f };
-        var dropout = new Option<float>("--dropout") { Description = "Dropout on the LoRA branch input", DefaultValueFactory = _ => 0f };
-        var rslora = new Option<bool>("--rslora") { Description = "Scale by alpha/√r (rsLoRA)" };
+        var methods = new MethodCliOptions();
         var targets = new Option<string>("--targets") { Description = "Linear layers to adapt: q,k,v,o,gate,up,down", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
         var groupSize = new Option<int?>("--group-size") { Description = "INT4 / QA-LoRA group size (default 32)" };
-        var adapterKind = new Option<string>("--adapter-kind") { Description = "houlsby or parallel (--method adapter)", DefaultValueFactory = _ => "houlsby" };
-        var bottleneck = new Option<int>("--bottleneck") { Description = "Bottleneck adapter size", DefaultValueFactory = _ => 16 };
-        var activation = new Option<string>("--activation") { Description = "Bottleneck activation: relu, silu or gelu", DefaultValueFactory = _ => "silu" };
-        var adapterScale = new Option<float>("--adapter-scale") { Description = "Parallel adapter output scale s", DefaultValueFactory = _ => 4f };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps", Required = true };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch", DefaultValueFactory = _ => 8 };
         var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence (packed)", DefaultValueFactory = _ => 128 };
@@ -49,49 +41,26 @@ public static class TrainCommand
         var keep = new Option<int>("--keep-checkpoints") { Description = "Checkpoints kept in --out/checkpoints; --resume falls back to an older one when the newest is corrupt", DefaultValueFactory = _ => TrainCheckpoint.DefaultKeep };
         var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck) on a frozen 4-bit base")
         {
-            data, evalData, evalFraction, method, rank, alpha, dropout, rslora, targets, groupSize, adapterKind, bottleneck, activation, adapterScale, steps, batch, seqLen,
+            data, evalData, evalFraction, targets, groupSize, steps, batch, seqLen,
             accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume, keep,
         };
         model.AddTo(cmd);
+        methods.AddTo(cmd);
         cmd.SetAction(parse =>
         {
-            var m = parse.GetValue(method)!.ToLowerInvariant() switch
-            {
-                "lora" => PeftMethod.Lora,
-                "qalora" or "qa-lora" => PeftMethod.QaLora,
-                "adapter" => PeftMethod.Adapter,
-                var other => throw new CliUsageException($"--method: unknown method '{other}' (use lora, qalora or adapter)"),
-            };
+            var m = MethodCliOptions.Parse(parse.GetValue(methods.Method)!);
             int? gs = parse.GetValue(groupSize);
             if (gs is < 1) throw new CliUsageException($"--group-size must be ≥ 1, got {gs}");
-            var quant = model.QuantOr(parse, m == PeftMethod.QaLora ? BaseQuant.Parse("int4", gs ?? 32) : BaseQuant.Parse("nf4-dq"), m == PeftMethod.QaLora || parse.GetValue(model.Quant) == "int4" ? gs ?? 32 : null);
-            var adapterCfg = new AdapterConfig
+            var fallback = m.DefaultQuant(gs);
+            var quant = model.QuantOr(parse, fallback, fallback.IsInt4 || parse.GetValue(model.Quant) == "int4" ? gs ?? 32 : null);
+            var adapterCfg = methods.Configure(parse, new AdapterConfig
             {
                 Method = m,
-                Rank = parse.GetValue(rank),
-                Alpha = parse.GetValue(alpha),
-                Dropout = parse.GetValue(dropout),
-                UseRsLora = parse.GetValue(rslora),
                 Targets = AdapterConfig.ParseTargets(parse.GetValue(targets)!),
                 GroupSize = gs ?? quant.Blocksize,
-                BottleneckKind = parse.GetValue(adapterKind)!.ToLowerInvariant() switch
-                {
-                    "houlsby" => BottleneckKind.Houlsby,
-                    "parallel" => BottleneckKind.Parallel,
-                    var other => throw new CliUsageException($"--adapter-kind: unknown kind '{other}' (use houlsby or parallel)"),
-                },
-                Bottleneck = parse.GetValue(bottleneck),
-                Activation = parse.GetValue(activation)!.ToLowerInvariant() switch
-                {
-                    "relu" => BottleneckActivation.Relu,
-                    "silu" => BottleneckActivation.Silu,
-                    "gelu" => BottleneckActivation.Gelu,
-                    var other => throw new CliUsageException($"--activation: unknown activation '{other}' (use relu, silu or gelu)"),
-                },
-                AdapterScale = parse.GetValue(adapterScale),
-                BaseQuant = quant.ToRecord(),
+                BaseQuant = quant,
                 BaseModel = parse.GetValue(model.Model)!,
-            };
+            });
             var options = new TrainOptions
             {
                 Data = parse.GetValue(data)!,
@@ -159,7 +128,7 @@ public static class TrainCommand
         using var trainer = new Trainer(ctx, model, options, data);
         if (options.Resume) trainer.ResumeFrom(options.Out, Console.Error.WriteLine);
         TrainSummary summary = null!;
-        Progress.Run($"training {options.Adapter.Method.ToString().ToLowerInvariant()}", options.Steps, "steps", tick =>
+        Progress.Run($"training {options.Adapter.Method}", options.Steps, "steps", tick =>
         {
             tick(trainer.CompletedSteps, null);
             summary = trainer.Run(r => tick(r.Step, string.Create(CultureInfo.InvariantCulture,

@@ -10,12 +10,20 @@ public enum MatMulAlgorithm { Auto, SharedTiles, Lanes }
 
 public static class MatMul
 {
-    public const uint TileM = 64, TileN = 64;
-    // Tile of matmul_lanes.comp: (RB·SG) x (CB·SG) with SG = 8; RB and CB must match the -D values in shaders.list.
-    public const uint LanesRowBlocks = 2, LanesColBlocks = 8;
-    public const uint LanesTileM = LanesRowBlocks * 8, LanesTileN = LanesColBlocks * 8;
-    // Tile of matmul_lanes_nn.comp (B not transposed): RB·SG rows x SG lanes · 8 columns, RB = 1.
-    public const uint LanesNnTileM = 8, LanesNnTileN = 64;
+    /// <summary>
+    /// Output tile of a lanes variant, read from its defines in the catalog: matmul_lanes.comp owns (RB·SG) x (CB·SG),
+    /// matmul_lanes_nn.comp (B not transposed) RB·SG rows x SG lanes · 8 columns.
+    /// </summary>
+    public static (uint M, uint N) LanesTile(ShaderId shader)
+    {
+        var info = ShaderCatalog.Info(shader);
+        return info.Source switch
+        {
+            "matmul_lanes.comp" => (info.DefineUInt("RB") * info.DefineUInt("SG"), info.DefineUInt("CB") * info.DefineUInt("SG")),
+            "matmul_lanes_nn.comp" => (info.DefineUInt("RB") * info.DefineUInt("SG"), info.DefineUInt("SG") * 8),
+            _ => throw new ArgumentException($"'{info.Name}' is not a lanes matmul variant"),
+        };
+    }
 
     /// <summary>The algorithm Auto picks on this device.</summary>
     public static MatMulAlgorithm Choose(VkPeft.Runtime.Vulkan.VulkanContext ctx) =>
@@ -24,20 +32,23 @@ public static class MatMul
     /// <summary>The lanes shader is compiled for 8-lane subgroups with broadcast (lavapipe on 256-bit SIMD).</summary>
     public static bool LanesSupported(VkPeft.Runtime.Vulkan.VulkanContext ctx) => ctx.Caps.SubgroupSize == 8 && ctx.Caps.SubgroupBallot;
 
+    /// <summary>The push block of every matmul shader (shaders/include/matmul_push.glsl).</summary>
     [StructLayout(LayoutKind.Sequential)]
-    private struct Push
+    internal struct MatPush
     {
         public uint M, N, K, Lda, Ldb, Ldc, AOffset, BOffset, COffset;
         public float Alpha, Beta;
-        public uint QBlock, QCols;   // unused by the f32 variants (shared push block with the quantized ones)
-        public float QOffset;
+        public uint QBlock, QCols;   // quantized B only: block/group size and in_features of the weight
+        public float QOffset;        // quantized B only: double-quantization offset
     }
 
     /// <summary>
     /// C[M,N] = alpha·A[M,K]·B + beta·C where B is [K,N], or [N,K] used transposed when <paramref name="transposeB"/>
     /// (the nn.Linear weight layout: y = x·Wᵀ).
     /// </summary>
-    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    /// <param name="tiles">shared-tiles shape (default: the device's entry of <see cref="MatMulTiles.Table"/>)</param>
+    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0,
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null)
     {
         BasicOps.RequireF32(a, b, c);
         long m = a.Rows, k = a.RowElements;
@@ -50,8 +61,10 @@ public static class MatMul
         if (algorithm == MatMulAlgorithm.Lanes && !LanesSupported(ctx))
             throw new ArgumentException("matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
-        uint tileM = !lanes ? TileM : transposeB ? LanesTileM : LanesNnTileM;
-        uint tileN = !lanes ? TileN : transposeB ? LanesTileN : LanesNnTileN;
+        // The vec4 lanes variant has the same tile as the scalar one (same RB, CB, SG).
+        tiles ??= MatMulTiles.For(ctx.Caps, fp16B: false);
+        if (!lanes && !MatMulTiles.Fits(tiles, ctx.Caps, false)) throw new ArgumentException($"matmul: tiles {tiles.Name} do not fit this device");
+        var (tileM, tileN) = !lanes ? (tiles.BM, tiles.BN) : LanesTile(transposeB ? ShaderId.MatmulLanes : ShaderId.MatmulLanesNn);
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1], maxX = ctx.Caps.MaxComputeWorkGroupCount[0];
 
         var mPieces = Pieces.Split(m, [a, c], [k, n]);
@@ -69,7 +82,7 @@ public static class MatMul
                     long rows = Math.Min(mp.Count - r0, maxY * tileM);
                     uint gx = (uint)((nCount + tileN - 1) / tileN), gy = (uint)((rows + tileM - 1) / tileM);
                     if (gx > maxX) throw new ArgumentException($"matmul: N = {nCount} needs {gx} workgroups, over the device limit {maxX}");
-                    var push = new Push
+                    var push = new MatPush
                     {
                         M = (uint)rows, N = (uint)nCount, K = (uint)kCount,
                         Lda = (uint)k, Ldb = (uint)(transposeB ? k : n), Ldc = (uint)n,
@@ -78,7 +91,8 @@ public static class MatMul
                     };
                     bool vec4 = lanes && transposeB && push.K % 4 == 0 && push.Lda % 4 == 0 && push.Ldb % 4 == 0
                                 && push.AOffset % 4 == 0 && push.BOffset % 4 == 0;
-                    var pipeline = !lanes ? ctx.Pipelines.Get(ShaderId.Matmul, 0, transposeB ? 1u : 0u)
+                    bool vecA = push.K % 4 == 0 && push.Lda % 4 == 0 && push.AOffset % 4 == 0;
+                    var pipeline = !lanes ? ctx.Pipelines.Get(ShaderId.Matmul, tiles.Spec(transposeB, vecA))
                         : !transposeB ? ctx.Pipelines.Get(ShaderId.MatmulLanesNn)
                         : ctx.Pipelines.Get(vec4 ? ShaderId.MatmulLanesVec4 : ShaderId.MatmulLanes);
                     ctx.Commands.Dispatch(pipeline,

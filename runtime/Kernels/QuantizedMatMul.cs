@@ -14,51 +14,110 @@ public static class QuantizedMatMul
     [StructLayout(LayoutKind.Sequential)]
     private struct DequantPush { public uint Count, GroupsX, OutOffset, Start, QBlock, QCols; public float QOffset; }
 
-    [StructLayout(LayoutKind.Sequential)]
-    internal struct MatPush
+    /// <summary>The shaders.list format axis value of a weight: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
+    public static ShaderFormat FormatOf(DeviceQuantizedWeight w) => w.Format switch
     {
-        public uint M, N, K, Lda, Ldb, Ldc, AOffset, BOffset, COffset;
-        public float Alpha, Beta;
-        public uint QBlock, QCols;
-        public float QOffset;
-    }
-
-    // Tile of the quantized variants of matmul_lanes.comp (RB = 2, CB = 4 in shaders.list: the decoded weight words take
-    // registers, so they keep a narrower tile than the fp32 variant).
-    private const uint LanesTileM = 16, LanesTileN = 32;
-
-    private enum Kind { Embedding, Dequant, Tiles, Lanes, LanesWord, LanesNn, LanesNnWord }
-
-    /// <summary>Format name used in shader ids: nf4, nf4_dq, fp4, fp4_dq, int4, q4_0, q4_1, q8_0.</summary>
-    public static string FormatKey(DeviceQuantizedWeight w) => w.Format switch
-    {
-        WeightFormat.Nf4 => w.DoubleQuant ? "nf4_dq" : "nf4",
-        WeightFormat.Fp4 => w.DoubleQuant ? "fp4_dq" : "fp4",
-        WeightFormat.Int4Group => "int4",
+        WeightFormat.Nf4 => w.DoubleQuant ? ShaderFormat.Nf4Dq : ShaderFormat.Nf4,
+        WeightFormat.Fp4 => w.DoubleQuant ? ShaderFormat.Fp4Dq : ShaderFormat.Fp4,
+        WeightFormat.Int4Group => ShaderFormat.Int4,
         WeightFormat.Gguf => w.GgmlType switch
         {
-            GgmlType.Q4_0 => "q4_0",
-            GgmlType.Q4_1 => "q4_1",
-            GgmlType.Q8_0 => "q8_0",
+            GgmlType.Q4_0 => ShaderFormat.Q40,
+            GgmlType.Q4_1 => ShaderFormat.Q41,
+            GgmlType.Q8_0 => ShaderFormat.Q80,
             var t => throw new ArgumentException($"'{w.Name}': GGUF type {t} is not a quantized weight format the kernels decode"),
         },
         var f => throw new ArgumentException($"'{w.Name}': unknown weight format {f}"),
     };
 
-    private static ShaderId Shader(Kind kind, DeviceQuantizedWeight w)
+    private static ShaderId Shader(ShaderFamily family, DeviceQuantizedWeight w) => ShaderCatalog.Find(new ShaderKey(family, Format: FormatOf(w)));
+
+    /// <summary>
+    /// fp16 decoded-weight tiles in the shared-tiles fused 4-bit GEMM: used where the device has shaderFloat16 and the
+    /// first use agreed with the fp32 tiles on an NF4+DQ weight of awkward shape (forward and input gradient).
+    /// </summary>
+    public static readonly FastKernel Fp16Tiles = new("fused 4-bit matmul (shared tiles)", "fp16 weight tiles", "fp32 tiles",
+        caps => caps.ShaderFloat16 ? null : "the device lacks shaderFloat16", ctx => SelfCheckAgainstFp32Tiles(ctx, coop: false));
+
+    /// <summary>
+    /// NVIDIA cooperative matrices (fp16 A and B tiles, fp32 accumulators) in the fused 4-bit GEMM: used where the device
+    /// lists 16x16x16 fp16 x fp16 -> fp32 subgroup matrices with 32-wide subgroups, after the first use agreed with the
+    /// fp32 tiles.
+    /// </summary>
+    public static readonly FastKernel CoopMatrix = new("fused 4-bit matmul (shared tiles)", "NV cooperative matrices 16x16x16 fp16->fp32", "fp32 tiles",
+        CoopMatrixUnavailable, ctx => SelfCheckAgainstFp32Tiles(ctx, coop: true));
+
+    /// <summary>Why this device cannot run the cooperative-matrix variants (null when it can).</summary>
+    public static string? CoopMatrixUnavailable(DeviceCapabilities caps)
     {
-        string prefix = kind switch
+        if (caps.CooperativeMatricesNV.Length == 0) return "the device does not offer VK_NV_cooperative_matrix";
+        if (!caps.CooperativeMatricesNV.Any(s => s is { M: 16, N: 16, K: 16 } && s.AType.StartsWith("Float16", StringComparison.Ordinal)
+                && s.BType.StartsWith("Float16", StringComparison.Ordinal) && s.CType.StartsWith("Float32", StringComparison.Ordinal)
+                && s.DType.StartsWith("Float32", StringComparison.Ordinal) && s.Scope.StartsWith("Subgroup", StringComparison.Ordinal)))
+            return "the device lists no 16x16x16 fp16 x fp16 -> fp32 subgroup cooperative matrix";
+        if (caps.SubgroupSize != 32) return $"the cooperative-matrix variants are laid out for 32-wide subgroups, the device has {caps.SubgroupSize}";
+        if (!caps.ShaderFloat16) return "the device lacks shaderFloat16";
+        if (MatMulTiles.CoopMatrixSharedBytes > caps.MaxComputeSharedMemorySize || MatMulTiles.CoopMatrix.Invocations > caps.MaxComputeWorkGroupInvocations)
+            return $"the cooperative-matrix tile needs {MatMulTiles.CoopMatrixSharedBytes} bytes of shared memory";
+        return null;
+    }
+
+    /// <summary>
+    /// Runs forward and input gradient with the fast variant (fp16 weight tiles, or cooperative matrices) and with fp32
+    /// tiles on M = 67, N = 33, K = 96 (not multiples of the tile or the 64-block; K a multiple of 32 so the forward
+    /// decodes whole words): they may differ by the fp16 rounding of each decoded weight (2⁻¹¹ relative; cooperative
+    /// matrices round A too: 2·2⁻¹¹) plus twice the fp32 summation bound γ_K, times Σ|a·b|.
+    /// </summary>
+    private static string? SelfCheckAgainstFp32Tiles(VulkanContext ctx, bool coop)
+    {
+        const int m = 67, n = 33, k = 96;
+        var rng = new Random(12);
+        float[] Values(int count, float scale) { var v = new float[count]; for (int i = 0; i < count; i++) v[i] = (float)(rng.NextDouble() * 2 - 1) * scale; return v; }
+        var q = QuantizedLinearWeight.Bnb4Bit(Values(n * k, 0.05f), n, k);
+        var deq = q.Dequantize();
+        using var w = DeviceQuantizedWeight.Upload(ctx, "selfcheck.w", q);
+        foreach (bool forward in new[] { true, false })
         {
-            Kind.Embedding => "EmbeddingDequant",
-            Kind.Dequant => "Dequant",
-            Kind.Tiles => "Qmatmul",
-            Kind.Lanes => "QmatmulLanes",
-            Kind.LanesWord => "QmatmulLanesWord",
-            Kind.LanesNn => "QmatmulLanesNn",
-            _ => "QmatmulLanesNnWord",
-        };
-        string fmt = string.Concat(FormatKey(w).Split('_').Select(p => char.ToUpperInvariant(p[0]) + p[1..]));
-        return Enum.Parse<ShaderId>(prefix + fmt);
+            int inner = forward ? k : n, outer = forward ? n : k;
+            var a = Values(m * inner, 1f);
+            using var ta = DeviceTensor.Create(ctx, "selfcheck.a", DType.F32, [m, inner], Memory.MemoryCategory.Workspace);
+            using var fast = DeviceTensor.Create(ctx, "selfcheck.fast", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
+            using var reference = DeviceTensor.Create(ctx, "selfcheck.ref", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
+            ta.Upload<float>(a);
+            if (forward)
+            {
+                Forward(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: !coop, coopMatrix: coop);
+                Forward(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
+            }
+            else
+            {
+                InputGrad(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: !coop, coopMatrix: coop);
+                InputGrad(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
+            }
+            var (_, abs) = Reference.CpuReference.MatMul(a, deq, m, outer, inner, transposeB: forward);
+            var f = fast.ToArray<float>();
+            var r = reference.ToArray<float>();
+            double u = 1.0 / (1 << 24), gamma = (inner + 1) * u / (1 - (inner + 1) * u);
+            for (int i = 0; i < f.Length; i++)
+            {
+                double bound = ((coop ? 2.0 : 1.0) / 2048 + 2 * gamma) * abs[i] + 1e-30;
+                if (!(Math.Abs(f[i] - r[i]) <= bound))
+                    return $"{(forward ? "forward" : "input gradient")} [{m}x{inner}x{outer}] element {i}: {f[i]} vs {r[i]}";
+            }
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// The word variant whose output tile has the most rows that <paramref name="m"/> fills (the smallest when none
+    /// does): each decoded code word is shared by every row of the tile.
+    /// </summary>
+    public static ShaderId LargestTileFor(ShaderFamily family, ShaderFormat format, uint m)
+    {
+        var tiles = ShaderCatalog.All.Where(s => s.Key.Family == family && s.Key.Format == format)
+            .Select(s => (s.Id, Rows: MatMul.LanesTile(s.Id).M)).OrderBy(t => t.Rows).ToArray();
+        if (tiles.Length == 0) throw new ArgumentException($"no {family} variant for {format} in shaders/shaders.list");
+        return tiles.LastOrDefault(t => t.Rows <= m, tiles[0]).Id;
     }
 
     private static Binding[] QuantBindings(DeviceQuantizedWeight w)
@@ -80,7 +139,7 @@ public static class QuantizedMatMul
         BasicOps.RequireF32(output);
         if (output.Count != w.Count) throw new ArgumentException($"dequantize '{w.Name}': output has {output.Count} elements, the weight {w.Count}");
         var ctx = w.Context;
-        var p = ctx.Pipelines.Get(Shader(Kind.Dequant, w), BasicOps.WorkgroupSize);
+        var p = ctx.Pipelines.Get(Shader(ShaderFamily.Dequant, w), BasicOps.WorkgroupSize);
         var q = QuantBindings(w);
         foreach (var piece in Pieces.Split(w.Count, [output], [1]))
         {
@@ -108,7 +167,7 @@ public static class QuantizedMatMul
         long tokens = ids.Count, dim = table.InFeatures;
         if (output.Count != tokens * dim) throw new ArgumentException($"embedding of {tokens} ids needs an output of [{tokens}, {dim}], got {output.ShapeString}");
         var ctx = table.Context;
-        var p = ctx.Pipelines.Get(Shader(Kind.Embedding, table), BasicOps.WorkgroupSize);
+        var p = ctx.Pipelines.Get(Shader(ShaderFamily.EmbeddingDequant, table), BasicOps.WorkgroupSize);
         var q = QuantBindings(table);
         foreach (var piece in Pieces.Split(tokens, [ids, output], [1, dim]))
         {
@@ -124,7 +183,10 @@ public static class QuantizedMatMul
     }
 
     /// <summary>y[M,N] = alpha·x[M,K]·deq(W[N,K])ᵀ + beta·y: the base-layer forward (x and y may span several bindings, by rows).</summary>
-    public static void Forward(DeviceTensor x, DeviceQuantizedWeight w, DeviceTensor y, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    /// <param name="tiles">shared-tiles shape (default: the device's table entry)</param>
+    /// <param name="fp16Tiles">decoded weight tile in fp16 (default: where the device has shaderFloat16)</param>
+    public static void Forward(DeviceTensor x, DeviceQuantizedWeight w, DeviceTensor y, float alpha = 1, float beta = 0,
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null, bool? coopMatrix = null)
     {
         BasicOps.RequireF32(x, y);
         long m = x.Rows;
@@ -132,11 +194,14 @@ public static class QuantizedMatMul
         if (y.Rows != m || y.RowElements != w.OutFeatures) throw new ArgumentException($"forward through '{w.Name}': output '{y.Name}' {y.ShapeString} should be [{m}, {w.OutFeatures}]");
         foreach (var piece in Pieces.Split(m, [x, y], [w.InFeatures, w.OutFeatures]))
             Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.OutFeatures, (uint)w.InFeatures,
-                transposeB: true, alpha, beta, algorithm);
+                transposeB: true, alpha, beta, algorithm, tiles, fp16Tiles, coopMatrix);
     }
 
     /// <summary>dx[M,K] = alpha·dy[M,N]·deq(W[N,K]) + beta·dx: the input gradient through a frozen quantized layer.</summary>
-    public static void InputGrad(DeviceTensor dy, DeviceQuantizedWeight w, DeviceTensor dx, float alpha = 1, float beta = 0, MatMulAlgorithm algorithm = MatMulAlgorithm.Auto)
+    /// <param name="tiles">shared-tiles shape (default: the device's table entry)</param>
+    /// <param name="fp16Tiles">decoded weight tile in fp16 (default: where the device has shaderFloat16)</param>
+    public static void InputGrad(DeviceTensor dy, DeviceQuantizedWeight w, DeviceTensor dx, float alpha = 1, float beta = 0,
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, bool? fp16Tiles = null, bool? coopMatrix = null)
     {
         BasicOps.RequireF32(dy, dx);
         long m = dy.Rows;
@@ -144,11 +209,11 @@ public static class QuantizedMatMul
         if (dx.Rows != m || dx.RowElements != w.InFeatures) throw new ArgumentException($"input gradient through '{w.Name}': dx '{dx.Name}' {dx.ShapeString} should be [{m}, {w.InFeatures}]");
         foreach (var piece in Pieces.Split(m, [dy, dx], [w.OutFeatures, w.InFeatures]))
             Run(piece.Ranges[0], piece.Ranges[1], piece.Offsets[0], piece.Offsets[1], w, (uint)piece.Count, (uint)w.InFeatures, (uint)w.OutFeatures,
-                transposeB: false, alpha, beta, algorithm);
+                transposeB: false, alpha, beta, algorithm, tiles, fp16Tiles, coopMatrix);
     }
 
     private static void Run(Memory.BufferRange a, Memory.BufferRange c, uint aOffset, uint cOffset, DeviceQuantizedWeight w, uint m, uint n, uint k,
-        bool transposeB, float alpha, float beta, MatMulAlgorithm algorithm)
+        bool transposeB, float alpha, float beta, MatMulAlgorithm algorithm, MatMulTiles? tiles, bool? fp16Tiles, bool? coopMatrix)
     {
         var ctx = w.Context;
         if (algorithm == MatMulAlgorithm.Auto) algorithm = MatMul.Choose(ctx);
@@ -156,21 +221,41 @@ public static class QuantizedMatMul
             throw new ArgumentException("quantized matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
         bool nibbles = w.Format is WeightFormat.Nf4 or WeightFormat.Fp4 or WeightFormat.Int4Group;
-        // Word paths: whole 4-bit code words of one block. Forward walks K along rows (K a multiple of the block);
-        // the input gradient walks 8 output columns per lane (N = in_features a multiple of 8).
-        bool word = lanes && nibbles && w.Blocksize % 8 == 0 && (transposeB ? k % 8 == 0 && k % w.Blocksize == 0 : n % 8 == 0);
-        var kind = !lanes ? Kind.Tiles
-            : transposeB ? (word ? Kind.LanesWord : Kind.Lanes)
-            : (word ? Kind.LanesNnWord : Kind.LanesNn);
-        var pipeline = kind == Kind.Tiles ? ctx.Pipelines.Get(Shader(kind, w), 0, transposeB ? 1u : 0u) : ctx.Pipelines.Get(Shader(kind, w));
-        uint tileM = !lanes ? MatMul.TileM : transposeB ? LanesTileM : MatMul.LanesNnTileM;
-        uint tileN = !lanes ? MatMul.TileN : transposeB ? LanesTileN : MatMul.LanesNnTileN;
+        bool coop = !lanes && (coopMatrix ?? (fp16Tiles == null && tiles == null && ctx.Kernels.Use(CoopMatrix)));
+        if (coop && CoopMatrix.Unavailable(ctx.Caps) is { } noCoop) throw new ArgumentException("quantized matmul: " + noCoop);
+        bool fp16 = !coop && (fp16Tiles ?? (!lanes && ctx.Kernels.Use(Fp16Tiles)));
+        if (fp16 && !ctx.Caps.ShaderFloat16) throw new ArgumentException("quantized matmul: fp16 tiles need the shaderFloat16 feature");
+        tiles = coop ? MatMulTiles.CoopMatrix : tiles ?? MatMulTiles.For(ctx.Caps, fp16);
+        if (!lanes && !coop && !MatMulTiles.Fits(tiles, ctx.Caps, fp16)) throw new ArgumentException($"quantized matmul: tiles {tiles.Name} do not fit this device");
+        var tileType = fp16 ? ShaderTileType.F16 : ShaderTileType.F32;
+        // Word paths decode whole 4-bit code words of one block. Lanes: forward walks K along rows (K a multiple of
+        // the block), the input gradient 8 output columns per lane (N = in_features a multiple of 8). Tiles: chunks of
+        // BK values along K (forward) or 32 columns (input gradient) inside one block.
+        bool word = nibbles && (lanes
+            ? w.Blocksize % 8 == 0 && (transposeB ? k % 8 == 0 && k % w.Blocksize == 0 : n % 8 == 0)
+            : transposeB ? k % tiles.BK == 0 && w.Blocksize % tiles.BK == 0 && tiles.BK % 8 == 0
+                         : n % 32 == 0 && w.Blocksize % 32 == 0 && tiles.BN % 32 == 0);
+        var format = FormatOf(w);
+        ShaderId shader;
+        if (coop)
+            shader = ShaderCatalog.Find(new ShaderKey(word ? ShaderFamily.QmatmulWordCoopmat : ShaderFamily.QmatmulCoopmat, Format: format));
+        else if (!lanes)
+            shader = ShaderCatalog.Find(new ShaderKey(word ? ShaderFamily.QmatmulWord : ShaderFamily.Qmatmul, Format: format, TileType: tileType));
+        else
+        {
+            var family = transposeB ? (word ? ShaderFamily.QmatmulLanesWord : ShaderFamily.QmatmulLanes)
+                : (word ? ShaderFamily.QmatmulLanesNnWord : ShaderFamily.QmatmulLanesNn);
+            shader = word ? LargestTileFor(family, format, m) : Shader(family, w);
+        }
+        bool vecA = k % 4 == 0 && aOffset % 4 == 0;
+        var pipeline = !lanes ? ctx.Pipelines.Get(shader, tiles.Spec(transposeB, vecA)) : ctx.Pipelines.Get(shader);
+        var (tileM, tileN) = !lanes ? (tiles.BM, tiles.BN) : MatMul.LanesTile(shader);
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
         var q = QuantBindings(w);
         for (uint r0 = 0; r0 < m; r0 += maxY * tileM)
         {
             uint rows = Math.Min(m - r0, maxY * tileM);
-            var push = new MatPush
+            var push = new MatMul.MatPush
             {
                 M = rows, N = n, K = k, Lda = k, Ldb = transposeB ? k : n, Ldc = n,
                 AOffset = aOffset + r0 * k, BOffset = 0, COffset = cOffset + r0 * n, Alpha = alpha, Beta = beta,

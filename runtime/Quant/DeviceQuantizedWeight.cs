@@ -36,19 +36,21 @@ public sealed class DeviceQuantizedWeight : DisposableObject
         Blocksize = source.Blocksize;
         DoubleQuant = source.QuantizedAbsmax != null;
         DqOffset = source.QuantizedAbsmax?.Offset ?? 0f;
-        Codes = Upload(ctx, name + ".codes", source.Data);
+        using var scope = new TensorScope();   // a failed upload frees the buffers made before it
+        Codes = scope.Add(Upload(ctx, name + ".codes", source.Data));
         if (source.QuantizedAbsmax is { } dq)
         {
-            Scale = Upload(ctx, name + ".absmax_codes", dq.Codes);
-            Aux = UploadFloats(ctx, name + ".nested_absmax", dq.NestedAbsmax);
+            Scale = scope.Add(Upload(ctx, name + ".absmax_codes", dq.Codes));
+            Aux = scope.Add(UploadFloats(ctx, name + ".nested_absmax", dq.NestedAbsmax));
         }
-        else if (source.Absmax is { } absmax) Scale = UploadFloats(ctx, name + ".absmax", absmax);
+        else if (source.Absmax is { } absmax) Scale = scope.Add(UploadFloats(ctx, name + ".absmax", absmax));
         else if (source.GroupScales is { } scales)
         {
-            Scale = UploadFloats(ctx, name + ".scales", scales);
-            Aux = UploadFloats(ctx, name + ".mins", source.GroupMins!);
+            Scale = scope.Add(UploadFloats(ctx, name + ".scales", scales));
+            Aux = scope.Add(UploadFloats(ctx, name + ".mins", source.GroupMins!));
         }
         ctx.Register(this);
+        scope.Keep();   // this weight owns them now
     }
 
     /// <summary>Wraps buffers already on the device (the device quantizer's output).</summary>

@@ -57,33 +57,35 @@ public static class DeviceQuantizer
         if ((ulong)((codeBytes + 3) / 4 * 4) > ctx.Caps.MaxBindingBytes)
             throw new VulkanUnsupportedException($"'{name}' [{outF}, {inF}]: its {ByteSize.Format((ulong)codeBytes)} of 4-bit codes exceed this device's largest storage binding " +
                 $"({ByteSize.Format(ctx.Caps.MaxBindingBytes)}); hold it unquantized (for an embedding: --quant-embeddings none) or use a device with larger bindings");
-        var codes = DeviceTensor.Create(ctx, name + ".codes", DType.U8, [(codeBytes + 3) / 4 * 4], MemoryCategory.Weights);
-        try
+        using var scope = new TensorScope();   // a failure frees the codes and scales made so far
+        var codes = scope.Add(DeviceTensor.Create(ctx, name + ".codes", DType.U8, [(codeBytes + 3) / 4 * 4], MemoryCategory.Weights));
+        ctx.Commands.Fill(codes.Range, 0);
+        var qPipeline = ctx.Pipelines.Get(type == QuantType.Nf4 ? ShaderId.QuantizeNf4 : ShaderId.QuantizeFp4, BasicOps.WorkgroupSize);
+        foreach (var (start, count, range, offset) in BlockPieces(weight, blocksize))
         {
-            ctx.Commands.Fill(codes.Range, 0);
-            var qPipeline = ctx.Pipelines.Get(type == QuantType.Nf4 ? ShaderId.QuantizeNf4 : ShaderId.QuantizeFp4, BasicOps.WorkgroupSize);
-            foreach (var (start, count, range, offset) in BlockPieces(weight, blocksize))
-            {
-                uint blocks = (uint)((count + blocksize - 1) / blocksize);
-                var (gx, gy) = Pieces.Grid(BasicOps.Groups(blocks), ctx.Caps.MaxComputeWorkGroupCount[0]);
-                ctx.Commands.Dispatch(qPipeline, [Binding.Read(range), Binding.Read(invT.Range), Binding.Write(codes.Range)],
-                    new BlockPush { Blocks = blocks, GroupsX = gx, XOffset = offset, BlockOffset = (uint)(start / blocksize), BlockSize = (uint)blocksize, Count = (uint)count },
-                    gx, gy, 1, "quantize_4bit");
-            }
-            ctx.Sync();
-            var format = type == QuantType.Nf4 ? WeightFormat.Nf4 : WeightFormat.Fp4;
-            if (!doubleQuant)
-                return new DeviceQuantizedWeight(ctx, name, format, outF, inF, blocksize, codes, DeviceQuantizedWeight.UploadFloats(ctx, name + ".absmax", host), null, 0f);
+            uint blocks = (uint)((count + blocksize - 1) / blocksize);
+            var (gx, gy) = Pieces.Grid(BasicOps.Groups(blocks), ctx.Caps.MaxComputeWorkGroupCount[0]);
+            ctx.Commands.Dispatch(qPipeline, [Binding.Read(range), Binding.Read(invT.Range), Binding.Write(codes.Range)],
+                new BlockPush { Blocks = blocks, GroupsX = gx, XOffset = offset, BlockOffset = (uint)(start / blocksize), BlockSize = (uint)blocksize, Count = (uint)count },
+                gx, gy, 1, "quantize_4bit");
+        }
+        ctx.Sync();
+        var format = type == QuantType.Nf4 ? WeightFormat.Nf4 : WeightFormat.Fp4;
+        DeviceQuantizedWeight result;
+        if (!doubleQuant)
+        {
+            var absmaxT = scope.Add(DeviceQuantizedWeight.UploadFloats(ctx, name + ".absmax", host));
+            result = new DeviceQuantizedWeight(ctx, name, format, outF, inF, blocksize, codes, absmaxT, null, 0f);
+        }
+        else
+        {
             var dq = DoubleQuant.Quantize(host, name + ".absmax");
-            var scale = DeviceQuantizedWeight.Upload(ctx, name + ".absmax_codes", dq.Codes);
-            var aux = DeviceQuantizedWeight.UploadFloats(ctx, name + ".nested_absmax", dq.NestedAbsmax);
-            return new DeviceQuantizedWeight(ctx, name, format, outF, inF, blocksize, codes, scale, aux, dq.Offset);
+            var scale = scope.Add(DeviceQuantizedWeight.Upload(ctx, name + ".absmax_codes", dq.Codes));
+            var aux = scope.Add(DeviceQuantizedWeight.UploadFloats(ctx, name + ".nested_absmax", dq.NestedAbsmax));
+            result = new DeviceQuantizedWeight(ctx, name, format, outF, inF, blocksize, codes, scale, aux, dq.Offset);
         }
-        catch
-        {
-            codes.Dispose();
-            throw;
-        }
+        scope.Keep();   // the weight owns them now
+        return result;
     }
 
     /// <summary>Whole-block pieces of the flattened weight: (first element, element count, binding, element offset in it).</summary>

@@ -8,7 +8,8 @@ namespace VkPeft.Runtime.Tensors;
 
 public static unsafe class Transfers
 {
-    private const ulong StagingBytes = 32UL << 20;
+    /// <summary>The largest staging buffer a copy uses (it copies in chunks of this size); the memory model charges it.</summary>
+    public const ulong StagingBytes = 32UL << 20;
 
     public static void Upload(VulkanContext ctx, BufferRange dst, ReadOnlySpan<byte> src)
     {

@@ -7,8 +7,17 @@ public enum DeviceKind { Other, IntegratedGpu, DiscreteGpu, VirtualGpu, Cpu }
 public sealed record MemoryHeapInfo(int Index, ulong Size, bool DeviceLocal, ulong? Budget, ulong? Usage);
 
 /// <summary>Limits and features of one physical device as the runtime uses them.</summary>
+/// <summary>
+/// One cooperative-matrix configuration a device lists: D[M,N] = A[M,K]·B[K,N] + C[M,N] with these component types
+/// (Silk.NET names, e.g. Float16NV, Float32NV) at this scope (SubgroupNV).
+/// </summary>
+public sealed record CooperativeMatrixShape(uint M, uint N, uint K, string AType, string BType, string CType, string DType, string Scope);
+
 public sealed record DeviceCapabilities
 {
+    /// <summary>VK_NV_cooperative_matrix configurations (empty where the extension or its feature is absent).</summary>
+    public CooperativeMatrixShape[] CooperativeMatricesNV { get; init; } = [];
+
     public required string Name { get; init; }
     public required DeviceKind Kind { get; init; }
     public required uint VendorId { get; init; }

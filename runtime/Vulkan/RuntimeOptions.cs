@@ -30,13 +30,19 @@ public sealed record RuntimeOptions
     /// <summary>Switch subgroup-operation fast paths off, so the shared-memory fallbacks run.</summary>
     public bool DisableSubgroupOps { get; init; }
 
+    /// <summary>Force the fp32 reference kernel paths (no fp16 tiles or other fast variants). Env: VKPEFT_KERNELS=safe.</summary>
+    public bool SafeKernels { get; init; }
+
+    /// <summary>Where one-line runtime warnings go (a fast kernel switched off after its self-check); default stderr.</summary>
+    public Action<string>? Warn { get; init; }
+
     /// <summary>Collect per-kernel GPU time with timestamp queries.</summary>
     public bool Profile { get; init; }
 
     /// <summary>Dispatches recorded before the recorder submits a batch on its own.</summary>
     public int DispatchesPerSubmit { get; init; } = 1024;
 
-    /// <summary>Options from the environment: VKPEFT_DEVICE, VKPEFT_VALIDATION=1, VKPEFT_MEMORY_BUDGET, VKPEFT_PROFILE=1.</summary>
+    /// <summary>Options from the environment: VKPEFT_DEVICE, VKPEFT_VALIDATION=1, VKPEFT_MEMORY_BUDGET, VKPEFT_PROFILE=1, VKPEFT_KERNELS=safe.</summary>
     public static RuntimeOptions FromEnvironment()
     {
         Func<string, string?> env = Environment.GetEnvironmentVariable;
@@ -46,6 +52,7 @@ public sealed record RuntimeOptions
             Validation = env("VKPEFT_VALIDATION") == "1",
             MemoryBudget = env("VKPEFT_MEMORY_BUDGET") is { Length: > 0 } b ? ByteSize.Parse(b, "VKPEFT_MEMORY_BUDGET") : null,
             Profile = env("VKPEFT_PROFILE") == "1",
+            SafeKernels = env("VKPEFT_KERNELS") == "safe",
         };
     }
 }

@@ -53,6 +53,8 @@ public sealed unsafe class VulkanContext : DisposableObject
     public DeviceArena ArenaFor(MemoryPlace place) => place == MemoryPlace.Host ? HostArena : Arena;
     public ComputePipelineCache Pipelines { get; }
     public CommandRecorder Commands { get; }
+    /// <summary>Which fast kernel variants this device uses (self-checked on first use; see Kernels/KernelPaths.cs).</summary>
+    public KernelPaths Kernels { get; }
     public bool ValidationEnabled => Validation != null;
 
     /// <summary>Creates a context with options from the environment (VKPEFT_DEVICE, VKPEFT_VALIDATION, ...).</summary>
@@ -101,6 +103,7 @@ public sealed unsafe class VulkanContext : DisposableObject
             Arena = new DeviceArena(this);
             Pipelines = new ComputePipelineCache(this);
             Commands = new CommandRecorder(this);
+            Kernels = new KernelPaths(this, options.SafeKernels, options.Warn ?? (line => Console.Error.WriteLine("vkpeft: warning: " + line)));
         }
         catch
         {
@@ -317,7 +320,7 @@ public sealed unsafe class VulkanContext : DisposableObject
         return (uint)best;
     }
 
-    private sealed record EnabledFeatures(bool Float16, bool Int8, bool Storage8, bool Storage16, bool Bda, bool MemoryBudget);
+    private sealed record EnabledFeatures(bool Float16, bool Int8, bool Storage8, bool Storage16, bool Bda, bool MemoryBudget, bool CoopMatrixNV);
 
     private (Device, EnabledFeatures) CreateLogicalDevice()
     {
@@ -335,6 +338,17 @@ public sealed unsafe class VulkanContext : DisposableObject
         bool budget = deviceExts.Contains("VK_EXT_memory_budget");
         if (budget) enable.Add("VK_EXT_memory_budget");
         if (deviceExts.Contains("VK_KHR_portability_subset")) enable.Add("VK_KHR_portability_subset");
+        // NVIDIA cooperative matrices: the extension and its feature, when the device offers both.
+        var coopQuery = new PhysicalDeviceCooperativeMatrixFeaturesNV { SType = StructureType.PhysicalDeviceCooperativeMatrixFeaturesNV };
+        bool coop = false;
+        if (deviceExts.Contains("VK_NV_cooperative_matrix"))
+        {
+            var q2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &coopQuery };
+            Vk.GetPhysicalDeviceFeatures2(PhysicalDevice, &q2);
+            coop = coopQuery.CooperativeMatrix;
+            if (coop) enable.Add("VK_NV_cooperative_matrix");
+        }
+        var coopEnable = new PhysicalDeviceCooperativeMatrixFeaturesNV { SType = StructureType.PhysicalDeviceCooperativeMatrixFeaturesNV, CooperativeMatrix = true };
 
         var e11 = new PhysicalDeviceVulkan11Features
         {
@@ -351,6 +365,7 @@ public sealed unsafe class VulkanContext : DisposableObject
             BufferDeviceAddress = f12.BufferDeviceAddress,
         };
         var baseFeatures = new PhysicalDeviceFeatures { ShaderInt64 = f2.Features.ShaderInt64 };
+        if (coop) e11.PNext = &coopEnable;
         var e2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &e12, Features = baseFeatures };
 
         float priority = 1f;
@@ -376,7 +391,7 @@ public sealed unsafe class VulkanContext : DisposableObject
             Device device;
             VkCheck.Ok(Vk.CreateDevice(PhysicalDevice, &info, null, &device), "creating the logical device");
             return (device, new EnabledFeatures(f12.ShaderFloat16, f12.ShaderInt8, f12.StorageBuffer8BitAccess,
-                f11.StorageBuffer16BitAccess, f12.BufferDeviceAddress, budget));
+                f11.StorageBuffer16BitAccess, f12.BufferDeviceAddress, budget, coop));
         }
         finally
         {
@@ -432,7 +447,24 @@ public sealed unsafe class VulkanContext : DisposableObject
             MemoryBudgetExtension = enabled.MemoryBudget,
             UnifiedMemory = unified,
             Heaps = heaps,
+            CooperativeMatricesNV = enabled.CoopMatrixNV ? QueryCooperativeMatricesNV() : [],
         };
+    }
+
+    /// <summary>The matrix shapes and types vkGetPhysicalDeviceCooperativeMatrixPropertiesNV lists for this device.</summary>
+    private CooperativeMatrixShape[] QueryCooperativeMatricesNV()
+    {
+        var pfn = Vk.GetInstanceProcAddr(Instance, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+        var fn = (delegate* unmanaged<PhysicalDevice, uint*, CooperativeMatrixPropertiesNV*, Result>)(void*)pfn.Handle;
+        if (fn == null) return [];
+        uint count = 0;
+        if (fn(PhysicalDevice, &count, null) != Result.Success || count == 0) return [];
+        var props = new CooperativeMatrixPropertiesNV[count];
+        for (int i = 0; i < props.Length; i++) props[i].SType = StructureType.CooperativeMatrixPropertiesNV;
+        fixed (CooperativeMatrixPropertiesNV* p = props)
+            if (fn(PhysicalDevice, &count, p) != Result.Success) return [];
+        return props.Take((int)count).Select(p => new CooperativeMatrixShape(p.MSize, p.NSize, p.KSize,
+            p.AType.ToString(), p.BType.ToString(), p.CType.ToString(), p.DType.ToString(), p.Scope.ToString())).ToArray();
     }
 
     /// <summary>Current heap sizes, and budget/usage when VK_EXT_memory_budget is enabled.</summary>

@@ -1,6 +1,7 @@
 // Decoding of quantized weights inside shaders, one format per define (the C# spec is quant/): bitsandbytes NF4/FP4
 // with fp32 or double-quantized absmax (QFMT_NF4, QFMT_FP4, with QDQ), QA-LoRA INT4 groups (QFMT_INT4), GGUF
-// Q4_0/Q4_1/Q8_0 (QFMT_Q4_0, QFMT_Q4_1, QFMT_Q8_0). The includer declares the buffers before including:
+// Q4_0/Q4_1/Q8_0 (QFMT_Q4_0, QFMT_Q4_1, QFMT_Q8_0). The includer declares the buffers before including
+// (include/quant_bindings.glsl):
 //   qcodes[]  uint  packed 4-bit codes (bnb nibble order: element 2k high nibble) or GGUF block bytes
 //   qscale[]  float absmax per block (NF4/FP4), scale per group (INT4)      | uint DQ absmax codes (QDQ)
 //   qaux[]    float nested absmax per 256 blocks (QDQ), min per group (INT4)
@@ -124,16 +125,25 @@ void q_dequant_word(uint w, float scale, float bias, out float v[8])
     }
 }
 
+// Scale and bias of block/group index b (bias is 0 for NF4/FP4; INT4 groups are numbered row · groups + col / size).
+void q_params_of_block(uint b, out float scale, out float bias)
+{
+#ifdef QFMT_INT4
+    scale = qscale[b];
+    bias = qaux[b];
+#else
+    scale = q_absmax(b);
+    bias = 0.0;
+#endif
+}
+
 // Scale and bias of the block/group holding element e (bias is 0 for NF4/FP4).
 void q_block_params(uint e, out float scale, out float bias)
 {
 #ifdef QFMT_INT4
-    uint g = q_group(e);
-    scale = qscale[g];
-    bias = qaux[g];
+    q_params_of_block(q_group(e), scale, bias);
 #else
-    scale = q_absmax(e / pc.q_block);
-    bias = 0.0;
+    q_params_of_block(e / pc.q_block, scale, bias);
 #endif
 }
 #endif

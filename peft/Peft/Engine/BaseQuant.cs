@@ -1,5 +1,5 @@
-// The --quant choice for the frozen linear weights: none (fp32), nf4, nf4-dq, fp4, fp4-dq or int4 (QA-LoRA groups).
-using VkPeft.Peft.Methods;
+// How the frozen linear weights are held: none (fp32), nf4, nf4-dq, fp4, fp4-dq or int4 (QA-LoRA groups) with a block
+// or group size — the --quant choice, and what an adapter records it was trained against.
 using VkPeft.Quant;
 
 namespace VkPeft.Peft.Engine;
@@ -7,6 +7,9 @@ namespace VkPeft.Peft.Engine;
 public sealed record BaseQuant(string Type, int Blocksize)
 {
     public static readonly BaseQuant None = new("none", 0);
+
+    /// <summary>Quant types accepted by --quant: none, nf4, nf4-dq, fp4, fp4-dq, int4.</summary>
+    public static readonly IReadOnlyList<string> Types = ["none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int4"];
 
     public bool IsQuantized => Type != "none";
     public bool IsInt4 => Type == "int4";
@@ -17,18 +20,14 @@ public sealed record BaseQuant(string Type, int Blocksize)
     public static BaseQuant Parse(string text, int? blocksize = null)
     {
         var t = text.Trim().ToLowerInvariant();
-        if (!BaseQuantization.Types.Contains(t))
-            throw new FormatException($"--quant: unknown value '{text}' (use {string.Join(", ", BaseQuantization.Types)})");
+        if (!Types.Contains(t))
+            throw new FormatException($"--quant: unknown value '{text}' (use {string.Join(", ", Types)})");
         int bs = blocksize ?? (t == "int4" ? 32 : t == "none" ? 0 : 64);
         if (t is "nf4" or "nf4-dq" or "fp4" or "fp4-dq" && (bs < 32 || bs > 4096 || (bs & (bs - 1)) != 0))
             throw new FormatException($"block size {bs} is not one of 32, 64, …, 4096");
         if (t == "int4" && bs < 1) throw new FormatException($"--group-size must be positive, got {bs}");
         return new BaseQuant(t, bs);
     }
-
-    public BaseQuantization ToRecord() => new(Type, Blocksize);
-
-    public static BaseQuant FromRecord(BaseQuantization q) => new(q.Type, q.Blocksize);
 
     public override string ToString() => IsQuantized ? $"{Type} (block {Blocksize})" : "none (fp32)";
 }

@@ -28,8 +28,10 @@ public sealed class DeviceLinear : IDisposable
     {
         if (!quant.IsQuantized)
         {
-            var t = DeviceTensor.Create(ctx, name, DType.F32, [outF, inF], MemoryCategory.Weights);
+            using var scope = new TensorScope();   // a failed upload frees the tensor
+            var t = scope.Add(DeviceTensor.Create(ctx, name, DType.F32, [outF, inF], MemoryCategory.Weights));
             t.Upload<float>(weight);
+            scope.Keep();
             return new DeviceLinear(name, outF, inF, null, t);
         }
         if (quant.IsInt4)

@@ -84,62 +84,55 @@ public sealed class DeviceLlama : IDisposable
     {
         var eq = embeddingQuant ?? BaseQuant.None;
         if (eq.IsInt4) throw new FormatException("embeddings can be held as nf4, nf4-dq, fp4 or fp4-dq (not int4)");
-        var created = new List<IDisposable>();
+        using var scope = new TensorScope();
         DeviceTensor F32(string name, float[] data, params long[] shape)
         {
             var t = DeviceTensor.Create(ctx, name, DType.F32, shape, MemoryCategory.Weights);
-            created.Add(t);
+            scope.Add(t);
             t.Upload<float>(data);
             return t;
         }
-        try
+        DeviceLinear Table(string name, float[] data)
         {
-            DeviceLinear Table(string name, float[] data)
+            var l = DeviceLinear.Create(ctx, name, data, c.VocabSize, c.Dim, eq);
+            scope.Add(l);
+            return l;
+        }
+        var emb = Table("embedding", w.TokenEmbedding);
+        var cls = w.Classifier == null ? emb : Table("classifier", w.Classifier);
+        var norm = F32("final_norm", w.FinalNorm, c.Dim);
+        var inv = ReferenceForward.RopeInverseFrequencies(c, w.RopeFreqFactors).Select(d => (float)d).ToArray();
+        var invT = F32("rope_inv_freq", inv, inv.Length);
+        var layers = new DeviceLayer[c.NLayers];
+        for (int i = 0; i < c.NLayers; i++)
+        {
+            var lw = w.Layers[i];
+            DeviceLinear Lin(string n, float[] data, int o, int iF)
             {
-                var l = DeviceLinear.Create(ctx, name, data, c.VocabSize, c.Dim, eq);
-                created.Add(l);
+                var l = DeviceLinear.Create(ctx, $"layers.{i}.{n}", data, o, iF, quant);
+                scope.Add(l);
                 return l;
             }
-            var emb = Table("embedding", w.TokenEmbedding);
-            var cls = w.Classifier == null ? emb : Table("classifier", w.Classifier);
-            var norm = F32("final_norm", w.FinalNorm, c.Dim);
-            var inv = ReferenceForward.RopeInverseFrequencies(c, w.RopeFreqFactors).Select(d => (float)d).ToArray();
-            var invT = F32("rope_inv_freq", inv, inv.Length);
-            var layers = new DeviceLayer[c.NLayers];
-            for (int i = 0; i < c.NLayers; i++)
+            layers[i] = new DeviceLayer
             {
-                var lw = w.Layers[i];
-                DeviceLinear Lin(string n, float[] data, int o, int iF)
-                {
-                    var l = DeviceLinear.Create(ctx, $"layers.{i}.{n}", data, o, iF, quant);
-                    created.Add(l);
-                    return l;
-                }
-                layers[i] = new DeviceLayer
-                {
-                    AttnNorm = F32($"layers.{i}.attn_norm", lw.AttnNorm, c.Dim),
-                    FfnNorm = F32($"layers.{i}.ffn_norm", lw.FfnNorm, c.Dim),
-                    Wq = Lin("q", lw.Wq, c.QDim, c.Dim),
-                    Wk = Lin("k", lw.Wk, c.KvDim, c.Dim),
-                    Wv = Lin("v", lw.Wv, c.KvDim, c.Dim),
-                    Wo = Lin("o", lw.Wo, c.Dim, c.QDim),
-                    Gate = Lin("gate", lw.WGate, c.HiddenDim, c.Dim),
-                    Up = Lin("up", lw.WUp, c.HiddenDim, c.Dim),
-                    Down = Lin("down", lw.WDown, c.Dim, c.HiddenDim),
-                    Bq = lw.Bq == null ? null : F32($"layers.{i}.bq", lw.Bq, c.QDim),
-                    Bk = lw.Bk == null ? null : F32($"layers.{i}.bk", lw.Bk, c.KvDim),
-                    Bv = lw.Bv == null ? null : F32($"layers.{i}.bv", lw.Bv, c.KvDim),
-                };
-                progress?.Invoke(i + 1, c.NLayers);
-            }
-            ctx.Sync();
-            return new DeviceLlama(ctx, c, quant, eq, emb, cls, norm, invT, layers);
+                AttnNorm = F32($"layers.{i}.attn_norm", lw.AttnNorm, c.Dim),
+                FfnNorm = F32($"layers.{i}.ffn_norm", lw.FfnNorm, c.Dim),
+                Wq = Lin("q", lw.Wq, c.QDim, c.Dim),
+                Wk = Lin("k", lw.Wk, c.KvDim, c.Dim),
+                Wv = Lin("v", lw.Wv, c.KvDim, c.Dim),
+                Wo = Lin("o", lw.Wo, c.Dim, c.QDim),
+                Gate = Lin("gate", lw.WGate, c.HiddenDim, c.Dim),
+                Up = Lin("up", lw.WUp, c.HiddenDim, c.Dim),
+                Down = Lin("down", lw.WDown, c.Dim, c.HiddenDim),
+                Bq = lw.Bq == null ? null : F32($"layers.{i}.bq", lw.Bq, c.QDim),
+                Bk = lw.Bk == null ? null : F32($"layers.{i}.bk", lw.Bk, c.KvDim),
+                Bv = lw.Bv == null ? null : F32($"layers.{i}.bv", lw.Bv, c.KvDim),
+            };
+            progress?.Invoke(i + 1, c.NLayers);
         }
-        catch
-        {
-            foreach (var d in created) d.Dispose();
-            throw;
-        }
+        ctx.Sync();
+        scope.Keep();   // the model owns them now
+        return new DeviceLlama(ctx, c, quant, eq, emb, cls, norm, invT, layers);
     }
 
     public void Dispose()

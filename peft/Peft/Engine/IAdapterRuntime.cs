@@ -1,5 +1,8 @@
-// How trainable adapters plug into the device forward pass: hooks after each base linear and around the attention and
-// MLP blocks. The base model calls them; LoRA, QA-LoRA and bottleneck adapters implement them.
+// How trainable adapters plug into the device forward and backward passes. Around each base linear y = x·Wᵀ (+ b):
+// a transform before (the input the base reads: input scaling) and the ordered transforms after (additive branch, output
+// scaling, per-row renormalization), each with its backward. Around the blocks: the attention and MLP outputs (bottleneck
+// adapters). In attention and at the input: a key/value prefix per layer and virtual input tokens (see IPrefixHooks.cs).
+// The base model calls them; every PEFT method's runtime implements them; the float64 ReferenceForward mirrors them.
 using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Tensors;
 
@@ -7,14 +10,38 @@ namespace VkPeft.Peft.Engine;
 
 public interface IAdapterRuntime
 {
-    /// <summary>After y = x·Wᵀ of a base linear: add the adapter's contribution to y (forward).</summary>
+    /// <summary>
+    /// Before the base linear: the input it reads — <paramref name="x"/> itself (the default), or the method's scratch
+    /// holding a transformed input (input scaling). The after-hook still receives the untransformed x.
+    /// </summary>
+    DeviceTensor LinearInput(int layer, TargetModule target, DeviceTensor x) => x;
+
+    /// <summary>True when <see cref="LinearInput"/> transforms the input at <paramref name="target"/> (its backward then needs x kept apart from dx).</summary>
+    bool TransformsLinearInput(TargetModule target) => false;
+
+    /// <summary>
+    /// After y = x̂·Wᵀ (+ b) of a base linear, with the linear's own input x: the method's after-transforms on y in their
+    /// order — add a branch (LoRA), scale the output, renormalize rows.
+    /// </summary>
     void Linear(int layer, TargetModule target, DeviceTensor x, DeviceTensor y);
+
+    /// <summary>
+    /// True when the after-hook at <paramref name="target"/> does more than add to y (output scaling, renormalization):
+    /// the forward then never accumulates that linear straight into the residual stream.
+    /// </summary>
+    bool TransformsLinearOutput(TargetModule target) => false;
 
     /// <summary>After the attention output projection z (before the residual add): transform z in place (Houlsby adapters).</summary>
     void AttentionOutput(int layer, DeviceTensor z);
 
     /// <summary>After the MLP output z (before the residual add), with the MLP input h: transform z in place.</summary>
     void MlpOutput(int layer, DeviceTensor h, DeviceTensor z);
+
+    /// <summary>Extra keys and values every attention layer reads (prefix tuning, LLaMA-Adapter); null when none.</summary>
+    IAttentionPrefixHook? AttentionPrefix => null;
+
+    /// <summary>Virtual tokens placed before the input embeddings (prompt tuning, P-tuning); null when none.</summary>
+    IInputEmbeddingHook? InputEmbedding => null;
 }
 
 /// <summary>An adapter being trained: its forward hooks plus the matching backward hooks the trainer calls.</summary>
@@ -27,7 +54,22 @@ public interface ITrainableAdapter : IAdapterRuntime
     uint StepSeed { get; set; }
 
     /// <summary>
-    /// Backward of <see cref="IAdapterRuntime.Linear"/>: accumulates parameter gradients and adds the branch's input
+    /// Backward of the after-transforms that are not additive (output scaling, renormalization), called first: from
+    /// ∂loss/∂(hooked output) <paramref name="dy"/>, returns ∂loss/∂(base linear output plus additive branch) — dy itself
+    /// when the target has none, else the method's scratch (dy is left unchanged). Accumulates their parameter gradients.
+    /// </summary>
+    DeviceTensor LinearOutputBackward(int layer, TargetModule target, DeviceTensor dy) => dy;
+
+    /// <summary>
+    /// Backward of <see cref="IAdapterRuntime.LinearInput"/> together with the base linear's input gradient: when the
+    /// target has an input transform, writes (or with <paramref name="accumulate"/> adds) ∂loss/∂x through
+    /// <paramref name="w"/> and the transform into <paramref name="dx"/>, accumulates the transform's parameter gradients
+    /// and returns true; returns false (the default) when the trainer should take the base's input gradient itself.
+    /// </summary>
+    bool LinearInputBackward(int layer, TargetModule target, DeviceLinear w, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool accumulate) => false;
+
+    /// <summary>
+    /// Backward of the additive branch of <see cref="IAdapterRuntime.Linear"/>: accumulates parameter gradients and adds the branch's input
     /// gradient to dx — or, with <paramref name="overwriteDx"/>, writes it there, after every read of x (dx may then be
     /// x's own buffer). Returns whether dx was written (false when the adapter has no branch at this target).
     /// </summary>

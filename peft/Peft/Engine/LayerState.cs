@@ -9,19 +9,16 @@ namespace VkPeft.Peft.Engine;
 
 public sealed class LayerState : IDisposable
 {
-    private readonly List<DeviceTensor> _owned = [];
+    private readonly IReadOnlyList<IDisposable> _owned;
 
     public LayerState(VulkanContext ctx, LlamaConfig c, int batch, int seqLen, string prefix)
     {
         Batch = batch;
         SeqLen = seqLen;
         int rows = batch * seqLen;
-        DeviceTensor T(string name, params long[] shape)
-        {
-            var t = DeviceTensor.Create(ctx, $"{prefix}.{name}", DType.F32, shape, MemoryCategory.Activations);
-            _owned.Add(t);
-            return t;
-        }
+        using var scope = new TensorScope();
+        DeviceTensor T(string name, params long[] shape) =>
+            scope.Add(DeviceTensor.Create(ctx, $"{prefix}.{name}", DType.F32, shape, MemoryCategory.Activations));
         H1 = T("h1", rows, c.Dim);
         Q = T("q", rows, c.QDim);
         K = T("k", rows, c.KvDim);
@@ -34,6 +31,7 @@ public sealed class LayerState : IDisposable
         U = T("up", rows, c.HiddenDim);
         S = T("swiglu", rows, c.HiddenDim);
         Z = T("z", rows, c.Dim);
+        _owned = scope.Keep();
     }
 
     public int Batch { get; }

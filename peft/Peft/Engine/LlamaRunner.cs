@@ -60,14 +60,19 @@ public sealed class LlamaRunner : IDisposable
     private static DeviceTensor Rows(DeviceTensor t, long n) => LayerState.Rows(t, n);
 
     /// <summary>Embeds <paramref name="rows"/> token ids already in <see cref="Ids"/> into <see cref="X"/>.</summary>
-    public void Embed(int rows) => Model.EmbedTokens(Rows(Ids, rows), Rows(X, rows));
+    public void Embed(int rows)
+    {
+        if (Adapter?.InputEmbedding != null)
+            throw new NotSupportedException("virtual input tokens need prefix rows in the embedding kernel, which the device runtime does not have yet");
+        Model.EmbedTokens(Rows(Ids, rows), Rows(X, rows));
+    }
 
     /// <summary>Every layer over X: <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens at positions startPos….</summary>
     public void Layers(int batch, int seqLen, int startPos = 0)
     {
         var x = Rows(X, batch * seqLen);
         for (int l = 0; l < Model.Layers.Length; l++)
-            LayerForward.Run(Model, l, _state, x, x, batch, seqLen, startPos, Adapter, _kCache?[l], _vCache?[l]);
+            DecoderLayer.Forward(Model, l, _state, x, x, batch, seqLen, startPos, Adapter, _kCache?[l], _vCache?[l]);
     }
 
     /// <summary>Final norm of X into HFinal for <paramref name="rows"/> rows.</summary>

@@ -1,7 +1,9 @@
-// Adapter validation against a base config, the dense update ΔW of LoRA/QA-LoRA, the base weights an adapter was
-// trained against (quantize→dequantize with BaseQuantization), dense merges and the lossless QA-LoRA INT4 merge.
+// Adapter validation against a base config (from the method's parameter spec), the dense merge by the method's rule the base weights an adapter was
+// trained against (quantize→dequantize with BaseQuant), dense merges and the lossless QA-LoRA INT4 merge.
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Quant;
 
@@ -10,7 +12,7 @@ namespace VkPeft.Peft.Export;
 /// <summary>Which base weights a LoRA update is added to.</summary>
 public enum MergeFrom
 {
-    /// <summary>The weights the adapter was trained against: the base quantized with its BaseQuantization, dequantized.</summary>
+    /// <summary>The weights the adapter was trained against: the base quantized with its BaseQuant, dequantized.</summary>
     Dequantized,
 
     /// <summary>The original (un-quantized) base weights.</summary>
@@ -23,54 +25,17 @@ public sealed record MergedModel(LlamaConfig Config, LlamaWeights Weights, Dicti
 public static class AdapterMerge
 {
     /// <summary>
-    /// Checks every tensor an adapter must have for <paramref name="baseConfig"/>: targets, layer count and shapes
-    /// (LoRA A [r, in], B [out, r]; QA-LoRA A [r, in/g] with in divisible by g; bottleneck down/up and biases), and
-    /// that no tensor names an unknown layer, target or part. Throws <see cref="ModelFormatException"/> naming
-    /// <paramref name="source"/> and the tensor.
+    /// Checks every tensor an adapter must have for <paramref name="baseConfig"/> — its method's parameter spec: names,
+    /// layer count and shapes — after the method's own config checks, and that no tensor names an unknown layer, target
+    /// or part. Throws <see cref="ModelFormatException"/> naming <paramref name="source"/> and the field or tensor.
     /// </summary>
     public static void Validate(AdapterWeights adapter, LlamaConfig baseConfig, string source)
     {
         ArgumentNullException.ThrowIfNull(adapter);
         ArgumentNullException.ThrowIfNull(baseConfig);
         var cfg = adapter.Config;
-        var expected = new Dictionary<string, long[]>(StringComparer.Ordinal);
-        if (cfg.Method == PeftMethod.Adapter)
-        {
-            if (cfg.Bottleneck <= 0) throw new ModelFormatException(source, "bottleneck", $"must be positive, got {cfg.Bottleneck}");
-            string[] sites = cfg.BottleneckKind == BottleneckKind.Houlsby ? ["attn", "mlp"] : ["mlp"];
-            for (int l = 0; l < baseConfig.NLayers; l++)
-                foreach (var site in sites)
-                {
-                    expected[AdapterWeights.Bottleneck(l, site, "down")] = [cfg.Bottleneck, baseConfig.Dim];
-                    expected[AdapterWeights.Bottleneck(l, site, "down_bias")] = [cfg.Bottleneck];
-                    expected[AdapterWeights.Bottleneck(l, site, "up")] = [baseConfig.Dim, cfg.Bottleneck];
-                    expected[AdapterWeights.Bottleneck(l, site, "up_bias")] = [baseConfig.Dim];
-                }
-        }
-        else
-        {
-            if (cfg.Rank <= 0) throw new ModelFormatException(source, "r", $"rank must be positive, got {cfg.Rank}");
-            if (cfg.Targets.Length == 0) throw new ModelFormatException(source, "target_modules", "no target modules");
-            if (cfg.Targets.Distinct().Count() != cfg.Targets.Length)
-                throw new ModelFormatException(source, "target_modules", "a target is listed twice");
-            foreach (var t in cfg.Targets)
-            {
-                var (outF, inF) = ModelTensors.Shape(baseConfig, t);
-                int aCols = inF;
-                if (cfg.Method == PeftMethod.QaLora)
-                {
-                    if (cfg.GroupSize <= 0 || inF % cfg.GroupSize != 0)
-                        throw new ModelFormatException(source, "group_size",
-                            $"QA-LoRA group size {cfg.GroupSize} does not divide in_features {inF} of {AdapterConfig.HfName(t)}");
-                    aCols = inF / cfg.GroupSize;
-                }
-                for (int l = 0; l < baseConfig.NLayers; l++)
-                {
-                    expected[AdapterWeights.LoraA(l, t)] = [cfg.Rank, aCols];
-                    expected[AdapterWeights.LoraB(l, t)] = [outF, cfg.Rank];
-                }
-            }
-        }
+        cfg.Method.ValidateConfig(cfg, baseConfig, source);
+        var expected = cfg.Method.Parameters(baseConfig, cfg).ToDictionary(p => p.Name, p => p.Shape, StringComparer.Ordinal);
         foreach (var (name, shape) in expected)
         {
             if (!adapter.Tensors.TryGetValue(name, out var tensor))
@@ -87,62 +52,16 @@ public static class AdapterMerge
                     "unexpected tensor: names a layer the base model does not have, a target not in the adapter's targets, or an unknown part");
     }
 
-    /// <summary>
-    /// ΔW [out, in] in float64 for one target: LoRA <c>s·B·A</c>; QA-LoRA <c>s·c·(B·A)[o, i/g]</c> (c = 1/g).
-    /// Rows are in the base model's layout, like B.
-    /// </summary>
-    public static double[] Delta(AdapterWeights adapter, LlamaConfig baseConfig, int layer, TargetModule t)
-    {
-        var cfg = adapter.Config;
-        if (cfg.Method == PeftMethod.Adapter)
-            throw new InvalidOperationException("bottleneck adapters have no linear-weight update");
-        var (outF, inF) = ModelTensors.Shape(baseConfig, t);
-        var a = adapter.Tensors[AdapterWeights.LoraA(layer, t)];
-        var b = adapter.Tensors[AdapterWeights.LoraB(layer, t)];
-        int r = cfg.Rank, aCols = (int)a.Shape[1];
-        double s = cfg.Scaling;
-        var ba = new double[(long)outF * aCols];
-        for (int o = 0; o < outF; o++)
-            for (int k = 0; k < r; k++)
-            {
-                double bv = b.Data[o * r + k];
-                if (bv == 0) continue;
-                int aRow = k * aCols, dst = o * aCols;
-                for (int j = 0; j < aCols; j++) ba[dst + j] += bv * a.Data[aRow + j];
-            }
-        if (cfg.Method == PeftMethod.Lora)
-        {
-            for (int i = 0; i < ba.Length; i++) ba[i] *= s;
-            return ba;
-        }
-        int g = cfg.GroupSize;
-        double sc = s * cfg.PoolingConstant;
-        var delta = new double[(long)outF * inF];
-        for (int o = 0; o < outF; o++)
-            for (int i = 0; i < inF; i++) delta[o * inF + i] = sc * ba[o * aCols + i / g];
-        return delta;
-    }
-
-    /// <summary>
-    /// QA-LoRA ΔW per group [out, in/g] in float64: <c>s·c·(B·A)</c>. The dense ΔW is this value repeated over each group.
-    /// </summary>
-    public static double[] QaLoraGroupDelta(AdapterWeights adapter, LlamaConfig baseConfig, int layer, TargetModule t)
-    {
-        if (adapter.Config.Method != PeftMethod.QaLora) throw new InvalidOperationException("not a QA-LoRA adapter");
-        var (outF, inF) = ModelTensors.Shape(baseConfig, t);
-        int g = adapter.Config.GroupSize, groups = inF / g;
-        var dense = Delta(adapter, baseConfig, layer, t);
-        var result = new double[(long)outF * groups];
-        for (int o = 0; o < outF; o++)
-            for (int k = 0; k < groups; k++) result[o * groups + k] = dense[o * inF + k * g];
-        return result;
-    }
+    /// <summary>ΔW [out, in] in float64 of a LoRA or QA-LoRA target (see <see cref="LoraMethod.Delta"/>).</summary>
+    public static double[] Delta(AdapterWeights adapter, LlamaConfig baseConfig, int layer, TargetModule t) =>
+        adapter.Config.Method is LoraMethod lora ? lora.Delta(adapter, baseConfig, layer, t)
+            : throw new InvalidOperationException($"{adapter.Config.Method} adapters have no low-rank update");
 
     /// <summary>
     /// The base linear weight an adapter trained with <paramref name="quant"/> saw: quantized then dequantized
     /// (nf4/fp4 with blocksize, ±double quant; int4 groups of blocksize), or the weight itself for "none".
     /// </summary>
-    public static float[] TrainedBase(BaseQuantization quant, float[] weight, int outF, int inF, string tensorName)
+    public static float[] TrainedBase(BaseQuant quant, float[] weight, int outF, int inF, string tensorName)
     {
         ArgumentNullException.ThrowIfNull(quant);
         return quant.Type switch
@@ -153,7 +72,7 @@ public static class AdapterMerge
             "fp4" => QuantizedLinearWeight.Bnb4Bit(weight, outF, inF, QuantType.Fp4, quant.Blocksize, false, tensorName).Dequantize(),
             "fp4-dq" => QuantizedLinearWeight.Bnb4Bit(weight, outF, inF, QuantType.Fp4, quant.Blocksize, true, tensorName).Dequantize(),
             "int4" => QuantizedLinearWeight.Int4Group(weight, outF, inF, quant.Blocksize, tensorName).Dequantize(),
-            _ => throw new ArgumentException($"unknown base quantization '{quant.Type}' (known: {string.Join(", ", BaseQuantization.Types)})", nameof(quant)),
+            _ => throw new ArgumentException($"unknown base quantization '{quant.Type}' (known: {string.Join(", ", BaseQuant.Types)})", nameof(quant)),
         };
     }
 
@@ -161,96 +80,27 @@ public static class AdapterMerge
     /// Dense merge in the base layout: every linear weight becomes <c>base + ΔW</c> (float64 sum rounded once to
     /// float32), where base is <see cref="TrainedBase"/> (MergeFrom.Dequantized, all seven linear kinds, since
     /// training quantizes all of them) or the original weight. Without an adapter it returns the chosen base.
-    /// Bottleneck adapters cannot be merged into linear weights (they add a nonlinearity).
+    /// A method without a merge rule (bottleneck adapters: a nonlinearity) is refused with its reason.
     /// </summary>
     public static MergedModel MergeDense(LlamaConfig config, LlamaWeights weights, AdapterWeights? adapter, MergeFrom from)
     {
         if (adapter is null) return new MergedModel(config, weights);
-        if (adapter.Config.Method == PeftMethod.Adapter) throw BottleneckMerge();
+        var method = adapter.Config.Method;
+        if (method.NotMergeableReason is { } why) throw new ExportException(why);
         Validate(adapter, config, "adapter");
-        var targets = adapter.Config.Targets.ToHashSet();
         var merged = ModelTensors.WithLinears(weights, (layer, t, w) =>
         {
-            var (outF, inF) = ModelTensors.Shape(config, t);
+            var (outF, inF) = config.LinearShape(t);
             float[] baseW = from == MergeFrom.Dequantized
                 ? TrainedBase(adapter.Config.BaseQuant, w, outF, inF, $"layers.{layer}.{AdapterWeights.TargetName(t)}")
                 : w;
-            if (!targets.Contains(t)) return baseW;
-            var delta = Delta(adapter, config, layer, t);
+            if (method.MergeDelta(adapter, config, layer, t, baseW) is not { } delta) return baseW;
             var result = new float[baseW.Length];
             for (int i = 0; i < result.Length; i++) result[i] = (float)(baseW[i] + delta[i]);
             return result;
         });
         return new MergedModel(config, merged);
     }
-
-    /// <summary>
-    /// Lossless QA-LoRA merge (paper §3.3 with float zero points): every linear weight is INT4-quantized in groups of
-    /// g (the base the adapter was trained against); for a target, ΔW is constant within each group, so only the
-    /// group minimum shifts, <c>min' = min + ΔW[o, group]</c> (float64 sum rounded to float32); codes and scales are
-    /// unchanged. The float weights of the result are the dequantized merged INT4 weights.
-    /// </summary>
-    public static MergedModel MergeQaLoraInt4(LlamaConfig config, LlamaWeights weights, AdapterWeights adapter)
-    {
-        ArgumentNullException.ThrowIfNull(adapter);
-        var cfg = adapter.Config;
-        if (cfg.Method != PeftMethod.QaLora) throw new ArgumentException("the lossless INT4 merge needs a QA-LoRA adapter", nameof(adapter));
-        if (cfg.BaseQuant.Type != "int4" || cfg.BaseQuant.Blocksize != cfg.GroupSize)
-            throw new ExportException($"QA-LoRA lossless merge needs an int4 base with group size {cfg.GroupSize}; the adapter records base quantization {cfg.BaseQuant.Type}/{cfg.BaseQuant.Blocksize}");
-        Validate(adapter, config, "adapter");
-        var targets = cfg.Targets.ToHashSet();
-        var int4 = new Dictionary<(int, TargetModule), Int4GroupQuantized>();
-        var merged = ModelTensors.WithLinears(weights, (layer, t, w) =>
-        {
-            var (outF, inF) = ModelTensors.Shape(config, t);
-            var q = Int4GroupCodec.Quantize(w, outF, inF, cfg.GroupSize, $"layers.{layer}.{AdapterWeights.TargetName(t)}");
-            if (targets.Contains(t))
-            {
-                var groupDelta = QaLoraGroupDelta(adapter, config, layer, t);
-                var mins = new float[q.Mins.Length];
-                for (int k = 0; k < mins.Length; k++) mins[k] = (float)(q.Mins[k] + groupDelta[k]);
-                q = q with { Mins = mins };
-            }
-            int4[(layer, t)] = q;
-            var dense = new float[q.Count];
-            Int4GroupCodec.Dequantize(q, dense);
-            return dense;
-        });
-        return new MergedModel(config, merged, int4);
-    }
-
-    /// <summary>
-    /// A QA-LoRA adapter as an equivalent plain LoRA: <c>A'[k, i] = c·A[k, i/g]</c> (c = 1/g), same B, rank and scaling.
-    /// Exact when g is a power of two (c·A is then an exact float32 product).
-    /// </summary>
-    public static AdapterWeights ExpandQaLora(AdapterWeights adapter, LlamaConfig baseConfig)
-    {
-        ArgumentNullException.ThrowIfNull(adapter);
-        var cfg = adapter.Config;
-        if (cfg.Method != PeftMethod.QaLora) return adapter;
-        var result = new AdapterWeights(cfg with { Method = PeftMethod.Lora });
-        int g = cfg.GroupSize;
-        float c = cfg.PoolingConstant;
-        foreach (var (name, tensor) in adapter.Tensors)
-        {
-            if (!name.EndsWith(".lora_a", StringComparison.Ordinal))
-            {
-                result.Tensors[name] = tensor;
-                continue;
-            }
-            int r = (int)tensor.Shape[0], groups = (int)tensor.Shape[1], inF = groups * g;
-            var a = new float[(long)r * inF];
-            for (int k = 0; k < r; k++)
-                for (int i = 0; i < inF; i++) a[k * inF + i] = c * tensor.Data[k * groups + i / g];
-            result.Tensors[name] = new HostTensor(a, [r, inF]);
-        }
-        Validate(result, baseConfig, "expanded QA-LoRA adapter");
-        return result;
-    }
-
-    internal static ExportException BottleneckMerge() => new(
-        "bottleneck adapters cannot be merged into linear weights (they add a nonlinear block after attention/MLP); " +
-        "export the adapter itself (format vkpeft) and apply it at run time");
 }
 
 /// <summary>An export request that cannot be carried out (existing output, unmergeable adapter, unsupported combination).</summary>

@@ -81,16 +81,9 @@ public static class Exporter
         ArgumentNullException.ThrowIfNull(options);
         if (adapter is null) return new MergedModel(model.Config, model.Weights);
         var cfg = adapter.Config;
-        if (cfg.Method == PeftMethod.Adapter) throw AdapterMerge.BottleneckMerge();
-        bool int4Base = cfg.BaseQuant.Type == "int4" && cfg.BaseQuant.Blocksize == cfg.GroupSize;
-        bool lossless = cfg.Method == PeftMethod.QaLora && int4Base && options.MergeFrom == MergeFrom.Dequantized
-            && ((options.Format == ExportFormat.Safetensors && options.DType == ExportDType.Int4)
-                || (options.Format == ExportFormat.Gguf && options.DType == ExportDType.Q4_1 && cfg.GroupSize == 32));
-        if (lossless)
-        {
-            report?.Notes.Add($"QA-LoRA merged losslessly into INT4 groups of {cfg.GroupSize}: codes and scales unchanged, mins shifted by ΔW");
-            return AdapterMerge.MergeQaLoraInt4(model.Config, model.Weights, adapter);
-        }
+        if (cfg.Method.NotMergeableReason is { } why) throw new ExportException(why);
+        if (cfg.Method.LosslessMerge(model.Config, model.Weights, adapter, options.Format, options.DType, options.MergeFrom, report?.Notes) is { } lossless)
+            return lossless;
         report?.Notes.Add(options.MergeFrom == MergeFrom.Dequantized
             ? $"adapter merged into the base it was trained against ({cfg.BaseQuant.Type}, blocksize {cfg.BaseQuant.Blocksize}, dequantized)"
             : "adapter merged into the original base weights");

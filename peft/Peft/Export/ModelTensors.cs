@@ -40,24 +40,6 @@ public static class ModelTensors
 {
     public static readonly TargetModule[] LinearKinds = Enum.GetValues<TargetModule>();
 
-    public static LlamaTensorKind Kind(TargetModule t) => t switch
-    {
-        TargetModule.Q => LlamaTensorKind.Wq,
-        TargetModule.K => LlamaTensorKind.Wk,
-        TargetModule.V => LlamaTensorKind.Wv,
-        TargetModule.O => LlamaTensorKind.Wo,
-        TargetModule.Gate => LlamaTensorKind.WGate,
-        TargetModule.Up => LlamaTensorKind.WUp,
-        TargetModule.Down => LlamaTensorKind.WDown,
-        _ => throw new ArgumentOutOfRangeException(nameof(t)),
-    };
-
-    /// <summary>[out, in] of a linear weight.</summary>
-    public static (int Out, int In) Shape(LlamaConfig c, TargetModule t)
-    {
-        int[] s = LlamaWeights.ShapeOf(c, Kind(t));
-        return (s[0], s[1]);
-    }
 
     public static float[] Linear(LlamaLayerWeights l, TargetModule t) => t switch
     {

@@ -4,7 +4,7 @@ using System.Text.Json;
 
 namespace VkPeft.Peft.Formats;
 
-internal static class JsonFields
+public static class JsonFields
 {
     /// <summary>Largest JSON file read whole (config, tokenizer, adapter and checkpoint state files).</summary>
     public const long MaxJsonFileBytes = 1L << 30;
@@ -63,6 +63,15 @@ internal static class JsonFields
         if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int i))
             throw new ModelFormatException(file, name, $"expected an integer, got {Shorten(v.GetRawText())}");
         return i;
+    }
+
+    /// <summary>An enum field by name (case-insensitive), <paramref name="fallback"/> when absent; an unknown value names the file and field.</summary>
+    public static T ParseEnum<T>(string file, JsonElement e, string name, T fallback) where T : struct, Enum
+    {
+        string? s = Str(e, name);
+        if (s is null) return fallback;
+        return Enum.TryParse<T>(s, ignoreCase: true, out var v) ? v
+            : throw new ModelFormatException(file, name, $"unknown value '{s}' (known: {string.Join(", ", Enum.GetNames<T>().Select(n => n.ToLowerInvariant()))})");
     }
 
     /// <summary>A required string element (array item or property value); otherwise an error naming the field.</summary>

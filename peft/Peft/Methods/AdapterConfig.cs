@@ -1,26 +1,20 @@
 // What a trainable adapter is: the PEFT method, its hyperparameters, which linear layers it targets, and the base
 // quantization it was trained against (so generate/eval can rebuild the same base).
+using VkPeft.Peft.Engine;
+
 namespace VkPeft.Peft.Methods;
 
 /// <summary>The seven linear weight kinds of a Llama layer an adapter may target.</summary>
 public enum TargetModule { Q, K, V, O, Gate, Up, Down }
-
-public enum PeftMethod { Lora, QaLora, Adapter }
 
 /// <summary>Bottleneck adapter placement: Houlsby (serial, after attention and after the MLP) or parallel to the MLP.</summary>
 public enum BottleneckKind { Houlsby, Parallel }
 
 public enum BottleneckActivation { Relu, Silu, Gelu }
 
-/// <summary>How the frozen base weights were held while training (recorded with the adapter).</summary>
-public sealed record BaseQuantization(string Type, int Blocksize)
-{
-    /// <summary>Quant types accepted by --quant: none, nf4, nf4-dq, fp4, fp4-dq, int4.</summary>
-    public static readonly IReadOnlyList<string> Types = ["none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int4"];
-}
-
 public sealed record AdapterConfig
 {
+    /// <summary>The PEFT method (see <see cref="PeftMethods"/>).</summary>
     public required PeftMethod Method { get; init; }
     /// <summary>LoRA / QA-LoRA rank r.</summary>
     public int Rank { get; init; } = 8;
@@ -35,7 +29,10 @@ public sealed record AdapterConfig
     public BottleneckActivation Activation { get; init; } = BottleneckActivation.Silu;
     /// <summary>Parallel adapter output scale s (He et al. use 4.0).</summary>
     public float AdapterScale { get; init; } = 4f;
-    public required BaseQuantization BaseQuant { get; init; }
+    /// <summary>The method's own configuration record, for methods that define one.</summary>
+    public MethodSettings? Settings { get; init; }
+    /// <summary>How the frozen base weights were held while training (recorded with the adapter).</summary>
+    public required BaseQuant BaseQuant { get; init; }
     /// <summary>Path or name of the base model the adapter was trained on.</summary>
     public string BaseModel { get; init; } = "";
 

@@ -1,6 +1,7 @@
 // Hyper-parameters of a Llama-family decoder (Llama 1/2/3, Mistral, Qwen2-style biases).
 // Loaders fill it from llama2.c headers, HF config.json or GGUF metadata and then call Validate.
 using VkPeft.Peft.Formats;
+using VkPeft.Peft.Methods;
 
 namespace VkPeft.Peft.Models;
 
@@ -60,6 +61,17 @@ public sealed record LlamaConfig
 
     /// <summary>Rows of wk and wv: NKvHeads * HeadDim.</summary>
     public int KvDim => NKvHeads * HeadDim;
+
+    /// <summary>[out, in] of one of the seven linear weights of a layer: the one place these shapes are defined.</summary>
+    public (int Out, int In) LinearShape(TargetModule t) => t switch
+    {
+        TargetModule.Q => (QDim, Dim),
+        TargetModule.K or TargetModule.V => (KvDim, Dim),
+        TargetModule.O => (Dim, QDim),
+        TargetModule.Gate or TargetModule.Up => (HiddenDim, Dim),
+        TargetModule.Down => (Dim, HiddenDim),
+        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "not a linear weight"),
+    };
 
     /// <summary>Query heads sharing one key/value head.</summary>
     public int GroupSize => NHeads / NKvHeads;

@@ -1,6 +1,7 @@
 // Host-side float32 weights of a Llama-family decoder, matrices in PyTorch [out, in] row-major order.
 // Loaders build them through LlamaWeights.Build, which asks for each tensor with the shape the config implies.
 using VkPeft.Peft.Formats;
+using VkPeft.Peft.Methods;
 
 namespace VkPeft.Peft.Models;
 
@@ -22,6 +23,39 @@ public enum LlamaTensorKind
     Bv,
     FinalNorm,
     Classifier,
+}
+
+/// <summary>
+/// The seven linear weights are <see cref="TargetModule"/> values; among the tensor kinds they are Wq … WDown. These
+/// two maps are the only translation between the two.
+/// </summary>
+public static class LinearKinds
+{
+    /// <summary>The tensor kind of a linear weight.</summary>
+    public static LlamaTensorKind ToKind(this TargetModule t) => t switch
+    {
+        TargetModule.Q => LlamaTensorKind.Wq,
+        TargetModule.K => LlamaTensorKind.Wk,
+        TargetModule.V => LlamaTensorKind.Wv,
+        TargetModule.O => LlamaTensorKind.Wo,
+        TargetModule.Gate => LlamaTensorKind.WGate,
+        TargetModule.Up => LlamaTensorKind.WUp,
+        TargetModule.Down => LlamaTensorKind.WDown,
+        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "not a linear weight"),
+    };
+
+    /// <summary>The linear weight a tensor kind is, or null for embeddings, norms and biases.</summary>
+    public static TargetModule? ToTarget(this LlamaTensorKind k) => k switch
+    {
+        LlamaTensorKind.Wq => TargetModule.Q,
+        LlamaTensorKind.Wk => TargetModule.K,
+        LlamaTensorKind.Wv => TargetModule.V,
+        LlamaTensorKind.Wo => TargetModule.O,
+        LlamaTensorKind.WGate => TargetModule.Gate,
+        LlamaTensorKind.WUp => TargetModule.Up,
+        LlamaTensorKind.WDown => TargetModule.Down,
+        _ => null,
+    };
 }
 
 public sealed class LlamaLayerWeights
@@ -60,11 +94,7 @@ public sealed class LlamaWeights
     {
         LlamaTensorKind.TokenEmbedding or LlamaTensorKind.Classifier => [config.VocabSize, config.Dim],
         LlamaTensorKind.AttnNorm or LlamaTensorKind.FfnNorm or LlamaTensorKind.FinalNorm => [config.Dim],
-        LlamaTensorKind.Wq => [config.QDim, config.Dim],
-        LlamaTensorKind.Wk or LlamaTensorKind.Wv => [config.KvDim, config.Dim],
-        LlamaTensorKind.Wo => [config.Dim, config.QDim],
-        LlamaTensorKind.WGate or LlamaTensorKind.WUp => [config.HiddenDim, config.Dim],
-        LlamaTensorKind.WDown => [config.Dim, config.HiddenDim],
+        _ when kind.ToTarget() is { } t => [config.LinearShape(t).Out, config.LinearShape(t).In],
         LlamaTensorKind.Bq => [config.QDim],
         LlamaTensorKind.Bk or LlamaTensorKind.Bv => [config.KvDim],
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),

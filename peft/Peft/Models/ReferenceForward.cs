@@ -1,6 +1,8 @@
 // Independent float64 reference forward pass of a Llama-family decoder (the oracle GPU kernels are compared with):
 // embedding, RMSNorm, q/k/v (+bias), RoPE (interleaved or rotate-half, llama3/linear scaling), causal grouped-query
 // attention with a stable softmax, o-proj, residual, SwiGLU MLP, final norm, classifier. Sequential with a KV cache.
+// It mirrors the device's adapter hooks (IAdapterRuntime): before and after each base linear, after the attention and
+// MLP blocks, a key/value prefix per layer (joined or gated softmax) and virtual input tokens.
 namespace VkPeft.Peft.Models;
 
 public sealed class ReferenceForward
@@ -60,6 +62,7 @@ public sealed class ReferenceForward
             _keys = new List<double[]>[m._c.NLayers];
             _values = new List<double[]>[m._c.NLayers];
             for (int l = 0; l < m._c.NLayers; l++) { _keys[l] = []; _values[l] = []; }
+            foreach (var row in m.VirtualTokens?.Invoke() ?? []) StepEmbedding(row);
         }
 
         /// <summary>Number of positions consumed so far.</summary>
@@ -71,19 +74,29 @@ public sealed class ReferenceForward
             var c = _m._c;
             var w = _m._w;
             if (token < 0 || token >= c.VocabSize) throw new ArgumentOutOfRangeException(nameof(token), $"token {token} outside vocabulary of {c.VocabSize}");
+            int dim = c.Dim;
+            var x = new double[dim];  // the token's embedding row [dim]
+            for (int i = 0; i < dim; i++) x[i] = w.TokenEmbedding[(long)token * dim + i];
+            return StepEmbedding(x);
+        }
+
+        /// <summary>Consumes one embedding row [dim] (a token's, or a virtual token's) at the next position; returns the logits.</summary>
+        public double[] StepEmbedding(double[] embedding)
+        {
+            var c = _m._c;
+            var w = _m._w;
             int pos = Position;
             int dim = c.Dim, hd = c.HeadDim;
-
-            var x = new double[dim];  // residual stream [dim]
-            for (int i = 0; i < dim; i++) x[i] = w.TokenEmbedding[(long)token * dim + i];
+            if (embedding.Length != dim) throw new ArgumentException($"an embedding row has {dim} values, got {embedding.Length}", nameof(embedding));
+            var x = (double[])embedding.Clone();  // residual stream [dim]
 
             for (int l = 0; l < c.NLayers; l++)
             {
                 var lw = w.Layers[l];
                 double[] h = RmsNorm(x, lw.AttnNorm, c.RmsNormEps);
-                double[] q = _m.Hooked(l, LlamaTensorKind.Wq, h, MatVec(lw.Wq, h, c.QDim, dim, lw.Bq));   // [n_heads*hd]
-                double[] k = _m.Hooked(l, LlamaTensorKind.Wk, h, MatVec(lw.Wk, h, c.KvDim, dim, lw.Bk));  // [n_kv*hd]
-                double[] v = _m.Hooked(l, LlamaTensorKind.Wv, h, MatVec(lw.Wv, h, c.KvDim, dim, lw.Bv));  // [n_kv*hd]
+                double[] q = _m.Linear(l, LlamaTensorKind.Wq, h, lw.Wq, c.QDim, dim, lw.Bq);   // [n_heads*hd]
+                double[] k = _m.Linear(l, LlamaTensorKind.Wk, h, lw.Wk, c.KvDim, dim, lw.Bk);  // [n_kv*hd]
+                double[] v = _m.Linear(l, LlamaTensorKind.Wv, h, lw.Wv, c.KvDim, dim, lw.Bv);  // [n_kv*hd]
                 for (int head = 0; head < c.NHeads; head++) _m.Rope(q, head * hd, pos);
                 for (int head = 0; head < c.NKvHeads; head++) _m.Rope(k, head * hd, pos);
                 _keys[l].Add(k);
@@ -93,11 +106,30 @@ public sealed class ReferenceForward
                 int first = c.SlidingWindow is { } win ? Math.Max(0, pos - win + 1) : 0;
                 double scale = 1.0 / Math.Sqrt(hd);
                 var scores = new double[pos + 1];
+                var prefix = _m.AttentionPrefix?.Invoke(l);
+                int nPrefix = prefix?.Keys.Length ?? 0;
+                var prefixScores = new double[nPrefix];
                 for (int head = 0; head < c.NHeads; head++)
                 {
                     int kvOff = head / c.GroupSize * hd;
                     int qOff = head * hd;
                     double max = double.NegativeInfinity;
+                    // Prefix keys (no RoPE, never masked): in the sequence's softmax, or in their own one times the head's gate.
+                    for (int p = 0; p < nPrefix; p++)
+                    {
+                        double sp = 0;
+                        for (int i = 0; i < hd; i++) sp += q[qOff + i] * prefix!.Value.Keys[p][kvOff + i];
+                        prefixScores[p] = sp * scale;
+                    }
+                    if (nPrefix > 0 && prefix!.Value.Gate is { } headGate)
+                    {
+                        double pmax = prefixScores.Max(), psum = 0;
+                        for (int p = 0; p < nPrefix; p++) { prefixScores[p] = Math.Exp(prefixScores[p] - pmax); psum += prefixScores[p]; }
+                        for (int p = 0; p < nPrefix; p++)
+                            for (int i = 0; i < hd; i++) att[qOff + i] += headGate[head] * prefixScores[p] / psum * prefix.Value.Values[p][kvOff + i];
+                        nPrefix = 0;   // handled: the sequence's softmax below is the plain one
+                    }
+                    for (int p = 0; p < nPrefix; p++) max = Math.Max(max, prefixScores[p]);
                     for (int t = first; t <= pos; t++)
                     {
                         double[] kt = _keys[l][t];
@@ -108,22 +140,26 @@ public sealed class ReferenceForward
                     }
                     double sum = 0;
                     for (int t = first; t <= pos; t++) { scores[t] = Math.Exp(scores[t] - max); sum += scores[t]; }
+                    for (int p = 0; p < nPrefix; p++) { prefixScores[p] = Math.Exp(prefixScores[p] - max); sum += prefixScores[p]; }
                     for (int t = first; t <= pos; t++)
                     {
                         double p = scores[t] / sum;
                         double[] vt = _values[l][t];
                         for (int i = 0; i < hd; i++) att[qOff + i] += p * vt[kvOff + i];
                     }
+                    for (int p = 0; p < nPrefix; p++)
+                        for (int i = 0; i < hd; i++) att[qOff + i] += prefixScores[p] / sum * prefix!.Value.Values[p][kvOff + i];
+                    nPrefix = prefix?.Keys.Length ?? 0;
                 }
-                double[] o = _m.Hooked(l, LlamaTensorKind.Wo, att, MatVec(lw.Wo, att, dim, c.QDim, null));
+                double[] o = _m.Linear(l, LlamaTensorKind.Wo, att, lw.Wo, dim, c.QDim, null);
                 _m.AfterAttentionOutput?.Invoke(l, o);
                 for (int i = 0; i < dim; i++) x[i] += o[i];
 
                 h = RmsNorm(x, lw.FfnNorm, c.RmsNormEps);
-                double[] gate = _m.Hooked(l, LlamaTensorKind.WGate, h, MatVec(lw.WGate, h, c.HiddenDim, dim, null));  // [hidden]
-                double[] up = _m.Hooked(l, LlamaTensorKind.WUp, h, MatVec(lw.WUp, h, c.HiddenDim, dim, null));        // [hidden]
+                double[] gate = _m.Linear(l, LlamaTensorKind.WGate, h, lw.WGate, c.HiddenDim, dim, null);  // [hidden]
+                double[] up = _m.Linear(l, LlamaTensorKind.WUp, h, lw.WUp, c.HiddenDim, dim, null);        // [hidden]
                 for (int i = 0; i < c.HiddenDim; i++) gate[i] = gate[i] / (1.0 + Math.Exp(-gate[i])) * up[i];
-                double[] down = _m.Hooked(l, LlamaTensorKind.WDown, gate, MatVec(lw.WDown, gate, dim, c.HiddenDim, null));
+                double[] down = _m.Linear(l, LlamaTensorKind.WDown, gate, lw.WDown, dim, c.HiddenDim, null);
                 _m.AfterMlpOutput?.Invoke(l, h, down);
                 for (int i = 0; i < dim; i++) x[i] += down[i];
             }
@@ -136,7 +172,13 @@ public sealed class ReferenceForward
 
     public Session NewSession() => new(this);
 
-    /// <summary>Optional hook after each base linear: (layer, kind, input, output) — adds an adapter's contribution to output.</summary>
+    /// <summary>Optional hook before each base linear: (layer, kind, input) → the input the base reads (input scaling).</summary>
+    public Func<int, LlamaTensorKind, double[], double[]>? BeforeLinear { get; set; }
+
+    /// <summary>
+    /// Optional hook after each base linear: (layer, kind, input, output) — the after-transforms on output in place
+    /// (add a branch, scale, renormalize); input is the linear's own input, before <see cref="BeforeLinear"/>.
+    /// </summary>
     public Action<int, LlamaTensorKind, double[], double[]>? AfterLinear { get; set; }
 
     /// <summary>Optional hook on the attention block output before the residual add: (layer, z) transforms z in place.</summary>
@@ -145,8 +187,18 @@ public sealed class ReferenceForward
     /// <summary>Optional hook on the MLP output before the residual add: (layer, mlp input h, z) transforms z in place.</summary>
     public Action<int, double[], double[]>? AfterMlpOutput { get; set; }
 
-    private double[] Hooked(int layer, LlamaTensorKind kind, double[] x, double[] y)
+    /// <summary>
+    /// Optional key/value prefix per layer: keys and values [P][kv_dim] every query attends to (no RoPE, never masked)
+    /// and, when not null, a gate [n_heads]: the prefix then has its own softmax and its output is scaled by the gate.
+    /// </summary>
+    public Func<int, (double[][] Keys, double[][] Values, double[]? Gate)?>? AttentionPrefix { get; set; }
+
+    /// <summary>Optional virtual tokens: embedding rows [P][dim] every session consumes (positions 0…P−1) before its first token.</summary>
+    public Func<double[][]>? VirtualTokens { get; set; }
+
+    private double[] Linear(int layer, LlamaTensorKind kind, double[] x, float[] w, int rows, int cols, float[]? bias)
     {
+        var y = MatVec(w, BeforeLinear?.Invoke(layer, kind, x) ?? x, rows, cols, bias);
         AfterLinear?.Invoke(layer, kind, x, y);
         return y;
     }

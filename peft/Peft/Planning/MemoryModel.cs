@@ -1,5 +1,5 @@
 // Analytic memory model of one training step: bytes per category exactly as DeviceLlama, TrainableParameters,
-// LoraRuntime and TrainStep allocate them, in device memory or (offloaded state) host memory; levers the runtime lacks are marked.
+// the method's runtime (its own memory terms) and TrainStep allocate them, in device memory or (offloaded state) host memory; levers the runtime lacks are marked.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
@@ -36,18 +36,28 @@ public sealed record TrainSetup
     /// <summary>Layer inputs saved for recomputation in host memory (--offload-checkpoints; needs checkpointing).</summary>
     public bool OffloadCheckpoints { get; init; }
 
-    /// <summary>The adapter a measured run of this setup trains (alpha = 2r; QA-LoRA groups, else the base's blocks).</summary>
-    public AdapterConfig ToAdapterConfig() => new()
+    /// <summary>
+    /// A setup for <paramref name="method"/> at <paramref name="rank"/> on <paramref name="targets"/>, on <paramref name="quant"/>
+    /// or the method's default base (INT4 bases set the group size), batch 1, checkpointing on.
+    /// </summary>
+    public static TrainSetup For(LlamaConfig config, PeftMethod method, BaseQuant? quant, int rank, TargetModule[] targets, int seqLen)
     {
-        Method = Method, Rank = Rank, Alpha = 2f * Rank, Dropout = Dropout, Targets = Targets,
-        GroupSize = Method == PeftMethod.QaLora ? GroupSize : Quant.Blocksize, BaseQuant = Quant.ToRecord(),
-    };
+        var q = quant ?? method.DefaultQuant(null);
+        return new TrainSetup
+        {
+            Config = config, Method = method, Quant = q, Rank = rank, Targets = targets, GroupSize = q.IsInt4 ? q.Blocksize : 32,
+            Batch = 1, SeqLen = seqLen, Checkpointing = true,
+        };
+    }
+
+    /// <summary>The adapter a measured run of this setup trains (alpha = 2r; QA-LoRA groups, else the base's blocks).</summary>
+    public AdapterConfig ToAdapterConfig() => Method.ConfigFor(this);
 
     /// <summary>Which parts of this setup the runtime cannot do yet (empty when it can run as is).</summary>
     public IReadOnlyList<string> Unavailable()
     {
         var list = new List<string>();
-        if (Method == PeftMethod.Adapter) list.Add("bottleneck adapters (--method adapter)");
+        if (Method.NotPlanned is { } gap) list.Add(gap);
         if (Embeddings == EmbeddingFormat.Q8) list.Add("Q8 embedding/classifier");
         if (OffloadCheckpoints && !Checkpointing) list.Add("offloaded checkpoints without checkpointing");
         return list;
@@ -85,8 +95,10 @@ public sealed record MemoryEstimate(TrainSetup Setup, IReadOnlyList<MemoryItem> 
 
 public static class MemoryModel
 {
-    private static long Pad4(long b) => (Math.Max(b, 4) + 3) / 4 * 4;
-    private static long F32(long n) => Pad4(n * 4);
+    /// <summary>Bytes of a buffer of <paramref name="b"/> bytes as allocated: at least 4, padded to 4.</summary>
+    public static long Pad4(long b) => (Math.Max(b, 4) + 3) / 4 * 4;
+    /// <summary>Bytes of an fp32 buffer of <paramref name="n"/> values.</summary>
+    public static long F32(long n) => Pad4(n * 4);
 
     /// <summary>
     /// DeviceQuantizedWeight.DeviceBytes of an [outF, inF] weight: NF4/FP4 codes (n+1)/2, fp32 absmax per block or,
@@ -110,20 +122,9 @@ public static class MemoryModel
         return q.DoubleQuant ? codes + Pad4(nblk) + F32((nblk + 255) / 256) : codes + F32(nblk);
     }
 
-    public static int InFeatures(LlamaConfig c, TargetModule t) => t switch { TargetModule.O => c.QDim, TargetModule.Down => c.HiddenDim, _ => c.Dim };
-
-    public static int OutFeatures(LlamaConfig c, TargetModule t) => t switch
-    {
-        TargetModule.Q => c.QDim,
-        TargetModule.K or TargetModule.V => c.KvDim,
-        TargetModule.Gate or TargetModule.Up => c.HiddenDim,
-        _ => c.Dim,
-    };
-
     /// <summary>The linear weights of one layer: (name, out, in).</summary>
     public static (string Name, int Out, int In)[] LayerLinears(LlamaConfig c) =>
-        [("q", c.QDim, c.Dim), ("k", c.KvDim, c.Dim), ("v", c.KvDim, c.Dim), ("o", c.Dim, c.QDim),
-         ("gate", c.HiddenDim, c.Dim), ("up", c.HiddenDim, c.Dim), ("down", c.Dim, c.HiddenDim)];
+        [.. Enum.GetValues<TargetModule>().Select(t => (AdapterWeights.TargetName(t), c.LinearShape(t).Out, c.LinearShape(t).In))];
 
     /// <summary>Every parameter of the base model (embedding, classifier, norms, linears).</summary>
     public static long ParameterCount(LlamaConfig c)
@@ -133,19 +134,8 @@ public static class MemoryModel
         return emb + c.Dim + c.NLayers * layer;
     }
 
-    /// <summary>Trainable values of the adapter (LoRA A and B per layer and target; bottleneck adapters).</summary>
-    public static long TrainableCount(TrainSetup s)
-    {
-        var c = s.Config;
-        if (s.Method == PeftMethod.Adapter) return c.NLayers * 2L * (2L * c.Dim * s.Bottleneck + s.Bottleneck + c.Dim);
-        long perLayer = 0;
-        foreach (var t in s.Targets)
-        {
-            long aIn = s.Method == PeftMethod.QaLora ? InFeatures(c, t) / s.GroupSize : InFeatures(c, t);
-            perLayer += s.Rank * aIn + (long)OutFeatures(c, t) * s.Rank;
-        }
-        return perLayer * c.NLayers;
-    }
+    /// <summary>Trainable values of the adapter: the sum over its method's parameter spec.</summary>
+    public static long TrainableCount(TrainSetup s) => s.Method.Parameters(s.Config, s.ToAdapterConfig()).Sum(p => p.Count);
 
     /// <summary>The estimate for <paramref name="s"/>, item by item.</summary>
     public static MemoryEstimate Estimate(TrainSetup s)
@@ -170,21 +160,9 @@ public static class MemoryModel
         if (c.AttentionBias) Add("q/k/v biases", MemoryCategory.Weights, L * (F32(c.QDim) + 2 * F32(c.KvDim)), true);
         if (s.Quant.DoubleQuant) Add("double-quant dynamic map", MemoryCategory.Weights, 256 * 4);
 
-        // Trainable tensors, gradients and AdamW moments (TrainableParameters: one fp32 tensor each, per A and B).
-        long trainableBytes = 0, largestTrainable = 0;
-        if (s.Method == PeftMethod.Adapter)
-        {
-            trainableBytes = L * 2 * (2 * F32((long)c.Dim * s.Bottleneck) + F32(s.Bottleneck) + F32(c.Dim));
-            largestTrainable = F32((long)c.Dim * s.Bottleneck);
-        }
-        else
-            foreach (var t in s.Targets)
-            {
-                long aIn = s.Method == PeftMethod.QaLora ? InFeatures(c, t) / s.GroupSize : InFeatures(c, t);
-                long a = F32(s.Rank * aIn), b = F32((long)OutFeatures(c, t) * s.Rank);
-                trainableBytes += L * (a + b);
-                largestTrainable = Math.Max(largestTrainable, Math.Max(a, b));
-            }
+        // Trainable tensors, gradients and AdamW moments (TrainableParameters: one fp32 tensor each in the method's spec).
+        var spec = s.Method.Parameters(c, s.ToAdapterConfig());
+        long trainableBytes = spec.Sum(p => F32(p.Count)), largestTrainable = spec.Count == 0 ? 0 : spec.Max(p => F32(p.Count));
         Add("adapter parameters", MemoryCategory.Trainable, trainableBytes, true);
         Add("adapter gradients", MemoryCategory.Gradients, trainableBytes, true);
         Add("AdamW m and v", MemoryCategory.Optimizer, 2 * trainableBytes, true, s.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
@@ -206,32 +184,17 @@ public static class MemoryModel
         }
         Add("h_final, dx, dh", MemoryCategory.Activations, 3 * F32(rows * c.Dim));
         Add("do, dq, dk, dv, attn_delta", MemoryCategory.Activations, 2 * F32(rows * c.QDim) + 2 * F32(rows * c.KvDim) + F32(rows * c.NHeads));
-        if (s.Method == PeftMethod.Adapter) Add("dz, dh_adapter (block hooks)", MemoryCategory.Activations, 2 * F32(rows * c.Dim));
+        foreach (var term in s.Method.ActivationTerms(s, rows)) Add(term.Name, term.Category, term.Bytes);
         Add("ids, targets, loss rows, loss sum", MemoryCategory.Activations, 2 * Pad4(rows * 4) + F32(rows) + F32(1));
         int logitRows = (int)Math.Min(s.LogitRows, rows);
         Add($"logits chunk ({logitRows} rows × vocab)", MemoryCategory.Activations, F32((long)logitRows * c.VocabSize));
 
-        // Workspace: LoRA scratch (LoraRuntime: t, dt at rows × r; with dropout x_dropped at rows × max in_features;
-        // with dropout or QA-LoRA d_src and dx at rows × max in_features; x_pooled for QA-LoRA) and the gradient-norm partials.
-        if (s.Method != PeftMethod.Adapter)
-        {
-            long maxIn = s.Targets.Max(t => InFeatures(c, t));
-            bool qa = s.Method == PeftMethod.QaLora, dropout = s.Dropout > 0;
-            long pooled = qa ? rows * (maxIn / s.GroupSize) : 1;
-            long inputSized = (dropout ? 1 : 0) + (dropout || qa ? 2 : 0);
-            // LoraRuntime stores scratch in rows of lcm(rank, input widths) elements (placeholders of one element stay).
-            long unit = Training.LoraRuntime.ScratchUnit(c, new AdapterConfig
-            {
-                Method = s.Method, Rank = s.Rank, Targets = s.Targets, GroupSize = s.GroupSize, BaseQuant = s.Quant.ToRecord(),
-            });
-            long Scratch(long n) => n <= 1 ? F32(1) : F32((n + unit - 1) / unit * unit);
-            Add("LoRA scratch", MemoryCategory.Workspace, inputSized * Scratch(rows * maxIn) + (3 - inputSized) * F32(1)
-                + 2 * Scratch(rows * s.Rank) + Scratch(pooled));
-        }
+        // Workspace: the method's scratch (LoRA: t, dt, dropout and pooling buffers) and the gradient-norm partials.
+        foreach (var term in s.Method.WorkspaceTerms(s, rows)) Add(term.Name, term.Category, term.Bytes);
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
 
         // Staging: discrete GPUs copy through host-visible buffers of up to 32 MiB, one at a time.
-        if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min(32L << 20, Pad4(Math.Max(largestTrainable, rows * 4))));
+        if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min((long)Runtime.Tensors.Transfers.StagingBytes, Pad4(Math.Max(largestTrainable, rows * 4))));
 
         // Loading quantizes layer by layer through an fp32 copy of one weight plus its block absmax (workspace).
         long biggest = LayerLinears(c).Max(l => (long)l.Out * l.In);

@@ -43,8 +43,8 @@ public static class StepMeasurement
         acc.ResetPeaks();   // the load-time quantization scratch is transient; the step's peak is what is asked here
         var adapter = setup.ToAdapterConfig();
         using var parameters = new TrainableParameters(ctx, withOptimizer: true, setup.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
-        AdapterFactory.Initialize(parameters, c, adapter, 7);
-        var runtime = AdapterFactory.Create(ctx, c, adapter, parameters, setup.Batch * setup.SeqLen);
+        adapter.Method.Initialize(parameters, c, adapter, 7);
+        var runtime = adapter.Method.CreateRuntime(ctx, c, adapter, parameters, setup.Batch * setup.SeqLen);
         try
         {
             using var step = new TrainStep(model, runtime, setup.Batch, setup.SeqLen, setup.Checkpointing, setup.LogitRows, setup.OffloadCheckpoints);

@@ -56,13 +56,7 @@ public sealed record TrainOptions
         if (EvalEvery < 0) throw new FormatException($"--eval-every must be ≥ 0, got {EvalEvery}");
         if (SaveEvery < 0) throw new FormatException($"--save-every must be ≥ 0, got {SaveEvery}");
         if (KeepCheckpoints < 1) throw new FormatException($"--keep-checkpoints must be ≥ 1, got {KeepCheckpoints}");
-        var a = Adapter;
-        if (a.Method != PeftMethod.Adapter && a.Rank < 1) throw new FormatException($"--rank must be ≥ 1, got {a.Rank}");
-        if (a.Method != PeftMethod.Adapter && !(a.Alpha > 0)) throw new FormatException($"--alpha must be positive, got {a.Alpha}");
-        if (a.Dropout is < 0 or >= 1) throw new FormatException($"--dropout must be in [0, 1), got {a.Dropout}");
-        if (a.Method == PeftMethod.QaLora && !Quant.IsInt4) throw new FormatException("--method qalora trains against an INT4 group-quantized base: use --quant int4");
-        if (a.Method == PeftMethod.QaLora && a.GroupSize != Quant.Blocksize) throw new FormatException($"QA-LoRA's group size ({a.GroupSize}) must equal the INT4 base's ({Quant.Blocksize})");
-        if (a.Method == PeftMethod.Adapter && a.Bottleneck < 1) throw new FormatException($"--bottleneck must be ≥ 1, got {a.Bottleneck}");
+        Adapter.Method.ValidateOptions(Adapter, Quant);
     }
 
     /// <summary>The learning rate at optimizer step <paramref name="step"/> (1-based): linear warmup, then the schedule to 0.</summary>

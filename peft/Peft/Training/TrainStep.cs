@@ -4,7 +4,6 @@
 // linear into the trainable adapter tensors. No gradient of a frozen weight is ever formed. With offloading, the saved
 // layer inputs live in host memory and the device holds two [rows, dim] buffers instead of L+1.
 using VkPeft.Peft.Engine;
-using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
@@ -15,14 +14,14 @@ public sealed class TrainStep : IDisposable
 {
     private readonly DeviceLlama _model;
     private readonly ITrainableAdapter _adapter;
-    private readonly List<DeviceTensor> _owned = [];
+    private readonly IReadOnlyList<IDisposable> _owned;   // everything the constructor allocated
     private readonly LayerState[] _states;
     private readonly DeviceTensor[] _layerIn;          // L+1 x [rows, dim]: input of each layer, then the final hidden state (device)
     private readonly DeviceTensor[] _savedIn;          // L x [rows, dim]: layer inputs in host memory (offloading only)
     private readonly DeviceTensor? _xA, _xB;           // [rows, dim] device ping-pong buffers (offloading only)
     private readonly DeviceTensor? _scratchOut;        // [rows, dim] recomputed layer output (checkpointing without offloading)
-    private readonly DeviceTensor _hFinal, _dX, _dH, _dO, _dQ, _dK, _dV, _delta;
-    private readonly DeviceTensor? _dZ, _dHx;   // [rows, dim] block-hook gradients (bottleneck adapters only)
+    private readonly DeviceTensor _hFinal, _dX, _dH;
+    private readonly LayerGradients _grads;
     private readonly DeviceTensor _ids, _targets, _loss, _lossSum, _logits;
 
     public TrainStep(DeviceLlama model, ITrainableAdapter adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128,
@@ -38,15 +37,11 @@ public sealed class TrainStep : IDisposable
         var c = model.Config;
         var ctx = model.Context;
         int rows = batch * seqLen;
-        DeviceTensor T(string name, DType dt, params long[] shape)
-        {
-            var t = DeviceTensor.Create(ctx, name, dt, shape, MemoryCategory.Activations);
-            _owned.Add(t);
-            return t;
-        }
+        using var scope = new TensorScope();
+        DeviceTensor T(string name, DType dt, params long[] shape) => scope.Add(DeviceTensor.Create(ctx, name, dt, shape, MemoryCategory.Activations));
         _states = checkpointing
-            ? [new LayerState(ctx, c, batch, seqLen, "train.layer")]
-            : [.. Enumerable.Range(0, c.NLayers).Select(l => new LayerState(ctx, c, batch, seqLen, $"train.layer{l}"))];
+            ? [scope.Add(new LayerState(ctx, c, batch, seqLen, "train.layer"))]
+            : [.. Enumerable.Range(0, c.NLayers).Select(l => scope.Add(new LayerState(ctx, c, batch, seqLen, $"train.layer{l}")))];
         if (offloadCheckpoints)
         {
             _xA = T("train.x_a", DType.F32, rows, c.Dim);
@@ -54,9 +49,7 @@ public sealed class TrainStep : IDisposable
             _layerIn = [];
             _savedIn = [.. Enumerable.Range(0, c.NLayers).Select(l =>
             {
-                var t = DeviceTensor.Create(ctx, $"train.x{l}.host", DType.F32, [rows, c.Dim], MemoryCategory.Activations, MemoryPlace.Host);
-                _owned.Add(t);
-                return t;
+                return scope.Add(DeviceTensor.Create(ctx, $"train.x{l}.host", DType.F32, [rows, c.Dim], MemoryCategory.Activations, MemoryPlace.Host));
             })];
         }
         else
@@ -66,24 +59,17 @@ public sealed class TrainStep : IDisposable
             if (checkpointing) _scratchOut = T("train.x_recompute", DType.F32, rows, c.Dim);
         }
         _hFinal = T("train.h_final", DType.F32, rows, c.Dim);
-        _dX = T("train.dx", DType.F32, rows, c.Dim);
-        _dH = T("train.dh", DType.F32, rows, c.Dim);
-        _dO = T("train.do", DType.F32, rows, c.QDim);
-        _dQ = T("train.dq", DType.F32, rows, c.QDim);
-        _dK = T("train.dk", DType.F32, rows, c.KvDim);
-        _dV = T("train.dv", DType.F32, rows, c.KvDim);
-        _delta = T("train.attn_delta", DType.F32, batch, c.NHeads, seqLen);
-        if (adapter.HasBlockHooks)
-        {
-            _dZ = T("train.dz", DType.F32, rows, c.Dim);
-            _dHx = T("train.dh_adapter", DType.F32, rows, c.Dim);
-        }
+        if (adapter.AttentionPrefix != null || adapter.InputEmbedding != null)
+            throw new NotSupportedException("training attention prefixes and virtual tokens needs prefix support in the attention and embedding kernels, which the device runtime does not have yet");
+        _grads = scope.Add(new LayerGradients(ctx, c, batch, seqLen, adapter));
+        (_dX, _dH) = (_grads.DX, _grads.DH);
         _ids = T("train.ids", DType.I32, rows);
         _targets = T("train.targets", DType.I32, rows);
         _loss = T("train.loss_rows", DType.F32, rows);
         _lossSum = T("train.loss_sum", DType.F32, 1);
         LogitRows = Math.Min(logitRows, rows);
         _logits = T("train.logits", DType.F32, LogitRows, c.VocabSize);
+        _owned = scope.Keep();
     }
 
     public int Batch { get; }
@@ -131,7 +117,7 @@ public sealed class TrainStep : IDisposable
             for (int l = 0; l < c.NLayers; l++)
             {
                 BasicOps.Copy(cur, _savedIn[l]);
-                LayerForward.Run(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
+                DecoderLayer.Forward(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
                 (cur, next) = (next, cur);
                 Report("forward", l + 1, c.NLayers);
             }
@@ -142,7 +128,7 @@ public sealed class TrainStep : IDisposable
             _model.EmbedTokens(_ids, _layerIn[0]);
             for (int l = 0; l < c.NLayers; l++)
             {
-                LayerForward.Run(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
+                DecoderLayer.Forward(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
                 Report("forward", l + 1, c.NLayers);
             }
             xL = _layerIn[c.NLayers];
@@ -159,13 +145,13 @@ public sealed class TrainStep : IDisposable
             if (OffloadCheckpoints)
             {
                 BasicOps.Copy(_savedIn[l], _xA!);   // the final hidden state in x_a or x_b is no longer needed
-                LayerForward.Run(_model, l, State(l), _xA!, _xB!, Batch, SeqLen, 0, _adapter);
-                LayerBackward(l, State(l), _xA!);
+                DecoderLayer.Forward(_model, l, State(l), _xA!, _xB!, Batch, SeqLen, 0, _adapter);
+                DecoderLayer.Backward(_model, l, State(l), _xA!, _grads, _adapter);
                 Report("backward", c.NLayers - l, c.NLayers);
                 continue;
             }
-            if (Checkpointing) LayerForward.Run(_model, l, State(l), _layerIn[l], _scratchOut!, Batch, SeqLen, 0, _adapter);
-            LayerBackward(l, State(l), _layerIn[l]);
+            if (Checkpointing) DecoderLayer.Forward(_model, l, State(l), _layerIn[l], _scratchOut!, Batch, SeqLen, 0, _adapter);
+            DecoderLayer.Backward(_model, l, State(l), _layerIn[l], _grads, _adapter);
             Report("backward", c.NLayers - l, c.NLayers);
         }
         BasicOps.SumAll(_loss, _lossSum);
@@ -188,7 +174,7 @@ public sealed class TrainStep : IDisposable
         _model.EmbedTokens(_ids, cur);
         for (int l = 0; l < c.NLayers; l++)
         {
-            LayerForward.Run(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
+            DecoderLayer.Forward(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
             (cur, next) = (next, cur);
         }
         LossChunks(cur, null);
@@ -219,61 +205,8 @@ public sealed class TrainStep : IDisposable
         }
     }
 
-    /// <summary>dX: gradient of the layer output in, gradient of the layer input out (LoRA gradients accumulate).</summary>
-    private void LayerBackward(int l, LayerState s, DeviceTensor xIn)
-    {
-        var c = _model.Config;
-        var layer = _model.Layers[l];
-        float eps = (float)c.RmsNormEps;
-        var lora = _adapter;
-
-        // MLP block: x_out = x_mid + adapter(down(silu(gate(h2))·up(h2))).
-        var dz = _dX;
-        if (_dZ != null)
-        {
-            BasicOps.Fill(_dHx!, 0);
-            lora.MlpOutputBackward(l, s.H2, _dX, _dZ, _dHx!);
-            dz = _dZ;
-        }
-        // ∂loss/∂swiglu overwrites swiglu: the adapter reads it first and writes its input gradient there, then the base adds.
-        var dS = s.S;
-        bool adapterWrote = lora.LinearBackward(l, TargetModule.Down, s.S, dz, dS, overwriteDx: true);
-        layer.Down.InputGrad(dz, dS, beta: adapterWrote ? 1 : 0);
-        // dgate and dup overwrite gate and up: the layer's backward needs neither afterwards (checkpointing recomputes them).
-        var (dG, dU) = (s.G, s.U);
-        SwiGlu.Backward(s.G, s.U, dS, dG, dU);
-        layer.Gate.InputGrad(dG, _dH);
-        lora.LinearBackward(l, TargetModule.Gate, s.H2, dG, _dH);
-        layer.Up.InputGrad(dU, _dH, beta: 1);
-        lora.LinearBackward(l, TargetModule.Up, s.H2, dU, _dH);
-        if (_dHx != null) BasicOps.Add(_dH, _dHx, _dH);
-        RmsNorm.Backward(s.XMid, layer.FfnNorm, _dH, _dX, eps, accumulate: true);
-
-        // Attention block: x_mid = x_in + adapter(o_proj(attention(rope(q(h1)), rope(k(h1)), v(h1)))).
-        dz = _dX;
-        if (_dZ != null)
-        {
-            lora.AttentionOutputBackward(l, _dX, _dZ);
-            dz = _dZ;
-        }
-        layer.Wo.InputGrad(dz, _dO);
-        lora.LinearBackward(l, TargetModule.O, s.O, dz, _dO);
-        var lse = LayerForward.LseView(s, Batch, SeqLen, c.NHeads);
-        Attention.Backward(s.Q, s.K, s.V, s.O, lse, _dO, _dQ, _dK, _dV, _delta, Batch, SeqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
-        Rope.Apply(_dQ, _dQ, _model.InvFreq, c.HeadDim, _model.Pairing, 0, SeqLen, inverse: true);
-        Rope.Apply(_dK, _dK, _model.InvFreq, c.HeadDim, _model.Pairing, 0, SeqLen, inverse: true);
-        layer.Wq.InputGrad(_dQ, _dH);
-        lora.LinearBackward(l, TargetModule.Q, s.H1, _dQ, _dH);
-        layer.Wk.InputGrad(_dK, _dH, beta: 1);
-        lora.LinearBackward(l, TargetModule.K, s.H1, _dK, _dH);
-        layer.Wv.InputGrad(_dV, _dH, beta: 1);
-        lora.LinearBackward(l, TargetModule.V, s.H1, _dV, _dH);
-        RmsNorm.Backward(xIn, layer.AttnNorm, _dH, _dX, eps, accumulate: true);
-    }
-
     public void Dispose()
     {
-        foreach (var s in _states) s.Dispose();
         foreach (var t in _owned) t.Dispose();
     }
 }

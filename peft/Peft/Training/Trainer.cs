@@ -35,6 +35,9 @@ public sealed class NonFiniteLossException(string message) : Exception(message);
 
 public sealed class Trainer : IDisposable
 {
+    /// <summary>Without --checkpointing, checkpointing switches on above this many base linear parameters.</summary>
+    public const long AutoCheckpointingLinearParameters = 200_000_000;
+
     public const string StateFile = TrainCheckpoint.StateFile;
     public const string OptimizerFile = TrainCheckpoint.OptimizerFile;
 
@@ -60,11 +63,11 @@ public sealed class Trainer : IDisposable
         _config = model.Config;
         _o = options;
         _data = data;
-        Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > 200_000_000);
+        Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > AutoCheckpointingLinearParameters);
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
-        AdapterFactory.Initialize(_params, _config, options.Adapter, options.Seed);
-        _lora = AdapterFactory.Create(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
+        options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);
+        _lora = options.Adapter.Method.CreateRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
         _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows, options.OffloadCheckpoints);
     }
 
@@ -79,7 +82,7 @@ public sealed class Trainer : IDisposable
     /// </summary>
     private static void RefuseIfTooBig(VulkanContext ctx, DeviceLlama model, TrainOptions o, bool checkpointing)
     {
-        if (o.Adapter.Method == PeftMethod.Adapter) return;
+        if (o.Adapter.Method.NotPlanned != null) return;
         var setup = new Planning.TrainSetup
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,

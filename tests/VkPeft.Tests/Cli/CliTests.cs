@@ -80,6 +80,7 @@ public sealed class CliTests : IDisposable
         { ["train", "--model", "MODEL", "--data", "DATA", "--steps", "2", "--method", "qalora", "--out", "OUT"], "does not divide" },
         { ["train", "--model", "MODEL", "--data", "EMPTY", "--steps", "2", "--out", "OUT"], "EMPTY" },
         { ["info", "--memory-budget", "12X"], "--memory-budget" },
+        { ["info", "--kernels", "turbo"], "--kernels" },
         { ["train", "--model", "MODEL", "--data", "DATA", "--steps", "2", "--offload-checkpoints", "--checkpointing", "false", "--out", "OUT"], "--checkpointing" },
         { ["plan", "--config", "stories260K", "--memory", "8GiB", "--check", "--check-steps", "0"], "--check-steps" },
         { ["generate", "--model", "CORRUPT", "--prompt", "x"], "CORRUPT" },

@@ -1,6 +1,7 @@
 // Adapter files: PEFT LoRA keys/shapes/config and the q/k row permutation, the vkpeft format for LoRA, QA-LoRA and
 // bottleneck adapters, PEFT use_qalora exactness, GGUF LoRA fields, and clear errors for bad adapter folders.
 using System.Text.Json;
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
@@ -45,7 +46,7 @@ public sealed class AdapterExportTests
         Assert.Equal(2 * 7 * c.NLayers, f.Tensors.Count);
         foreach (var t in Enum.GetValues<TargetModule>())
         {
-            var (outF, inF) = ModelTensors.Shape(c, t);
+            var (outF, inF) = c.LinearShape(t);
             string prefix = $"base_model.model.model.layers.{c.NLayers - 1}.{AdapterConfig.HfPath(t)}";
             Assert.Equal(new long[] { 4, inF }, f.Info(prefix + ".lora_A.weight").Shape);
             Assert.Equal(new long[] { outF, 4 }, f.Info(prefix + ".lora_B.weight").Shape);
@@ -96,7 +97,7 @@ public sealed class AdapterExportTests
         var adapters = new[]
         {
             RandomLora(c, 3, rsLora: true),
-            RandomLora(c, 4, PeftMethod.QaLora, groupSize: 4, baseQuant: new BaseQuantization("int4", 4)),
+            RandomLora(c, 4, PeftMethod.QaLora, groupSize: 4, baseQuant: new BaseQuant("int4", 4)),
             RandomBottleneck(c, 5),
         };
         for (int k = 0; k < adapters.Length; k++)
@@ -135,7 +136,7 @@ public sealed class AdapterExportTests
         var c = Base.Config;
         // g = 16 on the 64-wide inputs: L = 4 groups, a power of two, so A/L is exact.
         var exact = RandomLora(c, 8, PeftMethod.QaLora, targets: [TargetModule.Q, TargetModule.V, TargetModule.Gate], groupSize: 16,
-            baseQuant: new BaseQuantization("int4", 16));
+            baseQuant: new BaseQuant("int4", 16));
         Save(exact, dir.File("qa"), ExportFormat.Peft);
         using (var cfg = JsonDocument.Parse(File.ReadAllBytes(dir.File("qa/adapter_config.json"))))
         {
@@ -149,7 +150,7 @@ public sealed class AdapterExportTests
         }
         SameTensors(exact, AdapterIO.Load(dir.File("qa"), c));
         // down_proj with g = 4: L = 172/4 = 43 groups; A/43 is not exact in float32, so PEFT's form is refused.
-        var inexact = RandomLora(c, 9, PeftMethod.QaLora, targets: [TargetModule.Down], groupSize: 4, baseQuant: new BaseQuantization("int4", 4));
+        var inexact = RandomLora(c, 9, PeftMethod.QaLora, targets: [TargetModule.Down], groupSize: 4, baseQuant: new BaseQuant("int4", 4));
         var e = Assert.Throws<ExportException>(() => Save(inexact, dir.File("qa2"), ExportFormat.Peft));
         Assert.Contains("43", e.Message, StringComparison.Ordinal);
     }

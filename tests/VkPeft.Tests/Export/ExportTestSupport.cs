@@ -1,6 +1,7 @@
 // Shared pieces of the export tests: the stories260K base, random small adapters, logits helpers and a second,
 // independent GGUF reader written from the spec (header, typed KVs, tensor infos, alignment, block layouts).
 using System.Text;
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Tests.Models;
@@ -31,9 +32,10 @@ internal static class ExportTestSupport
     }
 
     /// <summary>A LoRA/QA-LoRA adapter with random A and (non-zero) B for every target of <paramref name="c"/>.</summary>
-    public static AdapterWeights RandomLora(LlamaConfig c, int seed, PeftMethod method = PeftMethod.Lora, TargetModule[]? targets = null,
-        int rank = 4, float alpha = 8, bool rsLora = false, int groupSize = 32, BaseQuantization? baseQuant = null)
+    public static AdapterWeights RandomLora(LlamaConfig c, int seed, PeftMethod? method = null, TargetModule[]? targets = null,
+        int rank = 4, float alpha = 8, bool rsLora = false, int groupSize = 32, BaseQuant? baseQuant = null)
     {
+        method ??= PeftMethod.Lora;
         var cfg = new AdapterConfig
         {
             Method = method,
@@ -42,19 +44,14 @@ internal static class ExportTestSupport
             UseRsLora = rsLora,
             Targets = targets ?? Enum.GetValues<TargetModule>(),
             GroupSize = groupSize,
-            BaseQuant = baseQuant ?? new BaseQuantization("nf4", 64),
+            BaseQuant = baseQuant ?? new BaseQuant("nf4", 64),
             BaseModel = "stories260K",
         };
         var rng = new Random(seed);
         var a = new AdapterWeights(cfg);
         foreach (var t in cfg.Targets)
         {
-            int[] shape = LlamaWeights.ShapeOf(c, t switch
-            {
-                TargetModule.Q => LlamaTensorKind.Wq, TargetModule.K => LlamaTensorKind.Wk, TargetModule.V => LlamaTensorKind.Wv,
-                TargetModule.O => LlamaTensorKind.Wo, TargetModule.Gate => LlamaTensorKind.WGate, TargetModule.Up => LlamaTensorKind.WUp,
-                _ => LlamaTensorKind.WDown,
-            });
+            int[] shape = LlamaWeights.ShapeOf(c, t.ToKind());
             int outF = shape[0], inF = method == PeftMethod.QaLora ? shape[1] / groupSize : shape[1];
             for (int l = 0; l < c.NLayers; l++)
             {
@@ -68,7 +65,7 @@ internal static class ExportTestSupport
     /// <summary>A Houlsby bottleneck adapter with random tensors.</summary>
     public static AdapterWeights RandomBottleneck(LlamaConfig c, int seed, int bottleneck = 8)
     {
-        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, Bottleneck = bottleneck, BaseQuant = new BaseQuantization("nf4-dq", 64) };
+        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, Bottleneck = bottleneck, BaseQuant = new BaseQuant("nf4-dq", 64) };
         var rng = new Random(seed);
         var a = new AdapterWeights(cfg);
         for (int l = 0; l < c.NLayers; l++)

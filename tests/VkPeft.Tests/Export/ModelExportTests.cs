@@ -1,6 +1,7 @@
 // Model exports of stories260K (safetensors f32/f16/bf16/nf4/nf4-dq and shards, GGUF f32/f16/q8_0/q4_0/q4_1,
 // llama2.c) loaded back through ModelLoader give the expected logits; GGUF files also parse with MiniGguf.
 using System.Text.Json;
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
@@ -110,7 +111,7 @@ public sealed class ModelExportTests(ITestOutputHelper output)
         double maxErr = 0;
         var expected = ModelTensors.WithLinears(hw, (_, t, w) =>
         {
-            var (o, i) = ModelTensors.Shape(hc, t);
+            var (o, i) = hc.LinearShape(t);
             var back = QuantizedLinearWeight.Bnb4Bit(w, o, i, QuantType.Nf4, 64, dq).Dequantize();
             maxErr = Math.Max(maxErr, MaxAbsDiff(back, w));
             return back;
@@ -129,7 +130,7 @@ public sealed class ModelExportTests(ITestOutputHelper output)
     public void Nf4ExportOfAMergedLoraReportsTheRequantizationError()
     {
         using var dir = new TempDir();
-        var adapter = RandomLora(Base.Config, 31, baseQuant: new BaseQuantization("nf4-dq", 64));
+        var adapter = RandomLora(Base.Config, 31, baseQuant: new BaseQuant("nf4-dq", 64));
         var report = Run(dir.File("nf4"), ExportFormat.Safetensors, ExportDType.Nf4Dq, adapter);
         var merged = AdapterMerge.MergeDense(Base.Config, Base.Weights, adapter, MergeFrom.Dequantized);
         var (hc, hw) = ModelTensors.ToLayout(merged.Config, merged.Weights, RopeLayout.RotateHalf);
@@ -137,7 +138,7 @@ public sealed class ModelExportTests(ITestOutputHelper output)
         foreach (var layer in hw.Layers)
             foreach (var t in ModelTensors.LinearKinds)
             {
-                var (o, i) = ModelTensors.Shape(hc, t);
+                var (o, i) = hc.LinearShape(t);
                 float[] w = ModelTensors.Linear(layer, t);
                 expected = Math.Max(expected, MaxAbsDiff(QuantizedLinearWeight.Bnb4Bit(w, o, i, QuantType.Nf4, 64, true).Dequantize(), w));
             }
@@ -302,7 +303,7 @@ public sealed class ModelExportTests(ITestOutputHelper output)
         var adapter = RandomLora(c, 11, targets: [TargetModule.V, TargetModule.Down], rsLora: true);
         var a = adapter.Tensors[AdapterWeights.LoraA(1, TargetModule.Down)];
         var b = adapter.Tensors[AdapterWeights.LoraB(1, TargetModule.Down)];
-        var (outF, inF) = ModelTensors.Shape(c, TargetModule.Down);
+        var (outF, inF) = c.LinearShape(TargetModule.Down);
         float[] w = Base.Weights.Layers[1].WDown;
         float[] nf4 = QuantizedLinearWeight.Bnb4Bit(w, outF, inF, QuantType.Nf4, 64, false).Dequantize();
         var fromDequant = AdapterMerge.MergeDense(c, Base.Weights, adapter, MergeFrom.Dequantized).Weights.Layers[1].WDown;

@@ -1,8 +1,10 @@
 // The lossless QA-LoRA merge: INT4 safetensors export keeps codes and scales, shifts only the mins, dequantizes to
 // base+ΔW within 1e-6 (relative to the tensor's range) and gives base+adapter logits; GGUF Q4_1 export with g = 32.
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using VkPeft.Quant;
 using VkPeft.Tests.Models;
@@ -21,7 +23,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
         var ex = new Dictionary<(int, TargetModule), double[]>();
         var w = ModelTensors.WithLinears(Base.Weights, (l, t, w) =>
         {
-            var (outF, inF) = ModelTensors.Shape(c, t);
+            var (outF, inF) = c.LinearShape(t);
             float[] deq = QuantizedLinearWeight.Int4Group(w, outF, inF, cfg.GroupSize).Dequantize();
             var sum = deq.Select(v => (double)v).ToArray();
             if (targets.Contains(t))
@@ -48,7 +50,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
     public void Int4SafetensorsMergeShiftsOnlyTheMinsAndIsExact()
     {
         var c = Base.Config;
-        var adapter = RandomLora(c, 21, PeftMethod.QaLora, groupSize: 4, rank: 4, alpha: 8, baseQuant: new BaseQuantization("int4", 4));
+        var adapter = RandomLora(c, 21, PeftMethod.QaLora, groupSize: 4, rank: 4, alpha: 8, baseQuant: new BaseQuant("int4", 4));
         using var dir = new TempDir();
         string outDir = dir.File("int4");
         var report = Exporter.Export(Base, adapter, new ExportOptions { Format = ExportFormat.Safetensors, DType = ExportDType.Int4, OutPath = outDir });
@@ -62,7 +64,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
             foreach (var (kind, t) in new[] { (LlamaTensorKind.Wq, TargetModule.Q), (LlamaTensorKind.WDown, TargetModule.Down) })
             {
                 string name = HfCheckpoint.TensorName(kind, 1);
-                var (outF, inF) = ModelTensors.Shape(c, t);
+                var (outF, inF) = c.LinearShape(t);
                 var baseQ = Int4GroupCodec.Quantize(ModelTensors.Linear(hw.Layers[1], t), outF, inF, 4);
                 var stored = QuantizedSafeTensors.ReadInt4(set, name, [outF, inF], 4);
                 Assert.Equal(baseQ.Packed, stored.Packed);
@@ -95,7 +97,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
     {
         var c = Base.Config;
         TargetModule[] targets = [TargetModule.Q, TargetModule.K, TargetModule.V, TargetModule.O, TargetModule.Gate, TargetModule.Up];
-        var adapter = RandomLora(c, 22, PeftMethod.QaLora, targets: targets, groupSize: 32, baseQuant: new BaseQuantization("int4", 32));
+        var adapter = RandomLora(c, 22, PeftMethod.QaLora, targets: targets, groupSize: 32, baseQuant: new BaseQuant("int4", 32));
         using var dir = new TempDir();
         string path = dir.File("m.gguf");
         var report = Exporter.Export(Base, adapter, new ExportOptions { Format = ExportFormat.Gguf, DType = ExportDType.Q4_1, OutPath = path });
@@ -106,7 +108,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
         Assert.All(report.Fallbacks, f => Assert.Contains("ffn_down", f.Tensor, StringComparison.Ordinal));
 
         // Every Q4_1 block of a merged linear weight holds the INT4 codes; d and m are the fp16 scale and min'.
-        var merged = AdapterMerge.MergeQaLoraInt4(c, Base.Weights, adapter);
+        var merged = QaLoraMerge.MergeInt4(c, Base.Weights, adapter);
         var q = merged.Int4![(2, TargetModule.Q)];
         var mini = MiniGguf.Read(path);
         var info = mini.Infos.Single(t => t.Name == "blk.2.attn_q.weight");
@@ -141,8 +143,8 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
     public void QaLoraExpandsToAnEquivalentPlainLora()
     {
         var c = Base.Config;
-        var adapter = RandomLora(c, 23, PeftMethod.QaLora, groupSize: 4, baseQuant: new BaseQuantization("int4", 4));
-        var plain = AdapterMerge.ExpandQaLora(adapter, c);
+        var adapter = RandomLora(c, 23, PeftMethod.QaLora, groupSize: 4, baseQuant: new BaseQuant("int4", 4));
+        var plain = QaLoraMerge.ExpandToLora(adapter, c);
         Assert.Equal(PeftMethod.Lora, plain.Config.Method);
         foreach (var t in ModelTensors.LinearKinds)
         {

@@ -37,7 +37,7 @@ public sealed class PlanHonouredTests : IDisposable
         var data = TrainingData.FromWindows([Window(), Window()], []);
         var options = new TrainOptions
         {
-            Data = "random", Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, BaseQuant = new BaseQuantization("nf4-dq", 64) },
+            Data = "random", Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, BaseQuant = new BaseQuant("nf4-dq", 64) },
             Quant = BaseQuant.Parse("nf4-dq"), Steps = 2, Batch = 1, SeqLen = seq, Checkpointing = option.Checkpointing, LogitRows = option.LogitRows,
             OffloadCheckpoints = option.OffloadCheckpoints, OptimizerOnHost = option.OptimizerOnHost, Out = Path.Combine(_dir, "run"), Lr = 1e-4f,
         };

@@ -74,6 +74,8 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
                 d.Add(f, 1, 33, IsGguf(f) ? 64 : 128, alg);     // generation: one token; word path for nibble formats
                 d.Add(f, 67, 17, IsGguf(f) ? 96 : 172, alg);    // K not a multiple of 8 or of the block
                 d.Add(f, 3, 70, 256, alg);
+                d.Add(f, 20, 24, 128, alg);                     // 16-row word tiles
+                d.Add(f, 600, 9, IsGguf(f) ? 64 : 192, alg);    // 32-row word tiles, a partial last tile
             }
         }
         return d;
@@ -81,7 +83,19 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
 
     [Theory]
     [MemberData(nameof(MatmulCases))]
-    public void FusedForwardAndInputGradientMatchCpu(string format, int m, int n, int k, MatMulAlgorithm algorithm)
+    public void FusedForwardAndInputGradientMatchCpu(string format, int m, int n, int k, MatMulAlgorithm algorithm) =>
+        // The device decodes exactly the codec's values (previous test), so only fp32 summation error remains: γ_K bound.
+        CheckForwardAndInputGrad(format, m, n, k, $"{format} {algorithm}", 0,
+            (x, w, y) => QuantizedMatMul.Forward(x, w, y, algorithm: algorithm, fp16Tiles: false),
+            (dy, w, dx) => QuantizedMatMul.InputGrad(dy, w, dx, algorithm: algorithm, fp16Tiles: false));
+
+    /// <summary>
+    /// Runs a fused forward and input gradient on a weight of the format (guard regions around every output) and checks
+    /// both against the float64 CPU product of the dequantized weight within the fp32 bound, widened by
+    /// <paramref name="rounding"/> (relative rounding of the weight tile) where the kernel stores weights in fp16.
+    /// </summary>
+    private void CheckForwardAndInputGrad(string format, int m, int n, int k, string what, double rounding,
+        Action<DeviceTensor, DeviceQuantizedWeight, DeviceTensor> forward, Action<DeviceTensor, DeviceQuantizedWeight, DeviceTensor> inputGrad)
     {
         var q = Make(format, n, k, m * 7 + n);
         var deq = q.Dequantize();
@@ -90,18 +104,65 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
         using var tx = Guarded.Create(Ctx, "x", m, k);
         using var ty = Guarded.Create(Ctx, "y", m, n);
         tx.Upload(x);
-        QuantizedMatMul.Forward(tx.Tensor, w, ty.Tensor, algorithm: algorithm);
+        forward(tx.Tensor, w, ty.Tensor);
         var (expected, abs) = CpuReference.MatMul(x, deq, m, n, k, transposeB: true);
-        // The device decodes exactly the codec's values (previous test), so only fp32 summation error remains: γ_K bound.
-        MatMulTests.AssertWithinFp32Bound(expected, abs, ty.Download(), k, $"{format} forward");
+        MatMulTests.AssertWithinFp32Bound(expected, abs, ty.Download(), k, $"{what} forward", rounding);
 
         var dy = TestData.Uniform(m * n, m + 2);
         using var tdy = Guarded.Create(Ctx, "dy", m, n);
         using var tdx = Guarded.Create(Ctx, "dx", m, k);
         tdy.Upload(dy);
-        QuantizedMatMul.InputGrad(tdy.Tensor, w, tdx.Tensor, algorithm: algorithm);
+        inputGrad(tdy.Tensor, w, tdx.Tensor);
         var (gExpected, gAbs) = CpuReference.MatMul(dy, deq, m, k, n, transposeB: false);
-        MatMulTests.AssertWithinFp32Bound(gExpected, gAbs, tdx.Download(), n, $"{format} input gradient");
+        MatMulTests.AssertWithinFp32Bound(gExpected, gAbs, tdx.Download(), n, $"{what} input gradient", rounding);
+    }
+
+    /// <summary>
+    /// Shared-tiles path with explicit tile shapes and tile types: every format, shapes where K (forward) and N (input
+    /// gradient) are multiples of the decode chunk (word path: each code word decoded once per tile) and where they are
+    /// not (element path), M = 1, 3, 67, 600, odd N; table entry and fp16/fp32 tile rotate over the cases.
+    /// </summary>
+    public static TheoryData<string, int, int, int, int, bool> TileCases()
+    {
+        var d = new TheoryData<string, int, int, int, int, bool>();
+        (int M, int N, int K)[] shapes = [(1, 33, 128), (3, 17, 172), (67, 9, 192), (600, 5, 96)];
+        for (int f = 0; f < Formats.Length; f++)
+            for (int s = 0; s < shapes.Length; s++)
+            {
+                var (m, n, k) = shapes[s];
+                if (IsGguf(Formats[f]) && k % 32 != 0) k = 96;
+                d.Add(Formats[f], m, n, k, (f + s) % MatMulTiles.Table.Length, (f + s) % 2 == 0);
+            }
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(TileCases))]
+    public void SharedTilesMatchCpuForEveryTileShapeAndTileType(string format, int m, int n, int k, int table, bool fp16)
+    {
+        var tiles = MatMulTiles.Table[table];
+        if (fp16 && !Ctx.Caps.ShaderFloat16 || !MatMulTiles.Fits(tiles, Ctx.Caps, fp16))
+        {
+            // What this device cannot run is refused up front with a clear error (never a driver fault).
+            var q0 = Make(format, n, k, 1);
+            using var w0 = DeviceQuantizedWeight.Upload(Ctx, "w", q0);
+            using var x0 = DeviceTensor.Create(Ctx, "x", DType.F32, [m, k], MemoryCategory.Workspace);
+            using var y0 = DeviceTensor.Create(Ctx, "y", DType.F32, [m, n], MemoryCategory.Workspace);
+            Assert.Throws<ArgumentException>(() => QuantizedMatMul.Forward(x0, w0, y0, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16));
+            return;
+        }
+        // fp32 tiles: only fp32 summation error (γ_K); fp16 tiles also round each decoded weight by ≤ 2⁻¹¹ relative.
+        CheckForwardAndInputGrad(format, m, n, k, $"{format} {tiles.Name} fp16={fp16}", fp16 ? 1.0 / 2048 : 0,
+            (x, w, y) => QuantizedMatMul.Forward(x, w, y, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16),
+            (dy, w, dx) => QuantizedMatMul.InputGrad(dy, w, dx, algorithm: MatMulAlgorithm.SharedTiles, tiles: tiles, fp16Tiles: fp16));
+    }
+
+    [Fact]
+    public void TheTestDeviceRunsFp16TilesAndAtLeastTwoTileShapes()
+    {
+        // The rotating cases above only prove the fp16 and multi-shape paths where the device can run them: lavapipe can.
+        Assert.True(Ctx.Caps.ShaderFloat16, "the test device should offer shaderFloat16");
+        Assert.True(MatMulTiles.Table.Count(t => MatMulTiles.Fits(t, Ctx.Caps, true)) >= 2);
     }
 
     [Theory]

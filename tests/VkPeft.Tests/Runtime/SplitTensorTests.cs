@@ -79,7 +79,7 @@ public sealed class SplitTensorTests : SplitDeviceTests
         using var tx = Make("x", x, m, k);
         using var ty = DeviceTensor.Create(Ctx, "y", DType.F32, [m, n], MemoryCategory.Workspace);
         Assert.True(tx.Segments.Count > 1 && ty.Segments.Count > 1);
-        QuantizedMatMul.Forward(tx, w, ty, algorithm: algorithm);
+        QuantizedMatMul.Forward(tx, w, ty, algorithm: algorithm, fp16Tiles: false);   // fp32 tiles: the fp32 bound below
         var (expected, abs) = CpuReference.MatMul(x, deq, m, n, k, transposeB: true);
         MatMulTests.AssertWithinFp32Bound(expected, abs, ty.ToArray<float>(), k, $"split {format} forward");
 
@@ -87,7 +87,7 @@ public sealed class SplitTensorTests : SplitDeviceTests
         using var tdy = Make("dy", dy, m, n);
         using var tdx = DeviceTensor.Create(Ctx, "dx", DType.F32, [m, k], MemoryCategory.Workspace);
         tdx.Upload<float>(x);   // beta = 1 accumulates onto x
-        QuantizedMatMul.InputGrad(tdy, w, tdx, beta: 1, algorithm: algorithm);
+        QuantizedMatMul.InputGrad(tdy, w, tdx, beta: 1, algorithm: algorithm, fp16Tiles: false);
         var (g, gAbs) = CpuReference.MatMul(dy, deq, m, k, n, transposeB: false);
         for (int i = 0; i < g.Length; i++) { g[i] += x[i]; gAbs[i] += Math.Abs(x[i]); }
         MatMulTests.AssertWithinFp32Bound(g, gAbs, tdx.ToArray<float>(), n + 1, $"split {format} input gradient");

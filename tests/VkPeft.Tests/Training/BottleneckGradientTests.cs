@@ -2,6 +2,7 @@
 // whole tiny model with an NF4+DQ base, and the exact identity of a freshly initialized adapter.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Memory;
@@ -57,13 +58,13 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         var bq = BaseQuant.Parse("nf4-dq");
         var cfg = new AdapterConfig
         {
-            Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 3, Activation = act, AdapterScale = 4f, BaseQuant = bq.ToRecord(),
+            Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 3, Activation = act, AdapterScale = 4f, BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         var reference = Reference(model, c, w);
 
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
-        AdapterFactory.Initialize(p, c, cfg, seed: 3);
+        cfg.Method.Initialize(p, c, cfg, seed: 3);
         Assert.Equal(c.NLayers * (kind == BottleneckKind.Houlsby ? 2 : 1) * 4, p.ByName.Count);
         // up and the biases start at zero in training; give them values so that every gradient is non-trivial.
         var host = new Dictionary<string, double[]>();
@@ -75,7 +76,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
             t.Param.Upload<float>(v);
             host[name] = v.Select(x => (double)x).ToArray();
         }
-        using var adapter = (BottleneckRuntime)AdapterFactory.Create(Ctx, c, cfg, p, maxRows: 2 * 5);
+        using var adapter = (BottleneckRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 2 * 5);
         using var step = new TrainStep(model, adapter, batch: 2, seqLen: 5, checkpointing);
         int[] ids = [1, 5, 9, 2, 30, 7, 7, 3, 36, 0];
         int[] targets = [5, 9, 2, 30, -1, 7, 3, 36, 0, 11];   // one masked position
@@ -159,10 +160,10 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
     {
         var (c, w) = TinyModels.Random(5);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 5, BaseQuant = bq.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 5, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
-        AdapterFactory.Initialize(p, c, cfg, seed: 9);
+        cfg.Method.Initialize(p, c, cfg, seed: 9);
         foreach (var (name, t) in p.ByName)
         {
             var v = t.Param.ToArray<float>();
@@ -174,7 +175,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
             }
             else Assert.All(v, x => Assert.Equal(0f, x));
         }
-        using var adapter = (BottleneckRuntime)AdapterFactory.Create(Ctx, c, cfg, p, maxRows: 2 * 6);
+        using var adapter = (BottleneckRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 2 * 6);
         adapter.Training = training;
         using var runner = new LlamaRunner(model, 2, 6, kvCache: false);
         runner.Ids.Upload<int>([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]);
@@ -200,11 +201,11 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         var cfg = new AdapterConfig
         {
             Method = PeftMethod.Adapter, BottleneckKind = BottleneckKind.Parallel, Bottleneck = 4, Activation = BottleneckActivation.Relu,
-            AdapterScale = 2f, BaseQuant = BaseQuant.None.ToRecord(),
+            AdapterScale = 2f, BaseQuant = BaseQuant.None,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
         using var p = new TrainableParameters(Ctx, withOptimizer: false);
-        AdapterFactory.Initialize(p, c, cfg, seed: 1);
+        cfg.Method.Initialize(p, c, cfg, seed: 1);
         int b = cfg.Bottleneck, dim = c.Dim;
         var down = new float[b * dim];
         var up = new float[dim * b];
@@ -216,7 +217,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
             p[AdapterWeights.Bottleneck(l, "mlp", "up")].Upload<float>(up);
             p[AdapterWeights.Bottleneck(l, "mlp", "down_bias")].Upload<float>(downBias);
         }
-        using var adapter = (BottleneckRuntime)AdapterFactory.Create(Ctx, c, cfg, p, maxRows: 3);
+        using var adapter = (BottleneckRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 3);
         using var h = DeviceTensor.Create(Ctx, "h", DType.F32, [3, dim], MemoryCategory.Workspace);
         using var z = DeviceTensor.Create(Ctx, "z", DType.F32, [3, dim], MemoryCategory.Workspace);
         // Rows put h_k exactly on, below and above each unit's kink −b_k.

@@ -5,6 +5,7 @@ using VkPeft.Cli;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -50,7 +51,7 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
             Adapter = new AdapterConfig
             {
                 Method = PeftMethod.Adapter, BottleneckKind = BottleneckKind.Houlsby, Bottleneck = 8, Activation = BottleneckActivation.Silu,
-                BaseQuant = quant.ToRecord(), BaseModel = ModelPath,
+                BaseQuant = quant, BaseModel = ModelPath,
             },
             Quant = quant,
             Steps = 30,
@@ -94,7 +95,7 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
 
         using var p = new TrainableParameters(Ctx, withOptimizer: false);
         foreach (var (name, t) in loaded.Tensors) p.Add(name, t.Shape, t.Data);
-        using var adapter = (BottleneckRuntime)AdapterFactory.Create(Ctx, host.Config, loaded.Config, p, options.Batch * options.SeqLen);
+        using var adapter = (BottleneckRuntime)loaded.Config.Method.CreateRuntime(Ctx, host.Config, loaded.Config, p, options.Batch * options.SeqLen);
         using var runner = new LlamaRunner(model, Math.Min(options.Batch, data.Eval.Count), options.SeqLen, kvCache: false) { Adapter = adapter };
         double reloadedEval = Evaluator.Evaluate(runner, [.. data.Eval.Select(w => new Evaluator.Window(w.Inputs, w.Targets))]).MeanNll;
         Assert.Equal(trainedEval, reloadedEval, 6);

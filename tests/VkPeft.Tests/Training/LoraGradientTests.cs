@@ -2,6 +2,7 @@
 // GPU gradients of every A and B against float64 central differences of the reference forward with the adapter hooked in.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
@@ -16,12 +17,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
 {
     private VulkanContext Ctx => gpu.Context;
 
-    internal static TargetModule ToTarget(LlamaTensorKind k) => k switch
-    {
-        LlamaTensorKind.Wq => TargetModule.Q, LlamaTensorKind.Wk => TargetModule.K, LlamaTensorKind.Wv => TargetModule.V,
-        LlamaTensorKind.Wo => TargetModule.O, LlamaTensorKind.WGate => TargetModule.Gate, LlamaTensorKind.WUp => TargetModule.Up,
-        _ => TargetModule.Down,
-    };
+    internal static TargetModule ToTarget(LlamaTensorKind k) => k.ToTarget()!.Value;
 
     [Theory]
     [InlineData("lora", "nf4-dq", false)]
@@ -39,7 +35,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
         var cfg = new AdapterConfig
         {
             Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 3, GroupSize = 8,
-            BaseQuant = bq.ToRecord(),
+            BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         // The reference uses exactly the base the device holds (dequantized), so only the adapter math is compared.
@@ -53,7 +49,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
         var reference = new ReferenceForward(c, TinyModels.WithLinears(w, (l, k) => deq[l][k]));
 
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
-        LoraRuntime.Initialize(p, c, cfg, seed: 3);
+        cfg.Method.Initialize(p, c, cfg, seed: 3);
         // B starts at zero in training; give it values so that every gradient is non-trivial.
         var host = new Dictionary<string, double[]>();
         int s = 100;

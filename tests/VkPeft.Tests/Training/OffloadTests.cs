@@ -2,6 +2,7 @@
 // memory gives bit-identical parameters, and the offloaded bytes are charged to the host arena, not the device's.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
@@ -24,13 +25,13 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(21, layers: 3);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 3, Alpha = 6, Dropout = dropout, BaseQuant = bq.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 3, Alpha = 6, Dropout = dropout, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         var host = Ctx.HostArena.Accounting;
         long hostOptBefore = host.Current(MemoryCategory.Optimizer), hostActBefore = host.Current(MemoryCategory.Activations);
         long devOptBefore = Ctx.Arena.Accounting.Current(MemoryCategory.Optimizer);
         using var p = new TrainableParameters(Ctx, withOptimizer: true, optimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
-        LoraRuntime.Initialize(p, c, cfg, seed: 4);
+        cfg.Method.Initialize(p, c, cfg, seed: 4);
         using var lora = new LoraRuntime(Ctx, c, cfg, p, maxRows: 18);
         using var step = new TrainStep(model, lora, batch: 2, seqLen: 9, checkpointing: true, logitRows: 5, offloadCheckpoints: offload);
         long hostOpt = host.Current(MemoryCategory.Optimizer) - hostOptBefore, hostAct = host.Current(MemoryCategory.Activations) - hostActBefore;
@@ -71,10 +72,10 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(22, layers: 2);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = bq.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
-        LoraRuntime.Initialize(p, c, cfg, seed: 9);
+        cfg.Method.Initialize(p, c, cfg, seed: 9);
         foreach (var (name, t) in p.ByName)
             if (name.EndsWith("lora_b", StringComparison.Ordinal)) t.Param.Upload<float>(TestData.Normal((int)t.Param.Count, 3, 0.3f));
         using var lora = new LoraRuntime(Ctx, c, cfg, p, maxRows: 18);
@@ -95,9 +96,9 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(23, layers: 1);
         using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = BaseQuant.None.ToRecord() };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = BaseQuant.None };
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
-        LoraRuntime.Initialize(p, c, cfg, seed: 1);
+        cfg.Method.Initialize(p, c, cfg, seed: 1);
         using var lora = new LoraRuntime(Ctx, c, cfg, p, maxRows: 4);
         var e = Assert.Throws<FormatException>(() => new TrainStep(model, lora, 1, 4, checkpointing: false, offloadCheckpoints: true));
         Assert.Contains("--checkpointing", e.Message);

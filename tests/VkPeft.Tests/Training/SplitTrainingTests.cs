@@ -3,6 +3,7 @@
 // gradients agree with the same step on a context where everything fits one binding.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
@@ -20,11 +21,11 @@ public sealed class SplitTrainingTests
         var cfg = new AdapterConfig
         {
             Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 4, GroupSize = 8, Dropout = method == "lora-dropout" ? 0.1f : 0,
-            BaseQuant = bq.ToRecord(),
+            BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(ctx, c, w, bq);
         using var p = new TrainableParameters(ctx, withOptimizer: true, offload ? MemoryPlace.Host : MemoryPlace.Device);
-        LoraRuntime.Initialize(p, c, cfg, seed: 3);
+        cfg.Method.Initialize(p, c, cfg, seed: 3);
         foreach (var (name, t) in p.ByName)
             if (name.EndsWith("lora_b", StringComparison.Ordinal)) t.Param.Upload<float>(TestData.Normal((int)t.Param.Count, 5, 0.3f));
         using var lora = new LoraRuntime(ctx, c, cfg, p, maxRows: seqLen);

@@ -38,14 +38,14 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
         return path;
     }
 
-    private TrainOptions Options(string outDir, int steps, PeftMethod method = PeftMethod.Lora, BaseQuant? quant = null) => new()
+    private TrainOptions Options(string outDir, int steps, PeftMethod? method = null, BaseQuant? quant = null) => new()
     {
         Data = WriteData(_dir, 48, 1),
         EvalData = WriteData(_dir, 8, 2),
         Adapter = new AdapterConfig
         {
-            Method = method, Rank = 8, Alpha = 16, GroupSize = 32,
-            BaseQuant = (quant ?? BaseQuant.Parse("nf4-dq")).ToRecord(),
+            Method = method ?? PeftMethod.Lora, Rank = 8, Alpha = 16, GroupSize = 32,
+            BaseQuant = (quant ?? BaseQuant.Parse("nf4-dq")),
         },
         Quant = quant ?? BaseQuant.Parse("nf4-dq"),
         Steps = steps,

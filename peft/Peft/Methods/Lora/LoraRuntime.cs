@@ -1,15 +1,15 @@
 // LoRA and QA-LoRA on the device: y += s·B·A·x̃ after each targeted base linear, where x̃ is the (dropped-out) input —
 // for QA-LoRA the mean of each group of g inputs, so A is [r, in/g]. Forward hooks for training and inference, and the
-// backward that accumulates dA, dB and adds the branch's input gradient. Init as PEFT: A kaiming-uniform(a=√5), B zero.
+// backward that accumulates dA, dB and adds the branch's input gradient. Used by training and inference alike.
 using VkPeft.Peft.Engine;
-using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
+using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
 
-namespace VkPeft.Peft.Training;
+namespace VkPeft.Peft.Methods.Lora;
 
 public sealed class LoraRuntime : ITrainableAdapter, IDisposable
 {
@@ -17,25 +17,26 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     private readonly HashSet<TargetModule> _targets;
     private readonly bool _qa;
     private readonly int _g;
-    private readonly List<DeviceTensor> _temps = [];
+    private readonly IReadOnlyList<IDisposable> _owned;
     private readonly DeviceTensor _xd, _xp, _t, _dt, _dsrc, _dx;   // flat scratch, viewed per call
 
     public LoraRuntime(VulkanContext ctx, LlamaConfig config, AdapterConfig adapter, TrainableParameters parameters, int maxRows)
     {
-        if (adapter.Method is not (PeftMethod.Lora or PeftMethod.QaLora)) throw new ArgumentException("LoraRuntime serves LoRA and QA-LoRA adapters");
+        if (adapter.Method is not LoraMethod method) throw new ArgumentException("LoraRuntime serves LoRA and QA-LoRA adapters");
         if (adapter.Rank < 1) throw new FormatException($"--rank must be ≥ 1, got {adapter.Rank}");
         if (adapter.Dropout is < 0 or >= 1) throw new FormatException($"--dropout must be in [0, 1), got {adapter.Dropout}");
         _c = config;
         Config = adapter;
         Parameters = parameters;
         _targets = [.. adapter.Targets];
-        _qa = adapter.Method == PeftMethod.QaLora;
+        _qa = method.GroupPooled;
         _g = adapter.GroupSize;
         if (_qa)
             foreach (var t in _targets)
                 if (InFeatures(t) % _g != 0)
                     throw new FormatException($"--group-size {_g} does not divide in_features {InFeatures(t)} of target {t.ToString().ToLowerInvariant()}; QA-LoRA needs it to");
         int maxIn = _targets.Max(InFeatures);
+        using var scope = new TensorScope();
         // Scratch is viewed as [rows, width] for several widths: stored in rows of lcm(widths) elements, so that where a
         // long sequence splits it over bindings, every boundary falls between rows of each view.
         long unit = ScratchUnit(config, adapter);
@@ -44,12 +45,11 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
             if (n <= 1)
             {
                 var one = DeviceTensor.Create(ctx, name, DType.F32, [1], MemoryCategory.Workspace);   // unused placeholder
-                _temps.Add(one);
-                return one;
+                return scope.Add(one);
             }
             long rows = (n + unit - 1) / unit;
             var t = DeviceTensor.Create(ctx, name, DType.F32, [rows, unit], MemoryCategory.Workspace);
-            _temps.Add(t);
+            scope.Add(t);
             return t.Reshape(rows * unit);
         }
         // Input-sized scratch only where the branch input differs from x: dropout (x̃ and its gradient) or QA-LoRA pooling.
@@ -60,6 +60,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         _dt = Flat("lora.dt", (long)maxRows * adapter.Rank);
         _dsrc = Flat("lora.d_src", dropout || _qa ? (long)maxRows * maxIn : 1);
         _dx = Flat("lora.dx", dropout || _qa ? (long)maxRows * maxIn : 1);
+        _owned = scope.Keep();
     }
 
     public AdapterConfig Config { get; }
@@ -69,45 +70,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     /// <summary>Seed of this micro-step's dropout masks; the backward reuses it.</summary>
     public uint StepSeed { get; set; }
 
-    public int InFeatures(TargetModule t) => InFeaturesOf(_c, t);
-
-    /// <summary>in_features of a target's base linear: q_dim for o, hidden for down, dim otherwise.</summary>
-    public static int InFeaturesOf(LlamaConfig c, TargetModule t) => t switch
-    {
-        TargetModule.O => c.QDim,
-        TargetModule.Down => c.HiddenDim,
-        _ => c.Dim,
-    };
-
-    public int OutFeatures(TargetModule t) => t switch
-    {
-        TargetModule.Q => _c.QDim,
-        TargetModule.K or TargetModule.V => _c.KvDim,
-        TargetModule.Gate or TargetModule.Up => _c.HiddenDim,
-        _ => _c.Dim,
-    };
-
-    /// <summary>Creates A and B for every layer and target: A ~ U(−1/√in, 1/√in) (kaiming-uniform, a=√5), B = 0.</summary>
-    public static void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
-    {
-        var rng = new Random(seed);
-        foreach (var l in Enumerable.Range(0, c.NLayers))
-            foreach (var t in a.Targets)
-            {
-                int inF = InFeaturesOf(c, t);
-                int outF = t switch
-                {
-                    TargetModule.Q => c.QDim, TargetModule.K or TargetModule.V => c.KvDim,
-                    TargetModule.Gate or TargetModule.Up => c.HiddenDim, _ => c.Dim,
-                };
-                int aIn = a.Method == PeftMethod.QaLora ? inF / a.GroupSize : inF;
-                float bound = 1f / MathF.Sqrt(aIn);
-                var A = new float[a.Rank * aIn];
-                for (int i = 0; i < A.Length; i++) A[i] = (float)(rng.NextDouble() * 2 - 1) * bound;
-                p.Add(AdapterWeights.LoraA(l, t), [a.Rank, aIn], A);
-                p.Add(AdapterWeights.LoraB(l, t), [outF, a.Rank], new float[outF * a.Rank]);
-            }
-    }
+    public int InFeatures(TargetModule t) => _c.LinearShape(t).In;
 
     /// <summary>Elements per storage row of the scratch buffers: lcm of the rank and every input width viewed.</summary>
     public static long ScratchUnit(LlamaConfig c, AdapterConfig a)
@@ -115,8 +78,8 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         long unit = a.Rank;
         foreach (var t in a.Targets)
         {
-            int inF = InFeaturesOf(c, t);
-            unit = Lcm(Lcm(unit, inF), a.Method == PeftMethod.QaLora ? inF / a.GroupSize : 1);
+            int inF = c.LinearShape(t).In;
+            unit = Lcm(Lcm(unit, inF), a.Method is LoraMethod { GroupPooled: true } ? inF / a.GroupSize : 1);
         }
         return unit;
     }
@@ -128,7 +91,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         return a / x * b;
     }
 
-        private static DeviceTensor View(DeviceTensor flat, long rows, long cols) => flat.RowsView(0, rows * cols).Reshape(rows, cols);
+    private static DeviceTensor View(DeviceTensor flat, long rows, long cols) => flat.RowsView(0, rows * cols).Reshape(rows, cols);
 
     private uint Seed(int l, TargetModule t) => unchecked(StepSeed * 0x9E3779B1u + (uint)(l * 16 + (int)t) * 0x85EBCA77u + 1u);
 
@@ -210,6 +173,6 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
 
     public void Dispose()
     {
-        foreach (var t in _temps) t.Dispose();
+        foreach (var t in _owned) t.Dispose();
     }
 }

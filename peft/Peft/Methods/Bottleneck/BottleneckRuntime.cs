@@ -1,14 +1,14 @@
 // Bottleneck adapters on the device: Houlsby (serial, z ← z + W_up·f(W_down·z + b_down) + b_up after the attention output
-// projection and after the MLP) and parallel (beside the MLP, z ← z + s·(W_up·f(W_down·h2 + b_down) + b_up)); forward, backward, init.
+// projection and after the MLP) and parallel (beside the MLP, z ← z + s·(W_up·f(W_down·h2 + b_down) + b_up)); forward and backward, for training and inference.
 using VkPeft.Peft.Engine;
-using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
+using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
 
-namespace VkPeft.Peft.Training;
+namespace VkPeft.Peft.Methods.Bottleneck;
 
 /// <summary>
 /// Applies and trains bottleneck adapters through the block hooks. Parameters per layer and site (attn, mlp; parallel
@@ -30,13 +30,13 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
     private readonly int _maxRows;
     private readonly float _s;                 // output scale: s for parallel, 1 for Houlsby
     private readonly ActivationKind _act;
-    private readonly List<DeviceTensor> _temps = [];
+    private readonly IReadOnlyList<IDisposable> _owned;
     private readonly DeviceTensor _a, _f, _t, _scaledBias, _dbScratch;   // flat scratch, viewed per call
     private readonly DeviceTensor[]? _savedAttn, _savedMlp;              // Houlsby, trainable: per layer [maxRows, dim]
 
     public BottleneckRuntime(VulkanContext ctx, LlamaConfig config, AdapterConfig adapter, TrainableParameters parameters, int maxRows)
     {
-        if (adapter.Method != PeftMethod.Adapter) throw new ArgumentException("BottleneckRuntime serves bottleneck adapters (--method adapter)");
+        if (adapter.Method is not BottleneckMethod) throw new ArgumentException("BottleneckRuntime serves bottleneck adapters (--method adapter)");
         if (adapter.Bottleneck < 1) throw new FormatException($"--bottleneck must be ≥ 1, got {adapter.Bottleneck}");
         if (maxRows < 1) throw new ArgumentOutOfRangeException(nameof(maxRows), maxRows, "must be ≥ 1");
         _c = config;
@@ -55,23 +55,17 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
             BottleneckActivation.Gelu => ActivationKind.Gelu,
             _ => throw new ArgumentOutOfRangeException(nameof(adapter), adapter.Activation, "unknown bottleneck activation"),
         };
-        foreach (var l in Enumerable.Range(0, config.NLayers))
-            foreach (var site in Sites(adapter))
-                foreach (var (part, shape) in Parts(config, adapter))
-                {
-                    var name = AdapterWeights.Bottleneck(l, site, part);
-                    if (!parameters.ByName.TryGetValue(name, out var t))
-                        throw new ArgumentException($"bottleneck adapter: tensor '{name}' is missing");
-                    if (!t.Shape.SequenceEqual(shape))
-                        throw new ArgumentException($"bottleneck adapter: tensor '{name}' is [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", shape)}]");
-                }
-
-        DeviceTensor Create(string name, MemoryCategory category, params long[] shape)
+        foreach (var spec in adapter.Method.Parameters(config, adapter))
         {
-            var t = DeviceTensor.Create(ctx, name, DType.F32, shape, category);
-            _temps.Add(t);
-            return t;
+            if (!parameters.ByName.TryGetValue(spec.Name, out var t))
+                throw new ArgumentException($"bottleneck adapter: tensor '{spec.Name}' is missing");
+            if (!t.Shape.SequenceEqual(spec.Shape))
+                throw new ArgumentException($"bottleneck adapter: tensor '{spec.Name}' is [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", spec.Shape)}]");
         }
+
+        using var scope = new TensorScope();
+        DeviceTensor Create(string name, MemoryCategory category, params long[] shape) =>
+            scope.Add(DeviceTensor.Create(ctx, name, DType.F32, shape, category));
         _a = Create("adapter.a", MemoryCategory.Workspace, (long)maxRows * _b);
         _f = Create("adapter.f", MemoryCategory.Workspace, (long)maxRows * _b);
         _t = Create("adapter.t", MemoryCategory.Workspace, (long)maxRows * _b);
@@ -83,6 +77,7 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
             _savedAttn = [.. Enumerable.Range(0, config.NLayers).Select(l => Create($"adapter.saved.{l}.attn", MemoryCategory.Activations, maxRows, config.Dim))];
             _savedMlp = [.. Enumerable.Range(0, config.NLayers).Select(l => Create($"adapter.saved.{l}.mlp", MemoryCategory.Activations, maxRows, config.Dim))];
         }
+        _owned = scope.Keep();
     }
 
     public AdapterConfig Config { get; }
@@ -92,35 +87,6 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
     /// <summary>Unused (bottleneck adapters have no dropout); kept for the trainer's interface.</summary>
     public uint StepSeed { get; set; }
     public bool HasBlockHooks => true;
-
-    /// <summary>The sites of a configuration: Houlsby has attn and mlp, parallel has mlp only.</summary>
-    public static string[] Sites(AdapterConfig a) => a.BottleneckKind == BottleneckKind.Houlsby ? [AttnSite, MlpSite] : [MlpSite];
-
-    private static (string Part, long[] Shape)[] Parts(LlamaConfig c, AdapterConfig a) =>
-    [
-        ("down", [a.Bottleneck, c.Dim]), ("down_bias", [a.Bottleneck]), ("up", [c.Dim, a.Bottleneck]), ("up_bias", [c.Dim]),
-    ];
-
-    /// <summary>
-    /// Creates every site's tensors: down ~ U(−1/√dim, 1/√dim) (kaiming-uniform, a=√5), down_bias, up and up_bias zero —
-    /// so a fresh adapter leaves the base model exactly unchanged.
-    /// </summary>
-    public static void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
-    {
-        if (a.Bottleneck < 1) throw new FormatException($"--bottleneck must be ≥ 1, got {a.Bottleneck}");
-        var rng = new Random(seed);
-        float bound = 1f / MathF.Sqrt(c.Dim);
-        foreach (var l in Enumerable.Range(0, c.NLayers))
-            foreach (var site in Sites(a))
-            {
-                var down = new float[a.Bottleneck * c.Dim];
-                for (int i = 0; i < down.Length; i++) down[i] = (float)(rng.NextDouble() * 2 - 1) * bound;
-                p.Add(AdapterWeights.Bottleneck(l, site, "down"), [a.Bottleneck, c.Dim], down);
-                p.Add(AdapterWeights.Bottleneck(l, site, "down_bias"), [a.Bottleneck], new float[a.Bottleneck]);
-                p.Add(AdapterWeights.Bottleneck(l, site, "up"), [c.Dim, a.Bottleneck], new float[c.Dim * a.Bottleneck]);
-                p.Add(AdapterWeights.Bottleneck(l, site, "up_bias"), [c.Dim], new float[c.Dim]);
-            }
-    }
 
     private static DeviceTensor View(DeviceTensor flat, long rows, long cols) => flat.RowsView(0, rows * cols).Reshape(rows, cols);
 
@@ -241,6 +207,6 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
 
     public void Dispose()
     {
-        foreach (var t in _temps) t.Dispose();
+        foreach (var t in _owned) t.Dispose();
     }
 }

@@ -1,0 +1,37 @@
+// The attention and input hooks of prompt-side methods: a key/value prefix every attention layer reads (prefix tuning:
+// one softmax over prefix and sequence; LLaMA-Adapter: the prefix in its own softmax, scaled by a per-head gate) and
+// virtual tokens placed before the input embeddings (prompt tuning, P-tuning), each with its backward. The float64
+// ReferenceForward implements both; on the device the attention and embedding kernels do not take them yet, so the
+// layer forward and the trainer refuse an adapter that has them.
+using VkPeft.Runtime.Tensors;
+
+namespace VkPeft.Peft.Engine;
+
+/// <summary>Extra keys and values per layer, attended to by every query before the sequence's own (never masked, no RoPE).</summary>
+public interface IAttentionPrefixHook
+{
+    /// <summary>Prefix positions P.</summary>
+    int PrefixLength { get; }
+
+    /// <summary>True: the prefix has its own softmax and its attention output is scaled by a per-head gate (LLaMA-Adapter).</summary>
+    bool Gated { get; }
+
+    /// <summary>Layer <paramref name="layer"/>'s prefix: keys and values [P, kv_dim] and, when gated, the gate [n_heads].</summary>
+    (DeviceTensor Keys, DeviceTensor Values, DeviceTensor? Gate) Prefix(int layer);
+
+    /// <summary>Accumulates ∂loss/∂keys, ∂loss/∂values [P, kv_dim] and ∂loss/∂gate [n_heads] into the method's gradients.</summary>
+    void PrefixBackward(int layer, DeviceTensor dKeys, DeviceTensor dValues, DeviceTensor? dGate);
+}
+
+/// <summary>Virtual tokens: P embedding rows placed before each sequence's token embeddings.</summary>
+public interface IInputEmbeddingHook
+{
+    /// <summary>Virtual tokens P per sequence.</summary>
+    int VirtualTokens { get; }
+
+    /// <summary>Their embeddings [P, dim].</summary>
+    DeviceTensor Embeddings { get; }
+
+    /// <summary>Accumulates ∂loss/∂embeddings [P, dim] (summed over the batch) into the method's gradients.</summary>
+    void EmbeddingsBackward(DeviceTensor dEmbeddings);
+}

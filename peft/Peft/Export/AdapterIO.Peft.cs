@@ -1,0 +1,201 @@
+// HF PEFT LoRA adapter folders (adapter_config.json + adapter_model.safetensors): PEFT keys, q/k rows of B in
+// rotate-half order, QA-LoRA in PEFT's use_qalora form; written and read for LoRA-family methods.
+using System.Text.Json;
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Formats;
+using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Models;
+using static VkPeft.Peft.Formats.JsonFields;
+
+namespace VkPeft.Peft.Export;
+
+public static partial class AdapterIO
+{
+    /// <summary>
+    /// Writes a PEFT LoRA adapter folder. B rows of q/k are converted from the base's layout to rotate-half (HF
+    /// layout: within each head of size d, HF row c·d/2+i = interleaved row 2i+c). QA-LoRA is written in PEFT's
+    /// <c>use_qalora</c> form, whose forward is <c>s·B·A_p·(L·mean_g(x))</c> with L = in/g groups while ours is
+    /// <c>s·B·A·mean_g(x)</c>; so <c>A_p = A/L</c>, which is exact in float32 only when every target's L is a power of
+    /// two. Otherwise the write is refused (use the vkpeft format, or merge). PEFT applies use_qalora to GPTQ bases only.
+    /// Bottleneck adapters have no PEFT LoRA form.
+    /// </summary>
+    public static ExportReport SavePeft(string dir, AdapterWeights adapter, LlamaConfig baseConfig, bool force = false, string dtype = "F32")
+    {
+        ArgumentNullException.ThrowIfNull(adapter);
+        ArgumentNullException.ThrowIfNull(baseConfig);
+        var cfg = adapter.Config;
+        if (cfg.Method.PeftUnsupportedReason is { } why) throw new ExportException(why);
+        bool qalora = cfg.Method is LoraMethod { GroupPooled: true };
+        AdapterMerge.Validate(adapter, baseConfig, "adapter");
+        var entries = new List<SafeTensorsWriter.Entry>();
+        for (int l = 0; l < baseConfig.NLayers; l++)
+            foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains))
+            {
+                var a = adapter.Tensors[AdapterWeights.LoraA(l, t)];
+                var b = adapter.Tensors[AdapterWeights.LoraB(l, t)];
+                float[] aData = a.Data;
+                if (qalora)
+                {
+                    int groups = (int)a.Shape[1];
+                    if (!int.IsPow2(groups))
+                        throw new ExportException($"QA-LoRA cannot be written exactly in PEFT's use_qalora form: {AdapterConfig.HfName(t)} has " +
+                            $"L = in/g = {groups} groups, and PEFT scales the group mean by L, so A would have to be divided by {groups}, which is " +
+                            "not exact in float32; use the vkpeft adapter format");
+                    float inv = 1f / groups;
+                    aData = a.Data.Select(v => v * inv).ToArray();
+                }
+                float[] bData = b.Data;
+                if (ModelTensors.PermutedHeads(baseConfig, t) is { } heads)
+                    bData = QkPermutation.PermuteRows<float>(b.Data, heads, baseConfig.HeadDim, cfg.Rank, baseConfig.RopeLayout, RopeLayout.RotateHalf);
+                entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "A"), a.Shape, aData, dtype));
+                entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "B"), b.Shape, bData, dtype));
+            }
+
+        var report = new ExportReport { OutPath = Path.GetFullPath(dir), Format = ExportFormat.Peft, DType = dtype };
+        AtomicOutput.WriteDirectory(dir, force, tmp =>
+        {
+            File.WriteAllBytes(Path.Combine(tmp, PeftConfigFile), PeftConfigJson(cfg, baseConfig));
+            SafeTensorsWriter.Write(Path.Combine(tmp, WeightsFile), entries);
+        });
+        foreach (var e in entries) report.Tensors.Add(new ExportedTensor(e.Name, e.DType, e.Shape, e.Data.LongLength));
+        report.Files.AddRange([PeftConfigFile, WeightsFile]);
+        return report;
+    }
+
+    private static byte[] PeftConfigJson(AdapterConfig cfg, LlamaConfig baseConfig)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
+        {
+            w.WriteStartObject();
+            w.WriteStartObject("alpha_pattern");
+            w.WriteEndObject();
+            w.WriteString("base_model_name_or_path", cfg.BaseModel);
+            w.WriteString("bias", "none");
+            w.WriteBoolean("fan_in_fan_out", false);
+            w.WriteBoolean("inference_mode", true);
+            w.WriteBoolean("init_lora_weights", true);
+            w.WriteNull("layers_pattern");
+            w.WriteNull("layers_to_transform");
+            w.WriteNumber("lora_alpha", cfg.Alpha);
+            w.WriteNumber("lora_dropout", cfg.Dropout);
+            w.WriteNull("modules_to_save");
+            w.WriteString("peft_type", "LORA");
+            w.WriteNumber("r", cfg.Rank);
+            w.WriteStartObject("rank_pattern");
+            w.WriteEndObject();
+            w.WriteNull("revision");
+            w.WriteStartArray("target_modules");
+            foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains)) w.WriteStringValue(AdapterConfig.HfName(t));
+            w.WriteEndArray();
+            w.WriteString("task_type", "CAUSAL_LM");
+            w.WriteBoolean("use_dora", false);
+            w.WriteBoolean("use_rslora", cfg.UseRsLora);
+            if (cfg.Method is LoraMethod { GroupPooled: true })
+            {
+                w.WriteBoolean("use_qalora", true);
+                w.WriteNumber("qalora_group_size", cfg.GroupSize);
+            }
+            w.WriteStartObject("vkpeft");
+            w.WriteNumber("format_version", FormatVersion);
+            w.WriteString("method", cfg.Method.Name);
+            w.WriteStartObject("base_quantization");
+            w.WriteString("type", cfg.BaseQuant.Type);
+            w.WriteNumber("blocksize", cfg.BaseQuant.Blocksize);
+            w.WriteEndObject();
+            w.WriteString("base_rope_layout", LayoutName(baseConfig.RopeLayout));
+            w.WriteString("qk_rows", "rotate_half");
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        return ms.ToArray();
+    }
+
+    private static AdapterWeights LoadPeft(string dir, LlamaConfig baseConfig)
+    {
+        string cfgPath = Path.Combine(dir, PeftConfigFile);
+        using var doc = ParseJson(cfgPath);
+        var r = doc.RootElement;
+        string peftType = Str(r, "peft_type") ?? throw new ModelFormatException(cfgPath, "peft_type", "required field is missing");
+        if (peftType != "LORA") throw new ModelFormatException(cfgPath, "peft_type", $"'{peftType}' is not supported (only LORA)");
+        if (Bool(r, "use_dora") == true) throw new ModelFormatException(cfgPath, "use_dora", "DoRA adapters are not supported");
+        if (Bool(r, "fan_in_fan_out") == true) throw new ModelFormatException(cfgPath, "fan_in_fan_out", "must be false for Llama");
+        string bias = Str(r, "bias") ?? "none";
+        if (bias != "none") throw new ModelFormatException(cfgPath, "bias", $"'{bias}' is not supported (only \"none\")");
+        if (r.TryGetProperty("rank_pattern", out var rp) && rp.ValueKind == JsonValueKind.Object && rp.EnumerateObject().Any())
+            throw new ModelFormatException(cfgPath, "rank_pattern", "per-module ranks are not supported");
+        if (r.TryGetProperty("alpha_pattern", out var ap) && ap.ValueKind == JsonValueKind.Object && ap.EnumerateObject().Any())
+            throw new ModelFormatException(cfgPath, "alpha_pattern", "per-module alphas are not supported");
+        int rank = Int(cfgPath, r, "r") ?? 8;
+        var targets = ParseHfTargets(cfgPath, r);
+        bool qalora = Bool(r, "use_qalora") == true;
+        var baseQuant = new BaseQuant("none", 64);
+        if (r.TryGetProperty("vkpeft", out var vk) && vk.ValueKind == JsonValueKind.Object)
+            baseQuant = ReadBaseQuant(cfgPath, vk, "vkpeft.base_quantization") ?? baseQuant;
+        var config = new AdapterConfig
+        {
+            Method = qalora ? PeftMethod.QaLora : PeftMethod.Lora,
+            Rank = rank,
+            Alpha = (float)(Dbl(r, "lora_alpha") ?? 8),
+            Dropout = (float)(Dbl(r, "lora_dropout") ?? 0),
+            UseRsLora = Bool(r, "use_rslora") ?? false,
+            Targets = targets,
+            GroupSize = qalora ? Int(cfgPath, r, "qalora_group_size") ?? 16 : 32,
+            BaseQuant = baseQuant,
+            BaseModel = Str(r, "base_model_name_or_path") ?? "",
+        };
+
+        string wPath = WeightsPath(dir);
+        var adapter = new AdapterWeights(config);
+        using var file = SafeTensorsFile.Open(wPath);
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        for (int l = 0; l < baseConfig.NLayers; l++)
+            foreach (var t in targets)
+            {
+                var (outF, inF) = baseConfig.LinearShape(t);
+                if (qalora && (config.GroupSize <= 0 || inF % config.GroupSize != 0))
+                    throw new ModelFormatException(cfgPath, "qalora_group_size", $"{config.GroupSize} does not divide in_features {inF} of {AdapterConfig.HfName(t)}");
+                int aCols = qalora ? inF / config.GroupSize : inF;
+                string ka = PeftKey(l, t, "A"), kb = PeftKey(l, t, "B");
+                float[] a = ReadShaped(file, ka, [rank, aCols]);
+                float[] b = ReadShaped(file, kb, [outF, rank]);
+                seen.Add(ka);
+                seen.Add(kb);
+                if (qalora) a = a.Select(v => v * aCols).ToArray();
+                if (ModelTensors.PermutedHeads(baseConfig, t) is { } heads)
+                    b = QkPermutation.PermuteRows<float>(b, heads, baseConfig.HeadDim, rank, RopeLayout.RotateHalf, baseConfig.RopeLayout);
+                adapter.Tensors[AdapterWeights.LoraA(l, t)] = new HostTensor(a, [rank, aCols]);
+                adapter.Tensors[AdapterWeights.LoraB(l, t)] = new HostTensor(b, [outF, rank]);
+            }
+        foreach (var name in file.Tensors.Keys)
+            if (!seen.Contains(name))
+                throw new ModelFormatException(wPath, name,
+                    $"unexpected tensor (the base model has {baseConfig.NLayers} layers and the config targets {string.Join(", ", targets.Select(AdapterConfig.HfName))}; " +
+                    "only lora_A/lora_B weights are supported)");
+        AdapterMerge.Validate(adapter, baseConfig, wPath);
+        return adapter;
+    }
+
+    private static TargetModule[] ParseHfTargets(string cfgPath, JsonElement r)
+    {
+        if (!r.TryGetProperty("target_modules", out var tm) || tm.ValueKind == JsonValueKind.Null)
+            return [TargetModule.Q, TargetModule.V];
+        if (tm.ValueKind == JsonValueKind.String)
+        {
+            if (tm.GetString() == "all-linear") return ModelTensors.LinearKinds;
+            throw new ModelFormatException(cfgPath, "target_modules", $"regex target '{tm.GetString()}' is not supported; list module names");
+        }
+        if (tm.ValueKind != JsonValueKind.Array) throw new ModelFormatException(cfgPath, "target_modules", "must be a list of module names");
+        var list = new List<TargetModule>();
+        foreach (var e in tm.EnumerateArray())
+        {
+            string name = RequireString(cfgPath, "target_modules", e);
+            var t = ModelTensors.LinearKinds.Where(k => AdapterConfig.HfName(k) == name).Cast<TargetModule?>().FirstOrDefault()
+                ?? throw new ModelFormatException(cfgPath, "target_modules", $"unknown target '{name}' (supported: {string.Join(", ", ModelTensors.LinearKinds.Select(AdapterConfig.HfName))})");
+            if (!list.Contains(t)) list.Add(t);
+        }
+        if (list.Count == 0) throw new ModelFormatException(cfgPath, "target_modules", "empty list");
+        return [.. list];
+    }
+}

@@ -1,0 +1,194 @@
+// What a PEFT method is: one unit owning its configuration fields (validation, vkpeft and PEFT JSON), its single
+// parameter spec (names, shapes, initialization — used by initialization, validation, the memory model, adapter I/O and
+// merge), its device runtime (training and inference), its merge rule or the reason it has none, its memory-model terms
+// and its command-line options. Each method lives in its own folder under Methods/ and is registered in PeftMethods.
+using System.Globalization;
+using System.Text.Json;
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
+using VkPeft.Peft.Formats;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Planning;
+using VkPeft.Peft.Training;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Peft.Methods;
+
+/// <summary>How a trainable tensor starts: zeros, a constant, or U(−bound, bound) drawn in order from the seeded stream.</summary>
+public abstract record ParameterInit
+{
+    public sealed record Zeros : ParameterInit;
+    public sealed record Constant(float Value) : ParameterInit;
+    public sealed record Uniform(float Bound) : ParameterInit;
+}
+
+/// <summary>
+/// One trainable tensor of a method: canonical name (see <see cref="AdapterWeights"/>), shape and initialization. When
+/// its rows follow the output rows of a linear (<paramref name="OutputRowsOf"/>, e.g. LoRA B), q/k rows are converted
+/// between RoPE layouts wherever the adapter moves between bases.
+/// </summary>
+public sealed record ParameterSpec(string Name, long[] Shape, ParameterInit Init, TargetModule? OutputRowsOf = null)
+{
+    public long Count => Shape.Aggregate(1L, (a, b) => a * b);
+}
+
+/// <summary>
+/// A command-line option a method owns: the flag, its help text, the default value (as typed on the command line; null
+/// for an on/off switch) and how a value sets the adapter configuration. Methods that share a knob return the same option.
+/// </summary>
+public sealed record MethodOption(string Flag, string Description, string? Default, Func<AdapterConfig, string, AdapterConfig> Apply)
+{
+    public bool IsSwitch => Default is null;
+
+    /// <summary>An integer option value, or a FormatException naming the flag.</summary>
+    public static int Int(string flag, string v) =>
+        int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int x) ? x : throw new FormatException($"{flag}: '{v}' is not a whole number");
+
+    /// <summary>A number option value, or a FormatException naming the flag.</summary>
+    public static float Float(string flag, string v) =>
+        float.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out float x) ? x : throw new FormatException($"{flag}: '{v}' is not a number");
+}
+
+/// <summary>
+/// A method's own configuration record, carried by <see cref="AdapterConfig.Settings"/> and written by the method as its
+/// own object in vkpeft_adapter.json. (LoRA, QA-LoRA and bottleneck adapters keep their knobs as AdapterConfig fields,
+/// whose flat JSON layout existing adapter files use.)
+/// </summary>
+public abstract record MethodSettings;
+
+/// <summary>One memory-model term of a method: a named allocation charged to a category, in bytes.</summary>
+public sealed record MethodMemoryTerm(string Name, MemoryCategory Category, long Bytes);
+
+public abstract class PeftMethod
+{
+    /// <summary>LoRA: y += s·B·A·x after each targeted linear.</summary>
+    public static PeftMethod Lora => PeftMethods.Get("lora");
+
+    /// <summary>QA-LoRA: LoRA on group means of the input, against an INT4 group-quantized base.</summary>
+    public static PeftMethod QaLora => PeftMethods.Get("qa-lora");
+
+    /// <summary>Bottleneck adapters (Houlsby or parallel).</summary>
+    public static PeftMethod Adapter => PeftMethods.Get("adapter");
+
+    /// <summary>The name stored in adapter files ("method" in vkpeft_adapter.json).</summary>
+    public abstract string Name { get; }
+
+    /// <summary>The name the command line shows and accepts first (--method), also used in reports and summaries.</summary>
+    public virtual string CliName => Name;
+
+    /// <summary>Further names --method accepts.</summary>
+    public virtual IReadOnlyList<string> Aliases => [];
+
+    public override string ToString() => CliName;
+
+    // ---------------------------------------------------------------- configuration
+
+    /// <summary>The base quantization this method trains against when --quant is not given.</summary>
+    public virtual BaseQuant DefaultQuant(int? groupSize) => BaseQuant.Parse("nf4-dq");
+
+    /// <summary>Checks the method's knobs against the base quantization it will train on; throws FormatException.</summary>
+    public virtual void ValidateOptions(AdapterConfig a, BaseQuant quant) { }
+
+    /// <summary>
+    /// Checks a loaded or constructed configuration against a base model; throws <see cref="ModelFormatException"/>
+    /// naming <paramref name="source"/> and the config field.
+    /// </summary>
+    public virtual void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source) { }
+
+    /// <summary>Targets of a config file that lists none (PEFT's default for LoRA is q and v).</summary>
+    public virtual TargetModule[] TargetsWhenUnlisted => [TargetModule.Q, TargetModule.V];
+
+    /// <summary>Writes the method's own fields into vkpeft_adapter.json.</summary>
+    public abstract void WriteConfig(Utf8JsonWriter w, AdapterConfig a);
+
+    /// <summary>Reads the method's own fields of vkpeft_adapter.json into <paramref name="common"/> (targets, base quantization, base model).</summary>
+    public abstract AdapterConfig ReadConfig(string file, JsonElement root, AdapterConfig common);
+
+    /// <summary>Why a PEFT adapter folder (adapter_config.json) cannot hold this method; null when it can (PEFT type LORA).</summary>
+    public virtual string? PeftUnsupportedReason => $"PEFT folders cannot hold {CliName} adapters; use the vkpeft adapter format";
+
+    /// <summary>Why a GGUF LoRA file cannot hold this method; null when it can.</summary>
+    public virtual string? GgufLoraUnsupportedReason => $"GGUF LoRA files cannot hold {CliName} adapters; use the vkpeft adapter format";
+
+    // ---------------------------------------------------------------- parameters
+
+    /// <summary>Every trainable tensor, in the order they are created (which is the optimizer-state order).</summary>
+    public abstract IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a);
+
+    /// <summary>
+    /// Adds freshly initialized tensors of <see cref="Parameters"/> to <paramref name="p"/>: one seeded stream, values
+    /// drawn tensor by tensor in spec order (zeros and constants draw nothing).
+    /// </summary>
+    public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
+    {
+        var rng = new Random(seed);
+        foreach (var spec in Parameters(c, a))
+        {
+            var data = new float[spec.Count];
+            switch (spec.Init)
+            {
+                case ParameterInit.Uniform u:
+                    for (long i = 0; i < data.LongLength; i++) data[i] = (float)(rng.NextDouble() * 2 - 1) * u.Bound;
+                    break;
+                case ParameterInit.Constant k:
+                    Array.Fill(data, k.Value);
+                    break;
+            }
+            p.Add(spec.Name, spec.Shape, data);
+        }
+    }
+
+    // ---------------------------------------------------------------- runtime
+
+    /// <summary>The device runtime that applies (inference) and trains the adapter whose tensors are in <paramref name="p"/>.</summary>
+    public abstract ITrainableAdapter CreateRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p, int maxRows);
+
+    // ---------------------------------------------------------------- merge
+
+    /// <summary>Why the adapter cannot be merged into the base's linear weights; null when <see cref="MergeDelta"/> gives its update.</summary>
+    public virtual string? NotMergeableReason => null;
+
+    /// <summary>
+    /// ΔW [out, in] in float64 for one linear (rows in the base layout) given the base weight it is added to; null when
+    /// the method leaves this linear unchanged. The merged weight is W + ΔW rounded once to float32.
+    /// </summary>
+    public virtual double[]? MergeDelta(AdapterWeights adapter, LlamaConfig c, int layer, TargetModule t, ReadOnlySpan<float> baseWeight) =>
+        throw new InvalidOperationException(NotMergeableReason ?? $"{CliName} has no merge rule");
+
+    /// <summary>
+    /// A merge straight into the quantized form <paramref name="format"/>/<paramref name="dtype"/> asks for that adds no
+    /// rounding (QA-LoRA into its INT4 groups), or null when the method has none for it (the dense merge is used).
+    /// </summary>
+    public virtual MergedModel? LosslessMerge(LlamaConfig c, LlamaWeights weights, AdapterWeights adapter, ExportFormat format, ExportDType dtype,
+        MergeFrom from, ICollection<string>? notes) => null;
+
+    /// <summary>
+    /// The adapter as a plain LoRA (rank, scaling, A and B) for the LoRA-only formats (GGUF LoRA), with a note of what that
+    /// costs; null when the method has no such form (see <see cref="GgufLoraUnsupportedReason"/>).
+    /// </summary>
+    public virtual AdapterWeights? AsPlainLora(AdapterWeights adapter, LlamaConfig c, ICollection<string>? notes) => null;
+
+    // ---------------------------------------------------------------- memory model
+
+    /// <summary>Why the memory model does not cover this method yet; null when it does.</summary>
+    public virtual string? NotPlanned => null;
+
+    /// <summary>Activation buffers the trainer allocates for this method, for <paramref name="rows"/> tokens.</summary>
+    public virtual IEnumerable<MethodMemoryTerm> ActivationTerms(TrainSetup s, long rows) => [];
+
+    /// <summary>Workspace (scratch) buffers of the method's runtime, for <paramref name="rows"/> tokens.</summary>
+    public virtual IEnumerable<MethodMemoryTerm> WorkspaceTerms(TrainSetup s, long rows) => [];
+
+    /// <summary>The adapter configuration a planned or measured setup trains.</summary>
+    public virtual AdapterConfig ConfigFor(TrainSetup s) => new()
+    {
+        Method = this, Rank = s.Rank, Alpha = 2f * s.Rank, Dropout = s.Dropout, Targets = s.Targets, GroupSize = s.Quant.Blocksize,
+        Bottleneck = s.Bottleneck, BaseQuant = s.Quant,
+    };
+
+    // ---------------------------------------------------------------- command line
+
+    /// <summary>The options `train` offers for this method.</summary>
+    public virtual IReadOnlyList<MethodOption> Options => [];
+}

@@ -1,0 +1,42 @@
+// Which kernel path each op uses on this device and why (for `vkpeft info`): the matmul algorithm and tile shape, the
+// fused 4-bit GEMM's weight-tile type and cooperative matrices (self-checked fast variants), and why they are absent.
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Runtime.Kernels;
+
+public static class KernelPathReport
+{
+    public static IReadOnlyList<KernelPathChoice> Describe(VulkanContext ctx)
+    {
+        var caps = ctx.Caps;
+        var list = new List<KernelPathChoice>();
+        bool lanes = MatMul.Choose(ctx) == MatMulAlgorithm.Lanes;
+        var tiles = MatMulTiles.For(caps, fp16B: false);
+        list.Add(lanes
+            ? new("matmul fp32", "lanes (subgroup-broadcast register blocking)", "CPU device with 8-lane subgroups and broadcast: shared memory and barriers are expensive there")
+            : new("matmul fp32", $"shared tiles {tiles.Name}", $"first entry of the tile table for a {caps.Kind} device within {caps.MaxComputeSharedMemorySize} bytes of shared memory"));
+        if (lanes)
+        {
+            list.Add(new("fused 4-bit matmul", "lanes, whole code words, 8-32-row tiles by M", "CPU device: each lane decodes its code words once per tile in registers"));
+            list.Add(new("fused 4-bit matmul weight tiles", "none (lanes keep decoded weights in registers)", $"{QuantizedMatMul.Fp16Tiles.Fast} apply to the shared-tiles algorithm only"));
+        }
+        else
+        {
+            var choice = ctx.Kernels.Describe(QuantizedMatMul.Fp16Tiles);
+            var t = MatMulTiles.For(caps, choice.Path == QuantizedMatMul.Fp16Tiles.Fast);
+            list.Add(new("fused 4-bit matmul", $"shared tiles {t.Name}, code words decoded once per tile", "GPU device"));
+            list.Add(choice with { Op = "fused 4-bit matmul weight tiles" });
+        }
+        const string noKhr = "VK_KHR_cooperative_matrix (AMD, Intel) variants are not built: they need GL_KHR_cooperative_matrix, "
+            + "which the glslc in our package registries (Debian 12 shaderc) does not compile";
+        var nv = QuantizedMatMul.CoopMatrixUnavailable(caps);
+        if (nv != null || lanes)
+            list.Add(new("cooperative matrices", "not used", (nv ?? "the lanes algorithm runs on this device") + "; " + noKhr));
+        else
+        {
+            var choice = ctx.Kernels.Describe(QuantizedMatMul.CoopMatrix);
+            list.Add(new("cooperative matrices", choice.Path, choice.Why + "; " + noKhr));
+        }
+        return list;
+    }
+}

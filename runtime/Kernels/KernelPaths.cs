@@ -1,0 +1,60 @@
+// Kernel-path selection with a first-use self-check, one mechanism for every fast variant: a fast kernel is used on a
+// device only when the device can run it, the fp32 reference paths are not forced (--kernels safe), and, the first time
+// it is asked for, it agreed with its reference kernel on small awkward shapes. A mismatch switches it off for this
+// device with one warning line; work continues on the reference path.
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Runtime.Kernels;
+
+/// <summary>
+/// A fast kernel variant and how to check it. <paramref name="Unavailable"/> says why a device cannot run it (null when
+/// it can); <paramref name="SelfCheck"/> runs the fast and the reference kernel on small awkward shapes and returns null
+/// when they agree within the stated bound, else the first mismatch.
+/// </summary>
+public sealed record FastKernel(string Op, string Fast, string Reference,
+    Func<DeviceCapabilities, string?> Unavailable, Func<VulkanContext, string?> SelfCheck);
+
+/// <summary>Which path an op uses on this device, and why.</summary>
+public sealed record KernelPathChoice(string Op, string Path, string Why);
+
+public sealed class KernelPaths(VulkanContext ctx, bool safe, Action<string> warn)
+{
+    private readonly Dictionary<FastKernel, KernelPathChoice> _decided = [];
+    private readonly Dictionary<FastKernel, bool> _use = [];
+
+    /// <summary>True when --kernels safe forces the fp32 reference paths.</summary>
+    public bool Safe => safe;
+
+    /// <summary>Whether <paramref name="kernel"/> may run on this device (self-checking it on first use).</summary>
+    public bool Use(FastKernel kernel)
+    {
+        lock (_decided)
+        {
+            if (_use.TryGetValue(kernel, out var use)) return use;
+            var why = safe ? "--kernels safe forces the fp32 reference" : kernel.Unavailable(ctx.Caps);
+            if (why == null)
+            {
+                string? mismatch;
+                try { mismatch = kernel.SelfCheck(ctx); }
+                catch (Exception e) when (e is not OutOfMemoryException) { mismatch = e.Message; }
+                if (mismatch != null)
+                {
+                    why = $"self-check against {kernel.Reference} failed: {mismatch}";
+                    warn($"{kernel.Op}: {kernel.Fast} disagrees with {kernel.Reference} on this device ({mismatch}); using {kernel.Reference}");
+                }
+            }
+            use = why == null;
+            _use[kernel] = use;
+            _decided[kernel] = new KernelPathChoice(kernel.Op, use ? kernel.Fast : kernel.Reference,
+                use ? $"the device offers it and it matched {kernel.Reference} on first use" : why!);
+            return use;
+        }
+    }
+
+    /// <summary>The decision for <paramref name="kernel"/> (deciding it now, self-check included, if not yet made).</summary>
+    public KernelPathChoice Describe(FastKernel kernel)
+    {
+        Use(kernel);
+        lock (_decided) return _decided[kernel];
+    }
+}
