@@ -91,7 +91,9 @@ internal static partial class ModelWriters
                 AddGgufTensor(g, report, name, ne, GgmlType.F32, Encode(GgmlType.F32, data, name));
                 continue;
             }
-            GgmlType type = requested;
+            GgmlType type = kind is LlamaTensorKind.TokenEmbedding or LlamaTensorKind.Classifier
+                ? (o.EmbeddingsDType is { } e ? Requested(e) : requested is GgmlType.F16 or GgmlType.BF16 ? requested : GgmlType.F32)
+                : requested;
             if (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 && shape[1] % 32 != 0)
             {
                 type = GgmlType.F16;
@@ -181,9 +183,15 @@ internal static partial class ModelWriters
         for (int i = 0; i < tokens.Length; i++)
         {
             string piece = Encoding.UTF8.GetString(sm.PieceBytes(i));
+            // As llama.cpp's llama2.c converter writes them: a llama2.c vocabulary stores BOS/EOS as "\n<s>\n"/"\n</s>\n";
+            // the GGUF gets <unk>, <s>, </s> (without it llama.cpp warns that EOS is not an end-of-generation token).
+            piece = i == sm.Bos && piece.Trim() == "<s>" ? "<s>"
+                : i == sm.Eos && piece.Trim() == "</s>" ? "</s>"
+                : i == 0 && piece.Trim() == "<unk>" ? "<unk>"
+                : piece;
             tokens[i] = piece.Replace(' ', '\u2581');
             scores[i] = sm.Score(i);
-            types[i] = i == sm.Bos || i == sm.Eos ? 3
+            types[i] = i == sm.Bos || i == sm.Eos || piece.Length == 0 ? 3
                 : piece == "<unk>" ? 2
                 : piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece.EndsWith('>') ? 6
                 : 1;
