@@ -5,6 +5,8 @@ using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
+using VkPeft.Runtime.Kernels;
+using AttentionKernel = VkPeft.Runtime.Kernels.Attention;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
 
@@ -23,8 +25,11 @@ public sealed class LoraGradientTests(GpuFixture gpu)
     [InlineData("qalora", "int4", false)]
     [InlineData("lora", "nf4-dq", true, true)]
     [InlineData("qalora", "int4", true, true)]
-    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false)
+    [InlineData("lora", "nf4-dq", true, false, AttentionAlgorithm.Flash)]   // the GPU attention kernels through the whole model
+    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false,
+        AttentionAlgorithm attention = AttentionAlgorithm.Auto)
     {
+        using var forced = attention == AttentionAlgorithm.Auto ? null : AttentionKernel.Force(Ctx, attention);
         var (c, w) = TinyModels.Random(11);
         var bq = BaseQuant.Parse(quant, quant == "int4" ? 8 : null);
         var cfg = new AdapterConfig
