@@ -181,7 +181,9 @@ public static class GgufLlama
                         "qwen2" => HfTokenizers.Llama3Pattern.Replace(@"\p{N}{1,3}", @"\p{N}", StringComparison.Ordinal),
                         _ => HfTokenizers.Gpt2Pattern,
                     };
-                    return HfTokenizers.CreateByteLevel(vocab, merges, pattern, special, tokens.Length, bos, eos);
+                    bool ignoreMerges = f.TryGetString("tokenizer.ggml.pre") is "llama-bpe" or "llama3" or "smaug-bpe";
+                    return HfTokenizers.CreateByteLevel(vocab, merges, pattern, special, tokens.Length, bos, eos, ignoreMerges, f.Path,
+                        f.TryGetString("tokenizer.chat_template"));
                 }
             default:
                 throw new ModelFormatException(f.Path, "tokenizer.ggml.model", $"unsupported tokenizer model '{kind}' (supported: llama, gpt2)");

@@ -6,6 +6,8 @@ using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
+using VkPeft.Runtime.Kernels;
+using AttentionKernel = VkPeft.Runtime.Kernels.Attention;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
 
@@ -24,10 +26,13 @@ public sealed class LoraGradientTests(GpuFixture gpu)
     [InlineData("qalora", "int4", false)]
     [InlineData("lora", "nf4-dq", true, true)]
     [InlineData("qalora", "int4", true, true)]
-    [InlineData("lora", "nf4-dq", false, false, true)]
-    [InlineData("lora", "nf4-dq", true, false, true)]
-    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false, bool freezeA = false)
+    [InlineData("lora", "nf4-dq", true, false, AttentionAlgorithm.Flash)]   // the GPU attention kernels through the whole model
+    [InlineData("lora", "nf4-dq", false, false, AttentionAlgorithm.Auto, true)]
+    [InlineData("lora", "nf4-dq", true, false, AttentionAlgorithm.Auto, true)]
+    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false,
+        AttentionAlgorithm attention = AttentionAlgorithm.Auto, bool freezeA = false)
     {
+        using var forced = attention == AttentionAlgorithm.Auto ? null : AttentionKernel.Force(Ctx, attention);
         var (c, w) = TinyModels.Random(11);
         var bq = BaseQuant.Parse(quant, quant == "int4" ? 8 : null);
         var cfg = new AdapterConfig
