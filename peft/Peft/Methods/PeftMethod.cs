@@ -123,6 +123,7 @@ public abstract class PeftMethod
     public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
     {
         var rng = new Random(seed);
+        var tensors = new List<(string, long[], float[])>();
         foreach (var spec in Parameters(c, a))
         {
             var data = new float[spec.Count];
@@ -135,8 +136,9 @@ public abstract class PeftMethod
                     Array.Fill(data, k.Value);
                     break;
             }
-            p.Add(spec.Name, spec.Shape, data);
+            tensors.Add((spec.Name, spec.Shape, data));
         }
+        p.AddAll(tensors);
     }
 
     // ---------------------------------------------------------------- runtime
