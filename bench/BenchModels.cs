@@ -7,10 +7,11 @@ namespace VkPeft.Bench;
 
 public static class BenchModels
 {
-    /// <summary>stories260K: the file at <paramref name="path"/>, else ../shared/models/stories260K next to the repository, else random.</summary>
+    /// <summary>stories260K: the file at <paramref name="path"/>, else ../shared/models/stories260K next to the repository, else vkpeft's cache, else random.</summary>
     public static (string Name, LlamaConfig Config, LlamaWeights Weights) Stories(string? path)
     {
         path ??= FindShared("models", "stories260K", "stories260K.bin");
+        if (path == null || !File.Exists(path)) path = FindCached();
         if (path != null && File.Exists(path))
         {
             var (c, w) = VkPeft.Peft.Formats.Llama2cCheckpoint.Read(path);
@@ -27,6 +28,15 @@ public static class BenchModels
         var c = ModelCatalog.Slice(full, Math.Min(layers, full.NLayers));
         string name = c.NLayers == full.NLayers ? "tinyllama-1.1b (random)" : $"tinyllama-1.1b slice: {c.NLayers} of {full.NLayers} layers (random)";
         return (name, c, ModelCatalog.RandomWeights(c));
+    }
+
+    /// <summary>stories260K.bin in vkpeft's cache (where the demo downloads it), or null.</summary>
+    private static string? FindCached()
+    {
+        var cache = Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x ? x
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        var path = Path.Combine(cache, "vkpeft", "stories260K", "stories260K.bin");
+        return File.Exists(path) ? path : null;
     }
 
     private static string? FindShared(params string[] parts)

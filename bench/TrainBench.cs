@@ -16,6 +16,9 @@ public sealed record TrainBenchRow(string Model, string Quant, int Batch, int Se
 
 public static class TrainBench
 {
+    /// <summary>The bases each model is trained on: NF4+DQ and, for comparison, fp32.</summary>
+    private static readonly string[] BaseQuants = ["nf4-dq", "none"];
+
     public static Command Create(Option<string?> device, Option<bool> json)
     {
         var stories = new Option<string?>("--stories") { Description = "stories260K.bin (default: the shared copy next to the repository)" };
@@ -33,10 +36,10 @@ public static class TrainBench
             bool prof = !parse.GetValue(profile);
             int n = Math.Max(1, parse.GetValue(steps));
             var s = BenchModels.Stories(parse.GetValue(stories));
-            foreach (var q in new[] { "nf4-dq", "none" })
+            foreach (var q in BaseQuants)
                 rows.Add(Case(ctx, s.Name, s.Config, s.Weights, q, 8, 128, false, n, prof, Log));
             var t = BenchModels.TinyLlama(parse.GetValue(layers));
-            foreach (var q in new[] { "nf4-dq", "none" })
+            foreach (var q in BaseQuants)
                 rows.Add(Case(ctx, t.Name, t.Config, t.Weights, q, 1, parse.GetValue(seq), true, n, prof, Log));
             if (asJson) Console.WriteLine(ToJson(rows, ctx.Caps.Name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else Print(rows, ctx.Caps.Name);

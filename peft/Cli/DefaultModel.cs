@@ -19,6 +19,12 @@ public static class DefaultModel
     {
         var env = Environment.GetEnvironmentVariable("VKPEFT_DEMO_MODEL");
         if (!string.IsNullOrEmpty(env)) return File.Exists(env) ? env : throw new FileNotFoundException($"VKPEFT_DEMO_MODEL: '{env}' does not exist");
+        return LocateStories260K();
+    }
+
+    /// <summary>Path of stories260K.bin (tok512.bin beside it): ../shared/models/stories260K, the cache, or a fresh download.</summary>
+    public static string LocateStories260K()
+    {
         foreach (var dir in Candidates())
             if (Files.All(f => File.Exists(Path.Combine(dir, f.File)))) return Path.Combine(dir, Files[0].File);
         var cache = CacheDir();

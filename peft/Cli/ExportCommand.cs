@@ -22,9 +22,12 @@ public static class ExportCommand
         var dtype = new Option<string>("--dtype") { Description = "f32, f16, bf16, nf4, nf4-dq, int4, q8_0, q4_0, q4_1", DefaultValueFactory = _ => "f32" };
         var mergeFrom = new Option<string>("--merge-from") { Description = "dequantized (the base the adapter trained against) or original", DefaultValueFactory = _ => "dequantized" };
         var force = new Option<bool>("--force") { Description = "Replace an existing output" };
+        var embeddingsDType = new Option<string?>("--embeddings-dtype") { Description = "Token embedding and classifier dtype (default f32, the precision the model ran with)" };
+        var blocksize = new Option<int?>("--blocksize") { Description = "With --quant and no --adapter: its block size (nf4/fp4, default 64) or group size (int4, default 32)" };
         var checkData = new Option<string?>("--check-data") { Description = "Compare mean NLL of base+adapter and of the exported model on this data" };
-        var cmd = new Command("export", "Export an adapter or a merged (and optionally quantized) model") { adapter, output, format, dtype, mergeFrom, force, checkData };
-        model.Quant.Description = "Unused by export (the adapter records its base quantization)";
+        var cmd = new Command("export", "Export an adapter or a merged (and optionally quantized) model") { adapter, output, format, dtype, mergeFrom, force, checkData, blocksize, embeddingsDType };
+        model.Quant.Description = "Without --adapter: write the base dequantized from this quantization (nf4-dq, int4, ...), the base an " +
+            "adapter trained on it pairs with (with --adapter the adapter records its base quantization)";
         model.AddTo(cmd);
         cmd.SetAction(parse =>
         {
@@ -44,11 +47,30 @@ public static class ExportCommand
                 },
                 Force = parse.GetValue(force),
                 OutPath = parse.GetValue(output)!,
+                EmbeddingsDType = parse.GetValue(embeddingsDType) is { } e ? ParseEmbeddingsDType(e) : null,
             };
+            if (weights == null && options.Format is ExportFormat.Safetensors or ExportFormat.Gguf or ExportFormat.Llama2c)
+            {
+                // Without an adapter, --merge-from dequantized names the base an adapter trained against: --quant says which.
+                bool mergeFromGiven = parse.GetResult(mergeFrom) is { Implicit: false };
+                if (parse.GetValue(model.Quant) is not null)
+                    options = options with { DequantizeBase = model.QuantOr(parse, BaseQuant.None, parse.GetValue(blocksize)) };
+                else if (mergeFromGiven && options.MergeFrom == MergeFrom.Dequantized)
+                    throw new CliUsageException("--merge-from dequantized without --adapter needs --quant (the base quantization to dequantize, e.g. nf4-dq)");
+            }
             if (weights == null && options.Format is ExportFormat.Peft or ExportFormat.VkPeft or ExportFormat.GgufLora)
                 throw new CliUsageException($"--format {parse.GetValue(format)} exports an adapter: pass --adapter DIR");
             var report = Exporter.Export(host, weights, options);
             Console.WriteLine(report.Summary());
+            if (options.Format == ExportFormat.GgufLora && weights!.Config.BaseQuant.Type != "none")
+            {
+                // llama.cpp adds the adapter to whatever base GGUF it loads; it was trained against the dequantized base.
+                var bq = weights.Config.BaseQuant;
+                Console.WriteLine($"this adapter pairs with the base it was trained against: {parse.GetValue(model.Model)} dequantized from {bq.Type} " +
+                    $"(blocksize {bq.Blocksize}); a GGUF of the original weights changes its meaning. Export that base with:");
+                Console.WriteLine($"  vkpeft export --model {parse.GetValue(model.Model)} --format gguf --merge-from dequantized --quant {bq.Type}" +
+                    $" --blocksize {bq.Blocksize} --out base.gguf");
+            }
             var check = parse.GetValue(checkData);
             if (check != null)
             {
@@ -59,6 +81,18 @@ public static class ExportCommand
             return 0;
         });
         return cmd;
+    }
+
+    private static ExportDType ParseEmbeddingsDType(string text)
+    {
+        try
+        {
+            return ExportOptions.ParseDType(text);
+        }
+        catch (FormatException)
+        {
+            throw new CliUsageException($"--embeddings-dtype: unknown dtype '{text}' (use f32, f16, bf16, q8_0, q4_0, q4_1)");
+        }
     }
 
     private static void CompareNll(ParseResult parse, LoadedModel host, Peft.Tokenizers.ITextTokenizer tok, string? adapterDir, string exported, string data)

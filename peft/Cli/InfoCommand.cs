@@ -43,6 +43,7 @@ public static class InfoCommand
                 ["api_version"] = c.ApiVersion,
                 ["driver"] = c.DriverName,
                 ["driver_info"] = c.DriverInfo,
+                ["driver_source"] = DriverSource(),
             },
             ["limits"] = new JsonObject
             {
@@ -101,11 +102,23 @@ public static class InfoCommand
         };
     }
 
+    /// <summary>Where the Vulkan driver comes from: the launcher's Mesa 25 lavapipe, an explicit driver file, or the system's.</summary>
+    public static string DriverSource()
+    {
+        if (Environment.GetEnvironmentVariable("VKPEFT_DRIVER_SOURCE") is { Length: > 0 } launcher) return launcher;
+        var files = Environment.GetEnvironmentVariable("VK_DRIVER_FILES") is { Length: > 0 } f ? f : Environment.GetEnvironmentVariable("VK_ICD_FILENAMES");
+        if (!string.IsNullOrEmpty(files)) return $"the driver files in VK_DRIVER_FILES/VK_ICD_FILENAMES ({files})";
+        return Environment.GetEnvironmentVariable("VKPEFT_SYSTEM_MESA") == "1"
+            ? "the system's Vulkan drivers (VKPEFT_SYSTEM_MESA=1)"
+            : "the system's Vulkan drivers";
+    }
+
     private static void Print(VulkanContext ctx)
     {
         var c = ctx.Caps;
         var console = AnsiConsole.Console;
         console.MarkupLine($"[bold]{Markup.Escape(c.Name)}[/] ({c.Kind}, Vulkan {c.ApiVersion}, driver {Markup.Escape(c.DriverName)} {Markup.Escape(c.DriverInfo)})");
+        console.MarkupLine($"driver source: {Markup.Escape(DriverSource())}");
         var t = new Table().AddColumn("limit").AddColumn(new TableColumn("value").RightAligned());
         t.AddRow("maxStorageBufferRange", ByteSize.Format(c.MaxStorageBufferRange));
         t.AddRow("maxMemoryAllocationSize", ByteSize.Format(c.MaxMemoryAllocationSize));

@@ -3,6 +3,7 @@
 using System.Globalization;
 using System.Text;
 using VkPeft.Peft.Formats;
+using VkPeft.Peft.Engine;
 
 namespace VkPeft.Peft.Export;
 
@@ -34,6 +35,20 @@ public sealed record ExportOptions
     public required ExportFormat Format { get; init; }
     public ExportDType DType { get; init; } = ExportDType.F32;
     public MergeFrom MergeFrom { get; init; } = MergeFrom.Dequantized;
+
+    /// <summary>
+    /// Without an adapter and with MergeFrom.Dequantized: the base quantization whose dequantized linear weights the
+    /// model export writes — the base an adapter trained on that quantization (e.g. a GGUF LoRA) pairs with. Null or
+    /// "none": the original weights.
+    /// </summary>
+    public BaseQuant? DequantizeBase { get; init; }
+
+    /// <summary>
+    /// Token embedding and classifier dtype of a model export. Null: the precision the model ran with — float32 when
+    /// the dtype is a block-quantized one (nf4, int4, q8_0, q4_0, q4_1 quantize the linear weights only), the dtype
+    /// itself when it is f32, f16 or bf16 (a whole-model precision).
+    /// </summary>
+    public ExportDType? EmbeddingsDType { get; init; }
 
     /// <summary>Replace an existing output; without it an existing output is an error.</summary>
     public bool Force { get; init; }

@@ -79,7 +79,18 @@ public static class Exporter
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
-        if (adapter is null) return new MergedModel(model.Config, model.Weights);
+        if (adapter is null)
+        {
+            if (options.MergeFrom != MergeFrom.Dequantized || options.DequantizeBase is not { } q || q.Type == "none")
+                return new MergedModel(model.Config, model.Weights);
+            report?.Notes.Add($"no adapter: the base dequantized from {q.Type} (blocksize {q.Blocksize}), the base an adapter trained on it pairs with");
+            var config = model.Config;
+            return new MergedModel(config, ModelTensors.WithLinears(model.Weights, (layer, t, w) =>
+            {
+                var (outF, inF) = config.LinearShape(t);
+                return AdapterMerge.TrainedBase(q, w, outF, inF, $"layers.{layer}.{AdapterWeights.TargetName(t)}");
+            }));
+        }
         var cfg = adapter.Config;
         if (cfg.Method.NotMergeableReason is { } why) throw new ExportException(why);
         if (cfg.Method.LosslessMerge(model.Config, model.Weights, adapter, options.Format, options.DType, options.MergeFrom, report?.Notes) is { } lossless)

@@ -91,7 +91,9 @@ internal static partial class ModelWriters
                 AddGgufTensor(g, report, name, ne, GgmlType.F32, Encode(GgmlType.F32, data, name));
                 continue;
             }
-            GgmlType type = requested;
+            GgmlType type = kind is LlamaTensorKind.TokenEmbedding or LlamaTensorKind.Classifier
+                ? (o.EmbeddingsDType is { } e ? Requested(e) : requested is GgmlType.F16 or GgmlType.BF16 ? requested : GgmlType.F32)
+                : requested;
             if (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 && shape[1] % 32 != 0)
             {
                 type = GgmlType.F16;
@@ -163,6 +165,11 @@ internal static partial class ModelWriters
 
     private static void AddTokenizer(GgufWriter g, ITextTokenizer? tok, LlamaConfig c, ExportReport report)
     {
+        if (tok is HfTokenizer hf)
+        {
+            AddHfTokenizer(g, hf, c, report);
+            return;
+        }
         if (tok is not ScoreMergeTokenizer sm)
         {
             report.Notes.Add(tok is null
@@ -181,9 +188,15 @@ internal static partial class ModelWriters
         for (int i = 0; i < tokens.Length; i++)
         {
             string piece = Encoding.UTF8.GetString(sm.PieceBytes(i));
+            // As llama.cpp's llama2.c converter writes them: a llama2.c vocabulary stores BOS/EOS as "\n<s>\n"/"\n</s>\n";
+            // the GGUF gets <unk>, <s>, </s> (without it llama.cpp warns that EOS is not an end-of-generation token).
+            piece = i == sm.Bos && piece.Trim() == "<s>" ? "<s>"
+                : i == sm.Eos && piece.Trim() == "</s>" ? "</s>"
+                : i == 0 && piece.Trim() == "<unk>" ? "<unk>"
+                : piece;
             tokens[i] = piece.Replace(' ', '\u2581');
             scores[i] = sm.Score(i);
-            types[i] = i == sm.Bos || i == sm.Eos ? 3
+            types[i] = i == sm.Bos || i == sm.Eos || piece.Length == 0 ? 3
                 : piece == "<unk>" ? 2
                 : piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece.EndsWith('>') ? 6
                 : 1;
@@ -199,6 +212,77 @@ internal static partial class ModelWriters
         g.AddBool("tokenizer.ggml.add_bos_token", true);
         g.AddBool("tokenizer.ggml.add_eos_token", false);
         g.AddBool("tokenizer.ggml.add_space_prefix", sm.AddDummyPrefix);
+    }
+
+    /// <summary>
+    /// A tokenizer.json as llama.cpp's vocabulary: byte-level BPE as "gpt2" (tokens, merges, the pre-tokenizer named by
+    /// its regex), SentencePiece-style BPE as "llama" (score = −merge rank). Ids the model has beyond the tokenizer are
+    /// written as unused [PADn] tokens.
+    /// </summary>
+    private static void AddHfTokenizer(GgufWriter g, HfTokenizer hf, LlamaConfig c, ExportReport report)
+    {
+        if (hf.VocabSize > c.VocabSize)
+        {
+            report.Notes.Add($"no tokenizer embedded: it has {hf.VocabSize} ids, the model {c.VocabSize}");
+            return;
+        }
+        string? pre = null;
+        if (hf.ByteLevel)
+        {
+            pre = hf.SplitPattern switch
+            {
+                HfTokenizers.Llama3Pattern => "llama-bpe",
+                HfPipeline.Gpt2Pattern => "gpt2",
+                var p when p == HfTokenizers.Llama3Pattern.Replace(@"\p{N}{1,3}", @"\p{N}", StringComparison.Ordinal) => "qwen2",
+                _ => null,
+            };
+            if (pre is null)
+            {
+                report.Notes.Add("no tokenizer embedded: its pre-tokenizer split has no llama.cpp name (llama-bpe, qwen2, gpt2)");
+                return;
+            }
+        }
+        var tokens = new string[c.VocabSize];
+        var types = new int[c.VocabSize];
+        var special = hf.AddedTokens.ToDictionary(a => a.Id);
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            string? t = hf.TokenString(i);
+            tokens[i] = t ?? $"[PAD{i}]";
+            types[i] = t is null ? 5
+                : special.TryGetValue(i, out var a) ? (a.Special ? 3 : 4)
+                : i == hf.Model.UnkId ? 2
+                : !hf.ByteLevel && t.Length == 6 && t.StartsWith("<0x", StringComparison.Ordinal) && t.EndsWith('>') ? 6
+                : 1;
+        }
+        if (hf.ByteLevel)
+        {
+            g.AddString("tokenizer.ggml.model", "gpt2");
+            g.AddString("tokenizer.ggml.pre", pre!);
+            g.AddArray("tokenizer.ggml.tokens", tokens);
+            g.AddArray("tokenizer.ggml.token_type", types);
+            g.AddArray("tokenizer.ggml.merges", hf.Model.Merges.Select(m => m.Left + " " + m.Right).ToArray());
+        }
+        else
+        {
+            var scores = new float[tokens.Length];
+            Array.Fill(scores, float.NegativeInfinity);
+            var merges = hf.Model.Merges;
+            for (int rank = 0; rank < merges.Count; rank++)
+                if (hf.Model.TryGetId(merges[rank].Left + merges[rank].Right, out int id) && float.IsNegativeInfinity(scores[id])) scores[id] = -rank;
+            g.AddString("tokenizer.ggml.model", "llama");
+            g.AddArray("tokenizer.ggml.tokens", tokens);
+            g.AddArray("tokenizer.ggml.scores", scores);
+            g.AddArray("tokenizer.ggml.token_type", types);
+            g.AddBool("tokenizer.ggml.add_space_prefix", hf.PrependsSpace);
+            if (hf.Model.UnkId >= 0) g.AddUInt32("tokenizer.ggml.unknown_token_id", (uint)hf.Model.UnkId);
+        }
+        if (hf.Bos >= 0) g.AddUInt32("tokenizer.ggml.bos_token_id", (uint)hf.Bos);
+        if (hf.Eos >= 0) g.AddUInt32("tokenizer.ggml.eos_token_id", (uint)hf.Eos);
+        var (prefix, suffix) = hf.SpecialFraming;
+        g.AddBool("tokenizer.ggml.add_bos_token", hf.Bos >= 0 && prefix.Contains(hf.Bos));
+        g.AddBool("tokenizer.ggml.add_eos_token", hf.Eos >= 0 && suffix.Contains(hf.Eos));
+        if (hf.ChatTemplate != null) g.AddString("tokenizer.chat_template", hf.ChatTemplate);
     }
 
     /// <summary>

@@ -26,7 +26,8 @@ internal static partial class ModelWriters
             var linear = kind.ToTarget();
             if (linear is null || o.DType is ExportDType.F32 or ExportDType.F16 or ExportDType.BF16)
             {
-                entries.Add(SafeTensorsWriter.FromFloat32(name, shape.Select(d => (long)d).ToArray(), data, floatType));
+                string type = kind is LlamaTensorKind.TokenEmbedding or LlamaTensorKind.Classifier ? EmbeddingsFloatType(o, floatType) : floatType;
+                entries.Add(SafeTensorsWriter.FromFloat32(name, shape.Select(d => (long)d).ToArray(), data, type));
                 continue;
             }
             if (o.DType is ExportDType.Nf4 or ExportDType.Nf4Dq)
@@ -99,6 +100,16 @@ internal static partial class ModelWriters
         report.Files.Add(HfCheckpoint.ConfigFile);
         CopyTokenizerFiles(dir, source, report);
     }
+
+    /// <summary>Safetensors dtype of the token embedding and classifier: the float dtype of the export unless ExportOptions.EmbeddingsDType says otherwise.</summary>
+    private static string EmbeddingsFloatType(ExportOptions o, string floatType) => o.EmbeddingsDType switch
+    {
+        null => floatType,
+        ExportDType.F32 => "F32",
+        ExportDType.F16 => "F16",
+        ExportDType.BF16 => "BF16",
+        var d => throw new ExportException($"safetensors stores the token embedding and classifier as f32, f16 or bf16, not {ExportOptions.DTypeName(d.Value)}"),
+    };
 
     private static byte[] HfConfigJson(LlamaConfig c, LlamaWeights w, string torchDtype, ExportOptions o, int int4Group)
     {

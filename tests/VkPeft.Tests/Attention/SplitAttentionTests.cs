@@ -9,6 +9,7 @@ using VkPeft.Tests.Support;
 
 namespace VkPeft.Tests.Attention;
 
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class SplitAttentionTests : SplitDeviceTests
 {
     [Theory]

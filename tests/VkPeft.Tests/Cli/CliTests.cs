@@ -14,7 +14,7 @@ public sealed class CliCollection;
 public sealed class CliTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-cli-").FullName;
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
+    private static string Model => SharedData.Stories260K("stories260K.bin");
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 

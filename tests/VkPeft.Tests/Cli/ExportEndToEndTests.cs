@@ -9,10 +9,11 @@ using static VkPeft.Tests.Cli.CliTests;
 namespace VkPeft.Tests.Cli;
 
 [Collection("cli")]
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class ExportEndToEndTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-export-").FullName;
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
+    private static string Model => SharedData.Stories260K("stories260K.bin");
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
@@ -59,7 +60,7 @@ public sealed class ExportEndToEndTests : IDisposable
             (code, var output, err) = Run("export", "--model", Model, "--adapter", run, "--format", format, "--dtype", dtype, "--out", outPath);
             Assert.True(code == 0, $"{format}/{dtype}: {err}{output}");
             var modelArg = format == "llama2c" ? outPath : outPath;
-            string[] tokArgs = format == "safetensors" ? ["--tokenizer", SharedData.Path("models", "stories260K", "tok512.bin")] : [];
+            string[] tokArgs = format == "safetensors" ? ["--tokenizer", SharedData.Stories260K("tok512.bin")] : [];
             double merged = Nll(["--model", modelArg, "--data", data, .. tokArgs]);
             Assert.True(Math.Abs(merged - withAdapter) <= tol, string.Create(CultureInfo.InvariantCulture, $"{format}/{dtype}: merged {merged} vs base+adapter {withAdapter}"));
         }
@@ -68,10 +69,10 @@ public sealed class ExportEndToEndTests : IDisposable
         // reports the error it introduced, and --check-data shows what it costs in NLL.
         var nf4 = Path.Combine(_dir, "merged-nf4");
         (code, var report, err) = Run("export", "--model", Model, "--adapter", run, "--format", "safetensors", "--dtype", "nf4-dq", "--out", nf4,
-            "--check-data", data, "--tokenizer", SharedData.Path("models", "stories260K", "tok512.bin"));
+            "--check-data", data, "--tokenizer", SharedData.Stories260K("tok512.bin"));
         Assert.True(code == 0, err + report);
         Assert.Contains("check on", report);
-        Assert.True(double.IsFinite(Nll("--model", nf4, "--data", data, "--tokenizer", SharedData.Path("models", "stories260K", "tok512.bin"))));
+        Assert.True(double.IsFinite(Nll("--model", nf4, "--data", data, "--tokenizer", SharedData.Stories260K("tok512.bin"))));
 
         // An existing output is not replaced without --force.
         (code, var o2, err) = Run("export", "--model", Model, "--adapter", run, "--format", "peft", "--out", peft);
@@ -90,7 +91,7 @@ public sealed class ExportEndToEndTests : IDisposable
         var merged = Path.Combine(_dir, "qa-int4");
         (code, var output, err) = Run("export", "--model", Model, "--adapter", run, "--format", "safetensors", "--dtype", "int4", "--out", merged);
         Assert.True(code == 0, err + output);
-        double m = Nll("--model", merged, "--data", data, "--tokenizer", SharedData.Path("models", "stories260K", "tok512.bin"));
+        double m = Nll("--model", merged, "--data", data, "--tokenizer", SharedData.Stories260K("tok512.bin"));
         // The merge only shifts the INT4 zero points: same model up to fp32 rounding.
         Assert.True(Math.Abs(m - withAdapter) < 1e-4, $"merged INT4 {m} vs base+adapter {withAdapter}");
     }

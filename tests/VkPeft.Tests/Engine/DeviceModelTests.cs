@@ -13,9 +13,9 @@ public sealed class DeviceModelTests(GpuFixture gpu)
 {
     private VulkanContext Ctx => gpu.Context;
 
-    internal static readonly Lazy<LoadedModel> Stories = new(() => ModelLoader.Load(SharedData.Path("models", "stories260K", "stories260K.bin")));
+    internal static readonly Lazy<LoadedModel> Stories = new(() => ModelLoader.Load(SharedData.Stories260K("stories260K.bin")));
     internal static readonly Lazy<JsonElement> Reference = new(() =>
-        JsonDocument.Parse(File.ReadAllText(SharedData.Path("models", "stories260K", "reference.json"))).RootElement);
+        JsonDocument.Parse(File.ReadAllText(SharedData.Fixture("stories260K_reference.json"))).RootElement);
 
     private static int[] Ints(string name) => [.. Reference.Value.GetProperty(name).EnumerateArray().Select(e => e.GetInt32())];
 

@@ -17,6 +17,16 @@ internal static class ExportTestSupport
 
     public static int[] Tokens => Stories260K.Ref.TokenIds;
 
+    /// <summary>
+    /// A QA-LoRA adapter with g = 32 on an INT4 base of stories260K, on the six linears whose in-features 32 divides
+    /// (ffn_down's 172 inputs are not a multiple of 32): the case a GGUF Q4_1 export merges losslessly.
+    /// </summary>
+    public static (AdapterWeights Adapter, TargetModule[] Targets) QaLoraForQ4_1(int seed)
+    {
+        TargetModule[] targets = [TargetModule.Q, TargetModule.K, TargetModule.V, TargetModule.O, TargetModule.Gate, TargetModule.Up];
+        return (RandomLora(Base.Config, seed, PeftMethod.QaLora, targets: targets, groupSize: 32, baseQuant: new BaseQuant("int4", 32)), targets);
+    }
+
     public static double[][] Logits(LlamaConfig c, LlamaWeights w) => new ReferenceForward(c, w).Forward(Tokens);
 
     public static double[][] Logits(LoadedModel m) => Logits(m.Config, m.Weights);

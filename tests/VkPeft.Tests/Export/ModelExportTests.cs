@@ -151,7 +151,7 @@ public sealed class ModelExportTests(ITestOutputHelper output)
     [Fact]
     public void BnbSerializationReproducesGoldenBytes()
     {
-        using var golden = JsonDocument.Parse(File.ReadAllBytes(Support.SharedData.Path("reference", "nf4_golden.json")));
+        using var golden = JsonDocument.Parse(File.ReadAllBytes(Support.SharedData.Fixture("nf4_golden.json")));
         foreach (var c in golden.RootElement.GetProperty("cases").EnumerateArray())
         {
             int[] shape = [.. c.GetProperty("shape").EnumerateArray().Select(e => e.GetInt32())];
@@ -219,7 +219,19 @@ public sealed class ModelExportTests(ITestOutputHelper output)
         var tokens = ((uint, object[]))g.Kvs["tokenizer.ggml.tokens"].Value;
         Assert.Equal((8u, Base.Config.VocabSize), (tokens.Item1, tokens.Item2.Length));
         Assert.Equal(4u, g.Kvs["tokenizer.ggml.bos_token_id"].Type);
-        Assert.Equal(5u, (((uint, object[]))g.Kvs["tokenizer.ggml.token_type"].Value).Item1);
+        var types = ((uint, object[]))g.Kvs["tokenizer.ggml.token_type"].Value;
+        Assert.Equal(5u, types.Item1);
+        // llama.cpp's llama2.c converter names ids 0/1/2 <unk>, <s>, </s> (types unknown 2, control 3, control 3); the
+        // llama2.c vocabulary's own texts ("\n<s>\n") make llama.cpp warn that EOS is not an end-of-generation token.
+        var firstTexts = tokens.Item2.Take(3).ToArray();
+        var firstTypes = types.Item2.Take(3).ToArray();
+        Assert.True(new object[] { "<unk>", "<s>", "</s>" }.SequenceEqual(firstTexts),
+            $"token texts 0..2 are {string.Join(", ", firstTexts.Select(t => $"'{t}'"))}, expected '<unk>', '<s>', '</s>'");
+        Assert.True(new object[] { 2, 3, 3 }.SequenceEqual(firstTypes),
+            $"token types 0..2 are {string.Join(", ", firstTypes)}, expected 2, 3, 3 (unknown, control, control)");
+        Assert.Equal(6, types.Item2[3 + 0x41]);   // <0x41>: a byte token
+        Assert.Equal(1, types.Item2[^1]);         // the last merge: a normal token
+        Assert.Equal(0u, Convert.ToUInt32(g.Kvs["tokenizer.ggml.unknown_token_id"].Value, System.Globalization.CultureInfo.InvariantCulture));
         Assert.DoesNotContain(g.Infos, t => t.Name == "output.weight");
         var embd = g.Infos.Single(t => t.Name == "token_embd.weight");
         Assert.Equal(new ulong[] { (ulong)Base.Config.Dim, (ulong)Base.Config.VocabSize }, embd.Ne);

@@ -96,8 +96,7 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
     public void GgufQ4_1MergeKeepsTheInt4CodesWithFp16ScaleAndMin()
     {
         var c = Base.Config;
-        TargetModule[] targets = [TargetModule.Q, TargetModule.K, TargetModule.V, TargetModule.O, TargetModule.Gate, TargetModule.Up];
-        var adapter = RandomLora(c, 22, PeftMethod.QaLora, targets: targets, groupSize: 32, baseQuant: new BaseQuant("int4", 32));
+        var (adapter, targets) = QaLoraForQ4_1(22);
         using var dir = new TempDir();
         string path = dir.File("m.gguf");
         var report = Exporter.Export(Base, adapter, new ExportOptions { Format = ExportFormat.Gguf, DType = ExportDType.Q4_1, OutPath = path });

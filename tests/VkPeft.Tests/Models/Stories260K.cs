@@ -1,4 +1,4 @@
-// Shared access to the stories260K golden model and its reference.json for the model tests.
+// Access to the stories260K golden model (shared folder, cache or download) and its reference logits (Fixtures/stories260K_reference.json) for the model tests.
 using System.Text.Json;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Models;
@@ -18,8 +18,8 @@ internal sealed record Reference(
 
 internal static class Stories260K
 {
-    public static string ModelPath => SharedData.Path("models", "stories260K", "stories260K.bin");
-    public static string TokenizerPath => SharedData.Path("models", "stories260K", "tok512.bin");
+    public static string ModelPath => SharedData.Stories260K("stories260K.bin");
+    public static string TokenizerPath => SharedData.Stories260K("tok512.bin");
 
     private static readonly Lazy<(LlamaConfig, LlamaWeights)> ModelLazy = new(() => Llama2cCheckpoint.Read(ModelPath));
     private static readonly Lazy<Reference> ReferenceLazy = new(LoadReference);
@@ -32,7 +32,7 @@ internal static class Stories260K
 
     private static Reference LoadReference()
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(SharedData.Path("models", "stories260K", "reference.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(SharedData.Fixture("stories260K_reference.json")));
         var r = doc.RootElement;
         int[] Ints(string name) => r.GetProperty(name).EnumerateArray().Select(e => e.GetInt32()).ToArray();
         return new Reference(

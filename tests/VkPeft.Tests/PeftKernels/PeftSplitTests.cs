@@ -11,6 +11,7 @@ using R = VkPeft.Runtime.Reference.PeftKernelReference;
 
 namespace VkPeft.Tests.PeftKernels;
 
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class PeftSplitTests : SplitDeviceTests
 {
     private const int Rows = 300, Cols = 257;

@@ -46,6 +46,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     private static (TrainSetup, LlamaWeights) Random(TrainSetup s) => (s, ModelCatalog.RandomWeights(s.Config, 5, 0.05f));
 
     [Theory]
+    [Trait("Category", "Slow")]   // real training steps per case: ./vkpeft test --fast leaves it out
     [MemberData(nameof(Cases))]
     public void AnalyticModelMatchesMeasuredPeaksPerCategory(string name)
     {

@@ -10,6 +10,7 @@ using VkPeft.Tests.Support;
 
 namespace VkPeft.Tests.Planning;
 
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class PlanHonouredTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-plan-").FullName;

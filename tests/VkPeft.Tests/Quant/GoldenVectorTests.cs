@@ -1,4 +1,4 @@
-// The bitsandbytes NF4 + double-quantization reference vectors (shared/reference/nf4_golden.json) reproduced byte for byte.
+// The bitsandbytes NF4 + double-quantization reference vectors (Fixtures/nf4_golden.json) reproduced byte for byte.
 using System.Text.Json;
 using VkPeft.Quant;
 using VkPeft.Tests.Support;
@@ -8,7 +8,7 @@ namespace VkPeft.Tests.Quant;
 public class GoldenVectorTests
 {
     private static readonly Lazy<JsonDocument> Golden = new(() =>
-        JsonDocument.Parse(File.ReadAllText(SharedData.Path("reference", "nf4_golden.json"))));
+        JsonDocument.Parse(File.ReadAllText(SharedData.Fixture("nf4_golden.json"))));
 
     private static JsonElement Root => Golden.Value.RootElement;
 

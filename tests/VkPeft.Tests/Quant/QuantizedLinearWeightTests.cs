@@ -1,4 +1,5 @@
-// The weight container: bits/param accounting for every format, consistency with the codecs, and NF4+DQ speed on 4096².
+// The weight container: bits/param accounting for every format and consistency with the codecs (NF4+DQ quantize time on
+// 4096² is printed, not asserted: a wall-clock bound fails on a loaded CI machine; bench/ measures speed).
 using System.Diagnostics;
 using VkPeft.Quant;
 using Xunit.Abstractions;
@@ -8,7 +9,7 @@ namespace VkPeft.Tests.Quant;
 public class QuantizedLinearWeightTests(ITestOutputHelper output)
 {
     [Fact]
-    public void Nf4WithDoubleQuantOn4096SquaredCosts4Point127BitsAndQuantizesFast()
+    public void Nf4WithDoubleQuantOn4096SquaredCosts4Point127Bits()
     {
         const int size = 4096;
         float[] weights = QuantTestData.Gaussian(size * size, 42);
@@ -22,7 +23,6 @@ public class QuantizedLinearWeightTests(ITestOutputHelper output)
         Assert.Equal(n / 2 + blocks + 4 * ((blocks + 255) / 256) + 4, weight.Bytes);
         output.WriteLine($"NF4+DQ bits/param: {weight.BitsPerParam:F5}");
         Assert.Equal(4.127, weight.BitsPerParam, 0.001);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"quantizing took {clock.Elapsed}");
 
         // Double-quantized reconstruction stays close to the fp32-absmax one: DQ adds ~0.1 % to the mean error.
         var plain = QuantizedLinearWeight.Bnb4Bit(weights, size, size, doubleQuant: false);

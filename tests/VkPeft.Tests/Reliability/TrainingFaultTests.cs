@@ -186,7 +186,7 @@ public sealed class TrainingFaultTests(GpuFixture gpu) : IDisposable
 public sealed class TrainCliFaultTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-faults-cli-").FullName;
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
+    private static string Model => SharedData.Stories260K("stories260K.bin");
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 

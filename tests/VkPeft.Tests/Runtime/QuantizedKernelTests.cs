@@ -192,7 +192,7 @@ public sealed class QuantizedKernelTests(GpuFixture gpu)
     [Fact]
     public void GoldenNf4DqVectorsDequantizeExactlyOnTheDevice()
     {
-        using var doc = JsonDocument.Parse(File.ReadAllText(SharedData.Path("reference", "nf4_golden.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllText(SharedData.Fixture("nf4_golden.json")));
         foreach (var c in doc.RootElement.GetProperty("cases").EnumerateArray())
         {
             int[] shape = [.. c.GetProperty("shape").EnumerateArray().Select(e => e.GetInt32())];

@@ -15,12 +15,13 @@ using Xunit.Abstractions;
 namespace VkPeft.Tests.Training;
 
 [Collection("gpu")]
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper output) : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-bottleneck-").FullName;
     private VulkanContext Ctx => gpu.Context;
 
-    private static string ModelPath => SharedData.Path("models", "stories260K", "stories260K.bin");
+    private static string ModelPath => SharedData.Stories260K("stories260K.bin");
 
     /// <summary>Short stories in one distinctive pattern (one per line), unlike what stories260K was trained on.</summary>
     private string WriteData()

@@ -11,6 +11,7 @@ using VkPeft.Tests.Support;
 
 namespace VkPeft.Tests.Training;
 
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class SplitTrainingTests
 {
     private static Dictionary<string, float[]> Gradients(VulkanContext ctx, string method, bool offload, int seqLen, out double loss)

@@ -14,6 +14,7 @@ using VkPeft.Tests.Support;
 namespace VkPeft.Tests.Training;
 
 [Collection("gpu")]
+[Trait("Category", "Slow")]   // end-to-end or split-binding cases: ./vkpeft test --fast leaves them out
 public sealed class TrainerTests(GpuFixture gpu) : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-train-").FullName;

@@ -20,7 +20,7 @@ public sealed class OutputScaleMethodTests : IDisposable
     static OutputScaleMethodTests() => PeftMethods.Register(OutputScaleMethod.Instance);   // the one registry line
 
     private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-output-scale-").FullName;
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
+    private static string Model => SharedData.Stories260K("stories260K.bin");
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
