@@ -118,6 +118,13 @@ public sealed class DeviceTensor : DisposableObject
         return new DeviceTensor(_ctx, Name, DType, shape.ToArray(), Category, Place, [], segs);
     }
 
+    /// <summary>The same storage under another name (views carved out of a shared buffer keep their own names).</summary>
+    public DeviceTensor Named(string name)
+    {
+        ThrowIfDisposed();
+        return new DeviceTensor(_ctx, name, DType, Shape.ToArray(), Category, Place, [], _segments);
+    }
+
     /// <summary>A view of rows [start, start+count) along dim 0.</summary>
     public DeviceTensor RowsView(long start, long count)
     {

@@ -122,11 +122,14 @@ public abstract class PeftMethod
 
     /// <summary>
     /// Adds freshly initialized tensors of <see cref="Parameters"/> to <paramref name="p"/>: one seeded stream, values
-    /// drawn tensor by tensor in spec order (zeros and constants draw nothing).
+    /// drawn tensor by tensor in spec order (zeros and constants draw nothing); trained tensors share one packed block,
+    /// frozen ones (no gradient, no optimizer state) another.
     /// </summary>
     public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
     {
         var rng = new Random(seed);
+        var trained = new List<(string, long[], float[])>();
+        var frozen = new List<(string, long[], float[])>();
         foreach (var spec in Parameters(c, a))
         {
             var data = new float[spec.Count];
@@ -139,8 +142,10 @@ public abstract class PeftMethod
                     Array.Fill(data, k.Value);
                     break;
             }
-            p.Add(spec.Name, spec.Shape, data, spec.Frozen);
+            (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
         }
+        p.AddAll(trained);   // one packed block with gradients and optimizer state
+        if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
     }
 
     // ---------------------------------------------------------------- runtime

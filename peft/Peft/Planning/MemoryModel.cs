@@ -162,7 +162,7 @@ public static class MemoryModel
         if (c.AttentionBias) Add("q/k/v biases", MemoryCategory.Weights, L * (F32(c.QDim) + 2 * F32(c.KvDim)), true);
         if (s.Quant.DoubleQuant) Add("double-quant dynamic map", MemoryCategory.Weights, 256 * 4);
 
-        // Trainable tensors, gradients and AdamW moments (TrainableParameters: one fp32 tensor each in the method's spec;
+        // Trainable tensors, gradients and AdamW moments (TrainableParameters: fp32, packed back to back in flat buffers;
         // frozen ones, LoRA-FA's A, without gradient or moments).
         var spec = s.Method.Parameters(c, s.ToAdapterConfig());
         long trainableBytes = spec.Sum(p => F32(p.Count)), largestTrainable = spec.Count == 0 ? 0 : spec.Max(p => F32(p.Count));

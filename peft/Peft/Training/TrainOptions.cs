@@ -29,6 +29,9 @@ public sealed record TrainOptions
     public bool OffloadCheckpoints { get; init; }
     /// <summary>Keep AdamW's m and v in host memory; the update kernel streams them.</summary>
     public bool OptimizerOnHost { get; init; }
+    /// <summary>Trainable tensors packed into flat buffers (a constant number of optimizer dispatches per step), or one
+    /// buffer set per tensor; both give bit-identical training.</summary>
+    public ParameterLayout ParameterLayout { get; init; } = ParameterLayout.Packed;
     /// <summary>Rows of logits per cross-entropy chunk (the fit planner lowers it to save memory).</summary>
     public int LogitRows { get; init; } = 128;
     public int EvalEvery { get; init; }

@@ -1,6 +1,7 @@
 // Trainable tensors on the device with their gradients and AdamW moments, charged to the trainable, gradient and
 // optimizer memory categories; the optimizer step, global-norm clipping and host round trips for checkpoints. AdamW's
-// moments can live in host memory (the paged-optimizer idea): the update kernel streams them over the bus.
+// moments can live in host memory (the paged-optimizer idea): the update kernel streams them over the bus. Tensors are
+// packed into flat buffers so that the whole optimizer step takes a constant number of dispatches.
 using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
@@ -9,32 +10,67 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
-public sealed class TrainableTensor : IDisposable
+/// <summary>One trainable tensor: views of its parameter, gradient and AdamW moments inside a <see cref="ParameterBlock"/>.</summary>
+public sealed class TrainableTensor
 {
-    public TrainableTensor(VulkanContext ctx, string name, long[] shape, bool withOptimizer, MemoryPlace optimizerPlace = MemoryPlace.Device)
+    internal TrainableTensor(string name, long[] shape, long offset, ParameterBlock block, bool frozen)
     {
         Name = name;
         Shape = shape;
-        Param = DeviceTensor.Create(ctx, name, DType.F32, shape, MemoryCategory.Trainable);
+        Offset = offset;
+        Frozen = frozen;
+        long count = shape.Aggregate(1L, (a, b) => a * b);
+        Param = View(block.Param, name, offset, count, shape)!;
+        Grad = View(block.Grad, name + ".grad", offset, count, shape);
+        M = View(block.M, name + ".adam_m", offset, count, shape);
+        V = View(block.V, name + ".adam_v", offset, count, shape);
+    }
+
+    public string Name { get; }
+    public long[] Shape { get; }
+    /// <summary>Kept at its initialization: no gradient, no optimizer state (its block has none).</summary>
+    public bool Frozen { get; }
+    /// <summary>Element offset of this tensor inside its block's flat buffers.</summary>
+    public long Offset { get; }
+    public DeviceTensor Param { get; }
+    public DeviceTensor? Grad { get; }
+    public DeviceTensor? M { get; }
+    public DeviceTensor? V { get; }
+
+    private static DeviceTensor? View(DeviceTensor? flat, string name, long offset, long count, long[] shape) =>
+        flat?.RowsView(offset, count).Reshape(shape).Named(name);
+}
+
+/// <summary>
+/// Flat fp32 buffers [elements] holding several trainable tensors back to back (parameters, gradients, AdamW m and v),
+/// so that zeroing, the gradient norm and the AdamW step each take one dispatch per block instead of one per tensor.
+/// </summary>
+internal sealed class ParameterBlock : IDisposable
+{
+    public ParameterBlock(VulkanContext ctx, string name, long elements, bool withOptimizer, MemoryPlace optimizerPlace)
+    {
+        long n = Math.Max(elements, 1);   // a zero-size allocation is not a buffer; the spare element stays 0 under AdamW
+        Param = DeviceTensor.Create(ctx, name, DType.F32, [n], MemoryCategory.Trainable);
         if (withOptimizer)
         {
-            Grad = DeviceTensor.Create(ctx, name + ".grad", DType.F32, shape, MemoryCategory.Gradients);
-            M = DeviceTensor.Create(ctx, name + ".adam_m", DType.F32, shape, MemoryCategory.Optimizer, optimizerPlace);
-            V = DeviceTensor.Create(ctx, name + ".adam_v", DType.F32, shape, MemoryCategory.Optimizer, optimizerPlace);
+            Grad = DeviceTensor.Create(ctx, name + ".grad", DType.F32, [n], MemoryCategory.Gradients);
+            M = DeviceTensor.Create(ctx, name + ".adam_m", DType.F32, [n], MemoryCategory.Optimizer, optimizerPlace);
+            V = DeviceTensor.Create(ctx, name + ".adam_v", DType.F32, [n], MemoryCategory.Optimizer, optimizerPlace);
             BasicOps.Fill(Grad, 0);
             BasicOps.Fill(M, 0);
             BasicOps.Fill(V, 0);
         }
     }
 
-    public string Name { get; }
-    public long[] Shape { get; }
-    /// <summary>Kept at its initialization: no gradient, no optimizer state.</summary>
-    public bool Frozen { get; init; }
     public DeviceTensor Param { get; }
     public DeviceTensor? Grad { get; }
     public DeviceTensor? M { get; }
     public DeviceTensor? V { get; }
+    public List<TrainableTensor> Tensors { get; } = [];
+    /// <summary>U32 [tensors, 2]: (offset, count) of each tensor's gradient, for the one-dispatch norm; built on first use.</summary>
+    public DeviceTensor? GradTable { get; set; }
+    /// <summary>Every flat buffer is one bindable range, so several tensors can share a single packed block.</summary>
+    public bool Unsplit => Param.Segments.Count == 1 && (Grad is null || (Grad.Segments.Count == 1 && M!.Segments.Count == 1 && V!.Segments.Count == 1));
 
     public void Dispose()
     {
@@ -42,70 +78,150 @@ public sealed class TrainableTensor : IDisposable
         Grad?.Dispose();
         M?.Dispose();
         V?.Dispose();
+        GradTable?.Dispose();
     }
 }
+
+/// <summary>How trainable tensors are laid out: packed into shared flat buffers (the default), or one buffer set each.</summary>
+public enum ParameterLayout { Packed, PerTensor }
 
 /// <summary>All trainable tensors of an adapter, by canonical name (see <see cref="AdapterWeights"/>).</summary>
 public sealed class TrainableParameters : IDisposable
 {
     private readonly VulkanContext _ctx;
+    private readonly List<ParameterBlock> _blocks = [];
     private DeviceTensor? _partials;
     private DeviceTensor? _norm;
 
-    public TrainableParameters(VulkanContext ctx, bool withOptimizer, MemoryPlace optimizerPlace = MemoryPlace.Device)
+    public TrainableParameters(VulkanContext ctx, bool withOptimizer, MemoryPlace optimizerPlace = MemoryPlace.Device, ParameterLayout layout = ParameterLayout.Packed)
     {
         _ctx = ctx;
         WithOptimizer = withOptimizer;
         OptimizerPlace = optimizerPlace;
+        Layout = layout;
     }
 
     public bool WithOptimizer { get; }
     /// <summary>Where AdamW's m and v live: device memory, or host memory streamed by the update kernel.</summary>
     public MemoryPlace OptimizerPlace { get; }
+    public ParameterLayout Layout { get; }
     public Dictionary<string, TrainableTensor> ByName { get; } = new(StringComparer.Ordinal);
     public long Count => ByName.Values.Sum(t => t.Param.Count);
 
     /// <summary>Trained values: the tensors that have gradients (all but frozen ones, when training).</summary>
     public long TrainedCount => ByName.Values.Where(t => !t.Frozen).Sum(t => t.Param.Count);
 
-    /// <summary>Tensors with a gradient and optimizer state (none without an optimizer).</summary>
-    private IEnumerable<TrainableTensor> Trained => ByName.Values.Where(t => t.Grad != null);
+    /// <summary>Blocks with gradients and optimizer state (none without an optimizer; frozen tensors' blocks have none).</summary>
+    private IEnumerable<ParameterBlock> TrainedBlocks => _blocks.Where(b => b.Grad != null);
 
     /// <summary>Adds a tensor; a <paramref name="frozen"/> one gets no gradient or optimizer state even when training.</summary>
-    public TrainableTensor Add(string name, long[] shape, float[] init, bool frozen = false)
+    public TrainableTensor Add(string name, long[] shape, float[] init, bool frozen = false) => AddAll([(name, shape, init)], frozen)[0];
+
+    /// <summary>
+    /// Adds tensors with their initial values. With the packed layout they share one block of flat buffers (several
+    /// blocks only where one would not fit a single allocation); otherwise each gets its own.
+    /// </summary>
+    public IReadOnlyList<TrainableTensor> AddAll(IReadOnlyList<(string Name, long[] Shape, float[] Init)> tensors, bool frozen = false)
     {
-        var t = new TrainableTensor(_ctx, name, shape, WithOptimizer && !frozen, OptimizerPlace) { Frozen = frozen };
-        t.Param.Upload<float>(init);
+        foreach (var (name, _, _) in tensors)
+            if (ByName.ContainsKey(name)) throw new ArgumentException($"trainable tensor '{name}' added twice");
+        var added = new List<TrainableTensor>();
+        if (Layout == ParameterLayout.Packed && tensors.Count > 1)
+        {
+            var block = NewBlock(tensors, frozen);
+            if (block.Unsplit)
+            {
+                long offset = 0;
+                foreach (var (name, shape, init) in tensors)
+                {
+                    added.Add(Place(block, name, shape, offset, init, frozen));
+                    offset += init.LongLength;
+                }
+                return added;
+            }
+            _blocks.Remove(block);
+            block.Dispose();
+        }
+        foreach (var t in tensors) added.Add(Place(NewBlock([t], frozen), t.Name, t.Shape, 0, t.Init, frozen));
+        return added;
+    }
+
+    private ParameterBlock NewBlock(IReadOnlyList<(string Name, long[] Shape, float[] Init)> tensors, bool frozen)
+    {
+        string name = tensors.Count == 1 ? tensors[0].Name : $"trainable.block{_blocks.Count}";
+        var block = new ParameterBlock(_ctx, name, tensors.Sum(t => t.Init.LongLength), WithOptimizer && !frozen, OptimizerPlace);
+        _blocks.Add(block);
+        return block;
+    }
+
+    private TrainableTensor Place(ParameterBlock block, string name, long[] shape, long offset, float[] init, bool frozen)
+    {
+        long count = shape.Aggregate(1L, (a, b) => a * b);
+        if (count != init.LongLength) throw new ArgumentException($"trainable tensor '{name}' [{string.Join(", ", shape)}] got {init.LongLength} initial values");
+        var t = new TrainableTensor(name, shape, offset, block, frozen);
+        if (count > 0) t.Param.Upload<float>(init);
+        block.Tensors.Add(t);
         ByName.Add(name, t);
         return t;
     }
 
     public DeviceTensor this[string name] => ByName[name].Param;
 
+    /// <summary>Zeroes every gradient: one fill per block.</summary>
     public void ZeroGrads()
     {
-        foreach (var t in Trained) BasicOps.Fill(t.Grad!, 0);
+        foreach (var b in TrainedBlocks) BasicOps.Fill(b.Grad!, 0);
     }
 
-    /// <summary>√Σ grad² over every trainable tensor (one host read).</summary>
+    /// <summary>
+    /// √Σ grad² over every trainable tensor (one host read): one sum-of-squares dispatch per block, tensor by tensor in
+    /// the same fp32 order as per-tensor sums, then one total.
+    /// </summary>
     public double GradNorm()
     {
         _partials ??= DeviceTensor.Create(_ctx, "train.grad_norm_partials", DType.F32, [64], MemoryCategory.Workspace);
         _norm ??= DeviceTensor.Create(_ctx, "train.grad_norm", DType.F32, [1], MemoryCategory.Workspace);
         bool first = true;
-        foreach (var t in Trained)
+        foreach (var b in TrainedBlocks)
         {
-            GradOps.SumOfSquares(t.Grad!, _partials, accumulate: !first);
+            if (b.Tensors.Count == 1 || !b.Unsplit)
+            {
+                foreach (var t in b.Tensors)
+                {
+                    GradOps.SumOfSquares(t.Grad!, _partials, accumulate: !first);
+                    first = false;
+                }
+                continue;
+            }
+            else
+            {
+                b.GradTable ??= UploadTable(b);
+                GradOps.SumOfSquaresOfSlices(b.Grad!, b.GradTable, _partials, accumulate: !first);
+            }
             first = false;
         }
+        if (first) BasicOps.Fill(_partials, 0);
         BasicOps.SumAll(_partials, _norm);
         return Math.Sqrt(_norm.ToArray<float>()[0]);
     }
 
-    /// <summary>One AdamW step on every tensor with gradients scaled by <paramref name="gradScale"/>.</summary>
+    private DeviceTensor UploadTable(ParameterBlock b)
+    {
+        var table = new uint[b.Tensors.Count * 2];
+        for (int i = 0; i < b.Tensors.Count; i++)
+        {
+            table[2 * i] = checked((uint)b.Tensors[i].Offset);
+            table[2 * i + 1] = checked((uint)b.Tensors[i].Param.Count);
+        }
+        var t = DeviceTensor.Create(_ctx, b.Param.Name + ".grad_table", DType.U32, [b.Tensors.Count, 2], MemoryCategory.Workspace);
+        t.Upload<uint>(table);
+        return t;
+    }
+
+    /// <summary>One AdamW step on every tensor with gradients scaled by <paramref name="gradScale"/>: one update per block.</summary>
     public void Step(long step, AdamWSettings settings, float gradScale)
     {
-        foreach (var t in Trained) AdamW.Step(t.Param, t.Grad!, t.M!, t.V!, step, settings, gradScale);
+        foreach (var b in TrainedBlocks) AdamW.Step(b.Param, b.Grad!, b.M!, b.V!, step, settings, gradScale);
     }
 
     /// <summary>The parameters on the host, canonical names.</summary>
@@ -118,7 +234,7 @@ public sealed class TrainableParameters : IDisposable
 
     /// <summary>Optimizer moments on the host (for checkpoints): name → (m, v).</summary>
     public Dictionary<string, (float[] M, float[] V)> OptimizerState() =>
-        Trained.ToDictionary(t => t.Name, t => (t.M!.ToArray<float>(), t.V!.ToArray<float>()));
+        ByName.Where(kv => kv.Value.M != null).ToDictionary(kv => kv.Key, kv => (kv.Value.M!.ToArray<float>(), kv.Value.V!.ToArray<float>()));
 
     public void LoadOptimizerState(Dictionary<string, (float[] M, float[] V)> state)
     {
@@ -132,7 +248,7 @@ public sealed class TrainableParameters : IDisposable
 
     public void Dispose()
     {
-        foreach (var t in ByName.Values) t.Dispose();
+        foreach (var b in _blocks) b.Dispose();
         _partials?.Dispose();
         _norm?.Dispose();
     }

@@ -1,6 +1,9 @@
-// GPU-vs-CPU tests of the AdamW step, partial sums of squares (global-norm clipping) and scale-and-accumulate.
+// GPU-vs-CPU tests of the AdamW step, partial sums of squares (global-norm clipping, also over a table of slices in one
+// dispatch) and scale-and-accumulate.
 using Xunit.Abstractions;
 using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Reference;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
@@ -93,6 +96,46 @@ public sealed class OptimizerOpsTests(GpuFixture gpu, ITestOutputHelper log)
         BasicOps.SumAll(parts.Tensor, total.Tensor);
         double eb = LayerReference.SumOfSquares(b);
         Within([eb], total.Download(), _ => gamma * eb, "sum of squares overwritten", log);
+    }
+
+    [Theory]
+    [InlineData(1, false)]
+    [InlineData(64, false)]
+    [InlineData(100, true)]
+    [InlineData(257, true)]   // more partials than most slices have elements
+    public void SumOfSquaresOfSlicesMatchesCpuAndPerSliceDispatchesBitForBit(int k, bool accumulate)
+    {
+        // Slices of awkward sizes (0, 1, not multiples of 64, 256 or k) with gaps between them that hold large values
+        // the kernel must not read; the whole flat buffer sits between guard regions.
+        (long Offset, long Count)[] slices = [(3, 1), (4, 0), (7, 4099), (4106, 257), (4500, 65), (4565, 1000), (6001, 33)];
+        int n = 6100;
+        var x = TestData.Normal(n, 7 + k);
+        var inSlice = new bool[n];
+        foreach (var (o, c) in slices) for (long i = o; i < o + c; i++) inSlice[i] = true;
+        for (int i = 0; i < n; i++) if (!inSlice[i]) x[i] = 1e6f;
+        using var flat = Guarded.Create(Ctx, "flat", n);
+        using var parts = Guarded.Create(Ctx, "partials", k);
+        using var reference = Guarded.Create(Ctx, "partials.per_slice", k);
+        using var total = Guarded.Create(Ctx, "total", 1);
+        using var table = DeviceTensor.Create(Ctx, "table", DType.U32, [slices.Length, 2], MemoryCategory.Workspace);
+        table.Upload<uint>(slices.SelectMany(sl => new[] { (uint)sl.Offset, (uint)sl.Count }).ToArray());
+        flat.Upload(x);
+        var seed = TestData.Uniform(k, 3);
+        parts.Upload(seed);
+        reference.Upload(seed);
+
+        GradOps.SumOfSquaresOfSlices(flat.Tensor, table, parts.Tensor, accumulate);
+        for (int i = 0; i < slices.Length; i++)
+            GradOps.SumOfSquares(flat.Tensor.RowsView(slices[i].Offset, slices[i].Count), reference.Tensor, accumulate: accumulate || i > 0);
+        // The same fp32 operations in the same order as one dispatch per slice: equal bit for bit.
+        Assert.Equal(reference.Download(), parts.Download());
+
+        BasicOps.SumAll(parts.Tensor, total.Tensor);
+        double expected = slices.Sum(sl => LayerReference.SumOfSquares(x.AsSpan((int)sl.Offset, (int)sl.Count).ToArray()))
+            + (accumulate ? seed.Sum(v => (double)v) : 0);
+        // As for SumOfSquares (all terms positive), plus one addition per slice: (⌈n/(256k)⌉ + ⌈k/256⌉ + slices + 20)·u.
+        double gamma = (Math.Ceiling(n / (256.0 * k)) + Math.Ceiling(k / 256.0) + slices.Length + 20) * U;
+        Within([expected], total.Download(), _ => gamma * expected, $"sum of squares of slices k={k}", log);
     }
 
     [Theory]
