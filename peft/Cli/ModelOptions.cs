@@ -13,6 +13,7 @@ public sealed class ModelOptions
 {
     public Option<string> Model { get; } = new("--model") { Description = "Model: llama2.c .bin, Hugging Face directory (config.json + safetensors), or .gguf", Required = true };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "Tokenizer file (default: found next to the model)" };
+    public Option<bool> SplitSpecialTokens { get; } = new("--split-special-tokens") { Description = "Tokenize special-token text in data and prompts (e.g. <|eot_id|>) as plain text; by default it is the special token, as in Hugging Face" };
     public Option<string?> Quant { get; } = new("--quant") { Description = "Base linear weights on the device: none, nf4, nf4-dq, fp4, fp4-dq, int4" };
     public Option<string> QuantEmbeddings { get; } = new("--quant-embeddings") { Description = "Token embedding and classifier on the device: none (fp32), nf4, nf4-dq, fp4, fp4-dq", DefaultValueFactory = _ => "none" };
 
@@ -20,6 +21,7 @@ public sealed class ModelOptions
     {
         cmd.Options.Add(Model);
         cmd.Options.Add(Tokenizer);
+        cmd.Options.Add(SplitSpecialTokens);
         cmd.Options.Add(Quant);
         cmd.Options.Add(QuantEmbeddings);
     }
@@ -43,10 +45,9 @@ public sealed class ModelOptions
         if (tokPath != null)
         {
             if (!File.Exists(tokPath)) throw new FileNotFoundException($"--tokenizer: '{tokPath}' does not exist");
-            tok = tokPath.EndsWith(".model", StringComparison.OrdinalIgnoreCase) ? HfTokenizers.LoadSentencePiece(tokPath, loaded.Config.BosId, loaded.Config.EosId)
-                : tokPath.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? HfTokenizers.LoadTokenizerJson(tokPath, loaded.Config.BosId, loaded.Config.EosId)
-                : Llama2cTokenizer.Load(tokPath, loaded.Config.VocabSize, loaded.Config.BosId, loaded.Config.EosId);
+            tok = TokenizerFiles.Load(tokPath, loaded.Config.VocabSize, loaded.Config.BosId, loaded.Config.EosId);
         }
+        if (parse.GetValue(SplitSpecialTokens) && tok is HfTokenizer hf) tok = hf.WithSplitSpecialTokens(true);
         if (tok == null)
             throw new FileNotFoundException($"no tokenizer found next to '{path}'{(loaded.Source.TokenizerNote is { } n ? $" ({n})" : "")}; pass --tokenizer");
         return (loaded, tok);

@@ -1,5 +1,6 @@
-// Training and evaluation data: .txt (one document per non-empty line), .jsonl with "text", or instruction records
-// ("instruction"/"input"/"output" or "prompt"/"completion") whose loss is masked to the response.
+// Training and evaluation data: .txt (one document per non-empty line), .jsonl with "text", instruction records
+// ("instruction"/"input"/"output" or "prompt"/"completion") whose loss is masked to the response, or chat records
+// ("messages": [{"role", "content"}]) rendered with the tokenizer's chat template, the loss on assistant turns only.
 using System.Text.Json;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Tokenizers;
@@ -7,8 +8,9 @@ using static VkPeft.Peft.Formats.JsonFields;
 
 namespace VkPeft.Peft.Data;
 
-/// <summary>One example: a prompt part (not predicted) and a response part (predicted); plain text has no prompt.</summary>
-public sealed record DataRecord(string Prompt, string Response);
+/// <summary>One example: a prompt part (not predicted) and a response part (predicted); plain text has no prompt; a chat
+/// record has <paramref name="Messages"/> instead (its assistant turns are predicted).</summary>
+public sealed record DataRecord(string Prompt, string Response, IReadOnlyList<ChatMessage>? Messages = null);
 
 /// <summary>A tokenized example: BOS + prompt + response (+ EOS for instruction data), and which positions are predicted.</summary>
 public sealed record TokenizedDocument(int[] Tokens, bool[] Predict);
@@ -47,7 +49,8 @@ public static class TextDataset
                 {
                     var root = doc.RootElement;
                     if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, $"line {lineNo}", "expected a JSON object");
-                    if (Str(root, "text") is { } text) records.Add(new DataRecord("", text));
+                    if (root.TryGetProperty("messages", out var messages)) records.Add(new DataRecord("", "", ReadMessages(path, lineNo, messages)));
+                    else if (Str(root, "text") is { } text) records.Add(new DataRecord("", text));
                     else if (Str(root, "output") is { } output)
                     {
                         var instruction = Str(root, "instruction") ?? "";
@@ -56,7 +59,7 @@ public static class TextDataset
                         records.Add(new DataRecord(prompt, output));
                     }
                     else if (Str(root, "completion") is { } completion) records.Add(new DataRecord(Str(root, "prompt") ?? "", completion));
-                    else throw new ModelFormatException(path, $"line {lineNo}", "no \"text\", \"output\" or \"completion\" field");
+                    else throw new ModelFormatException(path, $"line {lineNo}", "no \"messages\", \"text\", \"output\" or \"completion\" field");
                 }
             }
             else records.Add(new DataRecord("", line));
@@ -65,9 +68,33 @@ public static class TextDataset
         return records;
     }
 
-    /// <summary>BOS + prompt + response (+ EOS after an instruction response); only response tokens are predicted.</summary>
+    private static List<ChatMessage> ReadMessages(string path, int lineNo, JsonElement messages)
+    {
+        if (messages.ValueKind != JsonValueKind.Array || messages.GetArrayLength() == 0)
+            throw new ModelFormatException(path, $"line {lineNo}: messages", "expected a non-empty array of {\"role\", \"content\"}");
+        var list = new List<ChatMessage>();
+        int i = 0;
+        foreach (var m in messages.EnumerateArray())
+        {
+            if (m.ValueKind != JsonValueKind.Object || Str(m, "role") is not { } role)
+                throw new ModelFormatException(path, $"line {lineNo}: messages[{i}].role", "expected an object with a string \"role\"");
+            if (Str(m, "content") is not { } content)
+                throw new ModelFormatException(path, $"line {lineNo}: messages[{i}].content", "expected a string (structured content is not supported)");
+            list.Add(new ChatMessage(role, content));
+            i++;
+        }
+        if (list.All(m => m.Role != "assistant"))
+            throw new ModelFormatException(path, $"line {lineNo}: messages", "no \"assistant\" turn: nothing to train on");
+        return list;
+    }
+
+    /// <summary>BOS + prompt + response (+ EOS after an instruction response); only response tokens are predicted.
+    /// Chat records: the template's rendering, tokenized as Hugging Face does (no extra special tokens), with the
+    /// assistant turns — their content and the end-of-turn token right after it — predicted.</summary>
     public static TokenizedDocument Tokenize(ITextTokenizer tok, DataRecord r)
     {
+        ArgumentNullException.ThrowIfNull(r);
+        if (r.Messages is { } messages) return TokenizeChat(tok, ChatTemplate.Of(tok), messages);
         if (r.Prompt.Length == 0)
         {
             var ids = tok.Encode(r.Response, bos: true);
@@ -80,5 +107,43 @@ public static class TextDataset
         int p = 0;
         while (p < prompt.Length && p < full.Length && prompt[p] == full[p]) p++;
         return new TokenizedDocument(full, full.Select((_, i) => i >= p).ToArray());
+    }
+
+    /// <summary>A chat rendered by <paramref name="template"/>; positions of assistant turns are predicted.</summary>
+    public static TokenizedDocument TokenizeChat(ITextTokenizer tok, ChatTemplate template, IReadOnlyList<ChatMessage> messages)
+    {
+        ArgumentNullException.ThrowIfNull(tok);
+        ArgumentNullException.ThrowIfNull(template);
+        ArgumentNullException.ThrowIfNull(messages);
+        var hf = tok as HfTokenizer ?? throw new FormatException("chat data needs a Hugging Face tokenizer.json with a chat template");
+        string full = template.Render(messages, addGenerationPrompt: false);
+        int[] ids = hf.Encode(full, addSpecialTokens: false);
+        var predict = new bool[ids.Length];
+        for (int i = 0; i < messages.Count; i++)
+        {
+            if (messages[i].Role != "assistant") continue;
+            string before = template.Render(messages.Take(i).ToList(), addGenerationPrompt: true);
+            if (!full.StartsWith(before, StringComparison.Ordinal))
+                throw new FormatException($"the chat template renders the turns before assistant message {i} differently on their own; cannot find that turn");
+            int start = before.Length;
+            string content = messages[i].Content.Trim();
+            int at = content.Length == 0 ? start : full.IndexOf(content, start, StringComparison.Ordinal);
+            if (at < 0) throw new FormatException($"assistant message {i} does not appear in the chat template's rendering");
+            int end = at + content.Length;
+            end += hf.SpecialTokenLengthAt(full, end);         // the end-of-turn token (<|eot_id|>, </s>, <|im_end|> …)
+            int a = TokenBoundary(hf, full, ids, start), b = TokenBoundary(hf, full, ids, end);
+            for (int t = a; t < b; t++) predict[t] = true;
+        }
+        return new TokenizedDocument(ids, predict);
+    }
+
+    /// <summary>How many tokens of <paramref name="ids"/> the text before <paramref name="pos"/> covers (the common prefix).</summary>
+    private static int TokenBoundary(HfTokenizer tok, string text, int[] ids, int pos)
+    {
+        if (pos >= text.Length) return ids.Length;
+        int[] prefix = tok.Encode(text[..pos], addSpecialTokens: false);
+        int k = 0;
+        while (k < prefix.Length && k < ids.Length && prefix[k] == ids[k]) k++;
+        return k;
     }
 }

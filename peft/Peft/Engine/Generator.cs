@@ -21,10 +21,12 @@ public sealed class Generator
 
     /// <summary>
     /// Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>, calling
-    /// <paramref name="onToken"/> for each as it comes; stops at <paramref name="stopToken"/> (not emitted).
+    /// <paramref name="onToken"/> for each as it comes; stops at <paramref name="stopToken"/> or one of
+    /// <paramref name="moreStopTokens"/> (not emitted).
     /// Returns prompt + generated ids. Prefill and each step are one submission each.
     /// </summary>
-    public int[] Generate(IReadOnlyList<int> prompt, int maxNewTokens, SamplingOptions sampling, int? stopToken = null, Action<int>? onToken = null)
+    public int[] Generate(IReadOnlyList<int> prompt, int maxNewTokens, SamplingOptions sampling, int? stopToken = null, Action<int>? onToken = null,
+        IReadOnlyCollection<int>? moreStopTokens = null)
     {
         sampling.Validate();
         if (prompt.Count == 0) throw new ArgumentException("the prompt has no tokens");
@@ -47,7 +49,7 @@ public sealed class Generator
             pos += feed.Length;
             if (tokens.Count >= limit) break;
             int next = Sample(logits, sampling, rng);
-            if (stopToken.HasValue && next == stopToken.Value) break;
+            if ((stopToken.HasValue && next == stopToken.Value) || (moreStopTokens?.Contains(next) ?? false)) break;
             tokens.Add(next);
             onToken?.Invoke(next);
             if (tokens.Count >= limit) break;

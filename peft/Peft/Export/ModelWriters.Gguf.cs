@@ -165,6 +165,11 @@ internal static partial class ModelWriters
 
     private static void AddTokenizer(GgufWriter g, ITextTokenizer? tok, LlamaConfig c, ExportReport report)
     {
+        if (tok is HfTokenizer hf)
+        {
+            AddHfTokenizer(g, hf, c, report);
+            return;
+        }
         if (tok is not ScoreMergeTokenizer sm)
         {
             report.Notes.Add(tok is null
@@ -207,6 +212,77 @@ internal static partial class ModelWriters
         g.AddBool("tokenizer.ggml.add_bos_token", true);
         g.AddBool("tokenizer.ggml.add_eos_token", false);
         g.AddBool("tokenizer.ggml.add_space_prefix", sm.AddDummyPrefix);
+    }
+
+    /// <summary>
+    /// A tokenizer.json as llama.cpp's vocabulary: byte-level BPE as "gpt2" (tokens, merges, the pre-tokenizer named by
+    /// its regex), SentencePiece-style BPE as "llama" (score = −merge rank). Ids the model has beyond the tokenizer are
+    /// written as unused [PADn] tokens.
+    /// </summary>
+    private static void AddHfTokenizer(GgufWriter g, HfTokenizer hf, LlamaConfig c, ExportReport report)
+    {
+        if (hf.VocabSize > c.VocabSize)
+        {
+            report.Notes.Add($"no tokenizer embedded: it has {hf.VocabSize} ids, the model {c.VocabSize}");
+            return;
+        }
+        string? pre = null;
+        if (hf.ByteLevel)
+        {
+            pre = hf.SplitPattern switch
+            {
+                HfTokenizers.Llama3Pattern => "llama-bpe",
+                HfPipeline.Gpt2Pattern => "gpt2",
+                var p when p == HfTokenizers.Llama3Pattern.Replace(@"\p{N}{1,3}", @"\p{N}", StringComparison.Ordinal) => "qwen2",
+                _ => null,
+            };
+            if (pre is null)
+            {
+                report.Notes.Add("no tokenizer embedded: its pre-tokenizer split has no llama.cpp name (llama-bpe, qwen2, gpt2)");
+                return;
+            }
+        }
+        var tokens = new string[c.VocabSize];
+        var types = new int[c.VocabSize];
+        var special = hf.AddedTokens.ToDictionary(a => a.Id);
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            string? t = hf.TokenString(i);
+            tokens[i] = t ?? $"[PAD{i}]";
+            types[i] = t is null ? 5
+                : special.TryGetValue(i, out var a) ? (a.Special ? 3 : 4)
+                : i == hf.Model.UnkId ? 2
+                : !hf.ByteLevel && t.Length == 6 && t.StartsWith("<0x", StringComparison.Ordinal) && t.EndsWith('>') ? 6
+                : 1;
+        }
+        if (hf.ByteLevel)
+        {
+            g.AddString("tokenizer.ggml.model", "gpt2");
+            g.AddString("tokenizer.ggml.pre", pre!);
+            g.AddArray("tokenizer.ggml.tokens", tokens);
+            g.AddArray("tokenizer.ggml.token_type", types);
+            g.AddArray("tokenizer.ggml.merges", hf.Model.Merges.Select(m => m.Left + " " + m.Right).ToArray());
+        }
+        else
+        {
+            var scores = new float[tokens.Length];
+            Array.Fill(scores, float.NegativeInfinity);
+            var merges = hf.Model.Merges;
+            for (int rank = 0; rank < merges.Count; rank++)
+                if (hf.Model.TryGetId(merges[rank].Left + merges[rank].Right, out int id) && float.IsNegativeInfinity(scores[id])) scores[id] = -rank;
+            g.AddString("tokenizer.ggml.model", "llama");
+            g.AddArray("tokenizer.ggml.tokens", tokens);
+            g.AddArray("tokenizer.ggml.scores", scores);
+            g.AddArray("tokenizer.ggml.token_type", types);
+            g.AddBool("tokenizer.ggml.add_space_prefix", hf.PrependsSpace);
+            if (hf.Model.UnkId >= 0) g.AddUInt32("tokenizer.ggml.unknown_token_id", (uint)hf.Model.UnkId);
+        }
+        if (hf.Bos >= 0) g.AddUInt32("tokenizer.ggml.bos_token_id", (uint)hf.Bos);
+        if (hf.Eos >= 0) g.AddUInt32("tokenizer.ggml.eos_token_id", (uint)hf.Eos);
+        var (prefix, suffix) = hf.SpecialFraming;
+        g.AddBool("tokenizer.ggml.add_bos_token", hf.Bos >= 0 && prefix.Contains(hf.Bos));
+        g.AddBool("tokenizer.ggml.add_eos_token", hf.Eos >= 0 && suffix.Contains(hf.Eos));
+        if (hf.ChatTemplate != null) g.AddString("tokenizer.chat_template", hf.ChatTemplate);
     }
 
     /// <summary>

@@ -176,38 +176,73 @@ public sealed class GgufFile
 
     public bool Has(string key) => Metadata.ContainsKey(key);
 
-    public string GetString(string key) =>
-        Get(key) as string ?? throw new ModelFormatException(Path, key, $"expected a string, found {Describe(Metadata[key])}");
+    // Typed like llama.cpp's loader: a key it reads as uint32 (counts, token ids), float32 (eps, RoPE base and factor),
+    // string or bool must have exactly that GGUF type; llama.cpp refuses any other width, and so does this reader.
 
-    public string? TryGetString(string key) => Metadata.TryGetValue(key, out var v) ? v as string : null;
+    public string GetString(string key) => Get(key) as string ?? throw WrongType(key, "string");
 
-    /// <summary>Any integer-typed value as a non-negative long.</summary>
-    public long GetInteger(string key) => Get(key) switch
+    public string? TryGetString(string key) => Has(key) ? GetString(key) : null;
+
+    public uint GetUInt32(string key) => Get(key) is uint v ? v : throw WrongType(key, "u32");
+
+    public uint? TryGetUInt32(string key) => Has(key) ? GetUInt32(key) : null;
+
+    public float GetFloat32(string key) => Get(key) is float v ? v : throw WrongType(key, "f32");
+
+    public float? TryGetFloat32(string key) => Has(key) ? GetFloat32(key) : null;
+
+    public bool? TryGetBool(string key) => !Has(key) ? null : Get(key) is bool v ? v : throw WrongType(key, "bool");
+
+    /// <summary>
+    /// A per-layer uint32 as llama.cpp reads it: one u32 for every layer, or an array of exactly <paramref name="layers"/>
+    /// u32, i32 or bool elements (the element types its per-layer reader accepts); null when the key is absent.
+    /// </summary>
+    public uint[]? TryGetUInt32PerLayer(string key, int layers)
     {
-        byte b => b, sbyte sb => sb, ushort us => us, short s => s, uint ui => ui, int i => i, ulong ul => (long)ul, long l => l,
-        var v => throw new ModelFormatException(Path, key, $"expected an integer, found {Describe(v)}"),
-    };
-
-    public long? TryGetInteger(string key) => Has(key) ? GetInteger(key) : null;
-
-    public double GetDouble(string key) => Get(key) switch
-    {
-        float f => f, double d => d,
-        var v => throw new ModelFormatException(Path, key, $"expected a float, found {Describe(v)}"),
-    };
-
-    public double? TryGetDouble(string key) => Has(key) ? GetDouble(key) : null;
-
-    public bool? TryGetBool(string key) => Metadata.TryGetValue(key, out var v) && v is bool b ? b : null;
+        if (!Has(key)) return null;
+        switch (Get(key))
+        {
+            case uint v:
+                return [.. Enumerable.Repeat(v, Math.Max(layers, 1))];
+            case GgufArray a when a.ElementType is GgufValueType.UInt32 or GgufValueType.Int32 or GgufValueType.Bool:
+                if (a.Count != layers)
+                    throw new ModelFormatException(Path, key, $"has {a.Count} per-layer values but block_count is {layers}");
+                return a.Values switch
+                {
+                    uint[] u => u,
+                    int[] i => [.. i.Select(x => unchecked((uint)x))],
+                    bool[] b => [.. b.Select(x => x ? 1u : 0u)],
+                    _ => throw WrongType(key, "u32 or a per-layer array of u32"),
+                };
+            default:
+                throw WrongType(key, "u32 or a per-layer array of u32");
+        }
+    }
 
     public T[] GetArray<T>(string key) => Get(key) is GgufArray { Values: T[] values }
         ? values
-        : throw new ModelFormatException(Path, key, $"expected an array of {typeof(T).Name}, found {Describe(Metadata[key])}");
+        : throw new ModelFormatException(Path, key, $"expected an array of {typeof(T).Name}, found {TypeName(Metadata[key])}");
+
+    private ModelFormatException WrongType(string key, string expected) =>
+        new(Path, key, $"has GGUF type {TypeName(Metadata[key])} but must be {expected} (the type llama.cpp's loader requires)");
+
+    /// <summary>The GGUF type of a metadata value in llama.cpp's spelling (u32, f32, str, arr[i32] ...).</summary>
+    private static string TypeName(object v) => v switch
+    {
+        byte => "u8", sbyte => "i8", ushort => "u16", short => "i16", uint => "u32", int => "i32", float => "f32", bool => "bool",
+        string => "str", ulong => "u64", long => "i64", double => "f64",
+        GgufArray a => $"arr[{a.ElementType switch
+        {
+            GgufValueType.UInt8 => "u8", GgufValueType.Int8 => "i8", GgufValueType.UInt16 => "u16", GgufValueType.Int16 => "i16",
+            GgufValueType.UInt32 => "u32", GgufValueType.Int32 => "i32", GgufValueType.Float32 => "f32", GgufValueType.Bool => "bool",
+            GgufValueType.String => "str", GgufValueType.UInt64 => "u64", GgufValueType.Int64 => "i64", GgufValueType.Float64 => "f64",
+            _ => "arr",
+        }}]",
+        _ => v.GetType().Name,
+    };
 
     private object Get(string key) =>
         Metadata.TryGetValue(key, out var v) ? v : throw new ModelFormatException(Path, key, "required metadata key is missing");
-
-    private static string Describe(object v) => v is GgufArray a ? $"array of {a.ElementType}" : v.GetType().Name;
 
     /// <summary>Little-endian reader that names the field it was reading when the file ends early.</summary>
     private sealed class Reader(string path, FileStream fs) : IDisposable

@@ -31,10 +31,16 @@ public static class GgufLlama
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
-    private static int ToInt(GgufFile f, string key, long value) =>
-        value is >= int.MinValue and <= int.MaxValue ? (int)value
-            : throw new ModelFormatException(f.Path, key, $"value {value} is outside the 32-bit range");
+    private static int ToInt(GgufFile f, string key, uint value) =>
+        value <= int.MaxValue ? (int)value : throw new ModelFormatException(f.Path, key, $"value {value} is outside the 32-bit range");
 
+    /// <summary>A special token id: a u32 in llama.cpp's loader.</summary>
+    private static int TokenId(GgufFile f, string key, int fallback) => f.TryGetUInt32(key) is { } v ? ToInt(f, key, v) : fallback;
+
+    /// <summary>
+    /// Reads the hyper-parameters with the GGUF types llama.cpp's loader requires (u32 counts, f32 eps and RoPE values,
+    /// per-layer u32 or arrays for the FFN width and head counts): a file llama.cpp refuses for a type is refused here.
+    /// </summary>
     public static LlamaConfig ReadConfig(GgufFile f)
     {
         ArgumentNullException.ThrowIfNull(f);
@@ -42,11 +48,24 @@ public static class GgufLlama
         if (!SupportedArchitectures.Contains(arch))
             throw new ModelFormatException(f.Path, "general.architecture",
                 $"unsupported architecture '{arch}' (supported: {string.Join(", ", SupportedArchitectures)})");
-        int I(string key) => ToInt(f, $"{arch}.{key}", f.GetInteger($"{arch}.{key}"));
-        int? OptI(string key) => f.TryGetInteger($"{arch}.{key}") is { } v ? ToInt(f, $"{arch}.{key}", v) : null;
+        int I(string key) => ToInt(f, $"{arch}.{key}", f.GetUInt32($"{arch}.{key}"));
+        int? OptI(string key) => f.TryGetUInt32($"{arch}.{key}") is { } v ? ToInt(f, $"{arch}.{key}", v) : null;
+
+        int layers = I("block_count");
+        // llama.cpp accepts a per-layer array; vkpeft's layers are uniform, so every layer must carry the same value.
+        int? PerLayer(string key, bool required)
+        {
+            string full = $"{arch}.{key}";
+            uint[]? values = f.TryGetUInt32PerLayer(full, layers);
+            if (values is null)
+                return required ? throw new ModelFormatException(f.Path, full, "required metadata key is missing") : null;
+            if (values.Distinct().Skip(1).Any())
+                throw new ModelFormatException(f.Path, full, $"per-layer values differ ({string.Join(", ", values.Distinct().Take(4))}...); vkpeft supports models whose layers are all alike");
+            return ToInt(f, full, values[0]);
+        }
 
         int dim = I("embedding_length");
-        int heads = I("attention.head_count");
+        int heads = PerLayer("attention.head_count", required: true)!.Value;
         int headDim = OptI("attention.key_length") ?? (heads > 0 ? dim / heads : 0);
         if (OptI("rope.dimension_count") is { } ropeDims && ropeDims != headDim)
             throw new ModelFormatException(f.Path, $"{arch}.rope.dimension_count", $"partial rotary ({ropeDims} of head_dim {headDim}) is not supported");
@@ -58,29 +77,28 @@ public static class GgufLlama
         RopeScaling? scaling = null;
         string scalingType = f.TryGetString($"{arch}.rope.scaling.type") ?? "none";
         if (scalingType == "linear")
-            scaling = new RopeScaling("linear", f.GetDouble($"{arch}.rope.scaling.factor"));
+            scaling = new RopeScaling("linear", f.GetFloat32($"{arch}.rope.scaling.factor"));
         else if (scalingType != "none")
             throw new ModelFormatException(f.Path, $"{arch}.rope.scaling.type", $"unsupported RoPE scaling type '{scalingType}' (supported: none, linear)");
-
         var config = new LlamaConfig
         {
             Architecture = arch,
             Dim = dim,
-            HiddenDim = I("feed_forward_length"),
-            NLayers = I("block_count"),
+            HiddenDim = PerLayer("feed_forward_length", required: true)!.Value,
+            NLayers = layers,
             NHeads = heads,
-            NKvHeads = OptI("attention.head_count_kv") ?? heads,
+            NKvHeads = PerLayer("attention.head_count_kv", required: false) ?? heads,
             HeadDim = headDim,
             VocabSize = vocab,
             MaxSeqLen = I("context_length"),
-            RmsNormEps = f.GetDouble($"{arch}.attention.layer_norm_rms_epsilon"),
-            RopeTheta = f.TryGetDouble($"{arch}.rope.freq_base") ?? 10000.0,
+            RmsNormEps = f.GetFloat32($"{arch}.attention.layer_norm_rms_epsilon"),
+            RopeTheta = f.TryGetFloat32($"{arch}.rope.freq_base") ?? 10000.0,
             RopeScaling = scaling,
             RopeLayout = arch == "llama" ? RopeLayout.InterleavedPairs : RopeLayout.RotateHalf,
             TiedClassifier = !f.HasTensor("output.weight"),
             AttentionBias = f.HasTensor("blk.0.attn_q.bias"),
-            BosId = (int)(f.TryGetInteger("tokenizer.ggml.bos_token_id") ?? 1),
-            EosId = (int)(f.TryGetInteger("tokenizer.ggml.eos_token_id") ?? 2),
+            BosId = TokenId(f, "tokenizer.ggml.bos_token_id", 1),
+            EosId = TokenId(f, "tokenizer.ggml.eos_token_id", 2),
         };
         config.Validate(f.Path);
         return config;
@@ -121,8 +139,8 @@ public static class GgufLlama
         if (tokens.Length != modelVocabSize)
             throw new ModelFormatException(f.Path, "tokenizer.ggml.tokens",
                 $"vocabulary has {tokens.Length} tokens but the model's vocab_size is {modelVocabSize}");
-        int bos = (int)(f.TryGetInteger("tokenizer.ggml.bos_token_id") ?? 1);
-        int eos = (int)(f.TryGetInteger("tokenizer.ggml.eos_token_id") ?? 2);
+        int bos = TokenId(f, "tokenizer.ggml.bos_token_id", 1);
+        int eos = TokenId(f, "tokenizer.ggml.eos_token_id", 2);
         int[]? types = f.Has("tokenizer.ggml.token_type") ? f.GetArray<int>("tokenizer.ggml.token_type") : null;
         if (types is not null && types.Length != tokens.Length)
             throw new ModelFormatException(f.Path, "tokenizer.ggml.token_type", $"has {types.Length} entries for {tokens.Length} tokens");
@@ -163,7 +181,9 @@ public static class GgufLlama
                         "qwen2" => HfTokenizers.Llama3Pattern.Replace(@"\p{N}{1,3}", @"\p{N}", StringComparison.Ordinal),
                         _ => HfTokenizers.Gpt2Pattern,
                     };
-                    return HfTokenizers.CreateByteLevel(vocab, merges, pattern, special, tokens.Length, bos, eos);
+                    bool ignoreMerges = f.TryGetString("tokenizer.ggml.pre") is "llama-bpe" or "llama3" or "smaug-bpe";
+                    return HfTokenizers.CreateByteLevel(vocab, merges, pattern, special, tokens.Length, bos, eos, ignoreMerges, f.Path,
+                        f.TryGetString("tokenizer.chat_template"));
                 }
             default:
                 throw new ModelFormatException(f.Path, "tokenizer.ggml.model", $"unsupported tokenizer model '{kind}' (supported: llama, gpt2)");

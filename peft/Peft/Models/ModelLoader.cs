@@ -79,6 +79,13 @@ public static class ModelLoader
     {
         string dir = HfCheckpoint.ResolveDirectory(path);
         var (config, weights) = HfCheckpoint.Load(dir);
+        var (tok, tokPath, note) = FindHfTokenizer(dir, config);
+        return new LoadedModel(config, weights, tok, new ModelSourceInfo(ModelSourceFormat.HuggingFace, dir, tokPath, note));
+    }
+
+    /// <summary>tokenizer.json in a Hugging Face folder, else tokenizer.model; the note says why there is none.</summary>
+    private static (ITextTokenizer? Tokenizer, string? Path, string? Note) FindHfTokenizer(string dir, LlamaConfig config)
+    {
         ITextTokenizer? tok = null;
         string? tokPath = null, note = null;
         string json = System.IO.Path.Combine(dir, "tokenizer.json");
@@ -87,7 +94,7 @@ public static class ModelLoader
         {
             try
             {
-                tok = HfTokenizers.LoadTokenizerJson(json, config.BosId, config.EosId);
+                tok = TokenizerFiles.Load(json, config.VocabSize, config.BosId, config.EosId);
                 tokPath = json;
             }
             catch (ModelFormatException e) when (e.Field == "model.type")
@@ -105,7 +112,39 @@ public static class ModelLoader
         if (tok is not null && tok.VocabSize > config.VocabSize)
             throw new ModelFormatException(tokPath!, "vocab_size",
                 $"tokenizer has {tok.VocabSize} tokens but the model's vocab_size is {config.VocabSize}");
-        return new LoadedModel(config, weights, tok, new ModelSourceInfo(ModelSourceFormat.HuggingFace, dir, tokPath, note));
+        return (tok, tokPath, note);
+    }
+
+    /// <summary>
+    /// The tokenizer that goes with a model, reading only configuration (no weights) for Hugging Face folders and GGUF
+    /// files; throws <see cref="FileNotFoundException"/> when the model has none.
+    /// </summary>
+    public static ITextTokenizer LoadTokenizer(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ITextTokenizer? tok;
+        string? note;
+        bool hf = Directory.Exists(path) ? File.Exists(System.IO.Path.Combine(path, HfCheckpoint.ConfigFile))
+            : System.IO.Path.GetFileName(path).Equals(HfCheckpoint.ConfigFile, StringComparison.OrdinalIgnoreCase)
+              || path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".safetensors.index.json", StringComparison.OrdinalIgnoreCase);
+        bool gguf = !hf && File.Exists(path) && (StartsWithGgufMagic(path) || path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase));
+        if (hf)
+        {
+            string dir = HfCheckpoint.ResolveDirectory(path);
+            (tok, _, note) = FindHfTokenizer(dir, HfCheckpoint.ReadConfig(System.IO.Path.Combine(dir, HfCheckpoint.ConfigFile)));
+        }
+        else if (gguf)
+        {
+            var f = GgufFile.Open(path);
+            tok = GgufLlama.LoadTokenizer(f, GgufLlama.ReadConfig(f).VocabSize);
+            note = "the GGUF file embeds no tokenizer.ggml.* vocabulary";
+        }
+        else
+        {
+            var m = Load(path);
+            (tok, note) = (m.Tokenizer, m.Source.TokenizerNote);
+        }
+        return tok ?? throw new FileNotFoundException($"no tokenizer found for '{path}' ({note}); pass --tokenizer");
     }
 
     private static LoadedModel LoadGguf(string path)

@@ -7,7 +7,11 @@ public interface ITextTokenizer
     int Bos { get; }
     int Eos { get; }
 
-    /// <summary>Token ids of <paramref name="text"/>, optionally framed by BOS and EOS.</summary>
+    /// <summary>
+    /// Token ids of <paramref name="text"/>. <paramref name="bos"/>: add the tokenizer's own leading special tokens (BOS;
+    /// for a tokenizer.json whatever its post-processor and tokenizer_config.json add, as Hugging Face's
+    /// add_special_tokens); <paramref name="eos"/>: end with EOS.
+    /// </summary>
     int[] Encode(string text, bool bos = true, bool eos = false);
 
     /// <summary>Text of a token sequence; BOS/EOS and other control tokens produce no text.</summary>

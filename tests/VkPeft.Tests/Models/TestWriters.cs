@@ -140,6 +140,16 @@ internal static class TestWriters
         }
 
         public Gguf U32(string k, uint v) { _kv.Add((k, w => { w.Write(4u); w.Write(v); })); return this; }
+
+        /// <summary>Replaces key <paramref name="k"/> (or adds it) with a value of GGUF type id <paramref name="type"/>.</summary>
+        public Gguf Set(string k, uint type, Action<BinaryWriter> value)
+        {
+            int at = _kv.FindIndex(e => e.Key == k);
+            (string, Action<BinaryWriter>) entry = (k, w => { w.Write(type); value(w); });
+            if (at >= 0) _kv[at] = entry;
+            else _kv.Add(entry);
+            return this;
+        }
         public Gguf F32(string k, float v) { _kv.Add((k, w => { w.Write(6u); w.Write(v); })); return this; }
         public Gguf String(string k, string v) { _kv.Add((k, w => { w.Write(8u); Str(w, v); })); return this; }
         public Gguf Strings(string k, string[] v)

@@ -47,7 +47,7 @@ public static class FuzzCorpus
     public static string[] Names =>
     [
         "llama2c", "llama2c-tokenizer", "gguf", "gguf-lora", "safetensors", "safetensors-sharded", "safetensors-bnb", "hf-config",
-        "tokenizer-json", "peft-adapter", "vkpeft-adapter", "checkpoint", "data-txt", "data-jsonl",
+        "tokenizer-json", "tokenizer-model", "peft-adapter", "vkpeft-adapter", "checkpoint", "data-txt", "data-jsonl",
     ];
 
     public static FuzzTarget Create(string name) => name switch
@@ -61,6 +61,7 @@ public static class FuzzCorpus
         "safetensors-bnb" => Hf(name, sharded: false, bnb: true, FileKindFor: "model.safetensors"),
         "hf-config" => Hf(name, sharded: false, bnb: false, FileKindFor: "config.json"),
         "tokenizer-json" => Hf(name, sharded: false, bnb: false, FileKindFor: "tokenizer.json"),
+        "tokenizer-model" => Hf(name, sharded: false, bnb: false, FileKindFor: "tokenizer.model"),
         "peft-adapter" => Adapter(peft: true),
         "vkpeft-adapter" => Adapter(peft: false),
         "checkpoint" => Checkpoint(),
@@ -123,8 +124,10 @@ public static class FuzzCorpus
         var files = new Dictionary<string, byte[]>
         {
             ["config.json"] = Encoding.UTF8.GetBytes(TestWriters.HfConfigJson(Config)),
-            ["tokenizer.json"] = Encoding.UTF8.GetBytes(TokenizerJson()),
         };
+        // The SentencePiece folder carries tokenizer.model alone (tokenizer.json would be preferred over it).
+        if (FileKindFor == "tokenizer.model") files["tokenizer.model"] = SentencePieceModel();
+        else files["tokenizer.json"] = Encoding.UTF8.GetBytes(TokenizerJson());
         var entries = new List<SafeTensorsWriter.Entry>();
         foreach (var (n, shape, data) in tensors)
         {
@@ -155,7 +158,7 @@ public static class FuzzCorpus
             : [(HfCheckpoint.IndexFile, FileKind.Json), ("model-00001-of-00002.safetensors", FileKind.Binary), ("model-00002-of-00002.safetensors", FileKind.Binary)];
         var t = new FuzzTarget(name, files, mutable, d => ModelLoader.Load(d));
         foreach (var (f, k) in mutable)
-            if (k == FileKind.Binary) t.Structures[f] = SafetensorsStructure(files[f]);
+            if (k == FileKind.Binary) t.Structures[f] = f == "tokenizer.model" ? ProtobufStructure(files[f]) : SafetensorsStructure(files[f]);
         return t;
     }
 
@@ -253,7 +256,116 @@ public static class FuzzCorpus
         return root.ToJsonString();
     }
 
+    /// <summary>
+    /// A SentencePiece BPE tokenizer.model (protobuf ModelProto) over the tiny vocabulary: pieces = 1 {piece = 1,
+    /// score = 2, type = 3}, trainer_spec = 2 {model_type = 3 (BPE = 2), vocab_size = 4, unk/bos/eos_id = 40/41/42},
+    /// normalizer_spec = 3 {name = 1, add_dummy_prefix = 3, remove_extra_whitespaces = 4, escape_whitespaces = 5}.
+    /// </summary>
+    public static byte[] SentencePieceModel()
+    {
+        var model = new List<byte>();
+        for (int i = 0; i < Pieces.Length; i++)
+        {
+            var piece = new List<byte>();
+            ProtoBytes(piece, 1, Encoding.UTF8.GetBytes(Pieces[i].Replace(' ', '\u2581')));
+            ProtoTag(piece, 2, 5);
+            piece.AddRange(BitConverter.GetBytes(i < 3 ? 0f : Pieces[i].Length > 1 ? -(float)i : -1000f - i));
+            ProtoVarint(piece, 3, i == 0 ? 2UL : i < 3 ? 3UL : 1UL);   // UNKNOWN, CONTROL, NORMAL
+            ProtoBytes(model, 1, [.. piece]);
+        }
+        var trainer = new List<byte>();
+        ProtoVarint(trainer, 3, 2);
+        ProtoVarint(trainer, 4, (ulong)Pieces.Length);
+        ProtoVarint(trainer, 40, 0);
+        ProtoVarint(trainer, 41, 1);
+        ProtoVarint(trainer, 42, 2);
+        ProtoBytes(model, 2, [.. trainer]);
+        var normalizer = new List<byte>();
+        ProtoBytes(normalizer, 1, "identity"u8.ToArray());
+        ProtoVarint(normalizer, 3, 1);
+        ProtoVarint(normalizer, 4, 0);
+        ProtoVarint(normalizer, 5, 1);
+        ProtoBytes(model, 3, [.. normalizer]);
+        return [.. model];
+    }
+
+    private static void ProtoRaw(List<byte> to, ulong v)
+    {
+        for (; v >= 0x80; v >>= 7) to.Add((byte)(v | 0x80));
+        to.Add((byte)v);
+    }
+
+    private static void ProtoTag(List<byte> to, int field, int wire) => ProtoRaw(to, (ulong)(field << 3 | wire));
+
+    private static void ProtoVarint(List<byte> to, int field, ulong v)
+    {
+        ProtoTag(to, field, 0);
+        ProtoRaw(to, v);
+    }
+
+    private static void ProtoBytes(List<byte> to, int field, byte[] bytes)
+    {
+        ProtoTag(to, field, 2);
+        ProtoRaw(to, (ulong)bytes.Length);
+        to.AddRange(bytes);
+    }
+
     // ------------------------------------------------------------------ structure walkers (independent of the readers)
+
+    /// <summary>
+    /// A protobuf message walked by wire type: every tag, length and varint value (mutated as varints), the piece strings,
+    /// and each field's end. The top-level fields 1-3 of a SentencePiece ModelProto are messages and are walked too.
+    /// </summary>
+    public static FileStructure ProtobufStructure(byte[] b)
+    {
+        var s = new FileStructure();
+        void Walk(int start, int end, string path, bool topLevel)
+        {
+            int p = start;
+            (ulong Value, int At, int Length) Varint()
+            {
+                int at = p;
+                ulong v = 0;
+                for (int shift = 0; ; shift += 7)
+                {
+                    byte x = b[p++];
+                    v |= (ulong)(x & 0x7F) << shift;
+                    if (x < 0x80) return (v, at, p - at);
+                }
+            }
+            for (int i = 0; p < end; i++)
+            {
+                var tag = Varint();
+                int field = (int)(tag.Value >> 3), wire = (int)(tag.Value & 7);
+                string name = $"{path}.{field}[{i}]";
+                s.Varints.Add((tag.At, tag.Length, name + ".tag"));
+                switch (wire)
+                {
+                    case 0:
+                        {
+                            var v = Varint();
+                            s.Varints.Add((v.At, v.Length, name));
+                            break;
+                        }
+                    case 1: p += 8; break;
+                    case 5: p += 4; break;
+                    case 2:
+                        {
+                            var len = Varint();
+                            s.Varints.Add((len.At, len.Length, name + ".length"));
+                            if (topLevel && field is 1 or 2 or 3) Walk(p, p + (int)len.Value, name, topLevel: false);
+                            else s.Strings.Add((p, (int)len.Value));
+                            p += (int)len.Value;
+                            break;
+                        }
+                    default: throw new InvalidDataException($"wire type {wire}");
+                }
+                s.Boundaries.Add(p);
+            }
+        }
+        Walk(0, b.Length, "model", topLevel: true);
+        return s;
+    }
 
     public static FileStructure SafetensorsStructure(byte[] b)
     {

@@ -21,14 +21,17 @@ public sealed class KillAndResumeTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
+    // The default tier kills once (two child processes); the Exhaustive tier kills 30 times over a longer run.
     [Fact]
-    public void KilledTwiceAtRandomPointsEndsBitIdentical() => KillLoop(kills: 2, steps: 5, seed: 1);
+    public void KilledOnceAtARandomPointEndsBitIdentical() => KillLoop(kills: 1, steps: 4, seed: 1);
 
     [Fact]
     [Trait("Category", "Exhaustive")]
     public void KilledManyTimesAtRandomPointsEndsBitIdentical() => KillLoop(kills: 30, steps: 40, seed: 2);
 
+    // In-process, TrainingFaultTests proves the same message and its CLI mapping; this adds the real exit code.
     [Fact]
+    [Trait("Category", "Exhaustive")]
     public async Task DeviceLostInTheRealProcessExitsNonZeroWithOneLine()
     {
         string data = TrainerTests.WriteData(_dir, 12, 1);
@@ -70,6 +73,9 @@ public sealed class KillAndResumeTests(ITestOutputHelper output) : IDisposable
             bool resume = TrainCheckpoint.LatestStep(run) > 0;
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
             foreach (var a in (string[])[CliDll, .. Args(run, data, steps), .. resume ? new[] { "--resume" } : []]) psi.ArgumentList.Add(a);
+            // The children run the same shaders the in-process tests run under the validation layer; without it each
+            // start is ~1.5 s faster and the test is about crash consistency.
+            psi.Environment.Remove("VKPEFT_VALIDATION");
             using var child = Process.Start(psi)!;
             var stderr = new System.Text.StringBuilder();
             using var started = new ManualResetEventSlim();
@@ -110,6 +116,7 @@ public sealed class KillAndResumeTests(ITestOutputHelper output) : IDisposable
             break;
         }
 
+        Assert.True(killed == kills, $"only {killed} of {kills} kills landed before the run finished");
         var expected = AdapterIO.Load(reference, DeviceModelTests.Stories.Value.Config);
         var actual = AdapterIO.Load(run, DeviceModelTests.Stories.Value.Config);
         foreach (var (name, t) in expected.Tensors) Assert.Equal(t.Data, actual.Tensors[name].Data);

@@ -38,24 +38,41 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>The tokenizer.model seed is a working SentencePiece model: it encodes as the score-merge tokenizer over the same pieces.</summary>
+    [Fact]
+    public void SentencePieceSeedEncodesLikeTheScoreMergeTokenizer()
+    {
+        using var dir = new Models.TempDir();
+        File.WriteAllBytes(dir.File("tokenizer.model"), FuzzCorpus.SentencePieceModel());
+        var sp = VkPeft.Peft.Tokenizers.HfTokenizers.LoadSentencePiece(dir.File("tokenizer.model"));
+        var reference = FuzzCorpus.Tokenizer();
+        Assert.Equal(FuzzCorpus.Pieces.Length, sp.VocabSize);
+        foreach (string text in new[] { "the hat", "an other tiger", "in a tent he sat" })
+            Assert.Equal(reference.Encode(text), sp.Encode(text));
+    }
+
     private void Sweep(string format, int cases, int seed)
     {
         var target = FuzzCorpus.Create(format);
         var failures = new List<string>();
         int ok = 0, refused = 0;
         var clock = Stopwatch.StartNew();
-        using var dir = new Models.TempDir();
+        using var dir = new ScratchDir();
         Write(target, dir.Path, null, null);
+        string? dirty = null;   // the file the previous case mutated; writing files is most of a case's cost
         for (int i = 0; i < cases; i++)
         {
             var rng = new Random(seed * 1_000_003 + i);
             var (file, kind) = target.Mutable[rng.Next(target.Mutable.Count)];
             target.Structures.TryGetValue(file, out var structure);
             var (bytes, what) = Mutator.Mutate(target.Files[file], kind, structure, rng);
+            if (dirty is not null && dirty != file) File.WriteAllBytes(Path.Combine(dir.Path, dirty), target.Files[dirty]);
             File.WriteAllBytes(Path.Combine(dir.Path, file), bytes);
+            dirty = file;
+            // AfterWrite derives files from the others (a re-signed manifest): it runs on every case, so nothing derived
+            // from an earlier mutation survives into this one.
             target.AfterWrite?.Invoke(dir.Path, file);
             var outcome = RunCase(target, dir.Path, bytes.Length);
-            Write(target, dir.Path, null, null);
             if (outcome is null) ok++;
             else if (outcome.StartsWith("refused: ", StringComparison.Ordinal)) refused++;
             else failures.Add($"case {i} ({file}: {what}): {outcome}");
@@ -72,14 +89,17 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
         long allocationLimit = 64L * inputBytes + (64L << 20);
         long allocated = 0;
         Exception? error = null;
-        var task = Task.Run(() =>
+        // A dedicated thread, not the thread pool: while other test classes block pool threads, a queued case can wait
+        // for the pool to grow, which cost seconds per sweep.
+        var worker = new Thread(() =>
         {
             long before = GC.GetAllocatedBytesForCurrentThread();
             try { target.Load(dir); }
             catch (Exception e) { error = e; }
             allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        });
-        if (!task.Wait(CaseTimeout)) return $"hang: no result after {CaseTimeout.TotalSeconds} s";
+        }) { IsBackground = true, Name = "fuzz case" };
+        worker.Start();
+        if (!worker.Join(CaseTimeout)) return $"hang: no result after {CaseTimeout.TotalSeconds} s";
         if (allocated > allocationLimit) return $"allocated {allocated} bytes for {inputBytes} bytes of input" + (error is null ? "" : $" ({error.GetType().Name})");
         return Classify(error, dir, target);
     }
@@ -93,6 +113,33 @@ public sealed class LoaderFuzzTests(ITestOutputHelper output)
         bool namesFile = message.Contains(dir, StringComparison.Ordinal) || target.Files.Keys.Any(f => message.Contains(Path.GetFileName(f), StringComparison.Ordinal));
         if (!namesFile) return $"error does not name the file: {message}";
         return "refused: " + message;
+    }
+
+    /// <summary>
+    /// A scratch folder in memory (/dev/shm) where the system has one, else in the temp folder: a sweep writes a file
+    /// per case and only reads it back, so nothing needs a disk.
+    /// </summary>
+    private sealed class ScratchDir : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("vkpeft-fuzz-").FullName;
+
+        public ScratchDir()
+        {
+            if (!OperatingSystem.IsLinux() || !Directory.Exists("/dev/shm")) return;
+            try
+            {
+                string memory = System.IO.Path.Combine("/dev/shm", System.IO.Path.GetFileName(Path));
+                Directory.CreateDirectory(memory);
+                Directory.Delete(Path);
+                Path = memory;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
+
+        public void Dispose()
+        {
+            try { Directory.Delete(Path, recursive: true); } catch (IOException) { }
+        }
     }
 
     internal static void Write(FuzzTarget target, string dir, string? file, byte[]? bytes)

@@ -18,6 +18,9 @@ public sealed class FileStructure
     /// <summary>A JSON region inside the binary (a safetensors header), mutated as JSON with its u64 length in front.</summary>
     public (int Offset, int Length)? Json { get; set; }
 
+    /// <summary>Protobuf varints (tags, lengths, values): replaced by another varint, which may change the file's length.</summary>
+    public List<(int Offset, int Length, string Name)> Varints { get; } = [];
+
     public void Int(int offset, int width, string name) => Ints.Add((offset, width, name));
 }
 
@@ -65,6 +68,20 @@ public static class Mutator
                     else BinaryPrimitives.WriteUInt32LittleEndian(copy.AsSpan(off), (uint)v);
                     return (copy, $"int {name}@{off} = {v}");
                 }
+            case FileKind.Binary when s is not null && s.Varints.Count > 0 && choice < 60:
+                {
+                    // Huge or zero lengths and values, and tags with another wire type or field number.
+                    var (off, len, name) = s.Varints[rng.Next(s.Varints.Count)];
+                    ulong v = name.EndsWith(".tag", StringComparison.Ordinal) && rng.Next(2) == 0 ? ReadVarint(data, off) ^ (ulong)rng.Next(1, 8)
+                        : rng.Next(5) == 0 ? (ulong)data.Length + (ulong)rng.Next(-2, 3) : ExtremeInts[rng.Next(ExtremeInts.Length)];
+                    var encoded = new List<byte>();
+                    for (ulong x = v; ; x >>= 7)
+                    {
+                        if (x < 0x80) { encoded.Add((byte)x); break; }
+                        encoded.Add((byte)(x | 0x80));
+                    }
+                    return ([.. data[..off], .. encoded, .. data[(off + len)..]], $"varint {name}@{off} = {v}");
+                }
             case FileKind.Binary when s is not null && s.Boundaries.Count > 0 && choice < 75:
                 {
                     int b = s.Boundaries.ElementAt(rng.Next(s.Boundaries.Count)) + rng.Next(-1, 2);
@@ -81,6 +98,18 @@ public static class Mutator
                 }
         }
         return GenericMutation(data, kind, rng);
+    }
+
+    private static ulong ReadVarint(byte[] data, int at)
+    {
+        ulong v = 0;
+        for (int shift = 0; at < data.Length && shift < 64; shift += 7)
+        {
+            byte x = data[at++];
+            v |= (ulong)(x & 0x7F) << shift;
+            if (x < 0x80) break;
+        }
+        return v;
     }
 
     private static byte InvalidUtf8Byte(Random rng) => (new byte[] { 0xFF, 0xC0, 0xC3, 0x80, 0xED, 0xF5 })[rng.Next(6)];
