@@ -34,7 +34,52 @@ public static class KernelBench
             results.Add(new KernelResult("matmul f32 (x·Wᵀ)", $"{m}x{k}x{n}", s, gflops, gflops / peak.FmaGflops, "compute", CpuMatmulSeconds(m, k, n)));
         }
         RunQuantized(ctx, peak, quick, log, results);
+        RunAttention(ctx, peak, quick, log, results);
         return (peak, results);
+    }
+
+    /// <summary>
+    /// Causal attention forward and backward, one sequence, 4:1 grouped-query (8 query heads, 2 kv heads), head dimension
+    /// 64 and 128, T = 512 and 2,048 (and 8,192 without --quick), for each algorithm. FLOPs are the useful work of the
+    /// causal half: forward 4·hd per (query, key) pair per head (q·k and p·v), backward 10·hd (s recomputed, dP, dv, dk,
+    /// dq; kernels that recompute s and dP twice do more than they are credited for).
+    /// </summary>
+    private static void RunAttention(VulkanContext ctx, DevicePeak peak, bool quick, Action<string> log, List<KernelResult> results)
+    {
+        int[] lengths = quick ? [512, 2048] : [512, 2048, 8192];
+        const int heads = 8, kvHeads = 2;
+        foreach (int hd in new[] { 64, 128 })
+            foreach (int t in lengths)
+            {
+                log($"attention T = {t}, head dim {hd}...");
+                using var q = DeviceTensor.Create(ctx, "q", DType.F32, [t, heads * hd], MemoryCategory.Workspace);
+                using var k = DeviceTensor.Create(ctx, "k", DType.F32, [t, kvHeads * hd], MemoryCategory.Workspace);
+                using var v = DeviceTensor.Create(ctx, "v", DType.F32, [t, kvHeads * hd], MemoryCategory.Workspace);
+                using var o = DeviceTensor.Create(ctx, "o", DType.F32, [t, heads * hd], MemoryCategory.Workspace);
+                using var dO = DeviceTensor.Create(ctx, "dO", DType.F32, [t, heads * hd], MemoryCategory.Workspace);
+                using var dq = DeviceTensor.Create(ctx, "dq", DType.F32, [t, heads * hd], MemoryCategory.Workspace);
+                using var dk = DeviceTensor.Create(ctx, "dk", DType.F32, [t, kvHeads * hd], MemoryCategory.Workspace);
+                using var dv = DeviceTensor.Create(ctx, "dv", DType.F32, [t, kvHeads * hd], MemoryCategory.Workspace);
+                using var lse = DeviceTensor.Create(ctx, "lse", DType.F32, [1, heads, t], MemoryCategory.Workspace);
+                using var delta = DeviceTensor.Create(ctx, "delta", DType.F32, [1, heads, t], MemoryCategory.Workspace);
+                q.Upload<float>(Random(t * heads * hd, 11));
+                k.Upload<float>(Random(t * kvHeads * hd, 12));
+                v.Upload<float>(Random(t * kvHeads * hd, 13));
+                dO.Upload<float>(Random(t * heads * hd, 14));
+                double pairs = (double)t * (t + 1) / 2 * heads;
+                string shape = $"T {t}, hd {hd}, {heads}:{kvHeads} heads";
+                int runs = quick || t >= 8192 ? 1 : 3;
+                foreach (var algorithm in new[] { AttentionAlgorithm.Direct, AttentionAlgorithm.Flash })
+                {
+                    string name = algorithm.ToString().ToLowerInvariant();
+                    double fwd = GpuTimer.MedianSeconds(ctx, () => Attention.Forward(q, k, v, o, lse, 1, t, 0, heads, kvHeads, hd, algorithm), runs);
+                    double fwdGflops = 4.0 * hd * pairs / fwd / 1e9;
+                    results.Add(new KernelResult($"attention forward ({name})", shape, fwd, fwdGflops, fwdGflops / peak.FmaGflops, "compute", null));
+                    double bwd = GpuTimer.MedianSeconds(ctx, () => Attention.Backward(q, k, v, o, lse, dO, dq, dk, dv, delta, 1, t, 0, heads, kvHeads, hd, algorithm), runs);
+                    double bwdGflops = 10.0 * hd * pairs / bwd / 1e9;
+                    results.Add(new KernelResult($"attention backward ({name})", shape, bwd, bwdGflops, bwdGflops / peak.FmaGflops, "compute", null));
+                }
+            }
     }
 
     /// <summary>

@@ -18,7 +18,7 @@ public static class TrainCommand
         var evalData = new Option<string?>("--eval-data") { Description = "Held-out data (default: --eval-fraction of --data)" };
         var evalFraction = new Option<double>("--eval-fraction") { Description = "Share of documents held out when no --eval-data", DefaultValueFactory = _ => 0.1 };
         var methods = new MethodCliOptions();
-        var targets = new Option<string>("--targets") { Description = "Linear layers to adapt: q,k,v,o,gate,up,down", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
+        var targets = new Option<string>("--targets") { Description = "Linear layers to adapt: q,k,v,o,gate,up,down (all; k,v,down for ia3)", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
         var groupSize = new Option<int?>("--group-size") { Description = "INT4 / QA-LoRA group size (default 32)" };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps", Required = true };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch", DefaultValueFactory = _ => 8 };
@@ -39,7 +39,7 @@ public static class TrainCommand
         var output = new Option<string>("--out") { Description = "Output directory (adapter, checkpoints, metrics)", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue from the newest intact checkpoint in --out (a finished run is left as it is)" };
         var keep = new Option<int>("--keep-checkpoints") { Description = "Checkpoints kept in --out/checkpoints; --resume falls back to an older one when the newest is corrupt", DefaultValueFactory = _ => TrainCheckpoint.DefaultKeep };
-        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck) on a frozen 4-bit base")
+        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck, (IA)³) on a frozen 4-bit base")
         {
             data, evalData, evalFraction, targets, groupSize, steps, batch, seqLen,
             accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume, keep,
@@ -56,7 +56,8 @@ public static class TrainCommand
             var adapterCfg = methods.Configure(parse, new AdapterConfig
             {
                 Method = m,
-                Targets = AdapterConfig.ParseTargets(parse.GetValue(targets)!),
+                Targets = parse.GetResult(targets) is null or { Implicit: true } && m.DefaultTrainTargets is { } methodTargets
+                    ? methodTargets : AdapterConfig.ParseTargets(parse.GetValue(targets)!),
                 GroupSize = gs ?? quant.Blocksize,
                 BaseQuant = quant,
                 BaseModel = parse.GetValue(model.Model)!,

@@ -51,15 +51,21 @@ public sealed unsafe class CommandRecorder : DisposableObject
     public int PendingCommands => _current?.Commands ?? 0;
     public bool HasWorkInFlight => _inflight.Count > 0 || PendingCommands > 0;
 
-    /// <summary>Records one dispatch after checking bindings, push size and group counts against the pipeline and device.</summary>
-    public void Dispatch<TPush>(ComputePipeline pipeline, ReadOnlySpan<Binding> bindings, in TPush push, uint groupsX, uint groupsY = 1, uint groupsZ = 1, string? label = null)
+    /// <summary>
+    /// Records one dispatch after checking bindings, push size and group counts against the pipeline and device.
+    /// <paramref name="onDeviceSeconds"/>, where the device has timestamps, receives the dispatch's measured device time
+    /// once it has run (profiling or not).
+    /// </summary>
+    public void Dispatch<TPush>(ComputePipeline pipeline, ReadOnlySpan<Binding> bindings, in TPush push, uint groupsX, uint groupsY = 1, uint groupsZ = 1, string? label = null,
+        Action<double>? onDeviceSeconds = null)
         where TPush : unmanaged
     {
         var bytes = MemoryMarshal.AsBytes(new ReadOnlySpan<TPush>(Unsafe.AsPointer(ref Unsafe.AsRef(in push)), 1));
-        Dispatch(pipeline, bindings, bytes, groupsX, groupsY, groupsZ, label);
+        Dispatch(pipeline, bindings, bytes, groupsX, groupsY, groupsZ, label, onDeviceSeconds);
     }
 
-    public void Dispatch(ComputePipeline pipeline, ReadOnlySpan<Binding> bindings, ReadOnlySpan<byte> push, uint groupsX, uint groupsY = 1, uint groupsZ = 1, string? label = null)
+    public void Dispatch(ComputePipeline pipeline, ReadOnlySpan<Binding> bindings, ReadOnlySpan<byte> push, uint groupsX, uint groupsY = 1, uint groupsZ = 1, string? label = null,
+        Action<double>? onDeviceSeconds = null)
     {
         ThrowIfDisposed();
         var caps = _ctx.Caps;
@@ -120,13 +126,14 @@ public sealed unsafe class CommandRecorder : DisposableObject
         vk.CmdBindDescriptorSets(cb, PipelineBindPoint.Compute, _ctx.Pipelines.Layout, 0, 1, &set, 0, null);
         if (push.Length > 0)
             fixed (byte* p = push) vk.CmdPushConstants(cb, _ctx.Pipelines.Layout, ShaderStageFlags.ComputeBit, 0, (uint)push.Length, p);
-        bool timed = ProfileEnabled && _ctx.Caps.TimestampsSupported;
+        bool timed = (ProfileEnabled || onDeviceSeconds != null) && _ctx.Caps.TimestampsSupported;
         if (timed) vk.CmdWriteTimestamp(cb, PipelineStageFlags.ComputeShaderBit, batch.Queries, (uint)(2 * batch.Labels.Count));
         vk.CmdDispatch(cb, groupsX, groupsY, groupsZ);
         if (timed)
         {
             vk.CmdWriteTimestamp(cb, PipelineStageFlags.ComputeShaderBit, batch.Queries, (uint)(2 * batch.Labels.Count + 1));
-            batch.Labels.Add(label ?? pipeline.Name);
+            batch.Labels.Add(ProfileEnabled ? label ?? pipeline.Name : null);
+            batch.Timers.Add(onDeviceSeconds);
         }
         batch.Dispatches++;
         batch.Commands++;
@@ -217,7 +224,11 @@ public sealed unsafe class CommandRecorder : DisposableObject
                 VkCheck.Ok(vk.GetQueryPoolResults(_ctx.Device, batch.Queries, 0, (uint)stamps.Length, (nuint)(stamps.Length * 8), s, 8,
                     QueryResultFlags.Result64Bit | QueryResultFlags.ResultWaitBit), "reading timestamps");
             for (int i = 0; i < batch.Labels.Count; i++)
-                Profile.Add(batch.Labels[i], (stamps[2 * i + 1] - stamps[2 * i]) * (double)_ctx.Caps.TimestampPeriodNs);
+            {
+                double ns = (stamps[2 * i + 1] - stamps[2 * i]) * (double)_ctx.Caps.TimestampPeriodNs;
+                if (batch.Labels[i] is { } label) Profile.Add(label, ns);
+                batch.Timers[i]?.Invoke(ns * 1e-9);
+            }
         }
         foreach (var a in batch.OnComplete) a();
         batch.OnComplete.Clear();
@@ -282,6 +293,7 @@ public sealed unsafe class CommandRecorder : DisposableObject
         batch.Dispatches = 0;
         batch.Commands = 0;
         batch.Labels.Clear();
+        batch.Timers.Clear();
         batch.Buffers.Clear();
         // Work submitted earlier is ordered before this batch by a barrier at its start.
         var barrier = new MemoryBarrier
@@ -373,7 +385,8 @@ public sealed unsafe class CommandRecorder : DisposableObject
         public QueryPool Queries { get; } = queries;
         public int Dispatches { get; set; }
         public int Commands { get; set; }
-        public List<string> Labels { get; } = [];
+        public List<string?> Labels { get; } = [];   // per timed dispatch: its profile label (null: timed only for a callback)
+        public List<Action<double>?> Timers { get; } = [];   // per timed dispatch: who wants its device seconds
         public HashSet<ulong> Buffers { get; } = [];
         public List<Action> OnComplete { get; } = [];
     }

@@ -1,6 +1,7 @@
 // Causal grouped-query attention on the device: forward (o and the row log-sum-exp) and backward (dq, dk, dv), both
 // streaming over keys without a [T, S] buffer. Queries spanning several bindings run in row chunks, each against the
-// keys it sees. Shaders: attention_fwd, attention_bwd_dq, attention_bwd_dkv.
+// keys it sees. Shaders: attention_fwd, attention_bwd_dq, attention_bwd_dkv and their flash versions (attention_flash_*).
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using VkPeft.Runtime.Commands;
 using VkPeft.Runtime.Memory;
@@ -12,9 +13,11 @@ namespace VkPeft.Runtime.Kernels;
 /// <summary>
 /// Which attention shaders run: <see cref="Direct"/> reads key/query blocks straight from the buffers at
 /// workgroup-uniform addresses (8-invocation workgroups; CPU devices such as lavapipe serve these as broadcast loads),
-/// <see cref="Shared"/> stages them in shared memory (64-invocation workgroups; GPUs). Auto picks by device kind.
+/// <see cref="Shared"/> stages them in shared memory (64-invocation workgroups, one row per invocation),
+/// <see cref="Flash"/> is FlashAttention-2 style (a workgroup owns 16 rows, four invocations per row split the head
+/// dimension, keys/queries stream through shared memory as tiles; GPUs). Auto picks per device kind from measurements.
 /// </summary>
-public enum AttentionAlgorithm { Auto, Direct, Shared }
+public enum AttentionAlgorithm { Auto, Direct, Shared, Flash }
 
 public static class Attention
 {
@@ -32,6 +35,19 @@ public static class Attention
         { ShaderId.AttentionBwdDqSharedD8, ShaderId.AttentionBwdDqSharedD16, ShaderId.AttentionBwdDqSharedD32, ShaderId.AttentionBwdDqSharedD48, ShaderId.AttentionBwdDqSharedD64, ShaderId.AttentionBwdDqSharedD96, ShaderId.AttentionBwdDqSharedD128 },
         { ShaderId.AttentionBwdDkvD8, ShaderId.AttentionBwdDkvD16, ShaderId.AttentionBwdDkvD32, ShaderId.AttentionBwdDkvD48, ShaderId.AttentionBwdDkvD64, ShaderId.AttentionBwdDkvD96, ShaderId.AttentionBwdDkvD128 },
         { ShaderId.AttentionBwdDkvSharedD8, ShaderId.AttentionBwdDkvSharedD16, ShaderId.AttentionBwdDkvSharedD32, ShaderId.AttentionBwdDkvSharedD48, ShaderId.AttentionBwdDkvSharedD64, ShaderId.AttentionBwdDkvSharedD96, ShaderId.AttentionBwdDkvSharedD128 },
+    };
+
+    /// <summary>Head dimensions the flash shaders are compiled for (compile-time sizes; smaller ones are zero-padded).</summary>
+    public static IReadOnlyList<int> FlashHeadDims => FlashHeadDimList;
+    private static readonly int[] FlashHeadDimList = [8, 16, 32, 48, 64, 80, 96, 128];
+    /// <summary>Rows (queries; keys for dk/dv) one flash workgroup owns, and its invocations (attention_flash.glsl).</summary>
+    public const uint FlashRows = 16, FlashWorkgroupSize = 64;
+
+    private static readonly ShaderId[,] FlashShaders =
+    {
+        { ShaderId.AttentionFlashFwdD8, ShaderId.AttentionFlashFwdD16, ShaderId.AttentionFlashFwdD32, ShaderId.AttentionFlashFwdD48, ShaderId.AttentionFlashFwdD64, ShaderId.AttentionFlashFwdD80, ShaderId.AttentionFlashFwdD96, ShaderId.AttentionFlashFwdD128 },
+        { ShaderId.AttentionFlashBwdDqD8, ShaderId.AttentionFlashBwdDqD16, ShaderId.AttentionFlashBwdDqD32, ShaderId.AttentionFlashBwdDqD48, ShaderId.AttentionFlashBwdDqD64, ShaderId.AttentionFlashBwdDqD80, ShaderId.AttentionFlashBwdDqD96, ShaderId.AttentionFlashBwdDqD128 },
+        { ShaderId.AttentionFlashBwdDkvD8, ShaderId.AttentionFlashBwdDkvD16, ShaderId.AttentionFlashBwdDkvD32, ShaderId.AttentionFlashBwdDkvD48, ShaderId.AttentionFlashBwdDkvD64, ShaderId.AttentionFlashBwdDkvD80, ShaderId.AttentionFlashBwdDkvD96, ShaderId.AttentionFlashBwdDkvD128 },
     };
 
     private enum Kernel { Forward = 0, Dq = 2, Dkv = 4 }
@@ -54,19 +70,55 @@ public static class Attention
     /// </summary>
     private const long LoopBudget = 60000;
 
-    /// <summary>Loop iterations per key or pair (dot and update loops, plus rescale and staging shares), conservatively.</summary>
-    private static long ItersPerRow(int headDim) => 2L * headDim + headDim / 4 + 4;
+    /// <summary>
+    /// Loop iterations per key or pair (dot and update loops, plus rescale and staging shares), conservatively. The flash
+    /// kernels split each row's head dimension over four invocations: each loops over a quarter of it per key for the
+    /// partial dot products and for the update, plus the partial-sum and staging shares.
+    /// </summary>
+    private static long ItersPerRow(AttentionAlgorithm algorithm, int headDim) => algorithm == AttentionAlgorithm.Flash
+        ? headDim / 2 + headDim / 4 + 16
+        : 2L * headDim + headDim / 4 + 4;
 
     /// <summary>Keys or pairs one dispatch may loop over: bounded on CPU devices, unbounded elsewhere; capped by a request.</summary>
-    private static long RowsPerDispatch(VulkanContext ctx, int headDim, int requested)
+    private static long RowsPerDispatch(VulkanContext ctx, AttentionAlgorithm algorithm, int headDim, int requested)
     {
-        long n = ctx.Caps.Kind == DeviceKind.Cpu ? Math.Max((LoopBudget - 4L * headDim) / ItersPerRow(headDim), 1) : long.MaxValue;
+        long n = ctx.Caps.Kind == DeviceKind.Cpu ? Math.Max((LoopBudget - 4L * headDim) / ItersPerRow(algorithm, headDim), 1) : long.MaxValue;
         return requested > 0 ? Math.Min(n, requested) : n;
     }
 
-    /// <summary>The algorithm Auto picks on this device.</summary>
-    public static AttentionAlgorithm Choose(VulkanContext ctx) =>
-        ctx.Caps.Kind == DeviceKind.Cpu ? AttentionAlgorithm.Direct : AttentionAlgorithm.Shared;
+    /// <summary>
+    /// The faster algorithm per device kind for the forward and the backward, measured with `bench kernels` (T = 512
+    /// and 2,048, head dimension 64 and 128, 8:2 heads): on lavapipe the direct kernels ran the forward 2.0–2.7× and
+    /// the backward 1.6–3.0× faster than flash (broadcast loads of one row per invocation suit its SIMD-across-
+    /// invocations model). Kinds not listed (GPUs) run flash.
+    /// </summary>
+    private static readonly Dictionary<DeviceKind, (AttentionAlgorithm Forward, AttentionAlgorithm Backward)> Faster = new()
+    {
+        [DeviceKind.Cpu] = (AttentionAlgorithm.Direct, AttentionAlgorithm.Direct),
+    };
+
+    private static readonly ConditionalWeakTable<VulkanContext, StrongBox<AttentionAlgorithm>> Forced = new();
+
+    /// <summary>The algorithm Auto picks on this device for the forward (or the backward).</summary>
+    public static AttentionAlgorithm Choose(VulkanContext ctx, bool backward = false)
+    {
+        if (Forced.TryGetValue(ctx, out var forced)) return forced.Value;
+        return Faster.TryGetValue(ctx.Caps.Kind, out var f) ? (backward ? f.Backward : f.Forward) : AttentionAlgorithm.Flash;
+    }
+
+    /// <summary>Makes Auto pick <paramref name="algorithm"/> on this device until the result is disposed (tests, benchmarks).</summary>
+    public static IDisposable Force(VulkanContext ctx, AttentionAlgorithm algorithm)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        if (algorithm == AttentionAlgorithm.Auto) throw new ArgumentException("attention: force a concrete algorithm, not Auto", nameof(algorithm));
+        Forced.AddOrUpdate(ctx, new StrongBox<AttentionAlgorithm>(algorithm));
+        return new Unforce(ctx);
+    }
+
+    private sealed class Unforce(VulkanContext ctx) : IDisposable
+    {
+        public void Dispose() => Forced.Remove(ctx);
+    }
 
     /// <summary>
     /// o = softmax(q·kᵀ/√headDim + causal mask)·v for <paramref name="batch"/> sequences of <paramref name="seqLen"/>
@@ -88,21 +140,24 @@ public static class Attention
         g.Lse("lse", lse);
         if (seqLen == 0 || batch == 0) return;
         var ctx = q.Context;
-        algorithm = Resolve(ctx, algorithm);
+        algorithm = Resolve(ctx, algorithm, backward: false);
         if (!Whole(q, k, v, o, lse))
         {
             ForwardChunked(g, q, k, v, o, lse, algorithm, keysPerDispatch);
             return;
         }
         var (push, ranges) = g.Bind([q, k, v, o, lse]);
-        long keys = (long)startPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        var timed = new Timed(ctx, g, "attention.fwd", algorithm, 4);
+        long keys = (long)startPos + seqLen, chunk = Math.Min(RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch), timed.KeysPerDispatch());
         for (long k0 = 0; k0 < keys; k0 += chunk)
         {
             push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
             var access = k0 == 0 ? Access.Write : Access.ReadWrite;
+            double units = timed.KeyRangeUnits(push.Lo, push.Hi);
             Dispatch(ctx, Kernel.Forward, algorithm, headDim, push,
                 [Binding.Read(ranges[0]), Binding.Read(ranges[1]), Binding.Read(ranges[2]), new Binding(ranges[3], access), new Binding(ranges[4], access)],
-                seqLen, (uint)nHeads, (uint)batch, "attention.fwd");
+                seqLen, (uint)nHeads, (uint)batch, timed.Label, timed.Budget.Learn(timed.Key, units));
+            timed.Budget.Queued(ctx, timed.Key, units);
         }
     }
 
@@ -134,7 +189,7 @@ public static class Attention
         g.Lse("delta", delta);
         if (batch == 0) return;
         var ctx = q.Context;
-        algorithm = Resolve(ctx, algorithm);
+        algorithm = Resolve(ctx, algorithm, backward: true);
         if (seqLen == 0)
         {
             BasicOps.Fill(dk, 0);   // no query sees any key
@@ -156,21 +211,25 @@ public static class Attention
     {
         var ctx = q.Context;
         int seqLen = g.SeqLen, batch = g.Batch, nHeads = g.NHeads, nKvHeads = g.NKvHeads, headDim = g.HeadDim;
-        long keys = (long)g.StartPos + seqLen, chunk = RowsPerDispatch(ctx, headDim, keysPerDispatch);
+        var timed = new Timed(ctx, g, "attention.bwd.dq", algorithm, 6);
+        long keys = (long)g.StartPos + seqLen, chunk = Math.Min(RowsPerDispatch(ctx, algorithm, headDim, keysPerDispatch), timed.KeysPerDispatch());
         var (push, r) = g.Bind([q, k, v, o, dO, lse, delta, dq]);
         for (long k0 = 0; k0 < keys; k0 += chunk)
         {
             push.Lo = (uint)k0; push.Hi = (uint)Math.Min(keys, k0 + chunk); push.Accumulate = k0 == 0 ? 0u : 1u;
+            double units = timed.KeyRangeUnits(push.Lo, push.Hi);
             Dispatch(ctx, Kernel.Dq, algorithm, headDim, push,
                 [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), Binding.Write(r[6]),
                  new Binding(r[7], k0 == 0 ? Access.Write : Access.ReadWrite)],
-                seqLen, (uint)nHeads, (uint)batch, "attention.bwd.dq");
+                seqLen, (uint)nHeads, (uint)batch, timed.Label, timed.Budget.Learn(timed.Key, units));
+            timed.Budget.Queued(ctx, timed.Key, units);
         }
         (push, r) = g.Bind([q, k, v, dO, lse, delta, dk, dv]);
         // dk/dv sum over group·seqLen (query head, query) pairs: chunks of at most perChunk pairs, whole heads while a
         // head fits, in a fixed order; the first chunk writes, the rest add.
         int group = nHeads / nKvHeads;
-        long perChunk = RowsPerDispatch(ctx, headDim, dkvPairsPerDispatch);
+        timed = new Timed(ctx, g, "attention.bwd.dkv", algorithm, 8);
+        long perChunk = Math.Min(RowsPerDispatch(ctx, algorithm, headDim, dkvPairsPerDispatch), timed.PairsPerDispatch());
         int headsPerChunk = (int)Math.Clamp(perChunk / seqLen, 1, group);
         int rowsPerChunk = (int)Math.Min(seqLen, perChunk);
         bool first = !accumulateDkv;
@@ -182,9 +241,11 @@ public static class Attention
                 push.Lo = (uint)i0; push.Hi = (uint)Math.Min(seqLen, i0 + rowsPerChunk);
                 push.Accumulate = first ? 0u : 1u;
                 var outAccess = first ? Access.Write : Access.ReadWrite;
+                double units = timed.PairRangeUnits(push.HeadHi - push.HeadLo, push.Lo, push.Hi);
                 Dispatch(ctx, Kernel.Dkv, algorithm, headDim, push,
                     [Binding.Read(r[0]), Binding.Read(r[1]), Binding.Read(r[2]), Binding.Read(r[3]), Binding.Read(r[4]), Binding.Read(r[5]), new Binding(r[6], outAccess), new Binding(r[7], outAccess)],
-                    g.KvStride, (uint)nKvHeads, (uint)batch, "attention.bwd.dkv");
+                    g.KvStride, (uint)nKvHeads, (uint)batch, timed.Label, timed.Budget.Learn(timed.Key, units));
+                timed.Budget.Queued(ctx, timed.Key, units);
                 first = false;
             }
         }
@@ -277,28 +338,74 @@ public static class Attention
         }
     }
 
-    private static AttentionAlgorithm Resolve(VulkanContext ctx, AttentionAlgorithm algorithm)
+    private static AttentionAlgorithm Resolve(VulkanContext ctx, AttentionAlgorithm algorithm, bool backward)
     {
-        if (algorithm == AttentionAlgorithm.Auto) algorithm = Choose(ctx);
-        if (algorithm == AttentionAlgorithm.Shared && ctx.Caps.MaxComputeWorkGroupInvocations < SharedWorkgroupSize)
-            throw new ArgumentException($"attention: the shared algorithm needs {SharedWorkgroupSize}-invocation workgroups; the device allows {ctx.Caps.MaxComputeWorkGroupInvocations}");
+        if (algorithm == AttentionAlgorithm.Auto) algorithm = Choose(ctx, backward);
+        if (algorithm is AttentionAlgorithm.Shared or AttentionAlgorithm.Flash && ctx.Caps.MaxComputeWorkGroupInvocations < SharedWorkgroupSize)
+            throw new ArgumentException($"attention: the {algorithm} algorithm needs {SharedWorkgroupSize}-invocation workgroups; the device allows {ctx.Caps.MaxComputeWorkGroupInvocations}");
         return algorithm;
     }
 
-    private static void Dispatch(VulkanContext ctx, Kernel kernel, AttentionAlgorithm algorithm, int headDim, in Push push,
-        ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label)
+    /// <summary>
+    /// One kernel's share of the device's <see cref="DispatchBudget"/>: work units are FLOPs, <paramref name="flopsPerPair"/>
+    /// per (query, key) pair and head dimension (forward 4: q·k and p·v; dq 6; dk/dv 8), counting only the pairs the
+    /// causal mask keeps.
+    /// </summary>
+    private sealed class Timed(VulkanContext ctx, Geometry g, string label, AttentionAlgorithm algorithm, int flopsPerPair)
     {
-        bool shared = algorithm == AttentionAlgorithm.Shared;
+        public DispatchBudget Budget { get; } = DispatchBudget.For(ctx);
+        public string Label => label;
+        public string Key { get; } = $"{label}.{algorithm}";
+
+        private double PerPair => (double)flopsPerPair * g.HeadDim;
+
+        /// <summary>Keys per dispatch (forward, dq): a key costs at most one pair per query of every head and sequence.</summary>
+        public long KeysPerDispatch() => Budget.ItemsPerDispatch(Key, PerPair * g.SeqLen * g.NHeads * g.Batch, (int)FlashRows);
+
+        /// <summary>(query head, query) pairs per dispatch (dk/dv): one costs at most every key of every kv head and sequence.</summary>
+        public long PairsPerDispatch() => Budget.ItemsPerDispatch(Key, PerPair * (g.StartPos + g.SeqLen) * g.NKvHeads * g.Batch, (int)FlashRows);
+
+        /// <summary>Work of keys [lo, hi) against every query (forward, dq).</summary>
+        public double KeyRangeUnits(uint lo, uint hi)
+        {
+            double pairs = 0;
+            for (long i = 0; i < g.SeqLen; i++)
+                pairs += Math.Max(0, Math.Min(hi, g.StartPos + i + 1) - lo);
+            return pairs * PerPair * g.NHeads * g.Batch;
+        }
+
+        /// <summary>Work of <paramref name="heads"/> query heads per kv head times queries [lo, hi) against the keys they see (dk/dv).</summary>
+        public double PairRangeUnits(uint heads, uint lo, uint hi)
+        {
+            double keys = 0;
+            for (long i = lo; i < hi; i++) keys += g.StartPos + i + 1;
+            return keys * heads * PerPair * g.NKvHeads * g.Batch;
+        }
+    }
+
+    private static void Dispatch(VulkanContext ctx, Kernel kernel, AttentionAlgorithm algorithm, int headDim, in Push push,
+        ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label, Action<double>? onDeviceSeconds = null)
+    {
+        bool shared = algorithm == AttentionAlgorithm.Shared, flash = algorithm == AttentionAlgorithm.Flash;
+        var dims = flash ? FlashHeadDimList : HeadDimList;
         int variant = 0;
-        while (HeadDimList[variant] < headDim) variant++;
-        uint wg = shared ? SharedWorkgroupSize : DirectWorkgroupSize;
-        long groupsX = (rows + wg - 1) / wg;
+        while (dims[variant] < headDim) variant++;
+        uint wg = flash ? FlashWorkgroupSize : shared ? SharedWorkgroupSize : DirectWorkgroupSize;
+        // Flash query-row kernels pack the query heads of a kv-head group into one workgroup (as many as divide both
+        // the group and the workgroup's rows), so each staged key/value block serves them all.
+        uint heads = flash && kernel != Kernel.Dkv ? Gcd(push.Group, FlashRows) : 1;
+        uint rowsPerGroup = flash ? FlashRows / heads : wg;
+        groupsY /= heads;
+        long groupsX = (rows + rowsPerGroup - 1) / rowsPerGroup;
         var max = ctx.Caps.MaxComputeWorkGroupCount;
         if (groupsX > max[0] || groupsY > max[1] || groupsZ > max[2])
             throw new ArgumentException($"attention: {groupsX}x{groupsY}x{groupsZ} workgroups exceed the device limit {string.Join("x", max)}");
-        var pipeline = ctx.Pipelines.Get(Shaders[(int)kernel + (shared ? 1 : 0), variant], wg);
-        ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label);
+        var id = flash ? FlashShaders[(int)kernel / 2, variant] : Shaders[(int)kernel + (shared ? 1 : 0), variant];
+        var pipeline = flash ? ctx.Pipelines.Get(id, wg, heads) : ctx.Pipelines.Get(id, wg);
+        ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label, onDeviceSeconds);
     }
+
+    private static uint Gcd(uint a, uint b) => b == 0 ? a : Gcd(b, a % b);
 
     /// <summary>Validated sizes of one attention call and the push constants they give.</summary>
     private sealed record Geometry(int Batch, int SeqLen, int StartPos, int NHeads, int NKvHeads, int HeadDim, long KvStride)

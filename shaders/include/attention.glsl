@@ -1,5 +1,6 @@
-// Shared pieces of the causal grouped-query attention kernels (attention_fwd, attention_bwd_dq, attention_bwd_dkv):
-// push block, head-dimension loops and the workgroup geometry. One invocation owns one query row (or key row).
+// Shared pieces of the causal grouped-query attention kernels (attention_fwd, attention_bwd_dq, attention_bwd_dkv and
+// their flash versions): push block, head-dimension loops and the workgroup geometry. In the plain kernels one
+// invocation owns one query row (or key row); attention_flash.glsl describes the flash kernels' layout.
 #ifndef VKPEFT_ATTENTION_GLSL
 #define VKPEFT_ATTENTION_GLSL
 

@@ -1,9 +1,11 @@
 // HF PEFT LoRA adapter folders (adapter_config.json + adapter_model.safetensors): PEFT keys, q/k rows of B in
-// rotate-half order, QA-LoRA in PEFT's use_qalora form; written and read for LoRA-family methods.
+// rotate-half order, QA-LoRA in PEFT's use_qalora form; written and read for LoRA-family methods ((IA)³ folders:
+// AdapterIO.PeftIa3.cs).
 using System.Text.Json;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Ia3;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using static VkPeft.Peft.Formats.JsonFields;
@@ -26,6 +28,7 @@ public static partial class AdapterIO
         ArgumentNullException.ThrowIfNull(baseConfig);
         var cfg = adapter.Config;
         if (cfg.Method.PeftUnsupportedReason is { } why) throw new ExportException(why);
+        if (cfg.Method is Ia3Method) return SavePeftIa3(dir, adapter, baseConfig, force, dtype);
         bool qalora = cfg.Method is LoraMethod { GroupPooled: true };
         AdapterMerge.Validate(adapter, baseConfig, "adapter");
         var entries = new List<SafeTensorsWriter.Entry>();
@@ -51,11 +54,16 @@ public static partial class AdapterIO
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "A"), a.Shape, aData, dtype));
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "B"), b.Shape, bData, dtype));
             }
+        return WritePeftFolder(dir, force, dtype, PeftConfigJson(cfg, baseConfig), entries);
+    }
 
+    /// <summary>A PEFT folder (config + safetensors) written to a temporary folder and renamed into place.</summary>
+    private static ExportReport WritePeftFolder(string dir, bool force, string dtype, byte[] configJson, List<SafeTensorsWriter.Entry> entries)
+    {
         var report = new ExportReport { OutPath = Path.GetFullPath(dir), Format = ExportFormat.Peft, DType = dtype };
         AtomicOutput.WriteDirectory(dir, force, tmp =>
         {
-            File.WriteAllBytes(Path.Combine(tmp, PeftConfigFile), PeftConfigJson(cfg, baseConfig));
+            File.WriteAllBytes(Path.Combine(tmp, PeftConfigFile), configJson);
             SafeTensorsWriter.Write(Path.Combine(tmp, WeightsFile), entries);
         });
         foreach (var e in entries) report.Tensors.Add(new ExportedTensor(e.Name, e.DType, e.Shape, e.Data.LongLength));
@@ -97,19 +105,25 @@ public static partial class AdapterIO
                 w.WriteBoolean("use_qalora", true);
                 w.WriteNumber("qalora_group_size", cfg.GroupSize);
             }
-            w.WriteStartObject("vkpeft");
-            w.WriteNumber("format_version", FormatVersion);
-            w.WriteString("method", cfg.Method.Name);
-            w.WriteStartObject("base_quantization");
-            w.WriteString("type", cfg.BaseQuant.Type);
-            w.WriteNumber("blocksize", cfg.BaseQuant.Blocksize);
-            w.WriteEndObject();
-            w.WriteString("base_rope_layout", LayoutName(baseConfig.RopeLayout));
-            w.WriteString("qk_rows", "rotate_half");
-            w.WriteEndObject();
+            WriteVkPeftObject(w, cfg, baseConfig);
             w.WriteEndObject();
         }
         return ms.ToArray();
+    }
+
+    /// <summary>vkpeft's own object inside a PEFT config: format version, method, base quantization and RoPE layouts.</summary>
+    private static void WriteVkPeftObject(Utf8JsonWriter w, AdapterConfig cfg, LlamaConfig baseConfig)
+    {
+        w.WriteStartObject("vkpeft");
+        w.WriteNumber("format_version", FormatVersion);
+        w.WriteString("method", cfg.Method.Name);
+        w.WriteStartObject("base_quantization");
+        w.WriteString("type", cfg.BaseQuant.Type);
+        w.WriteNumber("blocksize", cfg.BaseQuant.Blocksize);
+        w.WriteEndObject();
+        w.WriteString("base_rope_layout", LayoutName(baseConfig.RopeLayout));
+        w.WriteString("qk_rows", "rotate_half");
+        w.WriteEndObject();
     }
 
     private static AdapterWeights LoadPeft(string dir, LlamaConfig baseConfig)
@@ -118,7 +132,8 @@ public static partial class AdapterIO
         using var doc = ParseJson(cfgPath);
         var r = doc.RootElement;
         string peftType = Str(r, "peft_type") ?? throw new ModelFormatException(cfgPath, "peft_type", "required field is missing");
-        if (peftType != "LORA") throw new ModelFormatException(cfgPath, "peft_type", $"'{peftType}' is not supported (only LORA)");
+        if (peftType == "IA3") return LoadPeftIa3(dir, cfgPath, r, baseConfig);
+        if (peftType != "LORA") throw new ModelFormatException(cfgPath, "peft_type", $"'{peftType}' is not supported (only LORA and IA3)");
         if (Bool(r, "use_dora") == true) throw new ModelFormatException(cfgPath, "use_dora", "DoRA adapters are not supported");
         if (Bool(r, "fan_in_fan_out") == true) throw new ModelFormatException(cfgPath, "fan_in_fan_out", "must be false for Llama");
         string bias = Str(r, "bias") ?? "none";

@@ -21,6 +21,8 @@ public sealed record AdapterConfig
     public float Alpha { get; init; } = 16;
     public float Dropout { get; init; }
     public bool UseRsLora { get; init; }
+    /// <summary>LoRA-FA: A stays at its initialization (no gradient, no optimizer state); only B trains.</summary>
+    public bool FreezeA { get; init; }
     public TargetModule[] Targets { get; init; } = Enum.GetValues<TargetModule>();
     /// <summary>QA-LoRA group size g (the INT4 base's group size); the LoRA input is the mean of each group of g inputs.</summary>
     public int GroupSize { get; init; } = 32;

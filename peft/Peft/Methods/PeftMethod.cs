@@ -26,9 +26,10 @@ public abstract record ParameterInit
 /// <summary>
 /// One trainable tensor of a method: canonical name (see <see cref="AdapterWeights"/>), shape and initialization. When
 /// its rows follow the output rows of a linear (<paramref name="OutputRowsOf"/>, e.g. LoRA B), q/k rows are converted
-/// between RoPE layouts wherever the adapter moves between bases.
+/// between RoPE layouts wherever the adapter moves between bases. A <paramref name="Frozen"/> tensor keeps its
+/// initialization: it is stored and saved, but gets no gradient and no optimizer state (LoRA-FA's A).
 /// </summary>
-public sealed record ParameterSpec(string Name, long[] Shape, ParameterInit Init, TargetModule? OutputRowsOf = null)
+public sealed record ParameterSpec(string Name, long[] Shape, ParameterInit Init, TargetModule? OutputRowsOf = null, bool Frozen = false)
 {
     public long Count => Shape.Aggregate(1L, (a, b) => a * b);
 }
@@ -99,6 +100,9 @@ public abstract class PeftMethod
     /// <summary>Targets of a config file that lists none (PEFT's default for LoRA is q and v).</summary>
     public virtual TargetModule[] TargetsWhenUnlisted => [TargetModule.Q, TargetModule.V];
 
+    /// <summary>The targets `train` adapts when --targets is not given; null for every linear.</summary>
+    public virtual TargetModule[]? DefaultTrainTargets => null;
+
     /// <summary>Writes the method's own fields into vkpeft_adapter.json.</summary>
     public abstract void WriteConfig(Utf8JsonWriter w, AdapterConfig a);
 
@@ -135,7 +139,7 @@ public abstract class PeftMethod
                     Array.Fill(data, k.Value);
                     break;
             }
-            p.Add(spec.Name, spec.Shape, data);
+            p.Add(spec.Name, spec.Shape, data, spec.Frozen);
         }
     }
 
@@ -184,7 +188,7 @@ public abstract class PeftMethod
     public virtual AdapterConfig ConfigFor(TrainSetup s) => new()
     {
         Method = this, Rank = s.Rank, Alpha = 2f * s.Rank, Dropout = s.Dropout, Targets = s.Targets, GroupSize = s.Quant.Blocksize,
-        Bottleneck = s.Bottleneck, BaseQuant = s.Quant,
+        Bottleneck = s.Bottleneck, BaseQuant = s.Quant, FreezeA = s.FreezeA,
     };
 
     // ---------------------------------------------------------------- command line

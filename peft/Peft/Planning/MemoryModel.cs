@@ -17,6 +17,8 @@ public sealed record TrainSetup
     public PeftMethod Method { get; init; } = PeftMethod.Lora;
     public BaseQuant Quant { get; init; } = BaseQuant.Parse("nf4-dq");
     public int Rank { get; init; } = 8;
+    /// <summary>LoRA-FA (--freeze-a): A is stored but has no gradient or AdamW moments.</summary>
+    public bool FreezeA { get; init; }
     public TargetModule[] Targets { get; init; } = Enum.GetValues<TargetModule>();
     /// <summary>QA-LoRA group size (the INT4 base's); bottleneck size for --method adapter.</summary>
     public int GroupSize { get; init; } = 32;
@@ -134,8 +136,8 @@ public static class MemoryModel
         return emb + c.Dim + c.NLayers * layer;
     }
 
-    /// <summary>Trainable values of the adapter: the sum over its method's parameter spec.</summary>
-    public static long TrainableCount(TrainSetup s) => s.Method.Parameters(s.Config, s.ToAdapterConfig()).Sum(p => p.Count);
+    /// <summary>Trained values of the adapter: the sum over its method's parameter spec, frozen tensors left out.</summary>
+    public static long TrainableCount(TrainSetup s) => s.Method.Parameters(s.Config, s.ToAdapterConfig()).Where(p => !p.Frozen).Sum(p => p.Count);
 
     /// <summary>The estimate for <paramref name="s"/>, item by item.</summary>
     public static MemoryEstimate Estimate(TrainSetup s)
@@ -160,12 +162,14 @@ public static class MemoryModel
         if (c.AttentionBias) Add("q/k/v biases", MemoryCategory.Weights, L * (F32(c.QDim) + 2 * F32(c.KvDim)), true);
         if (s.Quant.DoubleQuant) Add("double-quant dynamic map", MemoryCategory.Weights, 256 * 4);
 
-        // Trainable tensors, gradients and AdamW moments (TrainableParameters: one fp32 tensor each in the method's spec).
+        // Trainable tensors, gradients and AdamW moments (TrainableParameters: one fp32 tensor each in the method's spec;
+        // frozen ones, LoRA-FA's A, without gradient or moments).
         var spec = s.Method.Parameters(c, s.ToAdapterConfig());
         long trainableBytes = spec.Sum(p => F32(p.Count)), largestTrainable = spec.Count == 0 ? 0 : spec.Max(p => F32(p.Count));
+        long trainedBytes = spec.Where(p => !p.Frozen).Sum(p => F32(p.Count));
         Add("adapter parameters", MemoryCategory.Trainable, trainableBytes, true);
-        Add("adapter gradients", MemoryCategory.Gradients, trainableBytes, true);
-        Add("AdamW m and v", MemoryCategory.Optimizer, 2 * trainableBytes, true, s.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
+        Add("adapter gradients", MemoryCategory.Gradients, trainedBytes, true);
+        Add("AdamW m and v", MemoryCategory.Optimizer, 2 * trainedBytes, true, s.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
 
         // Activations (TrainStep): layer inputs, LayerState(s), gradient buffers, ids/targets/loss, one logits chunk.
         // ∂swiglu, ∂gate and ∂up overwrite swiglu, gate and up; held-out evaluation reuses these buffers.

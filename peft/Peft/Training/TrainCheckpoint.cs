@@ -135,16 +135,18 @@ public static class TrainCheckpoint
     /// <summary>
     /// Reads the newest intact checkpoint of <paramref name="outDir"/>: a corrupt one is reported through
     /// <paramref name="warn"/> and the next older kept one is tried; none intact is an error naming the newest's fault.
-    /// A run from before checkpoint folders existed is read from the top-level files.
+    /// A run from before checkpoint folders existed is read from the top-level files. Optimizer moments are read for
+    /// <paramref name="trainedNames"/> (default: every parameter; frozen tensors have none).
     /// </summary>
-    public static LoadedCheckpoint Load(string outDir, LlamaConfig config, IReadOnlyCollection<string> parameterNames, Action<string>? warn = null)
+    public static LoadedCheckpoint Load(string outDir, LlamaConfig config, IReadOnlyCollection<string> parameterNames, Action<string>? warn = null,
+        IReadOnlyCollection<string>? trainedNames = null)
     {
         var steps = Steps(outDir);
         if (steps.Count == 0)
         {
             if (!File.Exists(Path.Combine(outDir, StateFile)))
                 throw new FileNotFoundException($"--resume: no checkpoint in {outDir} ({CheckpointsFolder}/ and {StateFile} missing)");
-            return Read(outDir, config, parameterNames, verify: false);
+            return Read(outDir, config, parameterNames, trainedNames ?? parameterNames, verify: false);
         }
         ModelFormatException? first = null;
         foreach (int step in steps)
@@ -152,7 +154,7 @@ public static class TrainCheckpoint
             string folder = FolderOf(outDir, step);
             try
             {
-                var loaded = Read(folder, config, parameterNames, verify: true);
+                var loaded = Read(folder, config, parameterNames, trainedNames ?? parameterNames, verify: true);
                 if (loaded.Step != step) throw new ModelFormatException(Path.Combine(folder, StateFile), "step", $"says step {loaded.Step}, the folder step {step}");
                 if (first is not null) warn?.Invoke($"warning: {first.Message}; resuming from the older intact checkpoint at step {step}");
                 return loaded;
@@ -166,7 +168,7 @@ public static class TrainCheckpoint
             first.Detail + (steps.Count > 1 ? $" (and no older kept checkpoint is intact: {steps.Count} tried)" : " (no older checkpoint is kept; see --keep-checkpoints)"));
     }
 
-    private static LoadedCheckpoint Read(string folder, LlamaConfig config, IReadOnlyCollection<string> parameterNames, bool verify)
+    private static LoadedCheckpoint Read(string folder, LlamaConfig config, IReadOnlyCollection<string> parameterNames, IReadOnlyCollection<string> trainedNames, bool verify)
     {
         if (verify) VerifyManifest(folder);
         string statePath = Path.Combine(folder, StateFile);
@@ -195,7 +197,7 @@ public static class TrainCheckpoint
         string optPath = Path.Combine(folder, OptimizerFile);
         var moments = new Dictionary<string, (float[], float[])>();
         using (var opt = SafeTensorsFile.Open(optPath))
-            foreach (var name in parameterNames)
+            foreach (var name in trainedNames)
                 moments[name] = (opt.ReadFloat32(name + ".m"), opt.ReadFloat32(name + ".v"));
         return new LoadedCheckpoint(folder, step, adapter, moments, trainCurve, evalCurve, csv);
     }

@@ -29,6 +29,8 @@ public sealed class TrainableTensor : IDisposable
 
     public string Name { get; }
     public long[] Shape { get; }
+    /// <summary>Kept at its initialization: no gradient, no optimizer state.</summary>
+    public bool Frozen { get; init; }
     public DeviceTensor Param { get; }
     public DeviceTensor? Grad { get; }
     public DeviceTensor? M { get; }
@@ -63,9 +65,16 @@ public sealed class TrainableParameters : IDisposable
     public Dictionary<string, TrainableTensor> ByName { get; } = new(StringComparer.Ordinal);
     public long Count => ByName.Values.Sum(t => t.Param.Count);
 
-    public TrainableTensor Add(string name, long[] shape, float[] init)
+    /// <summary>Trained values: the tensors that have gradients (all but frozen ones, when training).</summary>
+    public long TrainedCount => ByName.Values.Where(t => !t.Frozen).Sum(t => t.Param.Count);
+
+    /// <summary>Tensors with a gradient and optimizer state (none without an optimizer).</summary>
+    private IEnumerable<TrainableTensor> Trained => ByName.Values.Where(t => t.Grad != null);
+
+    /// <summary>Adds a tensor; a <paramref name="frozen"/> one gets no gradient or optimizer state even when training.</summary>
+    public TrainableTensor Add(string name, long[] shape, float[] init, bool frozen = false)
     {
-        var t = new TrainableTensor(_ctx, name, shape, WithOptimizer, OptimizerPlace);
+        var t = new TrainableTensor(_ctx, name, shape, WithOptimizer && !frozen, OptimizerPlace) { Frozen = frozen };
         t.Param.Upload<float>(init);
         ByName.Add(name, t);
         return t;
@@ -75,7 +84,7 @@ public sealed class TrainableParameters : IDisposable
 
     public void ZeroGrads()
     {
-        foreach (var t in ByName.Values) BasicOps.Fill(t.Grad!, 0);
+        foreach (var t in Trained) BasicOps.Fill(t.Grad!, 0);
     }
 
     /// <summary>√Σ grad² over every trainable tensor (one host read).</summary>
@@ -84,7 +93,7 @@ public sealed class TrainableParameters : IDisposable
         _partials ??= DeviceTensor.Create(_ctx, "train.grad_norm_partials", DType.F32, [64], MemoryCategory.Workspace);
         _norm ??= DeviceTensor.Create(_ctx, "train.grad_norm", DType.F32, [1], MemoryCategory.Workspace);
         bool first = true;
-        foreach (var t in ByName.Values)
+        foreach (var t in Trained)
         {
             GradOps.SumOfSquares(t.Grad!, _partials, accumulate: !first);
             first = false;
@@ -96,7 +105,7 @@ public sealed class TrainableParameters : IDisposable
     /// <summary>One AdamW step on every tensor with gradients scaled by <paramref name="gradScale"/>.</summary>
     public void Step(long step, AdamWSettings settings, float gradScale)
     {
-        foreach (var t in ByName.Values) AdamW.Step(t.Param, t.Grad!, t.M!, t.V!, step, settings, gradScale);
+        foreach (var t in Trained) AdamW.Step(t.Param, t.Grad!, t.M!, t.V!, step, settings, gradScale);
     }
 
     /// <summary>The parameters on the host, canonical names.</summary>
@@ -109,7 +118,7 @@ public sealed class TrainableParameters : IDisposable
 
     /// <summary>Optimizer moments on the host (for checkpoints): name → (m, v).</summary>
     public Dictionary<string, (float[] M, float[] V)> OptimizerState() =>
-        ByName.ToDictionary(kv => kv.Key, kv => (kv.Value.M!.ToArray<float>(), kv.Value.V!.ToArray<float>()));
+        Trained.ToDictionary(t => t.Name, t => (t.M!.ToArray<float>(), t.V!.ToArray<float>()));
 
     public void LoadOptimizerState(Dictionary<string, (float[] M, float[] V)> state)
     {

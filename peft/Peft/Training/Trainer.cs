@@ -105,7 +105,8 @@ public sealed class Trainer : IDisposable
     /// <summary>Loads the newest intact checkpoint of <paramref name="dir"/> (adapter, optimizer moments, step, curves).</summary>
     public void ResumeFrom(string dir, Action<string>? warn = null)
     {
-        var c = TrainCheckpoint.Load(dir, _config, _params.ByName.Keys, warn);
+        var c = TrainCheckpoint.Load(dir, _config, _params.ByName.Keys, warn,
+            [.. _params.ByName.Values.Where(t => t.Grad != null).Select(t => t.Name)]);
         if (c.Step > _o.Steps) throw new ModelFormatException(Path.Combine(c.Folder, StateFile), "step", $"checkpoint is at step {c.Step}, past --steps {_o.Steps}");
         foreach (var (name, t) in c.Adapter.Tensors)
         {
@@ -202,7 +203,7 @@ public sealed class Trainer : IDisposable
         }
         var acc = _ctx.Arena.Accounting;
         var summary = new TrainSummary(lastLoss, initialEval, lastEval, tokens / Math.Max(trainClock.Elapsed.TotalSeconds, 1e-9), wall.Elapsed.TotalSeconds,
-            acc.PeakLiveBytes, acc.PeakByCategory(), _done, _params.Count)
+            acc.PeakLiveBytes, acc.PeakByCategory(), _done, _params.TrainedCount)
         {
             PeakReservedBytes = acc.PeakReservedBytes,
             PeakHostBytes = _ctx.HostArena.Accounting.PeakLiveBytes,
@@ -216,7 +217,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Test fault: one gradient element of the first trainable tensor becomes NaN (any method's parameters).</summary>
     private void PoisonGradient()
     {
-        var first = _params.ByName.Values.First();
+        var first = _params.ByName.Values.First(t => t.Grad != null);
         var grad = new float[first.Grad!.Count];
         first.Grad.Download<float>(grad);
         grad[grad.Length / 2] = float.NaN;

@@ -1,4 +1,4 @@
-// GPU-vs-CPU tests of causal grouped-query attention (forward and backward, both shader algorithms) on awkward shapes,
+// GPU-vs-CPU tests of causal grouped-query attention (forward and backward, every shader algorithm) on awkward shapes,
 // GQA ratios 1/2/4, batches, generation mode with a KV cache, guard regions; plus a rough timing print.
 using System.Diagnostics;
 using Xunit.Abstractions;
@@ -15,24 +15,48 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
 {
     private VulkanContext Ctx => gpu.Context;
 
-    public static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> Cases()
-    {
+    /// <summary>The algorithms Auto picks on some device kind (direct: CPU devices; flash: GPUs).</summary>
+    private static readonly AttentionAlgorithm[] Chosen = [AttentionAlgorithm.Direct, AttentionAlgorithm.Flash];
+
+    public static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> Cases() => Combine(ShortShapes, Chosen);
+
+    /// <summary>The shared-memory one-row-per-invocation kernels, which no device kind picks by default.</summary>
+    public static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> SharedCases() => Combine(ShortShapes, [AttentionAlgorithm.Shared]);
+
+    private static readonly (int, int, int, int, int, int, int)[] ShortShapes =
+    [
         // batch, seqLen, startPos, nHeads, nKvHeads, headDim, extra kv rows per sequence
-        (int, int, int, int, int, int, int)[] shapes =
-        [
-            (1, 1, 0, 4, 4, 8, 0), (1, 3, 0, 4, 2, 16, 0), (3, 17, 0, 4, 1, 64, 0), (1, 67, 0, 4, 2, 16, 0),
-            (1, 130, 0, 2, 1, 64, 0), (3, 9, 0, 2, 2, 8, 0),
-            (3, 1, 20, 8, 2, 16, 5), (1, 3, 37, 4, 4, 64, 0), (2, 3, 5, 4, 1, 8, 4),
-            (1, 5, 0, 2, 1, 48, 0), (2, 11, 0, 2, 2, 32, 0), (1, 9, 2, 2, 1, 128, 0), (1, 6, 0, 1, 1, 3, 0), (1, 7, 0, 2, 2, 96, 0),
-        ];
+        (1, 1, 0, 4, 4, 8, 0), (1, 3, 0, 4, 2, 16, 0), (3, 17, 0, 4, 1, 64, 0), (1, 67, 0, 4, 2, 16, 0),
+        (1, 130, 0, 2, 1, 64, 0), (3, 9, 0, 2, 2, 8, 0),
+        (3, 1, 20, 8, 2, 16, 5), (1, 3, 37, 4, 4, 64, 0), (2, 3, 5, 4, 1, 8, 4),
+        (1, 5, 0, 2, 1, 48, 0), (2, 11, 0, 2, 2, 32, 0), (1, 9, 2, 2, 1, 128, 0), (1, 6, 0, 1, 1, 3, 0), (1, 7, 0, 2, 2, 96, 0),
+        (2, 67, 13, 8, 2, 128, 0), (2, 3, 30, 4, 2, 48, 2),
+    ];
+
+    /// <summary>Long sequences after a cached prefix (several seconds each for the float64 reference on a CPU).</summary>
+    public static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> LongCases() => Combine(
+        [(1, 600, 40, 4, 1, 64, 3), (2, 600, 7, 4, 2, 48, 0)], [AttentionAlgorithm.Direct, AttentionAlgorithm.Shared, AttentionAlgorithm.Flash]);
+
+    private static TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm> Combine((int, int, int, int, int, int, int)[] shapes, AttentionAlgorithm[] algorithms)
+    {
         var data = new TheoryData<int, int, int, int, int, int, int, AttentionAlgorithm>();
         foreach (var (b, t, p, h, kv, hd, extra) in shapes)
-        {
-            data.Add(b, t, p, h, kv, hd, extra, AttentionAlgorithm.Direct);
-            data.Add(b, t, p, h, kv, hd, extra, AttentionAlgorithm.Shared);
-        }
+            foreach (var algorithm in algorithms)
+                data.Add(b, t, p, h, kv, hd, extra, algorithm);
         return data;
     }
+
+    [Theory]
+    [MemberData(nameof(SharedCases))]
+    [Trait("Category", "Exhaustive")]
+    public void SharedKernelsMatchCpuReference(int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, int extra, AttentionAlgorithm algorithm) =>
+        MatchesCpuReference(batch, seqLen, startPos, nHeads, nKvHeads, headDim, extra, algorithm);
+
+    [Theory]
+    [MemberData(nameof(LongCases))]
+    [Trait("Category", "Exhaustive")]
+    public void LongSequencesMatchCpuReference(int batch, int seqLen, int startPos, int nHeads, int nKvHeads, int headDim, int extra, AttentionAlgorithm algorithm) =>
+        MatchesCpuReference(batch, seqLen, startPos, nHeads, nKvHeads, headDim, extra, algorithm);
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -40,10 +64,7 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
     {
         var s = new AttentionShape(batch, seqLen, startPos, nHeads, nKvHeads, headDim, startPos + seqLen + extra);
         int seed = batch * 1000 + seqLen * 10 + headDim;
-        var q = TestData.Normal(s.QCount, seed, 1.5f);
-        var k = TestData.Normal(s.KCount, seed + 1, 1.5f);
-        var v = TestData.Normal(s.KCount, seed + 2);
-        var dO = TestData.Normal(s.QCount, seed + 3);
+        var (q, k, v, dO) = Inputs(s, seed);
         var r = Run(s, q, k, v, dO, algorithm, out _, out _);
         Compare(s, q, k, v, dO, r);
     }
@@ -56,15 +77,66 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
     [InlineData(5, 7, AttentionAlgorithm.Direct)]
     [InlineData(5, 7, AttentionAlgorithm.Shared)]
     [InlineData(16, 40, AttentionAlgorithm.Direct)]
+    [InlineData(5, 7, AttentionAlgorithm.Flash)]
+    [InlineData(16, 40, AttentionAlgorithm.Flash)]
     public void ChainedDispatchesMatchCpuReference(int keysPerDispatch, int pairsPerDispatch, AttentionAlgorithm algorithm)
     {
         var s = new AttentionShape(2, 17, 2, 8, 2, 16, 21);
-        var q = TestData.Normal(s.QCount, 31, 1.5f);
-        var k = TestData.Normal(s.KCount, 32, 1.5f);
-        var v = TestData.Normal(s.KCount, 33);
-        var dO = TestData.Normal(s.QCount, 34);
+        var (q, k, v, dO) = Inputs(s, 31);
         var r = Run(s, q, k, v, dO, algorithm, out _, out _, keysPerDispatch, pairsPerDispatch);
         Compare(s, q, k, v, dO, r);
+    }
+
+    /// <summary>
+    /// Watchdog-safe splitting: with a per-dispatch time target far below any kernel's time every attention kernel runs
+    /// one key (or query) block per dispatch and submits after each; results match the reference as the unsplit run
+    /// does, and the budget learns the kernels' rates from their measured device times.
+    /// </summary>
+    [Theory]
+    [InlineData(AttentionAlgorithm.Flash)]
+    [InlineData(AttentionAlgorithm.Direct)]
+    public void TimeBudgetSplitMatchesCpuReference(AttentionAlgorithm algorithm)
+    {
+        var s = new AttentionShape(2, 67, 5, 4, 2, 16, 72);
+        var (q, k, v, dO) = Inputs(s, 51);
+        var budget = DispatchBudget.For(Ctx);
+        var (enabled, target, submit) = (budget.Enabled, budget.TargetSeconds, budget.SubmitSeconds);
+        long dispatches, submits;
+        Result r;
+        try
+        {
+            budget.Reset();
+            (budget.Enabled, budget.TargetSeconds, budget.SubmitSeconds) = (true, 1e-12, 1e-12);
+            long d0 = Ctx.Commands.TotalDispatches, s0 = Ctx.Commands.TotalSubmits;
+            r = Run(s, q, k, v, dO, algorithm, out _, out _);
+            (dispatches, submits) = (Ctx.Commands.TotalDispatches - d0, Ctx.Commands.TotalSubmits - s0);
+            if (Ctx.Caps.TimestampsSupported)
+                Assert.Contains(new[] { "attention.fwd", "attention.bwd.dq", "attention.bwd.dkv" },
+                    label => budget.Rate($"{label}.{algorithm}") != DispatchBudget.InitialRate);
+        }
+        finally
+        {
+            (budget.Enabled, budget.TargetSeconds, budget.SubmitSeconds) = (enabled, target, submit);
+            budget.Reset();
+        }
+        // Forward and dq: 72 keys in blocks of 16 → 5 dispatches each; dk/dv: 2 query heads per kv head × 5 row blocks.
+        output.WriteLine($"{dispatches} dispatches, {submits} submits");
+        Assert.True(dispatches >= 20, $"{dispatches} dispatches");
+        Assert.True(submits >= 20, $"{submits} submits");
+        Compare(s, q, k, v, dO, r);
+    }
+
+    /// <summary>The flash backward has no atomics and sums in a fixed order: two runs give bit-identical gradients.</summary>
+    [Fact]
+    public void FlashBackwardIsBitReproducible()
+    {
+        var s = new AttentionShape(1, 67, 3, 8, 2, 64, 70);
+        var (q, k, v, dO) = Inputs(s, 61);
+        var a = Run(s, q, k, v, dO, AttentionAlgorithm.Flash, out _, out _);
+        var b = Run(s, q, k, v, dO, AttentionAlgorithm.Flash, out _, out _);
+        Assert.Equal(a.Dq, b.Dq);
+        Assert.Equal(a.Dk, b.Dk);
+        Assert.Equal(a.Dv, b.Dv);
     }
 
     [Fact]
@@ -88,16 +160,17 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
     public void TimingT512()
     {
         var s = new AttentionShape(1, 512, 0, 8, 2, 64, 512);
-        var q = TestData.Normal(s.QCount, 11, 1.5f);
-        var k = TestData.Normal(s.KCount, 12, 1.5f);
-        var v = TestData.Normal(s.KCount, 13);
-        var dO = TestData.Normal(s.QCount, 14);
+        var (q, k, v, dO) = Inputs(s, 11);
         var algorithm = AttentionKernel.Choose(Ctx);
         Run(s, q, k, v, dO, algorithm, out _, out _);   // warm-up: pipelines
         var r = Run(s, q, k, v, dO, algorithm, out double fwdMs, out double bwdMs);
         output.WriteLine($"attention T=512 heads=8 kv=2 hd=64 on {Ctx.Caps.Name} ({algorithm}): forward {fwdMs:F1} ms, backward {bwdMs:F1} ms");
         Compare(s, q, k, v, dO, r);
     }
+
+    /// <summary>q and k ~ N(0, 1.5²) (scores of order a few), v and dO ~ N(0, 1), from seeds seed..seed+3.</summary>
+    private static (float[] Q, float[] K, float[] V, float[] DO) Inputs(AttentionShape s, int seed) =>
+        (TestData.Normal(s.QCount, seed, 1.5f), TestData.Normal(s.KCount, seed + 1, 1.5f), TestData.Normal(s.KCount, seed + 2), TestData.Normal(s.QCount, seed + 3));
 
     private sealed record Result(float[] O, float[] Lse, float[] Dq, float[] Dk, float[] Dv, float[] Delta);
 

@@ -17,6 +17,8 @@ public sealed class SplitAttentionTests : SplitDeviceTests
     [InlineData(2, 137, 0, 1, AttentionAlgorithm.Direct)]    // chunks cut inside and across sequences (GQA 4:1)
     [InlineData(1, 150, 0, 2, AttentionAlgorithm.Shared)]
     [InlineData(1, 131, 9, 2, AttentionAlgorithm.Direct)]    // queries after a prefix of cached keys
+    [InlineData(2, 137, 0, 1, AttentionAlgorithm.Flash)]
+    [InlineData(1, 131, 9, 2, AttentionAlgorithm.Flash)]
     public void SplitQueriesMatchReference(int batch, int seqLen, int startPos, int nKvHeads, AttentionAlgorithm algorithm)
     {
         var s = new AttentionShape(batch, seqLen, startPos, 4, nKvHeads, 32, startPos + seqLen);

@@ -37,6 +37,14 @@ public sealed class CliTests : IDisposable
         }
     }
 
+    /// <summary>`eval … --json`'s mean NLL; the command must succeed.</summary>
+    internal static double EvalNll(params string[] args)
+    {
+        var (code, output, err) = Run(["eval", .. args, "--json"]);
+        Assert.True(code == 0, err + output);
+        return JsonNode.Parse(output)!["mean_nll"]!.GetValue<double>();
+    }
+
     [Fact]
     public void GenerateGreedyPrintsTheReferenceText()
     {

@@ -9,7 +9,7 @@ namespace VkPeft.Tests.Cli;
 [Collection("cli")]
 public sealed class TokenizeCommandTests
 {
-    [Fact]
+    [SharedDataFact("tokenizers/mistral-7b-v0.1")]
     public void JsonIdsMatchHuggingFace()
     {
         var golden = TokenizerGolden.Expected("mistral-7b-v0.1").GetProperty("cases").EnumerateArray()
@@ -26,7 +26,7 @@ public sealed class TokenizeCommandTests
         Assert.True(JsonNode.Parse(output)!["count"]!.GetValue<int>() > 1);   // the text of the special token, not the token
     }
 
-    [Fact]
+    [SharedDataFact("tokenizers/mistral-7b-v0.1")]
     public void TextListingShowsTokensAndPieces()
     {
         string path = TokenizerGolden.File("mistral-7b-v0.1", "tokenizer.json");
@@ -43,7 +43,7 @@ public sealed class TokenizeCommandTests
         string dir = Directory.CreateTempSubdirectory("vkpeft-chat-cli-").FullName;
         try
         {
-            string model = SharedData.Path("models", "stories260K", "stories260K.bin");
+            string model = SharedData.Stories260K("stories260K.bin");
             string tok = Training.ChatDataTests.WriteTokenizer(dir);
             var (code, output, err) = CliTests.Run("generate", "--model", model, "--tokenizer", tok, "--prompt", "Hi", "--chat", "--max-tokens", "3");
             Assert.True(code == 0, err);

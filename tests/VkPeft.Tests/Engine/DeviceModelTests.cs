@@ -3,6 +3,7 @@
 using System.Text.Json;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Models;
+using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
 
@@ -84,9 +85,12 @@ public sealed class DeviceModelTests(GpuFixture gpu)
         Assert.True(model.EmbeddingBytes * 8.0 / (m.Config.VocabSize * m.Config.Dim) < 4.2);
     }
 
-    [Fact]
-    public void GreedyGenerationReproducesTheReferenceText()
+    [Theory]
+    [InlineData(AttentionAlgorithm.Auto)]
+    [InlineData(AttentionAlgorithm.Flash)]   // the GPU attention kernels: prefill, then one query against the KV cache
+    public void GreedyGenerationReproducesTheReferenceText(AttentionAlgorithm attention)
     {
+        using var forced = attention == AttentionAlgorithm.Auto ? null : VkPeft.Runtime.Kernels.Attention.Force(Ctx, attention);
         var m = Stories.Value;
         using var model = DeviceLlama.Load(Ctx, m.Config, m.Weights, BaseQuant.None);
         using var runner = new LlamaRunner(model, 1, m.Config.MaxSeqLen, kvCache: true);

@@ -21,7 +21,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         MaxSeqLen = 128, TiedClassifier = tied,
     };
 
-    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings"];
+    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4"];
 
     private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
     {
@@ -35,6 +35,15 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         {
             Config = Small(96, 256, 3, 6, 3, 1000, false), Rank = 4, Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
             Embeddings = EmbeddingFormat.Nf4, OffloadCheckpoints = true, OptimizerOnHost = true, Dropout = 0.1f,
+        }),
+        "lora-fa-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Rank = 8, FreezeA = true, Batch = 2, SeqLen = 24, Checkpointing = false, LogitRows = 16,
+        }),
+        "ia3-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("ia3"), Targets = [TargetModule.K, TargetModule.V, TargetModule.Down],
+            Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
         }),
         _ => Random(new TrainSetup
         {
@@ -67,6 +76,21 @@ public sealed class MemoryModelTests(GpuFixture gpu)
             Assert.True(Math.Abs(m - a) <= Math.Max(0.10 * Math.Max(m, a), 64), $"{name} host {cat}: measured {m} B, analytic {a} B");
         }
         Assert.True(double.IsFinite(measured.LastLoss));
+    }
+
+    // LoRA-FA keeps A stored but drops its gradient and both AdamW moments: 3·4 bytes per A value less, nothing else.
+    [Fact]
+    public void FrozenAIsChargedNoGradientOrOptimizerState()
+    {
+        var lora = new TrainSetup { Config = Stories260K.Config, Rank = 4, Batch = 2, SeqLen = 32 };
+        var fa = lora with { FreezeA = true };
+        long aValues = lora.Method.Parameters(lora.Config, lora.ToAdapterConfig()).Where(p => p.Name.EndsWith("lora_a", StringComparison.Ordinal)).Sum(p => p.Count);
+        Assert.True(aValues > 0);
+        var (full, frozen) = (MemoryModel.Estimate(lora), MemoryModel.Estimate(fa));
+        Assert.Equal(full[MemoryCategory.Trainable], frozen[MemoryCategory.Trainable]);
+        Assert.Equal(full[MemoryCategory.Gradients] - 4 * aValues, frozen[MemoryCategory.Gradients]);
+        Assert.Equal(full[MemoryCategory.Optimizer] - 8 * aValues, frozen[MemoryCategory.Optimizer]);
+        Assert.Equal(MemoryModel.TrainableCount(lora) - aValues, MemoryModel.TrainableCount(fa));
     }
 
     [Fact]

@@ -25,10 +25,11 @@ public sealed class NamespaceLayerTests
     /// <summary>
     /// The uses that point up on purpose: every layer reaches the methods through the registry and the method contract
     /// (the VkPeft.Peft.Methods namespace itself, never a method's folder), and the PEFT adapter format and merge use
-    /// LoRA's own delta (VkPeft.Peft.Methods.Lora), since PEFT's on-disk format is LoRA's.
+    /// LoRA's own delta (VkPeft.Peft.Methods.Lora), since PEFT's on-disk format is LoRA's, and (IA)³'s names and
+    /// feed-forward list (VkPeft.Peft.Methods.Ia3), for PEFT's IA3 folders.
     /// </summary>
     private static bool AllowedUpward(string from, string used) =>
-        used == "VkPeft.Peft.Methods" || (from == "VkPeft.Peft.Export" && used == "VkPeft.Peft.Methods.Lora");
+        used == "VkPeft.Peft.Methods" || (from == "VkPeft.Peft.Export" && used is "VkPeft.Peft.Methods.Lora" or "VkPeft.Peft.Methods.Ia3");
 
     private static int LayerOf(string ns)
     {

@@ -28,6 +28,8 @@ public sealed class ShaderCoverageTests(GpuFixture gpu)
         ["adamw.comp"] = typeof(Ops.OptimizerOpsTests), ["axpy.comp"] = typeof(Ops.OptimizerOpsTests), ["sum_squares.comp"] = typeof(Ops.OptimizerOpsTests),
         ["attention_fwd.comp"] = typeof(Attention.AttentionTests), ["attention_bwd_dq.comp"] = typeof(Attention.AttentionTests),
         ["attention_bwd_dkv.comp"] = typeof(Attention.AttentionTests),
+        ["attention_flash_fwd.comp"] = typeof(Attention.AttentionTests), ["attention_flash_bwd_dq.comp"] = typeof(Attention.AttentionTests),
+        ["attention_flash_bwd_dkv.comp"] = typeof(Attention.AttentionTests),
         ["matmul_tn.comp"] = typeof(PeftKernels.MatMulTnTests), ["dropout.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["group_pool.comp"] = typeof(PeftKernels.PeftOpsTests), ["activation.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["bias.comp"] = typeof(PeftKernels.PeftOpsTests),

@@ -6,11 +6,13 @@ using System.Text;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Tokenizers;
 
+using VkPeft.Tests.Support;
+
 namespace VkPeft.Tests.Tokenizers;
 
 public sealed class ChatTemplateTests
 {
-    [Fact]
+    [SharedDataFact("tokenizers/llama3")]
     public void Llama3TemplateRendersAsHuggingFace()
     {
         var tok = TokenizerGolden.Tokenizer("llama3");

@@ -5,13 +5,15 @@ using System.Text;
 using System.Text.Json;
 using VkPeft.Peft.Tokenizers;
 
+using VkPeft.Tests.Support;
+
 namespace VkPeft.Tests.Tokenizers;
 
 public sealed class HfTokenizerGoldenTests
 {
     public static TheoryData<string> Names => new(TokenizerGolden.Names);
 
-    [Theory, MemberData(nameof(Names))]
+    [SharedDataTheory("tokenizers"), MemberData(nameof(Names))]
     public void EncodesEveryCaseAsHuggingFace(string name)
     {
         var tok = TokenizerGolden.Tokenizer(name);
@@ -35,7 +37,7 @@ public sealed class HfTokenizerGoldenTests
         Assert.True(failures.Length == 0, $"{name}:\n{failures}");
     }
 
-    [Theory, MemberData(nameof(Names))]
+    [SharedDataTheory("tokenizers"), MemberData(nameof(Names))]
     public void DecodesEveryCaseAsHuggingFace(string name)
     {
         var tok = TokenizerGolden.Tokenizer(name);
@@ -55,7 +57,7 @@ public sealed class HfTokenizerGoldenTests
         Assert.True(failures.Length == 0, $"{name}:\n{failures}");
     }
 
-    [Fact]
+    [SharedDataFact("tokenizers")]
     public void TokenizerConfigDecidesSpecialTokens()
     {
         var llama3 = TokenizerGolden.Tokenizer("llama3");
@@ -76,7 +78,7 @@ public sealed class HfTokenizerGoldenTests
 [Trait("Category", "Exhaustive")]
 public sealed class GgufByteLevelGoldenTests
 {
-    [Fact]
+    [SharedDataFact("tokenizers/llama3")]
     public void Llama3VocabularyFromGgufFieldsMatchesHuggingFace()
     {
         using var doc = JsonDocument.Parse(File.ReadAllBytes(TokenizerGolden.File("llama3", "tokenizer.json")));

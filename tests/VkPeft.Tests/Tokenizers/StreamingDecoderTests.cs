@@ -3,13 +3,15 @@
 using System.Text;
 using VkPeft.Peft.Tokenizers;
 
+using VkPeft.Tests.Support;
+
 namespace VkPeft.Tests.Tokenizers;
 
 public sealed class StreamingDecoderTests
 {
     public static TheoryData<string> Names => new(TokenizerGolden.Names);
 
-    [Theory, MemberData(nameof(Names))]
+    [SharedDataTheory("tokenizers"), MemberData(nameof(Names))]
     public void PiecesJoinToTheDecodeAndNeverSplitACharacter(string name)
     {
         var tok = TokenizerGolden.Tokenizer(name);
@@ -29,7 +31,7 @@ public sealed class StreamingDecoderTests
         Assert.True(split > 0, "the golden cases should include characters split across tokens");
     }
 
-    [Fact]
+    [SharedDataFact("tokenizers/mistral-7b-v0.1")]
     public void ContinuesAfterThePromptsLastToken()
     {
         var tok = TokenizerGolden.Tokenizer("mistral-7b-v0.1");

@@ -1,10 +1,13 @@
-// End-to-end finite-difference gradient checks of LoRA and QA-LoRA through a whole tiny model with a quantized base:
-// GPU gradients of every A and B against float64 central differences of the reference forward with the adapter hooked in.
+// End-to-end finite-difference gradient checks of LoRA, LoRA-FA (A frozen) and QA-LoRA through a whole tiny model with
+// a quantized base: GPU gradients of every A and B against float64 central differences of the reference forward with
+// the adapter hooked in.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
+using VkPeft.Runtime.Kernels;
+using AttentionKernel = VkPeft.Runtime.Kernels.Attention;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
 
@@ -23,25 +26,22 @@ public sealed class LoraGradientTests(GpuFixture gpu)
     [InlineData("qalora", "int4", false)]
     [InlineData("lora", "nf4-dq", true, true)]
     [InlineData("qalora", "int4", true, true)]
-    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false)
+    [InlineData("lora", "nf4-dq", true, false, AttentionAlgorithm.Flash)]   // the GPU attention kernels through the whole model
+    [InlineData("lora", "nf4-dq", false, false, AttentionAlgorithm.Auto, true)]
+    [InlineData("lora", "nf4-dq", true, false, AttentionAlgorithm.Auto, true)]
+    public void AdapterGradientsMatchFloat64FiniteDifferences(string method, string quant, bool checkpointing, bool offload = false,
+        AttentionAlgorithm attention = AttentionAlgorithm.Auto, bool freezeA = false)
     {
+        using var forced = attention == AttentionAlgorithm.Auto ? null : AttentionKernel.Force(Ctx, attention);
         var (c, w) = TinyModels.Random(11);
         var bq = BaseQuant.Parse(quant, quant == "int4" ? 8 : null);
         var cfg = new AdapterConfig
         {
             Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 3, GroupSize = 8,
-            BaseQuant = bq,
+            BaseQuant = bq, FreezeA = freezeA,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
-        // The reference uses exactly the base the device holds (dequantized), so only the adapter math is compared.
-        var deq = model.Layers.Select(l => new Dictionary<LlamaTensorKind, float[]>
-        {
-            [LlamaTensorKind.Wq] = l.Wq.DownloadDequantized(), [LlamaTensorKind.Wk] = l.Wk.DownloadDequantized(),
-            [LlamaTensorKind.Wv] = l.Wv.DownloadDequantized(), [LlamaTensorKind.Wo] = l.Wo.DownloadDequantized(),
-            [LlamaTensorKind.WGate] = l.Gate.DownloadDequantized(), [LlamaTensorKind.WUp] = l.Up.DownloadDequantized(),
-            [LlamaTensorKind.WDown] = l.Down.DownloadDequantized(),
-        }).ToArray();
-        var reference = new ReferenceForward(c, TinyModels.WithLinears(w, (l, k) => deq[l][k]));
+        var reference = TinyModels.DequantizedReference(model, c, w);
 
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 3);
@@ -84,7 +84,12 @@ public sealed class LoraGradientTests(GpuFixture gpu)
 
         foreach (var (name, t) in p.ByName)
         {
-            var g = t.Grad!.ToArray<float>();
+            // LoRA-FA: A has neither gradient nor optimizer state; B's gradient is checked like LoRA's.
+            bool isA = name.EndsWith("lora_a", StringComparison.Ordinal);
+            Assert.Equal(freezeA && isA, t.Grad == null);
+            Assert.Equal(freezeA && isA, t.M == null);
+            if (t.Grad == null) continue;
+            var g = t.Grad.ToArray<float>();
             Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
             var v = host[name];
             for (int i = 0; i < v.Length; i++)

@@ -5,6 +5,7 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Training;
+using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
@@ -41,11 +42,21 @@ public sealed class SplitTrainingTests
     [InlineData("lora", true)]
     [InlineData("lora-dropout", false)]
     [InlineData("qalora", true)]
-    public void StepWithActivationsOverManyBindingsMatchesOneBinding(string method, bool offload)
+    public void StepWithActivationsOverManyBindingsMatchesOneBinding(string method, bool offload) =>
+        StepsMatch(method, offload, flash: false);
+
+    /// <summary>The same with the flash attention kernels (GPUs' choice) in both steps.</summary>
+    [Fact]
+    [Trait("Category", "Exhaustive")]
+    public void FlashStepWithActivationsOverManyBindingsMatchesOneBinding() => StepsMatch("lora", offload: false, flash: true);
+
+    private static void StepsMatch(string method, bool offload, bool flash)
     {
         const int seqLen = 700;   // [700, 32] fp32 = 88 KB and [700, 48] = 131 KB: over the 64 KiB bindings
         using var split = new VulkanContext(SplitDeviceTests.SplitOptions());
         using var whole = new VulkanContext(GpuFixture.Options());
+        using var flashSplit = flash ? VkPeft.Runtime.Kernels.Attention.Force(split, AttentionAlgorithm.Flash) : null;
+        using var flashWhole = flash ? VkPeft.Runtime.Kernels.Attention.Force(whole, AttentionAlgorithm.Flash) : null;
         var gs = Gradients(split, method, offload, seqLen, out double lossSplit);
         var gw = Gradients(whole, method, offload, seqLen, out double lossWhole);
         // Same math, other summation orders (attention key chunks, row pieces of the weight-gradient sums): fp32 rounding only.

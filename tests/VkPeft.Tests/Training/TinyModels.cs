@@ -1,4 +1,5 @@
 // Tiny random Llama models for end-to-end gradient checks and training tests.
+using VkPeft.Peft.Engine;
 using VkPeft.Peft.Models;
 using VkPeft.Tests.Support;
 
@@ -39,6 +40,33 @@ public static class TinyModels
     }
 
     /// <summary>The same model with its seven linear kinds replaced (e.g. by what the device holds after quantization).</summary>
+    /// <summary>The float64 reference over exactly the base the device holds (its linears dequantized), so only adapter math is compared.</summary>
+    public static ReferenceForward DequantizedReference(DeviceLlama model, LlamaConfig c, LlamaWeights w)
+    {
+        var deq = model.Layers.Select(l => new Dictionary<LlamaTensorKind, float[]>
+        {
+            [LlamaTensorKind.Wq] = l.Wq.DownloadDequantized(), [LlamaTensorKind.Wk] = l.Wk.DownloadDequantized(),
+            [LlamaTensorKind.Wv] = l.Wv.DownloadDequantized(), [LlamaTensorKind.Wo] = l.Wo.DownloadDequantized(),
+            [LlamaTensorKind.WGate] = l.Gate.DownloadDequantized(), [LlamaTensorKind.WUp] = l.Up.DownloadDequantized(),
+            [LlamaTensorKind.WDown] = l.Down.DownloadDequantized(),
+        }).ToArray();
+        return new ReferenceForward(c, WithLinears(w, (l, k) => deq[l][k]));
+    }
+
+    /// <summary>Short stories in one distinctive pattern (one per line), unlike what stories260K was trained on; written to dir/stories.txt.</summary>
+    public static string WritePatternStories(string dir)
+    {
+        string[] names = ["Pip", "Mo", "Tess", "Bo", "Lulu", "Kit"];
+        string[] places = ["the pond", "the red barn", "the big hill", "the garden"];
+        var lines = new List<string>();
+        foreach (var n in names)
+            foreach (var p in places)
+                lines.Add($"Pip pip hooray! {n} went to {p}. {n} said pip pip hooray and ran home.");
+        var path = Path.Combine(dir, "stories.txt");
+        File.WriteAllLines(path, lines);
+        return path;
+    }
+
     public static LlamaWeights WithLinears(LlamaWeights w, Func<int, LlamaTensorKind, float[]> linear) => new()
     {
         TokenEmbedding = w.TokenEmbedding,

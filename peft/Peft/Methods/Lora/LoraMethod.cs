@@ -1,5 +1,5 @@
 // LoRA as one method: y += s·B·A·x̃ after each targeted linear (s = alpha/r, or alpha/√r with rsLoRA; x̃ the dropped-out
-// input). Its knobs (--rank, --alpha, --dropout, --rslora), parameter spec (A kaiming-uniform, B zero, as PEFT), merge
+// input). Its knobs (--rank, --alpha, --dropout, --rslora, --freeze-a for LoRA-FA), parameter spec (A kaiming-uniform, B zero, as PEFT), merge
 // rule ΔW = s·B·A and scratch memory. QA-LoRA derives from it with the input pooled over groups.
 using System.Text.Json;
 using VkPeft.Peft.Engine;
@@ -48,6 +48,7 @@ public class LoraMethod : PeftMethod
         w.WriteNumber("lora_dropout", a.Dropout);
         w.WriteBoolean("use_rslora", a.UseRsLora);
         w.WriteNumber("group_size", a.GroupSize);
+        if (a.FreezeA) w.WriteBoolean("freeze_a", true);
     }
 
     public override AdapterConfig ReadConfig(string file, JsonElement root, AdapterConfig common) => common with
@@ -57,6 +58,7 @@ public class LoraMethod : PeftMethod
         Dropout = (float)(Dbl(root, "lora_dropout") ?? 0),
         UseRsLora = Bool(root, "use_rslora") ?? false,
         GroupSize = Int(file, root, "group_size") ?? 32,
+        FreezeA = Bool(root, "freeze_a") ?? false,
     };
 
     public override string? PeftUnsupportedReason => null;
@@ -65,7 +67,10 @@ public class LoraMethod : PeftMethod
 
     // ---------------------------------------------------------------- parameters
 
-    /// <summary>Per layer and target: A [r, in] (QA-LoRA [r, in/g]) ~ U(−1/√cols, 1/√cols) (kaiming-uniform, a=√5), B [out, r] = 0.</summary>
+    /// <summary>
+    /// Per layer and target: A [r, in] (QA-LoRA [r, in/g]) ~ U(−1/√cols, 1/√cols) (kaiming-uniform, a=√5), frozen with
+    /// --freeze-a (LoRA-FA); B [out, r] = 0.
+    /// </summary>
     public override IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a)
     {
         var list = new List<ParameterSpec>();
@@ -74,7 +79,7 @@ public class LoraMethod : PeftMethod
             {
                 var (outF, inF) = c.LinearShape(t);
                 int cols = ACols(a, inF);
-                list.Add(new ParameterSpec(AdapterWeights.LoraA(l, t), [a.Rank, cols], new ParameterInit.Uniform(1f / MathF.Sqrt(cols))));
+                list.Add(new ParameterSpec(AdapterWeights.LoraA(l, t), [a.Rank, cols], new ParameterInit.Uniform(1f / MathF.Sqrt(cols)), Frozen: a.FreezeA));
                 list.Add(new ParameterSpec(AdapterWeights.LoraB(l, t), [outF, a.Rank], new ParameterInit.Zeros(), OutputRowsOf: t));
             }
         return list;
@@ -152,6 +157,7 @@ public class LoraMethod : PeftMethod
         new("--alpha", "LoRA alpha (scaling alpha/r)", "16", (a, v) => a with { Alpha = MethodOption.Float("--alpha", v) }),
         new("--dropout", "Dropout on the LoRA branch input", "0", (a, v) => a with { Dropout = MethodOption.Float("--dropout", v) }),
         new("--rslora", "Scale by alpha/√r (rsLoRA)", null, (a, v) => a with { UseRsLora = bool.Parse(v) }),
+        new("--freeze-a", "LoRA-FA: keep A at its initialization and train only B (no A gradient or optimizer state)", null, (a, v) => a with { FreezeA = bool.Parse(v) }),
     ];
 
     public override IReadOnlyList<MethodOption> Options => LoraOptions;

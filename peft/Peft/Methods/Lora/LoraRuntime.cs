@@ -137,7 +137,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     public void MlpOutputBackward(int layer, DeviceTensor h, DeviceTensor dzIn, DeviceTensor dzOut, DeviceTensor dh) => throw new NotSupportedException("LoRA has no block hooks");
 
     /// <summary>
-    /// Backward of the branch at (layer, target) for input x and output gradient dy: dB += s·dyᵀ·t, dA += (s·dy·B)ᵀ·x̃,
+    /// Backward of the branch at (layer, target) for input x and output gradient dy: dB += s·dyᵀ·t, dA += (s·dy·B)ᵀ·x̃ (not for a frozen A),
     /// and dx += ∂x̃ᵀ(s·dy·B·A) — accumulates into dA, dB and dx (with <paramref name="overwriteDx"/>, dx = …, written
     /// after the last read of x, so dx may alias x).
     /// </summary>
@@ -153,7 +153,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         MatMulTn.Run(dy, t, pb.Grad!, alpha: Config.Scaling, beta: 1);
         var dt = View(_dt, rows, Config.Rank);
         MatMul.Run(dy, pb.Param, dt, transposeB: false, alpha: Config.Scaling);
-        MatMulTn.Run(dt, src, pa.Grad!, alpha: 1, beta: 1);
+        if (pa.Grad != null) MatMulTn.Run(dt, src, pa.Grad, alpha: 1, beta: 1);   // none for a frozen A (LoRA-FA)
         bool dropout = Training && Config.Dropout > 0;
         if (!_qa && !dropout)
         {

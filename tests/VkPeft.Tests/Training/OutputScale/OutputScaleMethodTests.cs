@@ -106,13 +106,13 @@ public sealed class OutputScaleMethodTests : IDisposable
         Assert.All(trained, s => Assert.True(Math.Abs(s - 0.9f) > 1e-4, $"scale {s} did not move from 0.9"));
 
         // Inference with the adapter equals the merged export (W' = s·W on an fp32 base, written as f32).
-        double withAdapter = Nll("--model", Model, "--data", data, "--quant", "none", "--adapter", run);
-        double baseNll = Nll("--model", Model, "--data", data, "--quant", "none");
+        double withAdapter = EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", run);
+        double baseNll = EvalNll("--model", Model, "--data", data, "--quant", "none");
         Assert.NotEqual(baseNll, withAdapter);
         var merged = Path.Combine(_dir, "merged.bin");
         (code, output, err) = Run("export", "--model", Model, "--adapter", run, "--format", "llama2c", "--dtype", "f32", "--merge-from", "original", "--out", merged);
         Assert.True(code == 0, err + output);
-        double mergedNll = Nll("--model", merged, "--data", data, "--quant", "none");
+        double mergedNll = EvalNll("--model", merged, "--data", data, "--quant", "none");
         // Both run the same fp32 kernels; only s·W rounded once vs s·(x·W) differ: far below 1e-4 in mean NLL.
         Assert.True(Math.Abs(mergedNll - withAdapter) <= 1e-4, string.Create(CultureInfo.InvariantCulture, $"merged {mergedNll} vs base+adapter {withAdapter}"));
 
@@ -121,12 +121,5 @@ public sealed class OutputScaleMethodTests : IDisposable
         Assert.NotEqual(0, code);
         Assert.Contains("output-scale", err + output);
         Assert.DoesNotContain("   at ", err + output);
-    }
-
-    private static double Nll(params string[] args)
-    {
-        var (code, output, err) = Run(["eval", .. args, "--json"]);
-        Assert.True(code == 0, err + output);
-        return JsonNode.Parse(output)!["mean_nll"]!.GetValue<double>();
     }
 }

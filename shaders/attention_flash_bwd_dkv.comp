@@ -1,0 +1,125 @@
+#version 450
+// attention_flash_bwd_dkv: the key and value gradients of attention_bwd_dkv (same inputs, outputs, push block and
+// chaining: query heads [head_lo, head_hi) of the group and query rows [lo, hi); the first dispatch writes dk and dv,
+// later ones add) organised like attention_flash_fwd with the roles swapped: a workgroup owns FLASH_ROWS key rows of one
+// kv head, blocks of BC query rows (with dO, lse and D) of each query head of its group stream through shared memory,
+// and Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ are FLASH_ROWS × BC tiles with the head dimension split across each row's lanes.
+// dv = Pᵀ·dO and dk = scale · (P ⊙ (dP − D))ᵀ·Q, summed over heads and query blocks in a fixed order (no atomics).
+// Query blocks before the first query that sees the workgroup's first key (below the causal diagonal) are skipped.
+#include "attention_flash.glsl"
+
+layout(std430, set = 0, binding = 0) readonly buffer BufQ { float q[]; };
+layout(std430, set = 0, binding = 1) readonly buffer BufK { float k[]; };
+layout(std430, set = 0, binding = 2) readonly buffer BufV { float v[]; };
+layout(std430, set = 0, binding = 3) readonly buffer BufDO { float dout[]; };
+layout(std430, set = 0, binding = 4) readonly buffer BufL { float lse[]; };
+layout(std430, set = 0, binding = 5) readonly buffer BufD { float delta[]; };
+layout(std430, set = 0, binding = 6) buffer BufDK { float dk[]; };
+layout(std430, set = 0, binding = 7) buffer BufDV { float dv[]; };
+
+shared float qs[BC][HD];
+shared float gs[BC][HD];
+shared float ls[BC];
+shared float dls[BC];
+shared float part_s[FLASH_ROWS][BC][FLASH_TPR];   // per-lane partial scores k·q
+shared float part_p[FLASH_ROWS][BC][FLASH_TPR];   // per-lane partial v·dO
+
+void main()
+{
+    uint kvh = gl_WorkGroupID.y, b = gl_WorkGroupID.z;
+    uint r = FLASH_R, lane = FLASH_LANE;
+    uint j0 = gl_WorkGroupID.x * FLASH_ROWS;
+    uint krow = j0 + r;
+    uint j = min(krow, pc.kv_stride - 1);   // rows past kv_stride compute a copy of the last row and store nothing
+    uint rbase = (b * pc.kv_stride + j) * pc.ldk + kvh * HD_RT;
+
+    float kr[FLASH_DPL], vr[FLASH_DPL], acck[FLASH_DPL], accv[FLASH_DPL];
+    for (uint n = 0; n < FLASH_DPL; n++)
+    {
+        uint d = FLASH_COL(lane, n);
+        bool in_range = d < HD_RT;
+        kr[n] = in_range ? k[pc.off1 + rbase + d] * pc.scale : 0.0;
+        vr[n] = in_range ? v[pc.off2 + rbase + d] : 0.0;
+        acck[n] = 0.0;
+        accv[n] = 0.0;
+    }
+
+    // Queries that can see the workgroup's first key: position start_pos + i >= j0 (uniform).
+    uint istart = max(pc.lo, j0 > pc.start_pos ? j0 - pc.start_pos : 0u);
+    for (uint hh = pc.head_lo; hh < pc.head_hi; hh++)
+    {
+        uint h = kvh * pc.group + hh;
+        uint qbase = pc.off0 + b * pc.T * pc.ldq + h * HD_RT;
+        uint gbase = pc.off3 + b * pc.T * pc.ldq + h * HD_RT;
+        uint lbase = pc.off4 + (b * pc.n_heads + h) * pc.T;
+        uint dbase = pc.off5 + (b * pc.n_heads + h) * pc.T;
+        for (uint i0 = istart; i0 < pc.hi; i0 += BC)
+        {
+            barrier();
+            for (uint e = gl_LocalInvocationID.x; e < BC * HD; e += FLASH_WG)
+            {
+                uint c = e / HD, d = e % HD, i = i0 + c;
+                bool in_range = i < pc.hi && d < HD_RT;
+                qs[c][d] = in_range ? q[qbase + i * pc.ldq + d] : 0.0;
+                gs[c][d] = in_range ? dout[gbase + i * pc.ldq + d] : 0.0;
+            }
+            if (gl_LocalInvocationID.x < BC)
+            {
+                uint c = gl_LocalInvocationID.x;
+                bool in_range = i0 + c < pc.hi;
+                ls[c] = in_range ? lse[lbase + i0 + c] : 0.0;
+                dls[c] = in_range ? delta[dbase + i0 + c] : 0.0;
+            }
+            barrier();
+            [[dont_unroll]] for (uint c = 0; c < BC; c++)
+            {
+                float s = 0.0, dp = 0.0;
+                for (uint n = 0; n < FLASH_DPL; n++)
+                {
+                    uint d = FLASH_COL(lane, n);
+                    s = fma(kr[n], qs[c][d], s);
+                    dp = fma(vr[n], gs[c][d], dp);
+                }
+                part_s[r][c][lane] = s;
+                part_p[r][c][lane] = dp;
+            }
+            barrier();
+            [[dont_unroll]] for (uint c = 0; c < BC; c++)
+            {
+                float s = 0.0, dp = 0.0;
+                for (uint t = 0; t < FLASH_TPR; t++)
+                {
+                    s += part_s[r][c][t];
+                    dp += part_p[r][c][t];
+                }
+                float p = i0 + c < pc.hi && pc.start_pos + i0 + c >= j ? exp(s - ls[c]) : 0.0;
+                float ds = p * (dp - dls[c]);
+                for (uint n = 0; n < FLASH_DPL; n++)
+                {
+                    uint d = FLASH_COL(lane, n);
+                    accv[n] = fma(p, gs[c][d], accv[n]);
+                    acck[n] = fma(ds, qs[c][d], acck[n]);
+                }
+            }
+        }
+    }
+
+    if (krow < pc.kv_stride)
+    {
+        for (uint n = 0; n < FLASH_DPL; n++)
+        {
+            uint d = FLASH_COL(lane, n);
+            if (d < HD_RT)
+            {
+                float gk = acck[n] * pc.scale, gv = accv[n];
+                if (pc.accumulate != 0u)
+                {
+                    gk += dk[pc.off6 + rbase + d];
+                    gv += dv[pc.off7 + rbase + d];
+                }
+                dk[pc.off6 + rbase + d] = gk;
+                dv[pc.off7 + rbase + d] = gv;
+            }
+        }
+    }
+}
