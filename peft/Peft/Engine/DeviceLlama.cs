@@ -78,7 +78,7 @@ public sealed class DeviceLlama : IDisposable
     public long LinearBytes => Layers.Sum(l => l.Linears.Sum(x => x.DeviceBytes));
     public long LinearParams => Layers.Sum(l => l.Linears.Sum(x => (long)x.OutFeatures * x.InFeatures));
 
-    /// <summary>Uploads <paramref name="model"/>, quantizing the linear weights layer by layer; reports progress per layer.</summary>
+    /// <summary>Uploads the weights <paramref name="w"/>, quantizing the linear weights layer by layer; reports progress per layer.</summary>
     public static DeviceLlama Load(VulkanContext ctx, LlamaConfig c, LlamaWeights w, BaseQuant quant, Action<int, int>? progress = null,
         BaseQuant? embeddingQuant = null)
     {
