@@ -2,7 +2,8 @@
 // a transform before (the input the base reads: input scaling) and the ordered transforms after (additive branch, output
 // scaling, per-row renormalization), each with its backward. Around the blocks: the attention and MLP outputs (bottleneck
 // adapters). In attention and at the input: a key/value prefix per layer and virtual input tokens (see IPrefixHooks.cs).
-// The base model calls them; every PEFT method's runtime implements them; the float64 ReferenceForward mirrors them.
+// The base model calls them; a PEFT method's runtime implements the ones it uses (the others default to doing nothing);
+// the float64 ReferenceForward mirrors them.
 using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Tensors;
 
@@ -32,10 +33,10 @@ public interface IAdapterRuntime
     bool TransformsLinearOutput(TargetModule target) => false;
 
     /// <summary>After the attention output projection z (before the residual add): transform z in place (Houlsby adapters).</summary>
-    void AttentionOutput(int layer, DeviceTensor z);
+    void AttentionOutput(int layer, DeviceTensor z) { }
 
     /// <summary>After the MLP output z (before the residual add), with the MLP input h: transform z in place.</summary>
-    void MlpOutput(int layer, DeviceTensor h, DeviceTensor z);
+    void MlpOutput(int layer, DeviceTensor h, DeviceTensor z) { }
 
     /// <summary>Extra keys and values every attention layer reads (prefix tuning, LLaMA-Adapter); null when none.</summary>
     IAttentionPrefixHook? AttentionPrefix => null;
@@ -73,21 +74,23 @@ public interface ITrainableAdapter : IAdapterRuntime
     /// gradient to dx — or, with <paramref name="overwriteDx"/>, writes it there, after every read of x (dx may then be
     /// x's own buffer). Returns whether dx was written (false when the adapter has no branch at this target).
     /// </summary>
-    bool LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool overwriteDx = false);
+    bool LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool overwriteDx = false) => false;
 
     /// <summary>
     /// Backward of <see cref="IAdapterRuntime.AttentionOutput"/>: given ∂loss/∂(adapter output) <paramref name="dzIn"/>,
     /// writes ∂loss/∂(adapter input, the o-projection output) into <paramref name="dzOut"/>. Accumulates parameter gradients.
     /// </summary>
-    void AttentionOutputBackward(int layer, DeviceTensor dzIn, DeviceTensor dzOut);
+    void AttentionOutputBackward(int layer, DeviceTensor dzIn, DeviceTensor dzOut) =>
+        throw new NotSupportedException($"{GetType().Name} has no block hooks");
 
     /// <summary>
     /// Backward of <see cref="IAdapterRuntime.MlpOutput"/>: given ∂loss/∂(block output) <paramref name="dzIn"/>, writes
     /// ∂loss/∂(MLP output before the adapter) into <paramref name="dzOut"/> and adds ∂loss/∂h to <paramref name="dh"/>
     /// (parallel adapters read the MLP input h). Accumulates parameter gradients.
     /// </summary>
-    void MlpOutputBackward(int layer, DeviceTensor h, DeviceTensor dzIn, DeviceTensor dzOut, DeviceTensor dh);
+    void MlpOutputBackward(int layer, DeviceTensor h, DeviceTensor dzIn, DeviceTensor dzOut, DeviceTensor dh) =>
+        throw new NotSupportedException($"{GetType().Name} has no block hooks");
 
     /// <summary>True when the attention/MLP output hooks do anything (the trainer skips the extra buffers otherwise).</summary>
-    bool HasBlockHooks { get; }
+    bool HasBlockHooks => false;
 }

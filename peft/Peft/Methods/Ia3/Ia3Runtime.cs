@@ -50,7 +50,6 @@ public sealed class Ia3Runtime : ITrainableAdapter, IDisposable
 
     public bool Training { get; set; }
     public uint StepSeed { get; set; }
-    public bool HasBlockHooks => false;
 
     private TrainableTensor Vector(int layer, TargetModule t) => _p.ByName[Ia3Method.VectorName(layer, t)];
 
@@ -123,16 +122,6 @@ public sealed class Ia3Runtime : ITrainableAdapter, IDisposable
         BasicOps.Mul(dy, Broadcast(l, dy.Rows), dPre);
         return dPre;
     }
-
-    public bool LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool overwriteDx = false) => false;
-
-    public void AttentionOutput(int layer, DeviceTensor z) { }
-
-    public void MlpOutput(int layer, DeviceTensor h, DeviceTensor z) { }
-
-    public void AttentionOutputBackward(int layer, DeviceTensor dzIn, DeviceTensor dzOut) => throw new NotSupportedException("(IA)³ has no block hooks");
-
-    public void MlpOutputBackward(int layer, DeviceTensor h, DeviceTensor dzIn, DeviceTensor dzOut, DeviceTensor dh) => throw new NotSupportedException("(IA)³ has no block hooks");
 
     public void Dispose()
     {

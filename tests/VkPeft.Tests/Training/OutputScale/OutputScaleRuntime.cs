@@ -38,7 +38,6 @@ public sealed class OutputScaleRuntime : ITrainableAdapter, IDisposable
 
     public bool Training { get; set; }
     public uint StepSeed { get; set; }
-    public bool HasBlockHooks => false;
 
     private TrainableTensor Scale(int layer) => _p.ByName[OutputScaleMethod.ScaleName(layer, _target)];
 
@@ -89,16 +88,6 @@ public sealed class OutputScaleRuntime : ITrainableAdapter, IDisposable
         MatMul.Run(Column(dy), s.Param.Reshape(1, 1), Column(dPre), transposeB: true);
         return dPre;
     }
-
-    public bool LinearBackward(int layer, TargetModule target, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool overwriteDx = false) => false;
-
-    public void AttentionOutput(int layer, DeviceTensor z) { }
-
-    public void MlpOutput(int layer, DeviceTensor h, DeviceTensor z) { }
-
-    public void AttentionOutputBackward(int layer, DeviceTensor dzIn, DeviceTensor dzOut) => throw new NotSupportedException("output-scale has no block hooks");
-
-    public void MlpOutputBackward(int layer, DeviceTensor h, DeviceTensor dzIn, DeviceTensor dzOut, DeviceTensor dh) => throw new NotSupportedException("output-scale has no block hooks");
 
     public void Dispose()
     {
