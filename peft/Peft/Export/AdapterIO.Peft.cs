@@ -1,6 +1,8 @@
 // HF PEFT LoRA adapter folders (adapter_config.json + adapter_model.safetensors): PEFT keys, q/k rows of B in
 // rotate-half order, QA-LoRA in PEFT's use_qalora form; written and read for LoRA-family methods ((IA)³ folders:
-// AdapterIO.PeftIa3.cs).
+// AdapterIO.PeftIa3.cs). adapter_config.json holds only PEFT's own fields; vkpeft's metadata (format version, method,
+// base quantization, RoPE layouts) goes into the safetensors __metadata__ as vkpeft_* strings. Folders written with the
+// older top-level "vkpeft" object in adapter_config.json still load.
 using System.Text.Json;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
@@ -54,24 +56,25 @@ public static partial class AdapterIO
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "A"), a.Shape, aData, dtype));
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "B"), b.Shape, bData, dtype));
             }
-        return WritePeftFolder(dir, force, dtype, PeftConfigJson(cfg, baseConfig), entries);
+        return WritePeftFolder(dir, force, dtype, PeftConfigJson(cfg), entries, PeftMetadata(cfg, baseConfig));
     }
 
     /// <summary>A PEFT folder (config + safetensors) written to a temporary folder and renamed into place.</summary>
-    private static ExportReport WritePeftFolder(string dir, bool force, string dtype, byte[] configJson, List<SafeTensorsWriter.Entry> entries)
+    private static ExportReport WritePeftFolder(string dir, bool force, string dtype, byte[] configJson, List<SafeTensorsWriter.Entry> entries,
+        IReadOnlyDictionary<string, string> metadata)
     {
         var report = new ExportReport { OutPath = Path.GetFullPath(dir), Format = ExportFormat.Peft, DType = dtype };
         AtomicOutput.WriteDirectory(dir, force, tmp =>
         {
             File.WriteAllBytes(Path.Combine(tmp, PeftConfigFile), configJson);
-            SafeTensorsWriter.Write(Path.Combine(tmp, WeightsFile), entries);
+            SafeTensorsWriter.Write(Path.Combine(tmp, WeightsFile), entries, metadata);
         });
         foreach (var e in entries) report.Tensors.Add(new ExportedTensor(e.Name, e.DType, e.Shape, e.Data.LongLength));
         report.Files.AddRange([PeftConfigFile, WeightsFile]);
         return report;
     }
 
-    private static byte[] PeftConfigJson(AdapterConfig cfg, LlamaConfig baseConfig)
+    private static byte[] PeftConfigJson(AdapterConfig cfg)
     {
         using var ms = new MemoryStream();
         using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
@@ -79,7 +82,7 @@ public static partial class AdapterIO
             w.WriteStartObject();
             w.WriteStartObject("alpha_pattern");
             w.WriteEndObject();
-            w.WriteString("base_model_name_or_path", cfg.BaseModel);
+            w.WriteString("base_model_name_or_path", PeftBaseModelName(cfg.BaseModel));
             w.WriteString("bias", "none");
             w.WriteBoolean("fan_in_fan_out", false);
             w.WriteBoolean("inference_mode", true);
@@ -105,25 +108,86 @@ public static partial class AdapterIO
                 w.WriteBoolean("use_qalora", true);
                 w.WriteNumber("qalora_group_size", cfg.GroupSize);
             }
-            WriteVkPeftObject(w, cfg, baseConfig);
             w.WriteEndObject();
         }
         return ms.ToArray();
     }
 
-    /// <summary>vkpeft's own object inside a PEFT config: format version, method, base quantization and RoPE layouts.</summary>
-    private static void WriteVkPeftObject(Utf8JsonWriter w, AdapterConfig cfg, LlamaConfig baseConfig)
+    private const string MetaPrefix = "vkpeft_";
+
+    /// <summary>vkpeft's metadata for a PEFT folder's safetensors __metadata__ (string values, PEFT ignores them).</summary>
+    private static Dictionary<string, string> PeftMetadata(AdapterConfig cfg, LlamaConfig baseConfig) => new()
     {
-        w.WriteStartObject("vkpeft");
-        w.WriteNumber("format_version", FormatVersion);
-        w.WriteString("method", cfg.Method.Name);
-        w.WriteStartObject("base_quantization");
-        w.WriteString("type", cfg.BaseQuant.Type);
-        w.WriteNumber("blocksize", cfg.BaseQuant.Blocksize);
-        w.WriteEndObject();
-        w.WriteString("base_rope_layout", LayoutName(baseConfig.RopeLayout));
-        w.WriteString("qk_rows", "rotate_half");
-        w.WriteEndObject();
+        [MetaPrefix + "format_version"] = FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        [MetaPrefix + "method"] = cfg.Method.Name,
+        [MetaPrefix + "base_quantization"] = cfg.BaseQuant.Type,
+        [MetaPrefix + "base_quantization_blocksize"] = cfg.BaseQuant.Blocksize.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        [MetaPrefix + "base_rope_layout"] = LayoutName(baseConfig.RopeLayout),
+        [MetaPrefix + "qk_rows"] = "rotate_half",
+    };
+
+    /// <summary>
+    /// The base quantization a PEFT folder records: from the safetensors __metadata__ (written by this version), else from
+    /// the top-level "vkpeft" object of adapter_config.json (older folders), else none (folders PEFT itself writes).
+    /// </summary>
+    private static BaseQuant ReadPeftBaseQuant(string cfgPath, JsonElement r, SafeTensorsFile weights)
+    {
+        if (weights.Metadata.TryGetValue(MetaPrefix + "base_quantization", out var type))
+        {
+            string field = "__metadata__." + MetaPrefix + "base_quantization";
+            if (!BaseQuant.Types.Contains(type))
+                throw new ModelFormatException(weights.Path, field, $"unknown base quantization '{type}' (known: {string.Join(", ", BaseQuant.Types)})");
+            int blocksize = 64;
+            if (weights.Metadata.TryGetValue(MetaPrefix + "base_quantization_blocksize", out var bs) &&
+                !int.TryParse(bs, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out blocksize))
+                throw new ModelFormatException(weights.Path, field + "_blocksize", $"'{bs}' is not a whole number");
+            return new BaseQuant(type, blocksize);
+        }
+        if (r.TryGetProperty("vkpeft", out var vk) && vk.ValueKind == JsonValueKind.Object)
+            return ReadBaseQuant(cfgPath, vk, "vkpeft.base_quantization") ?? new BaseQuant("none", 64);
+        return new BaseQuant("none", 64);
+    }
+
+    /// <summary>
+    /// PEFT's base_model_name_or_path for a base given as <paramref name="baseModel"/> (a path or an id): the HF repo id
+    /// when the base is an HF folder whose config.json names one in <c>_name_or_path</c>, else the folder's name, or the
+    /// file stem of a single-file model; never a relative path. A value that is no path on disk (an id read back from a
+    /// PEFT folder) is kept unless it names a model file.
+    /// </summary>
+    public static string PeftBaseModelName(string baseModel)
+    {
+        if (string.IsNullOrWhiteSpace(baseModel)) return "";
+        string trimmed = baseModel.TrimEnd('/', '\\');
+        if (Directory.Exists(trimmed))
+        {
+            string configPath = Path.Combine(trimmed, "config.json");
+            if (File.Exists(configPath))
+            {
+                try
+                {
+                    using var doc = JsonDocument.Parse(File.ReadAllBytes(configPath));
+                    if (doc.RootElement.ValueKind == JsonValueKind.Object && Str(doc.RootElement, "_name_or_path") is { Length: > 0 } id &&
+                        IsRepoId(id))
+                        return id;
+                }
+                catch (JsonException) { /* an unreadable config.json names no repo: fall back to the folder name */ }
+            }
+            return Path.GetFileName(Path.GetFullPath(trimmed));
+        }
+        if (File.Exists(trimmed) || ModelFileExtensions.Contains(Path.GetExtension(trimmed), StringComparer.OrdinalIgnoreCase))
+            return Path.GetFileNameWithoutExtension(trimmed);
+        return IsRepoId(trimmed) ? trimmed : Path.GetFileName(trimmed);
+    }
+
+    private static readonly string[] ModelFileExtensions = [".bin", ".gguf", ".safetensors", ".pt", ".pth"];
+
+    /// <summary>An HF repo id: <c>name</c> or <c>owner/name</c>, no path parts like ".", ".." or a root.</summary>
+    private static bool IsRepoId(string s)
+    {
+        if (Path.IsPathRooted(s) || s.Contains('\\', StringComparison.Ordinal)) return false;
+        var parts = s.Split('/');
+        return parts.Length <= 2 && parts.All(p => p.Length > 0 && p != "." && p != ".." &&
+            p.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.'));
     }
 
     private static AdapterWeights LoadPeft(string dir, LlamaConfig baseConfig)
@@ -145,9 +209,9 @@ public static partial class AdapterIO
         int rank = Int(cfgPath, r, "r") ?? 8;
         var targets = ParseHfTargets(cfgPath, r);
         bool qalora = Bool(r, "use_qalora") == true;
-        var baseQuant = new BaseQuant("none", 64);
-        if (r.TryGetProperty("vkpeft", out var vk) && vk.ValueKind == JsonValueKind.Object)
-            baseQuant = ReadBaseQuant(cfgPath, vk, "vkpeft.base_quantization") ?? baseQuant;
+        string wPath = WeightsPath(dir);
+        using var file = SafeTensorsFile.Open(wPath);
+        var baseQuant = ReadPeftBaseQuant(cfgPath, r, file);
         var config = new AdapterConfig
         {
             Method = qalora ? PeftMethod.QaLora : PeftMethod.Lora,
@@ -161,9 +225,7 @@ public static partial class AdapterIO
             BaseModel = Str(r, "base_model_name_or_path") ?? "",
         };
 
-        string wPath = WeightsPath(dir);
         var adapter = new AdapterWeights(config);
-        using var file = SafeTensorsFile.Open(wPath);
         var seen = new HashSet<string>(StringComparer.Ordinal);
         for (int l = 0; l < baseConfig.NLayers; l++)
             foreach (var t in targets)

@@ -32,18 +32,18 @@ public static partial class AdapterIO
                 var v = adapter.Tensors[Ia3Method.VectorName(l, t)];
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftIa3Key(l, t), v.Shape, Ia3Rows(v.Data, baseConfig, cfg, t, baseConfig.RopeLayout, RopeLayout.RotateHalf), dtype));
             }
-        return WritePeftFolder(dir, force, dtype, PeftIa3ConfigJson(cfg, baseConfig), entries);
+        return WritePeftFolder(dir, force, dtype, PeftIa3ConfigJson(cfg), entries, PeftMetadata(cfg, baseConfig));
     }
 
-    /// <summary>PEFT's IA3Config fields (as <c>save_pretrained</c> writes them) plus vkpeft's own object.</summary>
-    private static byte[] PeftIa3ConfigJson(AdapterConfig cfg, LlamaConfig baseConfig)
+    /// <summary>PEFT's IA3Config fields only, as <c>save_pretrained</c> writes them (vkpeft's metadata: the safetensors header).</summary>
+    private static byte[] PeftIa3ConfigJson(AdapterConfig cfg)
     {
         using var ms = new MemoryStream();
         using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
         {
             w.WriteStartObject();
             w.WriteNull("auto_mapping");
-            w.WriteString("base_model_name_or_path", cfg.BaseModel);
+            w.WriteString("base_model_name_or_path", PeftBaseModelName(cfg.BaseModel));
             w.WriteNull("exclude_modules");
             w.WriteBoolean("fan_in_fan_out", false);
             w.WriteStartArray("feedforward_modules");
@@ -58,7 +58,6 @@ public static partial class AdapterIO
             foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains)) w.WriteStringValue(AdapterConfig.HfName(t));
             w.WriteEndArray();
             w.WriteString("task_type", "CAUSAL_LM");
-            WriteVkPeftObject(w, cfg, baseConfig);
             w.WriteEndObject();
         }
         return ms.ToArray();
@@ -70,9 +69,9 @@ public static partial class AdapterIO
         if (r.TryGetProperty("modules_to_save", out var ms) && ms.ValueKind == JsonValueKind.Array && ms.GetArrayLength() > 0)
             throw new ModelFormatException(cfgPath, "modules_to_save", "fully trained extra modules are not supported");
         var method = PeftMethods.Get("ia3");
-        var baseQuant = new BaseQuant("none", 64);
-        if (r.TryGetProperty("vkpeft", out var vk) && vk.ValueKind == JsonValueKind.Object)
-            baseQuant = ReadBaseQuant(cfgPath, vk, "vkpeft.base_quantization") ?? baseQuant;
+        string wPath = WeightsPath(dir);
+        using var file = SafeTensorsFile.Open(wPath);
+        var baseQuant = ReadPeftBaseQuant(cfgPath, r, file);
         var common = new AdapterConfig
         {
             Method = method,
@@ -83,9 +82,7 @@ public static partial class AdapterIO
         var config = method.ReadConfig(cfgPath, r, common);
         method.ValidateConfig(config, baseConfig, cfgPath);
 
-        string wPath = WeightsPath(dir);
         var adapter = new AdapterWeights(config);
-        using var file = SafeTensorsFile.Open(wPath);
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var spec in method.Parameters(baseConfig, config))
         {
