@@ -68,7 +68,6 @@ public sealed class PeftConfigFieldTests
     {
         string cfgPath = Path.Combine(dir, AdapterIO.PeftConfigFile), wPath = Path.Combine(dir, AdapterIO.WeightsFile);
         var json = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
-        var entries = new List<SafeTensorsWriter.Entry>();
         using (var f = SafeTensorsFile.Open(wPath))
         {
             Assert.Equal("nf4", f.Metadata["vkpeft_base_quantization"]);
@@ -81,11 +80,19 @@ public sealed class PeftConfigFieldTests
                     ["base_rope_layout"] = f.Metadata["vkpeft_base_rope_layout"],
                     ["qk_rows"] = "rotate_half",
                 };
+        }
+        RewriteWeights(wPath, metadata: null);
+        File.WriteAllText(cfgPath, json.ToJsonString());
+    }
+
+    /// <summary>Writes a safetensors file again with the same F32 tensors and only <paramref name="metadata"/> (plus "format").</summary>
+    private static void RewriteWeights(string wPath, Dictionary<string, string>? metadata)
+    {
+        var entries = new List<SafeTensorsWriter.Entry>();
+        using (var f = SafeTensorsFile.Open(wPath))
             foreach (var (name, info) in f.Tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal))
                 entries.Add(SafeTensorsWriter.FromFloat32(name, info.Shape, f.ReadFloat32(name)));
-        }
-        SafeTensorsWriter.Write(wPath, entries);
-        File.WriteAllText(cfgPath, json.ToJsonString());
+        SafeTensorsWriter.Write(wPath, entries, metadata);
     }
 
     private static void SameConfig(AdapterConfig expected, AdapterConfig actual)
@@ -165,12 +172,7 @@ public sealed class PeftConfigFieldTests
         using var dir = new TempDir();
         string outDir = dir.File("peft");
         Save(RandomLora(Base.Config, 6, rank: 2), outDir);
-        string wPath = Path.Combine(outDir, AdapterIO.WeightsFile);
-        var entries = new List<SafeTensorsWriter.Entry>();
-        using (var f = SafeTensorsFile.Open(wPath))
-            foreach (var (name, info) in f.Tensors)
-                entries.Add(SafeTensorsWriter.FromFloat32(name, info.Shape, f.ReadFloat32(name)));
-        SafeTensorsWriter.Write(wPath, entries, new Dictionary<string, string> { ["vkpeft_base_quantization"] = "q9" });
+        RewriteWeights(Path.Combine(outDir, AdapterIO.WeightsFile), new Dictionary<string, string> { ["vkpeft_base_quantization"] = "q9" });
         var e = Assert.Throws<ModelFormatException>(() => AdapterIO.Load(outDir, Base.Config));
         Assert.Contains("vkpeft_base_quantization", e.Message);
         Assert.Contains("q9", e.Message);
