@@ -91,19 +91,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
             if (t.Grad == null) continue;
             var g = t.Grad.ToArray<float>();
             Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
-            var v = host[name];
-            for (int i = 0; i < v.Length; i++)
-            {
-                const double h = 1e-5;
-                double keep = v[i];
-                v[i] = keep + h; double up = Loss();
-                v[i] = keep - h; double down = Loss();
-                v[i] = keep;
-                double fd = (up - down) / (2 * h);
-                // fp32 forward/backward of a loss of order 1: absolute error ~1e-6 plus 1e-3 relative (accumulated rounding).
-                double err = Math.Abs(g[i] - fd);
-                Assert.True(err <= 2e-5 + 2e-3 * Math.Abs(fd), $"{name}[{i}]: gpu {g[i]:G6} vs finite difference {fd:G6}");
-            }
+            FiniteDifference.AssertMatches(name, g, host[name], Loss);
         }
     }
 }

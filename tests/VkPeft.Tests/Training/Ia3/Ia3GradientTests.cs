@@ -78,18 +78,7 @@ public sealed class Ia3GradientTests(GpuFixture gpu)
         {
             var g = t.Grad!.ToArray<float>();
             Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
-            var v = host[name];
-            for (int i = 0; i < v.Length; i++)
-            {
-                const double h = 1e-5;
-                double keep = v[i];
-                v[i] = keep + h; double up = Loss();
-                v[i] = keep - h; double down = Loss();
-                v[i] = keep;
-                double fd = (up - down) / (2 * h);
-                // Same bound as the LoRA checks: fp32 rounding ~1e-6 absolute plus 2e-3 relative (accumulated rounding).
-                Assert.True(Math.Abs(g[i] - fd) <= 2e-5 + 2e-3 * Math.Abs(fd), $"{name}[{i}]: gpu {g[i]:G6} vs finite difference {fd:G6}");
-            }
+            FiniteDifference.AssertMatches(name, g, host[name], Loss);
         }
     }
 

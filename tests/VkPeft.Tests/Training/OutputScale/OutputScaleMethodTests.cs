@@ -71,15 +71,9 @@ public sealed class OutputScaleMethodTests : IDisposable
         for (int l = 0; l < c.NLayers; l++)
         {
             double g = p.ByName[OutputScaleMethod.ScaleName(l, target)].Grad!.ToArray<float>()[0];
-            const double h = 1e-5;
-            double keep = scales[l];
-            scales[l] = keep + h; double up = Loss();
-            scales[l] = keep - h; double down = Loss();
-            scales[l] = keep;
-            double fd = (up - down) / (2 * h);
+            double fd = FiniteDifference.At(scales, l, Loss);
             Assert.True(Math.Abs(fd) > 1e-4, $"layer {l}: the finite difference {fd} is too small to test anything");
-            // Same bound as the LoRA checks: fp32 rounding of a sum over every output ~1e-6 absolute plus 2e-3 relative.
-            Assert.True(Math.Abs(g - fd) <= 2e-5 + 2e-3 * Math.Abs(fd), $"layer {l}: gpu {g:G6} vs finite difference {fd:G6}");
+            FiniteDifference.AssertClose($"layer {l}", g, fd);
         }
     }
 
