@@ -1,5 +1,6 @@
 // Entry point of the vkpeft benchmarks: './vkpeft bench kernels' (device peaks and kernel throughput), 'memory' (peak
-// memory per category against the analytic model), 'train' (training-step tokens/s) and 'generate' (decode/prefill).
+// memory per category against the analytic model), 'train' (training-step tokens/s), 'generate' (decode/prefill) and
+// 'gpu-report' (device, kernel paths, GPU-vs-CPU kernel checks and the benchmarks in one JSON).
 using System.CommandLine;
 using System.Text.Json;
 using VkPeft.Runtime.Memory;
@@ -35,6 +36,7 @@ public static class Program
         root.Subcommands.Add(MemoryBench.Create(device, json));
         root.Subcommands.Add(TrainBench.Create(device, json));
         root.Subcommands.Add(GenerateBench.Create(device, json));
+        root.Subcommands.Add(GpuReport.Create(device, quick));
         try
         {
             return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

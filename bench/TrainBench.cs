@@ -12,7 +12,8 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Bench;
 
-public sealed record TrainBenchRow(string Model, string Quant, int Batch, int SeqLen, bool Checkpointing, double SecondsPerStep, double TokensPerSecond, long PeakBytes, string? Profile);
+public sealed record TrainBenchRow(string Model, string Quant, int Batch, int SeqLen, bool Checkpointing, double SecondsPerStep, double TokensPerSecond, long PeakBytes, string? Profile,
+    double DispatchesPerStep, double SubmitsPerStep, double WaitsPerStep);
 
 public static class TrainBench
 {
@@ -26,12 +27,15 @@ public static class TrainBench
         var seq = new Option<int>("--tiny-seq-len") { Description = "Sequence length for the TinyLlama slice", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { Description = "Steps per case (first is a warm-up)", DefaultValueFactory = _ => 3 };
         var profile = new Option<bool>("--no-profile") { Description = "Skip the per-kernel breakdown" };
-        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile };
+        var staged = new Option<bool>("--staged") { Description = "Transfers through staging memory even where device memory is host-mapped (as on a discrete GPU)" };
+        var noRing = new Option<bool>("--no-staging-ring") { Description = "A fresh staging buffer and host waits per transfer (the path before the staging ring), for comparison" };
+        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile, staged, noRing };
         cmd.SetAction(parse =>
         {
             bool asJson = parse.GetValue(json);
             void Log(string m) { if (!asJson) Console.Error.WriteLine(m); }
-            using var ctx = new VulkanContext(Program.Options(parse.GetValue(device)));
+            using var ctx = new VulkanContext(Program.Options(parse.GetValue(device)) with
+                { DisableHostMappedMemory = parse.GetValue(staged), StagingRing = !parse.GetValue(noRing) });
             var rows = new List<TrainBenchRow>();
             bool prof = !parse.GetValue(profile);
             int n = Math.Max(1, parse.GetValue(steps));
@@ -48,12 +52,13 @@ public static class TrainBench
         return cmd;
     }
 
-    private static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, string quant, int batch, int seqLen, bool ckpt, int steps, bool profile, Action<string> log)
+    internal static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, string quant, int batch, int seqLen, bool ckpt, int steps, bool profile, Action<string> log)
     {
         var setup = new TrainSetup { Config = c, Quant = BaseQuant.Parse(quant), Rank = 16, Batch = batch, SeqLen = seqLen, Checkpointing = ckpt };
         log($"{name}, {quant}: {batch} × {seqLen} tokens, LoRA r=16 on all linears...");
         var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log);
-        return new TrainBenchRow(name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep, r.PeakLiveBytes, r.Profile);
+        return new TrainBenchRow(name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep, r.PeakLiveBytes, r.Profile,
+            r.DispatchesPerStep, r.SubmitsPerStep, r.WaitsPerStep);
     }
 
     private static void Print(List<TrainBenchRow> rows, string device)
@@ -61,10 +66,12 @@ public static class TrainBench
         var inv = CultureInfo.InvariantCulture;
         AnsiConsole.MarkupLine(Markup.Escape($"{device}: one training step = forward + backward + gradient norm + AdamW, LoRA r=16 on q,k,v,o,gate,up,down"));
         var t = new Table().AddColumn("model").AddColumn("base").AddColumn("tokens").AddColumn("checkpointing")
-            .AddColumn(new TableColumn("s/step").RightAligned()).AddColumn(new TableColumn("tokens/s").RightAligned()).AddColumn(new TableColumn("peak").RightAligned());
+            .AddColumn(new TableColumn("s/step").RightAligned()).AddColumn(new TableColumn("tokens/s").RightAligned()).AddColumn(new TableColumn("peak").RightAligned())
+            .AddColumn(new TableColumn("dispatches/step").RightAligned()).AddColumn(new TableColumn("submits/step").RightAligned()).AddColumn(new TableColumn("host waits/step").RightAligned());
         foreach (var r in rows)
             t.AddRow(Markup.Escape(r.Model), r.Quant == "none" ? "fp32 (none)" : r.Quant, $"{r.Batch} × {r.SeqLen}", r.Checkpointing ? "on" : "off",
-                r.SecondsPerStep.ToString("F3", inv), r.TokensPerSecond.ToString("F1", inv), ByteSize.Format(r.PeakBytes));
+                r.SecondsPerStep.ToString("F3", inv), r.TokensPerSecond.ToString("F1", inv), ByteSize.Format(r.PeakBytes),
+                r.DispatchesPerStep.ToString("F0", inv), r.SubmitsPerStep.ToString("F0", inv), r.WaitsPerStep.ToString("F0", inv));
         AnsiConsole.Write(t);
         foreach (var r in rows.Where(r => r.Profile != null))
         {
@@ -73,13 +80,14 @@ public static class TrainBench
         }
     }
 
-    private static JsonObject ToJson(List<TrainBenchRow> rows, string device) => new()
+    internal static JsonObject ToJson(List<TrainBenchRow> rows, string device) => new()
     {
         ["device"] = device,
         ["cases"] = new JsonArray(rows.Select(r => (JsonNode)new JsonObject
         {
             ["model"] = r.Model, ["quant"] = r.Quant, ["batch"] = r.Batch, ["seq_len"] = r.SeqLen, ["checkpointing"] = r.Checkpointing,
             ["seconds_per_step"] = r.SecondsPerStep, ["tokens_per_second"] = r.TokensPerSecond, ["peak_bytes"] = r.PeakBytes, ["profile"] = r.Profile,
+            ["dispatches_per_step"] = r.DispatchesPerStep, ["submits_per_step"] = r.SubmitsPerStep, ["host_waits_per_step"] = r.WaitsPerStep,
         }).ToArray()),
     };
 }

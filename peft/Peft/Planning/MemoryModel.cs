@@ -197,8 +197,15 @@ public static class MemoryModel
         foreach (var term in s.Method.WorkspaceTerms(s, rows)) Add(term.Name, term.Category, term.Bytes);
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
 
-        // Staging: discrete GPUs copy through host-visible buffers of up to 32 MiB, one at a time.
-        if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min((long)Runtime.Tensors.Transfers.StagingBytes, Pad4(Math.Max(largestTrainable, rows * 4))));
+        // Staging: discrete GPUs copy small transfers through one staging ring and larger ones through a host-visible
+        // buffer of up to 32 MiB of their own, one at a time.
+        if (!s.UnifiedMemory)
+        {
+            Add("staging ring", MemoryCategory.Staging, (long)Runtime.Tensors.Transfers.RingBytes);
+            long largest = Pad4(Math.Max(largestTrainable, rows * 4));
+            if (largest > (long)Runtime.Tensors.Transfers.RingTransferBytes)
+                Add("staging buffer", MemoryCategory.Staging, Math.Min((long)Runtime.Tensors.Transfers.StagingBytes, largest));
+        }
 
         // Loading quantizes layer by layer through an fp32 copy of one weight plus its block absmax (workspace).
         long biggest = LayerLinears(c).Max(l => (long)l.Out * l.In);
