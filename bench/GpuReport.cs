@@ -22,8 +22,10 @@ public static class GpuReport
         var outDir = new Option<string>("--out") { Description = "Folder for gpu-report.json and gpu-report.md", Required = true };
         var stories = new Option<string?>("--stories") { Description = "stories260K.bin (default: the shared copy next to the repository, else random weights)" };
         var skipLlama = new Option<bool>("--no-llama8b") { Description = "Leave out the Llama-3.1-8B-shaped layer" };
+        var sections = new Option<string[]>("--sections") { Description = "Sections to run: " + string.Join(", ", Sections) + " (default: all)", AllowMultipleArgumentsPerToken = true };
+        sections.AcceptOnlyFromAmong(Sections);
         var cmd = new Command("gpu-report", "Device, kernel paths, GPU-vs-CPU kernel checks, kernel and training benchmarks: one JSON and one markdown table")
-            { outDir, stories, skipLlama };
+            { outDir, stories, skipLlama, sections };
         cmd.SetAction(parse =>
         {
             var dir = parse.GetValue(outDir)!;
@@ -31,12 +33,15 @@ public static class GpuReport
             catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new FormatException($"--out '{dir}': {e.Message}"); }
             bool q = parse.GetValue(quick);
             using var ctx = new VulkanContext(Program.Options(parse.GetValue(device)));
-            return Run(ctx, dir, q, parse.GetValue(stories), !q && !parse.GetValue(skipLlama));
+            var pick = parse.GetValue(sections) is { Length: > 0 } p ? p : Sections;
+            return Run(ctx, dir, q, parse.GetValue(stories), !q && !parse.GetValue(skipLlama), pick);
         });
         return cmd;
     }
 
-    private static int Run(VulkanContext ctx, string dir, bool quick, string? storiesPath, bool llama8b)
+    private static readonly string[] Sections = ["device", "checks", "kernels", "train"];
+
+    private static int Run(VulkanContext ctx, string dir, bool quick, string? storiesPath, bool llama8b, string[] sections)
     {
         var report = new JsonObject { ["quick"] = quick, ["started_utc"] = DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture) };
         var md = new StringBuilder();
@@ -46,6 +51,7 @@ public static class GpuReport
 
         void Section(string name, Func<JsonNode> run)
         {
+            if (!sections.Contains(name.StartsWith("train", StringComparison.Ordinal) ? "train" : name)) return;
             Log($"== {name}");
             var sw = Stopwatch.StartNew();
             JsonNode node;

@@ -14,14 +14,18 @@ public sealed record KernelResult(string Kernel, string Shape, double Seconds, d
 
 public static class KernelBench
 {
-    public static (DevicePeak Peak, List<KernelResult> Results) Run(VulkanContext ctx, bool quick, Action<string> log)
+    /// <summary>The groups of kernels <c>bench kernels --only</c> can pick.</summary>
+    public static readonly string[] Groups = ["matmul", "quantized", "lora", "attention"];
+
+    public static (DevicePeak Peak, List<KernelResult> Results) Run(VulkanContext ctx, bool quick, Action<string> log, IReadOnlyCollection<string>? only = null)
     {
+        bool Want(string group) => only == null || only.Count == 0 || only.Contains(group);
         log("measuring device peaks (FMA throughput, copy bandwidth)...");
         var peak = DevicePeaks.Measure(ctx, quick);
         log($"peak: {peak.FmaGflops:F1} GFLOP/s fp32 FMA, {peak.CopyGBps:F1} GB/s copy");
         var results = new List<KernelResult>();
         (int M, int K, int N)[] shapes = quick ? [(256, 1024, 1024), (512, 512, 512)] : [(512, 4096, 4096), (2048, 2048, 2048)];
-        foreach (var (m, k, n) in shapes)
+        foreach (var (m, k, n) in Want("matmul") ? shapes : [])
         {
             log($"matmul {m}x{k}x{n}...");
             using var a = DeviceTensor.Create(ctx, "a", DType.F32, [m, k], MemoryCategory.Workspace);
@@ -33,9 +37,9 @@ public static class KernelBench
             double gflops = 2.0 * m * n * k / s / 1e9;
             results.Add(new KernelResult("matmul f32 (x·Wᵀ)", $"{m}x{k}x{n}", s, gflops, gflops / peak.FmaGflops, "compute", CpuMatmulSeconds(m, k, n)));
         }
-        RunQuantized(ctx, peak, quick, log, results);
-        RunLoraProducts(ctx, peak, quick, log, results);
-        RunAttention(ctx, peak, quick, log, results);
+        if (Want("quantized")) RunQuantized(ctx, peak, quick, log, results);
+        if (Want("lora")) RunLoraProducts(ctx, peak, quick, log, results);
+        if (Want("attention")) RunAttention(ctx, peak, quick, log, results);
         return (peak, results);
     }
 

@@ -22,12 +22,14 @@ public static class Program
         if (Console.IsOutputRedirected) Spectre.Console.AnsiConsole.Profile.Width = 160;
         var root = new RootCommand("vkpeft benchmarks") { device, json, quick };
 
-        var kernels = new Command("kernels", "Measure the device's FMA peak and copy bandwidth, and each kernel's throughput against them");
+        var only = new Option<string[]>("--only") { Description = "Kernel groups to measure: " + string.Join(", ", KernelBench.Groups) + " (default: all)", AllowMultipleArgumentsPerToken = true };
+        only.AcceptOnlyFromAmong(KernelBench.Groups);
+        var kernels = new Command("kernels", "Measure the device's FMA peak and copy bandwidth, and each kernel's throughput against them") { only };
         kernels.SetAction(parse =>
         {
             using var ctx = new VulkanContext(Options(parse.GetValue(device)));
             bool asJson = parse.GetValue(json);
-            var (peak, results) = KernelBench.Run(ctx, parse.GetValue(quick), msg => { if (!asJson) Console.Error.WriteLine(msg); });
+            var (peak, results) = KernelBench.Run(ctx, parse.GetValue(quick), msg => { if (!asJson) Console.Error.WriteLine(msg); }, parse.GetValue(only));
             if (asJson) Console.WriteLine(KernelBench.ToJson(peak, results, ctx.Caps.Name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else KernelBench.Print(peak, results, ctx.Caps.Name);
             return 0;

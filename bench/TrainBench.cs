@@ -29,7 +29,9 @@ public static class TrainBench
         var profile = new Option<bool>("--no-profile") { Description = "Skip the per-kernel breakdown" };
         var staged = new Option<bool>("--staged") { Description = "Transfers through staging memory even where device memory is host-mapped (as on a discrete GPU)" };
         var noRing = new Option<bool>("--no-staging-ring") { Description = "A fresh staging buffer and host waits per transfer (the path before the staging ring), for comparison" };
-        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile, staged, noRing };
+        var models = new Option<string[]>("--models") { Description = "Models to train: stories, tinyllama (default: both)", AllowMultipleArgumentsPerToken = true };
+        models.AcceptOnlyFromAmong("stories", "tinyllama");
+        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile, staged, noRing, models };
         cmd.SetAction(parse =>
         {
             bool asJson = parse.GetValue(json);
@@ -39,12 +41,19 @@ public static class TrainBench
             var rows = new List<TrainBenchRow>();
             bool prof = !parse.GetValue(profile);
             int n = Math.Max(1, parse.GetValue(steps));
-            var s = BenchModels.Stories(parse.GetValue(stories));
-            foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, s.Name, s.Config, s.Weights, q, 8, 128, false, n, prof, Log));
-            var t = BenchModels.TinyLlama(parse.GetValue(layers));
-            foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, t.Name, t.Config, t.Weights, q, 1, parse.GetValue(seq), true, n, prof, Log));
+            var pick = parse.GetValue(models) is { Length: > 0 } m ? m : ["stories", "tinyllama"];
+            if (pick.Contains("stories"))
+            {
+                var s = BenchModels.Stories(parse.GetValue(stories));
+                foreach (var q in BaseQuants)
+                    rows.Add(Case(ctx, s.Name, s.Config, s.Weights, q, 8, 128, false, n, prof, Log));
+            }
+            if (pick.Contains("tinyllama"))
+            {
+                var t = BenchModels.TinyLlama(parse.GetValue(layers));
+                foreach (var q in BaseQuants)
+                    rows.Add(Case(ctx, t.Name, t.Config, t.Weights, q, 1, parse.GetValue(seq), true, n, prof, Log));
+            }
             if (asJson) Console.WriteLine(ToJson(rows, ctx.Caps.Name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else Print(rows, ctx.Caps.Name);
             return 0;
