@@ -57,6 +57,8 @@ public static class GpuChecks
         }
         log("checking fp32 matmuls against the CPU reference...");
         MatMuls(ctx, Check);
+        log("checking weight-gradient products Aᵀ·B (split-K on the shared-tiles path) against the CPU reference...");
+        WeightGradients(ctx, Check);
         log("checking the fused 4-bit matmuls against the CPU reference...");
         Quantized(ctx, quick, Check);
         log("checking attention against the float64 reference...");
@@ -83,7 +85,8 @@ public static class GpuChecks
     /// </summary>
     private static void MatMuls(VulkanContext ctx, CheckFn check)
     {
-        (int M, int K, int N)[] shapes = [(1, 96, 33), (3, 200, 67), (67, 300, 129), (600, 520, 257)];
+        // The last two are LoRA's skinny products (N = rank): skinny tiles and split-K on the shared-tiles path.
+        (int M, int K, int N)[] shapes = [(1, 96, 33), (3, 200, 67), (67, 300, 129), (600, 520, 257), (600, 2051, 16), (67, 1030, 33)];
         foreach (var algorithm in Algorithms(ctx))
             foreach (bool transposeB in new[] { true, false })
                 foreach (var (m, k, n) in shapes)
@@ -98,6 +101,30 @@ public static class GpuChecks
                         var (expected, abs) = CpuReference.MatMul(a, b, m, n, k, transposeB);
                         return MatMulRatio(expected, abs, tc.ToArray<float>(), k, 0);
                     });
+    }
+
+    /// <summary>
+    /// C = Aᵀ·B summed over M rows (LoRA's dA = dTᵀ·X and dB = dYᵀ·T: a rank-sized side, thousands of rows): bound γ_M·Σ|a·b|.
+    /// </summary>
+    private static void WeightGradients(VulkanContext ctx, CheckFn check)
+    {
+        (int M, int N1, int N2)[] shapes = [(2048, 16, 300), (2048, 300, 16), (515, 65, 129)];
+        foreach (var algorithm in Algorithms(ctx))
+            foreach (var (m, n1, n2) in shapes)
+                check("matmul_tn Aᵀ·B", algorithm.ToString(), $"{m} rows into {n1}x{n2}", () =>
+                {
+                    var a = Values(m * n1, m + n1, 1f);
+                    var b = Values(m * n2, m + n2, 1f);
+                    using var ta = Upload(ctx, "check.a", a, m, n1);
+                    using var tb = Upload(ctx, "check.b", b, m, n2);
+                    using var tc = DeviceTensor.Create(ctx, "check.c", DType.F32, [n1, n2], MemoryCategory.Workspace);
+                    MatMulTn.Run(ta, tb, tc, 1, 0, algorithm);
+                    var aT = new float[n1 * m];
+                    for (int r = 0; r < m; r++)
+                        for (int i = 0; i < n1; i++) aT[i * m + r] = a[r * n1 + i];
+                    var (expected, abs) = CpuReference.MatMul(aT, b, n1, n2, m, transposeB: false);
+                    return MatMulRatio(expected, abs, tc.ToArray<float>(), m, 0);
+                });
     }
 
     /// <summary>

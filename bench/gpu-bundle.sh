@@ -31,7 +31,7 @@ dotnet publish "$ROOT/bench/VkPeft.Bench.csproj" -c Release -r linux-x64 --self-
 # state is not touched).
 say "downloading the Vulkan loader (libvulkan1, amd64)..."
 apt_opts=(-o APT::Architecture=amd64 -o APT::Architectures=amd64 -o "Dir::State::Lists=$TMP/apt/lists"
-  -o "Dir::Cache=$TMP/apt/cache" -o Debug::NoLocking=1 -qq)
+  -o "Dir::Cache=$TMP/apt/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User="$(id -un)" -qq)
 apt-get "${apt_opts[@]}" update >&2
 (cd "$TMP/debs" && apt-get "${apt_opts[@]}" download libvulkan1 >&2)
 rm -rf "$TMP/apt"
