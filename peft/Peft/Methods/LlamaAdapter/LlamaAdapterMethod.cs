@@ -98,19 +98,17 @@ public sealed class LlamaAdapterMethod : PeftMethod
     public override string NotMergeableReason =>
         "LLaMA-Adapter cannot be merged into the base weights: its gated attention over learned prompts changes no weight; export --format peft (or run it with --adapter)";
 
-    /// <summary>Per adapted layer: the prompt [1, adapter_len, dim] (unit-variance uniform) and the gate [1] (zero).</summary>
+    /// <summary>Per adapted layer the prompt [1, adapter_len, dim] (unit-variance uniform), then per adapted layer the gate [1] (zero).</summary>
     public override IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a)
     {
         var s = Settings(a);
         if (s.AdapterLayers > c.NLayers)
             throw new FormatException($"--adapter-layers: {s.AdapterLayers} layers, but the model has {c.NLayers}");
-        var list = new List<ParameterSpec>();
-        for (int l = FirstLayer(a, c.NLayers); l < c.NLayers; l++)
-        {
-            list.Add(new ParameterSpec(PromptName(l), [1, s.AdapterLen, c.Dim], new ParameterInit.Uniform(PromptInitBound)));
-            list.Add(new ParameterSpec(GateName(l), [1], new ParameterInit.Zeros()));
-        }
-        return list;
+        // Prompts first, then the gates: every prompt starts at a multiple of adapter_len·dim in the packed block, which
+        // keeps it row-aligned for the quantized kernels that read it.
+        var layers = Enumerable.Range(FirstLayer(a, c.NLayers), AdaptedLayers(a, c.NLayers)).ToArray();
+        return [.. layers.Select(l => new ParameterSpec(PromptName(l), [1, s.AdapterLen, c.Dim], new ParameterInit.Uniform(PromptInitBound))),
+            .. layers.Select(l => new ParameterSpec(GateName(l), [1], new ParameterInit.Zeros()))];
     }
 
     public override ITrainableAdapter CreateRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p, int maxRows) =>
