@@ -114,16 +114,10 @@ public sealed class LlamaAdapterMethod : PeftMethod
     public override ITrainableAdapter CreateRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p, int maxRows) =>
         new LlamaAdapterRuntime(ctx, c, a, p, maxRows);
 
-    /// <summary>Probabilities [rows, n_heads, adapter_len] and the ungated prompt attention [rows, q_dim] of every adapted layer.</summary>
-    public override IEnumerable<MethodMemoryTerm> ActivationTerms(TrainSetup s, long rows)
-    {
-        var a = ConfigFor(s);
-        long perLayer = LlamaAdapterRuntime.SavedElements(s.Config, a, rows);
-        yield return new MethodMemoryTerm("LLaMA-Adapter probabilities and prompt attention", MemoryCategory.Activations,
-            AdaptedLayers(a, s.Config.NLayers) * MemoryModel.F32(perLayer));
-    }
-
-    /// <summary>The gated output, score gradients and row dots per row; prompt keys/values per adapted layer and their gradients.</summary>
+    /// <summary>
+    /// Nothing per layer (the backward recomputes the prompt attention): probabilities, outputs, score gradients and row
+    /// dots for the rows of one layer; prompt keys/values per adapted layer and their gradients.
+    /// </summary>
     public override IEnumerable<MethodMemoryTerm> WorkspaceTerms(TrainSetup s, long rows)
     {
         var a = ConfigFor(s);

@@ -1,7 +1,8 @@
 // LLaMA-Adapter's device runtime: the adaption-prompt hook of the attention block. Prompt keys/values K = P·Wkᵀ,
 // V = P·Wvᵀ (+ the base's k/v bias) come from the frozen 4-bit weights; they are recomputed at every forward in training
-// (the prompts change every step) and computed once and kept otherwise (evaluation, generation: not per token). In
-// training each adapted layer keeps its probabilities and ungated output for the backward, which adds the queries'
+// (the prompts change every step) and computed once and kept otherwise (evaluation, generation: not per token). Nothing
+// of the prompt attention is kept per layer: the backward recomputes its probabilities and ungated output (2·rows·heads·
+// P·hd multiply-adds, small beside the layer) instead of holding [rows, q_dim] per adapted layer, then adds the queries'
 // gradient to dq and sends the keys'/values' gradients back through the frozen projections into the prompt
 // (dP += dK·Wk + dV·Wv: input gradients only).
 using VkPeft.Peft.Engine;
@@ -23,23 +24,20 @@ public sealed class LlamaAdapterRuntime : ITrainableAdapter, IAdaptionPromptHook
     private readonly IReadOnlyList<IDisposable> _owned;
     private readonly DeviceTensor[] _keys, _values;      // per adapted layer [P, kv_dim]
     private readonly bool[] _fresh;                      // per adapted layer: keys/values match the current prompt
-    private readonly DeviceTensor[] _probs, _ungated;    // per adapted layer in training, else one: [maxRows, n_heads·P], [maxRows, q_dim]
+    private readonly DeviceTensor _probs, _ungated;      // [maxRows, n_heads·P], [maxRows, q_dim] (recomputed in backward)
     private readonly DeviceTensor _output;               // [maxRows, q_dim] what the o-projection reads
     private readonly DeviceTensor? _dScores, _rowDots, _dKeys, _dValues, _dGate;   // backward scratch (training)
     private bool _training;
 
-    /// <summary>Saved elements per adapted layer for <paramref name="rows"/> rows: probabilities and ungated output.</summary>
-    public static long SavedElements(LlamaConfig c, AdapterConfig a, long rows) =>
-        rows * ((long)c.NHeads * LlamaAdapterMethod.Settings(a).AdapterLen + c.QDim);
-
     /// <summary>
-    /// Workspace elements: the gated output [rows, q_dim], score gradients [rows, n_heads·P], row dots [rows, n_heads],
-    /// prompt keys and values per adapted layer and their gradients [P, kv_dim], and the gate gradient.
+    /// Workspace elements in training: probabilities and score gradients [rows, n_heads·P], the ungated and gated outputs
+    /// [rows, q_dim], row dots [rows, n_heads], prompt keys and values per adapted layer and their gradients [P, kv_dim],
+    /// and the gate gradient.
     /// </summary>
     public static long WorkspaceElements(LlamaConfig c, AdapterConfig a, long rows)
     {
         long p = LlamaAdapterMethod.Settings(a).AdapterLen;
-        return rows * c.QDim + rows * c.NHeads * p + rows * c.NHeads
+        return 2 * rows * c.NHeads * p + 2 * rows * c.QDim + rows * c.NHeads
             + 2L * LlamaAdapterMethod.AdaptedLayers(a, c.NLayers) * p * c.KvDim + 2 * p * c.KvDim + 1;
     }
 
@@ -56,9 +54,8 @@ public sealed class LlamaAdapterRuntime : ITrainableAdapter, IAdaptionPromptHook
         _keys = [.. Enumerable.Range(0, adapted).Select(i => T($"llama_adapter.keys.{_firstLayer + i}", MemoryCategory.Workspace, _promptLen, c.KvDim))];
         _values = [.. Enumerable.Range(0, adapted).Select(i => T($"llama_adapter.values.{_firstLayer + i}", MemoryCategory.Workspace, _promptLen, c.KvDim))];
         _fresh = new bool[adapted];
-        int saved = p.WithOptimizer ? adapted : 1;
-        _probs = [.. Enumerable.Range(0, saved).Select(i => T($"llama_adapter.probs.{i}", MemoryCategory.Activations, maxRows, (long)c.NHeads * _promptLen))];
-        _ungated = [.. Enumerable.Range(0, saved).Select(i => T($"llama_adapter.ungated.{i}", MemoryCategory.Activations, maxRows, c.QDim))];
+        _probs = T("llama_adapter.probs", MemoryCategory.Workspace, maxRows, (long)c.NHeads * _promptLen);
+        _ungated = T("llama_adapter.ungated", MemoryCategory.Workspace, maxRows, c.QDim);
         _output = T("llama_adapter.output", MemoryCategory.Workspace, maxRows, c.QDim);
         if (p.WithOptimizer)
         {
@@ -92,8 +89,6 @@ public sealed class LlamaAdapterRuntime : ITrainableAdapter, IAdaptionPromptHook
 
     private TrainableTensor Gate(int layer) => _p.ByName[LlamaAdapterMethod.GateName(layer)];
 
-    private int Saved(int layer) => _probs.Length == 1 ? 0 : layer - _firstLayer;
-
     /// <summary>[rows, cols] view of the first rows of a [maxRows, cols] buffer.</summary>
     private static DeviceTensor Rows(DeviceTensor t, long rows) => t.Rows == rows ? t : t.RowsView(0, rows);
 
@@ -111,10 +106,8 @@ public sealed class LlamaAdapterRuntime : ITrainableAdapter, IAdaptionPromptHook
             if (weights.Bv != null) Bias.Add(_values[i], weights.Bv);
             _fresh[i] = true;
         }
-        long rows = q.Rows;
-        int s = Saved(layer);
-        var output = Rows(_output, rows);
-        PromptKernels.Forward(q, _keys[i], _values[i], Gate(layer).Param, o, Rows(_probs[s], rows), Rows(_ungated[s], rows), output,
+        var output = Rows(_output, q.Rows);
+        PromptKernels.Forward(q, _keys[i], _values[i], Gate(layer).Param, o, Rows(_probs, q.Rows), Rows(_ungated, q.Rows), output,
             _c.NHeads, _c.NKvHeads, _c.HeadDim);
         return output;
     }
@@ -124,9 +117,12 @@ public sealed class LlamaAdapterRuntime : ITrainableAdapter, IAdaptionPromptHook
         if (layer < _firstLayer) return;
         int i = layer - _firstLayer;
         long rows = q.Rows;
-        int s = Saved(layer);
         var gate = Gate(layer);
-        PromptKernels.Backward(q, _keys[i], _values[i], gate.Param, Rows(_probs[s], rows), Rows(_ungated[s], rows), dOutput,
+        var (probs, ungated) = (Rows(_probs, rows), Rows(_ungated, rows));
+        // Recompute the probabilities and the ungated output (the keys/values are this step's). The kernel also forms a
+        // gated sum, here of dOutput, into the output scratch: unused.
+        PromptKernels.Forward(q, _keys[i], _values[i], gate.Param, dOutput, probs, ungated, Rows(_output, rows), _c.NHeads, _c.NKvHeads, _c.HeadDim);
+        PromptKernels.Backward(q, _keys[i], _values[i], gate.Param, probs, ungated, dOutput,
             Rows(_dScores!, rows), Rows(_rowDots!, rows), dq, _dKeys!, _dValues!, _dGate!, _c.NHeads, _c.NKvHeads, _c.HeadDim);
         BasicOps.Add(gate.Grad!, _dGate!, gate.Grad!);
         // dP += dK·Wk + dV·Wv: input gradients through the frozen 4-bit projections.
