@@ -50,7 +50,7 @@ public sealed class TrainCliOptions
                      Clip, LossChunk, Checkpointing, Offload, OptimizerOnHost, EvalEvery, SaveEvery, Seed, Output, Keep })
             cmd.Options.Add(o);
         Model.AddTo(cmd);
-        Methods.AddTo(cmd, methodOption);
+        Methods.AddTo(cmd, method: methodOption);
     }
 
     /// <summary>

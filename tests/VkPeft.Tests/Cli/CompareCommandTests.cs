@@ -5,6 +5,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Planning;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
@@ -25,7 +26,7 @@ public sealed class CompareCommandTests : IDisposable
     private string[] Args(string methods, string outDir, params string[] more) =>
     [
         "compare", "--model", Model, "--data", TrainerTests.WriteData(_dir, 32, 1), "--eval-data", TrainerTests.WriteData(_dir, 6, 2),
-        "--methods", methods, "--steps", "3", "--batch", "4", "--seq-len", "32", "--lr", "5e-3", "--out", outDir, .. more,
+        "--methods", methods, "--steps", "3", "--batch", "4", "--seq-len", "32", "--lr", "5e-3", "--rank", "4", "--out", outDir, .. more,
     ];
 
     [Fact]
@@ -82,7 +83,10 @@ public sealed class CompareCommandTests : IDisposable
             Assert.Equal(s["peak_device_bytes"]!.GetValue<long>(), long.Parse(csvRow[7], inv));
             Assert.Contains($">{methods[i]}<", svg);
         }
-        Assert.True(trainable[1] < trainable[0], "(IA)³ trains fewer values than LoRA r=8");
+        // The method options reach their method: LoRA at --rank 4 on every linear.
+        var loraR4 = new AdapterConfig { Method = PeftMethod.Lora, Rank = 4, Targets = Enum.GetValues<TargetModule>(), BaseQuant = BaseQuant.Parse("nf4-dq") };
+        Assert.Equal(PeftMethod.Lora.Parameters(ModelCatalog.Get("stories260K"), loraR4).Sum(p => p.Count), trainable[0]);
+        Assert.True(trainable[1] < trainable[0], "(IA)³ trains fewer values than LoRA");
 
         // A second compare into the same folder is refused; --resume keeps the finished runs and rewrites the same table.
         (code, _, err) = Run(Args("lora,ia3", outDir));
