@@ -70,10 +70,11 @@ public static class TrainBench
         {
             Batch = batch, Checkpointing = ckpt, Variant = method.Switches.Count > 0 ? method.Apply : null,
         };
-        setup = setup with { FreezeA = setup.ToAdapterConfig().FreezeA };
+        var adapter = setup.ToAdapterConfig();
+        setup = setup with { FreezeA = adapter.FreezeA };
         log($"{name}, {quant}: {batch} × {seqLen} tokens, {method.Label}...");
-        var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log);
-        return new TrainBenchRow(method.Label, MemoryModel.TrainableCount(setup), name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep,
+        var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log, timingOnly: true);
+        return new TrainBenchRow(method.Label, adapter.Method.Parameters(c, adapter).Where(p => !p.Frozen).Sum(p => p.Count), name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep,
             r.PeakLiveBytes, r.Profile);
     }
 
