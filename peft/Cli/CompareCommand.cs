@@ -5,7 +5,6 @@
 using System.CommandLine;
 using System.Globalization;
 using VkPeft.Peft.Methods;
-using VkPeft.Peft.Reports;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
 

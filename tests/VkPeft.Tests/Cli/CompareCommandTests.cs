@@ -1,9 +1,10 @@
 // `vkpeft compare` end to end on stories260K (two methods, a few steps): the printed markdown table says exactly what
 // each run's summary.json says, the CSV/JSON/SVG carry the same runs and curves; method names resolve through the
-// registry (variants, METHOD+SWITCH, methods registered later) and mistakes are one-line errors.
+// registry (variants, METHOD+SWITCH, methods registered later); mistakes and failed runs are one-line errors.
 using System.Globalization;
 using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Planning;
 using VkPeft.Runtime.Memory;
@@ -96,6 +97,24 @@ public sealed class CompareCommandTests : IDisposable
         Assert.True(code2 == 0, err2);
         Assert.Contains("finished earlier", err2);
         Assert.Equal(lines, output2.Split('\n').Where(l => l.StartsWith('|')));
+    }
+
+    [Fact]
+    public void AMethodFailingWhileTrainingIsReportedNotAStackTrace()
+    {
+        // A poisoned gradient at step 2 stops every run there: each failure is named with its method, and with none
+        // finished the comparison ends with a one-line error and a non-zero exit.
+        FaultInjection.Set("nan-grad:2");
+        try
+        {
+            var (code, output, err) = Run(Args("lora,ia3", Path.Combine(_dir, "nan")));
+            Assert.NotEqual(0, code);
+            Assert.Contains("error: lora: step 2", err);
+            Assert.Contains("error: ia3: step 2", err);
+            Assert.Contains("no method finished", err);
+            Assert.DoesNotContain("   at ", err + output);
+        }
+        finally { FaultInjection.Set(null); }
     }
 
     [Fact]

@@ -6,10 +6,11 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using VkPeft.Peft.Formats;
+using VkPeft.Peft.Reports;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
 
-namespace VkPeft.Peft.Reports;
+namespace VkPeft.Peft.Training;
 
 /// <summary>One compared run as its output folder records it.</summary>
 /// <param name="Label">The method as the comparison names it (e.g. lora-fa).</param>
