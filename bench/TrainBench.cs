@@ -31,7 +31,7 @@ public static class TrainBench
         var methods = new Option<string>("--methods")
         {
             Description = "Methods timed on stories260K (names as in `vkpeft compare`; lora is always the first, the baseline)",
-            DefaultValueFactory = _ => "lora,lora-fa,ia3,adapter",
+            DefaultValueFactory = _ => "lora,lora-fa,ia3,adapter,llama-adapter",
         };
         var cmd = new Command("train", "Training-step tokens/s per method and nf4-dq vs fp32 base, with the per-kernel breakdown") { stories, layers, seq, steps, profile, methods };
         cmd.SetAction(parse =>
