@@ -9,6 +9,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using VkPeft.Peft.Methods;
 using VkPeft.Peft.Planning;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Vulkan;
@@ -106,6 +107,7 @@ public static class GpuReport
             return KernelBench.ToJson(peak, results, ctx.Caps.Name);
         });
         var rows = new List<TrainBenchRow>();
+        var lora = MethodSpec.Parse("lora");
         void TrainSection(string name, Action add)
         {
             Section(name, () =>
@@ -121,17 +123,17 @@ public static class GpuReport
         TrainSection("train", () =>
         {
             var s = BenchModels.Stories(storiesPath);
-            rows.Add(TrainBench.Case(ctx, s.Name, s.Config, s.Weights, "nf4-dq", 8, 128, false, 3, true, Log));
+            rows.Add(TrainBench.Case(ctx, s.Name, s.Config, s.Weights, lora, "nf4-dq", 8, 128, false, 3, true, Log));
             var t = BenchModels.TinyLlama(2);
             int[] tokenCounts = quick ? [128, 512] : [128, 512, 2048];
             foreach (int tokens in tokenCounts)
-                rows.Add(TrainBench.Case(ctx, t.Name, t.Config, t.Weights, "nf4-dq", 1, tokens, true, 3, tokens == 512, Log));
+                rows.Add(TrainBench.Case(ctx, t.Name, t.Config, t.Weights, lora, "nf4-dq", 1, tokens, true, 3, tokens == 512, Log));
         });
         if (llama8b)
             TrainSection("train_llama8b_layer", () =>
             {
                 var c = ModelCatalog.Slice(ModelCatalog.Get("llama-3.1-8b"), 1);
-                rows.Add(TrainBench.Case(ctx, "llama-3.1-8b slice: 1 of 32 layers (random)", c, ModelCatalog.RandomWeights(c), "nf4-dq", 1, 2048, true, 2, true, Log));
+                rows.Add(TrainBench.Case(ctx, "llama-3.1-8b slice: 1 of 32 layers (random)", c, ModelCatalog.RandomWeights(c), lora, "nf4-dq", 1, 2048, true, 2, true, Log));
             });
         report["seconds_total"] = total.Elapsed.TotalSeconds;
         report["all_checks_passed"] = !failed;
