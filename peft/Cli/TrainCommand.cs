@@ -39,10 +39,15 @@ public static class TrainCommand
         var output = new Option<string>("--out") { Description = "Output directory (adapter, checkpoints, metrics)", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue from the newest intact checkpoint in --out (a finished run is left as it is)" };
         var keep = new Option<int>("--keep-checkpoints") { Description = "Checkpoints kept in --out/checkpoints; --resume falls back to an older one when the newest is corrupt", DefaultValueFactory = _ => TrainCheckpoint.DefaultKeep };
+        var reloraEvery = new Option<int?>("--relora-every") { Description = "ReLoRA (LoRA): every N steps merge the adapter into the base, re-quantize it and restart the adapter" };
+        var reloraWarmup = new Option<int?>("--relora-warmup") { Description = "ReLoRA: steps over which the learning rate re-warms after a restart (default N/10)" };
+        var reloraFrom = new Option<string>("--relora-merge-from") { Description = "ReLoRA: merge into a full-precision host copy (original) or the dequantized base (dequantized)", DefaultValueFactory = _ => "original" };
+        var reloraPrune = new Option<double>("--relora-prune") { Description = "ReLoRA: share of AdamW moments zeroed at a restart, smallest first (1 = reset)", DefaultValueFactory = _ => 0.9 };
         var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck, (IA)³) on a frozen 4-bit base")
         {
             data, evalData, evalFraction, targets, groupSize, steps, batch, seqLen,
             accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume, keep,
+            reloraEvery, reloraWarmup, reloraFrom, reloraPrune,
         };
         model.AddTo(cmd);
         methods.AddTo(cmd);
@@ -95,7 +100,21 @@ public static class TrainCommand
                 Out = parse.GetValue(output)!,
                 Resume = parse.GetValue(resume),
                 KeepCheckpoints = parse.GetValue(keep),
+                Relora = parse.GetValue(reloraEvery) is not { } every ? null : new ReloraOptions
+                {
+                    Every = every,
+                    Warmup = parse.GetValue(reloraWarmup),
+                    PruneRatio = parse.GetValue(reloraPrune),
+                    MergeFrom = parse.GetValue(reloraFrom)!.ToLowerInvariant() switch
+                    {
+                        "original" => ReloraMergeFrom.Original,
+                        "dequantized" => ReloraMergeFrom.Dequantized,
+                        var other => throw new CliUsageException($"--relora-merge-from: unknown value '{other}' (use original or dequantized)"),
+                    },
+                },
             };
+            if (options.Relora == null && (parse.GetResult(reloraWarmup) != null || parse.GetResult(reloraFrom) is { Implicit: false } || parse.GetResult(reloraPrune) is { Implicit: false }))
+                throw new CliUsageException("--relora-warmup, --relora-merge-from and --relora-prune need --relora-every");
             options.Validate();
             if (options.Resume && TrainCheckpoint.LatestStep(options.Out) is var reached && reached >= options.Steps)
             {
@@ -126,7 +145,7 @@ public static class TrainCommand
         if (!options.Resume && (File.Exists(Path.Combine(options.Out, Trainer.StateFile)) || TrainCheckpoint.Steps(options.Out).Count > 0))
             throw new CliUsageException($"{options.Out} already holds a training run; pass --resume to continue it or choose another --out");
         using var model = ModelOptions.Upload(ctx, host, options.Quant, options.EmbeddingQuant);
-        using var trainer = new Trainer(ctx, model, options, data);
+        using var trainer = new Trainer(ctx, model, options, data, host) { Log = Console.Error.WriteLine };
         if (options.Resume) trainer.ResumeFrom(options.Out, Console.Error.WriteLine);
         TrainSummary summary = null!;
         Progress.Run($"training {options.Adapter.Method}", options.Steps, "steps", tick =>
