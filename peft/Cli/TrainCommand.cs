@@ -43,11 +43,13 @@ public static class TrainCommand
         var reloraWarmup = new Option<int?>("--relora-warmup") { Description = "ReLoRA: steps over which the learning rate re-warms after a restart (default N/10)" };
         var reloraFrom = new Option<string>("--relora-merge-from") { Description = "ReLoRA: merge into a full-precision host copy (original) or the dequantized base (dequantized)", DefaultValueFactory = _ => "original" };
         var reloraPrune = new Option<double>("--relora-prune") { Description = "ReLoRA: share of AdamW moments zeroed at a restart, smallest first (1 = reset)", DefaultValueFactory = _ => 0.9 };
+        var init = new Option<string>("--init") { Description = "LoRA initialization: default (A random, B = 0) or loftq (base + adapter approximate the full-precision weights)", DefaultValueFactory = _ => "default" };
+        var loftqIters = new Option<int>("--loftq-iters") { Description = "LoftQ: alternations of quantization and rank-r SVD", DefaultValueFactory = _ => 1 };
         var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck, (IA)³) on a frozen 4-bit base")
         {
             data, evalData, evalFraction, targets, groupSize, steps, batch, seqLen,
             accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume, keep,
-            reloraEvery, reloraWarmup, reloraFrom, reloraPrune,
+            reloraEvery, reloraWarmup, reloraFrom, reloraPrune, init, loftqIters,
         };
         model.AddTo(cmd);
         methods.AddTo(cmd);
@@ -113,6 +115,13 @@ public static class TrainCommand
                     },
                 },
             };
+            options = parse.GetValue(init)!.ToLowerInvariant() switch
+            {
+                "default" when parse.GetResult(loftqIters) is { Implicit: false } => throw new CliUsageException("--loftq-iters needs --init loftq"),
+                "default" => options,
+                "loftq" => options with { LoftQIterations = parse.GetValue(loftqIters) },
+                var other => throw new CliUsageException($"--init: unknown value '{other}' (use default or loftq)"),
+            };
             if (options.Relora == null && (parse.GetResult(reloraWarmup) != null || parse.GetResult(reloraFrom) is { Implicit: false } || parse.GetResult(reloraPrune) is { Implicit: false }))
                 throw new CliUsageException("--relora-warmup, --relora-merge-from and --relora-prune need --relora-every");
             options.Validate();
@@ -144,8 +153,20 @@ public static class TrainCommand
         using var runLock = RunLock.Acquire(options.Out);
         if (!options.Resume && (File.Exists(Path.Combine(options.Out, Trainer.StateFile)) || TrainCheckpoint.Steps(options.Out).Count > 0))
             throw new CliUsageException($"{options.Out} already holds a training run; pass --resume to continue it or choose another --out");
+        LoftQStart? loftq = null;
+        if (options.LoftQIterations is { } iterations)
+        {
+            Progress.Run($"LoftQ initialization ({iterations} iteration{(iterations == 1 ? "" : "s")})", host.Config.NLayers * options.Adapter.Targets.Length, "linears",
+                tick => loftq = LoftQInit.Apply(host, options.Adapter, options.Quant, iterations, options.Seed, (done, _) => tick(done)));
+            foreach (var line in loftq!.LogLines()) Console.Error.WriteLine(line);
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"LoftQ: ‖W − (Q + s·B·A)‖ over all targets {loftq.TotalBefore:G4} (quantized base alone) → {loftq.TotalAfter:G4}"));
+            host = loftq.Backbone;
+            options = options with { InitialAdapter = loftq.Adapter };
+            Console.Error.WriteLine($"LoftQ backbone (quantize it with --quant {options.Quant.Type} to get the trained base): {LoftQInit.WriteBackbone(loftq, options.Out)}");
+        }
         using var model = ModelOptions.Upload(ctx, host, options.Quant, options.EmbeddingQuant);
         using var trainer = new Trainer(ctx, model, options, data, host) { Log = Console.Error.WriteLine };
+        if (loftq != null) trainer.ExtraSummary["loftq"] = loftq.ToJson(options.LoftQIterations!.Value);
         if (options.Resume) trainer.ResumeFrom(options.Out, Console.Error.WriteLine);
         TrainSummary summary = null!;
         Progress.Run($"training {options.Adapter.Method}", options.Steps, "steps", tick =>

@@ -43,6 +43,12 @@ public sealed record TrainOptions
     /// <summary>ReLoRA merge-and-restart every N steps (LoRA only); null trains one adapter throughout.</summary>
     public ReloraOptions? Relora { get; init; }
 
+    /// <summary>--init loftq --loftq-iters k: LoftQ alternations per target (null: LoRA's own initialization). See LoftQInit.</summary>
+    public int? LoftQIterations { get; init; }
+
+    /// <summary>Values the trainable tensors start from instead of the method's initialization (LoftQ's A and B).</summary>
+    public AdapterWeights? InitialAdapter { get; init; }
+
     /// <summary>Checkpoint folders kept under --out/checkpoints (the newest and older ones to fall back on).</summary>
     public int KeepCheckpoints { get; init; } = TrainCheckpoint.DefaultKeep;
 
@@ -64,6 +70,7 @@ public sealed record TrainOptions
         if (KeepCheckpoints < 1) throw new FormatException($"--keep-checkpoints must be ≥ 1, got {KeepCheckpoints}");
         Adapter.Method.ValidateOptions(Adapter, Quant);
         Relora?.Validate(Adapter, Quant);
+        if (LoftQIterations is { } k) LoftQInit.Validate(k, Adapter, Quant);
     }
 
     /// <summary>

@@ -72,12 +72,22 @@ public sealed class Trainer : IDisposable
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device, options.ParameterLayout);
         options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);
+        if (options.InitialAdapter is { } start)
+            foreach (var (name, t) in start.Tensors)
+            {
+                if (!_params.ByName.TryGetValue(name, out var p) || p.Param.Count != t.Count)
+                    throw new ArgumentException($"initial adapter tensor {name} is not a tensor of this configuration", nameof(options));
+                p.Param.Upload<float>(t.Data);
+            }
         _lora = options.Adapter.Method.CreateRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
         _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows, options.OffloadCheckpoints);
         if (options.Relora is { } relora)
             _relora = new ReloraRestarts(model, host ?? throw new ArgumentException("ReLoRA needs the host model the device model was loaded from", nameof(host)),
                 options.Adapter, relora);
     }
+
+    /// <summary>Further sections of summary.json (LoftQ's errors).</summary>
+    public JsonObject ExtraSummary { get; } = [];
 
     /// <summary>Where notes about the run go (ReLoRA's merge mode and restarts); null drops them.</summary>
     public Action<string>? Log { get; set; }
@@ -320,6 +330,7 @@ public sealed class Trainer : IDisposable
             ["device"] = _ctx.Caps.Name,
         };
         if (_relora != null) summary["relora"] = _relora.ToJson();
+        foreach (var (key, value) in ExtraSummary) summary[key] = value?.DeepClone();
         WriteAtomic(Path.Combine(_o.Out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
