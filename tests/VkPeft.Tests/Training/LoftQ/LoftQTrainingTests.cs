@@ -47,6 +47,7 @@ public sealed class LoftQTrainingTests(GpuFixture gpu, ITestOutputHelper output)
     }
 
     [Theory]
+    [Trait("Category", "Slow")]   // three model loads and LoftQ on every linear: ./vkpeft test --fast leaves it out
     [InlineData(16)]   // s = 2: the scaling is divided out of the factors
     [InlineData(8)]    // s = 1: PEFT's own case
     public void LoftQStartsCloserToTheFullPrecisionModelThanQlora(int alpha)
