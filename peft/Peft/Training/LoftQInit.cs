@@ -8,7 +8,6 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
-using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Quant;
 
@@ -53,7 +52,7 @@ public static class LoftQInit
     public static void Validate(int iterations, AdapterConfig adapter, BaseQuant quant)
     {
         if (iterations < 1) throw new FormatException($"--loftq-iters must be ≥ 1, got {iterations}");
-        if (adapter.Method is not LoraMethod { GroupPooled: false })
+        if (adapter.Method != PeftMethod.Lora)
             throw new FormatException($"--init loftq initializes a low-rank update: it needs --method lora, not {adapter.Method.CliName}");
         if (!quant.IsQuantized || quant.IsInt4)
             throw new FormatException($"--init loftq corrects the NF4/FP4 quantization error of the base: use --quant nf4, nf4-dq, fp4 or fp4-dq, not {quant.Type}");

@@ -13,7 +13,6 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
-using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 
 namespace VkPeft.Peft.Training;
@@ -55,7 +54,7 @@ public sealed record ReloraOptions
         if (Warmup is < 0) throw new FormatException($"--relora-warmup must be ≥ 0, got {Warmup}");
         if (RestartWarmup > Every) throw new FormatException($"--relora-warmup {RestartWarmup} is longer than a cycle (--relora-every {Every})");
         if (!(PruneRatio >= 0 && PruneRatio <= 1)) throw new FormatException($"--relora-prune must be in [0, 1], got {PruneRatio}");
-        if (adapter.Method is not LoraMethod { GroupPooled: false })
+        if (adapter.Method != PeftMethod.Lora)
             throw new FormatException($"--relora-every merges a low-rank update into the base: it needs --method lora, not {adapter.Method.CliName}");
         if (quant.IsInt4) throw new FormatException("--relora-every re-quantizes the merged base: use an nf4, nf4-dq, fp4, fp4-dq or fp32 (none) base, not int4");
     }
@@ -100,7 +99,6 @@ public sealed class ReloraRestarts
     private readonly LoadedModel _host;
     private readonly AdapterConfig _adapter;
     private readonly ReloraOptions _o;
-    private readonly LoraMethod _lora;
     private readonly Dictionary<(int Layer, TargetModule Kind), float[]> _master = [];   // [out, in] W0 + Σ s·B·A (Original only)
     private readonly List<AdapterWeights> _cycles = [];
     private readonly List<ReloraRestart> _restarts = [];
@@ -111,7 +109,6 @@ public sealed class ReloraRestarts
         _host = host;
         _adapter = adapter;
         _o = options;
-        _lora = (LoraMethod)adapter.Method;
         if (options.MergeFrom == ReloraMergeFrom.Original)
             for (int l = 0; l < model.Config.NLayers; l++)
                 foreach (var t in adapter.Targets)
@@ -128,6 +125,12 @@ public sealed class ReloraRestarts
     public string Description => _o.MergeFrom == ReloraMergeFrom.Original
         ? $"ReLoRA every {_o.Every} steps (re-warm {_o.RestartWarmup} steps, moments pruned {_o.PruneRatio:0.###}): merges go into a full-precision copy of the targeted linears in host memory ({MasterBytes / 1048576.0:F1} MiB), re-quantized to {_model.Quant.Type} from it at each restart"
         : $"ReLoRA every {_o.Every} steps (re-warm {_o.RestartWarmup} steps, moments pruned {_o.PruneRatio:0.###}): merges go into the base dequantized from the device (no full-precision copy); re-quantization errors accumulate and are reported";
+
+    /// <summary>
+    /// True when a run resumed at <paramref name="step"/> still owes the restart of that step: it had ended there (no
+    /// restart after the last step) and --steps was raised.
+    /// </summary>
+    public bool Pending(int step, int totalSteps) => Cycles < step / _o.Every && Due(step, totalSteps);
 
     /// <summary>True when the step just finished ends a cycle (never after the last step: its adapter is the final one).</summary>
     public bool Due(int step, int totalSteps) => step % _o.Every == 0 && step < totalSteps;
@@ -168,7 +171,7 @@ public sealed class ReloraRestarts
             {
                 var linear = _model.Layers[l].Linear(t);
                 float[] baseW = _o.MergeFrom == ReloraMergeFrom.Original ? _master[(l, t)] : linear.DownloadDequantized();
-                var delta = _lora.Delta(cycle, c, l, t);
+                var delta = AdapterMerge.Delta(cycle, c, l, t);
                 var merged = new float[baseW.Length];
                 for (int i = 0; i < merged.Length; i++) merged[i] = (float)(baseW[i] + delta[i]);
                 linear.ReplaceWeight(merged, _model.Quant);
@@ -224,24 +227,36 @@ public sealed class ReloraRestarts
 
     /// <summary>
     /// Rebuilds the base of a checkpoint at <paramref name="step"/> (folder <paramref name="folder"/>): reads every
-    /// finished cycle's adapter and replays the merges in order, exactly as the interrupted run did them.
+    /// finished cycle's adapter and replays the merges in order, exactly as the interrupted run did them. The cycle count
+    /// is the state's <c>relora.cycles</c> (a run finished and resumed with a higher --steps did not restart at its old
+    /// last step), checked against the restarts --relora-every allows by then.
     /// </summary>
-    public void Restore(string folder, int step, int totalSteps)
+    public void Restore(string folder, int step)
     {
         if (_cycles.Count > 0) throw new InvalidOperationException("ReLoRA restarts are restored once, before training");
-        int expected = Enumerable.Range(1, step).Count(s => Due(s, totalSteps));
+        string statePath = Path.Combine(folder, TrainCheckpoint.StateFile);
+        int cycles;
+        using (var doc = JsonFields.ParseFile(statePath))
+        {
+            if (!doc.RootElement.TryGetProperty("relora", out var relora) || relora.ValueKind != JsonValueKind.Object)
+                throw new ModelFormatException(statePath, "relora", "missing: the checkpoint was not written by a ReLoRA run (drop --relora-every or use its own --out)");
+            cycles = JsonFields.Int(statePath, relora, "cycles") ?? throw new ModelFormatException(statePath, "relora.cycles", "missing");
+        }
+        // A run that ended on a cycle boundary did not restart there (its last step); raising --steps makes it Pending.
+        if (cycles != step / _o.Every && !(cycles == step / _o.Every - 1 && step % _o.Every == 0))
+            throw new ModelFormatException(statePath, "relora.cycles", $"{cycles} restarts do not fit step {step} with --relora-every {_o.Every}");
+        if (cycles == 0) return;
         string file = Path.Combine(folder, CyclesFile);
-        if (expected == 0) return;
-        if (!File.Exists(file)) throw new ModelFormatException(file, CyclesFile, $"missing: the checkpoint at step {step} is past {expected} ReLoRA restart(s) (--relora-every {_o.Every}) and needs their adapters");
+        if (!File.Exists(file)) throw new ModelFormatException(file, CyclesFile, $"missing: the checkpoint at step {step} is past {cycles} ReLoRA restart(s) and needs their adapters");
         var c = _model.Config;
         using var st = SafeTensorsFile.Open(file);
-        for (int cycle = 1; cycle <= expected; cycle++)
+        for (int cycle = 1; cycle <= cycles; cycle++)
         {
             var a = new AdapterWeights(_adapter);
-            foreach (var spec in _lora.Parameters(c, _adapter))
+            foreach (var spec in _adapter.Method.Parameters(c, _adapter))
             {
                 string name = CycleName(cycle, spec.Name);
-                if (!st.Tensors.ContainsKey(name)) throw new ModelFormatException(file, name, $"missing: ReLoRA cycle {cycle} of {expected} (is --relora-every {_o.Every} the run's own?)");
+                if (!st.Tensors.ContainsKey(name)) throw new ModelFormatException(file, name, $"missing: ReLoRA cycle {cycle} of {cycles} (is the adapter configuration the run's own?)");
                 var data = st.ReadFloat32(name);
                 if (data.LongLength != spec.Count) throw new ModelFormatException(file, name, $"holds {data.LongLength} values, the configuration needs {spec.Count}");
                 a.Tensors[spec.Name] = new HostTensor(data, spec.Shape);

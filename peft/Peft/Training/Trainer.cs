@@ -142,7 +142,14 @@ public sealed class Trainer : IDisposable
             if (m.Length != _params.ByName[name].Param.Count || v.Length != m.Length)
                 throw new ModelFormatException(Path.Combine(c.Folder, OptimizerFile), name, $"optimizer moments hold {m.Length} and {v.Length} values, the configuration needs {_params.ByName[name].Param.Count}");
         _params.LoadOptimizerState(c.Moments.ToDictionary(kv => kv.Key, kv => kv.Value));
-        _relora?.Restore(c.Folder, c.Step, _o.Steps);
+        if (_relora == null && File.Exists(Path.Combine(c.Folder, ReloraRestarts.CyclesFile)))
+            throw new ModelFormatException(Path.Combine(c.Folder, ReloraRestarts.CyclesFile), "relora",
+                "the checkpoint is a ReLoRA run's, whose base has merged cycles: resume it with its --relora-every");
+        if (_relora != null)
+        {
+            _relora.Restore(c.Folder, c.Step);
+            if (_relora.Pending(c.Step, _o.Steps)) _relora.Restart(c.Step, _params, _o.Seed);
+        }
         _done = c.Step;
         _trainCurve.AddRange(c.TrainCurve);
         _evalCurve.AddRange(c.EvalCurve);

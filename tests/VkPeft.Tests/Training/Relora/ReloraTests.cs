@@ -174,6 +174,20 @@ public sealed class ReloraTrainingTests(GpuFixture gpu, ITestOutputHelper output
         foreach (var file in files) Assert.Equal(File.ReadAllBytes(Path.Combine(a, file)), File.ReadAllBytes(Path.Combine(b, file)));
     }
 
+    [Fact]
+    [Trait("Category", "Slow")]
+    public void AFinishedRunResumesWithMoreSteps()
+    {
+        // 4 steps with --relora-every 2 restart after step 2 only (never after the last step); raising --steps to 6
+        // rebuilds that cycle from the checkpoint and does the restart step 4 now owes before training on.
+        var dir = Path.Combine(_dir, "more");
+        Train(Options(dir, 4, 2));
+        Train(Options(dir, 6, 2) with { Resume = true }, resume: true);
+        var relora = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!["relora"]!;
+        Assert.Equal([2, 4], relora["restarts"]!.AsArray().Select(r => r!["step"]!.GetValue<int>()));
+        Assert.Equal(7, File.ReadAllLines(Path.Combine(dir, "metrics.csv")).Length);
+    }
+
     private void Train(TrainOptions o, int? stopAfter = null, bool resume = false)
     {
         using var model = DeviceLlama.Load(Ctx, Stories.Config, Stories.Weights, o.Quant);
