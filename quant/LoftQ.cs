@@ -62,14 +62,19 @@ public static class LoftQ
                 for (int o = 0; o < outF; o++) b[(long)o * rank + k] = (float)(u[(long)o * rank + k] * root);
                 for (int j = 0; j < inF; j++) a[(long)k * inF + j] = (float)(vt[(long)k * inF + j] * root);
             }
-            // s·B·A as the runtime computes it from the float32 factors.
-            for (int o = 0; o < outF; o++)
-                for (int j = 0; j < inF; j++)
+            // s·B·A from the float32 factors, each element summed over k in order in float64 and rounded once.
+            var (fa, fb) = (a, b);
+            Parallel.For(0, outF, o =>
+            {
+                var acc = new double[inF];
+                for (int k = 0; k < rank; k++)
                 {
-                    double acc = 0;
-                    for (int k = 0; k < rank; k++) acc += (double)b[(long)o * rank + k] * a[(long)k * inF + j];
-                    lowRank[(long)o * inF + j] = (float)(scaling * acc);
+                    double bv = fb[(long)o * rank + k];
+                    long ar = (long)k * inF;
+                    for (int j = 0; j < inF; j++) acc[j] += bv * fa[ar + j];
                 }
+                for (int j = 0; j < inF; j++) lowRank[(long)o * inF + j] = (float)(scaling * acc[j]);
+            });
             errors[it] = Distance(weight, q, lowRank);
         }
         return new LoftQResult(backbone, q, a, b, before, errors);

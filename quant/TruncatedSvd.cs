@@ -90,19 +90,27 @@ public static class TruncatedSvd
         return y;
     }
 
-    /// <summary>[cols, k] = Mᵀ · Y for M [rows, cols], Y [rows, k]; output rows in parallel, fixed summation order.</summary>
+    /// <summary>
+    /// [cols, k] = Mᵀ · Y for M [rows, cols], Y [rows, k]: blocks of 64 output rows in parallel, each streaming M's rows
+    /// (contiguous reads) and summing every element in row order (deterministic).
+    /// </summary>
     private static double[] MulAtB(double[] m, double[] y, int rows, int cols, int k)
     {
+        const int block = 64;
         var z = new double[(long)cols * k];
-        Parallel.For(0, cols, c =>
+        Parallel.For(0, (cols + block - 1) / block, bi =>
         {
-            long zr = (long)c * k;
+            int c0 = bi * block, c1 = Math.Min(cols, c0 + block);
             for (int r = 0; r < rows; r++)
             {
-                double v = m[(long)r * cols + c];
-                if (v == 0) continue;
-                long yr = (long)r * k;
-                for (int j = 0; j < k; j++) z[zr + j] += v * y[yr + j];
+                long mr = (long)r * cols, yr = (long)r * k;
+                for (int c = c0; c < c1; c++)
+                {
+                    double v = m[mr + c];
+                    if (v == 0) continue;
+                    long zr = (long)c * k;
+                    for (int j = 0; j < k; j++) z[zr + j] += v * y[yr + j];
+                }
             }
         });
         return z;
