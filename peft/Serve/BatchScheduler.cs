@@ -101,6 +101,7 @@ public sealed class BatchScheduler : IDisposable
                 DropCancelled();
                 Admit();
                 _pool.Sweep();
+                _metrics.ActiveSequences = _active.Count;
                 if (_active.Count == 0)
                 {
                     _signal.Wait(200);

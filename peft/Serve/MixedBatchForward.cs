@@ -14,6 +14,9 @@ namespace VkPeft.Serve;
 /// <summary>One sequence's rows in a step: rows [Start, Start+Count) of the batch at positions Position….</summary>
 public sealed record BatchSegment(int Slot, int Start, int Count, int Position, IAdapterRuntime? Adapter);
 
+/// <summary>The rows [Start, Start+Count) of a step that one adapter (or none) owns.</summary>
+public sealed record AdapterRows(IAdapterRuntime? Adapter, int Start, int Count);
+
 /// <summary>The device buffers of a mixed-adapter batch: activations for <see cref="MaxRows"/> rows and a KV cache per slot.</summary>
 public sealed class MixedBatchForward : IDisposable
 {
@@ -106,24 +109,24 @@ public sealed class MixedBatchForward : IDisposable
     }
 
     /// <summary>Runs of segments with the same adapter: (adapter, first row, row count).</summary>
-    private static List<(IAdapterRuntime? Adapter, int Start, int Count)> Groups(IReadOnlyList<BatchSegment> segments)
+    private static List<AdapterRows> Groups(IReadOnlyList<BatchSegment> segments)
     {
-        var groups = new List<(IAdapterRuntime?, int, int)>();
+        var groups = new List<AdapterRows>();
         var seen = new HashSet<IAdapterRuntime?>(ReferenceEqualityComparer.Instance);
         foreach (var s in segments)
         {
-            if (groups.Count > 0 && ReferenceEquals(groups[^1].Item1, s.Adapter))
+            if (groups.Count > 0 && ReferenceEquals(groups[^1].Adapter, s.Adapter))
             {
-                groups[^1] = (s.Adapter, groups[^1].Item2, groups[^1].Item3 + s.Count);
+                groups[^1] = groups[^1] with { Count = groups[^1].Count + s.Count };
                 continue;
             }
             if (!seen.Add(s.Adapter)) throw new ArgumentException("segments of one adapter must be contiguous");
-            groups.Add((s.Adapter, s.Start, s.Count));
+            groups.Add(new AdapterRows(s.Adapter, s.Start, s.Count));
         }
         return groups;
     }
 
-    private void Layer(int l, DeviceTensor x, int rows, IReadOnlyList<BatchSegment> segments, List<(IAdapterRuntime? Adapter, int Start, int Count)> groups)
+    private void Layer(int l, DeviceTensor x, int rows, IReadOnlyList<BatchSegment> segments, List<AdapterRows> groups)
     {
         var c = Model.Config;
         var layer = Model.Layers[l];
@@ -131,9 +134,6 @@ public sealed class MixedBatchForward : IDisposable
         DeviceTensor R(DeviceTensor t) => LayerState.Rows(t, rows);
         var (h1, q, k, v, o, h2, g, u, sw, z) = (R(s.H1), R(s.Q), R(s.K), R(s.V), R(s.O), R(s.H2), R(s.G), R(s.U), R(s.S), R(s.Z));
         float eps = (float)c.RmsNormEps;
-        // The same in-place rule as DecoderLayer.Forward, for every adapter of the batch (so each row rounds as it would alone).
-        bool inPlace = groups.All(gr => gr.Adapter is not ITrainableAdapter { HasBlockHooks: true }
-            && gr.Adapter?.TransformsLinearOutput(TargetModule.O) != true && gr.Adapter?.TransformsLinearOutput(TargetModule.Down) != true);
         foreach (var gr in groups)
             if (gr.Adapter?.AttentionPrefix != null || gr.Adapter?.InputEmbedding != null)
                 throw new NotSupportedException("adapters with attention prefixes or virtual tokens are not served on the device yet");
@@ -157,32 +157,49 @@ public sealed class MixedBatchForward : IDisposable
             Attention.Forward(qs, kCache.RowsView(0, keys), vCache.RowsView(0, keys), o.RowsView(seg.Start, seg.Count), lse, 1, seg.Count, seg.Position,
                 c.NHeads, c.NKvHeads, c.HeadDim);
         }
-        DeviceTensor xMid;
-        if (inPlace)
-        {
-            Linear(l, TargetModule.O, layer.Wo, o, x, null, groups, beta: 1);
-            xMid = x;
-        }
-        else
-        {
-            Linear(l, TargetModule.O, layer.Wo, o, z, null, groups);
-            foreach (var gr in groups) gr.Adapter?.AttentionOutput(l, z.RowsView(gr.Start, gr.Count));
-            xMid = R(s.XMid);
-            BasicOps.Add(x, z, xMid);
-        }
-
-        RmsNorm.Forward(xMid, layer.FfnNorm, h2, eps);
+        Residual(l, TargetModule.O, layer.Wo, o, z, x, groups, (gr, zg) => gr.Adapter?.AttentionOutput(l, zg));
+        RmsNorm.Forward(x, layer.FfnNorm, h2, eps);
         Linear(l, TargetModule.Gate, layer.Gate, h2, g, null, groups);
         Linear(l, TargetModule.Up, layer.Up, h2, u, null, groups);
         SwiGlu.Forward(g, u, sw);
-        if (inPlace)
+        Residual(l, TargetModule.Down, layer.Down, sw, z, x, groups, (gr, zg) => gr.Adapter?.MlpOutput(l, h2.RowsView(gr.Start, gr.Count), zg));
+    }
+
+    /// <summary>
+    /// x += block(input) for the linear closing a block (o or down): rows whose adapter only adds to that linear's output
+    /// accumulate straight into the residual stream (beta = 1), the others go through z, the adapter's block hook and an
+    /// add — the same rule as DecoderLayer.Forward, applied per adapter so every row rounds as it would alone.
+    /// </summary>
+    private static void Residual(int l, TargetModule t, DeviceLinear w, DeviceTensor input, DeviceTensor z, DeviceTensor x, List<AdapterRows> groups,
+        Action<AdapterRows, DeviceTensor> blockHook)
+    {
+        bool Fused(AdapterRows gr) => gr.Adapter is not ITrainableAdapter { HasBlockHooks: true }
+            && gr.Adapter?.TransformsLinearOutput(TargetModule.O) != true && gr.Adapter?.TransformsLinearOutput(TargetModule.Down) != true;
+        if (groups.All(Fused))
         {
-            Linear(l, TargetModule.Down, layer.Down, sw, x, null, groups, beta: 1);
+            Linear(l, t, w, input, x, null, groups, beta: 1);
             return;
         }
-        Linear(l, TargetModule.Down, layer.Down, sw, z, null, groups);
-        foreach (var gr in groups) gr.Adapter?.MlpOutput(l, h2.RowsView(gr.Start, gr.Count), z.RowsView(gr.Start, gr.Count));
-        BasicOps.Add(xMid, z, x);
+        if (!groups.Any(Fused))
+        {
+            Linear(l, t, w, input, z, null, groups);
+            foreach (var gr in groups) blockHook(gr, z.RowsView(gr.Start, gr.Count));
+            BasicOps.Add(x, z, x);
+            return;
+        }
+        foreach (var gr in groups)
+        {
+            var one = new List<AdapterRows> { gr with { Start = 0 } };
+            var (ig, xg, zg) = (input.RowsView(gr.Start, gr.Count), x.RowsView(gr.Start, gr.Count), z.RowsView(gr.Start, gr.Count));
+            if (Fused(gr))
+            {
+                Linear(l, t, w, ig, xg, null, one, beta: 1);
+                continue;
+            }
+            Linear(l, t, w, ig, zg, null, one);
+            blockHook(gr, zg);
+            BasicOps.Add(xg, zg, xg);
+        }
     }
 
     /// <summary>
@@ -190,7 +207,7 @@ public sealed class MixedBatchForward : IDisposable
     /// unless an adapter of the batch transforms this linear's input; then it runs per group on that group's input.
     /// </summary>
     private static void Linear(int l, TargetModule t, DeviceLinear w, DeviceTensor x, DeviceTensor y, DeviceTensor? bias,
-        List<(IAdapterRuntime? Adapter, int Start, int Count)> groups, float beta = 0)
+        List<AdapterRows> groups, float beta = 0)
     {
         if (groups.Any(gr => gr.Adapter?.TransformsLinearInput(t) == true))
         {

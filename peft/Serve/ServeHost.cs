@@ -82,6 +82,7 @@ public sealed class ServeHost : IAsyncDisposable
     }
 
     public AdapterPool Adapters { get; }
+    public ServeMetrics Metrics => _metrics;
     /// <summary>The address the server listens on (with the port chosen when Port was 0).</summary>
     public Uri Address { get; private set; } = null!;
     public int MaxContext => _forward.MaxContext;

@@ -13,9 +13,13 @@ public sealed class ServeMetrics
     private readonly Dictionary<int, long> _requestsByStatus = [];
     private long _generated, _promptTokens, _steps, _stepRows, _firstTokens;
     private double _stepSeconds, _firstTokenSeconds;
-    private int _lastBatch;
+    private int _lastBatch, _maxBatch;
 
     public int QueueDepth { get; set; }
+    /// <summary>Sequences in the running batch.</summary>
+    public int ActiveSequences { get; set; }
+    /// <summary>The most sequences one step has run together.</summary>
+    public int MaxBatch { get { lock (_lock) return _maxBatch; } }
 
     public void RecordRequest(int status) { lock (_lock) _requestsByStatus[status] = _requestsByStatus.GetValueOrDefault(status) + 1; }
     public void AddPromptTokens(int n) { lock (_lock) _promptTokens += n; }
@@ -29,6 +33,7 @@ public sealed class ServeMetrics
             _stepRows += rows;
             _stepSeconds += seconds;
             _lastBatch = sequences;
+            _maxBatch = Math.Max(_maxBatch, sequences);
         }
     }
 
@@ -64,10 +69,12 @@ public sealed class ServeMetrics
             Metric("vkpeft_tokens_per_second", "gauge", "Generated tokens per second of step time since start",
                 ("", _stepSeconds > 0 ? _generated / _stepSeconds : 0));
             Metric("vkpeft_batch_size", "gauge", "Sequences in the last step", ("", _lastBatch));
+            Metric("vkpeft_batch_size_max", "gauge", "The most sequences one step has run together", ("", _maxBatch));
             Metric("vkpeft_time_to_first_token_seconds_mean", "gauge", "Mean time from queueing to the first token",
                 ("", _firstTokens > 0 ? _firstTokenSeconds / _firstTokens : 0));
         }
         Metric("vkpeft_queue_depth", "gauge", "Requests waiting for a batch slot", ("", QueueDepth));
+        Metric("vkpeft_active_sequences", "gauge", "Sequences in the running batch", ("", ActiveSequences));
         Metric("vkpeft_adapters_resident", "gauge", "Adapters on the device", ("", pool.ResidentCount));
         Metric("vkpeft_adapter_bytes", "gauge", "Device bytes of resident adapters", ("", pool.ResidentBytes));
         Metric("vkpeft_adapter_budget_bytes", "gauge", "Device bytes resident adapters may use", ("", pool.BudgetBytes));
