@@ -18,6 +18,8 @@ public sealed class ServeMetrics
     public int QueueDepth { get; set; }
     /// <summary>Sequences in the running batch.</summary>
     public int ActiveSequences { get; set; }
+    /// <summary>Tokens generated since the start.</summary>
+    public long GeneratedTokens { get { lock (_lock) return _generated; } }
     /// <summary>The most sequences one step has run together.</summary>
     public int MaxBatch { get { lock (_lock) return _maxBatch; } }
 
