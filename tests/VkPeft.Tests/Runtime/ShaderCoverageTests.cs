@@ -32,7 +32,7 @@ public sealed class ShaderCoverageTests(GpuFixture gpu)
         ["attention_flash_bwd_dkv.comp"] = typeof(Attention.AttentionTests),
         ["matmul_tn.comp"] = typeof(PeftKernels.MatMulTnTests), ["dropout.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["group_pool.comp"] = typeof(PeftKernels.PeftOpsTests), ["activation.comp"] = typeof(PeftKernels.PeftOpsTests),
-        ["bias.comp"] = typeof(PeftKernels.PeftOpsTests),
+        ["bias.comp"] = typeof(PeftKernels.PeftOpsTests), ["lora_gathered.comp"] = typeof(PeftKernels.GatheredLoraTests),
         ["bench_fma.comp"] = typeof(ShaderCoverageTests),
     };
 
