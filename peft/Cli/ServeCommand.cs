@@ -23,9 +23,10 @@ public static class ServeCommand
         var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a slot; beyond it the server answers 503 with Retry-After", DefaultValueFactory = _ => 256 };
         var adapterBudget = new Option<string>("--adapter-budget") { Description = "Device memory for resident adapters (least recently used ones are evicted beyond it)", DefaultValueFactory = _ => "512MiB" };
         var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may take before it is cancelled", DefaultValueFactory = _ => 600 };
+        var gatheredRank = new Option<int>("--gathered-lora-rank") { Description = "Plain-LoRA adapters up to this rank are batched by the gathered kernels (0: every adapter runs its own runtime)", DefaultValueFactory = _ => 16 };
         var cmd = new Command("serve", "Serve a model and its adapters over an OpenAI-compatible HTTP API, batching requests for different adapters together")
         {
-            adapters, adaptersDir, name, host, port, maxBatch, maxContext, maxQueue, adapterBudget, timeout,
+            adapters, adaptersDir, name, host, port, maxBatch, maxContext, maxQueue, adapterBudget, timeout, gatheredRank,
         };
         model.AddTo(cmd);
         cmd.SetAction(parse =>
@@ -57,6 +58,7 @@ public static class ServeCommand
                 MaxQueue = parse.GetValue(maxQueue),
                 AdapterBudgetBytes = (long)ByteSize.Parse(parse.GetValue(adapterBudget)!, "--adapter-budget"),
                 RequestTimeout = TimeSpan.FromSeconds(seconds),
+                GatheredLoraRank = parse.GetValue(gatheredRank),
             };
             options.Validate();
             var (loaded, tok) = model.LoadHost(parse);

@@ -11,8 +11,11 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Serve;
 
-/// <summary>An adapter the server knows: its name (the request's "model"), folder, method and whether it is on the device.</summary>
-public sealed record AdapterInfo(string Name, string Directory, string Method, bool Resident, long DeviceBytes);
+/// <summary>
+/// An adapter the server knows: its name (the request's "model"), folder, method, whether it is on the device and
+/// whether it sits in the gathered-LoRA pools (else it runs its own runtime).
+/// </summary>
+public sealed record AdapterInfo(string Name, string Directory, string Method, bool Resident, long DeviceBytes, bool Gathered);
 
 /// <summary>A request named an adapter the server does not know.</summary>
 public sealed class UnknownAdapterException(string name) : Exception($"the model '{name}' does not exist (GET /v1/models lists the base and adapters)")
@@ -22,7 +25,7 @@ public sealed class UnknownAdapterException(string name) : Exception($"the model
 
 public sealed class AdapterPool : IDisposable
 {
-    private sealed class Resident(IAdapterRuntime runtime, TrainableParameters parameters, long bytes, long generation) : IDisposable
+    private sealed class Resident(IAdapterRuntime runtime, IDisposable release, long bytes, long generation) : IDisposable
     {
         public IAdapterRuntime Runtime { get; } = runtime;
         /// <summary>Which registration of the name it was loaded for (a name unloaded and loaded again is a new adapter).</summary>
@@ -34,7 +37,7 @@ public sealed class AdapterPool : IDisposable
         public void Dispose()
         {
             (Runtime as IDisposable)?.Dispose();
-            parameters.Dispose();
+            release.Dispose();
         }
     }
 
@@ -46,11 +49,14 @@ public sealed class AdapterPool : IDisposable
     private readonly Dictionary<string, Resident> _resident = new(StringComparer.Ordinal);
     private readonly object _residentLock = new();
     private long _clock, _generation;
+    private readonly GatheredLoraPool? _loraPool;
 
     /// <param name="budgetBytes">Most device bytes resident adapters may hold together.</param>
     /// <param name="maxRows">Rows of the largest batch step (the runtimes size their scratch for it).</param>
-    public AdapterPool(VulkanContext ctx, LlamaConfig config, BaseQuant baseQuant, long budgetBytes, int maxRows)
+    /// <param name="loraPool">Where plain-LoRA adapters go (applied by gathered kernels); others get their own runtime.</param>
+    public AdapterPool(VulkanContext ctx, LlamaConfig config, BaseQuant baseQuant, long budgetBytes, int maxRows, GatheredLoraPool? loraPool = null)
     {
+        _loraPool = loraPool;
         _ctx = ctx;
         _config = config;
         _baseQuant = baseQuant;
@@ -86,7 +92,7 @@ public sealed class AdapterPool : IDisposable
     {
         lock (_residentLock)
             return [.. _known.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv =>
-                new AdapterInfo(kv.Key, kv.Value.Dir, kv.Value.Method, _resident.TryGetValue(kv.Key, out var r), r?.Bytes ?? 0))];
+                new AdapterInfo(kv.Key, kv.Value.Dir, kv.Value.Method, _resident.TryGetValue(kv.Key, out var r), r?.Bytes ?? 0, r?.Runtime is GatheredLoraAdapter))];
     }
 
     /// <summary>
@@ -116,9 +122,10 @@ public sealed class AdapterPool : IDisposable
         long bytes = weights.Tensors.Values.Sum(t => t.Count) * sizeof(float);
         if (bytes > BudgetBytes)
             throw new InvalidOperationException($"adapter '{name}' needs {bytes} bytes, more than the adapter budget of {BudgetBytes}");
+        bool pooled = _loraPool != null && _loraPool.Fits(weights);
         lock (_residentLock)
         {
-            while (_resident.Values.Sum(x => x.Bytes) + bytes > BudgetBytes)
+            while (_resident.Values.Sum(x => x.Bytes) + bytes > BudgetBytes || (pooled && _loraPool!.FreeSlots == 0))
             {
                 var victim = _resident.Where(kv => kv.Value.Users == 0).OrderBy(kv => kv.Value.LastUse).FirstOrDefault();
                 if (victim.Value == null) return null;
@@ -129,6 +136,16 @@ public sealed class AdapterPool : IDisposable
         }
         if (weights.Config.BaseQuant != _baseQuant)
             Console.Error.WriteLine($"warning: adapter '{name}' was trained against a {weights.Config.BaseQuant} base; serving it on the {_baseQuant} base");
+        if (pooled)
+        {
+            var slot = _loraPool!.Add(weights)!;
+            lock (_residentLock)
+            {
+                _resident[name] = new Resident(slot, new SlotRelease(_loraPool, slot), bytes, entry.Generation) { Users = 1, LastUse = ++_clock };
+                Loads++;
+            }
+            return slot;
+        }
         var p = new TrainableParameters(_ctx, withOptimizer: false);
         ITrainableAdapter runtime;
         try
@@ -175,6 +192,11 @@ public sealed class AdapterPool : IDisposable
                 _resident[name].Dispose();
                 _resident.Remove(name);
             }
+    }
+
+    private sealed class SlotRelease(GatheredLoraPool pool, GatheredLoraAdapter slot) : IDisposable
+    {
+        public void Dispose() => pool.Remove(slot);
     }
 
     public void Dispose()

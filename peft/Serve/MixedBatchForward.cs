@@ -23,6 +23,7 @@ public sealed class MixedBatchForward : IDisposable
     private readonly IReadOnlyList<IDisposable> _owned;
     private readonly LayerState _state;
     private readonly DeviceTensor[][] _kCache, _vCache;   // [slot][layer] [maxContext, kv_dim]
+    private bool _pooled;                                  // this step has rows of pooled LoRA adapters
 
     public MixedBatchForward(DeviceLlama model, int slots, int maxContext, int maxRows)
     {
@@ -62,6 +63,8 @@ public sealed class MixedBatchForward : IDisposable
     public DeviceTensor HFinal { get; }   // [maxRows, dim] final-normed hidden state
     public DeviceTensor Ids { get; }      // [maxRows] int32
     public DeviceTensor Logits { get; }   // [slots, vocab] one row per sequence of the step, in segment order
+    /// <summary>Plain-LoRA adapters applied by gathered kernels (rows whose adapter is a <see cref="GatheredLoraAdapter"/>).</summary>
+    public GatheredLoraPool? LoraPool { get; init; }
 
     /// <summary>Device bytes of the KV caches (all slots).</summary>
     public long KvCacheBytes => _kCache.Sum(s => s.Sum(t => t.Bytes)) * 2;
@@ -79,6 +82,7 @@ public sealed class MixedBatchForward : IDisposable
         var x = X.RowsView(0, rows);
         Model.EmbedTokens(Ids.RowsView(0, rows), x);
         var groups = Groups(segments);
+        _pooled = LoraPool?.SetRows(segments, rows) ?? false;
         for (int l = 0; l < Model.Layers.Length; l++) Layer(l, x, rows, segments, groups);
         RmsNorm.Forward(x, Model.FinalNorm, HFinal.RowsView(0, rows), (float)Model.Config.RmsNormEps);
         // Consecutive one-row segments (decoding sequences) share one classifier call.
@@ -170,7 +174,7 @@ public sealed class MixedBatchForward : IDisposable
     /// accumulate straight into the residual stream (beta = 1), the others go through z, the adapter's block hook and an
     /// add — the same rule as DecoderLayer.Forward, applied per adapter so every row rounds as it would alone.
     /// </summary>
-    private static void Residual(int l, TargetModule t, DeviceLinear w, DeviceTensor input, DeviceTensor z, DeviceTensor x, List<AdapterRows> groups,
+    private void Residual(int l, TargetModule t, DeviceLinear w, DeviceTensor input, DeviceTensor z, DeviceTensor x, List<AdapterRows> groups,
         Action<AdapterRows, DeviceTensor> blockHook)
     {
         bool Fused(AdapterRows gr) => gr.Adapter is not ITrainableAdapter { HasBlockHooks: true }
@@ -190,6 +194,7 @@ public sealed class MixedBatchForward : IDisposable
         foreach (var gr in groups)
         {
             var one = new List<AdapterRows> { gr with { Start = 0 } };
+            _firstRow = gr.Start;
             var (ig, xg, zg) = (input.RowsView(gr.Start, gr.Count), x.RowsView(gr.Start, gr.Count), z.RowsView(gr.Start, gr.Count));
             if (Fused(gr))
             {
@@ -200,13 +205,16 @@ public sealed class MixedBatchForward : IDisposable
             blockHook(gr, zg);
             BasicOps.Add(xg, zg, xg);
         }
+        _firstRow = 0;
     }
+
+    private int _firstRow;   // the step row that row 0 of Linear's x and y is (per-group calls)
 
     /// <summary>
     /// y (+)= x·Wᵀ (+ b) for every row, then each group's adapter hook on its rows. The base runs once over all rows
     /// unless an adapter of the batch transforms this linear's input; then it runs per group on that group's input.
     /// </summary>
-    private static void Linear(int l, TargetModule t, DeviceLinear w, DeviceTensor x, DeviceTensor y, DeviceTensor? bias,
+    private void Linear(int l, TargetModule t, DeviceLinear w, DeviceTensor x, DeviceTensor y, DeviceTensor? bias,
         List<AdapterRows> groups, float beta = 0)
     {
         if (groups.Any(gr => gr.Adapter?.TransformsLinearInput(t) == true))
@@ -220,6 +228,7 @@ public sealed class MixedBatchForward : IDisposable
         else w.Forward(x, y, beta: beta);
         if (bias != null) Bias.Add(y, bias);
         foreach (var gr in groups) gr.Adapter?.Linear(l, t, x.RowsView(gr.Start, gr.Count), y.RowsView(gr.Start, gr.Count));
+        if (_pooled && groups.Any(gr => gr.Adapter is GatheredLoraAdapter)) LoraPool!.Apply(l, t, x, y, _firstRow);
     }
 
     public void Dispose()

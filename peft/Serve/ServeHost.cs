@@ -37,6 +37,13 @@ public sealed record ServeOptions
     /// <summary>Device bytes resident adapters may hold together (least recently used ones are evicted beyond it).</summary>
     public long AdapterBudgetBytes { get; init; } = 512L << 20;
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromMinutes(10);
+    /// <summary>
+    /// Rank of the gathered-LoRA pools: plain-LoRA adapters up to this rank are batched by the gathered kernels (one
+    /// dispatch pair per linear for all of them); 0 runs every adapter through its own runtime.
+    /// </summary>
+    public int GatheredLoraRank { get; init; } = 16;
+    /// <summary>Most plain-LoRA adapters the gathered pools hold at once.</summary>
+    public int GatheredLoraSlots { get; init; } = 64;
 
     public void Validate()
     {
@@ -46,6 +53,8 @@ public sealed record ServeOptions
         if (MaxQueue < 0) throw new FormatException($"--max-queue must be ≥ 0, got {MaxQueue}");
         if (AdapterBudgetBytes <= 0) throw new FormatException("--adapter-budget must be positive");
         if (RequestTimeout <= TimeSpan.Zero) throw new FormatException("--request-timeout must be positive");
+        if (GatheredLoraRank < 0) throw new FormatException($"--gathered-lora-rank must be ≥ 0, got {GatheredLoraRank}");
+        if (GatheredLoraSlots < 1) throw new FormatException($"--gathered-lora-slots must be ≥ 1, got {GatheredLoraSlots}");
         if (string.IsNullOrWhiteSpace(BaseName)) throw new FormatException("the base model needs a name");
     }
 }
@@ -101,11 +110,21 @@ public sealed class ServeHost : IAsyncDisposable
         int context = options.MaxContext > 0 ? options.MaxContext : modelContext;
         int maxRows = context + options.MaxBatch;   // one whole prompt plus a decode row for every other sequence
         var address = ListenAddress(options.Host);
-        var forward = new MixedBatchForward(model, options.MaxBatch, context, maxRows);
+        // The gathered pools take as many slots as the adapter budget pays for (at most GatheredLoraSlots).
+        long slotBytes = GatheredLoraPool.SlotBytes(model.Config, Math.Max(1, options.GatheredLoraRank));
+        int slots = (int)Math.Min(options.GatheredLoraSlots, options.AdapterBudgetBytes / slotBytes);
+        var loraPool = options.GatheredLoraRank > 0 && slots > 0 ? new GatheredLoraPool(model.Context, model.Config, slots, options.GatheredLoraRank, maxRows) : null;
+        MixedBatchForward forward;
+        try { forward = new MixedBatchForward(model, options.MaxBatch, context, maxRows) { LoraPool = loraPool }; }
+        catch
+        {
+            loraPool?.Dispose();
+            throw;
+        }
         AdapterPool? pool = null;
         try
         {
-            pool = new AdapterPool(model.Context, model.Config, baseQuant, options.AdapterBudgetBytes, maxRows);
+            pool = new AdapterPool(model.Context, model.Config, baseQuant, options.AdapterBudgetBytes, maxRows, loraPool);
             foreach (var (name, dir) in adapters)
             {
                 CheckName(name, options.BaseName);
@@ -130,6 +149,7 @@ public sealed class ServeHost : IAsyncDisposable
         {
             pool?.Dispose();
             forward.Dispose();
+            loraPool?.Dispose();
             throw;
         }
     }
@@ -160,6 +180,7 @@ public sealed class ServeHost : IAsyncDisposable
         _scheduler.Dispose();
         Adapters.Dispose();
         _forward.Dispose();
+        _forward.LoraPool?.Dispose();
     }
 
     private void Map(WebApplication app)
@@ -219,7 +240,7 @@ public sealed class ServeHost : IAsyncDisposable
     {
         var data = new JsonArray();
         foreach (var a in Adapters.List())
-            data.Add(new JsonObject { ["id"] = a.Name, ["path"] = a.Directory, ["method"] = a.Method, ["resident"] = a.Resident, ["device_bytes"] = a.DeviceBytes });
+            data.Add(new JsonObject { ["id"] = a.Name, ["path"] = a.Directory, ["method"] = a.Method, ["resident"] = a.Resident, ["device_bytes"] = a.DeviceBytes, ["gathered"] = a.Gathered });
         return new JsonObject { ["object"] = "list", ["data"] = data };
     }
 

@@ -40,6 +40,10 @@ public sealed class ServeTests(ServeFixture f)
         for (int i = 0; i < cases.Count; i++)
             Assert.True(f.Expected[cases[i]] == texts[i], $"{cases[i]}: served '{texts[i]}', generate gives '{f.Expected[cases[i]]}'");
         Assert.True(f.Server.Metrics.MaxBatch >= 4, $"the requests should have shared steps (largest batch {f.Server.Metrics.MaxBatch})");
+        // The LoRA adapters ran through the gathered kernels, the bottleneck adapter through its own runtime.
+        var info = f.Server.Adapters.List().ToDictionary(a => a.Name);
+        Assert.True(info["lora-a"].Gathered && info["lora-b"].Gathered, "plain LoRA adapters sit in the gathered pools");
+        Assert.False(info["houlsby"].Gathered);
         // The adapters really differ from each other and from the base on these prompts (else the test proves little).
         foreach (var p in ServeFixture.Prompts)
             Assert.Equal(4, f.Expected.Where(kv => kv.Key.Prompt == p).Select(kv => kv.Value).Distinct().Count());
