@@ -11,7 +11,6 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
-using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Serve;
 
@@ -117,12 +116,7 @@ public static class ServeBench
     {
         log($"{name}: {requests} requests one at a time (generate's path)...");
         var tok = new ByteTokens(model.Config.VocabSize);
-        var a = AdapterIO.Load(adapterDir, model.Config);
-        using var p = new TrainableParameters(model.Context, withOptimizer: false);
-        foreach (var (n, t) in a.Tensors) p.Add(n, t.Shape, t.Data);
-        var runtime = a.Config.Method.CreateRuntime(model.Context, model.Config, a.Config, p, 64 + maxTokens);
-        runtime.Training = false;
-        try
+        using var adapter = InferenceAdapter.Create(model.Context, model.Config, AdapterIO.Load(adapterDir, model.Config), 64 + maxTokens);
         {
             var ttft = new List<double>();
             var itl = new List<double>();
@@ -131,7 +125,7 @@ public static class ServeBench
             for (int r = 0; r < requests; r++)
             {
                 var ids = tok.Encode(Prompts[r % Prompts.Length]);
-                using var runner = new LlamaRunner(model, 1, ids.Length + maxTokens, kvCache: true) { Adapter = runtime };
+                using var runner = new LlamaRunner(model, 1, ids.Length + maxTokens, kvCache: true) { Adapter = adapter.Runtime };
                 var sw = Stopwatch.StartNew();
                 double last = 0;
                 new Generator(runner).Generate(ids, maxTokens, new SamplingOptions(), null, _ =>
@@ -143,9 +137,8 @@ public static class ServeBench
             }
             double seconds = total.Elapsed.TotalSeconds;
             return new ServeRow($"{name}, one at a time (generate)", 1, 1, requests, produced, seconds, produced / seconds,
-                Pct(ttft, 50), Pct(ttft, 99), Pct(itl, 50), Pct(itl, 99), p.Count * sizeof(float));
+                Pct(ttft, 50), Pct(ttft, 99), Pct(itl, 50), Pct(itl, 99), adapter.Bytes);
         }
-        finally { (runtime as IDisposable)?.Dispose(); }
     }
 
     private static async Task<ServeRow> Load(ServeHost server, string label, int adapters, int clients, int perClient, int maxTokens)

@@ -6,7 +6,7 @@ using System.Collections.Concurrent;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Models;
-using VkPeft.Peft.Training;
+using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Serve;
@@ -36,7 +36,6 @@ public sealed class AdapterPool : IDisposable
 
         public void Dispose()
         {
-            (Runtime as IDisposable)?.Dispose();
             release.Dispose();
         }
     }
@@ -146,25 +145,13 @@ public sealed class AdapterPool : IDisposable
             }
             return slot;
         }
-        var p = new TrainableParameters(_ctx, withOptimizer: false);
-        ITrainableAdapter runtime;
-        try
-        {
-            foreach (var (tensorName, t) in weights.Tensors) p.Add(tensorName, t.Shape, t.Data);
-            runtime = weights.Config.Method.CreateRuntime(_ctx, _config, weights.Config, p, _maxRows);
-            runtime.Training = false;
-        }
-        catch
-        {
-            p.Dispose();
-            throw;
-        }
+        var loaded = InferenceAdapter.Create(_ctx, _config, weights, _maxRows);
         lock (_residentLock)
         {
-            _resident[name] = new Resident(runtime, p, bytes, entry.Generation) { Users = 1, LastUse = ++_clock };
+            _resident[name] = new Resident(loaded.Runtime, loaded, bytes, entry.Generation) { Users = 1, LastUse = ++_clock };
             Loads++;
         }
-        return runtime;
+        return loaded.Runtime;
     }
 
     /// <summary>One running sequence of <paramref name="name"/> finished; an unregistered adapter is freed when idle.</summary>

@@ -11,7 +11,6 @@ using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
-using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Serve;
 using VkPeft.Tests.Export;
@@ -72,27 +71,12 @@ public sealed class ServeFixture : IAsyncLifetime
     public static string Greedy(DeviceLlama model, ITextTokenizer tok, string? adapterDir, string prompt, int maxTokens)
     {
         var ids = tok.Encode(prompt, bos: true);
-        using var p = new TrainableParameters(model.Context, withOptimizer: false);
-        ITrainableAdapter? runtime = null;
-        if (adapterDir != null)
-        {
-            var a = AdapterIO.Load(adapterDir, model.Config);
-            foreach (var (name, t) in a.Tensors) p.Add(name, t.Shape, t.Data);
-            runtime = a.Config.Method.CreateRuntime(model.Context, model.Config, a.Config, p, ids.Length + maxTokens);
-            runtime.Training = false;
-        }
-        try
-        {
-            using var runner = new LlamaRunner(model, 1, ids.Length + maxTokens, kvCache: true) { Adapter = runtime };
-            var decoder = new StreamingDecoder(tok, ids[^1]);
-            var text = new StringBuilder();
-            new Generator(runner).Generate(ids, maxTokens, new SamplingOptions(0), tok.Eos, id => text.Append(decoder.Push(id)));
-            return text.Append(decoder.Flush()).ToString();
-        }
-        finally
-        {
-            (runtime as IDisposable)?.Dispose();
-        }
+        using var adapter = adapterDir == null ? null : InferenceAdapter.Create(model.Context, model.Config, AdapterIO.Load(adapterDir, model.Config), ids.Length + maxTokens);
+        using var runner = new LlamaRunner(model, 1, ids.Length + maxTokens, kvCache: true) { Adapter = adapter?.Runtime };
+        var decoder = new StreamingDecoder(tok, ids[^1]);
+        var text = new StringBuilder();
+        new Generator(runner).Generate(ids, maxTokens, new SamplingOptions(0), tok.Eos, id => text.Append(decoder.Push(id)));
+        return text.Append(decoder.Flush()).ToString();
     }
 
     /// <summary>POSTs <paramref name="body"/> and returns the status and the parsed JSON answer.</summary>
