@@ -56,6 +56,7 @@ public sealed record ServeOptions
         if (GatheredLoraRank < 0) throw new FormatException($"--gathered-lora-rank must be ≥ 0, got {GatheredLoraRank}");
         if (GatheredLoraSlots < 1) throw new FormatException($"--gathered-lora-slots must be ≥ 1, got {GatheredLoraSlots}");
         if (string.IsNullOrWhiteSpace(BaseName)) throw new FormatException("the base model needs a name");
+        _ = ServeHost.ListenAddress(Host);
     }
 }
 
@@ -154,7 +155,7 @@ public sealed class ServeHost : IAsyncDisposable
         }
     }
 
-    private static IPAddress ListenAddress(string host) =>
+    internal static IPAddress ListenAddress(string host) =>
         host == "localhost" ? IPAddress.Loopback
         : IPAddress.TryParse(host, out var ip) ? ip
         : throw new FormatException($"--host: '{host}' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1 or localhost)");
