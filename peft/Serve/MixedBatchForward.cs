@@ -161,6 +161,14 @@ public sealed class MixedBatchForward : IDisposable
             Attention.Forward(qs, kCache.RowsView(0, keys), vCache.RowsView(0, keys), o.RowsView(seg.Start, seg.Count), lse, 1, seg.Count, seg.Position,
                 c.NHeads, c.NKvHeads, c.HeadDim);
         }
+        // LLaMA-Adapter rows: the o-projection reads o plus the gated prompt attention (the hook's buffer, copied into o).
+        foreach (var gr in groups)
+            if (gr.Adapter?.AdaptionPrompt is { } prompt)
+            {
+                var og = o.RowsView(gr.Start, gr.Count);
+                var withPrompt = prompt.Forward(layer, l, q.RowsView(gr.Start, gr.Count), og);
+                if (!ReferenceEquals(withPrompt, og)) BasicOps.Copy(withPrompt, og);
+            }
         Residual(l, TargetModule.O, layer.Wo, o, z, x, groups, (gr, zg) => gr.Adapter?.AttentionOutput(l, zg));
         RmsNorm.Forward(x, layer.FfnNorm, h2, eps);
         Linear(l, TargetModule.Gate, layer.Gate, h2, g, null, groups);

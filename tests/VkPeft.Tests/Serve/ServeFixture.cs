@@ -1,5 +1,6 @@
 // A running `vkpeft serve` for the serve tests: stories260K on an NF4+DQ base with two random LoRA adapters and a
-// Houlsby bottleneck adapter (block hooks: the rows that take the other residual path), on an ephemeral loopback port,
+// Houlsby bottleneck adapter (block hooks: the rows that take the other residual path) and a LLaMA-Adapter
+// (gated prompt attention), on an ephemeral loopback port,
 // and the greedy continuations the single-sequence generation path (what `vkpeft generate --temperature 0` runs)
 // gives for every model and prompt, computed before the server takes the device.
 using System.Net.Http.Json;
@@ -9,6 +10,7 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Runtime.Vulkan;
@@ -45,6 +47,7 @@ public sealed class ServeFixture : IAsyncLifetime
         Adapters["lora-a"] = Save("lora-a", ExportTestSupport.RandomLora(host.Config, seed: 11, baseQuant: Quant));
         Adapters["lora-b"] = Save("lora-b", ExportTestSupport.RandomLora(host.Config, seed: 12, rank: 8, baseQuant: Quant));
         Adapters["houlsby"] = Save("houlsby", ExportTestSupport.RandomBottleneck(host.Config, seed: 13));
+        Adapters["prompted"] = Save("prompted", RandomLlamaAdapter(host.Config));
         _ctx = new VulkanContext(GpuFixture.Options());
         _model = DeviceLlama.Load(_ctx, host.Config, host.Weights, Quant);
         foreach (var prompt in Prompts)
@@ -55,6 +58,20 @@ public sealed class ServeFixture : IAsyncLifetime
         var options = new ServeOptions { BaseName = BaseName, Port = 0, MaxBatch = 8, MaxContext = 96, MaxQueue = 64 };
         Server = await ServeHost.StartAsync(_model, Tokenizer, Quant, [.. Adapters.Select(kv => (kv.Key, kv.Value))], options);
         Http = new HttpClient { BaseAddress = Server.Address, Timeout = TimeSpan.FromMinutes(3) };
+    }
+
+    /// <summary>A LLaMA-Adapter (gated attention over learned prompts in every layer) with random prompts and gates.</summary>
+    private static AdapterWeights RandomLlamaAdapter(LlamaConfig c)
+    {
+        var cfg = new AdapterConfig
+        {
+            Method = PeftMethods.Get("llama-adapter"), Targets = [], Settings = new LlamaAdapterSettings(6, null), BaseQuant = Quant, BaseModel = "stories260K",
+        };
+        var a = new AdapterWeights(cfg);
+        int seed = 40;
+        foreach (var spec in cfg.Method.Parameters(c, cfg))
+            a.Tensors[spec.Name] = new HostTensor(TestData.Normal((int)spec.Count, seed++), spec.Shape);
+        return a;
     }
 
     private string Save(string name, AdapterWeights adapter)

@@ -34,7 +34,7 @@ public sealed class ServeTests(ServeFixture f)
     [Fact]
     public async Task GreedyCompletionsOfEveryAdapterInOneBatchEqualGenerate()
     {
-        // Every model × prompt at once: 12 requests, 8 slots, so steps run rows of four adapters (and the base) together.
+        // Every model × prompt at once: 15 requests, 8 slots, so steps run rows of several adapters (and the base) together.
         var cases = ServeFixture.Prompts.SelectMany(p => f.Expected.Keys.Where(k => k.Prompt == p)).ToList();
         var texts = await Task.WhenAll(cases.Select(c => CompletionText(c.Model, c.Prompt)));
         for (int i = 0; i < cases.Count; i++)
@@ -46,13 +46,13 @@ public sealed class ServeTests(ServeFixture f)
         Assert.False(info["houlsby"].Gathered);
         // The adapters really differ from each other and from the base on these prompts (else the test proves little).
         foreach (var p in ServeFixture.Prompts)
-            Assert.Equal(4, f.Expected.Where(kv => kv.Key.Prompt == p).Select(kv => kv.Value).Distinct().Count());
+            Assert.Equal(5, f.Expected.Where(kv => kv.Key.Prompt == p).Select(kv => kv.Value).Distinct().Count());
     }
 
     [Fact]
     public async Task StreamingYieldsTheSameText()
     {
-        foreach (var model in new[] { "lora-a", "houlsby" })
+        foreach (var model in new[] { "lora-a", "houlsby", "prompted" })
         {
             var body = JsonNode.Parse(Completion(model, ServeFixture.Prompts[0]))!.AsObject();
             var (text, finish) = await f.Stream("/v1/completions", body);
@@ -186,7 +186,7 @@ public sealed class ServeTests(ServeFixture f)
     {
         var options = new OpenAIClientOptions { Endpoint = new Uri(f.Server.Address, "v1") };
         var models = await new OpenAIModelClient(new ApiKeyCredential("unused"), options).GetModelsAsync();
-        Assert.Equal(["houlsby", "lora-a", "lora-b", "stories260K"], models.Value.Select(m => m.Id).Order(StringComparer.Ordinal));
+        Assert.Equal(["houlsby", "lora-a", "lora-b", "prompted", "stories260K"], models.Value.Select(m => m.Id).Order(StringComparer.Ordinal));
         var chat = new OpenAI.Chat.ChatClient("lora-a", new ApiKeyCredential("unused"), options);
         var e = await Assert.ThrowsAsync<ClientResultException>(() => chat.CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")]));
         Assert.Equal(400, e.Status);
