@@ -176,6 +176,14 @@ public sealed class BatchScheduler : IDisposable
                 r.Tokens.Writer.TryComplete(e);
                 continue;
             }
+            if (adapter?.AttentionPrefix != null || adapter?.InputEmbedding != null)
+            {
+                // Refused alone, before it joins a batch (a failing step would fail every sequence in it).
+                _pool.Release(r.Adapter!);
+                r.Tokens.Writer.TryComplete(new NotSupportedException(
+                    $"the adapter '{r.Adapter}' needs attention prefixes or virtual tokens, which the device kernels do not take yet"));
+                continue;
+            }
             _active.Add(new Sequence(r, _freeSlots.Pop(), adapter) { Limit = Math.Min(MaxContext, r.Prompt.Length + r.MaxTokens) });
             rows += r.Prompt.Length;
         }
