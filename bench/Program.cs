@@ -1,5 +1,5 @@
 // Entry point of the vkpeft benchmarks: './vkpeft bench kernels' (device peaks and kernel throughput), 'memory' (peak
-// memory per category against the analytic model), 'train' (training-step tokens/s), 'generate' (decode/prefill) and
+// memory per category against the analytic model), 'train' (training-step tokens/s), 'generate' (decode/prefill), 'serve' and
 // 'gpu-report' (device, kernel paths, GPU-vs-CPU kernel checks and the benchmarks in one JSON).
 using System.CommandLine;
 using System.Text.Json;
@@ -38,6 +38,7 @@ public static class Program
         root.Subcommands.Add(MemoryBench.Create(device, json));
         root.Subcommands.Add(TrainBench.Create(device, json));
         root.Subcommands.Add(GenerateBench.Create(device, json));
+        root.Subcommands.Add(ServeBench.Create(device, json));
         root.Subcommands.Add(GpuReport.Create(device, quick));
         try
         {
