@@ -103,6 +103,7 @@ public static class TrainCommand
                 return 0;
             }
             var (host, tok) = model.LoadHost(parse);
+            options = options with { Adapter = options.Adapter.Method.WithTokenizer(options.Adapter, tok) };
             if (host.Config.MaxSeqLen > 0 && options.SeqLen > host.Config.MaxSeqLen)
                 throw new CliUsageException($"--seq-len {options.SeqLen} exceeds the model's context of {host.Config.MaxSeqLen}");
             var trainData = TrainingData.Load(tok, options.Data, options.EvalData, options.EvalFraction, options.SeqLen, options.Seed);

@@ -67,6 +67,7 @@ public sealed class Trainer : IDisposable
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device, options.ParameterLayout);
         options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);
+        options.Adapter.Method.InitializeFromBase(_params, model, options.Adapter, options.Seed);
         _lora = options.Adapter.Method.CreateRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
         _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows, options.OffloadCheckpoints);
     }
@@ -86,7 +87,7 @@ public sealed class Trainer : IDisposable
         var setup = new Planning.TrainSetup
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,
-            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout,
+            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout, Settings = o.Adapter.Settings,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
             UnifiedMemory = ctx.Arena.HostMapped, OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
         };
