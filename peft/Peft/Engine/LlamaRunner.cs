@@ -12,7 +12,7 @@ public sealed class LlamaRunner : IDisposable
     private readonly DeviceTensor[]? _kCache, _vCache;   // per layer [maxSeq, kv_dim] for generation
     private readonly LayerState _state;
     private readonly DeviceTensor? _xVirtual;            // [B·(P+T), dim] residual stream with the virtual tokens' rows
-    private readonly int _virtualTokens;                 // P rows of the adapter's virtual tokens before each sequence
+    private readonly int _virtualTokens;                 // P rows of the adapter's virtual tokens (or prefix) before each sequence
 
     /// <summary>
     /// Buffers for <paramref name="maxBatch"/> sequences of <paramref name="maxSeq"/> tokens; an adapter with virtual
@@ -24,7 +24,7 @@ public sealed class LlamaRunner : IDisposable
         MaxBatch = maxBatch;
         MaxSeq = maxSeq;
         _adapter = adapter;
-        _virtualTokens = adapter?.InputEmbedding?.VirtualTokens ?? 0;
+        _virtualTokens = VirtualTokenRows.ExtraRows(adapter);
         var c = model.Config;
         int rows = maxBatch * maxSeq;
         DeviceTensor T(string name, DType dt, params long[] shape)
@@ -63,8 +63,8 @@ public sealed class LlamaRunner : IDisposable
         get => _adapter;
         set
         {
-            if ((value?.InputEmbedding?.VirtualTokens ?? 0) != _virtualTokens)
-                throw new ArgumentException("an adapter with virtual tokens is given to the LlamaRunner constructor, which sizes the rows for them");
+            if (VirtualTokenRows.ExtraRows(value) != _virtualTokens)
+                throw new ArgumentException("an adapter with virtual tokens or a prefix is given to the LlamaRunner constructor, which sizes the rows for them");
             _adapter = value;
         }
     }
@@ -78,6 +78,9 @@ public sealed class LlamaRunner : IDisposable
     public DeviceTensor LossRows { get; } // [B·T]
     public DeviceTensor Logits { get; }   // [LogitRows, vocab]
 
+    /// <summary>Layer <paramref name="layer"/>'s key and value cache [positions, kv_dim] (keys after RoPE); null without a cache.</summary>
+    public (DeviceTensor Keys, DeviceTensor Values)? KvCache(int layer) => _kCache == null ? null : (_kCache[layer], _vCache![layer]);
+
     private static DeviceTensor Rows(DeviceTensor t, long n) => LayerState.Rows(t, n);
 
     /// <summary>Embeds <paramref name="rows"/> token ids already in <see cref="Ids"/> into <see cref="X"/>.</summary>
@@ -85,13 +88,13 @@ public sealed class LlamaRunner : IDisposable
 
     /// <summary>
     /// Every layer over X: <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens at positions startPos….
-    /// With virtual tokens, a sequence starting at position 0 runs with its P virtual rows first (generation keeps them in
-    /// the KV cache once) and later tokens sit at positions startPos + P….
+    /// With virtual tokens or a prefix, a sequence starting at position 0 runs with its P extra rows first (generation keeps
+    /// their keys and values in the KV cache once) and later tokens sit at positions startPos + P….
     /// </summary>
     public void Layers(int batch, int seqLen, int startPos = 0)
     {
         var x = Rows(X, batch * seqLen);
-        if (_adapter?.InputEmbedding is not { } prompt)
+        if (_virtualTokens == 0)
         {
             RunLayers(x, batch, seqLen, startPos);
             return;
@@ -103,7 +106,7 @@ public sealed class LlamaRunner : IDisposable
         }
         int rowsPerSeq = seqLen + _virtualTokens;
         var xv = Rows(_xVirtual!, batch * rowsPerSeq);
-        VirtualTokenRows.Scatter(prompt, x, xv, batch, seqLen);
+        VirtualTokenRows.Scatter(_adapter!.InputEmbedding, _virtualTokens, x, xv, batch, seqLen);
         RunLayers(xv, batch, rowsPerSeq, 0);
         VirtualTokenRows.Gather(xv, x, batch, seqLen, _virtualTokens);
     }

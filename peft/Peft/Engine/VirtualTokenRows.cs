@@ -1,9 +1,11 @@
-// Virtual input tokens on the device (prompt tuning): each sequence of T tokens becomes P + T rows, the P learned
-// embedding rows first (positions 0…P−1), the token embeddings after them (positions P…P+T−1). Virtual rows predict
-// nothing (target −1). Training lays the rows out on the host (ids and targets with P placeholder slots per sequence,
-// whose embedding rows are then overwritten); inference scatters the runner's compact [B·T, dim] stream into the
-// expanded one and gathers the real rows back after the layers. The backward hands each sequence's P rows of ∂loss/∂x
-// to the hook, which sums them (in sequence order, deterministically) into the prompt's gradient.
+// Rows of their own before each sequence on the device, for virtual input tokens (prompt tuning) and for a joined
+// attention prefix (prefix tuning, see AttentionPrefixRows): each sequence of T tokens becomes P + T rows, the P extra
+// rows first (positions 0…P−1), the tokens after them (positions P…P+T−1). Extra rows predict nothing (target −1).
+// Virtual tokens are the learned embeddings of those rows; for a prefix the rows are placeholders (a token's embedding
+// in training, zeros at inference: finite, never read by a real row) whose keys and values each layer overwrites.
+// Training lays the rows out on the host (ids and targets with P placeholder slots per sequence); inference scatters the
+// runner's compact [B·T, dim] stream into the expanded one and gathers the real rows back after the layers. The backward
+// hands each sequence's P rows of ∂loss/∂x to the prompt hook, which sums them (in sequence order, deterministically).
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Tensors;
 
@@ -11,6 +13,10 @@ namespace VkPeft.Peft.Engine;
 
 public static class VirtualTokenRows
 {
+    /// <summary>Rows the adapter adds before every sequence: its virtual tokens, or the length of its joined attention prefix.</summary>
+    public static int ExtraRows(IAdapterRuntime? adapter) =>
+        adapter?.InputEmbedding?.VirtualTokens ?? (adapter?.AttentionPrefix is { Gated: false } prefix ? prefix.PrefixLength : 0);
+
     /// <summary>
     /// ids and targets [batch·seqLen] laid out as [batch·(P + seqLen)]: P placeholder slots (id 0, target −1) before each
     /// sequence's own.
@@ -40,12 +46,14 @@ public static class VirtualTokenRows
     }
 
     /// <summary>
-    /// expanded [batch·(P+T), dim] = per sequence the hook's P rows, then the sequence's T rows of compact [batch·T, dim].
+    /// expanded [batch·(P+T), dim] = per sequence P rows (the hook's embeddings, or zeros without one), then the
+    /// sequence's T rows of compact [batch·T, dim].
     /// </summary>
-    public static void Scatter(IInputEmbeddingHook hook, DeviceTensor compact, DeviceTensor expanded, int batch, int seqLen)
+    public static void Scatter(IInputEmbeddingHook? hook, int p, DeviceTensor compact, DeviceTensor expanded, int batch, int seqLen)
     {
-        int p = hook.VirtualTokens;
-        WritePrompt(hook, expanded.RowsView(0, (long)batch * (p + seqLen)), batch);
+        if (hook != null) WritePrompt(hook, expanded.RowsView(0, (long)batch * (p + seqLen)), batch);
+        else
+            for (int b = 0; b < batch; b++) BasicOps.Fill(expanded.RowsView((long)b * (p + seqLen), p), 0);
         for (int b = 0; b < batch; b++)
             BasicOps.Copy(compact.RowsView((long)b * seqLen, seqLen), expanded.RowsView((long)b * (p + seqLen) + p, seqLen));
     }

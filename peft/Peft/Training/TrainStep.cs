@@ -24,7 +24,7 @@ public sealed class TrainStep : IDisposable
     private readonly LayerGradients _grads;
     private readonly DeviceTensor _ids, _targets, _loss, _lossSum, _logits;
     private readonly IInputEmbeddingHook? _prompt;     // virtual tokens: P rows before each sequence's own
-    private readonly int _rowsPerSeq;                  // rows of one sequence on the device: P + SeqLen
+    private readonly int _rowsPerSeq;                  // rows of one sequence on the device: P + SeqLen (virtual tokens or prefix rows)
 
     public TrainStep(DeviceLlama model, ITrainableAdapter adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128,
         bool offloadCheckpoints = false)
@@ -35,7 +35,7 @@ public sealed class TrainStep : IDisposable
         Batch = batch;
         SeqLen = seqLen;
         _prompt = adapter.InputEmbedding;
-        _rowsPerSeq = seqLen + (_prompt?.VirtualTokens ?? 0);
+        _rowsPerSeq = seqLen + VirtualTokenRows.ExtraRows(adapter);
         Checkpointing = checkpointing;
         OffloadCheckpoints = offloadCheckpoints;
         var c = model.Config;
@@ -63,8 +63,8 @@ public sealed class TrainStep : IDisposable
             if (checkpointing) _scratchOut = T("train.x_recompute", DType.F32, rows, c.Dim);
         }
         _hFinal = T("train.h_final", DType.F32, rows, c.Dim);
-        if (adapter.AttentionPrefix != null)
-            throw new NotSupportedException("training attention prefixes needs prefix support in the attention kernels, which the device runtime does not have yet");
+        if (adapter.AttentionPrefix is { Gated: true })
+            throw new NotSupportedException("training a gated attention prefix needs its own softmax in the attention kernels, which the device runtime does not have yet");
         _grads = scope.Add(new LayerGradients(ctx, c, batch, _rowsPerSeq, adapter));
         (_dX, _dH) = (_grads.DX, _grads.DH);
         _ids = T("train.ids", DType.I32, rows);
@@ -186,10 +186,10 @@ public sealed class TrainStep : IDisposable
         return _lossSum.ToArray<float>()[0];
     }
 
-    /// <summary>Uploads a micro-batch, with P placeholder slots (target −1) before each sequence when the adapter has virtual tokens.</summary>
+    /// <summary>Uploads a micro-batch, with P placeholder slots (target −1) before each sequence when the adapter adds rows.</summary>
     private void Upload(int[] ids, int[] targets)
     {
-        if (_prompt != null) (ids, targets) = VirtualTokenRows.Expand(ids, targets, Batch, SeqLen, _prompt.VirtualTokens);
+        if (_rowsPerSeq > SeqLen) (ids, targets) = VirtualTokenRows.Expand(ids, targets, Batch, SeqLen, _rowsPerSeq - SeqLen);
         _ids.Upload<int>(ids);
         _targets.Upload<int>(targets);
     }

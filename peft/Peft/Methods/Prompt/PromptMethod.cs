@@ -132,7 +132,7 @@ public sealed class PromptMethod : PeftMethod
 
     private static readonly MethodOption[] PromptOptions =
     [
-        new("--virtual-tokens", "Prompt tuning: virtual tokens n placed before every sequence", DefaultVirtualTokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        new("--virtual-tokens", "Prompt and prefix tuning: virtual tokens (prefix length) n", DefaultVirtualTokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
             (a, v) => a with { Settings = Settings(a) with { VirtualTokens = MethodOption.Int("--virtual-tokens", v) } }),
         new("--prompt-init", "Prompt tuning: random (N(0,1)), vocab (embeddings of sampled vocabulary ids) or text:\"…\" (the text's token embeddings)", "vocab",
             (a, v) => a with { Settings = ParseInit(Settings(a), v) }),

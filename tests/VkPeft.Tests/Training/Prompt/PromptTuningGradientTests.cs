@@ -52,7 +52,7 @@ public sealed class PromptTuningGradientTests(GpuFixture gpu)
         BasicOps.Fill(grad, 0);
         var hook = new SummingHook(prompt, grad);
 
-        VirtualTokenRows.Scatter(hook, compact.Tensor, expanded.Tensor, batch, t);
+        VirtualTokenRows.Scatter(hook, p, compact.Tensor, expanded.Tensor, batch, t);
         VirtualTokenRows.Gather(expanded.Tensor, back.Tensor, batch, t, p);
         VirtualTokenRows.Backward(hook, expanded.Tensor, batch);
         var got = expanded.Download();
