@@ -93,22 +93,9 @@ public sealed class PrefixTuningGradientTests(GpuFixture gpu)
         using var runtime = (PrefixRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 2 * 9);
         int[][] xs = [[1, 5, 9, 2, 30, 7, 4, 8, 8], [7, 3, 36, 0, 11, 2, 2, 6, 19]];
 
-        float[] Logits(LlamaRunner runner, int[][] seqs, int skip)
-        {
-            int len = seqs[0].Length, rows = seqs.Length * len;
-            runner.Ids.RowsView(0, rows).Upload<int>(seqs.SelectMany(x => x).ToArray());
-            runner.Embed(rows);
-            runner.Layers(seqs.Length, len);
-            runner.FinalNorm(rows);
-            var all = new List<float>();
-            for (int b = 0; b < seqs.Length; b++)
-                for (int r = skip; r < len; r++) all.AddRange(runner.LogitsOf(b * len + r, 1).ToArray<float>());
-            return [.. all];
-        }
-
         float[] withPrefix, prepended;
-        using (var runner = new LlamaRunner(model, 2, 9, kvCache: false, adapter: runtime)) withPrefix = Logits(runner, xs, 0);
-        using (var runner = new LlamaRunner(model, 2, 14, kvCache: false)) prepended = Logits(runner, [.. xs.Select(x => u.Concat(x).ToArray())], u.Length);
+        using (var runner = new LlamaRunner(model, 2, 9, kvCache: false, adapter: runtime)) withPrefix = PromptTuningGradientTests.Logits(runner, xs, 0);
+        using (var runner = new LlamaRunner(model, 2, 14, kvCache: false)) prepended = PromptTuningGradientTests.Logits(runner, [.. xs.Select(x => u.Concat(x).ToArray())], u.Length);
         TestData.Close(prepended, withPrefix, 1e-5, 0, "logits with the copied prefix vs with its tokens prepended");
     }
 

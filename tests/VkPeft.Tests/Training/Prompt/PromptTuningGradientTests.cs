@@ -34,6 +34,20 @@ public sealed class PromptTuningGradientTests(GpuFixture gpu)
         public void EmbeddingsBackward(DeviceTensor dEmbeddings) => BasicOps.Add(grad, dEmbeddings, grad);
     }
 
+    /// <summary>The logits of sequences of equal length run as one batch, all rows after the first <paramref name="skip"/> of each, flattened.</summary>
+    internal static float[] Logits(LlamaRunner runner, int[][] seqs, int skip)
+    {
+        int len = seqs[0].Length, rows = seqs.Length * len;
+        runner.Ids.RowsView(0, rows).Upload<int>(seqs.SelectMany(x => x).ToArray());
+        runner.Embed(rows);
+        runner.Layers(seqs.Length, len);
+        runner.FinalNorm(rows);
+        var all = new List<float>();
+        for (int b = 0; b < seqs.Length; b++)
+            for (int r = skip; r < len; r++) all.AddRange(runner.LogitsOf(b * len + r, 1).ToArray<float>());
+        return [.. all];
+    }
+
     // P = 5 virtual rows before T = 67 tokens (not a multiple of 64), 3 sequences, width 13: every copy is an exact move,
     // and the backward's sum over sequences runs in sequence order, as the CPU sum below does: equality, not a tolerance.
     [Fact]
@@ -123,19 +137,6 @@ public sealed class PromptTuningGradientTests(GpuFixture gpu)
         cfg.Method.InitializeFromBase(p, model, cfg, seed: 1);
         using var runtime = (PromptRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 2 * 9);
         int[][] xs = [[1, 5, 9, 2, 30, 7, 4, 8, 8], [7, 3, 36, 0, 11, 2, 2, 6, 19]];
-
-        float[] Logits(LlamaRunner runner, int[][] seqs, int skip)
-        {
-            int len = seqs[0].Length, rows = seqs.Length * len;
-            runner.Ids.RowsView(0, rows).Upload<int>(seqs.SelectMany(x => x).ToArray());
-            runner.Embed(rows);
-            runner.Layers(seqs.Length, len);
-            runner.FinalNorm(rows);
-            var all = new List<float>();
-            for (int b = 0; b < seqs.Length; b++)
-                for (int r = skip; r < len; r++) all.AddRange(runner.LogitsOf(b * len + r, 1).ToArray<float>());
-            return [.. all];
-        }
 
         float[] withPrompt, prepended;
         using (var runner = new LlamaRunner(model, 2, 9, kvCache: false, adapter: runtime)) withPrompt = Logits(runner, xs, 0);
