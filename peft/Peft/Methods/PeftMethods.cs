@@ -2,6 +2,7 @@
 // up here; a new method is one folder under Methods/ plus one Register line (here, or from another assembly).
 using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Methods.Ia3;
+using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Methods.Prefix;
 using VkPeft.Peft.Methods.Prompt;
@@ -12,7 +13,8 @@ namespace VkPeft.Peft.Methods;
 public static class PeftMethods
 {
     private static readonly Lock Gate = new();
-    private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(), new PromptMethod(), new PrefixMethod()];
+    private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
+        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod()];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All

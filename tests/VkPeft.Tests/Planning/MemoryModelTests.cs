@@ -21,7 +21,8 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         MaxSeqLen = 128, TiedClassifier = tied,
     };
 
-    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4", "prompt-nf4", "prefix-nf4"];
+    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4", "llama-adapter-nf4",
+        "prompt-nf4", "prefix-nf4"];
 
     private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
     {
@@ -55,6 +56,11 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         {
             Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("prefix"), Targets = [],
             Settings = new VkPeft.Peft.Methods.Prefix.PrefixSettings(5), Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
+        }),
+        "llama-adapter-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("llama-adapter"), Targets = [],
+            Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
         }),
         _ => Random(new TrainSetup
         {

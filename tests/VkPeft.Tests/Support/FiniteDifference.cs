@@ -27,6 +27,14 @@ internal static class FiniteDifference
             AssertClose($"{name}[{i}]", gpu[i], At(values, i, loss));
     }
 
+    /// <summary>A trainable tensor's device gradient <paramref name="grad"/>: not all zero, and every element as <see cref="AssertMatches"/>.</summary>
+    public static void AssertGradient(string name, VkPeft.Runtime.Tensors.DeviceTensor grad, double[] values, Func<double> loss)
+    {
+        var g = grad.ToArray<float>();
+        Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
+        AssertMatches(name, g, values, loss);
+    }
+
     public static void AssertClose(string what, double gpu, double fd) =>
         Assert.True(Math.Abs(gpu - fd) <= 2e-5 + 2e-3 * Math.Abs(fd), $"{what}: gpu {gpu:G6} vs finite difference {fd:G6}");
 }
