@@ -131,9 +131,21 @@ public abstract class PeftMethod
     /// </summary>
     public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
     {
-        var rng = new Random(seed);
         var trained = new List<(string, long[], float[])>();
         var frozen = new List<(string, long[], float[])>();
+        foreach (var (spec, data) in InitialValues(c, a, seed))
+            (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
+        p.AddAll(trained);   // one packed block with gradients and optimizer state
+        if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
+    }
+
+    /// <summary>
+    /// The initial value of every tensor of <see cref="Parameters"/>: one seeded stream, values drawn tensor by tensor
+    /// in spec order (zeros and constants draw nothing). Also what a ReLoRA restart re-initializes to.
+    /// </summary>
+    public IEnumerable<(ParameterSpec Spec, float[] Data)> InitialValues(LlamaConfig c, AdapterConfig a, int seed)
+    {
+        var rng = new Random(seed);
         foreach (var spec in Parameters(c, a))
         {
             var data = new float[spec.Count];
@@ -151,10 +163,8 @@ public abstract class PeftMethod
                         data[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble())) * n.Std;
                     break;
             }
-            (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
+            yield return (spec, data);
         }
-        p.AddAll(trained);   // one packed block with gradients and optimizer state
-        if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
     }
 
     /// <summary>
