@@ -1,8 +1,9 @@
 // The attention and input hooks of prompt-side methods: a key/value prefix every attention layer reads (prefix tuning:
-// one softmax over prefix and sequence; LLaMA-Adapter: the prefix in its own softmax, scaled by a per-head gate) and
-// virtual tokens placed before the input embeddings (prompt tuning, P-tuning), each with its backward. The float64
-// ReferenceForward implements both. On the device, virtual tokens are rows of their own in each sequence
-// (VirtualTokenRows); the attention kernels do not take a prefix yet, so the layer forward refuses an adapter that has one.
+// one softmax over prefix and sequence) and virtual tokens placed before the input embeddings (prompt tuning), each with
+// its backward. The float64 ReferenceForward implements both, plus a gated prefix with its own softmax. On the device,
+// virtual tokens and prefixes are rows of their own in front of each sequence (VirtualTokenRows, AttentionPrefixRows),
+// so the ordinary causal attention gives the joined softmax; a gated prefix is refused there, because LLaMA-Adapter runs
+// through its own kernels and hook (IAdaptionPromptHook).
 using VkPeft.Runtime.Tensors;
 
 namespace VkPeft.Peft.Engine;
