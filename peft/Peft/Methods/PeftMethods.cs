@@ -4,6 +4,8 @@ using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Methods.Ia3;
 using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.Prefix;
+using VkPeft.Peft.Methods.Prompt;
 using VkPeft.Peft.Methods.QaLora;
 
 namespace VkPeft.Peft.Methods;
@@ -12,7 +14,7 @@ public static class PeftMethods
 {
     private static readonly Lock Gate = new();
     private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
-        new LlamaAdapterMethod()];
+        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod()];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All
