@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the GPU report bundle: a self-contained linux-x64 `vkpeft-bench` (one compressed executable with the .NET
 # runtime and the SPIR-V kernels inside; no .NET SDK or runtime needed where it runs), the Vulkan loader .deb
-# (libvulkan1, for machines that have a GPU driver but no loader), stories260K, and run.sh, which unpacks the loader
+# (libvulkan1 and the GL dispatch libraries, for machines that have a GPU driver but no loader), stories260K, and run.sh, which unpacks the loader
 # when it is missing, points Vulkan at the NVIDIA driver file when no other is registered and runs
 # `vkpeft-bench gpu-report`, writing gpu-report.json, gpu-report.md, gpu-report.log and nvidia-smi.txt to $OUT (or the
 # folder given as its first argument).
@@ -29,11 +29,12 @@ dotnet publish "$ROOT/bench/VkPeft.Bench.csproj" -c Release -r linux-x64 --self-
 
 # The Vulkan loader for amd64 from this machine's Debian archive, through a private package list (the system's apt
 # state is not touched).
-say "downloading the Vulkan loader (libvulkan1, amd64)..."
+# The NVIDIA driver's Vulkan library (libGLX_nvidia) also needs the GL vendor-neutral dispatch libraries, so those come too.
+say "downloading the Vulkan loader and GL dispatch libraries (amd64)..."
 apt_opts=(-o APT::Architecture=amd64 -o APT::Architectures=amd64 -o "Dir::State::Lists=$TMP/apt/lists"
   -o "Dir::Cache=$TMP/apt/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User="$(id -un)" -qq)
 apt-get "${apt_opts[@]}" update >&2
-(cd "$TMP/debs" && apt-get "${apt_opts[@]}" download libvulkan1 >&2)
+(cd "$TMP/debs" && apt-get "${apt_opts[@]}" download libvulkan1 libglvnd0 libglx0 libegl1 libopengl0 libgl1 libgles2 >&2)
 rm -rf "$TMP/apt"
 
 # stories260K for the training benchmark (random weights of its shape when the shared copy is absent).
