@@ -43,6 +43,12 @@ public interface IAdapterRuntime
 
     /// <summary>Virtual tokens placed before the input embeddings (prompt tuning, P-tuning); null when none.</summary>
     IInputEmbeddingHook? InputEmbedding => null;
+
+    /// <summary>
+    /// Called when the runtime is attached to the base model it runs on (a training step or a runner), before any hook: a
+    /// method whose hooks read the frozen weights themselves (DoRA's row norms) takes them from here.
+    /// </summary>
+    void AttachBase(DeviceLlama model) { }
 }
 
 /// <summary>An adapter being trained: its forward hooks plus the matching backward hooks the trainer calls.</summary>

@@ -46,7 +46,18 @@ public sealed class LlamaRunner : IDisposable
     }
 
     public DeviceLlama Model { get; }
-    public IAdapterRuntime? Adapter { get; set; }
+    /// <summary>The adapter the forward applies (attached to <see cref="Model"/> when set), or null for the base model.</summary>
+    public IAdapterRuntime? Adapter
+    {
+        get => _adapter;
+        set
+        {
+            value?.AttachBase(Model);
+            _adapter = value;
+        }
+    }
+
+    private IAdapterRuntime? _adapter;
     public int MaxBatch { get; }
     public int MaxSeq { get; }
     public int LogitRows { get; }

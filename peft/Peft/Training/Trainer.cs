@@ -66,7 +66,7 @@ public sealed class Trainer : IDisposable
         Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > AutoCheckpointingLinearParameters);
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device, options.ParameterLayout);
-        options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);
+        options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed, model);
         _lora = options.Adapter.Method.CreateRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
         _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows, options.OffloadCheckpoints);
     }
