@@ -30,7 +30,6 @@ public sealed class DoraMethod : LoraMethod
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
     {
         base.ValidateConfig(a, baseConfig, source);
-        if (a.Dropout > 0) throw new ModelFormatException(source, "lora_dropout", "DoRA adapters are supported with dropout 0 only");
         if (baseConfig.AttentionBias)
             foreach (var t in a.Targets.Where(t => t is TargetModule.Q or TargetModule.K or TargetModule.V))
                 throw new ModelFormatException(source, "target_modules", $"DoRA on {AdapterConfig.HfName(t)} would rescale its bias too; this base has q/k/v biases");

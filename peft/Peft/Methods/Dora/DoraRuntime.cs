@@ -41,7 +41,6 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
     public DoraRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p, int maxRows)
     {
         if (a.Method is not DoraMethod) throw new ArgumentException("DoraRuntime serves DoRA adapters");
-        if (a.Dropout > 0) throw new FormatException($"--dropout {a.Dropout}: DoRA supports dropout 0 only");
         _c = c;
         _a = a;
         _p = p;
@@ -72,6 +71,8 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
         get => _training;
         set
         {
+            // A loaded adapter may record PEFT's training dropout (inference ignores it); training here has none.
+            if (value && _a.Dropout > 0) throw new FormatException($"--dropout {_a.Dropout}: DoRA trains with dropout 0 only");
             _training = value;
             _lora.Training = value;
             _current.Clear();   // the parameters may have changed since the norms were taken
