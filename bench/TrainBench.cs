@@ -1,18 +1,20 @@
 // `./vkpeft bench train`: tokens/s of full training steps (forward, backward, AdamW) with LoRA r=16 on an nf4-dq base and
-// on fp32 base weights (--quant none), for stories260K and a TinyLlama-1.1B-shaped slice, with the per-kernel profile.
+// on fp32 base weights (--quant none), for stories260K and a TinyLlama-1.1B-shaped slice, with the per-kernel profile;
+// --methods lora,dora adds rows for other methods in the same run (their ratio is the comparison).
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Planning;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Bench;
 
-public sealed record TrainBenchRow(string Model, string Quant, int Batch, int SeqLen, bool Checkpointing, double SecondsPerStep, double TokensPerSecond, long PeakBytes, string? Profile);
+public sealed record TrainBenchRow(string Model, string Method, string Quant, int Batch, int SeqLen, bool Checkpointing, double SecondsPerStep, double TokensPerSecond, long PeakBytes, string? Profile);
 
 public static class TrainBench
 {
@@ -26,7 +28,8 @@ public static class TrainBench
         var seq = new Option<int>("--tiny-seq-len") { Description = "Sequence length for the TinyLlama slice", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { Description = "Steps per case (first is a warm-up)", DefaultValueFactory = _ => 3 };
         var profile = new Option<bool>("--no-profile") { Description = "Skip the per-kernel breakdown" };
-        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile };
+        var methods = new Option<string>("--methods") { Description = "Comma-separated methods to time (lora, dora, ia3, ...)", DefaultValueFactory = _ => "lora" };
+        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile, methods };
         cmd.SetAction(parse =>
         {
             bool asJson = parse.GetValue(json);
@@ -35,12 +38,18 @@ public static class TrainBench
             var rows = new List<TrainBenchRow>();
             bool prof = !parse.GetValue(profile);
             int n = Math.Max(1, parse.GetValue(steps));
+            PeftMethod[] chosen;
+            try { chosen = [.. parse.GetValue(methods)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(PeftMethods.Get)]; }
+            catch (FormatException e) { Console.Error.WriteLine($"error: --methods: {e.Message}"); return 2; }
+            if (chosen.Length == 0) { Console.Error.WriteLine("error: --methods: no method given"); return 2; }
             var s = BenchModels.Stories(parse.GetValue(stories));
-            foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, s.Name, s.Config, s.Weights, q, 8, 128, false, n, prof, Log));
+            foreach (var m in chosen)
+                foreach (var q in BaseQuants)
+                    rows.Add(Case(ctx, s.Name, s.Config, s.Weights, m, q, 8, 128, false, n, prof, Log));
             var t = BenchModels.TinyLlama(parse.GetValue(layers));
-            foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, t.Name, t.Config, t.Weights, q, 1, parse.GetValue(seq), true, n, prof, Log));
+            foreach (var m in chosen)
+                foreach (var q in BaseQuants)
+                    rows.Add(Case(ctx, t.Name, t.Config, t.Weights, m, q, 1, parse.GetValue(seq), true, n, prof, Log));
             if (asJson) Console.WriteLine(ToJson(rows, ctx.Caps.Name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else Print(rows, ctx.Caps.Name);
             return 0;
@@ -48,27 +57,28 @@ public static class TrainBench
         return cmd;
     }
 
-    private static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, string quant, int batch, int seqLen, bool ckpt, int steps, bool profile, Action<string> log)
+    private static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, PeftMethod method, string quant, int batch, int seqLen, bool ckpt,
+        int steps, bool profile, Action<string> log)
     {
-        var setup = new TrainSetup { Config = c, Quant = BaseQuant.Parse(quant), Rank = 16, Batch = batch, SeqLen = seqLen, Checkpointing = ckpt };
-        log($"{name}, {quant}: {batch} × {seqLen} tokens, LoRA r=16 on all linears...");
+        var setup = new TrainSetup { Config = c, Method = method, Quant = BaseQuant.Parse(quant), Rank = 16, Batch = batch, SeqLen = seqLen, Checkpointing = ckpt };
+        log($"{name}, {method.CliName}, {quant}: {batch} × {seqLen} tokens, r=16 on all linears...");
         var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log);
-        return new TrainBenchRow(name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep, r.PeakLiveBytes, r.Profile);
+        return new TrainBenchRow(name, method.CliName, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep, r.PeakLiveBytes, r.Profile);
     }
 
     private static void Print(List<TrainBenchRow> rows, string device)
     {
         var inv = CultureInfo.InvariantCulture;
-        AnsiConsole.MarkupLine(Markup.Escape($"{device}: one training step = forward + backward + gradient norm + AdamW, LoRA r=16 on q,k,v,o,gate,up,down"));
-        var t = new Table().AddColumn("model").AddColumn("base").AddColumn("tokens").AddColumn("checkpointing")
+        AnsiConsole.MarkupLine(Markup.Escape($"{device}: one training step = forward + backward + gradient norm + AdamW, r=16 on q,k,v,o,gate,up,down"));
+        var t = new Table().AddColumn("model").AddColumn("method").AddColumn("base").AddColumn("tokens").AddColumn("checkpointing")
             .AddColumn(new TableColumn("s/step").RightAligned()).AddColumn(new TableColumn("tokens/s").RightAligned()).AddColumn(new TableColumn("peak").RightAligned());
         foreach (var r in rows)
-            t.AddRow(Markup.Escape(r.Model), r.Quant == "none" ? "fp32 (none)" : r.Quant, $"{r.Batch} × {r.SeqLen}", r.Checkpointing ? "on" : "off",
+            t.AddRow(Markup.Escape(r.Model), r.Method, r.Quant == "none" ? "fp32 (none)" : r.Quant, $"{r.Batch} × {r.SeqLen}", r.Checkpointing ? "on" : "off",
                 r.SecondsPerStep.ToString("F3", inv), r.TokensPerSecond.ToString("F1", inv), ByteSize.Format(r.PeakBytes));
         AnsiConsole.Write(t);
         foreach (var r in rows.Where(r => r.Profile != null))
         {
-            AnsiConsole.MarkupLine(Markup.Escape($"\nper-kernel GPU time, {r.Model}, {r.Quant} (one step):"));
+            AnsiConsole.MarkupLine(Markup.Escape($"\nper-kernel GPU time, {r.Model}, {r.Method}, {r.Quant} (one step):"));
             Console.WriteLine(string.Join('\n', r.Profile!.Split('\n').Take(16)));
         }
     }
@@ -78,7 +88,7 @@ public static class TrainBench
         ["device"] = device,
         ["cases"] = new JsonArray(rows.Select(r => (JsonNode)new JsonObject
         {
-            ["model"] = r.Model, ["quant"] = r.Quant, ["batch"] = r.Batch, ["seq_len"] = r.SeqLen, ["checkpointing"] = r.Checkpointing,
+            ["model"] = r.Model, ["method"] = r.Method, ["quant"] = r.Quant, ["batch"] = r.Batch, ["seq_len"] = r.SeqLen, ["checkpointing"] = r.Checkpointing,
             ["seconds_per_step"] = r.SecondsPerStep, ["tokens_per_second"] = r.TokensPerSecond, ["peak_bytes"] = r.PeakBytes, ["profile"] = r.Profile,
         }).ToArray()),
     };

@@ -1,8 +1,9 @@
 // DoRA on the device. Forward at each target: y = W0·x (the base), then LoRA's branch y += s·B·A·x, then the columns of y
 // scaled by m/n. The row norm n = ‖W0 + s·B·A‖ is exact and cheap: ‖W0_j‖² per row once at attach (decoded from the
-// 4-bit base on the device, no full-precision copy kept), then per use A·W0ᵀ [r, out] (one r-row pass over the packed
-// base), A·Aᵀ and B·A·Aᵀ (rank-sized). In training n is recomputed at every forward (the parameters move between steps);
-// in inference once per (layer, target) after the parameters or mode last changed. Backward with n constant:
+// 4-bit base on the device, no full-precision copy kept), then A·W0ᵀ [r, out] (one r-row pass over the packed base),
+// A·Aᵀ and B·A·Aᵀ (rank-sized), once per (layer, target) after Training was last set — every training micro-step and
+// every evaluation sets it, and the parameters change only between those (a checkpointed layer's recomputed forward and
+// generation's token-by-token forwards reuse the norms). Backward with n constant:
 // ∂(pre-scale output) = (m/n) ⊙ dy, dm += Σ_rows dy ⊙ (W0·x + s·B·A·x) / n — the pre-scale output is recomputed from x
 // rather than kept per layer — and LoRA's own backward for A, B and the input gradient.
 using VkPeft.Peft.Engine;
@@ -27,7 +28,7 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
     private readonly DeviceTensor _w2, _scale, _invN;   // [Σ out over layers and targets]: ‖W0_j‖², m/n, 1/n
     private readonly DeviceTensor _pre, _dPre;          // flat [maxRows·maxOut]: pre-scale output, scaled output gradient
     private readonly DeviceTensor _ct, _gram, _bg;      // [r·maxOut] A·W0ᵀ, [r, r] A·Aᵀ, [maxOut·r] B·A·Aᵀ
-    private readonly HashSet<(int, TargetModule)> _current = [];   // inference: norms up to date
+    private readonly HashSet<(int, TargetModule)> _current = [];   // norms taken since Training was last set
     private DeviceLlama? _model;
     private DeviceTensor? _pendingDy;                   // the output gradient LinearOutputBackward saw, for dm
     private bool _training;
@@ -102,11 +103,11 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
     private DeviceLinear Base(int l, TargetModule t) =>
         (_model ?? throw new InvalidOperationException("DoRA runtime used before AttachBase")).Layers[l].Linear(t);
 
-    /// <summary>The per-row m/n of (l, t); recomputed from the current A, B and m in training, cached in inference.</summary>
+    /// <summary>The per-row m/n of (l, t), computed from the current A, B and m once after Training was last set.</summary>
     private DeviceTensor Scale(int l, TargetModule t)
     {
         var scale = Rows(_scale, l, t);
-        if (!_training && _current.Contains((l, t))) return scale;
+        if (_current.Contains((l, t))) return scale;
         int outF = _c.LinearShape(t).Out, r = _a.Rank;
         var a = _p[AdapterWeights.LoraA(l, t)];   // [r, in]
         var b = _p[AdapterWeights.LoraB(l, t)];   // [out, r]
@@ -118,7 +119,7 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
         var bg = View(_bg, outF, r);
         MatMul.Run(b, gram, bg, transposeB: false);                 // B·A·Aᵀ [out, r]
         DoraOps.NormScale(Rows(_w2, l, t), b, ct, bg, m, _a.Scaling, scale, Rows(_invN, l, t));
-        if (!_training) _current.Add((l, t));
+        _current.Add((l, t));
         return scale;
     }
 
