@@ -180,13 +180,18 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
         Assert.True(JsonNode.Parse(File.ReadAllText(Path.Combine(peft, AdapterIO.PeftConfigFile)))!["use_dora"]!.GetValue<bool>());
         Assert.Equal(withAdapter, EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", peft));
 
-        // Merged GGUF works; merge-and-quantize to NF4+DQ (dequantize, merge, re-quantize) reports the NLL it changes.
-        (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf", "--dtype", "f32", "--out", Path.Combine(_dir, "m.gguf"));
+        // Merged GGUF works and evaluates close to base + adapter (f16 weights); merge-and-quantize to NF4+DQ (dequantize,
+        // merge, re-quantize) reports the largest weight error and the NLL it changes.
+        var gguf = Path.Combine(_dir, "m.gguf");
+        (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf", "--dtype", "f16", "--merge-from", "original", "--out", gguf);
         Assert.True(code == 0, err + text);
+        double ggufNll = EvalNll("--model", gguf, "--data", data, "--quant", "none");
+        Assert.True(Math.Abs(ggufNll - withAdapter) <= 2e-2, string.Create(CultureInfo.InvariantCulture, $"merged GGUF {ggufNll} vs base+adapter {withAdapter}"));
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "safetensors", "--dtype", "nf4-dq",
             "--check-data", data, "--out", Path.Combine(_dir, "nf4"));
         Assert.True(code == 0, err + text);
         output.WriteLine(text);
+        Assert.Contains("max |weight error|", text);
         Assert.Contains("NLL", text, StringComparison.OrdinalIgnoreCase);
 
         // GGUF LoRA cannot hold DoRA; dropout, and --dora on another method, are refused.
