@@ -83,8 +83,9 @@ public sealed class DoraMethod : LoraMethod
     public override AdapterWeights? AsPlainLora(AdapterWeights adapter, LlamaConfig c, ICollection<string>? notes) => null;
 
     /// <summary>
-    /// LoRA's scratch plus DoRA's: per layer and target ‖W0_j‖², m/n and 1/n; the recomputed pre-scale output and the
-    /// scaled output gradient [rows, widest target output]; A·W0ᵀ [r, widest output], A·Aᵀ [r, r] and B·A·Aᵀ [widest output, r].
+    /// LoRA's scratch plus DoRA's: per layer and target ‖W0_j‖², m/n and 1/n; the scaled output gradient [rows, widest
+    /// target output] and the pre-scale output recomputed a chunk of rows at a time [chunk, widest output]; A·W0ᵀ
+    /// [r, widest output], A·Aᵀ [r, r] and B·A·Aᵀ [widest output, r].
     /// </summary>
     public override IEnumerable<MethodMemoryTerm> WorkspaceTerms(TrainSetup s, long rows)
     {
@@ -93,6 +94,7 @@ public sealed class DoraMethod : LoraMethod
         yield return new MethodMemoryTerm("DoRA row norms and scales", MemoryCategory.Workspace, MemoryModel.F32(3 * DoraRuntime.NormRows(s.Config, a)));
         long maxOut = DoraRuntime.MaxOut(s.Config, a);
         yield return new MethodMemoryTerm("DoRA scratch", MemoryCategory.Workspace,
-            2 * MemoryModel.F32(rows * maxOut) + 2 * MemoryModel.F32(a.Rank * maxOut) + MemoryModel.F32((long)a.Rank * a.Rank));
+            MemoryModel.F32(rows * maxOut) + MemoryModel.F32(DoraRuntime.ChunkRows(rows) * maxOut) + 2 * MemoryModel.F32(a.Rank * maxOut)
+            + MemoryModel.F32((long)a.Rank * a.Rank));
     }
 }

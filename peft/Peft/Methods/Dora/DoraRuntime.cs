@@ -5,7 +5,7 @@
 // every evaluation sets it, and the parameters change only between those (a checkpointed layer's recomputed forward and
 // generation's token-by-token forwards reuse the norms). Backward with n constant:
 // ∂(pre-scale output) = (m/n) ⊙ dy, dm += Σ_rows dy ⊙ (W0·x + s·B·A·x) / n — the pre-scale output is recomputed from x
-// rather than kept per layer — and LoRA's own backward for A, B and the input gradient.
+// in chunks of rows rather than kept per layer — and LoRA's own backward for A, B and the input gradient.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
@@ -26,7 +26,9 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
     private readonly IReadOnlyList<IDisposable> _owned;
     private readonly Dictionary<(int Layer, TargetModule Target), long> _rowOffset = [];   // into the per-row buffers
     private readonly DeviceTensor _w2, _scale, _invN;   // [Σ out over layers and targets]: ‖W0_j‖², m/n, 1/n
-    private readonly DeviceTensor _pre, _dPre;          // flat [maxRows·maxOut]: pre-scale output, scaled output gradient
+    private readonly DeviceTensor _pre;                 // flat [chunkRows·maxOut]: recomputed pre-scale output of a chunk of rows
+    private readonly DeviceTensor _dPre;                // flat [maxRows·maxOut]: the scaled output gradient
+    private readonly int _chunkRows;
     private readonly DeviceTensor _ct, _gram, _bg;      // [r·maxOut] A·W0ᵀ, [r, r] A·Aᵀ, [maxOut·r] B·A·Aᵀ
     private readonly HashSet<(int, TargetModule)> _current = [];   // norms taken since Training was last set
     private DeviceLlama? _model;
@@ -39,7 +41,14 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
     /// <summary>The widest output among the targets.</summary>
     public static long MaxOut(LlamaConfig c, AdapterConfig a) => a.Targets.Max(t => (long)c.LinearShape(t).Out);
 
-    public DoraRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p, int maxRows)
+    /// <summary>Rows of the pre-scale output recomputed at a time in backward (the scratch holds this many rows).</summary>
+    public const int DefaultChunkRows = 256;
+
+    /// <summary>Rows the pre-scale scratch holds for <paramref name="maxRows"/> rows in a step.</summary>
+    public static int ChunkRows(long maxRows, int chunkRows = DefaultChunkRows) => (int)Math.Max(1, Math.Min(maxRows, chunkRows));
+
+    /// <param name="chunkRows">Rows of the pre-scale output recomputed at a time in backward (tests lower it to exercise the chunking).</param>
+    public DoraRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p, int maxRows, int chunkRows = DefaultChunkRows)
     {
         if (a.Method is not DoraMethod) throw new ArgumentException("DoraRuntime serves DoRA adapters");
         _c = c;
@@ -58,7 +67,8 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
         _w2 = T("dora.base_row_sumsq", offset);
         _scale = T("dora.scale", offset);
         _invN = T("dora.inv_norm", offset);
-        _pre = T("dora.pre_scale", maxRows * maxOut);
+        _chunkRows = ChunkRows(maxRows, chunkRows);
+        _pre = T("dora.pre_scale", _chunkRows * maxOut);
         _dPre = T("dora.d_pre_scale", maxRows * maxOut);
         _ct = T("dora.a_w0t", a.Rank * maxOut);
         _gram = T("dora.a_at", (long)a.Rank * a.Rank);
@@ -152,14 +162,21 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
         if (!Has(target)) return false;
         var dyOut = _pendingDy ?? throw new InvalidOperationException("DoRA: LinearBackward without LinearOutputBackward");
         _pendingDy = null;
-        // dm += Σ_rows dy_out ⊙ (W0·x + s·B·A·x) / n, the pre-scale output recomputed from x (before dx may overwrite x).
-        var pre = View(_pre, x.Rows, dy.RowElements);
-        Base(layer, target).Forward(x, pre);
-        _lora.Linear(layer, target, x, pre);
-        DoraOps.ScaleColumns(pre, Rows(_invN, layer, target), pre);
-        BasicOps.Mul(pre, dyOut, pre);
+        // dm += Σ_rows dy_out ⊙ (W0·x + s·B·A·x) / n, the pre-scale output recomputed from x chunk by chunk of rows (all
+        // before dx may overwrite x).
         var m = _p.ByName[DoraMethod.MagnitudeName(layer, target)];
-        Bias.Grad(pre, m.Grad!, accumulate: true);
+        var invN = Rows(_invN, layer, target);
+        for (long start = 0; start < x.Rows; start += _chunkRows)
+        {
+            long n = Math.Min(_chunkRows, x.Rows - start);
+            var xc = x.RowsView(start, n);
+            var pre = View(_pre, n, dy.RowElements);
+            Base(layer, target).Forward(xc, pre);
+            _lora.Linear(layer, target, xc, pre);
+            DoraOps.ScaleColumns(pre, invN, pre);
+            BasicOps.Mul(pre, dyOut.RowsView(start, n), pre);
+            Bias.Grad(pre, m.Grad!, accumulate: true);
+        }
         return _lora.LinearBackward(layer, target, x, dy, dx, overwriteDx);
     }
 

@@ -104,7 +104,9 @@ public sealed class DoraGradientTests(GpuFixture gpu)
             t.Param.Upload<float>(v);
             host[name] = [.. v.Select(x => (double)x)];
         }
-        using var runtime = (DoraRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 2 * 5);
+        // With checkpointing, the backward's recomputation of the pre-scale output runs in chunks of 4 rows (4 + 4 + 2).
+        using var runtime = checkpointing ? new DoraRuntime(Ctx, c, cfg, p, maxRows: 2 * 5, chunkRows: 4)
+            : (DoraRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 2 * 5);
         using var step = new TrainStep(model, runtime, batch: 2, seqLen: 5, checkpointing);
         int[] ids = [1, 5, 9, 2, 30, 7, 7, 3, 36, 0];
         int[] tokens = [5, 9, 2, 30, -1, 7, 3, 36, 0, 11];   // one masked position
