@@ -44,6 +44,9 @@ public interface IAdapterRuntime
     /// <summary>Virtual tokens placed before the input embeddings (prompt tuning, P-tuning); null when none.</summary>
     IInputEmbeddingHook? InputEmbedding => null;
 
+    /// <summary>A gated attention over learned prompts added to the attention output (LLaMA-Adapter); null when none.</summary>
+    IAdaptionPromptHook? AdaptionPrompt => null;
+
     /// <summary>
     /// Called when the runtime is attached to the base model it runs on (a training step or a runner), before any hook: a
     /// method whose hooks read the frozen weights themselves (DoRA's row norms) takes them from here.

@@ -3,6 +3,7 @@
 using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.Ia3;
+using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Methods.QaLora;
 
@@ -11,7 +12,8 @@ namespace VkPeft.Peft.Methods;
 public static class PeftMethods
 {
     private static readonly Lock Gate = new();
-    private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(), new DoraMethod()];
+    private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
+        new LlamaAdapterMethod(), new DoraMethod()];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All

@@ -27,18 +27,12 @@ internal static class FiniteDifference
             AssertClose($"{name}[{i}]", gpu[i], At(values, i, loss));
     }
 
-    /// <summary>
-    /// Every trainable tensor of <paramref name="p"/>: its device gradient is not all zero and matches the finite differences
-    /// of <paramref name="loss"/> in the float64 copy <paramref name="host"/>[name] element by element.
-    /// </summary>
-    public static void AssertEveryTensor(VkPeft.Peft.Training.TrainableParameters p, IReadOnlyDictionary<string, double[]> host, Func<double> loss)
+    /// <summary>A trainable tensor's device gradient <paramref name="grad"/>: not all zero, and every element as <see cref="AssertMatches"/>.</summary>
+    public static void AssertGradient(string name, VkPeft.Runtime.Tensors.DeviceTensor grad, double[] values, Func<double> loss)
     {
-        foreach (var (name, t) in p.ByName)
-        {
-            var g = t.Grad!.ToArray<float>();
-            Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
-            AssertMatches(name, g, host[name], loss);
-        }
+        var g = grad.ToArray<float>();
+        Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
+        AssertMatches(name, g, values, loss);
     }
 
     public static void AssertClose(string what, double gpu, double fd) =>
