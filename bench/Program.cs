@@ -35,6 +35,7 @@ public static class Program
         root.Subcommands.Add(MemoryBench.Create(device, json));
         root.Subcommands.Add(TrainBench.Create(device, json));
         root.Subcommands.Add(GenerateBench.Create(device, json));
+        root.Subcommands.Add(ServeBench.Create(device, json));
         try
         {
             return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

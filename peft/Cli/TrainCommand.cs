@@ -53,8 +53,20 @@ public static class TrainCommand
         using var runLock = RunLock.Acquire(options.Out);
         if (!options.Resume && (File.Exists(Path.Combine(options.Out, Trainer.StateFile)) || TrainCheckpoint.Steps(options.Out).Count > 0))
             throw new CliUsageException($"{options.Out} already holds a training run; pass --resume to continue it or choose another --out");
+        LoftQStart? loftq = null;
+        if (options.LoftQIterations is { } iterations)
+        {
+            Progress.Run($"LoftQ initialization ({iterations} iteration{(iterations == 1 ? "" : "s")})", host.Config.NLayers * options.Adapter.Targets.Length, "linears",
+                tick => loftq = LoftQInit.Apply(host, options.Adapter, options.Quant, iterations, options.Seed, (done, _) => tick(done)));
+            foreach (var line in loftq!.LogLines()) Console.Error.WriteLine(line);
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"LoftQ: ‖W − (Q + s·B·A)‖ over all targets {loftq.TotalBefore:G4} (quantized base alone) → {loftq.TotalAfter:G4}"));
+            host = loftq.Backbone;
+            options = options with { InitialAdapter = loftq.Adapter };
+            Console.Error.WriteLine($"LoftQ backbone (quantize it with --quant {options.Quant.Type} to get the trained base): {LoftQInit.WriteBackbone(loftq, options.Out)}");
+        }
         using var model = ModelOptions.Upload(ctx, host, options.Quant, options.EmbeddingQuant);
-        using var trainer = new Trainer(ctx, model, options, data);
+        using var trainer = new Trainer(ctx, model, options, data, host) { Log = Console.Error.WriteLine };
+        if (loftq != null) trainer.ExtraSummary["loftq"] = loftq.ToJson(options.LoftQIterations!.Value);
         if (options.Resume) trainer.ResumeFrom(options.Out, Console.Error.WriteLine);
         TrainSummary summary = null!;
         Progress.Run(title ?? $"training {options.Adapter.Method}", options.Steps, "steps", tick =>

@@ -134,9 +134,27 @@ public abstract class PeftMethod
     /// </summary>
     public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed, DeviceLlama? baseModel = null)
     {
-        var rng = new Random(seed);
         var trained = new List<(string, long[], float[])>();
         var frozen = new List<(string, long[], float[])>();
+        foreach (var (spec, data) in InitialValues(c, a, seed))
+            (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
+        p.AddAll(trained);   // one packed block with gradients and optimizer state
+        if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
+        foreach (var spec in Parameters(c, a))
+            if (spec.Init is ParameterInit.BaseRowNorms rn)
+            {
+                if (baseModel == null) throw new ArgumentException($"{CliName}: '{spec.Name}' starts at the base weight's row norms; pass the base model", nameof(baseModel));
+                baseModel.Layers[rn.Layer].Linear(rn.Target).RowNorms(p.ByName[spec.Name].Param);
+            }
+    }
+
+    /// <summary>
+    /// The initial value of every tensor of <see cref="Parameters"/>: one seeded stream, values drawn tensor by tensor
+    /// in spec order (zeros and constants draw nothing). Also what a ReLoRA restart re-initializes to.
+    /// </summary>
+    public IEnumerable<(ParameterSpec Spec, float[] Data)> InitialValues(LlamaConfig c, AdapterConfig a, int seed)
+    {
+        var rng = new Random(seed);
         foreach (var spec in Parameters(c, a))
         {
             var data = new float[spec.Count];
@@ -149,16 +167,8 @@ public abstract class PeftMethod
                     Array.Fill(data, k.Value);
                     break;
             }
-            (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
+            yield return (spec, data);
         }
-        p.AddAll(trained);   // one packed block with gradients and optimizer state
-        if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
-        foreach (var spec in Parameters(c, a))
-            if (spec.Init is ParameterInit.BaseRowNorms rn)
-            {
-                if (baseModel == null) throw new ArgumentException($"{CliName}: '{spec.Name}' starts at the base weight's row norms; pass the base model", nameof(baseModel));
-                baseModel.Layers[rn.Layer].Linear(rn.Target).RowNorms(p.ByName[spec.Name].Param);
-            }
     }
 
     // ---------------------------------------------------------------- runtime
