@@ -28,8 +28,12 @@ public static class TrainCommand
                 return 0;
             }
             var (host, tok) = train.Model.LoadHost(parse);
+            options = options with { Adapter = options.Adapter.Method.WithTokenizer(options.Adapter, tok) };
             if (host.Config.MaxSeqLen > 0 && options.SeqLen > host.Config.MaxSeqLen)
                 throw new CliUsageException($"--seq-len {options.SeqLen} exceeds the model's context of {host.Config.MaxSeqLen}");
+            int extraRows = m.ExtraRowsPerSequence(new Peft.Planning.TrainSetup { Config = host.Config, Method = m, Settings = options.Adapter.Settings });
+            if (host.Config.MaxSeqLen > 0 && options.SeqLen + extraRows > host.Config.MaxSeqLen)
+                throw new CliUsageException($"--virtual-tokens {extraRows} before --seq-len {options.SeqLen} exceeds the model's context of {host.Config.MaxSeqLen}");
             var trainData = TrainingData.Load(tok, options.Data, options.EvalData, options.EvalFraction, options.SeqLen, options.Seed);
             Console.Error.WriteLine($"data: {trainData.TrainDocuments} training documents → {trainData.Train.Count} windows of {options.SeqLen} tokens; {trainData.EvalDocuments} held-out documents");
             using var ctx = new VulkanContext(CliApp.RuntimeOptionsFrom(parse));

@@ -5,6 +5,8 @@ using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.Ia3;
 using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.Prefix;
+using VkPeft.Peft.Methods.Prompt;
 using VkPeft.Peft.Methods.QaLora;
 
 namespace VkPeft.Peft.Methods;
@@ -13,7 +15,7 @@ public static class PeftMethods
 {
     private static readonly Lock Gate = new();
     private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
-        new LlamaAdapterMethod(), new DoraMethod()];
+        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod(), new DoraMethod()];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All

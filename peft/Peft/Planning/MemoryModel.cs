@@ -20,6 +20,8 @@ public sealed record TrainSetup
     /// <summary>LoRA-FA (--freeze-a): A is stored but has no gradient or AdamW moments.</summary>
     public bool FreezeA { get; init; }
     public TargetModule[] Targets { get; init; } = Enum.GetValues<TargetModule>();
+    /// <summary>The method's own configuration record (null: the method's defaults).</summary>
+    public MethodSettings? Settings { get; init; }
     /// <summary>QA-LoRA group size (the INT4 base's); bottleneck size for --method adapter.</summary>
     public int GroupSize { get; init; } = 32;
     public int Bottleneck { get; init; } = 16;
@@ -162,7 +164,8 @@ public static class MemoryModel
     {
         var c = s.Config;
         int L = c.NLayers;
-        long rows = (long)s.Batch * s.SeqLen;
+        int seqRows = s.SeqLen + s.Method.ExtraRowsPerSequence(s);   // virtual tokens add rows to every sequence
+        long rows = (long)s.Batch * seqRows;
         var items = new List<MemoryItem>();
         void Add(string name, MemoryCategory cat, long bytes, bool perLayer = false, MemoryPlace place = MemoryPlace.Device)
         {
@@ -191,7 +194,7 @@ public static class MemoryModel
 
         // Activations (TrainStep): layer inputs, LayerState(s), gradient buffers, ids/targets/loss, one logits chunk.
         // ∂swiglu, ∂gate and ∂up overwrite swiglu, gate and up; held-out evaluation reuses these buffers.
-        long state = LayerStateBytes(c, s.Batch, s.SeqLen);
+        long state = LayerStateBytes(c, s.Batch, seqRows);
         if (s.Checkpointing) Add("layer state (1, recomputed)", MemoryCategory.Activations, state);
         else Add("layer states (1 per layer)", MemoryCategory.Activations, L * state, true);
         if (s.OffloadCheckpoints && s.Checkpointing)

@@ -72,6 +72,7 @@ public sealed class Trainer : IDisposable
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device, options.ParameterLayout);
         options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed, model);
+        options.Adapter.Method.InitializeFromBase(_params, model, options.Adapter, options.Seed);
         if (options.InitialAdapter is { } start)
             foreach (var (name, t) in start.Tensors)
             {
@@ -110,7 +111,7 @@ public sealed class Trainer : IDisposable
         var setup = new Planning.TrainSetup
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, FreezeA = o.Adapter.FreezeA, Targets = o.Adapter.Targets,
-            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout,
+            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout, Settings = o.Adapter.Settings,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
             UnifiedMemory = ctx.Arena.HostMapped, OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
         };
