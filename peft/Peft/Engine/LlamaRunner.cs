@@ -23,6 +23,7 @@ public sealed class LlamaRunner : IDisposable
         Model = model;
         MaxBatch = maxBatch;
         MaxSeq = maxSeq;
+        adapter?.AttachBase(model);
         _adapter = adapter;
         _virtualTokens = VirtualTokenRows.ExtraRows(adapter);
         var c = model.Config;
