@@ -120,7 +120,7 @@ public static class QuantizedMatMul
         return tiles.LastOrDefault(t => t.Rows <= m, tiles[0]).Id;
     }
 
-    private static Binding[] QuantBindings(DeviceQuantizedWeight w)
+    internal static Binding[] QuantBindings(DeviceQuantizedWeight w)
     {
         var codes = w.Codes.Range;
         var map = DeviceQuantizedWeight.DynamicMapOf(w.Context).Range;

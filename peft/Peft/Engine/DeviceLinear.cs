@@ -72,6 +72,13 @@ public sealed class DeviceLinear : IDisposable
         else MatMul.Run(dy, Full!, dx, transposeB: false, alpha, beta);
     }
 
+    /// <summary>output[j] = ‖W_j‖ (or ‖W_j‖² with <paramref name="squared"/>) per output row, decoded on the device. Writes output [out].</summary>
+    public void RowNorms(DeviceTensor output, bool squared = false)
+    {
+        if (Quantized != null) DoraOps.RowSquaredNorms(Quantized, output, sqrt: !squared);
+        else DoraOps.RowSquaredNorms(Full!, output, sqrt: !squared);
+    }
+
     /// <summary>The weight as the kernels see it, dequantized to the host (for merges and exports).</summary>
     public float[] DownloadDequantized()
     {

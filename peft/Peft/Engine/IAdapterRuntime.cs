@@ -46,6 +46,12 @@ public interface IAdapterRuntime
 
     /// <summary>A gated attention over learned prompts added to the attention output (LLaMA-Adapter); null when none.</summary>
     IAdaptionPromptHook? AdaptionPrompt => null;
+
+    /// <summary>
+    /// Called when the runtime is attached to the base model it runs on (a training step or a runner), before any hook: a
+    /// method whose hooks read the frozen weights themselves (DoRA's row norms) takes them from here.
+    /// </summary>
+    void AttachBase(DeviceLlama model) { }
 }
 
 /// <summary>An adapter being trained: its forward hooks plus the matching backward hooks the trainer calls.</summary>

@@ -23,6 +23,7 @@ public sealed class LlamaRunner : IDisposable
         Model = model;
         MaxBatch = maxBatch;
         MaxSeq = maxSeq;
+        adapter?.AttachBase(model);
         _adapter = adapter;
         _virtualTokens = VirtualTokenRows.ExtraRows(adapter);
         var c = model.Config;
@@ -65,6 +66,7 @@ public sealed class LlamaRunner : IDisposable
         {
             if (VirtualTokenRows.ExtraRows(value) != _virtualTokens)
                 throw new ArgumentException("an adapter with virtual tokens or a prefix is given to the LlamaRunner constructor, which sizes the rows for them");
+            value?.AttachBase(Model);
             _adapter = value;
         }
     }

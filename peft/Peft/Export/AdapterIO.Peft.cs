@@ -7,6 +7,7 @@ using System.Text.Json;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.Ia3;
 using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
@@ -59,6 +60,14 @@ public static partial class AdapterIO
                     bData = QkPermutation.PermuteRows<float>(b.Data, heads, baseConfig.HeadDim, cfg.Rank, baseConfig.RopeLayout, RopeLayout.RotateHalf);
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "A"), a.Shape, aData, dtype));
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "B"), b.Shape, bData, dtype));
+                if (cfg.Method is DoraMethod)
+                {
+                    var m = adapter.Tensors[DoraMethod.MagnitudeName(l, t)];
+                    float[] mData = ModelTensors.PermutedHeads(baseConfig, t) is { } mHeads
+                        ? QkPermutation.PermuteRows<float>(m.Data, mHeads, baseConfig.HeadDim, 1, baseConfig.RopeLayout, RopeLayout.RotateHalf)
+                        : m.Data;
+                    entries.Add(SafeTensorsWriter.FromFloat32(PeftMagnitudeKey(l, t), m.Shape, mData, dtype));
+                }
             }
         return WritePeftFolder(dir, force, dtype, PeftConfigJson(cfg), entries, PeftMetadata(cfg, baseConfig));
     }
@@ -105,7 +114,7 @@ public static partial class AdapterIO
             foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains)) w.WriteStringValue(AdapterConfig.HfName(t));
             w.WriteEndArray();
             w.WriteString("task_type", "CAUSAL_LM");
-            w.WriteBoolean("use_dora", false);
+            w.WriteBoolean("use_dora", cfg.Method is DoraMethod);
             w.WriteBoolean("use_rslora", cfg.UseRsLora);
             if (cfg.Method is LoraMethod { GroupPooled: true })
             {
@@ -205,7 +214,6 @@ public static partial class AdapterIO
         if (peftType == "PREFIX_TUNING") return LoadPeftPrefix(dir, cfgPath, r, baseConfig);
         if (peftType == "ADAPTION_PROMPT") return LoadPeftAdaptionPrompt(dir, cfgPath, r, baseConfig);
         if (peftType != "LORA") throw new ModelFormatException(cfgPath, "peft_type", $"'{peftType}' is not supported (only LORA, IA3, PROMPT_TUNING, PREFIX_TUNING and ADAPTION_PROMPT)");
-        if (Bool(r, "use_dora") == true) throw new ModelFormatException(cfgPath, "use_dora", "DoRA adapters are not supported");
         if (Bool(r, "fan_in_fan_out") == true) throw new ModelFormatException(cfgPath, "fan_in_fan_out", "must be false for Llama");
         string bias = Str(r, "bias") ?? "none";
         if (bias != "none") throw new ModelFormatException(cfgPath, "bias", $"'{bias}' is not supported (only \"none\")");
@@ -216,12 +224,14 @@ public static partial class AdapterIO
         int rank = Int(cfgPath, r, "r") ?? 8;
         var targets = ParseHfTargets(cfgPath, r);
         bool qalora = Bool(r, "use_qalora") == true;
+        bool dora = Bool(r, "use_dora") == true;
+        if (dora && qalora) throw new ModelFormatException(cfgPath, "use_dora", "DoRA together with use_qalora is not supported");
         string wPath = WeightsPath(dir);
         using var file = SafeTensorsFile.Open(wPath);
         var baseQuant = ReadPeftBaseQuant(cfgPath, r, file);
         var config = new AdapterConfig
         {
-            Method = qalora ? PeftMethod.QaLora : PeftMethod.Lora,
+            Method = qalora ? PeftMethod.QaLora : dora ? PeftMethods.Get("dora") : PeftMethod.Lora,
             Rank = rank,
             Alpha = (float)(Dbl(r, "lora_alpha") ?? 8),
             Dropout = (float)(Dbl(r, "lora_dropout") ?? 0),
@@ -251,12 +261,23 @@ public static partial class AdapterIO
                     b = QkPermutation.PermuteRows<float>(b, heads, baseConfig.HeadDim, rank, RopeLayout.RotateHalf, baseConfig.RopeLayout);
                 adapter.Tensors[AdapterWeights.LoraA(l, t)] = new HostTensor(a, [rank, aCols]);
                 adapter.Tensors[AdapterWeights.LoraB(l, t)] = new HostTensor(b, [outF, rank]);
+                if (dora)
+                {
+                    // PEFT saves the magnitude without ".weight" (and re-adds it on load); older writers kept it.
+                    string km = PeftMagnitudeKey(l, t);
+                    if (!file.Tensors.ContainsKey(km) && file.Tensors.ContainsKey(km + ".weight")) km += ".weight";
+                    float[] m = ReadShaped(file, km, [outF]);
+                    seen.Add(km);
+                    if (ModelTensors.PermutedHeads(baseConfig, t) is { } mHeads)
+                        m = QkPermutation.PermuteRows<float>(m, mHeads, baseConfig.HeadDim, 1, RopeLayout.RotateHalf, baseConfig.RopeLayout);
+                    adapter.Tensors[DoraMethod.MagnitudeName(l, t)] = new HostTensor(m, [outF]);
+                }
             }
         foreach (var name in file.Tensors.Keys)
             if (!seen.Contains(name))
                 throw new ModelFormatException(wPath, name,
                     $"unexpected tensor (the base model has {baseConfig.NLayers} layers and the config targets {string.Join(", ", targets.Select(AdapterConfig.HfName))}; " +
-                    "only lora_A/lora_B weights are supported)");
+                    (dora ? "only lora_A/lora_B weights and lora_magnitude_vector are supported)" : "only lora_A/lora_B weights are supported)"));
         AdapterMerge.Validate(adapter, baseConfig, wPath);
         return adapter;
     }

@@ -20,6 +20,10 @@ public static partial class AdapterIO
     public static string PeftKey(int layer, TargetModule t, string part) =>
         $"base_model.model.model.layers.{layer}.{AdapterConfig.HfPath(t)}.lora_{part}.weight";
 
+    /// <summary>PEFT key of a DoRA magnitude vector: <c>base_model.model.model.layers.{i}.self_attn.q_proj.lora_magnitude_vector</c> (saved without ".weight").</summary>
+    public static string PeftMagnitudeKey(int layer, TargetModule t) =>
+        $"base_model.model.model.layers.{layer}.{AdapterConfig.HfPath(t)}.lora_magnitude_vector";
+
     private static string LayoutName(RopeLayout l) => l == RopeLayout.InterleavedPairs ? "interleaved_pairs" : "rotate_half";
 
     /// <summary>

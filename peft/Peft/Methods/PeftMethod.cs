@@ -25,6 +25,12 @@ public abstract record ParameterInit
     public sealed record Constant(float Value) : ParameterInit;
     public sealed record Uniform(float Bound) : ParameterInit;
     public sealed record Normal(float Std) : ParameterInit;
+
+    /// <summary>
+    /// The per-output-row norms ‖W_j‖ of one base linear as the device holds it (dequantized inside the kernel): DoRA's
+    /// magnitudes. Needs the base model at initialization.
+    /// </summary>
+    public sealed record BaseRowNorms(int Layer, TargetModule Target) : ParameterInit;
 }
 
 /// <summary>
@@ -127,9 +133,10 @@ public abstract class PeftMethod
     /// <summary>
     /// Adds freshly initialized tensors of <see cref="Parameters"/> to <paramref name="p"/>: one seeded stream, values
     /// drawn tensor by tensor in spec order (zeros and constants draw nothing); trained tensors share one packed block,
-    /// frozen ones (no gradient, no optimizer state) another.
+    /// frozen ones (no gradient, no optimizer state) another. Tensors initialized from the base weights
+    /// (<see cref="ParameterInit.BaseRowNorms"/>) are computed on the device from <paramref name="baseModel"/>.
     /// </summary>
-    public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
+    public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed, DeviceLlama? baseModel = null)
     {
         var trained = new List<(string, long[], float[])>();
         var frozen = new List<(string, long[], float[])>();
@@ -137,6 +144,12 @@ public abstract class PeftMethod
             (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
         p.AddAll(trained);   // one packed block with gradients and optimizer state
         if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
+        foreach (var spec in Parameters(c, a))
+            if (spec.Init is ParameterInit.BaseRowNorms rn)
+            {
+                if (baseModel == null) throw new ArgumentException($"{CliName}: '{spec.Name}' starts at the base weight's row norms; pass the base model", nameof(baseModel));
+                baseModel.Layers[rn.Layer].Linear(rn.Target).RowNorms(p.ByName[spec.Name].Param);
+            }
     }
 
     /// <summary>

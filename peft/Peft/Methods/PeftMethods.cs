@@ -1,6 +1,7 @@
 // The registry of PEFT methods: name → method. `train`, `plan`, `bench memory`, adapter loading and export look methods
 // up here; a new method is one folder under Methods/ plus one Register line (here, or from another assembly).
 using VkPeft.Peft.Methods.Bottleneck;
+using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.Ia3;
 using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
@@ -14,7 +15,7 @@ public static class PeftMethods
 {
     private static readonly Lock Gate = new();
     private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
-        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod()];
+        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod(), new DoraMethod()];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All

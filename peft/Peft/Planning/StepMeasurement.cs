@@ -48,7 +48,7 @@ public static class StepMeasurement
         acc.ResetPeaks();   // the load-time quantization scratch is transient; the step's peak is what is asked here
         var adapter = setup.ToAdapterConfig();
         using var parameters = new TrainableParameters(ctx, withOptimizer: true, setup.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device);
-        adapter.Method.Initialize(parameters, c, adapter, 7);
+        adapter.Method.Initialize(parameters, c, adapter, 7, model);
         var runtime = adapter.Method.CreateRuntime(ctx, c, adapter, parameters, setup.Batch * setup.SeqLen);
         try
         {

@@ -32,6 +32,7 @@ public sealed class TrainStep : IDisposable
         if (offloadCheckpoints && !checkpointing) throw new FormatException("--offload-checkpoints keeps the layer inputs that checkpointing recomputes from: it needs --checkpointing on");
         _model = model;
         _adapter = adapter;
+        adapter.AttachBase(model);
         Batch = batch;
         SeqLen = seqLen;
         _prompt = adapter.InputEmbedding;

@@ -71,7 +71,7 @@ public sealed class Trainer : IDisposable
         Checkpointing = options.Checkpointing ?? (options.OffloadCheckpoints || model.LinearParams > AutoCheckpointingLinearParameters);
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device, options.ParameterLayout);
-        options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);
+        options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed, model);
         options.Adapter.Method.InitializeFromBase(_params, model, options.Adapter, options.Seed);
         if (options.InitialAdapter is { } start)
             foreach (var (name, t) in start.Tensors)

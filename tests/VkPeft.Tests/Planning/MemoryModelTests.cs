@@ -22,7 +22,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     };
 
     public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4", "llama-adapter-nf4",
-        "prompt-nf4", "prefix-nf4"];
+        "prompt-nf4", "prefix-nf4", "dora-nf4"];
 
     private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
     {
@@ -40,6 +40,10 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         "lora-fa-nf4" => Random(new TrainSetup
         {
             Config = Small(96, 256, 3, 6, 3, 1000, false), Rank = 8, FreezeA = true, Batch = 2, SeqLen = 24, Checkpointing = false, LogitRows = 16,
+        }),
+        "dora-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("dora"), Rank = 8, Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
         }),
         "ia3-nf4" => Random(new TrainSetup
         {

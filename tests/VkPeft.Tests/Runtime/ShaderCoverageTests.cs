@@ -34,6 +34,7 @@ public sealed class ShaderCoverageTests(GpuFixture gpu)
         ["group_pool.comp"] = typeof(PeftKernels.PeftOpsTests), ["activation.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["bias.comp"] = typeof(PeftKernels.PeftOpsTests), ["lora_gathered.comp"] = typeof(PeftKernels.GatheredLoraTests),
         ["splitk_sum.comp"] = typeof(SplitKTests),
+        ["dora.comp"] = typeof(PeftKernels.DoraKernelTests),
         ["adaption_prompt_fwd.comp"] = typeof(PeftKernels.AdaptionPromptKernelTests), ["adaption_prompt_bwd.comp"] = typeof(PeftKernels.AdaptionPromptKernelTests),
         ["bench_fma.comp"] = typeof(ShaderCoverageTests),
     };

@@ -158,6 +158,9 @@ public class LoraMethod : PeftMethod
         new("--dropout", "Dropout on the LoRA branch input", "0", (a, v) => a with { Dropout = MethodOption.Float("--dropout", v) }),
         new("--rslora", "Scale by alpha/√r (rsLoRA)", null, (a, v) => a with { UseRsLora = bool.Parse(v) }),
         new("--freeze-a", "LoRA-FA: keep A at its initialization and train only B (no A gradient or optimizer state)", null, (a, v) => a with { FreezeA = bool.Parse(v) }),
+        new("--dora", "DoRA: LoRA plus a trained magnitude per output row (weight-decomposed LoRA)", null, (a, v) => !bool.Parse(v) ? a
+            : a.Method is LoraMethod { GroupPooled: false } ? a with { Method = PeftMethods.Get("dora") }
+            : throw new FormatException($"--dora applies to --method lora, not {a.Method.CliName}")),
     ];
 
     public override IReadOnlyList<MethodOption> Options => LoraOptions;
