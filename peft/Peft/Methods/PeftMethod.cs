@@ -166,6 +166,13 @@ public abstract class PeftMethod
         throw new InvalidOperationException(NotMergeableReason ?? $"{CliName} has no merge rule");
 
     /// <summary>
+    /// The merged model's tensors other than the linear weights, after the linears are merged: the method's changes to
+    /// norms or biases (norm and bias tuning), or <paramref name="merged"/> itself (the default). Throws
+    /// <see cref="ExportException"/> with the reason when the target cannot hold them.
+    /// </summary>
+    public virtual LlamaWeights MergeOther(LlamaWeights merged, LlamaConfig c, AdapterWeights adapter) => merged;
+
+    /// <summary>
     /// A merge straight into the quantized form <paramref name="format"/>/<paramref name="dtype"/> asks for that adds no
     /// rounding (QA-LoRA into its INT4 groups), or null when the method has none for it (the dense merge is used).
     /// </summary>
