@@ -196,6 +196,7 @@ public static class MemoryModel
         // Workspace: the method's scratch (LoRA: t, dt, dropout and pooling buffers) and the gradient-norm partials.
         foreach (var term in s.Method.WorkspaceTerms(s, rows)) Add(term.Name, term.Category, term.Bytes);
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
+        Add("gradient-norm tensor table", MemoryCategory.Workspace, Pad4(8L * spec.Count(p => !p.Frozen)));   // (offset, count) u32 pairs
 
         // Staging: discrete GPUs copy through host-visible buffers of up to 32 MiB, one at a time.
         if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min((long)Runtime.Tensors.Transfers.StagingBytes, Pad4(Math.Max(largestTrainable, rows * 4))));
