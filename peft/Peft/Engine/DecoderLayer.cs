@@ -55,26 +55,26 @@ public static class DecoderLayer
             Attention.Forward(q, k, v, o, lse, batch, seqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
         if (inPlace)
         {
-            Linear(adapter, l, TargetModule.O, layer.Wo, o, xIn, null, beta: 1);
+            Linear(adapter, l, TargetModule.O, layer.Wo, o, xIn, layer.Bo, beta: 1);
             xMid = xIn;
         }
         else
         {
-            Linear(adapter, l, TargetModule.O, layer.Wo, o, z, null);
+            Linear(adapter, l, TargetModule.O, layer.Wo, o, z, layer.Bo);
             adapter?.AttentionOutput(l, z);
             BasicOps.Add(xIn, z, xMid);
         }
 
         RmsNorm.Forward(xMid, NormWeight(adapter, l, LlamaTensorKind.FfnNorm, layer.FfnNorm), h2, eps);
-        Linear(adapter, l, TargetModule.Gate, layer.Gate, h2, g, null);
-        Linear(adapter, l, TargetModule.Up, layer.Up, h2, u, null);
+        Linear(adapter, l, TargetModule.Gate, layer.Gate, h2, g, layer.BGate);
+        Linear(adapter, l, TargetModule.Up, layer.Up, h2, u, layer.BUp);
         SwiGlu.Forward(g, u, sw);
         if (inPlace)
         {
-            Linear(adapter, l, TargetModule.Down, layer.Down, sw, xMid, null, beta: 1);
+            Linear(adapter, l, TargetModule.Down, layer.Down, sw, xMid, layer.BDown, beta: 1);
             return;
         }
-        Linear(adapter, l, TargetModule.Down, layer.Down, sw, z, null);
+        Linear(adapter, l, TargetModule.Down, layer.Down, sw, z, layer.BDown);
         adapter?.MlpOutput(l, h2, z);
         BasicOps.Add(xMid, z, xOut);
     }

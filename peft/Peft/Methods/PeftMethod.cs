@@ -167,10 +167,9 @@ public abstract class PeftMethod
 
     /// <summary>
     /// The merged model's tensors other than the linear weights, after the linears are merged: the method's changes to
-    /// norms or biases (norm and bias tuning), or <paramref name="merged"/> itself (the default). Throws
-    /// <see cref="ExportException"/> with the reason when the target cannot hold them.
+    /// norms or biases and the config flags they need (norm and bias tuning), or <paramref name="merged"/> itself (the default).
     /// </summary>
-    public virtual LlamaWeights MergeOther(LlamaWeights merged, LlamaConfig c, AdapterWeights adapter) => merged;
+    public virtual MergedModel MergeOther(MergedModel merged, AdapterWeights adapter) => merged;
 
     /// <summary>
     /// A merge straight into the quantized form <paramref name="format"/>/<paramref name="dtype"/> asks for that adds no

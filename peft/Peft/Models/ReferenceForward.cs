@@ -151,15 +151,15 @@ public sealed class ReferenceForward
                         for (int i = 0; i < hd; i++) att[qOff + i] += prefixScores[p] / sum * prefix!.Value.Values[p][kvOff + i];
                     nPrefix = prefix?.Keys.Length ?? 0;
                 }
-                double[] o = _m.Linear(l, LlamaTensorKind.Wo, att, lw.Wo, dim, c.QDim, null);
+                double[] o = _m.Linear(l, LlamaTensorKind.Wo, att, lw.Wo, dim, c.QDim, lw.Bo);
                 _m.AfterAttentionOutput?.Invoke(l, o);
                 for (int i = 0; i < dim; i++) x[i] += o[i];
 
                 h = _m.Norm(l, LlamaTensorKind.FfnNorm, x, lw.FfnNorm);
-                double[] gate = _m.Linear(l, LlamaTensorKind.WGate, h, lw.WGate, c.HiddenDim, dim, null);  // [hidden]
-                double[] up = _m.Linear(l, LlamaTensorKind.WUp, h, lw.WUp, c.HiddenDim, dim, null);        // [hidden]
+                double[] gate = _m.Linear(l, LlamaTensorKind.WGate, h, lw.WGate, c.HiddenDim, dim, lw.BGate);  // [hidden]
+                double[] up = _m.Linear(l, LlamaTensorKind.WUp, h, lw.WUp, c.HiddenDim, dim, lw.BUp);        // [hidden]
                 for (int i = 0; i < c.HiddenDim; i++) gate[i] = gate[i] / (1.0 + Math.Exp(-gate[i])) * up[i];
-                double[] down = _m.Linear(l, LlamaTensorKind.WDown, gate, lw.WDown, dim, c.HiddenDim, null);
+                double[] down = _m.Linear(l, LlamaTensorKind.WDown, gate, lw.WDown, dim, c.HiddenDim, lw.BDown);
                 _m.AfterMlpOutput?.Invoke(l, h, down);
                 for (int i = 0; i < dim; i++) x[i] += down[i];
             }

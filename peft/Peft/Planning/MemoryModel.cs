@@ -132,7 +132,8 @@ public static class MemoryModel
     public static long ParameterCount(LlamaConfig c)
     {
         long emb = (long)c.VocabSize * c.Dim * (c.TiedClassifier ? 1 : 2);
-        long layer = LayerLinears(c).Sum(l => (long)l.Out * l.In) + 2L * c.Dim + (c.AttentionBias ? c.QDim + 2L * c.KvDim : 0);
+        long layer = LayerLinears(c).Sum(l => (long)l.Out * l.In) + 2L * c.Dim + (c.AttentionBias ? c.QDim + 2L * c.KvDim : 0)
+            + (c.OutputBias ? c.Dim : 0) + (c.MlpBias ? 2L * c.HiddenDim + c.Dim : 0);
         return emb + c.Dim + c.NLayers * layer;
     }
 
@@ -160,6 +161,8 @@ public static class MemoryModel
         Add("linear weights", MemoryCategory.Weights, L * linears, true);
         Add("layer norms", MemoryCategory.Weights, L * 2 * F32(c.Dim), true);
         if (c.AttentionBias) Add("q/k/v biases", MemoryCategory.Weights, L * (F32(c.QDim) + 2 * F32(c.KvDim)), true);
+        if (c.OutputBias) Add("o biases", MemoryCategory.Weights, L * F32(c.Dim), true);
+        if (c.MlpBias) Add("MLP biases", MemoryCategory.Weights, L * (2 * F32(c.HiddenDim) + F32(c.Dim)), true);
         if (s.Quant.DoubleQuant) Add("double-quant dynamic map", MemoryCategory.Weights, 256 * 4);
 
         // Trainable tensors, gradients and AdamW moments (TrainableParameters: fp32, packed back to back in flat buffers;

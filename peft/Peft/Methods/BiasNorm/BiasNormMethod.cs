@@ -4,7 +4,8 @@
 // attention and MLP norms and the final norm). A tuned norm is stored as its change from the base's weight (`.delta`,
 // zero at start): the weight applied is base + delta, and AdamW's weight decay pulls it toward the base rather than
 // toward zero. PEFT has no adapter type holding both (its BEFT type adds v_proj-style biases, LN_TUNING copies the norm
-// weights); vkpeft saves its own format. Merged exports add the deltas to the norms and write the biases as tensors.
+// weights); vkpeft saves its own format. Merged exports add the deltas to the norms and write the biases as the model's
+// own bias tensors (Hugging Face attention_bias/mlp_bias, GGUF attn_*.bias/ffn_*.bias); llama2.c files hold no biases.
 using System.Text.Json;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
@@ -67,10 +68,16 @@ public sealed class BiasNormMethod : PeftMethod
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
     {
         if (a.Targets.Length == 0 && !TrainsNorms(a)) throw new ModelFormatException(source, "target_modules", "bias tuning needs at least one target or train_norms");
-        if (baseConfig.AttentionBias)
-            foreach (var t in a.Targets.Where(t => t is TargetModule.Q or TargetModule.K or TargetModule.V))
-                throw new ModelFormatException(source, "target_modules", $"this base already has a {AdapterConfig.HfName(t)} bias; bias tuning adds biases to bias-free linears only");
+        foreach (var t in a.Targets.Where(t => HasBaseBias(baseConfig, t)))
+            throw new ModelFormatException(source, "target_modules", $"this base already has a {AdapterConfig.HfName(t)} bias; bias tuning adds biases to bias-free linears only");
     }
+
+    private static bool HasBaseBias(LlamaConfig c, TargetModule t) => t switch
+    {
+        TargetModule.Q or TargetModule.K or TargetModule.V => c.AttentionBias,
+        TargetModule.O => c.OutputBias,
+        _ => c.MlpBias,
+    };
 
     public override void WriteConfig(Utf8JsonWriter w, AdapterConfig a) => w.WriteBoolean("train_norms", TrainsNorms(a));
 
@@ -115,34 +122,48 @@ public sealed class BiasNormMethod : PeftMethod
     /// <summary>The linear weights are unchanged; the biases and norms merge as tensors of their own (<see cref="MergeOther"/>).</summary>
     public override double[]? MergeDelta(AdapterWeights adapter, LlamaConfig c, int layer, TargetModule t, ReadOnlySpan<float> baseWeight) => null;
 
-    /// <summary>The effective norm weights: base + delta, summed in float64 and rounded once.</summary>
-    public override LlamaWeights MergeOther(LlamaWeights merged, LlamaConfig c, AdapterWeights adapter)
+    /// <summary>
+    /// The effective norm weights (base + delta, summed in float64 and rounded once) and the biases as the model's own
+    /// bias tensors. Formats hold biases per group — Hugging Face Llama's attention_bias (q, k, v, o) and mlp_bias (gate,
+    /// up, down) — so the untuned members of a group with a tuned one get zero biases.
+    /// </summary>
+    public override MergedModel MergeOther(MergedModel merged, AdapterWeights adapter)
     {
-        var a = adapter.Config;
+        var (c, w, a) = (merged.Config, merged.Weights, adapter.Config);
         bool norms = TrainsNorms(a);
-        float[] Add(float[] w, string name)
+        bool attn = a.Targets.Any(t => t is TargetModule.Q or TargetModule.K or TargetModule.V or TargetModule.O);
+        bool mlp = a.Targets.Any(t => t is TargetModule.Gate or TargetModule.Up or TargetModule.Down);
+        float[] Norm(float[] baseW, int layer, LlamaTensorKind kind)
         {
-            var d = adapter.Tensors[name].Data;
-            var r = new float[w.Length];
-            for (int i = 0; i < r.Length; i++) r[i] = (float)((double)w[i] + d[i]);
+            if (!norms) return baseW;
+            var d = adapter.Tensors[NormName(layer, kind)].Data;
+            var r = new float[baseW.Length];
+            for (int i = 0; i < r.Length; i++) r[i] = (float)((double)baseW[i] + d[i]);
             return r;
         }
-        if (a.Targets.Length > 0)
-            throw new ExportException("merged exports of bias tuning need bias tensors on Llama linears, which the model writers do not write yet; "
-                + "use the adapter with --adapter, or train --method norm");
-        if (!norms) return merged;
-        var layers = merged.Layers.Select((lw, l) => new LlamaLayerWeights
+        float[]? Bias(int layer, TargetModule t, float[]? existing, bool group) =>
+            a.Targets.Contains(t) ? (float[])adapter.Tensors[BiasName(layer, t)].Data.Clone()
+                : existing ?? (group ? new float[c.LinearShape(t).Out] : null);
+        var layers = w.Layers.Select((lw, l) => new LlamaLayerWeights
         {
-            AttnNorm = Add(lw.AttnNorm, NormName(l, LlamaTensorKind.AttnNorm)),
-            FfnNorm = Add(lw.FfnNorm, NormName(l, LlamaTensorKind.FfnNorm)),
+            AttnNorm = Norm(lw.AttnNorm, l, LlamaTensorKind.AttnNorm),
+            FfnNorm = Norm(lw.FfnNorm, l, LlamaTensorKind.FfnNorm),
             Wq = lw.Wq, Wk = lw.Wk, Wv = lw.Wv, Wo = lw.Wo, WGate = lw.WGate, WUp = lw.WUp, WDown = lw.WDown,
-            Bq = lw.Bq, Bk = lw.Bk, Bv = lw.Bv,
+            Bq = Bias(l, TargetModule.Q, lw.Bq, attn),
+            Bk = Bias(l, TargetModule.K, lw.Bk, attn),
+            Bv = Bias(l, TargetModule.V, lw.Bv, attn),
+            Bo = Bias(l, TargetModule.O, lw.Bo, attn),
+            BGate = Bias(l, TargetModule.Gate, lw.BGate, mlp),
+            BUp = Bias(l, TargetModule.Up, lw.BUp, mlp),
+            BDown = Bias(l, TargetModule.Down, lw.BDown, mlp),
         }).ToArray();
-        return new LlamaWeights
+        var weights = new LlamaWeights
         {
-            TokenEmbedding = merged.TokenEmbedding, Layers = layers, FinalNorm = Add(merged.FinalNorm, NormName(-1, LlamaTensorKind.FinalNorm)),
-            Classifier = merged.Classifier, RopeFreqFactors = merged.RopeFreqFactors,
+            TokenEmbedding = w.TokenEmbedding, Layers = layers, FinalNorm = Norm(w.FinalNorm, -1, LlamaTensorKind.FinalNorm),
+            Classifier = w.Classifier, RopeFreqFactors = w.RopeFreqFactors,
         };
+        var config = c with { AttentionBias = c.AttentionBias || attn, OutputBias = c.OutputBias || attn, MlpBias = c.MlpBias || mlp };
+        return merged with { Config = config, Weights = weights };
     }
 
     /// <summary>The tuned-norm scratch: rstd [rows] and the effective weights (2·layers + 1)·[dim].</summary>

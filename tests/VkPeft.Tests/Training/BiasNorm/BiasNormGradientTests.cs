@@ -126,6 +126,35 @@ public sealed class BiasNormGradientTests(GpuFixture gpu)
         Assert.True(Math.Abs(nll - refNll) < 1e-4, $"device {nll} vs reference {refNll}");
     }
 
+    // A base with biases on every linear (what a merged bias adapter becomes: Hugging Face attention_bias and mlp_bias),
+    // fp32 weights, on the device against the float64 reference.
+    [Fact]
+    public void ABaseWithBiasesOnEveryLinearMatchesTheReference()
+    {
+        var (c0, w0) = TinyModels.Random(19);
+        var c = c0 with { AttentionBias = true, OutputBias = true, MlpBias = true };
+        int seed = 400;
+        float[] B(int n) => TestData.Normal(n, seed++, 0.2f);
+        var w = new LlamaWeights
+        {
+            TokenEmbedding = w0.TokenEmbedding, FinalNorm = w0.FinalNorm, Classifier = w0.Classifier,
+            Layers = [.. w0.Layers.Select(l => new LlamaLayerWeights
+            {
+                AttnNorm = l.AttnNorm, FfnNorm = l.FfnNorm, Wq = l.Wq, Wk = l.Wk, Wv = l.Wv, Wo = l.Wo, WGate = l.WGate, WUp = l.WUp, WDown = l.WDown,
+                Bq = B(c.QDim), Bk = B(c.KvDim), Bv = B(c.KvDim), Bo = B(c.Dim), BGate = B(c.HiddenDim), BUp = B(c.HiddenDim), BDown = B(c.Dim),
+            })],
+        };
+        using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
+        int[] ids = [1, 5, 9, 2, 30, 7, 4], targets = [5, 9, 2, 30, 7, 4, 8];
+        double nll;
+        using (var runner = new LlamaRunner(model, 1, 7, kvCache: false)) nll = Evaluator.Evaluate(runner, [new Evaluator.Window(ids, targets)]).MeanNll;
+        double refNll = TinyModels.ReferenceLoss(new ReferenceForward(c, w), ids, targets, seqLen: 7);
+        double noBias = TinyModels.ReferenceLoss(new ReferenceForward(c0, w0), ids, targets, seqLen: 7);
+        // fp32 against float64: 1e-4 as in the gradient checks; the biases change the loss by far more than that.
+        Assert.True(Math.Abs(nll - refNll) < 1e-4, $"device {nll} vs reference {refNll}");
+        Assert.True(Math.Abs(noBias - refNll) > 1e-2, $"biases moved the loss only from {noBias} to {refNll}");
+    }
+
     // y + 0 and w + 0 are exact in floating point, so a fresh adapter's logits equal the base's bit for bit.
     [Fact]
     public void ZeroBiasesAndNormDeltasLeaveTheBaseExactlyUnchanged()

@@ -1,6 +1,7 @@
 // Bias and norm tuning end to end on the pretrained stories260K: the recipe lowers held-out loss; resume is bit-exact;
 // `vkpeft train --method norm / bias --norms` save the vkpeft format, `eval`/`generate --adapter` apply it, a merged
-// export of tuned norms equals the base plus the adapter, and what no format can hold is refused with its reason.
+// export (tuned norms; biases as the model's own tensors) equals the base plus the adapter, and what a format cannot
+// hold is refused with its reason.
 using System.Globalization;
 using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
@@ -133,17 +134,32 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
         Assert.True(code == 0, err + text);
         Assert.StartsWith("Once upon a time", text.TrimStart());
 
-        // Bias tuning with the norms: the vkpeft format round-trips; PEFT, GGUF LoRA and (for now) merged biases are refused with their reasons.
+        // Bias tuning with the norms: the vkpeft format round-trips; merged models carry the biases as their own tensors
+        // (Hugging Face attention_bias/mlp_bias with zero o/k/gate/up biases, GGUF attn_*/ffn_*.bias) and load back.
         var bias = Path.Combine(_dir, "bias");
-        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "bias", "--targets", "v,down", "--norms",
-            "--steps", "2", "--batch", "4", "--seq-len", "32", "--out", bias);
+        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "bias", "--targets", "q,v,down", "--norms", "--quant", "none",
+            "--steps", "2", "--batch", "4", "--seq-len", "32", "--lr", "5e-2", "--out", bias);
         Assert.True(code == 0, err + text);
         loaded = AdapterIO.Load(bias, c);
-        Assert.Equal(new[] { TargetModule.V, TargetModule.Down }, loaded.Config.Targets);
+        Assert.Equal(new[] { TargetModule.Q, TargetModule.V, TargetModule.Down }, loaded.Config.Targets);
         Assert.True(BiasNormMethod.Bias.TrainsNorms(loaded.Config));
         Assert.Equal(new long[] { c.KvDim }, loaded.Tensors[BiasNormMethod.BiasName(0, TargetModule.V)].Shape);
-        Assert.NotEqual(baseNll, EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", bias));
-        foreach (var (format, reason) in new[] { ("peft", "PEFT"), ("gguf-lora", "GGUF LoRA"), ("llama2c", "bias") })
+        withAdapter = EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", bias);
+        Assert.NotEqual(baseNll, withAdapter);
+        foreach (var (format, file) in new[] { ("gguf", "bias.gguf"), ("safetensors", "bias-hf") })
+        {
+            var merged = Path.Combine(_dir, file);
+            (code, text, err) = Run("export", "--model", Model, "--adapter", bias, "--format", format, "--dtype", "f32", "--merge-from", "original", "--out", merged);
+            Assert.True(code == 0, format + ": " + err + text);
+            var m = ModelLoader.Load(merged);
+            Assert.True(m.Config.AttentionBias && m.Config.OutputBias && m.Config.MlpBias, format);
+            Assert.All(m.Weights.Layers, lw => Assert.All(lw.Bo!, x => Assert.Equal(0f, x)));
+            Assert.Contains(m.Weights.Layers[0].BDown!, x => x != 0f);
+            double mergedNll = EvalNll(["--model", merged, "--data", data, "--quant", "none", .. format == "safetensors" ? new[] { "--tokenizer", Tokenizer } : []]);
+            // The same fp32 bias adds and norm weights; the Hugging Face layout reorders q/k rows (summation order only).
+            Assert.True(Math.Abs(mergedNll - withAdapter) <= 1e-5, string.Create(CultureInfo.InvariantCulture, $"{format}: merged {mergedNll} vs base+adapter {withAdapter}"));
+        }
+        foreach (var (format, reason) in new[] { ("peft", "PEFT"), ("gguf-lora", "GGUF LoRA"), ("llama2c", "no biases") })
         {
             (code, text, err) = Run("export", "--model", Model, "--adapter", bias, "--format", format, "--out", Path.Combine(_dir, "refused-" + format));
             Assert.NotEqual(0, code);
