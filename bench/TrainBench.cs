@@ -6,6 +6,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Planning;
 using VkPeft.Runtime.Vulkan;
@@ -26,7 +27,8 @@ public static class TrainBench
         var seq = new Option<int>("--tiny-seq-len") { Description = "Sequence length for the TinyLlama slice", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { Description = "Steps per case (first is a warm-up)", DefaultValueFactory = _ => 3 };
         var profile = new Option<bool>("--no-profile") { Description = "Skip the per-kernel breakdown" };
-        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile };
+        var method = new Option<string>("--method") { Description = $"Adapter trained: {PeftMethods.Known} (LoRA r=16, or the method's defaults, on all linears)", DefaultValueFactory = _ => "lora" };
+        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile, method };
         cmd.SetAction(parse =>
         {
             bool asJson = parse.GetValue(json);
@@ -35,31 +37,34 @@ public static class TrainBench
             var rows = new List<TrainBenchRow>();
             bool prof = !parse.GetValue(profile);
             int n = Math.Max(1, parse.GetValue(steps));
+            var m = PeftMethods.Get(parse.GetValue(method)!);
             var s = BenchModels.Stories(parse.GetValue(stories));
             foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, s.Name, s.Config, s.Weights, q, 8, 128, false, n, prof, Log));
+                rows.Add(Case(ctx, m, s.Name, s.Config, s.Weights, q, 8, 128, false, n, prof, Log));
             var t = BenchModels.TinyLlama(parse.GetValue(layers));
             foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, t.Name, t.Config, t.Weights, q, 1, parse.GetValue(seq), true, n, prof, Log));
+                rows.Add(Case(ctx, m, t.Name, t.Config, t.Weights, q, 1, parse.GetValue(seq), true, n, prof, Log));
             if (asJson) Console.WriteLine(ToJson(rows, ctx.Caps.Name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            else Print(rows, ctx.Caps.Name);
+            else Print(rows, ctx.Caps.Name, m);
             return 0;
         });
         return cmd;
     }
 
-    private static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, string quant, int batch, int seqLen, bool ckpt, int steps, bool profile, Action<string> log)
+    private static TrainBenchRow Case(VulkanContext ctx, PeftMethod method, string name, LlamaConfig c, LlamaWeights w, string quant, int batch, int seqLen, bool ckpt, int steps, bool profile, Action<string> log)
     {
-        var setup = new TrainSetup { Config = c, Quant = BaseQuant.Parse(quant), Rank = 16, Batch = batch, SeqLen = seqLen, Checkpointing = ckpt };
-        log($"{name}, {quant}: {batch} × {seqLen} tokens, LoRA r=16 on all linears...");
+        var setup = new TrainSetup { Config = c, Method = method, Quant = BaseQuant.Parse(quant), Rank = 16, Batch = batch, SeqLen = seqLen, Checkpointing = ckpt };
+        log($"{name}, {quant}: {batch} × {seqLen} tokens, {Describe(method)}...");
         var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log);
         return new TrainBenchRow(name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep, r.PeakLiveBytes, r.Profile);
     }
 
-    private static void Print(List<TrainBenchRow> rows, string device)
+    private static string Describe(PeftMethod m) => m.Name == "lora" ? "LoRA r=16 on q,k,v,o,gate,up,down" : $"{m.CliName} with its defaults on all linears";
+
+    private static void Print(List<TrainBenchRow> rows, string device, PeftMethod method)
     {
         var inv = CultureInfo.InvariantCulture;
-        AnsiConsole.MarkupLine(Markup.Escape($"{device}: one training step = forward + backward + gradient norm + AdamW, LoRA r=16 on q,k,v,o,gate,up,down"));
+        AnsiConsole.MarkupLine(Markup.Escape($"{device}: one training step = forward + backward + gradient norm + AdamW, {Describe(method)}"));
         var t = new Table().AddColumn("model").AddColumn("base").AddColumn("tokens").AddColumn("checkpointing")
             .AddColumn(new TableColumn("s/step").RightAligned()).AddColumn(new TableColumn("tokens/s").RightAligned()).AddColumn(new TableColumn("peak").RightAligned());
         foreach (var r in rows)

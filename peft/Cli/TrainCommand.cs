@@ -39,7 +39,7 @@ public static class TrainCommand
         var output = new Option<string>("--out") { Description = "Output directory (adapter, checkpoints, metrics)", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue from the newest intact checkpoint in --out (a finished run is left as it is)" };
         var keep = new Option<int>("--keep-checkpoints") { Description = "Checkpoints kept in --out/checkpoints; --resume falls back to an older one when the newest is corrupt", DefaultValueFactory = _ => TrainCheckpoint.DefaultKeep };
-        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck, (IA)³) on a frozen 4-bit base")
+        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck, (IA)³, bias or norm tuning) on a frozen 4-bit base")
         {
             data, evalData, evalFraction, targets, groupSize, steps, batch, seqLen,
             accum, lr, wd, warmup, schedule, clip, lossChunk, checkpointing, offload, optimizerOnHost, evalEvery, saveEvery, seed, output, resume, keep,

@@ -68,6 +68,14 @@ public sealed record LlamaConfig
     /// <summary>Rows of wk and wv: NKvHeads * HeadDim.</summary>
     public int KvDim => NKvHeads * HeadDim;
 
+    /// <summary>Whether the base linear <paramref name="t"/> carries a bias of its own.</summary>
+    public bool HasBias(TargetModule t) => t switch
+    {
+        TargetModule.Q or TargetModule.K or TargetModule.V => AttentionBias,
+        TargetModule.O => OutputBias,
+        _ => MlpBias,
+    };
+
     /// <summary>[out, in] of one of the seven linear weights of a layer: the one place these shapes are defined.</summary>
     public (int Out, int In) LinearShape(TargetModule t) => t switch
     {

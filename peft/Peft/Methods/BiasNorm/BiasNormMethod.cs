@@ -68,16 +68,9 @@ public sealed class BiasNormMethod : PeftMethod
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
     {
         if (a.Targets.Length == 0 && !TrainsNorms(a)) throw new ModelFormatException(source, "target_modules", "bias tuning needs at least one target or train_norms");
-        foreach (var t in a.Targets.Where(t => HasBaseBias(baseConfig, t)))
+        foreach (var t in a.Targets.Where(t => baseConfig.HasBias(t)))
             throw new ModelFormatException(source, "target_modules", $"this base already has a {AdapterConfig.HfName(t)} bias; bias tuning adds biases to bias-free linears only");
     }
-
-    private static bool HasBaseBias(LlamaConfig c, TargetModule t) => t switch
-    {
-        TargetModule.Q or TargetModule.K or TargetModule.V => c.AttentionBias,
-        TargetModule.O => c.OutputBias,
-        _ => c.MlpBias,
-    };
 
     public override void WriteConfig(Utf8JsonWriter w, AdapterConfig a) => w.WriteBoolean("train_norms", TrainsNorms(a));
 
