@@ -27,6 +27,14 @@ internal static class FiniteDifference
             AssertClose($"{name}[{i}]", gpu[i], At(values, i, loss));
     }
 
+    /// <summary>A trained tensor's device gradient: not all zero, and every element matching <see cref="AssertMatches"/>.</summary>
+    public static void AssertGradient(VkPeft.Peft.Training.TrainableTensor t, double[] values, Func<double> loss)
+    {
+        var g = t.Grad!.ToArray<float>();
+        Assert.True(g.Any(x => x != 0), $"{t.Name} received no gradient");
+        AssertMatches(t.Name, g, values, loss);
+    }
+
     public static void AssertClose(string what, double gpu, double fd) =>
         Assert.True(Math.Abs(gpu - fd) <= 2e-5 + 2e-3 * Math.Abs(fd), $"{what}: gpu {gpu:G6} vs finite difference {fd:G6}");
 }

@@ -88,10 +88,7 @@ public sealed class LoraGradientTests(GpuFixture gpu)
             bool isA = name.EndsWith("lora_a", StringComparison.Ordinal);
             Assert.Equal(freezeA && isA, t.Grad == null);
             Assert.Equal(freezeA && isA, t.M == null);
-            if (t.Grad == null) continue;
-            var g = t.Grad.ToArray<float>();
-            Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
-            FiniteDifference.AssertMatches(name, g, host[name], Loss);
+            if (t.Grad != null) FiniteDifference.AssertGradient(t, host[name], Loss);
         }
     }
 }

@@ -173,7 +173,10 @@ public sealed class BiasNormMethod : PeftMethod
 
     private static readonly MethodOption[] BiasOptions =
     [
-        new("--norms", "Bias tuning: also tune the RMSNorm weights", null, (a, _) => a with { Settings = new BiasNormSettings(true) }),
+        new("--norms", "Bias tuning: also tune the RMSNorm weights", null, (a, v) => a with
+        {
+            Settings = new BiasNormSettings(string.Equals(v, bool.TrueString, StringComparison.OrdinalIgnoreCase)),
+        }),
     ];
 
     public override IReadOnlyList<MethodOption> Options => _normOnly ? [] : BiasOptions;

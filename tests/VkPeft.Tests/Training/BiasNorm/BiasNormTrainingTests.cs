@@ -78,6 +78,20 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
         Assert.True(summary.EvalLoss < 0.9 * summary.InitialEvalLoss, $"held-out loss {summary.InitialEvalLoss} → {summary.EvalLoss}");
     }
 
+    // `train` applies every option of the method with its value: the --norms switch off means biases only.
+    [Fact]
+    public void TheNormsSwitchFollowsItsValue()
+    {
+        var cfg = new AdapterConfig { Method = BiasNormMethod.Bias, BaseQuant = BaseQuant.Parse("nf4-dq") };
+        var norms = Assert.Single(BiasNormMethod.Bias.Options);
+        Assert.Equal("--norms", norms.Flag);
+        Assert.False(BiasNormMethod.Bias.TrainsNorms(norms.Apply(cfg, bool.FalseString)));
+        Assert.True(BiasNormMethod.Bias.TrainsNorms(norms.Apply(cfg, bool.TrueString)));
+        Assert.True(BiasNormMethod.Norm.TrainsNorms(cfg with { Method = BiasNormMethod.Norm }));
+        var c = ModelLoader.Load(Model).Config;
+        Assert.DoesNotContain(BiasNormMethod.Bias.Parameters(c, norms.Apply(cfg, bool.FalseString)), p => p.Name.EndsWith(".delta", StringComparison.Ordinal));
+    }
+
     // With checkpointing (recomputed forwards form the effective norm weights again): 3 steps, save, resume, 3 more.
     [Fact]
     public void ResumeIsBitExact()
