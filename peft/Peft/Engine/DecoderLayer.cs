@@ -53,14 +53,15 @@ public static class DecoderLayer
                 c.NHeads, c.NKvHeads, c.HeadDim);
         else
             Attention.Forward(q, k, v, o, lse, batch, seqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
+        var oProjIn = adapter?.AdaptionPrompt?.Forward(layer, l, q, o) ?? o;
         if (inPlace)
         {
-            Linear(adapter, l, TargetModule.O, layer.Wo, o, xIn, layer.Bo, beta: 1);
+            Linear(adapter, l, TargetModule.O, layer.Wo, oProjIn, xIn, layer.Bo, beta: 1);
             xMid = xIn;
         }
         else
         {
-            Linear(adapter, l, TargetModule.O, layer.Wo, o, z, layer.Bo);
+            Linear(adapter, l, TargetModule.O, layer.Wo, oProjIn, z, layer.Bo);
             adapter?.AttentionOutput(l, z);
             BasicOps.Add(xIn, z, xMid);
         }
@@ -137,6 +138,7 @@ public static class DecoderLayer
         LinearGrad(adapter, l, TargetModule.O, layer.Wo, s.O, dz, _dO, accumulate: false);
         var lse = LseView(s, batch, seqLen, c.NHeads);
         Attention.Backward(s.Q, s.K, s.V, s.O, lse, _dO, _dQ, _dK, _dV, _delta, batch, seqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
+        adapter.AdaptionPrompt?.Backward(layer, l, s.Q, _dO, _dQ);
         Rope.Apply(_dQ, _dQ, model.InvFreq, c.HeadDim, model.Pairing, 0, seqLen, inverse: true);
         Rope.Apply(_dK, _dK, model.InvFreq, c.HeadDim, model.Pairing, 0, seqLen, inverse: true);
         LinearGrad(adapter, l, TargetModule.Q, layer.Wq, s.H1, _dQ, _dH, accumulate: false);

@@ -50,6 +50,9 @@ public interface IAdapterRuntime
 
     /// <summary>Virtual tokens placed before the input embeddings (prompt tuning, P-tuning); null when none.</summary>
     IInputEmbeddingHook? InputEmbedding => null;
+
+    /// <summary>A gated attention over learned prompts added to the attention output (LLaMA-Adapter); null when none.</summary>
+    IAdaptionPromptHook? AdaptionPrompt => null;
 }
 
 /// <summary>An adapter being trained: its forward hooks plus the matching backward hooks the trainer calls.</summary>

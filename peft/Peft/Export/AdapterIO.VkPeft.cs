@@ -44,9 +44,12 @@ public static partial class AdapterIO
             w.WriteString("format", "vkpeft-adapter");
             w.WriteNumber("format_version", FormatVersion);
             w.WriteString("method", cfg.Method.Name);
-            w.WriteStartArray("target_modules");
-            foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains)) w.WriteStringValue(AdapterConfig.HfName(t));
-            w.WriteEndArray();
+            if (cfg.Targets.Length > 0)   // methods that adapt no linear (LLaMA-Adapter) write none
+            {
+                w.WriteStartArray("target_modules");
+                foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains)) w.WriteStringValue(AdapterConfig.HfName(t));
+                w.WriteEndArray();
+            }
             cfg.Method.WriteConfig(w, cfg);
             w.WriteStartObject("base_quantization");
             w.WriteString("type", cfg.BaseQuant.Type);

@@ -3,6 +3,7 @@
 using VkPeft.Peft.Methods.BiasNorm;
 using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Methods.Ia3;
+using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Methods.QaLora;
 
@@ -12,7 +13,7 @@ public static class PeftMethods
 {
     private static readonly Lock Gate = new();
     private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
-        BiasNormMethod.Bias, BiasNormMethod.Norm];
+        new LlamaAdapterMethod(), BiasNormMethod.Bias, BiasNormMethod.Norm];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All

@@ -21,7 +21,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         MaxSeqLen = 128, TiedClassifier = tied,
     };
 
-    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4", "bias-nf4", "norm-nf4"];
+    public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4", "llama-adapter-nf4", "bias-nf4", "norm-nf4"];
 
     private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
     {
@@ -52,6 +52,11 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         "norm-nf4" => Random(new TrainSetup
         {
             Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("norm"), Batch = 2, SeqLen = 24, Checkpointing = false, LogitRows = 16,
+        }),
+        "llama-adapter-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("llama-adapter"), Targets = [],
+            Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
         }),
         _ => Random(new TrainSetup
         {

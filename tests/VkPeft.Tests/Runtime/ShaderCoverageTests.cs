@@ -33,6 +33,7 @@ public sealed class ShaderCoverageTests(GpuFixture gpu)
         ["matmul_tn.comp"] = typeof(PeftKernels.MatMulTnTests), ["dropout.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["group_pool.comp"] = typeof(PeftKernels.PeftOpsTests), ["activation.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["bias.comp"] = typeof(PeftKernels.PeftOpsTests),
+        ["adaption_prompt_fwd.comp"] = typeof(PeftKernels.AdaptionPromptKernelTests), ["adaption_prompt_bwd.comp"] = typeof(PeftKernels.AdaptionPromptKernelTests),
         ["bench_fma.comp"] = typeof(ShaderCoverageTests),
     };
 

@@ -27,12 +27,12 @@ internal static class FiniteDifference
             AssertClose($"{name}[{i}]", gpu[i], At(values, i, loss));
     }
 
-    /// <summary>A trained tensor's device gradient: not all zero, and every element matching <see cref="AssertMatches"/>.</summary>
-    public static void AssertGradient(VkPeft.Peft.Training.TrainableTensor t, double[] values, Func<double> loss)
+    /// <summary>A trainable tensor's device gradient <paramref name="grad"/>: not all zero, and every element as <see cref="AssertMatches"/>.</summary>
+    public static void AssertGradient(string name, VkPeft.Runtime.Tensors.DeviceTensor grad, double[] values, Func<double> loss)
     {
-        var g = t.Grad!.ToArray<float>();
-        Assert.True(g.Any(x => x != 0), $"{t.Name} received no gradient");
-        AssertMatches(t.Name, g, values, loss);
+        var g = grad.ToArray<float>();
+        Assert.True(g.Any(x => x != 0), $"{name} received no gradient");
+        AssertMatches(name, g, values, loss);
     }
 
     public static void AssertClose(string what, double gpu, double fd) =>

@@ -96,7 +96,7 @@ public sealed class BiasNormGradientTests(GpuFixture gpu)
         Assert.Equal(expected.Order(), p.ByName.Keys.Order());
         Assert.Equal(norms, expected.Contains(BiasNormMethod.NormName(-1, LlamaTensorKind.FinalNorm)));
         Assert.Equal(targets.Length > 0, expected.Any(x => x.EndsWith(".bias", StringComparison.Ordinal)));
-        foreach (var (name, t) in p.ByName) FiniteDifference.AssertGradient(t, host[name], Loss);
+        foreach (var (name, t) in p.ByName) FiniteDifference.AssertGradient(name, t.Grad!, host[name], Loss);
     }
 
     // The inference path (o and down accumulated straight into the residual stream, then the bias) against the reference.
