@@ -23,6 +23,7 @@ public static class MemoryBench
         var method = new Option<string>("--method") { Description = PeftMethods.Known, DefaultValueFactory = _ => "lora" };
         var quant = new Option<string?>("--quant") { Description = "Base format (default nf4-dq; int4 for qalora)" };
         var rank = new Option<int>("--rank") { Description = "LoRA rank", DefaultValueFactory = _ => 8 };
+        var freezeA = new Option<bool>("--freeze-a") { Description = "LoRA-FA: A frozen (no A gradient or optimizer state)" };
         var targets = new Option<string>("--targets") { Description = "Linear layers to adapt", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
         var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence", DefaultValueFactory = _ => 512 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step", DefaultValueFactory = _ => 1 };
@@ -37,7 +38,7 @@ public static class MemoryBench
         var svg = new Option<string?>("--svg") { Description = "Bar chart path (default out/bench/memory-<model>.svg)" };
         var cmd = new Command("memory", "Peak device memory per category of real training steps, against the analytic model")
         {
-            model, config, method, quant, rank, targets, seqLen, batch, ckpt, lossChunk, quantEmb, offload, optHost, steps, maxLayers, limit, svg,
+            model, config, method, quant, rank, freezeA, targets, seqLen, batch, ckpt, lossChunk, quantEmb, offload, optHost, steps, maxLayers, limit, svg,
         };
         cmd.SetAction(parse =>
         {
@@ -52,7 +53,7 @@ public static class MemoryBench
             }
             else c = ModelCatalog.Get(name!);
             var setup = Setup(c, parse.GetValue(method)!, parse.GetValue(quant), parse.GetValue(rank), parse.GetValue(targets)!, parse.GetValue(batch),
-                parse.GetValue(seqLen), parse.GetValue(ckpt));
+                parse.GetValue(seqLen), parse.GetValue(ckpt)).WithFreezeA(parse.GetValue(freezeA));
             int rows = parse.GetValue(lossChunk);
             if (rows < 1) throw new FormatException($"--loss-chunk must be ≥ 1, got {rows}");
             var emb = parse.GetValue(quantEmb)!.ToLowerInvariant() switch
@@ -108,7 +109,7 @@ public static class MemoryBench
     {
         var inv = CultureInfo.InvariantCulture;
         var s = r.Full;
-        AnsiConsole.MarkupLine(Markup.Escape($"{r.Model} on {r.Device}: {s.Method.ToString().ToLowerInvariant()} r={s.Rank}, {s.Quant}, batch {s.Batch} × {s.SeqLen} tokens, checkpointing {(s.Checkpointing ? "on" : "off")}, logits in chunks of {s.LogitRows} rows, embedding/classifier {(s.Embeddings == EmbeddingFormat.Nf4 ? "nf4-dq" : "fp32")}{(s.OffloadCheckpoints ? ", layer inputs on the host" : "")}{(s.OptimizerOnHost ? ", AdamW state on the host" : "")}"));
+        AnsiConsole.MarkupLine(Markup.Escape($"{r.Model} on {r.Device}: {s.Method.ToString().ToLowerInvariant()}{(s.FreezeA ? " (A frozen, LoRA-FA)" : "")} r={s.Rank}, {s.Quant}, batch {s.Batch} × {s.SeqLen} tokens, checkpointing {(s.Checkpointing ? "on" : "off")}, logits in chunks of {s.LogitRows} rows, embedding/classifier {(s.Embeddings == EmbeddingFormat.Nf4 ? "nf4-dq" : "fp32")}{(s.OffloadCheckpoints ? ", layer inputs on the host" : "")}{(s.OptimizerOnHost ? ", AdamW state on the host" : "")}"));
         AnsiConsole.MarkupLine(Markup.Escape(r.Note + "."));
         string sliceName = r.Slice.Whole ? "measured" : $"measured slice ({r.Slice.Layers} layer{(r.Slice.Layers > 1 ? "s" : "")}, vocab {r.Slice.Vocab})";
         var t = new Table().AddColumn("category")

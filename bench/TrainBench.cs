@@ -1,6 +1,6 @@
-// `./vkpeft bench train`: tokens/s of full training steps (forward, backward, AdamW) with LoRA r=16 on an nf4-dq base and
-// on fp32 base weights (--quant none), for stories260K and a TinyLlama-1.1B-shaped slice, with the per-kernel profile;
-// `--methods` adds stories260K rows (nf4-dq) for other PEFT methods, measured in the same run.
+// `./vkpeft bench train`: tokens/s of full training steps (forward, backward, AdamW): each method of --methods on an
+// nf4-dq stories260K (LoRA r=16 the baseline of the speed ratios), and LoRA r=16 on nf4-dq against fp32 base weights
+// (--quant none) for stories260K and a TinyLlama-1.1B-shaped slice, with the per-kernel profile.
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
@@ -14,7 +14,7 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Bench;
 
-public sealed record TrainBenchRow(string Model, string Method, string Quant, int Batch, int SeqLen, bool Checkpointing, double SecondsPerStep, double TokensPerSecond, long PeakBytes, string? Profile);
+public sealed record TrainBenchRow(string Method, long TrainableParameters, string Model, string Quant, int Batch, int SeqLen, bool Checkpointing, double SecondsPerStep, double TokensPerSecond, long PeakBytes, string? Profile);
 
 public static class TrainBench
 {
@@ -30,10 +30,10 @@ public static class TrainBench
         var profile = new Option<bool>("--no-profile") { Description = "Skip the per-kernel breakdown" };
         var methods = new Option<string>("--methods")
         {
-            Description = "PEFT methods compared on stories260K (nf4-dq), comma-separated, e.g. lora,llama-adapter (LoRA always runs)",
-            DefaultValueFactory = _ => "lora",
+            Description = "Methods timed on stories260K (names as in `vkpeft compare`; lora is always the first, the baseline)",
+            DefaultValueFactory = _ => "lora,lora-fa,ia3,adapter,llama-adapter",
         };
-        var cmd = new Command("train", "Training-step tokens/s (nf4-dq vs fp32 base) with the per-kernel breakdown") { stories, layers, seq, steps, profile, methods };
+        var cmd = new Command("train", "Training-step tokens/s per method and nf4-dq vs fp32 base, with the per-kernel breakdown") { stories, layers, seq, steps, profile, methods };
         cmd.SetAction(parse =>
         {
             bool asJson = parse.GetValue(json);
@@ -42,16 +42,16 @@ public static class TrainBench
             var rows = new List<TrainBenchRow>();
             bool prof = !parse.GetValue(profile);
             int n = Math.Max(1, parse.GetValue(steps));
-            var others = parse.GetValue(methods)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-                .Select(PeftMethods.Get).Where(m => m != PeftMethod.Lora).Distinct().ToArray();
+            var specs = MethodSpec.ParseList(parse.GetValue(methods)!).ToList();
+            specs.RemoveAll(m => m.Label == "lora");
+            specs.Insert(0, MethodSpec.Parse("lora"));
             var s = BenchModels.Stories(parse.GetValue(stories));
-            foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, s.Name, s.Config, s.Weights, q, 8, 128, false, n, prof, Log));
-            foreach (var m in others)
-                rows.Add(Case(ctx, s.Name, s.Config, s.Weights, BaseQuants[0], 8, 128, false, n, prof, Log, m));
+            foreach (var m in specs)
+                rows.Add(Case(ctx, s.Name, s.Config, s.Weights, m, BaseQuants[0], 8, 128, false, n, prof, Log));
+            rows.Add(Case(ctx, s.Name, s.Config, s.Weights, specs[0], BaseQuants[1], 8, 128, false, n, prof, Log));
             var t = BenchModels.TinyLlama(parse.GetValue(layers));
             foreach (var q in BaseQuants)
-                rows.Add(Case(ctx, t.Name, t.Config, t.Weights, q, 1, parse.GetValue(seq), true, n, prof, Log));
+                rows.Add(Case(ctx, t.Name, t.Config, t.Weights, specs[0], q, 1, parse.GetValue(seq), true, n, prof, Log));
             if (asJson) Console.WriteLine(ToJson(rows, ctx.Caps.Name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else Print(rows, ctx.Caps.Name);
             return 0;
@@ -59,27 +59,39 @@ public static class TrainBench
         return cmd;
     }
 
-    private static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, string quant, int batch, int seqLen, bool ckpt, int steps, bool profile,
-        Action<string> log, PeftMethod? method = null)
+    /// <summary>
+    /// Times <paramref name="method"/> (r=16 where it has a rank, its default targets — all linears for LoRA) on
+    /// <paramref name="quant"/>.
+    /// </summary>
+    private static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, MethodSpec method, string quant, int batch, int seqLen, bool ckpt,
+        int steps, bool profile, Action<string> log)
     {
-        method ??= PeftMethod.Lora;
-        var setup = new TrainSetup { Config = c, Method = method, Quant = BaseQuant.Parse(quant), Rank = 16, Batch = batch, SeqLen = seqLen, Checkpointing = ckpt };
-        log($"{name}, {quant}: {batch} × {seqLen} tokens, {MethodLabel(method)}...");
-        var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log);
-        return new TrainBenchRow(name, method.CliName, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep, r.PeakLiveBytes, r.Profile);
+        var setup = TrainSetup.For(c, method.Method, BaseQuant.Parse(quant), 16, method.Method.DefaultTrainTargets ?? Enum.GetValues<TargetModule>(), seqLen) with
+        {
+            Batch = batch, Checkpointing = ckpt, Variant = method.Switches.Count > 0 ? method.Apply : null,
+        };
+        var adapter = setup.ToAdapterConfig();
+        setup = setup with { FreezeA = adapter.FreezeA };
+        log($"{name}, {quant}: {batch} × {seqLen} tokens, {method.Label}...");
+        var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log, timingOnly: true);
+        return new TrainBenchRow(method.Label, adapter.Method.Parameters(c, adapter).Where(p => !p.Frozen).Sum(p => p.Count), name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep,
+            r.PeakLiveBytes, r.Profile);
     }
-
-    private static string MethodLabel(PeftMethod m) => m == PeftMethod.Lora ? "LoRA r=16 on all linears" : $"{m.CliName} (its defaults)";
 
     private static void Print(List<TrainBenchRow> rows, string device)
     {
         var inv = CultureInfo.InvariantCulture;
-        AnsiConsole.MarkupLine(Markup.Escape($"{device}: one training step = forward + backward + gradient norm + AdamW; LoRA r=16 on q,k,v,o,gate,up,down unless the method says otherwise"));
-        var t = new Table().AddColumn("model").AddColumn("method").AddColumn("base").AddColumn("tokens").AddColumn("checkpointing")
-            .AddColumn(new TableColumn("s/step").RightAligned()).AddColumn(new TableColumn("tokens/s").RightAligned()).AddColumn(new TableColumn("peak").RightAligned());
+        AnsiConsole.MarkupLine(Markup.Escape($"{device}: one training step = forward + backward + gradient norm + AdamW; LoRA r=16 on q,k,v,o,gate,up,down, other methods with their default targets (r=16 where they have a rank)"));
+        var t = new Table().AddColumn("model").AddColumn("method").AddColumn(new TableColumn("trained").RightAligned()).AddColumn("base").AddColumn("tokens").AddColumn("checkpointing")
+            .AddColumn(new TableColumn("s/step").RightAligned()).AddColumn(new TableColumn("tokens/s").RightAligned()).AddColumn(new TableColumn("vs lora").RightAligned())
+            .AddColumn(new TableColumn("peak").RightAligned());
         foreach (var r in rows)
-            t.AddRow(Markup.Escape(r.Model), r.Method, r.Quant == "none" ? "fp32 (none)" : r.Quant, $"{r.Batch} × {r.SeqLen}", r.Checkpointing ? "on" : "off",
-                r.SecondsPerStep.ToString("F3", inv), r.TokensPerSecond.ToString("F1", inv), ByteSize.Format(r.PeakBytes));
+        {
+            var lora = rows.First(x => x.Model == r.Model && x.Quant == r.Quant && x.Method == "lora");
+            t.AddRow(Markup.Escape(r.Model), Markup.Escape(r.Method), r.TrainableParameters.ToString("N0", inv), r.Quant == "none" ? "fp32 (none)" : r.Quant, $"{r.Batch} × {r.SeqLen}",
+                r.Checkpointing ? "on" : "off", r.SecondsPerStep.ToString("F3", inv), r.TokensPerSecond.ToString("F1", inv),
+                (r.TokensPerSecond / lora.TokensPerSecond).ToString("F2", inv) + "×", ByteSize.Format(r.PeakBytes));
+        }
         AnsiConsole.Write(t);
         foreach (var r in rows.Where(r => r.Profile != null))
         {
@@ -93,7 +105,7 @@ public static class TrainBench
         ["device"] = device,
         ["cases"] = new JsonArray(rows.Select(r => (JsonNode)new JsonObject
         {
-            ["model"] = r.Model, ["method"] = r.Method, ["quant"] = r.Quant, ["batch"] = r.Batch, ["seq_len"] = r.SeqLen, ["checkpointing"] = r.Checkpointing,
+            ["model"] = r.Model, ["method"] = r.Method, ["trainable_parameters"] = r.TrainableParameters, ["quant"] = r.Quant, ["batch"] = r.Batch, ["seq_len"] = r.SeqLen, ["checkpointing"] = r.Checkpointing,
             ["seconds_per_step"] = r.SecondsPerStep, ["tokens_per_second"] = r.TokensPerSecond, ["peak_bytes"] = r.PeakBytes, ["profile"] = r.Profile,
         }).ToArray()),
     };

@@ -37,6 +37,7 @@ public static class CliApp
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(TrainCommand.Create());
+        root.Subcommands.Add(CompareCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
         root.Subcommands.Add(TokenizeCommand.Create());
         root.SetAction(_ => root.Parse("--help").Invoke());   // bare `vkpeft` shows the commands

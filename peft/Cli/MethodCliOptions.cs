@@ -24,10 +24,10 @@ public sealed class MethodCliOptions
 
     public Option<string> Method { get; }
 
-    /// <summary>Adds --method and every method option to <paramref name="cmd"/>.</summary>
-    public void AddTo(Command cmd, bool methodOptions = true)
+    /// <summary>Adds --method (unless <paramref name="method"/> is false) and every method option to <paramref name="cmd"/>.</summary>
+    public void AddTo(Command cmd, bool methodOptions = true, bool method = true)
     {
-        cmd.Options.Add(Method);
+        if (method) cmd.Options.Add(Method);
         if (methodOptions)
             foreach (var (_, option) in _options) cmd.Options.Add(option);
     }

@@ -23,6 +23,7 @@ public static class PlanCommand
         var method = new Option<string>("--method") { Description = PeftMethods.Known, DefaultValueFactory = _ => "lora" };
         var quant = new Option<string?>("--quant") { Description = "Base format: none, nf4, nf4-dq, fp4, fp4-dq, int4 (default nf4-dq; int4 for qalora)" };
         var rank = new Option<int>("--rank") { Description = "LoRA rank r", DefaultValueFactory = _ => 8 };
+        var freezeA = new Option<bool>("--freeze-a") { Description = "LoRA-FA: A frozen at its initialization (no A gradient or optimizer state)" };
         var targets = new Option<string>("--targets") { Description = "Linear layers to adapt", DefaultValueFactory = _ => "q,k,v,o,gate,up,down" };
         var seqLen = new Option<int>("--seq-len") { Description = "Sequence length for the batch search", DefaultValueFactory = _ => 2048 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
@@ -31,12 +32,13 @@ public static class PlanCommand
         var checkSteps = new Option<int>("--check-steps") { Description = "Training steps in --check", DefaultValueFactory = _ => 1 };
         var cmd = new Command("plan", "Largest sequence length and batch that fit a memory budget (analytic memory model)")
         {
-            config, model, memory, method, quant, rank, targets, seqLen, json, check, checkLayers, checkSteps,
+            config, model, memory, method, quant, rank, freezeA, targets, seqLen, json, check, checkLayers, checkSteps,
         };
         cmd.SetAction(parse =>
         {
             var (name, c) = Resolve(parse.GetValue(config), parse.GetValue(model));
-            var setup = Setup(c, parse.GetValue(method)!, parse.GetValue(quant), parse.GetValue(rank), parse.GetValue(targets)!, parse.GetValue(seqLen));
+            var setup = Setup(c, parse.GetValue(method)!, parse.GetValue(quant), parse.GetValue(rank), parse.GetValue(targets)!, parse.GetValue(seqLen))
+                .WithFreezeA(parse.GetValue(freezeA));
             long budget = (long)ByteSize.Parse(parse.GetValue(memory)!, "--memory");
             var plan = FitPlanner.Make(setup, budget);
             bool asJson = parse.GetValue(json);
@@ -147,6 +149,6 @@ public static class PlanCommand
         AnsiConsole.Write(t);
         AnsiConsole.MarkupLine(Markup.Escape($"{name}: budget {ByteSize.Format(p.Budget)}, {ByteSize.Format(p.Margin)} kept for arena block rounding; host = offloaded state in system memory"));
         if (p.MaxSeq != null)
-            AnsiConsole.MarkupLine(Markup.Escape($"train with: --seq-len {p.MaxSeq.Value} --batch 1 {p.MaxSeq.Option.TrainFlags} --memory-budget {ByteSize.Format(p.Budget).Replace(" ", "")}"));
+            AnsiConsole.MarkupLine(Markup.Escape($"train with: --seq-len {p.MaxSeq.Value} --batch 1 {p.MaxSeq.Option.TrainFlags}{(p.Base.FreezeA ? " --freeze-a" : "")} --memory-budget {ByteSize.Format(p.Budget).Replace(" ", "")}"));
     }
 }

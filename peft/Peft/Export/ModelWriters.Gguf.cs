@@ -304,6 +304,9 @@ internal static partial class ModelWriters
         g.AddString("general.name", o.Name ?? Path.GetFileNameWithoutExtension(o.OutPath));
         g.AddString("adapter.type", "lora");
         g.AddFloat32("adapter.lora.alpha", cfg.Scaling * cfg.Rank);
+        if (cfg.UseRsLora)
+            report.Notes.Add(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"rsLoRA: llama.cpp scales by alpha/rank and knows no rsLoRA, so adapter.lora.alpha is written as alpha·√r = {cfg.Scaling * cfg.Rank:G6} (lora_alpha {cfg.Alpha:G6}, r {cfg.Rank}) to give the trained scale alpha/√r = {cfg.Scaling:G6}"));
         int r = cfg.Rank;
         for (int l = 0; l < baseConfig.NLayers; l++)
             foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains))

@@ -52,8 +52,26 @@ public sealed record TrainSetup
         };
     }
 
-    /// <summary>The adapter a measured run of this setup trains (alpha = 2r; QA-LoRA groups, else the base's blocks).</summary>
-    public AdapterConfig ToAdapterConfig() => Method.ConfigFor(this);
+    /// <summary>
+    /// This setup with LoRA-FA's frozen A when <paramref name="freezeA"/>; a FormatException when the method has no
+    /// --freeze-a (nothing to freeze).
+    /// </summary>
+    public TrainSetup WithFreezeA(bool freezeA)
+    {
+        if (!freezeA) return this;
+        static bool Has(PeftMethod m) => m.Options.Any(o => o.Flag == "--freeze-a");
+        return Has(Method) ? this with { FreezeA = true }
+            : throw new FormatException($"--freeze-a: {Method} has no A to freeze (methods with one: {string.Join(", ", PeftMethods.All.Where(Has).Select(m => m.CliName))})");
+    }
+
+    /// <summary>
+    /// A change to the adapter configuration on top of the method's (a variant such as `lora+rslora` from
+    /// <see cref="MethodSpec"/>); measured runs train it, the memory model sees it through <see cref="ToAdapterConfig"/>.
+    /// </summary>
+    public Func<AdapterConfig, AdapterConfig>? Variant { get; init; }
+
+    /// <summary>The adapter a measured run of this setup trains (alpha = 2r; QA-LoRA groups, else the base's blocks), with <see cref="Variant"/> applied.</summary>
+    public AdapterConfig ToAdapterConfig() => Variant is { } v ? v(Method.ConfigFor(this)) : Method.ConfigFor(this);
 
     /// <summary>Which parts of this setup the runtime cannot do yet (empty when it can run as is).</summary>
     public IReadOnlyList<string> Unavailable()

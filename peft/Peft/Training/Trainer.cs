@@ -85,7 +85,7 @@ public sealed class Trainer : IDisposable
         if (o.Adapter.Method.NotPlanned != null) return;
         var setup = new Planning.TrainSetup
         {
-            Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, Targets = o.Adapter.Targets,
+            Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, FreezeA = o.Adapter.FreezeA, Targets = o.Adapter.Targets,
             GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
             UnifiedMemory = ctx.Arena.HostMapped, OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,

@@ -191,17 +191,24 @@ public sealed class AdapterExportTests
         Assert.Equal("adapter", GgufFile.Open(path).GetString("general.type"));
     }
 
-    [Fact]
-    public void GgufLoraFromARotateHalfBaseMatchesTheGgufBaseMerge()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void GgufLoraFromARotateHalfBaseMatchesTheGgufBaseMerge(bool rsLora)
     {
-        // llama.cpp merges W_gguf + (alpha/rank)·B_gguf·A; with an HF base that must equal the GGUF export of our merge.
+        // llama.cpp merges W_gguf + (alpha/rank)·B_gguf·A, reading only adapter.lora.alpha (it knows no rsLoRA); with an
+        // HF base that must equal the GGUF export of our merge — for rsLoRA (scale alpha/√r, here 5/√3 against 5/3)
+        // only because the export rewrites alpha to alpha·√r.
         using var dir = new TempDir();
         Exporter.Export(Base, null, new ExportOptions { Format = ExportFormat.Safetensors, OutPath = dir.File("hf") });
         var hf = ModelLoader.Load(dir.File("hf"));
-        var adapter = RandomLora(hf.Config, 12, targets: [TargetModule.Q, TargetModule.K], rank: 3, alpha: 5);
-        Exporter.Export(hf, adapter, new ExportOptions { Format = ExportFormat.GgufLora, OutPath = dir.File("lora.gguf") });
+        var adapter = RandomLora(hf.Config, 12, targets: [TargetModule.Q, TargetModule.K], rank: 3, alpha: 5, rsLora: rsLora);
+        var report = Exporter.Export(hf, adapter, new ExportOptions { Format = ExportFormat.GgufLora, OutPath = dir.File("lora.gguf") });
         var g = MiniGguf.Read(dir.File("lora.gguf"));
-        float scale = (float)g.Kvs["adapter.lora.alpha"].Value / 3;
+        int rank = (int)g.Infos.Single(t => t.Name == "blk.0.attn_k.weight.lora_b").Ne[0];   // llama.cpp's rank: lora_b ne[0]
+        float scale = (float)g.Kvs["adapter.lora.alpha"].Value / rank;
+        Assert.Equal(rsLora ? 5 / MathF.Sqrt(3) : 5 / 3f, scale, 5);
+        Assert.Equal(rsLora, report.Notes.Any(n => n.Contains("rsLoRA", StringComparison.Ordinal)));
         var merged = AdapterMerge.MergeDense(hf.Config, hf.Weights, adapter, MergeFrom.Original);
         var (_, mergedGguf) = ModelTensors.ToLayout(merged.Config, merged.Weights, RopeLayout.InterleavedPairs);
         var c = hf.Config;
