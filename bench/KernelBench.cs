@@ -14,14 +14,18 @@ public sealed record KernelResult(string Kernel, string Shape, double Seconds, d
 
 public static class KernelBench
 {
-    public static (DevicePeak Peak, List<KernelResult> Results) Run(VulkanContext ctx, bool quick, Action<string> log)
+    /// <summary>The groups of kernels <c>bench kernels --only</c> can pick.</summary>
+    public static readonly string[] Groups = ["matmul", "quantized", "lora", "attention"];
+
+    public static (DevicePeak Peak, List<KernelResult> Results) Run(VulkanContext ctx, bool quick, Action<string> log, IReadOnlyCollection<string>? only = null)
     {
+        bool Want(string group) => only == null || only.Count == 0 || only.Contains(group);
         log("measuring device peaks (FMA throughput, copy bandwidth)...");
         var peak = DevicePeaks.Measure(ctx, quick);
         log($"peak: {peak.FmaGflops:F1} GFLOP/s fp32 FMA, {peak.CopyGBps:F1} GB/s copy");
         var results = new List<KernelResult>();
         (int M, int K, int N)[] shapes = quick ? [(256, 1024, 1024), (512, 512, 512)] : [(512, 4096, 4096), (2048, 2048, 2048)];
-        foreach (var (m, k, n) in shapes)
+        foreach (var (m, k, n) in Want("matmul") ? shapes : [])
         {
             log($"matmul {m}x{k}x{n}...");
             using var a = DeviceTensor.Create(ctx, "a", DType.F32, [m, k], MemoryCategory.Workspace);
@@ -33,8 +37,9 @@ public static class KernelBench
             double gflops = 2.0 * m * n * k / s / 1e9;
             results.Add(new KernelResult("matmul f32 (x·Wᵀ)", $"{m}x{k}x{n}", s, gflops, gflops / peak.FmaGflops, "compute", CpuMatmulSeconds(m, k, n)));
         }
-        RunQuantized(ctx, peak, quick, log, results);
-        RunAttention(ctx, peak, quick, log, results);
+        if (Want("quantized")) RunQuantized(ctx, peak, quick, log, results);
+        if (Want("lora")) RunLoraProducts(ctx, peak, quick, log, results);
+        if (Want("attention")) RunAttention(ctx, peak, quick, log, results);
         return (peak, results);
     }
 
@@ -135,6 +140,49 @@ public static class KernelBench
             using var deq = DeviceTensor.Create(ctx, "deq", DType.F32, [dim, dim], MemoryCategory.Workspace);
             double dqm = GpuTimer.MedianSeconds(ctx, () => { QuantizedMatMul.Dequantize(w, deq); MatMul.Run(x, deq, y, transposeB: true); }, runs);
             results.Add(Result("dequantize then fp32 matmul", dqm, false));
+        }
+    }
+
+    /// <summary>
+    /// LoRA's skinny products at rank 16 (2,048 tokens, dim 4,096; --quick: 512, 1,024): x·Aᵀ and dy·B (N = rank) and the
+    /// weight gradients dA = dTᵀ·X and dB = dYᵀ·T, each on the device's own path, on the shared-tiles path as it chooses
+    /// (skinny tiles, split-K) and on the shared-tiles path before split-K (square tiles, one slice). They are
+    /// bandwidth-bound: the fraction is of the copy bandwidth over the bytes of the [tokens, dim] operand.
+    /// </summary>
+    private static void RunLoraProducts(VulkanContext ctx, DevicePeak peak, bool quick, Action<string> log, List<KernelResult> results)
+    {
+        int t = quick ? 512 : 2048, dim = quick ? 1024 : 4096;
+        const int r = 16;
+        log($"LoRA products at rank {r}, {t} tokens, dim {dim}...");
+        using var big = DeviceTensor.Create(ctx, "x", DType.F32, [t, dim], MemoryCategory.Workspace);      // x or dy
+        using var thin = DeviceTensor.Create(ctx, "t", DType.F32, [t, r], MemoryCategory.Workspace);       // t or dt
+        using var a = DeviceTensor.Create(ctx, "lora_a", DType.F32, [r, dim], MemoryCategory.Workspace);
+        using var b = DeviceTensor.Create(ctx, "lora_b", DType.F32, [dim, r], MemoryCategory.Workspace);
+        big.Upload<float>(Random(t * dim, 21));
+        thin.Upload<float>(Random(t * r, 22));
+        a.Upload<float>(Random(r * dim, 23));
+        b.Upload<float>(Random(dim * r, 24));
+        var square = MatMulTiles.For(ctx.Caps, fp16B: false);
+        var paths = new List<(string Name, MatMulAlgorithm Algorithm, MatMulTiles? Tiles, int SplitK)>
+        {
+            ("device's path", MatMulAlgorithm.Auto, null, 0),
+            ("shared tiles, skinny + split-K", MatMulAlgorithm.SharedTiles, null, 0),
+            ("shared tiles, before split-K", MatMulAlgorithm.SharedTiles, square, 1),
+        };
+        double bytes = 4.0 * t * dim, flops = 2.0 * t * dim * r;
+        string shape = $"{t} tokens, {dim} -> rank {r}";
+        int runs = quick ? 3 : 5;
+        foreach (var (name, algorithm, tiles, splitK) in paths)
+        {
+            void Add(string kernel, Action run)
+            {
+                double s = GpuTimer.MedianSeconds(ctx, run, runs);
+                results.Add(new KernelResult($"{kernel}, {name}", shape, s, flops / s / 1e9, bytes / s / 1e9 / peak.CopyGBps, "memory", null));
+            }
+            Add("LoRA x·Aᵀ", () => MatMul.Run(big, a, thin, transposeB: true, algorithm: algorithm, tiles: tiles, splitK: splitK));
+            Add("LoRA dy·B", () => MatMul.Run(big, b, thin, transposeB: false, algorithm: algorithm, tiles: tiles, splitK: splitK));
+            Add("LoRA dA = dTᵀ·X", () => MatMulTn.Run(thin, big, a, 1, 0, algorithm, splitK));
+            Add("LoRA dB = dYᵀ·T", () => MatMulTn.Run(big, thin, b, 1, 0, algorithm, splitK));
         }
     }
 

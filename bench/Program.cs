@@ -1,5 +1,6 @@
 // Entry point of the vkpeft benchmarks: './vkpeft bench kernels' (device peaks and kernel throughput), 'memory' (peak
-// memory per category against the analytic model), 'train' (training-step tokens/s) and 'generate' (decode/prefill).
+// memory per category against the analytic model), 'train' (training-step tokens/s), 'generate' (decode/prefill), 'serve' and
+// 'gpu-report' (device, kernel paths, GPU-vs-CPU kernel checks and the benchmarks in one JSON).
 using System.CommandLine;
 using System.Text.Json;
 using VkPeft.Runtime.Memory;
@@ -21,12 +22,14 @@ public static class Program
         if (Console.IsOutputRedirected) Spectre.Console.AnsiConsole.Profile.Width = 160;
         var root = new RootCommand("vkpeft benchmarks") { device, json, quick };
 
-        var kernels = new Command("kernels", "Measure the device's FMA peak and copy bandwidth, and each kernel's throughput against them");
+        var only = new Option<string[]>("--only") { Description = "Kernel groups to measure: " + string.Join(", ", KernelBench.Groups) + " (default: all)", AllowMultipleArgumentsPerToken = true };
+        only.AcceptOnlyFromAmong(KernelBench.Groups);
+        var kernels = new Command("kernels", "Measure the device's FMA peak and copy bandwidth, and each kernel's throughput against them") { only };
         kernels.SetAction(parse =>
         {
             using var ctx = new VulkanContext(Options(parse.GetValue(device)));
             bool asJson = parse.GetValue(json);
-            var (peak, results) = KernelBench.Run(ctx, parse.GetValue(quick), msg => { if (!asJson) Console.Error.WriteLine(msg); });
+            var (peak, results) = KernelBench.Run(ctx, parse.GetValue(quick), msg => { if (!asJson) Console.Error.WriteLine(msg); }, parse.GetValue(only));
             if (asJson) Console.WriteLine(KernelBench.ToJson(peak, results, ctx.Caps.Name).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else KernelBench.Print(peak, results, ctx.Caps.Name);
             return 0;
@@ -35,6 +38,8 @@ public static class Program
         root.Subcommands.Add(MemoryBench.Create(device, json));
         root.Subcommands.Add(TrainBench.Create(device, json));
         root.Subcommands.Add(GenerateBench.Create(device, json));
+        root.Subcommands.Add(ServeBench.Create(device, json));
+        root.Subcommands.Add(GpuReport.Create(device, quick));
         try
         {
             return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

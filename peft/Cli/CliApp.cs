@@ -42,6 +42,7 @@ public static class CliApp
         root.Subcommands.Add(TokenizeCommand.Create());
         root.SetAction(_ => root.Parse("--help").Invoke());   // bare `vkpeft` shows the commands
         root.Subcommands.Add(PlanCommand.Create());
+        root.Subcommands.Add(ServeCommand.Create());
         return Invoke(root, args);
     }
 

@@ -76,7 +76,7 @@ public static class DemoCommand
         var tok = host.Tokenizer!;
         var ids = tok.Encode(Prompt, bos: true);
         using var session = AdapterSession.Open(ctx, adapter, host, quant, quantGiven: true, maxRows: 160);
-        using var runner = new LlamaRunner(session.Model, 1, 160, kvCache: true) { Adapter = session.Adapter };
+        using var runner = new LlamaRunner(session.Model, 1, 160, kvCache: true, adapter: session.Adapter);
         var all = new Generator(runner).Generate(ids, 100, Sampling, tok.Eos);
         return tok.Decode(all.AsSpan(ids.Length)).Trim();
     }

@@ -31,7 +31,7 @@ public static class EvalCommand
             var windows = Evaluator.Windows(docs.Select(d => d.Tokens), L);
             using var ctx = new VulkanContext(CliApp.RuntimeOptionsFrom(parse));
             using var session = AdapterSession.Open(ctx, parse.GetValue(adapter), host, model.QuantOr(parse, BaseQuant.None), parse.GetValue(model.Quant) != null, Math.Min(B, windows.Count) * L, model.EmbeddingQuant(parse));
-            using var runner = new LlamaRunner(session.Model, Math.Min(B, windows.Count), L, kvCache: false) { Adapter = session.Adapter };
+            using var runner = new LlamaRunner(session.Model, Math.Min(B, windows.Count), L, kvCache: false, adapter: session.Adapter);
             EvalResult result = null!;
             Progress.Run("evaluating", windows.Count, "windows", tick => result = Evaluator.Evaluate(runner, windows, (d, _) => tick(d)));
             if (parse.GetValue(json))

@@ -104,7 +104,7 @@ public static class ExportCommand
         double Eval(Func<AdapterSession> open)
         {
             using var s = open();
-            using var r = new LlamaRunner(s.Model, Math.Min(8, windows.Count), L, kvCache: false) { Adapter = s.Adapter };
+            using var r = new LlamaRunner(s.Model, Math.Min(8, windows.Count), L, kvCache: false, adapter: s.Adapter);
             return Evaluator.Evaluate(r, windows).MeanNll;
         }
         double before = Eval(() => AdapterSession.Open(ctx, adapterDir, host, BaseQuant.None, quantGiven: false, 8 * L));

@@ -42,7 +42,10 @@ public static class GenerateCommand
             else ids = tok.Encode(parse.GetValue(prompt)!, bos: true);
             int maxSeq = Math.Min(host.Config.MaxSeqLen > 0 ? host.Config.MaxSeqLen : 2048, ids.Length + n);
             using var session = AdapterSession.Open(ctx, parse.GetValue(adapter), host, model.QuantOr(parse, BaseQuant.None), parse.GetValue(model.Quant) != null, Math.Max(maxSeq, ids.Length), model.EmbeddingQuant(parse));
-            using var runner = new LlamaRunner(session.Model, 1, Math.Max(maxSeq, ids.Length), kvCache: true) { Adapter = session.Adapter };
+            // Virtual tokens or a prefix take the first positions of the context.
+            int extraRows = VkPeft.Peft.Engine.VirtualTokenRows.ExtraRows(session.Adapter);
+            if (host.Config.MaxSeqLen > 0) maxSeq = Math.Min(maxSeq, host.Config.MaxSeqLen - extraRows);
+            using var runner = new LlamaRunner(session.Model, 1, Math.Max(maxSeq, ids.Length), kvCache: true, adapter: session.Adapter);
             if (!asChat) Console.Write(tok.Decode(ids));
             var stream = new StreamingDecoder(tok, ids[^1]);
             var sw = System.Diagnostics.Stopwatch.StartNew();

@@ -34,6 +34,12 @@ public sealed class TrainCliOptions
     public Option<int> Seed { get; } = new("--seed") { Description = "Seed for init, data order and dropout", DefaultValueFactory = _ => 42 };
     public Option<string> Output { get; }
     public Option<int> Keep { get; } = new("--keep-checkpoints") { Description = "Checkpoints kept in --out/checkpoints; --resume falls back to an older one when the newest is corrupt", DefaultValueFactory = _ => TrainCheckpoint.DefaultKeep };
+    public Option<int?> ReloraEvery { get; } = new("--relora-every") { Description = "ReLoRA (LoRA): every N steps merge the adapter into the base, re-quantize it and restart the adapter" };
+    public Option<int?> ReloraWarmup { get; } = new("--relora-warmup") { Description = "ReLoRA: steps over which the learning rate re-warms after a restart (default N/10)" };
+    public Option<string> ReloraFrom { get; } = new("--relora-merge-from") { Description = "ReLoRA: merge into a full-precision host copy (original) or the dequantized base (dequantized)", DefaultValueFactory = _ => "original" };
+    public Option<double> ReloraPrune { get; } = new("--relora-prune") { Description = "ReLoRA: share of AdamW moments zeroed at a restart, smallest first (1 = reset)", DefaultValueFactory = _ => 0.9 };
+    public Option<string> Init { get; } = new("--init") { Description = "LoRA initialization: default (A random, B = 0) or loftq (base + adapter approximate the full-precision weights)", DefaultValueFactory = _ => "default" };
+    public Option<int> LoftQIters { get; } = new("--loftq-iters") { Description = "LoftQ: alternations of quantization and rank-r SVD", DefaultValueFactory = _ => 1 };
 
     /// <param name="evalEveryDescription">Help of --eval-every (its default is 0: `train` evaluates at the start and the end).</param>
     /// <param name="outDescription">Help of --out.</param>
@@ -47,7 +53,8 @@ public sealed class TrainCliOptions
     public void AddTo(Command cmd, bool methodOption = true)
     {
         foreach (var o in new Option[] { Data, EvalData, EvalFraction, Targets, GroupSize, Steps, Batch, SeqLen, Accum, Lr, WeightDecay, Warmup, Schedule,
-                     Clip, LossChunk, Checkpointing, Offload, OptimizerOnHost, EvalEvery, SaveEvery, Seed, Output, Keep })
+                     Clip, LossChunk, Checkpointing, Offload, OptimizerOnHost, EvalEvery, SaveEvery, Seed, Output, Keep,
+                     ReloraEvery, ReloraWarmup, ReloraFrom, ReloraPrune, Init, LoftQIters })
             cmd.Options.Add(o);
         Model.AddTo(cmd);
         Methods.AddTo(cmd, method: methodOption);
@@ -108,7 +115,28 @@ public sealed class TrainCliOptions
             Out = outDir,
             Resume = resume,
             KeepCheckpoints = parse.GetValue(Keep),
+            Relora = parse.GetValue(ReloraEvery) is not { } every ? null : new ReloraOptions
+            {
+                Every = every,
+                Warmup = parse.GetValue(ReloraWarmup),
+                PruneRatio = parse.GetValue(ReloraPrune),
+                MergeFrom = parse.GetValue(ReloraFrom)!.ToLowerInvariant() switch
+                {
+                    "original" => ReloraMergeFrom.Original,
+                    "dequantized" => ReloraMergeFrom.Dequantized,
+                    var other => throw new CliUsageException($"--relora-merge-from: unknown value '{other}' (use original or dequantized)"),
+                },
+            },
         };
+        options = parse.GetValue(Init)!.ToLowerInvariant() switch
+        {
+            "default" when parse.GetResult(LoftQIters) is { Implicit: false } => throw new CliUsageException("--loftq-iters needs --init loftq"),
+            "default" => options,
+            "loftq" => options with { LoftQIterations = parse.GetValue(LoftQIters) },
+            var other => throw new CliUsageException($"--init: unknown value '{other}' (use default or loftq)"),
+        };
+        if (options.Relora == null && (parse.GetResult(ReloraWarmup) != null || parse.GetResult(ReloraFrom) is { Implicit: false } || parse.GetResult(ReloraPrune) is { Implicit: false }))
+            throw new CliUsageException("--relora-warmup, --relora-merge-from and --relora-prune need --relora-every");
         options.Validate();
         return options;
     }

@@ -28,8 +28,12 @@ public static class TrainCommand
                 return 0;
             }
             var (host, tok) = train.Model.LoadHost(parse);
+            options = options with { Adapter = options.Adapter.Method.WithTokenizer(options.Adapter, tok) };
             if (host.Config.MaxSeqLen > 0 && options.SeqLen > host.Config.MaxSeqLen)
                 throw new CliUsageException($"--seq-len {options.SeqLen} exceeds the model's context of {host.Config.MaxSeqLen}");
+            int extraRows = m.ExtraRowsPerSequence(new Peft.Planning.TrainSetup { Config = host.Config, Method = m, Settings = options.Adapter.Settings });
+            if (host.Config.MaxSeqLen > 0 && options.SeqLen + extraRows > host.Config.MaxSeqLen)
+                throw new CliUsageException($"--virtual-tokens {extraRows} before --seq-len {options.SeqLen} exceeds the model's context of {host.Config.MaxSeqLen}");
             var trainData = TrainingData.Load(tok, options.Data, options.EvalData, options.EvalFraction, options.SeqLen, options.Seed);
             Console.Error.WriteLine($"data: {trainData.TrainDocuments} training documents → {trainData.Train.Count} windows of {options.SeqLen} tokens; {trainData.EvalDocuments} held-out documents");
             using var ctx = new VulkanContext(CliApp.RuntimeOptionsFrom(parse));
@@ -53,8 +57,20 @@ public static class TrainCommand
         using var runLock = RunLock.Acquire(options.Out);
         if (!options.Resume && (File.Exists(Path.Combine(options.Out, Trainer.StateFile)) || TrainCheckpoint.Steps(options.Out).Count > 0))
             throw new CliUsageException($"{options.Out} already holds a training run; pass --resume to continue it or choose another --out");
+        LoftQStart? loftq = null;
+        if (options.LoftQIterations is { } iterations)
+        {
+            Progress.Run($"LoftQ initialization ({iterations} iteration{(iterations == 1 ? "" : "s")})", host.Config.NLayers * options.Adapter.Targets.Length, "linears",
+                tick => loftq = LoftQInit.Apply(host, options.Adapter, options.Quant, iterations, options.Seed, (done, _) => tick(done)));
+            foreach (var line in loftq!.LogLines()) Console.Error.WriteLine(line);
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"LoftQ: ‖W − (Q + s·B·A)‖ over all targets {loftq.TotalBefore:G4} (quantized base alone) → {loftq.TotalAfter:G4}"));
+            host = loftq.Backbone;
+            options = options with { InitialAdapter = loftq.Adapter };
+            Console.Error.WriteLine($"LoftQ backbone (quantize it with --quant {options.Quant.Type} to get the trained base): {LoftQInit.WriteBackbone(loftq, options.Out)}");
+        }
         using var model = ModelOptions.Upload(ctx, host, options.Quant, options.EmbeddingQuant);
-        using var trainer = new Trainer(ctx, model, options, data);
+        using var trainer = new Trainer(ctx, model, options, data, host) { Log = Console.Error.WriteLine };
+        if (loftq != null) trainer.ExtraSummary["loftq"] = loftq.ToJson(options.LoftQIterations!.Value);
         if (options.Resume) trainer.ResumeFrom(options.Out, Console.Error.WriteLine);
         TrainSummary summary = null!;
         Progress.Run(title ?? $"training {options.Adapter.Method}", options.Steps, "steps", tick =>

@@ -47,6 +47,8 @@ public sealed unsafe class CommandRecorder : DisposableObject
     public long TotalDispatches { get; private set; }
     public long TotalSubmits { get; private set; }
     public long TotalBarriers { get; private set; }
+    /// <summary>Blocking host waits for the GPU (a <see cref="Sync"/> that found work recorded or in flight).</summary>
+    public long TotalWaits { get; private set; }
     /// <summary>Commands recorded but not yet submitted.</summary>
     public int PendingCommands => _current?.Commands ?? 0;
     public bool HasWorkInFlight => _inflight.Count > 0 || PendingCommands > 0;
@@ -201,6 +203,7 @@ public sealed unsafe class CommandRecorder : DisposableObject
     {
         ThrowIfDisposed();
         Flush();
+        if (_inflight.Count > 0) TotalWaits++;
         while (_inflight.Count > 0) Retire(_inflight.Dequeue());
         _ctx.CheckValidation();
     }

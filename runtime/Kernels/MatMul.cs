@@ -46,10 +46,13 @@ public static class MatMul
     /// C[M,N] = alpha·A[M,K]·B + beta·C where B is [K,N], or [N,K] used transposed when <paramref name="transposeB"/>
     /// (the nn.Linear weight layout: y = x·Wᵀ).
     /// </summary>
-    /// <param name="tiles">shared-tiles shape (default: the device's entry of <see cref="MatMulTiles.Table"/>)</param>
+    /// <param name="tiles">shared-tiles shape (default: a skinny shape for N ≤ 32, else the device's entry of <see cref="MatMulTiles.Table"/>)</param>
+    /// <param name="splitK">slices of K on the shared-tiles path (0: <see cref="SplitK.Choose"/> decides, for operands in
+    /// one binding each; 1: none)</param>
     public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeB, float alpha = 1, float beta = 0,
-        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null)
+        MatMulAlgorithm algorithm = MatMulAlgorithm.Auto, MatMulTiles? tiles = null, int splitK = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(splitK);
         BasicOps.RequireF32(a, b, c);
         long m = a.Rows, k = a.RowElements;
         long n = transposeB ? b.Rows : b.RowElements;
@@ -61,8 +64,9 @@ public static class MatMul
         if (algorithm == MatMulAlgorithm.Lanes && !LanesSupported(ctx))
             throw new ArgumentException("matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
+        if (lanes && splitK > 1) throw new ArgumentException("matmul: split-K runs on the shared-tiles algorithm");
         // The vec4 lanes variant has the same tile as the scalar one (same RB, CB, SG).
-        tiles ??= MatMulTiles.For(ctx.Caps, fp16B: false);
+        tiles ??= (lanes ? null : MatMulTiles.ForSkinny(ctx.Caps, n)) ?? MatMulTiles.For(ctx.Caps, fp16B: false);
         if (!lanes && !MatMulTiles.Fits(tiles, ctx.Caps, false)) throw new ArgumentException($"matmul: tiles {tiles.Name} do not fit this device");
         var (tileM, tileN) = !lanes ? (tiles.BM, tiles.BN) : LanesTile(transposeB ? ShaderId.MatmulLanes : ShaderId.MatmulLanesNn);
         uint maxY = ctx.Caps.MaxComputeWorkGroupCount[1], maxX = ctx.Caps.MaxComputeWorkGroupCount[0];
@@ -70,6 +74,16 @@ public static class MatMul
         var mPieces = Pieces.Split(m, [a, c], [k, n]);
         // B pieces: along N (transposed, rows of B are output columns) or along K (rows of B are the inner dimension).
         var bPieces = Pieces.Split(transposeB ? n : k, [b], [transposeB ? k : n]);
+        if (!lanes && mPieces.Count == 1 && bPieces.Count == 1 && m <= maxY * tileM && k > 1)
+        {
+            long groups = (m + tileM - 1) / tileM * ((n + tileN - 1) / tileN);
+            int splits = splitK > 0 ? (int)Math.Min(splitK, k) : SplitK.Choose(groups, k, m * n);
+            if (splits > 1)
+            {
+                RunSplit(ctx, mPieces[0], bPieces[0], m, n, k, transposeB, alpha, beta, tiles, splits);
+                return;
+            }
+        }
         foreach (var mp in mPieces)
         {
             for (int bi = 0; bi < bPieces.Count; bi++)
@@ -101,5 +115,34 @@ public static class MatMul
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// C = alpha·A·op(B) + beta·C as <paramref name="splits"/> slices of K (multiples of 4, so vec4 loads of A stay
+    /// aligned), each written to its own scratch partial, then summed in slice order by splitk_sum.
+    /// </summary>
+    private static void RunSplit(VkPeft.Runtime.Vulkan.VulkanContext ctx, Piece mp, Piece bp, long m, long n, long k, bool transposeB,
+        float alpha, float beta, MatMulTiles tiles, int splits)
+    {
+        long slice = ((k + splits - 1) / splits + 3) / 4 * 4;
+        splits = (int)((k + slice - 1) / slice);
+        long stride = SplitK.PartialStride(ctx, m * n);
+        uint gx = (uint)((n + tiles.BN - 1) / tiles.BN), gy = (uint)((m + tiles.BM - 1) / tiles.BM);
+        for (int s = 0; s < splits; s++)
+        {
+            long k0 = s * slice, kCount = Math.Min(slice, k - k0);
+            var push = new MatPush
+            {
+                M = (uint)m, N = (uint)n, K = (uint)kCount,
+                Lda = (uint)k, Ldb = (uint)(transposeB ? k : n), Ldc = (uint)n,
+                AOffset = mp.Offsets[0] + (uint)k0, BOffset = bp.Offsets[0] + (uint)(transposeB ? k0 : k0 * n), COffset = 0,
+                Alpha = 1, Beta = 0,
+            };
+            bool vecA = push.K % 4 == 0 && push.Lda % 4 == 0 && push.AOffset % 4 == 0;
+            ctx.Commands.Dispatch(ctx.Pipelines.Get(ShaderId.Matmul, tiles.Spec(transposeB, vecA)),
+                [Binding.Read(mp.Ranges[0]), Binding.Read(bp.Ranges[0]), Binding.Write(SplitK.Partial(ctx, splits, stride, s))],
+                push, gx, gy, 1, "matmul.splitk");
+        }
+        SplitK.Sum(ctx, splits, stride, m * n, mp.Ranges[1], mp.Offsets[1], alpha, beta);
     }
 }

@@ -34,6 +34,19 @@ public sealed record MatMulTiles(string Name, uint BM, uint BN, uint BK, uint TM
     ];
 
     /// <summary>
+    /// Skinny products (N ≤ 16 or ≤ 32 output columns: LoRA's x·Aᵀ and dy·B at small rank) on the shared-tiles path:
+    /// 64 rows x N columns per workgroup, so a tile pads at most 15 (31) columns where the square shapes pad 75-97%.
+    /// </summary>
+    public static readonly MatMulTiles[] Skinny =
+    [
+        new("64x16x16, 4x1 per invocation", 64, 16, 16, 4, 1, Any),
+        new("64x32x16, 4x2 per invocation", 64, 32, 16, 4, 2, Any),
+    ];
+
+    /// <summary>The narrowest skinny tile that holds <paramref name="n"/> columns and fits the device, or null.</summary>
+    public static MatMulTiles? ForSkinny(DeviceCapabilities caps, long n) => Skinny.FirstOrDefault(t => n <= t.BN && Fits(t, caps, false));
+
+    /// <summary>
     /// Tile of the cooperative-matrix variants (COOPMAT): four subgroups of 32, each a 32x32 block as 2x2 16x16x16
     /// matrices; TM x TN = 4 x 8 only sizes the workgroup ((64/4)·(64/8) = 128 invocations). BK = 32: two matrix steps
     /// per slice, and whole 32-value chunks of a 4-bit row.

@@ -33,8 +33,11 @@ public static class MatMulTn
         Run(a, b, c, alpha, beta, MatMulAlgorithm.Auto);
 
     /// <summary>As <see cref="Run(DeviceTensor, DeviceTensor, DeviceTensor, float, float)"/> with a chosen shader.</summary>
-    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, float alpha, float beta, MatMulAlgorithm algorithm)
+    /// <param name="splitK">slices of the summed rows on the shared-tiles path, each summed into its own partial and the
+    /// partials added in order (0: <see cref="SplitK.Choose"/> decides, for operands in one binding each; 1: none)</param>
+    public static void Run(DeviceTensor a, DeviceTensor b, DeviceTensor c, float alpha, float beta, MatMulAlgorithm algorithm, int splitK = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(splitK);
         BasicOps.RequireF32(a, b, c);
         long n1 = Cols(a), n2 = Cols(b);
         long m = n1 == 0 ? 0 : a.Count / n1, mb = n2 == 0 ? 0 : b.Count / n2;
@@ -55,6 +58,7 @@ public static class MatMulTn
         if (algorithm == MatMulAlgorithm.Lanes && !MatMul.LanesSupported(ctx))
             throw new ArgumentException("MatMulTn: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
+        if (lanes && splitK > 1) throw new ArgumentException("MatMulTn: split-K runs on the shared-tiles algorithm");
         var (cRange, cOffset) = WholeBinding(c, "C");
 
         uint tileR = lanes ? LanesTileRows : TileRows, tileC = lanes ? LanesTileCols : TileCols;
@@ -68,8 +72,43 @@ public static class MatMulTn
         uint gx = (uint)((nCount + tileC - 1) / tileC);
         if (gx > maxX) throw new ArgumentException($"MatMulTn: {nCount} output columns need {gx} workgroups, over the device limit {maxX}");
         var pipeline = ctx.Pipelines.Get(lanes ? ShaderId.MatmulTnLanes : ShaderId.MatmulTn);
+        var pieces = Pieces.Split(m, [a.Reshape(m, n1), b.Reshape(m, n2)], [n1, n2]);
+        if (!lanes && pieces.Count == 1 && m > 1)
+        {
+            long groups = gx * ((rCount + tileR - 1) / tileR);
+            int splits = splitK > 0 ? (int)Math.Min(splitK, m) : SplitK.Choose(groups, m, n1 * n2);
+            if (splits > 1 && (m + splits - 1) / splits <= ChunkRows)
+            {
+                // Each slice of rows into its own partial (C's layout), then the partials added in slice order.
+                long slice = (m + splits - 1) / splits;
+                splits = (int)((m + slice - 1) / slice);
+                long stride = SplitK.PartialStride(ctx, n1 * n2);
+                var piece = pieces[0];
+                var (pRange, pOffset, ldp) = swap ? (piece.Ranges[1], piece.Offsets[1], (uint)n2) : (piece.Ranges[0], piece.Offsets[0], (uint)n1);
+                var (qRange, qOffset, ldq) = swap ? (piece.Ranges[0], piece.Offsets[0], (uint)n1) : (piece.Ranges[1], piece.Offsets[1], (uint)n2);
+                for (int s = 0; s < splits; s++)
+                {
+                    long k0 = s * slice, kCount = Math.Min(slice, m - k0);
+                    var partial = SplitK.Partial(ctx, splits, stride, s);
+                    for (long r0 = 0; r0 < rCount; r0 += (long)maxY * tileR)
+                    {
+                        long rows = Math.Min(rCount - r0, (long)maxY * tileR);
+                        var push = new Push
+                        {
+                            R = (uint)rows, N = (uint)nCount, K = (uint)kCount, Ldp = ldp, Ldq = ldq, LdcR = ldcR, LdcC = ldcC,
+                            POffset = pOffset + (uint)(k0 * ldp + r0), QOffset = qOffset + (uint)(k0 * ldq), COffset = (uint)(r0 * ldcR),
+                            Alpha = 1, Beta = 0,
+                        };
+                        ctx.Commands.Dispatch(pipeline, [Binding.Read(pRange), Binding.Read(qRange), Binding.Write(partial)],
+                            push, gx, (uint)((rows + tileR - 1) / tileR), 1, "matmul_tn.splitk");
+                    }
+                }
+                SplitK.Sum(ctx, splits, stride, n1 * n2, cRange, cOffset, alpha, beta);
+                return;
+            }
+        }
         bool first = true;
-        foreach (var piece in Pieces.Split(m, [a.Reshape(m, n1), b.Reshape(m, n2)], [n1, n2]))
+        foreach (var piece in pieces)
         {
             var (aRange, aOffset, bRange, bOffset) = (piece.Ranges[0], piece.Offsets[0], piece.Ranges[1], piece.Offsets[1]);
             var (pRange, pOffset, ldp) = swap ? (bRange, bOffset, (uint)n2) : (aRange, aOffset, (uint)n1);

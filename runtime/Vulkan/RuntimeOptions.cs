@@ -39,6 +39,18 @@ public sealed record RuntimeOptions
     /// <summary>Collect per-kernel GPU time with timestamp queries.</summary>
     public bool Profile { get; init; }
 
+    /// <summary>
+    /// Treat device memory as not host-mapped even where it is (lavapipe, integrated GPUs), so every transfer goes
+    /// through staging as on a discrete GPU: tests and benchmarks of the staging paths on any device.
+    /// </summary>
+    public bool DisableHostMappedMemory { get; init; }
+
+    /// <summary>
+    /// Small transfers through the reusable staging ring (default); off: a fresh staging buffer and a host wait per
+    /// transfer, as before the ring (benchmarks compare the two).
+    /// </summary>
+    public bool StagingRing { get; init; } = true;
+
     /// <summary>Dispatches recorded before the recorder submits a batch on its own.</summary>
     public int DispatchesPerSubmit { get; init; } = 1024;
 

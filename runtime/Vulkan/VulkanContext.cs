@@ -445,7 +445,7 @@ public sealed unsafe class VulkanContext : DisposableObject
             TimestampsSupported = timestampBits && limits.TimestampComputeAndGraphics,
             TimestampPeriodNs = limits.TimestampPeriod,
             MemoryBudgetExtension = enabled.MemoryBudget,
-            UnifiedMemory = unified,
+            UnifiedMemory = unified && !Options.DisableHostMappedMemory,
             Heaps = heaps,
             CooperativeMatricesNV = enabled.CoopMatrixNV ? QueryCooperativeMatricesNV() : [],
         };

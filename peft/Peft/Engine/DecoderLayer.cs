@@ -38,8 +38,8 @@ public static class DecoderLayer
         // accumulate straight into the residual stream: no separate block output, no residual adds.
         bool inPlace = ReferenceEquals(xIn, xOut) && adapter is not ITrainableAdapter { HasBlockHooks: true }
             && adapter?.TransformsLinearOutput(TargetModule.O) != true && adapter?.TransformsLinearOutput(TargetModule.Down) != true;
-        if (adapter?.AttentionPrefix != null)
-            throw new NotSupportedException("attention prefixes need prefix keys/values in the attention kernel, which the device runtime does not have yet");
+        if (adapter?.AttentionPrefix is { Gated: true })
+            throw new NotSupportedException("a gated attention prefix needs its own softmax in the attention kernel, which the device runtime does not have yet");
 
         RmsNorm.Forward(xIn, NormWeight(adapter, l, LlamaTensorKind.AttnNorm, layer.AttnNorm), h1, eps);
         Linear(adapter, l, TargetModule.Q, layer.Wq, h1, q, layer.Bq);
@@ -47,6 +47,7 @@ public static class DecoderLayer
         Linear(adapter, l, TargetModule.V, layer.Wv, h1, v, layer.Bv);
         Rope.Apply(q, q, model.InvFreq, c.HeadDim, model.Pairing, startPos, seqLen);
         Rope.Apply(k, k, model.InvFreq, c.HeadDim, model.Pairing, startPos, seqLen);
+        if (adapter?.AttentionPrefix is { Gated: false } prefix && startPos == 0) AttentionPrefixRows.Write(prefix, l, k, v, batch, seqLen);
         var lse = LseView(s, batch, seqLen, c.NHeads);
         if (kCache != null)
             Attention.Forward(q, kCache.RowsView(0, startPos + seqLen), vCache!.RowsView(0, startPos + seqLen), o, lse, 1, seqLen, startPos,
@@ -138,6 +139,7 @@ public static class DecoderLayer
         LinearGrad(adapter, l, TargetModule.O, layer.Wo, s.O, dz, _dO, accumulate: false);
         var lse = LseView(s, batch, seqLen, c.NHeads);
         Attention.Backward(s.Q, s.K, s.V, s.O, lse, _dO, _dQ, _dK, _dV, _delta, batch, seqLen, 0, c.NHeads, c.NKvHeads, c.HeadDim);
+        if (adapter.AttentionPrefix is { Gated: false } prefix) AttentionPrefixRows.Backward(prefix, l, _dK, _dV, batch, seqLen);
         adapter.AdaptionPrompt?.Backward(layer, l, s.Q, _dO, _dQ);
         Rope.Apply(_dQ, _dQ, model.InvFreq, c.HeadDim, model.Pairing, 0, seqLen, inverse: true);
         Rope.Apply(_dK, _dK, model.InvFreq, c.HeadDim, model.Pairing, 0, seqLen, inverse: true);

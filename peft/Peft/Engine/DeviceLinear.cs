@@ -19,8 +19,8 @@ public sealed class DeviceLinear : IDisposable
     public string Name { get; }
     public int OutFeatures { get; }
     public int InFeatures { get; }
-    public DeviceQuantizedWeight? Quantized { get; }
-    public DeviceTensor? Full { get; }   // [out, in] fp32 when not quantized
+    public DeviceQuantizedWeight? Quantized { get; private set; }
+    public DeviceTensor? Full { get; private set; }   // [out, in] fp32 when not quantized
     public long DeviceBytes => Quantized?.DeviceBytes ?? Full!.Bytes;
 
     /// <summary>Uploads a host weight, quantizing it on the device (NF4/FP4) or on the host (INT4 groups) as asked.</summary>
@@ -43,6 +43,19 @@ public sealed class DeviceLinear : IDisposable
         staging.Upload<float>(weight);
         var dq = DeviceQuantizer.Quantize4Bit(staging, quant.FourBitType, quant.Blocksize, quant.DoubleQuant, name);
         return new DeviceLinear(name, outF, inF, dq, null);
+    }
+
+    /// <summary>
+    /// Replaces the weight with <paramref name="weight"/> [out, in], quantized as <paramref name="quant"/> asks exactly as
+    /// <see cref="Create"/> does (a ReLoRA restart re-quantizing a merged base); the new weight is built before the old is freed.
+    /// </summary>
+    public void ReplaceWeight(float[] weight, BaseQuant quant)
+    {
+        var ctx = Quantized?.Context ?? Full!.Context;
+        var fresh = Create(ctx, Name, weight, OutFeatures, InFeatures, quant);
+        Quantized?.Dispose();
+        Full?.Dispose();
+        (Quantized, Full) = (fresh.Quantized, fresh.Full);
     }
 
     /// <summary>y = alpha·x·Wᵀ + beta·y.</summary>

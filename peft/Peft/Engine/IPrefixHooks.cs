@@ -1,8 +1,9 @@
 // The attention and input hooks of prompt-side methods: a key/value prefix every attention layer reads (prefix tuning:
-// one softmax over prefix and sequence; LLaMA-Adapter: the prefix in its own softmax, scaled by a per-head gate) and
-// virtual tokens placed before the input embeddings (prompt tuning, P-tuning), each with its backward. The float64
-// ReferenceForward implements both; on the device the attention and embedding kernels do not take them yet, so the
-// layer forward and the trainer refuse an adapter that has them.
+// one softmax over prefix and sequence) and virtual tokens placed before the input embeddings (prompt tuning), each with
+// its backward. The float64 ReferenceForward implements both, plus a gated prefix with its own softmax. On the device,
+// virtual tokens and prefixes are rows of their own in front of each sequence (VirtualTokenRows, AttentionPrefixRows),
+// so the ordinary causal attention gives the joined softmax; a gated prefix is refused there, because LLaMA-Adapter runs
+// through its own kernels and hook (IAdaptionPromptHook).
 using VkPeft.Runtime.Tensors;
 
 namespace VkPeft.Peft.Engine;
@@ -32,6 +33,6 @@ public interface IInputEmbeddingHook
     /// <summary>Their embeddings [P, dim].</summary>
     DeviceTensor Embeddings { get; }
 
-    /// <summary>Accumulates ∂loss/∂embeddings [P, dim] (summed over the batch) into the method's gradients.</summary>
+    /// <summary>Adds one sequence's ∂loss/∂embeddings [P, dim] to the method's gradient (called once per sequence of a batch, in order: their sum).</summary>
     void EmbeddingsBackward(DeviceTensor dEmbeddings);
 }

@@ -32,6 +32,8 @@ public static partial class AdapterIO
         var cfg = adapter.Config;
         if (cfg.Method.PeftUnsupportedReason is { } why) throw new ExportException(why);
         if (cfg.Method is Ia3Method) return SavePeftIa3(dir, adapter, baseConfig, force, dtype);
+        if (cfg.Method is Methods.Prompt.PromptMethod) return SavePeftPrompt(dir, adapter, baseConfig, force, dtype);
+        if (cfg.Method is Methods.Prefix.PrefixMethod) return SavePeftPrefix(dir, adapter, baseConfig, force, dtype);
         if (cfg.Method is LlamaAdapterMethod) return SavePeftAdaptionPrompt(dir, adapter, baseConfig, force, dtype);
         bool qalora = cfg.Method is LoraMethod { GroupPooled: true };
         AdapterMerge.Validate(adapter, baseConfig, "adapter");
@@ -199,8 +201,10 @@ public static partial class AdapterIO
         var r = doc.RootElement;
         string peftType = Str(r, "peft_type") ?? throw new ModelFormatException(cfgPath, "peft_type", "required field is missing");
         if (peftType == "IA3") return LoadPeftIa3(dir, cfgPath, r, baseConfig);
+        if (peftType == "PROMPT_TUNING") return LoadPeftPrompt(dir, cfgPath, r, baseConfig);
+        if (peftType == "PREFIX_TUNING") return LoadPeftPrefix(dir, cfgPath, r, baseConfig);
         if (peftType == "ADAPTION_PROMPT") return LoadPeftAdaptionPrompt(dir, cfgPath, r, baseConfig);
-        if (peftType != "LORA") throw new ModelFormatException(cfgPath, "peft_type", $"'{peftType}' is not supported (only LORA, IA3 and ADAPTION_PROMPT)");
+        if (peftType != "LORA") throw new ModelFormatException(cfgPath, "peft_type", $"'{peftType}' is not supported (only LORA, IA3, PROMPT_TUNING, PREFIX_TUNING and ADAPTION_PROMPT)");
         if (Bool(r, "use_dora") == true) throw new ModelFormatException(cfgPath, "use_dora", "DoRA adapters are not supported");
         if (Bool(r, "fan_in_fan_out") == true) throw new ModelFormatException(cfgPath, "fan_in_fan_out", "must be false for Llama");
         string bias = Str(r, "bias") ?? "none";

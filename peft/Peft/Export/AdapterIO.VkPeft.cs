@@ -44,7 +44,7 @@ public static partial class AdapterIO
             w.WriteString("format", "vkpeft-adapter");
             w.WriteNumber("format_version", FormatVersion);
             w.WriteString("method", cfg.Method.Name);
-            if (cfg.Targets.Length > 0)   // methods that adapt no linear (LLaMA-Adapter) write none
+            if (cfg.Targets.Length > 0)   // methods that adapt no linear (prompt-side methods) write none
             {
                 w.WriteStartArray("target_modules");
                 foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains)) w.WriteStringValue(AdapterConfig.HfName(t));

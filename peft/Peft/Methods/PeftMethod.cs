@@ -15,12 +15,16 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Methods;
 
-/// <summary>How a trainable tensor starts: zeros, a constant, or U(−bound, bound) drawn in order from the seeded stream.</summary>
+/// <summary>
+/// How a trainable tensor starts: zeros, a constant, U(−bound, bound) or N(0, std²) drawn in order from the seeded stream
+/// (a method may then overwrite it from the base model: see <see cref="PeftMethod.InitializeFromBase"/>).
+/// </summary>
 public abstract record ParameterInit
 {
     public sealed record Zeros : ParameterInit;
     public sealed record Constant(float Value) : ParameterInit;
     public sealed record Uniform(float Bound) : ParameterInit;
+    public sealed record Normal(float Std) : ParameterInit;
 }
 
 /// <summary>
@@ -127,9 +131,21 @@ public abstract class PeftMethod
     /// </summary>
     public void Initialize(TrainableParameters p, LlamaConfig c, AdapterConfig a, int seed)
     {
-        var rng = new Random(seed);
         var trained = new List<(string, long[], float[])>();
         var frozen = new List<(string, long[], float[])>();
+        foreach (var (spec, data) in InitialValues(c, a, seed))
+            (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
+        p.AddAll(trained);   // one packed block with gradients and optimizer state
+        if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
+    }
+
+    /// <summary>
+    /// The initial value of every tensor of <see cref="Parameters"/>: one seeded stream, values drawn tensor by tensor
+    /// in spec order (zeros and constants draw nothing). Also what a ReLoRA restart re-initializes to.
+    /// </summary>
+    public IEnumerable<(ParameterSpec Spec, float[] Data)> InitialValues(LlamaConfig c, AdapterConfig a, int seed)
+    {
+        var rng = new Random(seed);
         foreach (var spec in Parameters(c, a))
         {
             var data = new float[spec.Count];
@@ -141,12 +157,24 @@ public abstract class PeftMethod
                 case ParameterInit.Constant k:
                     Array.Fill(data, k.Value);
                     break;
+                case ParameterInit.Normal n:
+                    // Box–Muller: two uniform draws per value, the cosine branch only (one stream order, whatever the count).
+                    for (long i = 0; i < data.LongLength; i++)
+                        data[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble())) * n.Std;
+                    break;
             }
-            (spec.Frozen ? frozen : trained).Add((spec.Name, spec.Shape, data));
+            yield return (spec, data);
         }
-        p.AddAll(trained);   // one packed block with gradients and optimizer state
-        if (frozen.Count > 0) p.AddAll(frozen, frozen: true);
     }
+
+    /// <summary>
+    /// After <see cref="Initialize"/>, for tensors that start from the base model itself (prompt tuning from vocabulary
+    /// or text embeddings): overwrites them from <paramref name="model"/>. Nothing by default.
+    /// </summary>
+    public virtual void InitializeFromBase(TrainableParameters p, DeviceLlama model, AdapterConfig a, int seed) { }
+
+    /// <summary>The configuration with whatever it needs from the tokenizer resolved (an initialization text's token ids); unchanged by default.</summary>
+    public virtual AdapterConfig WithTokenizer(AdapterConfig a, Tokenizers.ITextTokenizer tokenizer) => a;
 
     // ---------------------------------------------------------------- runtime
 
@@ -188,6 +216,9 @@ public abstract class PeftMethod
 
     /// <summary>Why the memory model does not cover this method yet; null when it does.</summary>
     public virtual string? NotPlanned => null;
+
+    /// <summary>Rows the trainer adds to every sequence for this method (virtual tokens); 0 by default.</summary>
+    public virtual int ExtraRowsPerSequence(TrainSetup s) => 0;
 
     /// <summary>Activation buffers the trainer allocates for this method, for <paramref name="rows"/> tokens.</summary>
     public virtual IEnumerable<MethodMemoryTerm> ActivationTerms(TrainSetup s, long rows) => [];

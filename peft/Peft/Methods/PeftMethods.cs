@@ -5,6 +5,8 @@ using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Methods.Ia3;
 using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.Prefix;
+using VkPeft.Peft.Methods.Prompt;
 using VkPeft.Peft.Methods.QaLora;
 
 namespace VkPeft.Peft.Methods;
@@ -13,7 +15,8 @@ public static class PeftMethods
 {
     private static readonly Lock Gate = new();
     private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
-        new LlamaAdapterMethod(), BiasNormMethod.Bias, BiasNormMethod.Norm];
+        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod(),
+        BiasNormMethod.Bias, BiasNormMethod.Norm];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All

@@ -97,8 +97,10 @@ public sealed class ReferenceForward
                 double[] q = _m.Linear(l, LlamaTensorKind.Wq, h, lw.Wq, c.QDim, dim, lw.Bq);   // [n_heads*hd]
                 double[] k = _m.Linear(l, LlamaTensorKind.Wk, h, lw.Wk, c.KvDim, dim, lw.Bk);  // [n_kv*hd]
                 double[] v = _m.Linear(l, LlamaTensorKind.Wv, h, lw.Wv, c.KvDim, dim, lw.Bv);  // [n_kv*hd]
-                for (int head = 0; head < c.NHeads; head++) _m.Rope(q, head * hd, pos);
-                for (int head = 0; head < c.NKvHeads; head++) _m.Rope(k, head * hd, pos);
+                // A joined (prefix-tuning) prefix sits in the KV cache before the sequence: its tokens rotate at positions P….
+                int ropePos = pos + (_m.AttentionPrefix?.Invoke(l) is { Gate: null } joined ? joined.Keys.Length : 0);
+                for (int head = 0; head < c.NHeads; head++) _m.Rope(q, head * hd, ropePos);
+                for (int head = 0; head < c.NKvHeads; head++) _m.Rope(k, head * hd, ropePos);
                 _keys[l].Add(k);
                 _values[l].Add(v);
 
@@ -208,6 +210,7 @@ public sealed class ReferenceForward
     /// <summary>
     /// Optional key/value prefix per layer: keys and values [P][kv_dim] every query attends to (no RoPE, never masked)
     /// and, when not null, a gate [n_heads]: the prefix then has its own softmax and its output is scaled by the gate.
+    /// Without a gate the prefix is part of the KV cache (prefix tuning): the sequence's tokens rotate at positions P….
     /// </summary>
     public Func<int, (double[][] Keys, double[][] Values, double[]? Gate)?>? AttentionPrefix { get; set; }
 

@@ -20,6 +20,8 @@ public sealed record TrainSetup
     /// <summary>LoRA-FA (--freeze-a): A is stored but has no gradient or AdamW moments.</summary>
     public bool FreezeA { get; init; }
     public TargetModule[] Targets { get; init; } = Enum.GetValues<TargetModule>();
+    /// <summary>The method's own configuration record (null: the method's defaults).</summary>
+    public MethodSettings? Settings { get; init; }
     /// <summary>QA-LoRA group size (the INT4 base's); bottleneck size for --method adapter.</summary>
     public int GroupSize { get; init; } = 32;
     public int Bottleneck { get; init; } = 16;
@@ -163,7 +165,8 @@ public static class MemoryModel
     {
         var c = s.Config;
         int L = c.NLayers;
-        long rows = (long)s.Batch * s.SeqLen;
+        int seqRows = s.SeqLen + s.Method.ExtraRowsPerSequence(s);   // virtual tokens add rows to every sequence
+        long rows = (long)s.Batch * seqRows;
         var items = new List<MemoryItem>();
         void Add(string name, MemoryCategory cat, long bytes, bool perLayer = false, MemoryPlace place = MemoryPlace.Device)
         {
@@ -194,7 +197,7 @@ public static class MemoryModel
 
         // Activations (TrainStep): layer inputs, LayerState(s), gradient buffers, ids/targets/loss, one logits chunk.
         // ∂swiglu, ∂gate and ∂up overwrite swiglu, gate and up; held-out evaluation reuses these buffers.
-        long state = LayerStateBytes(c, s.Batch, s.SeqLen);
+        long state = LayerStateBytes(c, s.Batch, seqRows);
         if (s.Checkpointing) Add("layer state (1, recomputed)", MemoryCategory.Activations, state);
         else Add("layer states (1 per layer)", MemoryCategory.Activations, L * state, true);
         if (s.OffloadCheckpoints && s.Checkpointing)
@@ -219,8 +222,15 @@ public static class MemoryModel
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
         Add("gradient-norm tensor table", MemoryCategory.Workspace, Pad4(8L * spec.Count(p => !p.Frozen)));   // (offset, count) u32 pairs
 
-        // Staging: discrete GPUs copy through host-visible buffers of up to 32 MiB, one at a time.
-        if (!s.UnifiedMemory) Add("staging buffer", MemoryCategory.Staging, Math.Min((long)Runtime.Tensors.Transfers.StagingBytes, Pad4(Math.Max(largestTrainable, rows * 4))));
+        // Staging: discrete GPUs copy small transfers through one staging ring and larger ones through a host-visible
+        // buffer of up to 32 MiB of their own, one at a time.
+        if (!s.UnifiedMemory)
+        {
+            Add("staging ring", MemoryCategory.Staging, (long)Runtime.Tensors.Transfers.RingBytes);
+            long largest = Pad4(Math.Max(largestTrainable, rows * 4));
+            if (largest > (long)Runtime.Tensors.Transfers.RingTransferBytes)
+                Add("staging buffer", MemoryCategory.Staging, Math.Min((long)Runtime.Tensors.Transfers.StagingBytes, largest));
+        }
 
         // Loading quantizes layer by layer through an fp32 copy of one weight plus its block absmax (workspace).
         long biggest = LayerLinears(c).Max(l => (long)l.Out * l.In);

@@ -17,7 +17,10 @@ public sealed record StepMeasurementResult(
     double SecondsPerStep,
     int TimedSteps,
     string? Profile,
-    double LastLoss);
+    double LastLoss,
+    double DispatchesPerStep = 0,
+    double SubmitsPerStep = 0,
+    double WaitsPerStep = 0);
 
 public static class StepMeasurement
 {
@@ -54,6 +57,7 @@ public static class StepMeasurement
             var rng = new Random(11);
             double seconds = 0, loss = 0;
             int timed = 0;
+            long dispatches = 0, submits = 0, waits = 0;   // over the timed steps: the command stream's shape per step
             string? prof = null;
             bool wasProfiling = ctx.Commands.ProfileEnabled;
             for (int i = 0; i < steps; i++)
@@ -63,19 +67,30 @@ public static class StepMeasurement
                 for (int k = 0; k < ids.Length; k++) ids[k] = rng.Next(c.VocabSize);
                 if (measure && profile) { ctx.Commands.Profile.Clear(); ctx.Commands.ProfileEnabled = true; }
                 log?.Invoke($"step {i + 1}/{steps}{(measure ? "" : " (warm-up)")}: {setup.Batch} × {setup.SeqLen} tokens...");
+                ctx.Sync();
+                long d0 = ctx.Commands.TotalDispatches, s0 = ctx.Commands.TotalSubmits, w0 = ctx.Commands.TotalWaits;
                 var sw = Stopwatch.StartNew();
                 loss = step.Run(ids[..rows], ids[1..], 1f / rows, (uint)i);
                 double norm = parameters.GradNorm();
                 parameters.Step(i + 1, new AdamWSettings(Lr: 1e-4), norm > 1 ? (float)(1 / norm) : 1f);
                 parameters.ZeroGrads();
                 ctx.Sync();
-                if (measure) { seconds += sw.Elapsed.TotalSeconds; timed++; }
+                if (measure)
+                {
+                    seconds += sw.Elapsed.TotalSeconds;
+                    timed++;
+                    dispatches += ctx.Commands.TotalDispatches - d0;
+                    submits += ctx.Commands.TotalSubmits - s0;
+                    waits += ctx.Commands.TotalWaits - w0;
+                }
                 if (measure && profile) prof = ctx.Commands.Profile.Format();
             }
             ctx.Commands.ProfileEnabled = wasProfiling;
             var peaks = acc.PeakByCategory().ToDictionary(kv => kv.Key, kv => kv.Value - before[kv.Key]);
             var hostPeaks = hostAcc.PeakByCategory().ToDictionary(kv => kv.Key, kv => kv.Value - hostBefore[kv.Key]);
-            return new StepMeasurementResult(peaks, acc.PeakLiveBytes - liveBefore, hostPeaks, seconds / Math.Max(timed, 1), timed, prof, loss / rows);
+            int n = Math.Max(timed, 1);
+            return new StepMeasurementResult(peaks, acc.PeakLiveBytes - liveBefore, hostPeaks, seconds / n, timed, prof, loss / rows,
+                (double)dispatches / n, (double)submits / n, (double)waits / n);
         }
         finally
         {

@@ -35,10 +35,12 @@ public static class TrainCheckpoint
 
     /// <summary>
     /// Writes a checkpoint durably: the folder for <paramref name="step"/>, then the top-level copies, then prunes
-    /// all but the newest <paramref name="keep"/> checkpoint folders.
+    /// all but the newest <paramref name="keep"/> checkpoint folders. <paramref name="extraTensorFiles"/> (file name →
+    /// tensors) are further safetensors files of the folder, covered by its manifest (ReLoRA's finished cycles).
     /// </summary>
     public static void Save(string outDir, int step, AdapterWeights adapter, LlamaConfig config,
-        IEnumerable<SafeTensorsWriter.Entry> optimizerEntries, JsonObject state, int keep)
+        IEnumerable<SafeTensorsWriter.Entry> optimizerEntries, JsonObject state, int keep,
+        IReadOnlyDictionary<string, IEnumerable<SafeTensorsWriter.Entry>>? extraTensorFiles = null)
     {
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(optimizerEntries);
@@ -56,6 +58,8 @@ public static class TrainCheckpoint
             AdapterIO.SaveVkPeft(staging, adapter, config, force: true);
             FaultInjection.BeforeWrite(OptimizerFile);
             SafeTensorsWriter.Write(Path.Combine(staging, OptimizerFile), optimizerEntries);
+            foreach (var (file, entries) in extraTensorFiles ?? new Dictionary<string, IEnumerable<SafeTensorsWriter.Entry>>())
+                SafeTensorsWriter.Write(Path.Combine(staging, file), entries);
             state["step"] = step;
             FaultInjection.BeforeWrite(StateFile);
             File.WriteAllText(Path.Combine(staging, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));

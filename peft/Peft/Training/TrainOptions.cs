@@ -40,6 +40,15 @@ public sealed record TrainOptions
     public required string Out { get; init; }
     public bool Resume { get; init; }
 
+    /// <summary>ReLoRA merge-and-restart every N steps (LoRA only); null trains one adapter throughout.</summary>
+    public ReloraOptions? Relora { get; init; }
+
+    /// <summary>--init loftq --loftq-iters k: LoftQ alternations per target (null: LoRA's own initialization). See LoftQInit.</summary>
+    public int? LoftQIterations { get; init; }
+
+    /// <summary>Values the trainable tensors start from instead of the method's initialization (LoftQ's A and B).</summary>
+    public AdapterWeights? InitialAdapter { get; init; }
+
     /// <summary>Checkpoint folders kept under --out/checkpoints (the newest and older ones to fall back on).</summary>
     public int KeepCheckpoints { get; init; } = TrainCheckpoint.DefaultKeep;
 
@@ -60,10 +69,21 @@ public sealed record TrainOptions
         if (SaveEvery < 0) throw new FormatException($"--save-every must be ≥ 0, got {SaveEvery}");
         if (KeepCheckpoints < 1) throw new FormatException($"--keep-checkpoints must be ≥ 1, got {KeepCheckpoints}");
         Adapter.Method.ValidateOptions(Adapter, Quant);
+        Relora?.Validate(Adapter, Quant);
+        if (LoftQIterations is { } k) LoftQInit.Validate(k, Adapter, Quant);
     }
 
-    /// <summary>The learning rate at optimizer step <paramref name="step"/> (1-based): linear warmup, then the schedule to 0.</summary>
+    /// <summary>
+    /// The learning rate at optimizer step <paramref name="step"/> (1-based): linear warmup, then the schedule to 0; with
+    /// ReLoRA the jagged schedule — the same curve times a linear re-warm from 0 over the restart warmup after each restart.
+    /// </summary>
     public double LearningRate(long step)
+    {
+        double lr = BaseLearningRate(step);
+        return Relora is { } r ? lr * r.RewarmFactor(step) : lr;
+    }
+
+    private double BaseLearningRate(long step)
     {
         if (Warmup > 0 && step <= Warmup) return Lr * step / (double)Warmup;
         double progress = Steps <= Warmup ? 1 : (step - Warmup) / (double)Math.Max(1, Steps - Warmup);

@@ -24,6 +24,8 @@ public sealed class TrainStep : IDisposable
     private readonly DeviceTensor _hFinal, _dX, _dH;
     private readonly LayerGradients _grads;
     private readonly DeviceTensor _ids, _targets, _loss, _lossSum, _logits;
+    private readonly IInputEmbeddingHook? _prompt;     // virtual tokens: P rows before each sequence's own
+    private readonly int _rowsPerSeq;                  // rows of one sequence on the device: P + SeqLen (virtual tokens or prefix rows)
 
     public TrainStep(DeviceLlama model, ITrainableAdapter adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128,
         bool offloadCheckpoints = false)
@@ -33,16 +35,18 @@ public sealed class TrainStep : IDisposable
         _adapter = adapter;
         Batch = batch;
         SeqLen = seqLen;
+        _prompt = adapter.InputEmbedding;
+        _rowsPerSeq = seqLen + VirtualTokenRows.ExtraRows(adapter);
         Checkpointing = checkpointing;
         OffloadCheckpoints = offloadCheckpoints;
         var c = model.Config;
         var ctx = model.Context;
-        int rows = batch * seqLen;
+        int rows = batch * _rowsPerSeq;
         using var scope = new TensorScope();
         DeviceTensor T(string name, DType dt, params long[] shape) => scope.Add(DeviceTensor.Create(ctx, name, dt, shape, MemoryCategory.Activations));
         _states = checkpointing
-            ? [scope.Add(new LayerState(ctx, c, batch, seqLen, "train.layer"))]
-            : [.. Enumerable.Range(0, c.NLayers).Select(l => scope.Add(new LayerState(ctx, c, batch, seqLen, $"train.layer{l}")))];
+            ? [scope.Add(new LayerState(ctx, c, batch, _rowsPerSeq, "train.layer"))]
+            : [.. Enumerable.Range(0, c.NLayers).Select(l => scope.Add(new LayerState(ctx, c, batch, _rowsPerSeq, $"train.layer{l}")))];
         if (offloadCheckpoints)
         {
             _xA = T("train.x_a", DType.F32, rows, c.Dim);
@@ -60,9 +64,9 @@ public sealed class TrainStep : IDisposable
             if (checkpointing) _scratchOut = T("train.x_recompute", DType.F32, rows, c.Dim);
         }
         _hFinal = T("train.h_final", DType.F32, rows, c.Dim);
-        if (adapter.AttentionPrefix != null || adapter.InputEmbedding != null)
-            throw new NotSupportedException("training attention prefixes and virtual tokens needs prefix support in the attention and embedding kernels, which the device runtime does not have yet");
-        _grads = scope.Add(new LayerGradients(ctx, c, batch, seqLen, adapter));
+        if (adapter.AttentionPrefix is { Gated: true })
+            throw new NotSupportedException("training a gated attention prefix needs its own softmax in the attention kernels, which the device runtime does not have yet");
+        _grads = scope.Add(new LayerGradients(ctx, c, batch, _rowsPerSeq, adapter));
         (_dX, _dH) = (_grads.DX, _grads.DH);
         _ids = T("train.ids", DType.I32, rows);
         _targets = T("train.targets", DType.I32, rows);
@@ -74,6 +78,7 @@ public sealed class TrainStep : IDisposable
     }
 
     public int Batch { get; }
+    /// <summary>Tokens of one sequence of data (the device rows add the adapter's virtual tokens, when it has them).</summary>
     public int SeqLen { get; }
     public bool Checkpointing { get; }
     /// <summary>Layer inputs are kept in host memory between the forward and the backward.</summary>
@@ -107,18 +112,17 @@ public sealed class TrainStep : IDisposable
         if (ids.Length != rows || targets.Length != rows) throw new ArgumentException($"a micro-batch has {rows} ids and targets");
         _adapter.Training = true;
         _adapter.StepSeed = seed;
-        _ids.Upload<int>(ids);
-        _targets.Upload<int>(targets);
+        Upload(ids, targets);
         DeviceTensor xL;
         if (OffloadCheckpoints)
         {
             // x_a and x_b take turns as layer input and output; each input is copied out to host memory first.
             var (cur, next) = (_xA!, _xB!);
-            _model.EmbedTokens(_ids, cur);
+            Embed(cur);
             for (int l = 0; l < c.NLayers; l++)
             {
                 BasicOps.Copy(cur, _savedIn[l]);
-                DecoderLayer.Forward(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
+                DecoderLayer.Forward(_model, l, State(l), cur, next, Batch, _rowsPerSeq, 0, _adapter);
                 (cur, next) = (next, cur);
                 Report("forward", l + 1, c.NLayers);
             }
@@ -126,10 +130,10 @@ public sealed class TrainStep : IDisposable
         }
         else
         {
-            _model.EmbedTokens(_ids, _layerIn[0]);
+            Embed(_layerIn[0]);
             for (int l = 0; l < c.NLayers; l++)
             {
-                DecoderLayer.Forward(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, SeqLen, 0, _adapter);
+                DecoderLayer.Forward(_model, l, State(l), _layerIn[l], _layerIn[l + 1], Batch, _rowsPerSeq, 0, _adapter);
                 Report("forward", l + 1, c.NLayers);
             }
             xL = _layerIn[c.NLayers];
@@ -146,15 +150,16 @@ public sealed class TrainStep : IDisposable
             if (OffloadCheckpoints)
             {
                 BasicOps.Copy(_savedIn[l], _xA!);   // the final hidden state in x_a or x_b is no longer needed
-                DecoderLayer.Forward(_model, l, State(l), _xA!, _xB!, Batch, SeqLen, 0, _adapter);
+                DecoderLayer.Forward(_model, l, State(l), _xA!, _xB!, Batch, _rowsPerSeq, 0, _adapter);
                 DecoderLayer.Backward(_model, l, State(l), _xA!, _grads, _adapter);
                 Report("backward", c.NLayers - l, c.NLayers);
                 continue;
             }
-            if (Checkpointing) DecoderLayer.Forward(_model, l, State(l), _layerIn[l], _scratchOut!, Batch, SeqLen, 0, _adapter);
+            if (Checkpointing) DecoderLayer.Forward(_model, l, State(l), _layerIn[l], _scratchOut!, Batch, _rowsPerSeq, 0, _adapter);
             DecoderLayer.Backward(_model, l, State(l), _layerIn[l], _grads, _adapter);
             Report("backward", c.NLayers - l, c.NLayers);
         }
+        if (_prompt != null) VirtualTokenRows.Backward(_prompt, _dX, Batch);   // _dX now holds ∂loss/∂(embedded input)
         BasicOps.SumAll(_loss, _lossSum);
         return _lossSum.ToArray<float>()[0];
     }
@@ -169,18 +174,32 @@ public sealed class TrainStep : IDisposable
         int rows = Batch * SeqLen;
         if (ids.Length != rows || targets.Length != rows) throw new ArgumentException($"a micro-batch has {rows} ids and targets");
         _adapter.Training = false;
-        _ids.Upload<int>(ids);
-        _targets.Upload<int>(targets);
+        Upload(ids, targets);
         var (cur, next) = OffloadCheckpoints ? (_xA!, _xB!) : (_layerIn[0], _layerIn[1]);
-        _model.EmbedTokens(_ids, cur);
+        Embed(cur);
         for (int l = 0; l < c.NLayers; l++)
         {
-            DecoderLayer.Forward(_model, l, State(l), cur, next, Batch, SeqLen, 0, _adapter);
+            DecoderLayer.Forward(_model, l, State(l), cur, next, Batch, _rowsPerSeq, 0, _adapter);
             (cur, next) = (next, cur);
         }
         LossChunks(cur, null);
         BasicOps.SumAll(_loss, _lossSum);
         return _lossSum.ToArray<float>()[0];
+    }
+
+    /// <summary>Uploads a micro-batch, with P placeholder slots (target −1) before each sequence when the adapter adds rows.</summary>
+    private void Upload(int[] ids, int[] targets)
+    {
+        if (_rowsPerSeq > SeqLen) (ids, targets) = VirtualTokenRows.Expand(ids, targets, Batch, SeqLen, _rowsPerSeq - SeqLen);
+        _ids.Upload<int>(ids);
+        _targets.Upload<int>(targets);
+    }
+
+    /// <summary>The embedded input: token embedding rows, then the virtual tokens over their placeholder rows.</summary>
+    private void Embed(DeviceTensor x)
+    {
+        _model.EmbedTokens(_ids, x);
+        if (_prompt != null) VirtualTokenRows.WritePrompt(_prompt, x, Batch);
     }
 
     /// <summary>
@@ -189,7 +208,7 @@ public sealed class TrainStep : IDisposable
     /// </summary>
     private void LossChunks(DeviceTensor xL, float? gradScale)
     {
-        int rows = Batch * SeqLen;
+        int rows = Batch * _rowsPerSeq;
         RmsNorm.Forward(xL, DecoderLayer.NormWeight(_adapter, -1, LlamaTensorKind.FinalNorm, _model.FinalNorm), _hFinal, (float)_model.Config.RmsNormEps);
         for (int s = 0; s < rows; s += LogitRows)
         {

@@ -52,9 +52,14 @@ public sealed class Trainer : IDisposable
     private readonly List<(int Step, double Loss)> _trainCurve = [];
     private readonly List<(int Step, double Loss)> _evalCurve = [];
     private readonly List<string> _csv = [];
+    private readonly ReloraRestarts? _relora;
     private int _done;
 
-    public Trainer(VulkanContext ctx, DeviceLlama model, TrainOptions options, TrainingData data)
+    /// <summary>
+    /// A trainer of <paramref name="model"/>; <paramref name="host"/>, the host model it was loaded from, is needed by
+    /// ReLoRA (its full-precision copy and the merged export).
+    /// </summary>
+    public Trainer(VulkanContext ctx, DeviceLlama model, TrainOptions options, TrainingData data, LoadedModel? host = null)
     {
         options.Validate();
         if (data.Train.Count == 0) throw new FormatException($"{options.Data}: no training window (is the data empty?)");
@@ -67,9 +72,29 @@ public sealed class Trainer : IDisposable
         RefuseIfTooBig(ctx, model, options, Checkpointing);
         _params = new TrainableParameters(ctx, withOptimizer: true, options.OptimizerOnHost ? MemoryPlace.Host : MemoryPlace.Device, options.ParameterLayout);
         options.Adapter.Method.Initialize(_params, _config, options.Adapter, options.Seed);
+        options.Adapter.Method.InitializeFromBase(_params, model, options.Adapter, options.Seed);
+        if (options.InitialAdapter is { } start)
+            foreach (var (name, t) in start.Tensors)
+            {
+                if (!_params.ByName.TryGetValue(name, out var p) || p.Param.Count != t.Count)
+                    throw new ArgumentException($"initial adapter tensor {name} is not a tensor of this configuration", nameof(options));
+                p.Param.Upload<float>(t.Data);
+            }
         _lora = options.Adapter.Method.CreateRuntime(ctx, _config, options.Adapter, _params, options.Batch * options.SeqLen);
         _step = new TrainStep(model, _lora, options.Batch, options.SeqLen, Checkpointing, options.LogitRows, options.OffloadCheckpoints);
+        if (options.Relora is { } relora)
+            _relora = new ReloraRestarts(model, host ?? throw new ArgumentException("ReLoRA needs the host model the device model was loaded from", nameof(host)),
+                options.Adapter, relora);
     }
+
+    /// <summary>Further sections of summary.json (LoftQ's errors).</summary>
+    public JsonObject ExtraSummary { get; } = [];
+
+    /// <summary>Where notes about the run go (ReLoRA's merge mode and restarts); null drops them.</summary>
+    public Action<string>? Log { get; set; }
+
+    /// <summary>ReLoRA's restarts so far (null without --relora-every).</summary>
+    public ReloraRestarts? Relora => _relora;
 
     public bool Checkpointing { get; }
 
@@ -86,7 +111,7 @@ public sealed class Trainer : IDisposable
         var setup = new Planning.TrainSetup
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, FreezeA = o.Adapter.FreezeA, Targets = o.Adapter.Targets,
-            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout,
+            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout, Settings = o.Adapter.Settings,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
             UnifiedMemory = ctx.Arena.HostMapped, OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
         };
@@ -118,6 +143,14 @@ public sealed class Trainer : IDisposable
             if (m.Length != _params.ByName[name].Param.Count || v.Length != m.Length)
                 throw new ModelFormatException(Path.Combine(c.Folder, OptimizerFile), name, $"optimizer moments hold {m.Length} and {v.Length} values, the configuration needs {_params.ByName[name].Param.Count}");
         _params.LoadOptimizerState(c.Moments.ToDictionary(kv => kv.Key, kv => kv.Value));
+        if (_relora == null && File.Exists(Path.Combine(c.Folder, ReloraRestarts.CyclesFile)))
+            throw new ModelFormatException(Path.Combine(c.Folder, ReloraRestarts.CyclesFile), "relora",
+                "the checkpoint is a ReLoRA run's, whose base has merged cycles: resume it with its --relora-every");
+        if (_relora != null)
+        {
+            _relora.Restore(c.Folder, c.Step);
+            if (_relora.Pending(c.Step, _o.Steps)) _relora.Restart(c.Step, _params, _o.Seed);
+        }
         _done = c.Step;
         _trainCurve.AddRange(c.TrainCurve);
         _evalCurve.AddRange(c.EvalCurve);
@@ -148,6 +181,7 @@ public sealed class Trainer : IDisposable
     {
         var wall = Stopwatch.StartNew();
         Directory.CreateDirectory(_o.Out);
+        if (_relora != null) Log?.Invoke(_relora.Description);
         _ctx.Arena.Accounting.ResetPeaks();
         double? initialEval = _done == 0 ? Evaluate() : _evalCurve.FirstOrDefault().Loss;
         if (_done == 0 && initialEval is { } ie) _evalCurve.Add((0, ie));
@@ -191,6 +225,12 @@ public sealed class Trainer : IDisposable
             double tps = (long)_o.Batch * _o.SeqLen * _o.GradAccum / sw.Elapsed.TotalSeconds;
             lastLoss = loss;
             _trainCurve.Add((step, loss));
+            if (_relora != null && _relora.Due(step, _o.Steps))
+            {
+                var r = _relora.Restart(step, _params, _o.Seed);
+                Log?.Invoke(string.Create(CultureInfo.InvariantCulture,
+                    $"ReLoRA restart {r.Cycle} after step {step}: merged and re-quantized, base error ‖W − Q‖ = {r.ErrorNorm:G4} ({r.RelativeError:P3} of ‖W‖){(_relora.MasterBytes == 0 ? $", accumulated ≤ {r.AccumulatedBound:G4}" : "")}"));
+            }
             double? evalLoss = null;
             if ((_o.EvalEvery > 0 && step % _o.EvalEvery == 0) || step == _o.Steps)
             {
@@ -208,6 +248,11 @@ public sealed class Trainer : IDisposable
             PeakReservedBytes = acc.PeakReservedBytes,
             PeakHostBytes = _ctx.HostArena.Accounting.PeakLiveBytes,
         };
+        if (_relora != null && _done == _o.Steps)
+        {
+            var (basePath, merged) = _relora.WriteFinal(_o.Out, _params.ToHost(_o.Adapter));
+            Log?.Invoke($"ReLoRA: merged model in {merged}; the adapter of the last cycle pairs with the base in {basePath}");
+        }
         WriteReports(summary);
         return summary;
     }
@@ -253,10 +298,12 @@ public sealed class Trainer : IDisposable
             ["eval_curve"] = new JsonArray(_evalCurve.Select(p => (JsonNode)new JsonArray(p.Step, p.Loss)).ToArray()),
             ["csv"] = new JsonArray(_csv.Select(s => (JsonNode)s).ToArray()),
         };
+        if (_relora != null) state["relora"] = _relora.ToJson();
         int previous = LastSavedStep();
         try
         {
-            TrainCheckpoint.Save(_o.Out, _done, adapter, _config, entries, state, _o.KeepCheckpoints);
+            TrainCheckpoint.Save(_o.Out, _done, adapter, _config, entries, state, _o.KeepCheckpoints,
+                _relora == null ? null : new Dictionary<string, IEnumerable<SafeTensorsWriter.Entry>> { [ReloraRestarts.CyclesFile] = _relora.CycleEntries() });
         }
         catch (IOException e)
         {
@@ -290,6 +337,8 @@ public sealed class Trainer : IDisposable
             ["optimizer_on_host"] = _o.OptimizerOnHost,
             ["device"] = _ctx.Caps.Name,
         };
+        if (_relora != null) summary["relora"] = _relora.ToJson();
+        foreach (var (key, value) in ExtraSummary) summary[key] = value?.DeepClone();
         WriteAtomic(Path.Combine(_o.Out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 

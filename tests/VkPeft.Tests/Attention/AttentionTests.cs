@@ -209,7 +209,7 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
         var dO = AttentionReferenceTests.ToDouble(dOf);
         var (o, lse) = AttentionReference.Forward(q, k, v, s);
         var (dq, dk, dv, delta) = AttentionReference.Backward(q, k, v, dO, s);
-        var tol = Tolerances.For(s, q, k, v, dO);
+        var tol = AttentionTolerances.For(s, q, k, v, dO);
         Report(o, r.O, tol.O, "o");
         Report(lse, r.Lse, tol.Lse, "lse");
         Report(delta, r.Delta, tol.Delta, "delta");

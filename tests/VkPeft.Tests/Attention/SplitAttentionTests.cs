@@ -45,7 +45,7 @@ public sealed class SplitAttentionTests : SplitDeviceTests
         var (qd, kd, vd, dOd) = (AttentionReferenceTests.ToDouble(q), AttentionReferenceTests.ToDouble(k), AttentionReferenceTests.ToDouble(v), AttentionReferenceTests.ToDouble(dO));
         var (o, lse) = AttentionReference.Forward(qd, kd, vd, s);
         var (dq, dk, dv, _) = AttentionReference.Backward(qd, kd, vd, dOd, s);
-        var tol = Tolerances.For(s, qd, kd, vd, dOd);
+        var tol = AttentionTolerances.For(s, qd, kd, vd, dOd);
         Check(o, to.ToArray<float>(), tol.O, "o");
         Check(lse, tl.ToArray<float>(), tol.Lse, "lse");
         Check(dq, tdq.ToArray<float>(), tol.Dq, "dq");

@@ -59,8 +59,9 @@ public sealed class ReferenceHookTests
         }
     }
 
-    // Joined softmax: one prefix slot whose key is the token's own (RoPE is the identity at position 0) and whose value
-    // is three times the token's own splits attention evenly, (3v + v)/2 = 2v — the same as doubling the o-projection input.
+    // Joined softmax: one prefix slot whose key is the token's own (rotated, like the token, to position 1: the prefix
+    // takes position 0 of the cache) and whose value is three times the token's own splits attention evenly,
+    // (3v + v)/2 = 2v — the same as doubling the o-projection input.
     // One layer: the captured key and value are the layer's own only while its input is unchanged.
     [Fact]
     public void AJoinedPrefixSharesTheSequencesSoftmax()
@@ -78,7 +79,9 @@ public sealed class ReferenceHookTests
             },
         };
         capture.Forward(token);
-        var joined = new ReferenceForward(c, w) { AttentionPrefix = l => ([k[l]], [v[l].Select(x => 3 * x).ToArray()], null) };
+        var invFreq = ReferenceForward.RopeInverseFrequencies(c);
+        var rotated = k.Select(kl => VkPeft.Runtime.Reference.LayerReference.Rope(kl, invFreq, 1, c.KvDim, c.HeadDim, c.RopeLayout == RopeLayout.RotateHalf, startPos: 1)).ToArray();
+        var joined = new ReferenceForward(c, w) { AttentionPrefix = l => ([rotated[l]], [v[l].Select(x => 3 * x).ToArray()], null) };
         var doubled = new ReferenceForward(c, w) { BeforeLinear = (l, kind, x) => kind == LlamaTensorKind.Wo ? [.. x.Select(e => 2 * e)] : x };
         var a = joined.Forward(token)[0];
         var b = doubled.Forward(token)[0];

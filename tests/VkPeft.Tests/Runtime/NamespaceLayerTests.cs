@@ -26,12 +26,14 @@ public sealed class NamespaceLayerTests
     /// The uses that point up on purpose: every layer reaches the methods through the registry and the method contract
     /// (the VkPeft.Peft.Methods namespace itself, never a method's folder), and the PEFT adapter format and merge use
     /// LoRA's own delta (VkPeft.Peft.Methods.Lora), since PEFT's on-disk format is LoRA's, and (IA)³'s names and
-    /// feed-forward list (VkPeft.Peft.Methods.Ia3), for PEFT's IA3 folders, and LLaMA-Adapter's settings
-    /// (VkPeft.Peft.Methods.LlamaAdapter), for PEFT's ADAPTION_PROMPT folders.
+    /// feed-forward list (VkPeft.Peft.Methods.Ia3), for PEFT's IA3 folders, LLaMA-Adapter's settings
+    /// (VkPeft.Peft.Methods.LlamaAdapter), for PEFT's ADAPTION_PROMPT folders, and the prompt-side methods' settings and
+    /// tensor names (VkPeft.Peft.Methods.Prompt, VkPeft.Peft.Methods.Prefix), for PEFT's PROMPT_TUNING and PREFIX_TUNING folders.
     /// </summary>
     private static bool AllowedUpward(string from, string used) =>
         used == "VkPeft.Peft.Methods" || (from == "VkPeft.Peft.Export"
-            && used is "VkPeft.Peft.Methods.Lora" or "VkPeft.Peft.Methods.Ia3" or "VkPeft.Peft.Methods.LlamaAdapter");
+            && used is "VkPeft.Peft.Methods.Lora" or "VkPeft.Peft.Methods.Ia3" or "VkPeft.Peft.Methods.LlamaAdapter"
+            or "VkPeft.Peft.Methods.Prompt" or "VkPeft.Peft.Methods.Prefix");
 
     private static int LayerOf(string ns)
     {

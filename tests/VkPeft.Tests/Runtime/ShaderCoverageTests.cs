@@ -32,7 +32,8 @@ public sealed class ShaderCoverageTests(GpuFixture gpu)
         ["attention_flash_bwd_dkv.comp"] = typeof(Attention.AttentionTests),
         ["matmul_tn.comp"] = typeof(PeftKernels.MatMulTnTests), ["dropout.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["group_pool.comp"] = typeof(PeftKernels.PeftOpsTests), ["activation.comp"] = typeof(PeftKernels.PeftOpsTests),
-        ["bias.comp"] = typeof(PeftKernels.PeftOpsTests),
+        ["bias.comp"] = typeof(PeftKernels.PeftOpsTests), ["lora_gathered.comp"] = typeof(PeftKernels.GatheredLoraTests),
+        ["splitk_sum.comp"] = typeof(SplitKTests),
         ["adaption_prompt_fwd.comp"] = typeof(PeftKernels.AdaptionPromptKernelTests), ["adaption_prompt_bwd.comp"] = typeof(PeftKernels.AdaptionPromptKernelTests),
         ["bench_fma.comp"] = typeof(ShaderCoverageTests),
     };

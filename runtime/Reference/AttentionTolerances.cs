@@ -1,8 +1,6 @@
 // Per-element fp32 error bounds for the attention kernels, from a first-order forward error analysis evaluated on the
-// actual inputs (like the γ_K·Σ|a||b| bound of the matmul tests).
-using VkPeft.Runtime.Reference;
-
-namespace VkPeft.Tests.Attention;
+// actual inputs (like the γ_K·Σ|a||b| bound of the matmul tests): the GPU-vs-CPU tests and `bench gpu-report` use them.
+namespace VkPeft.Runtime.Reference;
 
 /// <summary>
 /// With u = 2⁻²⁴ and A = max over (query, key) of scale·Σ_d|q_d||k_d|: a score errs by ε_s ≤ γ_hd·A; a probability
@@ -13,11 +11,11 @@ namespace VkPeft.Tests.Attention;
 /// place the same errors enter (l in o = Σpv/l, the delta pre-pass). A wrong index or a missed key changes an output by
 /// a whole term, orders of magnitude above these bounds.
 /// </summary>
-internal sealed record Tolerances(double[] O, double[] Lse, double[] Delta, double[] Dq, double[] Dk, double[] Dv)
+public sealed record AttentionTolerances(double[] O, double[] Lse, double[] Delta, double[] Dq, double[] Dk, double[] Dv)
 {
     private const double U = 1.0 / (1 << 24);
 
-    public static Tolerances For(AttentionShape s, double[] q, double[] k, double[] v, double[] dO)
+    public static AttentionTolerances For(AttentionShape s, double[] q, double[] k, double[] v, double[] dO)
     {
         var (o, lse) = AttentionReference.Forward(q, k, v, s);
         int hd = s.HeadDim, T = s.SeqLen, S = s.StartPos + s.SeqLen;
@@ -63,7 +61,7 @@ internal sealed record Tolerances(double[] O, double[] Lse, double[] Delta, doub
                 }
         foreach (var t in new[] { to, tq, tk, tv })
             for (int i = 0; i < t.Length; i++) t[i] += 1e-30;
-        return new Tolerances(to, tl, td, tq, tk, tv);
+        return new AttentionTolerances(to, tl, td, tq, tk, tv);
     }
 
     private static double Gamma(int n) => n * U / (1 - n * U);

@@ -1,0 +1,50 @@
+// Prefix tuning's device runtime: the joined attention-prefix hook. Each layer's learned keys and values [n, kv_dim]
+// overwrite the prefix rows of the layer's keys and values (AttentionPrefixRows); the backward adds each sequence's
+// ∂keys and ∂values of those rows to the gradients, in sequence order. No hook around any linear or block.
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Training;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Tensors;
+
+namespace VkPeft.Peft.Methods.Prefix;
+
+public sealed class PrefixRuntime : ITrainableAdapter, IAttentionPrefixHook, IDisposable
+{
+    private readonly TrainableTensor[] _keys, _values;   // per layer [n, kv_dim]
+
+    public PrefixRuntime(LlamaConfig c, AdapterConfig a, TrainableParameters p)
+    {
+        PrefixLength = PrefixMethod.Settings(a).VirtualTokens;
+        _keys = [.. Enumerable.Range(0, c.NLayers).Select(l => p.ByName[PrefixMethod.KeysName(l)])];
+        _values = [.. Enumerable.Range(0, c.NLayers).Select(l => p.ByName[PrefixMethod.ValuesName(l)])];
+    }
+
+    public bool Training { get; set; }
+    public uint StepSeed { get; set; }
+
+    /// <summary>No branch beside any linear.</summary>
+    public void Linear(int layer, TargetModule target, DeviceTensor x, DeviceTensor y) { }
+
+    public IAttentionPrefixHook AttentionPrefix => this;
+
+    public int PrefixLength { get; }
+
+    public bool Gated => false;
+
+    public (DeviceTensor Keys, DeviceTensor Values, DeviceTensor? Gate) Prefix(int layer) => (_keys[layer].Param, _values[layer].Param, null);
+
+    public void PrefixBackward(int layer, DeviceTensor dKeys, DeviceTensor dValues, DeviceTensor? dGate)
+    {
+        Accumulate(_keys[layer], dKeys);
+        Accumulate(_values[layer], dValues);
+    }
+
+    private static void Accumulate(TrainableTensor t, DeviceTensor d)
+    {
+        var grad = t.Grad ?? throw new InvalidOperationException("the prefix was loaded for inference: it has no gradient");
+        BasicOps.Add(grad, d, grad);
+    }
+
+    public void Dispose() { }
+}

@@ -1,0 +1,247 @@
+// One forward step over many sequences at once, each with its own KV cache, position and adapter: the base linears run
+// over all rows together; attention runs per sequence against its cache; each adapter's hooks run on the rows of its
+// own sequences (rows are grouped by adapter, so a group is one contiguous row range). Rows without an adapter skip
+// the hooks. The arithmetic per row is the single-sequence generation path's (DecoderLayer.Forward with a KV cache).
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods;
+using VkPeft.Runtime.Kernels;
+using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
+
+namespace VkPeft.Serve;
+
+/// <summary>One sequence's rows in a step: rows [Start, Start+Count) of the batch at positions Position….</summary>
+public sealed record BatchSegment(int Slot, int Start, int Count, int Position, IAdapterRuntime? Adapter);
+
+/// <summary>The rows [Start, Start+Count) of a step that one adapter (or none) owns.</summary>
+public sealed record AdapterRows(IAdapterRuntime? Adapter, int Start, int Count);
+
+/// <summary>The device buffers of a mixed-adapter batch: activations for <see cref="MaxRows"/> rows and a KV cache per slot.</summary>
+public sealed class MixedBatchForward : IDisposable
+{
+    private readonly IReadOnlyList<IDisposable> _owned;
+    private readonly LayerState _state;
+    private readonly DeviceTensor[][] _kCache, _vCache;   // [slot][layer] [maxContext, kv_dim]
+    private bool _pooled;                                  // this step has rows of pooled LoRA adapters
+
+    public MixedBatchForward(DeviceLlama model, int slots, int maxContext, int maxRows)
+    {
+        Model = model;
+        Slots = slots;
+        MaxContext = maxContext;
+        MaxRows = maxRows;
+        var c = model.Config;
+        var ctx = model.Context;
+        using var scope = new TensorScope();
+        DeviceTensor T(string name, DType dt, params long[] shape) => scope.Add(DeviceTensor.Create(ctx, name, dt, shape, MemoryCategory.Activations));
+        X = T("serve.x", DType.F32, maxRows, c.Dim);
+        HFinal = T("serve.h_final", DType.F32, maxRows, c.Dim);
+        Ids = T("serve.ids", DType.I32, maxRows);
+        Logits = T("serve.logits", DType.F32, slots, c.VocabSize);
+        _kCache = new DeviceTensor[slots][];
+        _vCache = new DeviceTensor[slots][];
+        for (int s = 0; s < slots; s++)
+        {
+            _kCache[s] = new DeviceTensor[c.NLayers];
+            _vCache[s] = new DeviceTensor[c.NLayers];
+            for (int l = 0; l < c.NLayers; l++)
+            {
+                _kCache[s][l] = T($"serve.kv.{s}.{l}.k", DType.F32, maxContext, c.KvDim);
+                _vCache[s][l] = T($"serve.kv.{s}.{l}.v", DType.F32, maxContext, c.KvDim);
+            }
+        }
+        _owned = scope.Keep();
+        _state = new LayerState(ctx, c, 1, maxRows, "serve");
+    }
+
+    public DeviceLlama Model { get; }
+    public int Slots { get; }
+    public int MaxContext { get; }
+    public int MaxRows { get; }
+    public DeviceTensor X { get; }        // [maxRows, dim] residual stream
+    public DeviceTensor HFinal { get; }   // [maxRows, dim] final-normed hidden state
+    public DeviceTensor Ids { get; }      // [maxRows] int32
+    public DeviceTensor Logits { get; }   // [slots, vocab] one row per sequence of the step, in segment order
+    /// <summary>Plain-LoRA adapters applied by gathered kernels (rows whose adapter is a <see cref="GatheredLoraAdapter"/>).</summary>
+    public GatheredLoraPool? LoraPool { get; init; }
+
+    /// <summary>Device bytes of the KV caches (all slots).</summary>
+    public long KvCacheBytes => _kCache.Sum(s => s.Sum(t => t.Bytes)) * 2;
+
+    /// <summary>
+    /// Runs <paramref name="ids"/> (the rows of every segment, in order) through the model and writes the logits of
+    /// each segment's last row into Logits[i] for segment i. Segments must be sorted so that rows of one adapter are
+    /// contiguous, and together cover rows [0, ids.Length).
+    /// </summary>
+    public DeviceTensor Step(ReadOnlySpan<int> ids, IReadOnlyList<BatchSegment> segments)
+    {
+        int rows = ids.Length;
+        Check(rows, segments);
+        Ids.RowsView(0, rows).Upload<int>(ids);
+        var x = X.RowsView(0, rows);
+        Model.EmbedTokens(Ids.RowsView(0, rows), x);
+        var groups = Groups(segments);
+        _pooled = LoraPool?.SetRows(segments, rows) ?? false;
+        for (int l = 0; l < Model.Layers.Length; l++) Layer(l, x, rows, segments, groups);
+        RmsNorm.Forward(x, Model.FinalNorm, HFinal.RowsView(0, rows), (float)Model.Config.RmsNormEps);
+        // Consecutive one-row segments (decoding sequences) share one classifier call.
+        for (int i = 0; i < segments.Count;)
+        {
+            int j = i + 1;
+            while (j < segments.Count && segments[j].Count == 1 && segments[i].Count == 1 && segments[j].Start == segments[j - 1].Start + 1) j++;
+            int last = segments[i].Start + segments[i].Count - 1;
+            Model.Classifier.Forward(HFinal.RowsView(last, j - i), Logits.RowsView(i, j - i));
+            i = j;
+        }
+        return Logits.RowsView(0, segments.Count);
+    }
+
+    private void Check(int rows, IReadOnlyList<BatchSegment> segments)
+    {
+        if (rows > MaxRows) throw new ArgumentException($"{rows} rows exceed the step's {MaxRows}");
+        if (segments.Count > Slots) throw new ArgumentException($"{segments.Count} sequences exceed the {Slots} slots");
+        int next = 0;
+        foreach (var s in segments)
+        {
+            if (s.Start != next || s.Count <= 0) throw new ArgumentException("segments must cover the rows in order");
+            if (s.Slot < 0 || s.Slot >= Slots) throw new ArgumentException($"slot {s.Slot} out of range");
+            if (s.Position + s.Count > MaxContext) throw new ArgumentException($"sequence of {s.Position + s.Count} tokens exceeds the {MaxContext}-token context");
+            next += s.Count;
+        }
+        if (next != rows) throw new ArgumentException("segments must cover every row");
+    }
+
+    /// <summary>Runs of segments with the same adapter: (adapter, first row, row count).</summary>
+    private static List<AdapterRows> Groups(IReadOnlyList<BatchSegment> segments)
+    {
+        var groups = new List<AdapterRows>();
+        var seen = new HashSet<IAdapterRuntime?>(ReferenceEqualityComparer.Instance);
+        foreach (var s in segments)
+        {
+            if (groups.Count > 0 && ReferenceEquals(groups[^1].Adapter, s.Adapter))
+            {
+                groups[^1] = groups[^1] with { Count = groups[^1].Count + s.Count };
+                continue;
+            }
+            if (!seen.Add(s.Adapter)) throw new ArgumentException("segments of one adapter must be contiguous");
+            groups.Add(new AdapterRows(s.Adapter, s.Start, s.Count));
+        }
+        return groups;
+    }
+
+    private void Layer(int l, DeviceTensor x, int rows, IReadOnlyList<BatchSegment> segments, List<AdapterRows> groups)
+    {
+        var c = Model.Config;
+        var layer = Model.Layers[l];
+        var s = _state;
+        DeviceTensor R(DeviceTensor t) => LayerState.Rows(t, rows);
+        var (h1, q, k, v, o, h2, g, u, sw, z) = (R(s.H1), R(s.Q), R(s.K), R(s.V), R(s.O), R(s.H2), R(s.G), R(s.U), R(s.S), R(s.Z));
+        float eps = (float)c.RmsNormEps;
+        foreach (var gr in groups)
+            if (gr.Adapter?.AttentionPrefix != null || gr.Adapter?.InputEmbedding != null)
+                throw new NotSupportedException("adapters with attention prefixes or virtual tokens are not served on the device yet");
+
+        RmsNorm.Forward(x, layer.AttnNorm, h1, eps);
+        Linear(l, TargetModule.Q, layer.Wq, h1, q, layer.Bq, groups);
+        Linear(l, TargetModule.K, layer.Wk, h1, k, layer.Bk, groups);
+        Linear(l, TargetModule.V, layer.Wv, h1, v, layer.Bv, groups);
+        var lseAll = s.Lse.Reshape(s.Lse.Count);
+        foreach (var seg in segments)
+        {
+            var qs = q.RowsView(seg.Start, seg.Count);
+            var kCache = _kCache[seg.Slot][l];
+            var vCache = _vCache[seg.Slot][l];
+            Rope.Apply(qs, qs, Model.InvFreq, c.HeadDim, Model.Pairing, seg.Position, seg.Count);
+            // Keys go into the cache rotated; values are copied as they are.
+            Rope.Apply(k.RowsView(seg.Start, seg.Count), kCache.RowsView(seg.Position, seg.Count), Model.InvFreq, c.HeadDim, Model.Pairing, seg.Position, seg.Count);
+            BasicOps.Copy(v.RowsView(seg.Start, seg.Count), vCache.RowsView(seg.Position, seg.Count));
+            var lse = lseAll.RowsView((long)seg.Start * c.NHeads, (long)seg.Count * c.NHeads).Reshape(1, c.NHeads, seg.Count);
+            int keys = seg.Position + seg.Count;
+            Attention.Forward(qs, kCache.RowsView(0, keys), vCache.RowsView(0, keys), o.RowsView(seg.Start, seg.Count), lse, 1, seg.Count, seg.Position,
+                c.NHeads, c.NKvHeads, c.HeadDim);
+        }
+        // LLaMA-Adapter rows: the o-projection reads o plus the gated prompt attention (the hook's buffer, copied into o).
+        foreach (var gr in groups)
+            if (gr.Adapter?.AdaptionPrompt is { } prompt)
+            {
+                var og = o.RowsView(gr.Start, gr.Count);
+                var withPrompt = prompt.Forward(layer, l, q.RowsView(gr.Start, gr.Count), og);
+                if (!ReferenceEquals(withPrompt, og)) BasicOps.Copy(withPrompt, og);
+            }
+        Residual(l, TargetModule.O, layer.Wo, o, z, x, groups, (gr, zg) => gr.Adapter?.AttentionOutput(l, zg));
+        RmsNorm.Forward(x, layer.FfnNorm, h2, eps);
+        Linear(l, TargetModule.Gate, layer.Gate, h2, g, null, groups);
+        Linear(l, TargetModule.Up, layer.Up, h2, u, null, groups);
+        SwiGlu.Forward(g, u, sw);
+        Residual(l, TargetModule.Down, layer.Down, sw, z, x, groups, (gr, zg) => gr.Adapter?.MlpOutput(l, h2.RowsView(gr.Start, gr.Count), zg));
+    }
+
+    /// <summary>
+    /// x += block(input) for the linear closing a block (o or down): rows whose adapter only adds to that linear's output
+    /// accumulate straight into the residual stream (beta = 1), the others go through z, the adapter's block hook and an
+    /// add — the same rule as DecoderLayer.Forward, applied per adapter so every row rounds as it would alone.
+    /// </summary>
+    private void Residual(int l, TargetModule t, DeviceLinear w, DeviceTensor input, DeviceTensor z, DeviceTensor x, List<AdapterRows> groups,
+        Action<AdapterRows, DeviceTensor> blockHook)
+    {
+        bool Fused(AdapterRows gr) => gr.Adapter is not ITrainableAdapter { HasBlockHooks: true }
+            && gr.Adapter?.TransformsLinearOutput(TargetModule.O) != true && gr.Adapter?.TransformsLinearOutput(TargetModule.Down) != true;
+        if (groups.All(Fused))
+        {
+            Linear(l, t, w, input, x, null, groups, beta: 1);
+            return;
+        }
+        if (!groups.Any(Fused))
+        {
+            Linear(l, t, w, input, z, null, groups);
+            foreach (var gr in groups) blockHook(gr, z.RowsView(gr.Start, gr.Count));
+            BasicOps.Add(x, z, x);
+            return;
+        }
+        foreach (var gr in groups)
+        {
+            var one = new List<AdapterRows> { gr with { Start = 0 } };
+            _firstRow = gr.Start;
+            var (ig, xg, zg) = (input.RowsView(gr.Start, gr.Count), x.RowsView(gr.Start, gr.Count), z.RowsView(gr.Start, gr.Count));
+            if (Fused(gr))
+            {
+                Linear(l, t, w, ig, xg, null, one, beta: 1);
+                continue;
+            }
+            Linear(l, t, w, ig, zg, null, one);
+            blockHook(gr, zg);
+            BasicOps.Add(xg, zg, xg);
+        }
+        _firstRow = 0;
+    }
+
+    private int _firstRow;   // the step row that row 0 of Linear's x and y is (per-group calls)
+
+    /// <summary>
+    /// y (+)= x·Wᵀ (+ b) for every row, then each group's adapter hook on its rows. The base runs once over all rows
+    /// unless an adapter of the batch transforms this linear's input; then it runs per group on that group's input.
+    /// </summary>
+    private void Linear(int l, TargetModule t, DeviceLinear w, DeviceTensor x, DeviceTensor y, DeviceTensor? bias,
+        List<AdapterRows> groups, float beta = 0)
+    {
+        if (groups.Any(gr => gr.Adapter?.TransformsLinearInput(t) == true))
+        {
+            foreach (var gr in groups)
+            {
+                var xg = x.RowsView(gr.Start, gr.Count);
+                w.Forward(gr.Adapter?.LinearInput(l, t, xg) ?? xg, y.RowsView(gr.Start, gr.Count), beta: beta);
+            }
+        }
+        else w.Forward(x, y, beta: beta);
+        if (bias != null) Bias.Add(y, bias);
+        foreach (var gr in groups) gr.Adapter?.Linear(l, t, x.RowsView(gr.Start, gr.Count), y.RowsView(gr.Start, gr.Count));
+        if (_pooled && groups.Any(gr => gr.Adapter is GatheredLoraAdapter)) LoraPool!.Apply(l, t, x, y, _firstRow);
+    }
+
+    public void Dispose()
+    {
+        _state.Dispose();
+        foreach (var t in _owned) t.Dispose();
+    }
+}

@@ -1,0 +1,99 @@
+// `vkpeft serve` on servers of their own: a full queue answers 503 with Retry-After, a client that disconnects frees its
+// batch slot at once, and chat completions (a model whose tokenizer has a chat template) through the official OpenAI
+// .NET client, whole and streamed, equal the single-sequence path's greedy reply.
+using System.ClientModel;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using OpenAI;
+using OpenAI.Chat;
+using VkPeft.Peft.Engine;
+using VkPeft.Peft.Models;
+using VkPeft.Peft.Planning;
+using VkPeft.Peft.Tokenizers;
+using VkPeft.Runtime.Vulkan;
+using VkPeft.Serve;
+using VkPeft.Tests.Models;
+using VkPeft.Tests.Support;
+using VkPeft.Tests.Training;
+
+namespace VkPeft.Tests.Serve;
+
+public sealed class ServeLimitsTests
+{
+    [Fact]
+    public async Task FullQueueAnswers503AndADisconnectedClientFreesItsSlot()
+    {
+        var host = ModelLoader.Load(Stories260K.ModelPath);
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        using var model = DeviceLlama.Load(ctx, host.Config, host.Weights, BaseQuant.None);
+        var options = new ServeOptions { BaseName = "base", Port = 0, MaxBatch = 1, MaxQueue = 1, MaxContext = 512 };
+        var server = await ServeHost.StartAsync(model, host.Tokenizer!, BaseQuant.None, [], options);
+        await using (server)
+        {
+            using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
+            // A: a long streamed request holds the only slot.
+            using var longRequest = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+            {
+                Content = JsonContent.Create(new { model = "base", prompt = "Once upon a time", max_tokens = 480, temperature = 0, stream = true }),
+            };
+            var a = await http.SendAsync(longRequest, HttpCompletionOption.ResponseHeadersRead);
+            var aReader = new StreamReader(await a.Content.ReadAsStreamAsync());
+            Assert.StartsWith("data: ", await aReader.ReadLineAsync(), StringComparison.Ordinal);
+            // B waits in the queue (its one place); C finds it full.
+            var b = http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "The dog", max_tokens = 4, temperature = 0 });
+            for (int i = 0; i < 200 && server.Metrics.QueueDepth == 0; i++) await Task.Delay(10);
+            Assert.Equal(1, server.Metrics.QueueDepth);
+            var c = await http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "The cat", max_tokens = 4 });
+            Assert.Equal(503, (int)c.StatusCode);
+            Assert.Equal("1", c.Headers.RetryAfter?.ToString());
+            Assert.Equal("server_busy", JsonDocument.Parse(await c.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("code").GetString());
+            // A's client goes away: its sequence leaves the batch and B runs, long before A's 480 tokens would have ended.
+            aReader.Dispose();
+            a.Dispose();
+            var bAnswer = await b;
+            Assert.Equal(200, (int)bAnswer.StatusCode);
+            for (int i = 0; i < 200 && server.Metrics.ActiveSequences > 0; i++) await Task.Delay(10);
+            Assert.Equal(0, server.Metrics.ActiveSequences);
+            Assert.True(server.Metrics.GeneratedTokens < 480, $"the disconnected request kept generating ({server.Metrics.GeneratedTokens} tokens)");
+        }
+    }
+
+    [Fact]
+    public async Task ChatThroughTheOfficialClientEqualsTheGreedyReply()
+    {
+        using var dir = new TempDir();
+        var config = Stories260K.Config with { VocabSize = 260 };
+        var weights = ModelCatalog.RandomWeights(config, seed: 5, std: 0.5f);
+        var tok = (HfTokenizer)TokenizerFiles.Load(ChatDataTests.WriteTokenizer(dir.Path), config.VocabSize);
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        using var model = DeviceLlama.Load(ctx, config, weights, BaseQuant.None);
+        var template = ChatTemplate.Of(tok);
+        var ids = tok.Encode(template.Render([new VkPeft.Peft.Tokenizers.ChatMessage("user", "Tell me a story")], addGenerationPrompt: true), addSpecialTokens: false);
+        int? eot = template.EndOfTurnToken(tok);
+        string expected;
+        using (var runner = new LlamaRunner(model, 1, ids.Length + 12, kvCache: true))
+        {
+            var decoder = new StreamingDecoder(tok, ids[^1]);
+            var sb = new StringBuilder();
+            new Generator(runner).Generate(ids, 12, new SamplingOptions(0), tok.Eos, id => sb.Append(decoder.Push(id)), eot is { } e ? [e] : null);
+            expected = sb.Append(decoder.Flush()).ToString();
+        }
+        Assert.False(string.IsNullOrEmpty(expected), "the random model should say something");
+
+        var server = await ServeHost.StartAsync(model, tok, BaseQuant.None, [], new ServeOptions { BaseName = "chat-model", Port = 0, MaxBatch = 2, MaxContext = 128 });
+        await using (server)
+        {
+            var client = new ChatClient("chat-model", new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(server.Address, "v1") });
+            var chatOptions = new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 12 };
+            var reply = await client.CompleteChatAsync([new UserChatMessage("Tell me a story")], chatOptions);
+            Assert.Equal(expected, reply.Value.Content.Count == 0 ? "" : reply.Value.Content[0].Text);
+            Assert.Equal(ChatMessageRole.Assistant, reply.Value.Role);
+            var streamed = new StringBuilder();
+            await foreach (var update in client.CompleteChatStreamingAsync([new UserChatMessage("Tell me a story")], chatOptions))
+                foreach (var part in update.ContentUpdate) streamed.Append(part.Text);
+            Assert.Equal(expected, streamed.ToString());
+        }
+    }
+}
