@@ -15,7 +15,7 @@ public static class TrainCommand
     {
         var train = new TrainCliOptions("Held-out evaluation every N steps (0 = at the end)", "Output directory (adapter, checkpoints, metrics)");
         var resume = new Option<bool>("--resume") { Description = "Continue from the newest intact checkpoint in --out (a finished run is left as it is)" };
-        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck, (IA)³) on a frozen 4-bit base");
+        var cmd = new Command("train", "Fine-tune an adapter (LoRA, QA-LoRA, bottleneck, (IA)³, LLaMA-Adapter, bias or norm tuning) on a frozen 4-bit base");
         train.AddTo(cmd);
         cmd.Options.Add(resume);
         cmd.SetAction(parse =>

@@ -2,6 +2,7 @@
 // heads, then the SwiGLU MLP, each added to the residual stream, with the adapter's hooks around every base linear and
 // block (IAdapterRuntime); the backward flows input gradients through every frozen linear into the adapter's tensors.
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
@@ -40,7 +41,7 @@ public static class DecoderLayer
         if (adapter?.AttentionPrefix is { Gated: true })
             throw new NotSupportedException("a gated attention prefix needs its own softmax in the attention kernel, which the device runtime does not have yet");
 
-        RmsNorm.Forward(xIn, layer.AttnNorm, h1, eps);
+        RmsNorm.Forward(xIn, NormWeight(adapter, l, LlamaTensorKind.AttnNorm, layer.AttnNorm), h1, eps);
         Linear(adapter, l, TargetModule.Q, layer.Wq, h1, q, layer.Bq);
         Linear(adapter, l, TargetModule.K, layer.Wk, h1, k, layer.Bk);
         Linear(adapter, l, TargetModule.V, layer.Wv, h1, v, layer.Bv);
@@ -56,26 +57,26 @@ public static class DecoderLayer
         var oProjIn = adapter?.AdaptionPrompt?.Forward(layer, l, q, o) ?? o;
         if (inPlace)
         {
-            Linear(adapter, l, TargetModule.O, layer.Wo, oProjIn, xIn, null, beta: 1);
+            Linear(adapter, l, TargetModule.O, layer.Wo, oProjIn, xIn, layer.Bo, beta: 1);
             xMid = xIn;
         }
         else
         {
-            Linear(adapter, l, TargetModule.O, layer.Wo, oProjIn, z, null);
+            Linear(adapter, l, TargetModule.O, layer.Wo, oProjIn, z, layer.Bo);
             adapter?.AttentionOutput(l, z);
             BasicOps.Add(xIn, z, xMid);
         }
 
-        RmsNorm.Forward(xMid, layer.FfnNorm, h2, eps);
-        Linear(adapter, l, TargetModule.Gate, layer.Gate, h2, g, null);
-        Linear(adapter, l, TargetModule.Up, layer.Up, h2, u, null);
+        RmsNorm.Forward(xMid, NormWeight(adapter, l, LlamaTensorKind.FfnNorm, layer.FfnNorm), h2, eps);
+        Linear(adapter, l, TargetModule.Gate, layer.Gate, h2, g, layer.BGate);
+        Linear(adapter, l, TargetModule.Up, layer.Up, h2, u, layer.BUp);
         SwiGlu.Forward(g, u, sw);
         if (inPlace)
         {
-            Linear(adapter, l, TargetModule.Down, layer.Down, sw, xMid, null, beta: 1);
+            Linear(adapter, l, TargetModule.Down, layer.Down, sw, xMid, layer.BDown, beta: 1);
             return;
         }
-        Linear(adapter, l, TargetModule.Down, layer.Down, sw, z, null);
+        Linear(adapter, l, TargetModule.Down, layer.Down, sw, z, layer.BDown);
         adapter?.MlpOutput(l, h2, z);
         BasicOps.Add(xMid, z, xOut);
     }
@@ -126,7 +127,7 @@ public static class DecoderLayer
         LinearGrad(adapter, l, TargetModule.Gate, layer.Gate, s.H2, dG, _dH, accumulate: false);
         LinearGrad(adapter, l, TargetModule.Up, layer.Up, s.H2, dU, _dH, accumulate: true);
         if (_dHx != null) BasicOps.Add(_dH, _dHx, _dH);
-        RmsNorm.Backward(s.XMid, layer.FfnNorm, _dH, _dX, eps, accumulate: true);
+        NormGrad(adapter, l, LlamaTensorKind.FfnNorm, layer.FfnNorm, s.XMid, _dH, _dX, eps, accumulate: true);
 
         // Attention block: x_mid = x_in + adapter(o_proj(attention(rope(q(h1)), rope(k(h1)), v(h1)))).
         dz = _dX;
@@ -145,7 +146,18 @@ public static class DecoderLayer
         LinearGrad(adapter, l, TargetModule.Q, layer.Wq, s.H1, _dQ, _dH, accumulate: false);
         LinearGrad(adapter, l, TargetModule.K, layer.Wk, s.H1, _dK, _dH, accumulate: true);
         LinearGrad(adapter, l, TargetModule.V, layer.Wv, s.H1, _dV, _dH, accumulate: true);
-        RmsNorm.Backward(xIn, layer.AttnNorm, _dH, _dX, eps, accumulate: true);
+        NormGrad(adapter, l, LlamaTensorKind.AttnNorm, layer.AttnNorm, xIn, _dH, _dX, eps, accumulate: true);
+    }
+
+    /// <summary>The RMSNorm weight at <paramref name="norm"/>: the base's, or the adapter's tuned one.</summary>
+    public static DeviceTensor NormWeight(IAdapterRuntime? adapter, int l, LlamaTensorKind norm, DeviceTensor baseWeight) =>
+        adapter?.NormWeight(l, norm, baseWeight) ?? baseWeight;
+
+    /// <summary>dx (+)= ∂loss/∂x of an RMSNorm with input x and output gradient dh: through the adapter's tuned weight (and its gradient), or the base's.</summary>
+    public static void NormGrad(ITrainableAdapter adapter, int l, LlamaTensorKind norm, DeviceTensor baseWeight, DeviceTensor x, DeviceTensor dh,
+        DeviceTensor dx, float eps, bool accumulate)
+    {
+        if (!adapter.NormBackward(l, norm, x, dh, dx, eps, accumulate)) RmsNorm.Backward(x, baseWeight, dh, dx, eps, accumulate);
     }
 
     /// <summary>

@@ -22,6 +22,10 @@ public sealed class DeviceLayer : IDisposable
     public DeviceTensor? Bq { get; init; }                 // [n_heads*hd] (Qwen2 attention bias)
     public DeviceTensor? Bk { get; init; }                 // [n_kv*hd]
     public DeviceTensor? Bv { get; init; }                 // [n_kv*hd]
+    public DeviceTensor? Bo { get; init; }                 // [dim] (o_proj bias)
+    public DeviceTensor? BGate { get; init; }              // [hidden] (mlp_bias)
+    public DeviceTensor? BUp { get; init; }                // [hidden]
+    public DeviceTensor? BDown { get; init; }              // [dim]
 
     public IEnumerable<DeviceLinear> Linears => [Wq, Wk, Wv, Wo, Gate, Up, Down];
 
@@ -40,7 +44,7 @@ public sealed class DeviceLayer : IDisposable
     {
         AttnNorm.Dispose(); FfnNorm.Dispose();
         foreach (var l in Linears) l.Dispose();
-        Bq?.Dispose(); Bk?.Dispose(); Bv?.Dispose();
+        Bq?.Dispose(); Bk?.Dispose(); Bv?.Dispose(); Bo?.Dispose(); BGate?.Dispose(); BUp?.Dispose(); BDown?.Dispose();
     }
 }
 
@@ -127,6 +131,10 @@ public sealed class DeviceLlama : IDisposable
                 Bq = lw.Bq == null ? null : F32($"layers.{i}.bq", lw.Bq, c.QDim),
                 Bk = lw.Bk == null ? null : F32($"layers.{i}.bk", lw.Bk, c.KvDim),
                 Bv = lw.Bv == null ? null : F32($"layers.{i}.bv", lw.Bv, c.KvDim),
+                Bo = lw.Bo == null ? null : F32($"layers.{i}.bo", lw.Bo, c.Dim),
+                BGate = lw.BGate == null ? null : F32($"layers.{i}.b_gate", lw.BGate, c.HiddenDim),
+                BUp = lw.BUp == null ? null : F32($"layers.{i}.b_up", lw.BUp, c.HiddenDim),
+                BDown = lw.BDown == null ? null : F32($"layers.{i}.b_down", lw.BDown, c.Dim),
             };
             progress?.Invoke(i + 1, c.NLayers);
         }

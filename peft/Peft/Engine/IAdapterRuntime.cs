@@ -1,10 +1,11 @@
 // How trainable adapters plug into the device forward and backward passes. Around each base linear y = x·Wᵀ (+ b):
 // a transform before (the input the base reads: input scaling) and the ordered transforms after (additive branch, output
 // scaling, per-row renormalization), each with its backward. Around the blocks: the attention and MLP outputs (bottleneck
-// adapters). In attention and at the input: a key/value prefix per layer and virtual input tokens (see IPrefixHooks.cs).
+// adapters). At each RMSNorm: the weight it applies (norm tuning). In attention and at the input: a key/value prefix per layer and virtual input tokens (see IPrefixHooks.cs).
 // The base model calls them; a PEFT method's runtime implements the ones it uses (the others default to doing nothing);
 // the float64 ReferenceForward mirrors them.
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
 using VkPeft.Runtime.Tensors;
 
 namespace VkPeft.Peft.Engine;
@@ -37,6 +38,12 @@ public interface IAdapterRuntime
 
     /// <summary>After the MLP output z (before the residual add), with the MLP input h: transform z in place.</summary>
     void MlpOutput(int layer, DeviceTensor h, DeviceTensor z) { }
+
+    /// <summary>
+    /// The RMSNorm weight [dim] applied at <paramref name="norm"/> (AttnNorm or FfnNorm of <paramref name="layer"/>, or
+    /// FinalNorm with layer −1): <paramref name="baseWeight"/> itself (the default), or the method's tuned weight.
+    /// </summary>
+    DeviceTensor NormWeight(int layer, LlamaTensorKind norm, DeviceTensor baseWeight) => baseWeight;
 
     /// <summary>Extra keys and values every attention layer reads (prefix tuning, LLaMA-Adapter); null when none.</summary>
     IAttentionPrefixHook? AttentionPrefix => null;
@@ -77,6 +84,14 @@ public interface ITrainableAdapter : IAdapterRuntime
     /// and returns true; returns false (the default) when the trainer should take the base's input gradient itself.
     /// </summary>
     bool LinearInputBackward(int layer, TargetModule target, DeviceLinear w, DeviceTensor x, DeviceTensor dy, DeviceTensor dx, bool accumulate) => false;
+
+    /// <summary>
+    /// Backward of an RMSNorm whose weight the method tunes (<see cref="IAdapterRuntime.NormWeight"/>): from the norm's
+    /// input <paramref name="x"/> and ∂loss/∂(norm output) <paramref name="dh"/>, writes (or with
+    /// <paramref name="accumulate"/> adds) ∂loss/∂x through the tuned weight into <paramref name="dx"/>, accumulates the
+    /// weight's gradient and returns true; returns false (the default) when the trainer should use the base weight itself.
+    /// </summary>
+    bool NormBackward(int layer, LlamaTensorKind norm, DeviceTensor x, DeviceTensor dh, DeviceTensor dx, float eps, bool accumulate) => false;
 
     /// <summary>
     /// Backward of the additive branch of <see cref="IAdapterRuntime.Linear"/>: accumulates parameter gradients and adds the branch's input

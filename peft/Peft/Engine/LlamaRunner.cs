@@ -120,7 +120,7 @@ public sealed class LlamaRunner : IDisposable
     }
 
     /// <summary>Final norm of X into HFinal for <paramref name="rows"/> rows.</summary>
-    public void FinalNorm(int rows) => RmsNorm.Forward(Rows(X, rows), Model.FinalNorm, Rows(HFinal, rows), (float)Model.Config.RmsNormEps);
+    public void FinalNorm(int rows) => RmsNorm.Forward(Rows(X, rows), DecoderLayer.NormWeight(Adapter, -1, Models.LlamaTensorKind.FinalNorm, Model.FinalNorm), Rows(HFinal, rows), (float)Model.Config.RmsNormEps);
 
     /// <summary>Logits of rows [start, start+count) of HFinal (count ≤ LogitRows) into Logits[0..count).</summary>
     public DeviceTensor LogitsOf(int start, int count)

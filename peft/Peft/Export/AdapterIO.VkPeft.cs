@@ -83,7 +83,10 @@ public static partial class AdapterIO
         var common = new AdapterConfig
         {
             Method = method,
-            Targets = r.TryGetProperty("target_modules", out _) ? ParseHfTargets(cfgPath, r) : method.TargetsWhenUnlisted,
+            // An empty list is valid only for a method that can adapt no linear (norm tuning).
+            Targets = !r.TryGetProperty("target_modules", out var tm) ? method.TargetsWhenUnlisted
+                : tm.ValueKind == JsonValueKind.Array && tm.GetArrayLength() == 0 && method.TargetsWhenUnlisted.Length == 0 ? []
+                : ParseHfTargets(cfgPath, r),
             BaseQuant = ReadBaseQuant(cfgPath, r, "base_quantization") ?? throw new ModelFormatException(cfgPath, "base_quantization", "required field is missing"),
             BaseModel = Str(r, "base_model_name_or_path") ?? "",
         };

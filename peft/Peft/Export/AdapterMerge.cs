@@ -99,7 +99,7 @@ public static class AdapterMerge
             for (int i = 0; i < result.Length; i++) result[i] = (float)(baseW[i] + delta[i]);
             return result;
         });
-        return new MergedModel(config, merged);
+        return method.MergeOther(new MergedModel(config, merged), adapter);
     }
 }
 

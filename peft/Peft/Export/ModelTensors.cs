@@ -76,6 +76,10 @@ public static class ModelTensors
                 Bq = bq,
                 Bk = bk,
                 Bv = l.Bv,
+                Bo = l.Bo,
+                BGate = l.BGate,
+                BUp = l.BUp,
+                BDown = l.BDown,
             };
         }
         return new LlamaWeights

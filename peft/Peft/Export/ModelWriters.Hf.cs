@@ -125,7 +125,7 @@ internal static partial class ModelWriters
             j.WriteEndArray();
             j.WriteString("model_type", modelType);
             j.WriteBoolean("attention_bias", c.AttentionBias);
-            j.WriteBoolean("mlp_bias", false);
+            j.WriteBoolean("mlp_bias", c.MlpBias);
             j.WriteNumber("bos_token_id", c.BosId);
             j.WriteNumber("eos_token_id", c.EosId);
             j.WriteString("hidden_act", "silu");

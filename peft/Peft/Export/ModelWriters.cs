@@ -11,8 +11,8 @@ internal static partial class ModelWriters
     private static readonly LlamaTensorKind[] LayerOrder =
     [
         LlamaTensorKind.AttnNorm, LlamaTensorKind.Wq, LlamaTensorKind.Wk, LlamaTensorKind.Wv, LlamaTensorKind.Bq,
-        LlamaTensorKind.Bk, LlamaTensorKind.Bv, LlamaTensorKind.Wo, LlamaTensorKind.FfnNorm, LlamaTensorKind.WGate,
-        LlamaTensorKind.WUp, LlamaTensorKind.WDown,
+        LlamaTensorKind.Bk, LlamaTensorKind.Bv, LlamaTensorKind.Wo, LlamaTensorKind.Bo, LlamaTensorKind.FfnNorm, LlamaTensorKind.WGate,
+        LlamaTensorKind.BGate, LlamaTensorKind.WUp, LlamaTensorKind.BUp, LlamaTensorKind.WDown, LlamaTensorKind.BDown,
     ];
 
     private static float[]? Pick(LlamaWeights w, LlamaTensorKind k, int layer) => k switch
@@ -25,6 +25,10 @@ internal static partial class ModelWriters
         LlamaTensorKind.Bq => w.Layers[layer].Bq,
         LlamaTensorKind.Bk => w.Layers[layer].Bk,
         LlamaTensorKind.Bv => w.Layers[layer].Bv,
+        LlamaTensorKind.Bo => w.Layers[layer].Bo,
+        LlamaTensorKind.BGate => w.Layers[layer].BGate,
+        LlamaTensorKind.BUp => w.Layers[layer].BUp,
+        LlamaTensorKind.BDown => w.Layers[layer].BDown,
         _ => ModelTensors.Linear(w.Layers[layer], k.ToTarget()!.Value),
     };
 

@@ -29,6 +29,10 @@ public static class HfCheckpoint
         LlamaTensorKind.Bq => $"model.layers.{layer}.self_attn.q_proj.bias",
         LlamaTensorKind.Bk => $"model.layers.{layer}.self_attn.k_proj.bias",
         LlamaTensorKind.Bv => $"model.layers.{layer}.self_attn.v_proj.bias",
+        LlamaTensorKind.Bo => $"model.layers.{layer}.self_attn.o_proj.bias",
+        LlamaTensorKind.BGate => $"model.layers.{layer}.mlp.gate_proj.bias",
+        LlamaTensorKind.BUp => $"model.layers.{layer}.mlp.up_proj.bias",
+        LlamaTensorKind.BDown => $"model.layers.{layer}.mlp.down_proj.bias",
         LlamaTensorKind.WGate => $"model.layers.{layer}.mlp.gate_proj.weight",
         LlamaTensorKind.WUp => $"model.layers.{layer}.mlp.up_proj.weight",
         LlamaTensorKind.WDown => $"model.layers.{layer}.mlp.down_proj.weight",
@@ -61,7 +65,7 @@ public static class HfCheckpoint
         }
         string act = Str(r, "hidden_act") ?? "silu";
         if (act != "silu") throw new ModelFormatException(configPath, "hidden_act", $"unsupported activation '{act}' (only silu/SwiGLU)");
-        if (Bool(r, "mlp_bias") == true) throw new ModelFormatException(configPath, "mlp_bias", "MLP biases are not supported");
+        if (Bool(r, "mlp_bias") == true && modelType != "llama") throw new ModelFormatException(configPath, "mlp_bias", $"MLP biases are supported on llama models only, not {modelType}");
 
         int dim = Int(configPath, r, "hidden_size") ?? throw Missing(configPath, "hidden_size");
         int heads = Int(configPath, r, "num_attention_heads") ?? throw Missing(configPath, "num_attention_heads");
@@ -118,6 +122,8 @@ public static class HfCheckpoint
             RopeLayout = RopeLayout.RotateHalf,
             TiedClassifier = Bool(r, "tie_word_embeddings") ?? false,
             AttentionBias = Bool(r, "attention_bias") ?? qwen,
+            OutputBias = modelType == "llama" && Bool(r, "attention_bias") == true,   // Qwen2 biases q/k/v only
+            MlpBias = Bool(r, "mlp_bias") == true,
             SlidingWindow = window,
             BosId = TokenId(configPath, r, "bos_token_id") ?? 1,
             EosId = TokenId(configPath, r, "eos_token_id") ?? 2,

@@ -132,9 +132,11 @@ public static class Llama2cCheckpoint
         weights.Validate(config, path);
         if (config.RopeLayout != RopeLayout.InterleavedPairs)
             throw new ArgumentException("llama2.c files use interleaved-pairs RoPE; permute q/k rows first", nameof(config));
-        if (config.HeadDim * config.NHeads != config.Dim || config.AttentionBias || config.RopeScaling is not null
+        if (config.AttentionBias || config.OutputBias || config.MlpBias)
+            throw new ArgumentException("llama2.c v0 files hold no biases (this model has q/k/v, o_proj or MLP biases); export safetensors or gguf instead", nameof(config));
+        if (config.HeadDim * config.NHeads != config.Dim || config.RopeScaling is not null
             || config.RopeTheta != 10000.0 || weights.RopeFreqFactors is not null)
-            throw new ArgumentException("llama2.c v0 cannot store head_dim != dim/n_heads, biases, rope scaling or a rope theta other than 10000", nameof(config));
+            throw new ArgumentException("llama2.c v0 cannot store head_dim != dim/n_heads, rope scaling or a rope theta other than 10000", nameof(config));
 
         string tmp = path + ".tmp-" + Guid.NewGuid().ToString("N");
         try

@@ -207,6 +207,12 @@ public abstract class PeftMethod
         throw new InvalidOperationException(NotMergeableReason ?? $"{CliName} has no merge rule");
 
     /// <summary>
+    /// The merged model's tensors other than the linear weights, after the linears are merged: the method's changes to
+    /// norms or biases and the config flags they need (norm and bias tuning), or <paramref name="merged"/> itself (the default).
+    /// </summary>
+    public virtual MergedModel MergeOther(MergedModel merged, AdapterWeights adapter) => merged;
+
+    /// <summary>
     /// A merge straight into the quantized form <paramref name="format"/>/<paramref name="dtype"/> asks for that adds no
     /// rounding (QA-LoRA into its INT4 groups), or null when the method has none for it (the dense merge is used).
     /// </summary>

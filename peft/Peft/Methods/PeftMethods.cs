@@ -1,5 +1,6 @@
 // The registry of PEFT methods: name → method. `train`, `plan`, `bench memory`, adapter loading and export look methods
 // up here; a new method is one folder under Methods/ plus one Register line (here, or from another assembly).
+using VkPeft.Peft.Methods.BiasNorm;
 using VkPeft.Peft.Methods.Bottleneck;
 using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.Ia3;
@@ -15,7 +16,8 @@ public static class PeftMethods
 {
     private static readonly Lock Gate = new();
     private static readonly List<PeftMethod> Registered = [new LoraMethod(), new QaLoraMethod(), new BottleneckMethod(), new Ia3Method(),
-        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod(), new DoraMethod()];
+        new LlamaAdapterMethod(), new PromptMethod(), new PrefixMethod(), new DoraMethod(),
+        BiasNormMethod.Bias, BiasNormMethod.Norm];
 
     /// <summary>Every registered method, in registration order.</summary>
     public static IReadOnlyList<PeftMethod> All

@@ -50,6 +50,12 @@ public sealed record LlamaConfig
     /// <summary>True when q/k/v projections carry biases (Qwen2).</summary>
     public bool AttentionBias { get; init; }
 
+    /// <summary>True when o_proj carries a bias (Hugging Face Llama's attention_bias covers q, k, v and o).</summary>
+    public bool OutputBias { get; init; }
+
+    /// <summary>True when gate/up/down projections carry biases (Hugging Face Llama's mlp_bias).</summary>
+    public bool MlpBias { get; init; }
+
     /// <summary>Mistral-style sliding attention window; null attends to every earlier position.</summary>
     public int? SlidingWindow { get; init; }
 
@@ -61,6 +67,14 @@ public sealed record LlamaConfig
 
     /// <summary>Rows of wk and wv: NKvHeads * HeadDim.</summary>
     public int KvDim => NKvHeads * HeadDim;
+
+    /// <summary>Whether the base linear <paramref name="t"/> carries a bias of its own.</summary>
+    public bool HasBias(TargetModule t) => t switch
+    {
+        TargetModule.Q or TargetModule.K or TargetModule.V => AttentionBias,
+        TargetModule.O => OutputBias,
+        _ => MlpBias,
+    };
 
     /// <summary>[out, in] of one of the seven linear weights of a layer: the one place these shapes are defined.</summary>
     public (int Out, int In) LinearShape(TargetModule t) => t switch

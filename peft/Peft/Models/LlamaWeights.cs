@@ -21,6 +21,10 @@ public enum LlamaTensorKind
     Bq,
     Bk,
     Bv,
+    Bo,
+    BGate,
+    BUp,
+    BDown,
     FinalNorm,
     Classifier,
 }
@@ -72,6 +76,10 @@ public sealed class LlamaLayerWeights
     public float[]? Bq { get; init; }                 // [n_heads*head_dim], only with attention_bias
     public float[]? Bk { get; init; }                 // [n_kv_heads*head_dim]
     public float[]? Bv { get; init; }                 // [n_kv_heads*head_dim]
+    public float[]? Bo { get; init; }                 // [dim], only with an o_proj bias
+    public float[]? BGate { get; init; }              // [hidden_dim], only with mlp_bias
+    public float[]? BUp { get; init; }                // [hidden_dim]
+    public float[]? BDown { get; init; }              // [dim]
 }
 
 public sealed class LlamaWeights
@@ -97,6 +105,8 @@ public sealed class LlamaWeights
         _ when kind.ToTarget() is { } t => [config.LinearShape(t).Out, config.LinearShape(t).In],
         LlamaTensorKind.Bq => [config.QDim],
         LlamaTensorKind.Bk or LlamaTensorKind.Bv => [config.KvDim],
+        LlamaTensorKind.Bo or LlamaTensorKind.BDown => [config.Dim],
+        LlamaTensorKind.BGate or LlamaTensorKind.BUp => [config.HiddenDim],
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
@@ -124,6 +134,10 @@ public sealed class LlamaWeights
                 Bq = config.AttentionBias ? Get(LlamaTensorKind.Bq, l) : null,
                 Bk = config.AttentionBias ? Get(LlamaTensorKind.Bk, l) : null,
                 Bv = config.AttentionBias ? Get(LlamaTensorKind.Bv, l) : null,
+                Bo = config.OutputBias ? Get(LlamaTensorKind.Bo, l) : null,
+                BGate = config.MlpBias ? Get(LlamaTensorKind.BGate, l) : null,
+                BUp = config.MlpBias ? Get(LlamaTensorKind.BUp, l) : null,
+                BDown = config.MlpBias ? Get(LlamaTensorKind.BDown, l) : null,
             };
         }
         return new LlamaWeights
@@ -175,6 +189,13 @@ public sealed class LlamaWeights
                 Check(w.Bq, LlamaTensorKind.Bq, l);
                 Check(w.Bk, LlamaTensorKind.Bk, l);
                 Check(w.Bv, LlamaTensorKind.Bv, l);
+            }
+            if (config.OutputBias) Check(w.Bo, LlamaTensorKind.Bo, l);
+            if (config.MlpBias)
+            {
+                Check(w.BGate, LlamaTensorKind.BGate, l);
+                Check(w.BUp, LlamaTensorKind.BUp, l);
+                Check(w.BDown, LlamaTensorKind.BDown, l);
             }
         }
     }

@@ -2,7 +2,7 @@
 // embedding, RMSNorm, q/k/v (+bias), RoPE (interleaved or rotate-half, llama3/linear scaling), causal grouped-query
 // attention with a stable softmax, o-proj, residual, SwiGLU MLP, final norm, classifier. Sequential with a KV cache.
 // It mirrors the device's adapter hooks (IAdapterRuntime): before and after each base linear, after the attention and
-// MLP blocks, a key/value prefix per layer (joined or gated softmax) and virtual input tokens.
+// MLP blocks, the weight of each RMSNorm, a key/value prefix per layer (joined or gated softmax) and virtual input tokens.
 namespace VkPeft.Peft.Models;
 
 public sealed class ReferenceForward
@@ -93,7 +93,7 @@ public sealed class ReferenceForward
             for (int l = 0; l < c.NLayers; l++)
             {
                 var lw = w.Layers[l];
-                double[] h = RmsNorm(x, lw.AttnNorm, c.RmsNormEps);
+                double[] h = _m.Norm(l, LlamaTensorKind.AttnNorm, x, lw.AttnNorm);
                 double[] q = _m.Linear(l, LlamaTensorKind.Wq, h, lw.Wq, c.QDim, dim, lw.Bq);   // [n_heads*hd]
                 double[] k = _m.Linear(l, LlamaTensorKind.Wk, h, lw.Wk, c.KvDim, dim, lw.Bk);  // [n_kv*hd]
                 double[] v = _m.Linear(l, LlamaTensorKind.Wv, h, lw.Wv, c.KvDim, dim, lw.Bv);  // [n_kv*hd]
@@ -153,20 +153,20 @@ public sealed class ReferenceForward
                         for (int i = 0; i < hd; i++) att[qOff + i] += prefixScores[p] / sum * prefix!.Value.Values[p][kvOff + i];
                     nPrefix = prefix?.Keys.Length ?? 0;
                 }
-                double[] o = _m.Linear(l, LlamaTensorKind.Wo, att, lw.Wo, dim, c.QDim, null);
+                double[] o = _m.Linear(l, LlamaTensorKind.Wo, att, lw.Wo, dim, c.QDim, lw.Bo);
                 _m.AfterAttentionOutput?.Invoke(l, o);
                 for (int i = 0; i < dim; i++) x[i] += o[i];
 
-                h = RmsNorm(x, lw.FfnNorm, c.RmsNormEps);
-                double[] gate = _m.Linear(l, LlamaTensorKind.WGate, h, lw.WGate, c.HiddenDim, dim, null);  // [hidden]
-                double[] up = _m.Linear(l, LlamaTensorKind.WUp, h, lw.WUp, c.HiddenDim, dim, null);        // [hidden]
+                h = _m.Norm(l, LlamaTensorKind.FfnNorm, x, lw.FfnNorm);
+                double[] gate = _m.Linear(l, LlamaTensorKind.WGate, h, lw.WGate, c.HiddenDim, dim, lw.BGate);  // [hidden]
+                double[] up = _m.Linear(l, LlamaTensorKind.WUp, h, lw.WUp, c.HiddenDim, dim, lw.BUp);        // [hidden]
                 for (int i = 0; i < c.HiddenDim; i++) gate[i] = gate[i] / (1.0 + Math.Exp(-gate[i])) * up[i];
-                double[] down = _m.Linear(l, LlamaTensorKind.WDown, gate, lw.WDown, dim, c.HiddenDim, null);
+                double[] down = _m.Linear(l, LlamaTensorKind.WDown, gate, lw.WDown, dim, c.HiddenDim, lw.BDown);
                 _m.AfterMlpOutput?.Invoke(l, h, down);
                 for (int i = 0; i < dim; i++) x[i] += down[i];
             }
 
-            double[] final = RmsNorm(x, w.FinalNorm, c.RmsNormEps);
+            double[] final = _m.Norm(-1, LlamaTensorKind.FinalNorm, x, w.FinalNorm);
             Position++;
             return MatVec(w.ClassifierOrEmbedding, final, c.VocabSize, dim, null);
         }
@@ -182,6 +182,24 @@ public sealed class ReferenceForward
     /// (add a branch, scale, renormalize); input is the linear's own input, before <see cref="BeforeLinear"/>.
     /// </summary>
     public Action<int, LlamaTensorKind, double[], double[]>? AfterLinear { get; set; }
+
+    /// <summary>
+    /// Optional RMSNorm weight: (layer, AttnNorm/FfnNorm, or −1 and FinalNorm) → the weight [dim] to apply instead of the
+    /// base's, or null for the base's (norm tuning).
+    /// </summary>
+    public Func<int, LlamaTensorKind, double[]?>? NormWeight { get; set; }
+
+    // y = x·rstd ⊙ gain, rstd = 1/sqrt(mean(x²) + eps); the gain is the tuned weight when the hook gives one.
+    private double[] Norm(int layer, LlamaTensorKind kind, double[] x, float[] baseWeight)
+    {
+        double[]? tuned = NormWeight?.Invoke(layer, kind);
+        double ss = 0;
+        foreach (double xi in x) ss += xi * xi;
+        double inv = 1.0 / Math.Sqrt(ss / x.Length + _c.RmsNormEps);
+        var y = new double[x.Length];
+        for (int i = 0; i < x.Length; i++) y[i] = x[i] * inv * (tuned is null ? baseWeight[i] : tuned[i]);
+        return y;
+    }
 
     /// <summary>Optional hook on the attention block output before the residual add: (layer, z) transforms z in place.</summary>
     public Action<int, double[]>? AfterAttentionOutput { get; set; }
@@ -272,16 +290,6 @@ public sealed class ReferenceForward
             v[a] = x0 * cos - x1 * sin;
             v[b] = x0 * sin + x1 * cos;
         }
-    }
-
-    private static double[] RmsNorm(double[] x, float[] gain, double eps)
-    {
-        double ss = 0;
-        foreach (double xi in x) ss += xi * xi;
-        double inv = 1.0 / Math.Sqrt(ss / x.Length + eps);
-        var y = new double[x.Length];
-        for (int i = 0; i < x.Length; i++) y[i] = x[i] * inv * gain[i];
-        return y;
     }
 
     // y[r] = Σ_c W[r, c]·x[c] (+ b[r]) for W [rows, cols] row-major.

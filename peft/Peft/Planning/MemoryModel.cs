@@ -152,7 +152,8 @@ public static class MemoryModel
     public static long ParameterCount(LlamaConfig c)
     {
         long emb = (long)c.VocabSize * c.Dim * (c.TiedClassifier ? 1 : 2);
-        long layer = LayerLinears(c).Sum(l => (long)l.Out * l.In) + 2L * c.Dim + (c.AttentionBias ? c.QDim + 2L * c.KvDim : 0);
+        long layer = LayerLinears(c).Sum(l => (long)l.Out * l.In) + 2L * c.Dim + (c.AttentionBias ? c.QDim + 2L * c.KvDim : 0)
+            + (c.OutputBias ? c.Dim : 0) + (c.MlpBias ? 2L * c.HiddenDim + c.Dim : 0);
         return emb + c.Dim + c.NLayers * layer;
     }
 
@@ -181,6 +182,8 @@ public static class MemoryModel
         Add("linear weights", MemoryCategory.Weights, L * linears, true);
         Add("layer norms", MemoryCategory.Weights, L * 2 * F32(c.Dim), true);
         if (c.AttentionBias) Add("q/k/v biases", MemoryCategory.Weights, L * (F32(c.QDim) + 2 * F32(c.KvDim)), true);
+        if (c.OutputBias) Add("o biases", MemoryCategory.Weights, L * F32(c.Dim), true);
+        if (c.MlpBias) Add("MLP biases", MemoryCategory.Weights, L * (2 * F32(c.HiddenDim) + F32(c.Dim)), true);
         if (s.Quant.DoubleQuant) Add("double-quant dynamic map", MemoryCategory.Weights, 256 * 4);
 
         // Trainable tensors, gradients and AdamW moments (TrainableParameters: fp32, packed back to back in flat buffers;
@@ -217,6 +220,7 @@ public static class MemoryModel
         // Workspace: the method's scratch (LoRA: t, dt, dropout and pooling buffers) and the gradient-norm partials.
         foreach (var term in s.Method.WorkspaceTerms(s, rows)) Add(term.Name, term.Category, term.Bytes);
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
+        Add("gradient-norm tensor table", MemoryCategory.Workspace, Pad4(8L * spec.Count(p => !p.Frozen)));   // (offset, count) u32 pairs
 
         // Staging: discrete GPUs copy small transfers through one staging ring and larger ones through a host-visible
         // buffer of up to 32 MiB of their own, one at a time.

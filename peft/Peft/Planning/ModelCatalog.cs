@@ -81,6 +81,10 @@ public static class ModelCatalog
                 Bq = c.AttentionBias ? new float[c.QDim] : null,
                 Bk = c.AttentionBias ? new float[c.KvDim] : null,
                 Bv = c.AttentionBias ? new float[c.KvDim] : null,
+                Bo = c.OutputBias ? new float[c.Dim] : null,
+                BGate = c.MlpBias ? new float[c.HiddenDim] : null,
+                BUp = c.MlpBias ? new float[c.HiddenDim] : null,
+                BDown = c.MlpBias ? new float[c.Dim] : null,
             })],
         };
     }

@@ -4,6 +4,7 @@
 // linear into the trainable adapter tensors. No gradient of a frozen weight is ever formed. With offloading, the saved
 // layer inputs live in host memory and the device holds two [rows, dim] buffers instead of L+1.
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Models;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
@@ -142,7 +143,7 @@ public sealed class TrainStep : IDisposable
         // Loss and its gradient in chunks of rows: logits, CE (dlogits in place), dh_final = dlogits·W_cls.
         float eps = (float)c.RmsNormEps;
         LossChunks(xL, lossScale);
-        RmsNorm.Backward(xL, _model.FinalNorm, _dH, _dX, eps);
+        DecoderLayer.NormGrad(_adapter, -1, LlamaTensorKind.FinalNorm, _model.FinalNorm, xL, _dH, _dX, eps, accumulate: false);
         Report("loss", 1, 1);
 
         for (int l = c.NLayers - 1; l >= 0; l--)
@@ -209,7 +210,7 @@ public sealed class TrainStep : IDisposable
     private void LossChunks(DeviceTensor xL, float? gradScale)
     {
         int rows = Batch * _rowsPerSeq;
-        RmsNorm.Forward(xL, _model.FinalNorm, _hFinal, (float)_model.Config.RmsNormEps);
+        RmsNorm.Forward(xL, DecoderLayer.NormWeight(_adapter, -1, LlamaTensorKind.FinalNorm, _model.FinalNorm), _hFinal, (float)_model.Config.RmsNormEps);
         for (int s = 0; s < rows; s += LogitRows)
         {
             int n = Math.Min(LogitRows, rows - s);

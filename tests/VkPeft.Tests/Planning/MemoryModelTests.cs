@@ -22,7 +22,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     };
 
     public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4", "llama-adapter-nf4",
-        "prompt-nf4", "prefix-nf4", "dora-nf4"];
+        "prompt-nf4", "prefix-nf4", "dora-nf4", "bias-nf4", "norm-nf4"];
 
     private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
     {
@@ -49,6 +49,14 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         {
             Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("ia3"), Targets = [TargetModule.K, TargetModule.V, TargetModule.Down],
             Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
+        }),
+        "bias-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("bias"), Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
+        }),
+        "norm-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("norm"), Batch = 2, SeqLen = 24, Checkpointing = false, LogitRows = 16,
         }),
         // Virtual tokens and prefixes ride as 6 and 5 extra rows per sequence: every activation grows with them.
         "prompt-nf4" => Random(new TrainSetup

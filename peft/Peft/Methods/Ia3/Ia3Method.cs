@@ -54,9 +54,8 @@ public sealed class Ia3Method : PeftMethod
         foreach (var f in Feedforward(a))
             if (!a.Targets.Contains(f))
                 throw new ModelFormatException(source, "feedforward_modules", $"{AdapterConfig.HfName(f)} is not in target_modules");
-        if (baseConfig.AttentionBias)
-            foreach (var t in a.Targets.Where(t => !ScalesInput(a, t) && t is TargetModule.Q or TargetModule.K or TargetModule.V))
-                throw new ModelFormatException(source, "target_modules", $"(IA)³ output scaling of {AdapterConfig.HfName(t)} would have to scale its bias too; this base has q/k/v biases");
+        foreach (var t in a.Targets.Where(t => !ScalesInput(a, t) && baseConfig.HasBias(t)))
+            throw new ModelFormatException(source, "target_modules", $"(IA)³ output scaling of {AdapterConfig.HfName(t)} would have to scale its bias too; this base has {AdapterConfig.HfName(t)} biases");
     }
 
     public override void WriteConfig(Utf8JsonWriter w, AdapterConfig a)
