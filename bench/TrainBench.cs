@@ -32,7 +32,7 @@ public static class TrainBench
         var methods = new Option<string>("--methods")
         {
             Description = "Methods timed on stories260K (names as in `vkpeft compare`; lora is always the first, the baseline)",
-            DefaultValueFactory = _ => "lora,lora-fa,dora,ia3,adapter,llama-adapter,prompt,prefix",
+            DefaultValueFactory = _ => "lora,lora-fa,dora,ia3,adapter,llama-adapter,prompt,prefix,bias,norm",
         };
         var staged = new Option<bool>("--staged") { Description = "Transfers through staging memory even where device memory is host-mapped (as on a discrete GPU)" };
         var noRing = new Option<bool>("--no-staging-ring") { Description = "A fresh staging buffer and host waits per transfer (the path before the staging ring), for comparison" };
