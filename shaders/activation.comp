@@ -1,5 +1,5 @@
 #version 450
-// activation: y = f(x) for f = ReLU (KIND 0), SiLU x·σ(x) (KIND 1), GELU tanh approximation (KIND 2)
+// activation: y = f(x) for f = ReLU (KIND 0), SiLU x·σ(x) (KIND 1), GELU tanh approximation (KIND 2), tanh (KIND 3)
 // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) evaluated as x·σ(2z); with -DBACKWARD: dx = dy · f′(x).
 // Writes y (may alias x) or dx (may alias dy): each invocation reads its element before writing it.
 #include "common.glsl"
@@ -32,9 +32,26 @@ void sigmoid2(float t, out float s, out float oms)
     oms = t >= 0.0 ? e * s : 1.0 - s;
 }
 
+// tanh from e = exp(−2|x|) ≤ 1: sign(x)·(1 − e)/(1 + e) and tanh′ = 1 − tanh² = 4e/(1 + e)², the latter without the
+// cancellation of 1 − tanh² near ±1 (GLSL's tanh has no stated precision of its own).
+float tanh_value(float v)
+{
+    float e = exp(-2.0 * abs(v));
+    float t = (1.0 - e) / (1.0 + e);
+    return v < 0.0 ? -t : t;
+}
+
+float tanh_derivative(float v)
+{
+    float e = exp(-2.0 * abs(v));
+    float q = 1.0 + e;
+    return 4.0 * e / (q * q);
+}
+
 float forward_value(float v)
 {
     if (KIND == 0) return max(v, 0.0);
+    if (KIND == 3) return tanh_value(v);
     float s, oms;
     if (KIND == 1) { sigmoid2(v, s, oms); return v * s; }
     float z2 = 2.0 * GELU_C * (v + GELU_A * v * v * v);
@@ -45,6 +62,7 @@ float forward_value(float v)
 float derivative(float v)
 {
     if (KIND == 0) return v > 0.0 ? 1.0 : 0.0;
+    if (KIND == 3) return tanh_derivative(v);
     float s, oms;
     if (KIND == 1) { sigmoid2(v, s, oms); return s + v * s * oms; }         // σ·(1 + x·(1 − σ))
     float z2 = 2.0 * GELU_C * (v + GELU_A * v * v * v);

@@ -1,4 +1,4 @@
-// Elementwise activations for adapters (ReLU, SiLU, GELU-tanh) and their input gradients; split-aware.
+// Elementwise activations for adapters (ReLU, SiLU, GELU-tanh, tanh) and their input gradients; split-aware.
 using System.Runtime.InteropServices;
 using VkPeft.Runtime.Commands;
 using VkPeft.Runtime.Tensors;
@@ -8,8 +8,9 @@ namespace VkPeft.Runtime.Kernels;
 /// <summary>
 /// ReLU: max(x, 0), f′ = 1 for x &gt; 0 else 0. SiLU: x·σ(x). GELU: the tanh approximation
 /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (PyTorch approximate="tanh"), computed as x·σ(2z) with the same value.
+/// Tanh: tanh x, f′ = 1 − tanh² x (prefix tuning's projection MLP).
 /// </summary>
-public enum ActivationKind { Relu, Silu, Gelu }
+public enum ActivationKind { Relu, Silu, Gelu, Tanh }
 
 public static class Activation
 {
@@ -54,6 +55,7 @@ public static class Activation
         ActivationKind.Relu => 0,
         ActivationKind.Silu => 1,
         ActivationKind.Gelu => 2,
+        ActivationKind.Tanh => 3,
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "unknown activation"),
     };
 }

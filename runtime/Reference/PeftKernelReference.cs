@@ -124,12 +124,13 @@ public static class PeftKernelReference
         ActivationKind.Relu => Math.Max(x, 0),
         ActivationKind.Silu => x * Sigmoid(x),
         ActivationKind.Gelu => x * Sigmoid(GeluExponent(x)),
+        ActivationKind.Tanh => Math.Tanh(x),
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
     /// <summary>
     /// f′(x): ReLU 1 for x &gt; 0 else 0; SiLU σ·(1 + x·(1 − σ)); GELU ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)
-    /// with t = tanh z, evaluated as s + x·s·(1 − s)·2√(2/π)(1 + 3·0.044715x²), s = σ(2z).
+    /// with t = tanh z, evaluated as s + x·s·(1 − s)·2√(2/π)(1 + 3·0.044715x²), s = σ(2z); tanh 1 − tanh² x.
     /// </summary>
     public static double ActivationDerivative(ActivationKind kind, double x)
     {
@@ -141,6 +142,9 @@ public static class PeftKernelReference
             case ActivationKind.Gelu:
                 double a = GeluExponent(x), s = Sigmoid(a);
                 return s + x * s * Sigmoid(-a) * 2 * GeluC * (1 + 3 * GeluA * x * x);
+            case ActivationKind.Tanh:
+                double e = Math.Exp(-2 * Math.Abs(x));
+                return 4 * e / ((1 + e) * (1 + e));   // 1 − tanh², without its cancellation near ±1
             default: throw new ArgumentOutOfRangeException(nameof(kind));
         }
     }

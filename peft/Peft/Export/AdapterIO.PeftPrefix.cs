@@ -2,7 +2,8 @@
 // save_pretrained writes them after PEFT's grouped-query rewrite (token_dim = head_dim·kv_heads, num_attention_heads =
 // kv_heads), and prompt_embeddings [n, num_layers·2·token_dim]: the flat index ((2ℓ + kv)·H + h)·d + j of a row holds
 // layer ℓ's key (kv = 0) or value (kv = 1) of head h, keys in rotate-half order within each head as Hugging Face caches
-// them. A folder trained with prefix_projection holds the computed prefix too, so it loads the same way.
+// them. A folder trained with prefix_projection holds the computed prefix too, so it loads the same way; vkpeft saves a
+// projection-trained adapter the same way, the MLP's output computed here in float64 and rounded once.
 using System.Text.Json;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
@@ -24,6 +25,44 @@ public static partial class AdapterIO
         return result;
     }
 
+    /// <summary>
+    /// Layer <paramref name="layer"/>'s keys and values [n, kv_dim] of a prefix adapter: its stored tensors, or with the
+    /// projection the MLP's output tanh(E·W1ᵀ + b1)·W2ᵀ + b2 for the layer's row blocks of W2 and b2 (float64, rounded once).
+    /// </summary>
+    public static (float[] Keys, float[] Values) PrefixKeysAndValues(AdapterWeights adapter, LlamaConfig c, int layer)
+    {
+        var s = PrefixMethod.Settings(adapter.Config);
+        if (!s.Projection) return (adapter.Tensors[PrefixMethod.KeysName(layer)].Data, adapter.Tensors[PrefixMethod.ValuesName(layer)].Data);
+        int n = s.VirtualTokens, t = c.KvDim, hidden = s.Hidden(c);
+        var e = adapter.Tensors[PrefixMethod.EmbeddingName].Data;    // [n, t]
+        var w1 = adapter.Tensors[PrefixMethod.HiddenWeightName].Data; // [hidden, t]
+        var b1 = adapter.Tensors[PrefixMethod.HiddenBiasName].Data;   // [hidden]
+        var w2 = adapter.Tensors[PrefixMethod.OutputWeightName].Data; // [2L·t, hidden]
+        var b2 = adapter.Tensors[PrefixMethod.OutputBiasName].Data;   // [2L, t]
+        var h = new double[n * hidden];                                // [n, hidden]
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < hidden; j++)
+            {
+                double z = b1[j];
+                for (int i = 0; i < t; i++) z += (double)e[r * t + i] * w1[j * t + i];
+                h[r * hidden + j] = Math.Tanh(z);
+            }
+        float[] Block(int block)
+        {
+            var y = new float[n * t];   // [n, t]
+            for (int r = 0; r < n; r++)
+                for (int o = 0; o < t; o++)
+                {
+                    long row = ((long)block * t + o) * hidden;
+                    double acc = b2[block * t + o];
+                    for (int j = 0; j < hidden; j++) acc += h[r * hidden + j] * w2[row + j];
+                    y[r * t + o] = (float)acc;
+                }
+            return y;
+        }
+        return (Block(2 * layer), Block(2 * layer + 1));
+    }
+
     private static ExportReport SavePeftPrefix(string dir, AdapterWeights adapter, LlamaConfig c, bool force, string dtype)
     {
         AdapterMerge.Validate(adapter, c, "adapter");
@@ -31,8 +70,8 @@ public static partial class AdapterIO
         var packed = new float[(long)n * width];   // [n, num_layers·2·kv_dim]
         for (int l = 0; l < c.NLayers; l++)
         {
-            var keys = PrefixKeyColumns(adapter.Tensors[PrefixMethod.KeysName(l)].Data, c, c.RopeLayout, RopeLayout.RotateHalf);
-            var values = adapter.Tensors[PrefixMethod.ValuesName(l)].Data;
+            var (rawKeys, values) = PrefixKeysAndValues(adapter, c, l);
+            var keys = PrefixKeyColumns(rawKeys, c, c.RopeLayout, RopeLayout.RotateHalf);
             for (int t = 0; t < n; t++)
             {
                 Array.Copy(keys, t * c.KvDim, packed, (long)t * width + 2 * l * c.KvDim, c.KvDim);
@@ -52,7 +91,8 @@ public static partial class AdapterIO
             w.WriteStartObject();
             w.WriteNull("auto_mapping");
             w.WriteString("base_model_name_or_path", PeftBaseModelName(cfg.BaseModel));
-            w.WriteNumber("encoder_hidden_size", c.KvDim);
+            var s = PrefixMethod.Settings(cfg);
+            w.WriteNumber("encoder_hidden_size", s.Projection ? s.Hidden(c) : c.KvDim);
             w.WriteBoolean("inference_mode", true);
             w.WriteNull("init_weights");
             w.WriteNull("modules_to_save");
@@ -61,7 +101,7 @@ public static partial class AdapterIO
             w.WriteNumber("num_transformer_submodules", 1);
             w.WriteNumber("num_virtual_tokens", PrefixMethod.Settings(cfg).VirtualTokens);
             w.WriteString("peft_type", "PREFIX_TUNING");
-            w.WriteBoolean("prefix_projection", false);
+            w.WriteBoolean("prefix_projection", s.Projection);
             w.WriteNull("revision");
             w.WriteString("task_type", "CAUSAL_LM");
             w.WriteNumber("token_dim", c.KvDim);

@@ -171,6 +171,7 @@ public sealed class PeftOpsTests(GpuFixture gpu, ITestOutputHelper log)
     internal static (double Forward, double Derivative) ActivationBounds(ActivationKind kind, double x)
     {
         if (kind == ActivationKind.Relu) return (0, 0);
+        if (kind == ActivationKind.Tanh) return TanhBounds(x);
         bool gelu = kind == ActivationKind.Gelu;
         double a = gelu ? 2 * R.GeluC * (x + R.GeluA * x * x * x) : x;
         double dA = gelu ? 2 * R.GeluC * (1 + 3 * R.GeluA * x * x) : 1;
@@ -182,6 +183,22 @@ public sealed class PeftOpsTests(GpuFixture gpu, ITestOutputHelper log)
         double t1 = s, t2 = Math.Abs(x * s * oms * dA);
         double forward = (eS + 1) * U * f + 1e-30;
         double derivative = (eS * t1 + (eS + eOms + 3 + (gelu ? 6 : 0)) * t2 + (t1 + t2)) * U + 1e-30;
+        return (forward, derivative);
+    }
+
+    /// <summary>
+    /// tanh as the shader forms it: e = exp(−2|x|) (the doubling exact; exp within 3 + 2·2|x| ulp), t = (1 − e)/(1 + e)
+    /// and f′ = 4e/(1 + e)². The numerator carries e's error plus one rounding (absolute: near x = 0, where 1 − e is exact
+    /// but small, the error is e's, ~1.5 ulp of 1 — the bound is absolute there, not relative to t), the denominator e's
+    /// error over 1 + e plus one rounding, the division 2.5 ulp; f′ adds e's error, twice (1 + e)'s, one product and the
+    /// division. Each term bounded separately, plus one ulp of slack.
+    /// </summary>
+    private static (double Forward, double Derivative) TanhBounds(double x)
+    {
+        double a = 2 * Math.Abs(x), e = Math.Exp(-a), t = Math.Abs(Math.Tanh(x));
+        double eExp = 3 + 2 * a, eQ = eExp * e / (1 + e) + 1;
+        double forward = ((eExp * e + (1 - e)) / (1 + e) + t * (eQ + 3.5)) * U + 1e-30;
+        double derivative = (eExp + 2 * eQ + 4.5) * U * R.ActivationDerivative(ActivationKind.Tanh, x) + 1e-30;
         return (forward, derivative);
     }
 

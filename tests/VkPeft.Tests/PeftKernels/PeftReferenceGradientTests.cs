@@ -37,6 +37,7 @@ public sealed class PeftReferenceGradientTests
     [InlineData(ActivationKind.Relu)]
     [InlineData(ActivationKind.Silu)]
     [InlineData(ActivationKind.Gelu)]
+    [InlineData(ActivationKind.Tanh)]
     public void ActivationBackwardIsTheGradient(ActivationKind kind)
     {
         var x = Rand(41, 1, 3);

@@ -1,21 +1,31 @@
 // Prefix tuning's device runtime: the joined attention-prefix hook. Each layer's learned keys and values [n, kv_dim]
 // overwrite the prefix rows of the layer's keys and values (AttentionPrefixRows); the backward adds each sequence's
-// ∂keys and ∂values of those rows to the gradients, in sequence order. No hook around any linear or block.
+// ∂keys and ∂values of those rows to the gradients, in sequence order. With --prefix-projection the prefix is the
+// projection MLP's output (PrefixProjection), computed when layer 0 asks for it — once per forward, so once per prompt
+// during generation — and the backward chains through the MLP. No hook around any linear or block.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Methods.Prefix;
 
 public sealed class PrefixRuntime : ITrainableAdapter, IAttentionPrefixHook, IDisposable
 {
-    private readonly TrainableTensor[] _keys, _values;   // per layer [n, kv_dim]
+    private readonly TrainableTensor[] _keys = [], _values = [];   // per layer [n, kv_dim]; none with the projection
+    private readonly PrefixProjection? _projection;
 
-    public PrefixRuntime(LlamaConfig c, AdapterConfig a, TrainableParameters p)
+    public PrefixRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p)
     {
-        PrefixLength = PrefixMethod.Settings(a).VirtualTokens;
+        var s = PrefixMethod.Settings(a);
+        PrefixLength = s.VirtualTokens;
+        if (s.Projection)
+        {
+            _projection = new PrefixProjection(ctx, c, s, p);
+            return;
+        }
         _keys = [.. Enumerable.Range(0, c.NLayers).Select(l => p.ByName[PrefixMethod.KeysName(l)])];
         _values = [.. Enumerable.Range(0, c.NLayers).Select(l => p.ByName[PrefixMethod.ValuesName(l)])];
     }
@@ -32,10 +42,21 @@ public sealed class PrefixRuntime : ITrainableAdapter, IAttentionPrefixHook, IDi
 
     public bool Gated => false;
 
-    public (DeviceTensor Keys, DeviceTensor Values, DeviceTensor? Gate) Prefix(int layer) => (_keys[layer].Param, _values[layer].Param, null);
+    public (DeviceTensor Keys, DeviceTensor Values, DeviceTensor? Gate) Prefix(int layer)
+    {
+        if (_projection is null) return (_keys[layer].Param, _values[layer].Param, null);
+        if (layer == 0) _projection.Forward();
+        var (keys, values) = _projection.Prefix(layer);
+        return (keys, values, null);
+    }
 
     public void PrefixBackward(int layer, DeviceTensor dKeys, DeviceTensor dValues, DeviceTensor? dGate)
     {
+        if (_projection is not null)
+        {
+            _projection.Backward(layer, dKeys, dValues);
+            return;
+        }
         Accumulate(_keys[layer], dKeys);
         Accumulate(_values[layer], dValues);
     }
@@ -46,5 +67,5 @@ public sealed class PrefixRuntime : ITrainableAdapter, IAttentionPrefixHook, IDi
         BasicOps.Add(grad, d, grad);
     }
 
-    public void Dispose() { }
+    public void Dispose() => _projection?.Dispose();
 }
