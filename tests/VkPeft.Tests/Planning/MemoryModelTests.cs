@@ -22,7 +22,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     };
 
     public static TheoryData<string> Cases => ["stories260K", "qalora-int4", "lora-nf4-untied", "offload-nf4-embeddings", "ia3-nf4", "lora-fa-nf4", "llama-adapter-nf4",
-        "prompt-nf4", "prefix-nf4", "dora-nf4", "bias-nf4", "norm-nf4"];
+        "prompt-nf4", "prefix-nf4", "prefix-projection-nf4", "dora-nf4", "bias-nf4", "norm-nf4"];
 
     private static (TrainSetup Setup, LlamaWeights Weights) Case(string name) => name switch
     {
@@ -68,6 +68,12 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         {
             Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("prefix"), Targets = [],
             Settings = new VkPeft.Peft.Methods.Prefix.PrefixSettings(5), Batch = 2, SeqLen = 24, Checkpointing = true, LogitRows = 16,
+        }),
+        // With the projection MLP (hidden 40): its tensors are the trainable ones, its scratch and computed prefix workspace.
+        "prefix-projection-nf4" => Random(new TrainSetup
+        {
+            Config = Small(96, 256, 3, 6, 3, 1000, false), Method = PeftMethods.Get("prefix"), Targets = [],
+            Settings = new VkPeft.Peft.Methods.Prefix.PrefixSettings(5, Projection: true, HiddenSize: 40), Batch = 2, SeqLen = 24, Checkpointing = false, LogitRows = 16,
         }),
         "llama-adapter-nf4" => Random(new TrainSetup
         {

@@ -1,5 +1,5 @@
 // Prompt tuning end to end on the pretrained stories260K: the recipe lowers held-out loss on a distinctive pattern;
-// resume with gradient accumulation and checkpointing is bit-exact; the PEFT PROMPT_TUNING folder round-trips and a config
+// resume with gradient accumulation and checkpointing is bit-exact (prefix tuning with and without the projection MLP); the PEFT PROMPT_TUNING folder round-trips and a config
 // that disagrees with the model is refused naming the file and field; through the commands: train, eval and generate
 // with --adapter, export to PEFT, and the refusals (merged and GGUF exports, zero virtual tokens).
 using System.Globalization;
@@ -34,8 +34,13 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
         EvalFraction = 0.15,
         Adapter = new AdapterConfig
         {
-            Method = PeftMethods.Get(method), Targets = [], BaseQuant = BaseQuant.Parse("nf4-dq"), BaseModel = Model,
-            Settings = method == "prompt" ? new PromptSettings(virtualTokens, PromptInit.Vocab) : new PrefixSettings(virtualTokens),
+            Method = PeftMethods.Get(method == "prefix-projection" ? "prefix" : method), Targets = [], BaseQuant = BaseQuant.Parse("nf4-dq"), BaseModel = Model,
+            Settings = method switch
+            {
+                "prompt" => new PromptSettings(virtualTokens, PromptInit.Vocab),
+                "prefix-projection" => new PrefixSettings(virtualTokens, Projection: true, HiddenSize: 12),
+                _ => new PrefixSettings(virtualTokens),
+            },
         },
         Quant = BaseQuant.Parse("nf4-dq"),
         Steps = steps,
@@ -79,6 +84,7 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
     [Theory]
     [InlineData("prompt")]
     [InlineData("prefix")]
+    [InlineData("prefix-projection")]   // the MLP and the embedding are what is saved and resumed
     public void ResumeWithAccumulationAndCheckpointingIsBitExact(string method)
     {
         var a = Path.Combine(_dir, "straight");
