@@ -1,6 +1,7 @@
 // Prefix tuning through PEFT's reparameterization (--prefix-projection) on the device: float64 central differences of
 // the loss against every MLP tensor and the virtual-token embedding (grouped-query tiny model, NF4+DQ base, checkpointing
-// on and off), the prefix a PEFT folder holds equal to the device MLP's output, and the option errors.
+// on and off), greedy generation against the reference, the prefix a PEFT folder holds equal to the device MLP's
+// output, and the option errors.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
@@ -89,6 +90,28 @@ public sealed class PrefixProjectionTests(GpuFixture gpu)
         foreach (var (name, t) in p.ByName) FiniteDifference.AssertGradient(name, t.Grad!, host[name], Loss);
     }
 
+    // Generation: the MLP runs once, at the prompt's prefill, and its prefix stays in the KV cache for later tokens.
+    // Greedy continuation on an fp32 base against the float64 reference fed the float64 MLP's prefix.
+    [Fact]
+    public void GenerationComputesThePrefixOnceAndMatchesTheReference()
+    {
+        var (c, w) = TinyModels.Random(31);
+        const int n = 4, hidden = 6;
+        var cfg = Config(n, hidden) with { BaseQuant = BaseQuant.None };
+        using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
+        using var p = new TrainableParameters(Ctx, withOptimizer: false);
+        cfg.Method.Initialize(p, c, cfg, seed: 5);
+        var host = p.ByName.ToDictionary(kv => kv.Key, kv => kv.Value.Param.ToArray<float>().Select(x => (double)x).ToArray());
+        var reference = new ReferenceForward(c, w)
+        {
+            AttentionPrefix = l => (ReferencePrefix(host, c, n, hidden, l, 0), ReferencePrefix(host, c, n, hidden, l, 1), null),
+        };
+        using var runtime = (PrefixRuntime)cfg.Method.CreateRuntime(Ctx, c, cfg, p, maxRows: 20);
+        using var runner = new LlamaRunner(model, 1, 20, kvCache: true, adapter: runtime);
+        var generated = new Generator(runner).Generate([1, 5, 9], 12, new SamplingOptions());
+        Assert.Equal(reference.GenerateGreedy([1, 5, 9], 12), generated);
+    }
+
     // The PEFT folder holds the computed prefix: its keys and values (back in the model's RoPE layout) equal the device
     // MLP's output to fp32 matmul rounding (the host computes in float64 and rounds once; entries of order 1, sums of 16
     // and 5 products: 1e-5 absolute). The saved config says prefix_projection true with the hidden width.
@@ -132,6 +155,18 @@ public sealed class PrefixProjectionTests(GpuFixture gpu)
     {
         var cfg = Config(4, hidden) with { Settings = new PrefixSettings(4, projection, hidden) };
         var e = Assert.Throws<FormatException>(() => cfg.Method.ValidateOptions(cfg, cfg.BaseQuant));
+        Assert.Equal(message, e.Message);
+    }
+
+    // An adapter file's fields: a hidden width of 0, or one without the projection, named with the file and field.
+    [Theory]
+    [InlineData(true, 0, "adapter.json: encoder_hidden_size: must be ≥ 1, got 0")]
+    [InlineData(false, 8, "adapter.json: encoder_hidden_size: is set but prefix_projection is false")]
+    public void BadAdapterFieldsNameTheFileAndField(bool projection, int hidden, string message)
+    {
+        var (c, _) = TinyModels.Random(3);
+        var cfg = Config(4, hidden) with { Settings = new PrefixSettings(4, projection, hidden) };
+        var e = Assert.Throws<VkPeft.Peft.Formats.ModelFormatException>(() => cfg.Method.ValidateConfig(cfg, c, "adapter.json"));
         Assert.Equal(message, e.Message);
     }
 }
