@@ -23,15 +23,22 @@ public static class AttentionPrefixRows
         }
     }
 
+    /// <summary>Hands each sequence's prefix rows of dK, dV [batch·seqLen, kv_dim] to <see cref="IAttentionPrefixHook.PrefixBackward"/>, in order.</summary>
+    public static void PerSequenceBackward(IAttentionPrefixHook hook, int layer, DeviceTensor dK, DeviceTensor dV, int batch, int seqLen)
+    {
+        int p = hook.PrefixLength;
+        for (int b = 0; b < batch; b++)
+            hook.PrefixBackward(layer, dK.RowsView((long)b * seqLen, p), dV.RowsView((long)b * seqLen, p), null);
+    }
+
     /// <summary>
-    /// Hands each sequence's prefix rows of dK, dV [batch·seqLen, kv_dim] (before the inverse RoPE) to the hook, then
+    /// Hands the batch's prefix rows of dK, dV [batch·seqLen, kv_dim] (before the inverse RoPE) to the hook, then
     /// zeroes them: the placeholder rows' own projections get no gradient.
     /// </summary>
     public static void Backward(IAttentionPrefixHook hook, int layer, DeviceTensor dK, DeviceTensor dV, int batch, int seqLen)
     {
         int p = hook.PrefixLength;
-        for (int b = 0; b < batch; b++)
-            hook.PrefixBackward(layer, dK.RowsView((long)b * seqLen, p), dV.RowsView((long)b * seqLen, p), null);
+        hook.PrefixBackwardBatch(layer, dK, dV, batch, seqLen);
         for (int b = 0; b < batch; b++)
         {
             BasicOps.Fill(dK.RowsView((long)b * seqLen, p), 0);

@@ -22,6 +22,14 @@ public interface IAttentionPrefixHook
 
     /// <summary>Accumulates ∂loss/∂keys, ∂loss/∂values [P, kv_dim] and ∂loss/∂gate [n_heads] into the method's gradients.</summary>
     void PrefixBackward(int layer, DeviceTensor dKeys, DeviceTensor dValues, DeviceTensor? dGate);
+
+    /// <summary>
+    /// The joined prefix's backward for a whole batch: the first P rows of each sequence of dK, dV [batch·seqLen,
+    /// kv_dim] are that sequence's ∂keys and ∂values. By default <see cref="PrefixBackward"/> per sequence, in order; a
+    /// method whose backward is costly per call (the projection MLP) sums the batch first.
+    /// </summary>
+    void PrefixBackwardBatch(int layer, DeviceTensor dK, DeviceTensor dV, int batch, int seqLen) =>
+        AttentionPrefixRows.PerSequenceBackward(this, layer, dK, dV, batch, seqLen);
 }
 
 /// <summary>Virtual tokens: P embedding rows placed before each sequence's token embeddings.</summary>

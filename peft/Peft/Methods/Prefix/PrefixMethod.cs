@@ -142,14 +142,14 @@ public sealed class PrefixMethod : PeftMethod
     /// <summary>The prefix rides in n extra rows per sequence (see AttentionPrefixRows), counted by the memory model as rows.</summary>
     public override int ExtraRowsPerSequence(TrainSetup s) => Settings(ConfigFor(s)).VirtualTokens;
 
-    /// <summary>The projection's scratch: pre-activation, tanh output and their gradients [n, hidden], the computed prefix [2·num_layers, n, kv_dim].</summary>
+    /// <summary>The projection's scratch: pre-activation, tanh output and their gradients [n, hidden], the computed prefix [2·num_layers, n, kv_dim] and the batch's ∂keys and ∂values sums [2, n, kv_dim].</summary>
     public override IEnumerable<MethodMemoryTerm> WorkspaceTerms(TrainSetup s, long rows)
     {
         var settings = Settings(ConfigFor(s));
         if (!settings.Projection) yield break;
         long n = settings.VirtualTokens, hidden = settings.Hidden(s.Config);
         yield return new MethodMemoryTerm("prefix projection hidden", MemoryCategory.Workspace, 4 * 4 * n * hidden);
-        yield return new MethodMemoryTerm("prefix projection output", MemoryCategory.Workspace, 4 * 2L * s.Config.NLayers * n * s.Config.KvDim);
+        yield return new MethodMemoryTerm("prefix projection output and gradient sums", MemoryCategory.Workspace, 4 * 2L * (s.Config.NLayers + 1) * n * s.Config.KvDim);
     }
 
     public override AdapterConfig ConfigFor(TrainSetup s) => base.ConfigFor(s) with

@@ -2,8 +2,8 @@
 // embedding E [n, token_dim], Z = E·W1ᵀ + b1, H = tanh Z [n, hidden], and per layer ℓ the keys H·W2[2ℓ·t…]ᵀ + b2[2ℓ] and
 // values H·W2[(2ℓ+1)·t…]ᵀ + b2[2ℓ+1] [n, token_dim] (t = token_dim, the K/V width) — the row blocks of PEFT's second
 // linear in its prompt_embeddings packing. Forward computes every layer's prefix once (before layer 0 reads it); the
-// backward of one sequence's ∂keys and ∂values at one layer chains straight through the MLP into every tensor's gradient
-// (the map from ∂prefix to parameter gradients is linear, so per-call chaining sums to the batch's gradient).
+// backward of one layer's ∂keys and ∂values (a batch's, summed by the runtime) chains straight through the MLP into every
+// tensor's gradient (the map from ∂prefix to parameter gradients is linear, so per-layer chaining sums to the step's).
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
@@ -19,6 +19,7 @@ public sealed class PrefixProjection : IDisposable
     private readonly TrainableTensor _embedding, _w1, _b1, _w2, _b2;   // [n, t], [hidden, t], [hidden], [2L·t, hidden], [2L, t]
     private readonly DeviceTensor _z, _h, _dh, _dz;                     // [n, hidden]
     private readonly DeviceTensor[] _keys, _values;                     // per layer [n, t]
+    private readonly DeviceTensor _dKeySum, _dValueSum;                 // [n, t]
     private readonly IReadOnlyList<IDisposable> _owned;
 
     public PrefixProjection(VulkanContext ctx, LlamaConfig c, PrefixSettings s, TrainableParameters p)
@@ -46,11 +47,16 @@ public sealed class PrefixProjection : IDisposable
         _dz = Create("prefix.projection.dz", n, hidden);
         _keys = [.. Enumerable.Range(0, c.NLayers).Select(l => Create($"prefix.projection.keys.{l}", n, c.KvDim))];
         _values = [.. Enumerable.Range(0, c.NLayers).Select(l => Create($"prefix.projection.values.{l}", n, c.KvDim))];
+        _dKeySum = Create("prefix.projection.dkeys", n, c.KvDim);
+        _dValueSum = Create("prefix.projection.dvalues", n, c.KvDim);
         _owned = scope.Keep();
     }
 
     /// <summary>Layer <paramref name="layer"/>'s computed keys and values [n, token_dim] (after <see cref="Forward"/>).</summary>
     public (DeviceTensor Keys, DeviceTensor Values) Prefix(int layer) => (_keys[layer], _values[layer]);
+
+    /// <summary>Scratch [n, token_dim] where the runtime sums a batch's ∂keys and ∂values before <see cref="Backward"/>.</summary>
+    public (DeviceTensor Keys, DeviceTensor Values) GradientSums => (_dKeySum, _dValueSum);
 
     private DeviceTensor OutputWeight(int block) => _w2.Param.RowsView((long)block * _kvDim, _kvDim);   // [t, hidden]
 

@@ -50,6 +50,25 @@ public sealed class PrefixRuntime : ITrainableAdapter, IAttentionPrefixHook, IDi
         return (keys, values, null);
     }
 
+    /// <summary>With the projection: the batch's ∂keys and ∂values summed in sequence order, then one pass through the MLP.</summary>
+    public void PrefixBackwardBatch(int layer, DeviceTensor dK, DeviceTensor dV, int batch, int seqLen)
+    {
+        if (_projection is null)
+        {
+            AttentionPrefixRows.PerSequenceBackward(this, layer, dK, dV, batch, seqLen);
+            return;
+        }
+        var (sumK, sumV) = _projection.GradientSums;
+        BasicOps.Copy(dK.RowsView(0, PrefixLength), sumK);
+        BasicOps.Copy(dV.RowsView(0, PrefixLength), sumV);
+        for (int b = 1; b < batch; b++)
+        {
+            BasicOps.Add(sumK, dK.RowsView((long)b * seqLen, PrefixLength), sumK);
+            BasicOps.Add(sumV, dV.RowsView((long)b * seqLen, PrefixLength), sumV);
+        }
+        _projection.Backward(layer, sumK, sumV);
+    }
+
     public void PrefixBackward(int layer, DeviceTensor dKeys, DeviceTensor dValues, DeviceTensor? dGate)
     {
         if (_projection is not null)
