@@ -2,6 +2,9 @@
 // over all rows together; attention runs per sequence against its cache; each adapter's hooks run on the rows of its
 // own sequences (rows are grouped by adapter, so a group is one contiguous row range). Rows without an adapter skip
 // the hooks. The arithmetic per row is the single-sequence generation path's (DecoderLayer.Forward with a KV cache).
+// A sequence whose adapter adds P rows before it (VirtualTokenRows: prompt tuning's virtual tokens, prefix tuning's
+// prefix) starts at position 0 with those P rows: their embeddings are the virtual tokens (zeros for a prefix), and for a
+// prefix every layer overwrites their keys and values in the sequence's cache with its own — held once, as generate does.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Runtime.Kernels;
@@ -81,6 +84,7 @@ public sealed class MixedBatchForward : IDisposable
         Ids.RowsView(0, rows).Upload<int>(ids);
         var x = X.RowsView(0, rows);
         Model.EmbedTokens(Ids.RowsView(0, rows), x);
+        foreach (var seg in segments) WriteExtraRows(seg, x);
         var groups = Groups(segments);
         _pooled = LoraPool?.SetRows(segments, rows) ?? false;
         for (int l = 0; l < Model.Layers.Length; l++) Layer(l, x, rows, segments, groups);
@@ -97,6 +101,19 @@ public sealed class MixedBatchForward : IDisposable
         return Logits.RowsView(0, segments.Count);
     }
 
+    /// <summary>P rows the segment's adapter puts first in its prefill (position 0), else 0.</summary>
+    private static int ExtraRowsOf(BatchSegment seg) => seg.Position == 0 ? VirtualTokenRows.ExtraRows(seg.Adapter) : 0;
+
+    /// <summary>The embeddings of a prefilling segment's extra rows: the virtual tokens, or zeros under a prefix (as LlamaRunner).</summary>
+    private static void WriteExtraRows(BatchSegment seg, DeviceTensor x)
+    {
+        int p = ExtraRowsOf(seg);
+        if (p == 0) return;
+        var rows = x.RowsView(seg.Start, p);
+        if (seg.Adapter!.InputEmbedding is { } prompt) BasicOps.Copy(prompt.Embeddings, rows);
+        else BasicOps.Fill(rows, 0);
+    }
+
     private void Check(int rows, IReadOnlyList<BatchSegment> segments)
     {
         if (rows > MaxRows) throw new ArgumentException($"{rows} rows exceed the step's {MaxRows}");
@@ -107,6 +124,8 @@ public sealed class MixedBatchForward : IDisposable
             if (s.Start != next || s.Count <= 0) throw new ArgumentException("segments must cover the rows in order");
             if (s.Slot < 0 || s.Slot >= Slots) throw new ArgumentException($"slot {s.Slot} out of range");
             if (s.Position + s.Count > MaxContext) throw new ArgumentException($"sequence of {s.Position + s.Count} tokens exceeds the {MaxContext}-token context");
+            if (s.Position == 0 && s.Count <= VirtualTokenRows.ExtraRows(s.Adapter))
+                throw new ArgumentException($"a prefill needs its adapter's {VirtualTokenRows.ExtraRows(s.Adapter)} extra rows and at least one token");
             next += s.Count;
         }
         if (next != rows) throw new ArgumentException("segments must cover every row");
@@ -139,8 +158,8 @@ public sealed class MixedBatchForward : IDisposable
         var (h1, q, k, v, o, h2, g, u, sw, z) = (R(s.H1), R(s.Q), R(s.K), R(s.V), R(s.O), R(s.H2), R(s.G), R(s.U), R(s.S), R(s.Z));
         float eps = (float)c.RmsNormEps;
         foreach (var gr in groups)
-            if (gr.Adapter?.AttentionPrefix != null || gr.Adapter?.InputEmbedding != null)
-                throw new NotSupportedException("adapters with attention prefixes or virtual tokens are not served on the device yet");
+            if (gr.Adapter?.AttentionPrefix is { Gated: true })
+                throw new NotSupportedException("a gated attention prefix needs its own softmax in the attention kernel, which the device runtime does not have yet");
 
         RmsNorm.Forward(x, layer.AttnNorm, h1, eps);
         Linear(l, TargetModule.Q, layer.Wq, h1, q, layer.Bq, groups);
@@ -156,6 +175,9 @@ public sealed class MixedBatchForward : IDisposable
             // Keys go into the cache rotated; values are copied as they are.
             Rope.Apply(k.RowsView(seg.Start, seg.Count), kCache.RowsView(seg.Position, seg.Count), Model.InvFreq, c.HeadDim, Model.Pairing, seg.Position, seg.Count);
             BasicOps.Copy(v.RowsView(seg.Start, seg.Count), vCache.RowsView(seg.Position, seg.Count));
+            // A prefix replaces its rows' keys (never rotated) and values, as AttentionPrefixRows.Write does in generate.
+            if (seg.Adapter?.AttentionPrefix is { Gated: false } prefix && ExtraRowsOf(seg) > 0)
+                AttentionPrefixRows.Write(prefix, l, kCache.RowsView(0, prefix.PrefixLength), vCache.RowsView(0, prefix.PrefixLength), 1, prefix.PrefixLength);
             var lse = lseAll.RowsView((long)seg.Start * c.NHeads, (long)seg.Count * c.NHeads).Reshape(1, c.NHeads, seg.Count);
             int keys = seg.Position + seg.Count;
             Attention.Forward(qs, kCache.RowsView(0, keys), vCache.RowsView(0, keys), o.RowsView(seg.Start, seg.Count), lse, 1, seg.Count, seg.Position,
