@@ -1,7 +1,8 @@
 // A running `vkpeft serve` for the serve tests: stories260K on an NF4+DQ base with two random LoRA adapters and a
 // Houlsby bottleneck adapter (block hooks: the rows that take the other residual path), a LLaMA-Adapter
 // (gated prompt attention), a soft prompt (virtual tokens) and an attention prefix (rows of their own in each sequence's
-// KV cache), on an ephemeral loopback port,
+// KV cache), a DoRA adapter (row norms of the base) and bias and norm tuning (tuned RMSNorm weights), on an ephemeral
+// loopback port,
 // and the greedy continuations the single-sequence generation path (what `vkpeft generate --temperature 0` runs)
 // gives for every model and prompt, computed before the server takes the device.
 using System.Net.Http.Json;
@@ -11,6 +12,8 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.BiasNorm;
+using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Prefix;
 using VkPeft.Peft.Methods.Prompt;
@@ -56,6 +59,9 @@ public sealed class ServeFixture : IAsyncLifetime
         Adapters["prompted"] = Save("prompted", RandomLlamaAdapter(host.Config));
         Adapters["soft-prompt"] = Save("soft-prompt", SoftPrompt(host, "Tom saw a big red ball in the sun"));
         Adapters["prefix"] = Save("prefix", RandomAdapter(host.Config, "prefix", new PrefixSettings(PrefixRows), seed: 80));
+        Adapters["dora"] = Save("dora", RandomDora(host.Config));
+        Adapters["bias-norm"] = Save("bias-norm", RandomAdapter(host.Config, "bias", new BiasNormSettings(Norms: true), seed: 100, std: 0.3f,
+            targets: Enum.GetValues<TargetModule>()));
         _ctx = new VulkanContext(GpuFixture.Options());
         _model = DeviceLlama.Load(_ctx, host.Config, host.Weights, Quant);
         foreach (var prompt in Prompts)
@@ -87,16 +93,30 @@ public sealed class ServeFixture : IAsyncLifetime
         return a;
     }
 
-    /// <summary>An adapter of a method without target modules whose every tensor is N(0, 1).</summary>
-    private static AdapterWeights RandomAdapter(LlamaConfig c, string method, MethodSettings settings, int seed)
+    /// <summary>An adapter (no target modules unless given) whose every tensor is N(0, std²).</summary>
+    private static AdapterWeights RandomAdapter(LlamaConfig c, string method, MethodSettings? settings, int seed, float std = 1, TargetModule[]? targets = null)
     {
         var cfg = new AdapterConfig
         {
-            Method = PeftMethods.Get(method), Targets = [], Settings = settings, BaseQuant = Quant, BaseModel = "stories260K",
+            Method = PeftMethods.Get(method), Targets = targets ?? [], Settings = settings, BaseQuant = Quant, BaseModel = "stories260K",
         };
         var a = new AdapterWeights(cfg);
         foreach (var spec in cfg.Method.Parameters(c, cfg))
-            a.Tensors[spec.Name] = new HostTensor(TestData.Normal((int)spec.Count, seed++), spec.Shape);
+            a.Tensors[spec.Name] = new HostTensor(TestData.Normal((int)spec.Count, seed++, std), spec.Shape);
+        return a;
+    }
+
+    /// <summary>A DoRA adapter: a random LoRA on every linear with magnitudes |1 + N(0, 0.2²)| per output row.</summary>
+    private static AdapterWeights RandomDora(LlamaConfig c)
+    {
+        var a = ExportTestSupport.RandomLora(c, seed: 14, method: PeftMethods.Get("dora"), baseQuant: Quant);
+        int seed = 140;
+        for (int l = 0; l < c.NLayers; l++)
+            foreach (var t in a.Config.Targets)
+            {
+                var m = TestData.Normal(c.LinearShape(t).Out, seed++, 0.2f).Select(x => Math.Abs(1 + x)).ToArray();
+                a.Tensors[DoraMethod.MagnitudeName(l, t)] = new HostTensor(m, [m.Length]);
+            }
         return a;
     }
 
