@@ -2,6 +2,8 @@
 // soon as a slot (and their adapter) is free, have their prompt prefilled in the same step as the other sequences'
 // decode rows, and leave the batch when they stop, reach their limit or are cancelled. Tokens go back to each
 // request through its own channel; sampling is per request (Generator.Sample with the request's seeded generator).
+// A sequence whose adapter adds rows before it (prompt tuning's virtual tokens, prefix tuning's prefix) feeds those P
+// rows first in its prefill step, so its KV cache slot holds them once and its tokens sit at positions P… (as generate).
 using System.Diagnostics;
 using System.Threading.Channels;
 using VkPeft.Peft.Engine;
@@ -10,6 +12,9 @@ namespace VkPeft.Serve;
 
 /// <summary>The queue is full: the caller should retry later (HTTP 503 with Retry-After).</summary>
 public sealed class ServerBusyException(string message) : Exception(message);
+
+/// <summary>The prompt and the adapter's virtual tokens or prefix rows do not fit the context (HTTP 400).</summary>
+public sealed class ContextLengthException(string message) : ArgumentException(message);
 
 /// <summary>One generation: the prompt, its adapter (null = the base), sampling and limits, and the tokens as they come.</summary>
 public sealed class GenerationRequest
@@ -39,16 +44,17 @@ public sealed class GenerationRequest
 
 public sealed class BatchScheduler : IDisposable
 {
-    private sealed class Sequence(GenerationRequest request, int slot, IAdapterRuntime? adapter)
+    private sealed class Sequence(GenerationRequest request, int slot, IAdapterRuntime? adapter, int extraRows)
     {
         public GenerationRequest Request { get; } = request;
         public int Slot { get; } = slot;
         public IAdapterRuntime? Adapter { get; } = adapter;
         public Random Rng { get; } = new(request.Sampling.Seed);
-        public int Position { get; set; }                 // tokens already in the KV cache
-        public int[] Feed { get; set; } = request.Prompt;  // rows of the next step
+        public int Position { get; set; }                 // rows already in the KV cache (the adapter's extra rows first)
+        /// <summary>Rows of the next step: first the adapter's extra rows (placeholder id 0, MixedBatchForward fills them), then the prompt.</summary>
+        public int[] Feed { get; set; } = [.. new int[extraRows], .. request.Prompt];
         public int Generated { get; set; }
-        public int Limit { get; init; }                   // prompt + max tokens, at most the context
+        public int Limit { get; init; }                   // prompt + max tokens, at most the context left after the extra rows
     }
 
     private readonly MixedBatchForward _forward;
@@ -176,16 +182,27 @@ public sealed class BatchScheduler : IDisposable
                 r.Tokens.Writer.TryComplete(e);
                 continue;
             }
-            if (adapter?.AttentionPrefix != null || adapter?.InputEmbedding != null)
+            // Refused alone, before it joins a batch (a failing step would fail every sequence in it).
+            int extra = VirtualTokenRows.ExtraRows(adapter);
+            Exception? refusal = adapter?.AttentionPrefix is { Gated: true }
+                ? new NotSupportedException($"the adapter '{r.Adapter}' needs a gated attention prefix, which the device kernels do not take yet")
+                : r.Prompt.Length + extra >= MaxContext
+                    ? new ContextLengthException($"the prompt has {r.Prompt.Length} tokens and the adapter '{r.Adapter}' puts {extra} rows before them; the context holds {MaxContext}")
+                    : null;
+            bool waits = refusal == null && rows + extra + r.Prompt.Length > _forward.MaxRows;   // its extra rows do not fit this step
+            if (waits || refusal != null)
             {
-                // Refused alone, before it joins a batch (a failing step would fail every sequence in it).
-                _pool.Release(r.Adapter!);
-                r.Tokens.Writer.TryComplete(new NotSupportedException(
-                    $"the adapter '{r.Adapter}' needs attention prefixes or virtual tokens, which the device kernels do not take yet"));
+                if (adapter != null) _pool.Release(r.Adapter!);
+                if (waits)
+                {
+                    lock (_lock) _queue.AddFirst(r);
+                    break;
+                }
+                r.Tokens.Writer.TryComplete(refusal);
                 continue;
             }
-            _active.Add(new Sequence(r, _freeSlots.Pop(), adapter) { Limit = Math.Min(MaxContext, r.Prompt.Length + r.MaxTokens) });
-            rows += r.Prompt.Length;
+            _active.Add(new Sequence(r, _freeSlots.Pop(), adapter, extra) { Limit = Math.Min(MaxContext - extra, r.Prompt.Length + r.MaxTokens) });
+            rows += extra + r.Prompt.Length;
         }
     }
 

@@ -2,8 +2,12 @@
 // over all rows together; attention runs per sequence against its cache; each adapter's hooks run on the rows of its
 // own sequences (rows are grouped by adapter, so a group is one contiguous row range). Rows without an adapter skip
 // the hooks. The arithmetic per row is the single-sequence generation path's (DecoderLayer.Forward with a KV cache).
+// A sequence whose adapter adds P rows before it (VirtualTokenRows: prompt tuning's virtual tokens, prefix tuning's
+// prefix) starts at position 0 with those P rows: their embeddings are the virtual tokens (zeros for a prefix), and for a
+// prefix every layer overwrites their keys and values in the sequence's cache with its own — held once, as generate does.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Models;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
@@ -81,10 +85,12 @@ public sealed class MixedBatchForward : IDisposable
         Ids.RowsView(0, rows).Upload<int>(ids);
         var x = X.RowsView(0, rows);
         Model.EmbedTokens(Ids.RowsView(0, rows), x);
+        foreach (var seg in segments) WriteExtraRows(seg, x);
         var groups = Groups(segments);
+        foreach (var gr in groups) gr.Adapter?.AttachBase(Model);   // DoRA's base row norms (once per adapter and model)
         _pooled = LoraPool?.SetRows(segments, rows) ?? false;
         for (int l = 0; l < Model.Layers.Length; l++) Layer(l, x, rows, segments, groups);
-        RmsNorm.Forward(x, Model.FinalNorm, HFinal.RowsView(0, rows), (float)Model.Config.RmsNormEps);
+        Norm(-1, LlamaTensorKind.FinalNorm, Model.FinalNorm, x, HFinal.RowsView(0, rows), groups);
         // Consecutive one-row segments (decoding sequences) share one classifier call.
         for (int i = 0; i < segments.Count;)
         {
@@ -97,6 +103,19 @@ public sealed class MixedBatchForward : IDisposable
         return Logits.RowsView(0, segments.Count);
     }
 
+    /// <summary>P rows the segment's adapter puts first in its prefill (position 0), else 0.</summary>
+    private static int ExtraRowsOf(BatchSegment seg) => seg.Position == 0 ? VirtualTokenRows.ExtraRows(seg.Adapter) : 0;
+
+    /// <summary>The embeddings of a prefilling segment's extra rows: the virtual tokens, or zeros under a prefix (as LlamaRunner).</summary>
+    private static void WriteExtraRows(BatchSegment seg, DeviceTensor x)
+    {
+        int p = ExtraRowsOf(seg);
+        if (p == 0) return;
+        var rows = x.RowsView(seg.Start, p);
+        if (seg.Adapter!.InputEmbedding is { } prompt) BasicOps.Copy(prompt.Embeddings, rows);
+        else BasicOps.Fill(rows, 0);
+    }
+
     private void Check(int rows, IReadOnlyList<BatchSegment> segments)
     {
         if (rows > MaxRows) throw new ArgumentException($"{rows} rows exceed the step's {MaxRows}");
@@ -107,6 +126,8 @@ public sealed class MixedBatchForward : IDisposable
             if (s.Start != next || s.Count <= 0) throw new ArgumentException("segments must cover the rows in order");
             if (s.Slot < 0 || s.Slot >= Slots) throw new ArgumentException($"slot {s.Slot} out of range");
             if (s.Position + s.Count > MaxContext) throw new ArgumentException($"sequence of {s.Position + s.Count} tokens exceeds the {MaxContext}-token context");
+            if (s.Position == 0 && s.Count <= VirtualTokenRows.ExtraRows(s.Adapter))
+                throw new ArgumentException($"a prefill needs its adapter's {VirtualTokenRows.ExtraRows(s.Adapter)} extra rows and at least one token");
             next += s.Count;
         }
         if (next != rows) throw new ArgumentException("segments must cover every row");
@@ -137,12 +158,11 @@ public sealed class MixedBatchForward : IDisposable
         var s = _state;
         DeviceTensor R(DeviceTensor t) => LayerState.Rows(t, rows);
         var (h1, q, k, v, o, h2, g, u, sw, z) = (R(s.H1), R(s.Q), R(s.K), R(s.V), R(s.O), R(s.H2), R(s.G), R(s.U), R(s.S), R(s.Z));
-        float eps = (float)c.RmsNormEps;
         foreach (var gr in groups)
-            if (gr.Adapter?.AttentionPrefix != null || gr.Adapter?.InputEmbedding != null)
-                throw new NotSupportedException("adapters with attention prefixes or virtual tokens are not served on the device yet");
+            if (gr.Adapter?.AttentionPrefix is { Gated: true })
+                throw new NotSupportedException("a gated attention prefix needs its own softmax in the attention kernel, which the device runtime does not have yet");
 
-        RmsNorm.Forward(x, layer.AttnNorm, h1, eps);
+        Norm(l, LlamaTensorKind.AttnNorm, layer.AttnNorm, x, h1, groups);
         Linear(l, TargetModule.Q, layer.Wq, h1, q, layer.Bq, groups);
         Linear(l, TargetModule.K, layer.Wk, h1, k, layer.Bk, groups);
         Linear(l, TargetModule.V, layer.Wv, h1, v, layer.Bv, groups);
@@ -156,6 +176,9 @@ public sealed class MixedBatchForward : IDisposable
             // Keys go into the cache rotated; values are copied as they are.
             Rope.Apply(k.RowsView(seg.Start, seg.Count), kCache.RowsView(seg.Position, seg.Count), Model.InvFreq, c.HeadDim, Model.Pairing, seg.Position, seg.Count);
             BasicOps.Copy(v.RowsView(seg.Start, seg.Count), vCache.RowsView(seg.Position, seg.Count));
+            // A prefix replaces its rows' keys (never rotated) and values, as AttentionPrefixRows.Write does in generate.
+            if (seg.Adapter?.AttentionPrefix is { Gated: false } prefix && ExtraRowsOf(seg) > 0)
+                AttentionPrefixRows.Write(prefix, l, kCache.RowsView(0, prefix.PrefixLength), vCache.RowsView(0, prefix.PrefixLength), 1, prefix.PrefixLength);
             var lse = lseAll.RowsView((long)seg.Start * c.NHeads, (long)seg.Count * c.NHeads).Reshape(1, c.NHeads, seg.Count);
             int keys = seg.Position + seg.Count;
             Attention.Forward(qs, kCache.RowsView(0, keys), vCache.RowsView(0, keys), o.RowsView(seg.Start, seg.Count), lse, 1, seg.Count, seg.Position,
@@ -169,12 +192,12 @@ public sealed class MixedBatchForward : IDisposable
                 var withPrompt = prompt.Forward(layer, l, q.RowsView(gr.Start, gr.Count), og);
                 if (!ReferenceEquals(withPrompt, og)) BasicOps.Copy(withPrompt, og);
             }
-        Residual(l, TargetModule.O, layer.Wo, o, z, x, groups, (gr, zg) => gr.Adapter?.AttentionOutput(l, zg));
-        RmsNorm.Forward(x, layer.FfnNorm, h2, eps);
-        Linear(l, TargetModule.Gate, layer.Gate, h2, g, null, groups);
-        Linear(l, TargetModule.Up, layer.Up, h2, u, null, groups);
+        Residual(l, TargetModule.O, layer.Wo, layer.Bo, o, z, x, groups, (gr, zg) => gr.Adapter?.AttentionOutput(l, zg));
+        Norm(l, LlamaTensorKind.FfnNorm, layer.FfnNorm, x, h2, groups);
+        Linear(l, TargetModule.Gate, layer.Gate, h2, g, layer.BGate, groups);
+        Linear(l, TargetModule.Up, layer.Up, h2, u, layer.BUp, groups);
         SwiGlu.Forward(g, u, sw);
-        Residual(l, TargetModule.Down, layer.Down, sw, z, x, groups, (gr, zg) => gr.Adapter?.MlpOutput(l, h2.RowsView(gr.Start, gr.Count), zg));
+        Residual(l, TargetModule.Down, layer.Down, layer.BDown, sw, z, x, groups, (gr, zg) => gr.Adapter?.MlpOutput(l, h2.RowsView(gr.Start, gr.Count), zg));
     }
 
     /// <summary>
@@ -182,19 +205,19 @@ public sealed class MixedBatchForward : IDisposable
     /// accumulate straight into the residual stream (beta = 1), the others go through z, the adapter's block hook and an
     /// add — the same rule as DecoderLayer.Forward, applied per adapter so every row rounds as it would alone.
     /// </summary>
-    private void Residual(int l, TargetModule t, DeviceLinear w, DeviceTensor input, DeviceTensor z, DeviceTensor x, List<AdapterRows> groups,
+    private void Residual(int l, TargetModule t, DeviceLinear w, DeviceTensor? bias, DeviceTensor input, DeviceTensor z, DeviceTensor x, List<AdapterRows> groups,
         Action<AdapterRows, DeviceTensor> blockHook)
     {
         bool Fused(AdapterRows gr) => gr.Adapter is not ITrainableAdapter { HasBlockHooks: true }
             && gr.Adapter?.TransformsLinearOutput(TargetModule.O) != true && gr.Adapter?.TransformsLinearOutput(TargetModule.Down) != true;
         if (groups.All(Fused))
         {
-            Linear(l, t, w, input, x, null, groups, beta: 1);
+            Linear(l, t, w, input, x, bias, groups, beta: 1);
             return;
         }
         if (!groups.Any(Fused))
         {
-            Linear(l, t, w, input, z, null, groups);
+            Linear(l, t, w, input, z, bias, groups);
             foreach (var gr in groups) blockHook(gr, z.RowsView(gr.Start, gr.Count));
             BasicOps.Add(x, z, x);
             return;
@@ -206,14 +229,31 @@ public sealed class MixedBatchForward : IDisposable
             var (ig, xg, zg) = (input.RowsView(gr.Start, gr.Count), x.RowsView(gr.Start, gr.Count), z.RowsView(gr.Start, gr.Count));
             if (Fused(gr))
             {
-                Linear(l, t, w, ig, xg, null, one, beta: 1);
+                Linear(l, t, w, ig, xg, bias, one, beta: 1);
                 continue;
             }
-            Linear(l, t, w, ig, zg, null, one);
+            Linear(l, t, w, ig, zg, bias, one);
             blockHook(gr, zg);
             BasicOps.Add(xg, zg, xg);
         }
         _firstRow = 0;
+    }
+
+    /// <summary>
+    /// y = RMSNorm(x) with each group's weight for this norm (norm tuning's, else the base's <paramref name="baseWeight"/>):
+    /// once over all rows when every group uses the base weight, else per group.
+    /// </summary>
+    private void Norm(int l, LlamaTensorKind kind, DeviceTensor baseWeight, DeviceTensor x, DeviceTensor y, List<AdapterRows> groups)
+    {
+        float eps = (float)Model.Config.RmsNormEps;
+        var weights = groups.Select(gr => DecoderLayer.NormWeight(gr.Adapter, l, kind, baseWeight)).ToList();
+        if (weights.All(w => ReferenceEquals(w, baseWeight)))
+        {
+            RmsNorm.Forward(x, baseWeight, y, eps);
+            return;
+        }
+        for (int i = 0; i < groups.Count; i++)
+            RmsNorm.Forward(x.RowsView(groups[i].Start, groups[i].Count), weights[i], y.RowsView(groups[i].Start, groups[i].Count), eps);
     }
 
     private int _firstRow;   // the step row that row 0 of Linear's x and y is (per-group calls)

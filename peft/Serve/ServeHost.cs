@@ -479,6 +479,10 @@ public sealed class ServeHost : IAsyncDisposable
         {
             throw new ApiException(504, $"the request did not finish within {_options.RequestTimeout.TotalSeconds:F0} s", code: "timeout", type: "server_error");
         }
+        catch (Exception e) when (Inner(e) is ContextLengthException && !http.Response.HasStarted)
+        {
+            throw new ApiException(400, Inner(e).Message, chat ? "messages" : "prompt", "context_length_exceeded");
+        }
         catch (Exception e) when (Inner(e) is InvalidOperationException or NotSupportedException && !http.Response.HasStarted)
         {
             throw new ApiException(503, Inner(e).Message, code: "cannot_serve", type: "server_error");

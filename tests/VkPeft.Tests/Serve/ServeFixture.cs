@@ -1,6 +1,8 @@
 // A running `vkpeft serve` for the serve tests: stories260K on an NF4+DQ base with two random LoRA adapters and a
-// Houlsby bottleneck adapter (block hooks: the rows that take the other residual path) and a LLaMA-Adapter
-// (gated prompt attention), on an ephemeral loopback port,
+// Houlsby bottleneck adapter (block hooks: the rows that take the other residual path), a LLaMA-Adapter
+// (gated prompt attention), a soft prompt (virtual tokens) and an attention prefix (rows of their own in each sequence's
+// KV cache), a DoRA adapter (row norms of the base) and bias and norm tuning (tuned RMSNorm weights), on an ephemeral
+// loopback port,
 // and the greedy continuations the single-sequence generation path (what `vkpeft generate --temperature 0` runs)
 // gives for every model and prompt, computed before the server takes the device.
 using System.Net.Http.Json;
@@ -10,7 +12,11 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.BiasNorm;
+using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.LlamaAdapter;
+using VkPeft.Peft.Methods.Prefix;
+using VkPeft.Peft.Methods.Prompt;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Runtime.Vulkan;
@@ -25,6 +31,9 @@ public sealed class ServeFixture : IAsyncLifetime
 {
     public const string BaseName = "stories260K";
     public const int MaxTokens = 24;
+    public const int SoftPromptTokens = 5;   // virtual tokens of the "soft-prompt" adapter
+    public const int PrefixRows = 7;         // prefix length of the "prefix" adapter
+    private const float SoftPromptGain = 8;  // the soft prompt's rows are its text's embeddings × 8, so that they clearly change the continuations
     public static readonly string[] Prompts = ["Once upon a time", "The little dog", "Lily and Tom went to the park"];
     public static readonly BaseQuant Quant = new("nf4-dq", 64);
 
@@ -48,6 +57,11 @@ public sealed class ServeFixture : IAsyncLifetime
         Adapters["lora-b"] = Save("lora-b", ExportTestSupport.RandomLora(host.Config, seed: 12, rank: 8, baseQuant: Quant));
         Adapters["houlsby"] = Save("houlsby", ExportTestSupport.RandomBottleneck(host.Config, seed: 13));
         Adapters["prompted"] = Save("prompted", RandomLlamaAdapter(host.Config));
+        Adapters["soft-prompt"] = Save("soft-prompt", SoftPrompt(host, "Tom saw a big red ball in the sun"));
+        Adapters["prefix"] = Save("prefix", RandomAdapter(host.Config, "prefix", new PrefixSettings(PrefixRows), seed: 80));
+        Adapters["dora"] = Save("dora", RandomDora(host.Config));
+        Adapters["bias-norm"] = Save("bias-norm", RandomAdapter(host.Config, "bias", new BiasNormSettings(Norms: true), seed: 100, std: 0.3f,
+            targets: Enum.GetValues<TargetModule>()));
         _ctx = new VulkanContext(GpuFixture.Options());
         _model = DeviceLlama.Load(_ctx, host.Config, host.Weights, Quant);
         foreach (var prompt in Prompts)
@@ -61,16 +75,48 @@ public sealed class ServeFixture : IAsyncLifetime
     }
 
     /// <summary>A LLaMA-Adapter (gated attention over learned prompts in every layer) with random prompts and gates.</summary>
-    private static AdapterWeights RandomLlamaAdapter(LlamaConfig c)
+    private static AdapterWeights RandomLlamaAdapter(LlamaConfig c) => RandomAdapter(c, "llama-adapter", new LlamaAdapterSettings(6, null), seed: 40);
+
+    /// <summary>
+    /// A prompt-tuning adapter whose virtual tokens are the embeddings of the first tokens of <paramref name="text"/> (text
+    /// initialization, done on the host), scaled up: a context that clearly changes the continuations.
+    /// </summary>
+    private static AdapterWeights SoftPrompt(LoadedModel host, string text)
+    {
+        var ids = host.Tokenizer!.Encode(text, bos: false);
+        Assert.True(ids.Length >= SoftPromptTokens, $"'{text}' has fewer than {SoftPromptTokens} tokens");
+        var a = RandomAdapter(host.Config, "prompt", new PromptSettings(SoftPromptTokens), seed: 60);
+        var rows = a.Tensors[PromptMethod.TensorName];
+        int dim = host.Config.Dim;
+        for (int i = 0; i < SoftPromptTokens; i++)
+            for (int j = 0; j < dim; j++) rows.Data[i * dim + j] = SoftPromptGain * host.Weights.TokenEmbedding[(long)ids[i] * dim + j];
+        return a;
+    }
+
+    /// <summary>An adapter (no target modules unless given) whose every tensor is N(0, std²).</summary>
+    private static AdapterWeights RandomAdapter(LlamaConfig c, string method, MethodSettings? settings, int seed, float std = 1, TargetModule[]? targets = null)
     {
         var cfg = new AdapterConfig
         {
-            Method = PeftMethods.Get("llama-adapter"), Targets = [], Settings = new LlamaAdapterSettings(6, null), BaseQuant = Quant, BaseModel = "stories260K",
+            Method = PeftMethods.Get(method), Targets = targets ?? [], Settings = settings, BaseQuant = Quant, BaseModel = "stories260K",
         };
         var a = new AdapterWeights(cfg);
-        int seed = 40;
         foreach (var spec in cfg.Method.Parameters(c, cfg))
-            a.Tensors[spec.Name] = new HostTensor(TestData.Normal((int)spec.Count, seed++), spec.Shape);
+            a.Tensors[spec.Name] = new HostTensor(TestData.Normal((int)spec.Count, seed++, std), spec.Shape);
+        return a;
+    }
+
+    /// <summary>A DoRA adapter: a random LoRA on every linear with magnitudes |1 + N(0, 0.2²)| per output row.</summary>
+    private static AdapterWeights RandomDora(LlamaConfig c)
+    {
+        var a = ExportTestSupport.RandomLora(c, seed: 14, method: PeftMethods.Get("dora"), baseQuant: Quant);
+        int seed = 140;
+        for (int l = 0; l < c.NLayers; l++)
+            foreach (var t in a.Config.Targets)
+            {
+                var m = TestData.Normal(c.LinearShape(t).Out, seed++, 0.2f).Select(x => Math.Abs(1 + x)).ToArray();
+                a.Tensors[DoraMethod.MagnitudeName(l, t)] = new HostTensor(m, [m.Length]);
+            }
         return a;
     }
 
@@ -83,13 +129,14 @@ public sealed class ServeFixture : IAsyncLifetime
 
     /// <summary>
     /// The greedy continuation of <paramref name="prompt"/> as `vkpeft generate --temperature 0` produces it: a batch-1
-    /// LlamaRunner with a KV cache, the adapter's own runtime, Generator, and the streaming decoder's text.
+    /// LlamaRunner with a KV cache, the adapter's own runtime (given to its constructor, which sizes the rows for virtual
+    /// tokens or a prefix held once in the cache), Generator, and the streaming decoder's text.
     /// </summary>
     public static string Greedy(DeviceLlama model, ITextTokenizer tok, string? adapterDir, string prompt, int maxTokens)
     {
         var ids = tok.Encode(prompt, bos: true);
         using var adapter = adapterDir == null ? null : InferenceAdapter.Create(model.Context, model.Config, AdapterIO.Load(adapterDir, model.Config), ids.Length + maxTokens);
-        using var runner = new LlamaRunner(model, 1, ids.Length + maxTokens, kvCache: true) { Adapter = adapter?.Runtime };
+        using var runner = new LlamaRunner(model, 1, ids.Length + maxTokens, kvCache: true, adapter: adapter?.Runtime);
         var decoder = new StreamingDecoder(tok, ids[^1]);
         var text = new StringBuilder();
         new Generator(runner).Generate(ids, maxTokens, new SamplingOptions(0), tok.Eos, id => text.Append(decoder.Push(id)));

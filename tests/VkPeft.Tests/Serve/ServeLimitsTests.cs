@@ -1,6 +1,7 @@
 // `vkpeft serve` on servers of their own: a full queue answers 503 with Retry-After, a client that disconnects frees its
-// batch slot at once, and chat completions (a model whose tokenizer has a chat template) through the official OpenAI
-// .NET client, whole and streamed, equal the single-sequence path's greedy reply.
+// batch slot at once, a base with biases on every linear serves as generate runs it, and chat completions (a model
+// whose tokenizer has a chat template) through the official OpenAI .NET client, whole and streamed, equal the
+// single-sequence path's greedy reply.
 using System.ClientModel;
 using System.Net.Http.Json;
 using System.Text;
@@ -57,6 +58,47 @@ public sealed class ServeLimitsTests
             for (int i = 0; i < 200 && server.Metrics.ActiveSequences > 0; i++) await Task.Delay(10);
             Assert.Equal(0, server.Metrics.ActiveSequences);
             Assert.True(server.Metrics.GeneratedTokens < 480, $"the disconnected request kept generating ({server.Metrics.GeneratedTokens} tokens)");
+        }
+    }
+
+    [Fact]
+    public async Task ABaseWithBiasesOnEveryLinearServesAsGenerate()
+    {
+        // stories260K with random q/k/v, o and MLP biases: two requests batched together each continue as generate does,
+        // and differently from the bias-free model (else the biases would go untested).
+        var host = ModelLoader.Load(Stories260K.ModelPath);
+        var config = host.Config with { AttentionBias = true, OutputBias = true, MlpBias = true };
+        int seed = 200;
+        float[] B(int n) => TestData.Normal(n, seed++, 0.3f);
+        var w = host.Weights;
+        var weights = new LlamaWeights
+        {
+            TokenEmbedding = w.TokenEmbedding, FinalNorm = w.FinalNorm, Classifier = w.Classifier, RopeFreqFactors = w.RopeFreqFactors,
+            Layers = [.. w.Layers.Select(lw => new LlamaLayerWeights
+            {
+                AttnNorm = lw.AttnNorm, Wq = lw.Wq, Wk = lw.Wk, Wv = lw.Wv, Wo = lw.Wo, FfnNorm = lw.FfnNorm, WGate = lw.WGate, WUp = lw.WUp, WDown = lw.WDown,
+                Bq = B(config.Dim), Bk = B(config.KvDim), Bv = B(config.KvDim), Bo = B(config.Dim),
+                BGate = B(config.HiddenDim), BUp = B(config.HiddenDim), BDown = B(config.Dim),
+            })],
+        };
+        string[] prompts = ["Once upon a time", "The little dog"];
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        string[] plain;
+        using (var plainModel = DeviceLlama.Load(ctx, host.Config, host.Weights, BaseQuant.None))
+            plain = [.. prompts.Select(p => ServeFixture.Greedy(plainModel, host.Tokenizer!, null, p, 16))];
+        using var model = DeviceLlama.Load(ctx, config, weights, BaseQuant.None);
+        var expected = prompts.Select(p => ServeFixture.Greedy(model, host.Tokenizer!, null, p, 16)).ToArray();
+        Assert.NotEqual(plain, expected);
+        var server = await ServeHost.StartAsync(model, host.Tokenizer!, BaseQuant.None, [], new ServeOptions { BaseName = "biased", Port = 0, MaxBatch = 2, MaxContext = 64 });
+        await using (server)
+        {
+            using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
+            var answers = await Task.WhenAll(prompts.Select(async p =>
+            {
+                var r = await http.PostAsJsonAsync("/v1/completions", new { model = "biased", prompt = p, max_tokens = 16, temperature = 0 });
+                return JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("text").GetString();
+            }));
+            Assert.Equal(expected, answers);
         }
     }
 

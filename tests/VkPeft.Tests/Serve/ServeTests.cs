@@ -34,7 +34,8 @@ public sealed class ServeTests(ServeFixture f)
     [Fact]
     public async Task GreedyCompletionsOfEveryAdapterInOneBatchEqualGenerate()
     {
-        // Every model × prompt at once: 15 requests, 8 slots, so steps run rows of several adapters (and the base) together.
+        // Every model × prompt at once: 27 requests, 8 slots, so steps run rows of several adapters (and the base) together,
+        // a soft prompt's and a prefix's prefill rows among them.
         var cases = ServeFixture.Prompts.SelectMany(p => f.Expected.Keys.Where(k => k.Prompt == p)).ToList();
         var texts = await Task.WhenAll(cases.Select(c => CompletionText(c.Model, c.Prompt)));
         for (int i = 0; i < cases.Count; i++)
@@ -45,8 +46,10 @@ public sealed class ServeTests(ServeFixture f)
         Assert.True(info["lora-a"].Gathered && info["lora-b"].Gathered, "plain LoRA adapters sit in the gathered pools");
         Assert.False(info["houlsby"].Gathered);
         // The adapters really differ from each other and from the base on these prompts (else the test proves little).
-        foreach (var p in ServeFixture.Prompts)
-            Assert.Equal(5, f.Expected.Where(kv => kv.Key.Prompt == p).Select(kv => kv.Value).Distinct().Count());
+        // Each model's continuations of the three prompts differ from every other model's (the soft prompt leaves "Once upon
+        // a time" as the base continues it, and changes the other two).
+        var byModel = f.Expected.GroupBy(kv => kv.Key.Model, kv => $"{kv.Key.Prompt}: {kv.Value}").Select(g => string.Join('\n', g.Order(StringComparer.Ordinal))).ToList();
+        Assert.True(byModel.Distinct().Count() == 9, string.Join("\n", f.Expected.Select(kv => $"{kv.Key} '{kv.Value}'")));
     }
 
     [Fact]
@@ -171,6 +174,23 @@ public sealed class ServeTests(ServeFixture f)
     }
 
     [Fact]
+    public async Task PromptThatLeavesNoRoomForThePrefixIsRefused()
+    {
+        // A prompt the base takes (under 96 tokens) but not with the prefix's rows before it.
+        string prompt = "Once";
+        while (f.Tokenizer.Encode(prompt, bos: true).Length < 96 - ServeFixture.PrefixRows) prompt += " upon";
+        Assert.InRange(f.Tokenizer.Encode(prompt, bos: true).Length, 96 - ServeFixture.PrefixRows, 95);
+        var (status, body, _) = await f.Post("/v1/completions", Completion("prefix", prompt, maxTokens: 1));
+        Assert.Equal(400, status);
+        Assert.Equal("context_length_exceeded", body.GetProperty("error").GetProperty("code").GetString());
+        Assert.Contains($"{ServeFixture.PrefixRows} rows", body.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+        // The base takes the same prompt, and the prefix adapter the next request.
+        (status, body, _) = await f.Post("/v1/completions", Completion(ServeFixture.BaseName, prompt, maxTokens: 1));
+        Assert.True(status == 200, body.ToString());
+        Assert.Equal(f.Expected[("prefix", ServeFixture.Prompts[0])], await CompletionText("prefix", ServeFixture.Prompts[0]));
+    }
+
+    [Fact]
     public async Task HealthModelsAndMetricsAnswer()
     {
         Assert.Contains("ok", await f.Http.GetStringAsync("/health"), StringComparison.Ordinal);
@@ -186,7 +206,7 @@ public sealed class ServeTests(ServeFixture f)
     {
         var options = new OpenAIClientOptions { Endpoint = new Uri(f.Server.Address, "v1") };
         var models = await new OpenAIModelClient(new ApiKeyCredential("unused"), options).GetModelsAsync();
-        Assert.Equal(["houlsby", "lora-a", "lora-b", "prompted", "stories260K"], models.Value.Select(m => m.Id).Order(StringComparer.Ordinal));
+        Assert.Equal(["bias-norm", "dora", "houlsby", "lora-a", "lora-b", "prefix", "prompted", "soft-prompt", "stories260K"], models.Value.Select(m => m.Id).Order(StringComparer.Ordinal));
         var chat = new OpenAI.Chat.ChatClient("lora-a", new ApiKeyCredential("unused"), options);
         var e = await Assert.ThrowsAsync<ClientResultException>(() => chat.CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")]));
         Assert.Equal(400, e.Status);
