@@ -1,8 +1,8 @@
 // A running `vkpeft serve` for the serve tests: stories260K on an NF4+DQ base with two random LoRA adapters and a
 // Houlsby bottleneck adapter (block hooks: the rows that take the other residual path), a LLaMA-Adapter
-// (gated prompt attention), a soft prompt (virtual tokens) and an attention prefix (rows of their own in each sequence's
-// KV cache), a DoRA adapter (row norms of the base) and bias and norm tuning (tuned RMSNorm weights), on an ephemeral
-// loopback port,
+// (gated prompt attention), a soft prompt (virtual tokens) and two attention prefixes, one computed by a projection MLP
+// (rows of their own in each sequence's KV cache), a DoRA adapter (row norms of the base) and bias and norm tuning
+// (tuned RMSNorm weights), on an ephemeral loopback port,
 // and the greedy continuations the single-sequence generation path (what `vkpeft generate --temperature 0` runs)
 // gives for every model and prompt, computed before the server takes the device.
 using System.Net.Http.Json;
@@ -59,6 +59,8 @@ public sealed class ServeFixture : IAsyncLifetime
         Adapters["prompted"] = Save("prompted", RandomLlamaAdapter(host.Config));
         Adapters["soft-prompt"] = Save("soft-prompt", SoftPrompt(host, "Tom saw a big red ball in the sun"));
         Adapters["prefix"] = Save("prefix", RandomAdapter(host.Config, "prefix", new PrefixSettings(PrefixRows), seed: 80));
+        // Trained through the projection MLP: the runtime computes its prefix at each prefill.
+        Adapters["prefix-mlp"] = Save("prefix-mlp", RandomAdapter(host.Config, "prefix", new PrefixSettings(4, Projection: true, HiddenSize: 16), seed: 90));
         Adapters["dora"] = Save("dora", RandomDora(host.Config));
         Adapters["bias-norm"] = Save("bias-norm", RandomAdapter(host.Config, "bias", new BiasNormSettings(Norms: true), seed: 100, std: 0.3f,
             targets: Enum.GetValues<TargetModule>()));

@@ -49,7 +49,7 @@ public sealed class ServeTests(ServeFixture f)
         // Each model's continuations of the three prompts differ from every other model's (the soft prompt leaves "Once upon
         // a time" as the base continues it, and changes the other two).
         var byModel = f.Expected.GroupBy(kv => kv.Key.Model, kv => $"{kv.Key.Prompt}: {kv.Value}").Select(g => string.Join('\n', g.Order(StringComparer.Ordinal))).ToList();
-        Assert.True(byModel.Distinct().Count() == 9, string.Join("\n", f.Expected.Select(kv => $"{kv.Key} '{kv.Value}'")));
+        Assert.True(byModel.Distinct().Count() == 10, string.Join("\n", f.Expected.Select(kv => $"{kv.Key} '{kv.Value}'")));
     }
 
     [Fact]
@@ -206,7 +206,7 @@ public sealed class ServeTests(ServeFixture f)
     {
         var options = new OpenAIClientOptions { Endpoint = new Uri(f.Server.Address, "v1") };
         var models = await new OpenAIModelClient(new ApiKeyCredential("unused"), options).GetModelsAsync();
-        Assert.Equal(["bias-norm", "dora", "houlsby", "lora-a", "lora-b", "prefix", "prompted", "soft-prompt", "stories260K"], models.Value.Select(m => m.Id).Order(StringComparer.Ordinal));
+        Assert.Equal(["bias-norm", "dora", "houlsby", "lora-a", "lora-b", "prefix", "prefix-mlp", "prompted", "soft-prompt", "stories260K"], models.Value.Select(m => m.Id).Order(StringComparer.Ordinal));
         var chat = new OpenAI.Chat.ChatClient("lora-a", new ApiKeyCredential("unused"), options);
         var e = await Assert.ThrowsAsync<ClientResultException>(() => chat.CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")]));
         Assert.Equal(400, e.Status);
