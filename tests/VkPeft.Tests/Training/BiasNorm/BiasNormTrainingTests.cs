@@ -18,17 +18,9 @@ using static VkPeft.Tests.Cli.CliTests;
 namespace VkPeft.Tests.Training.BiasNorm;
 
 [Collection("cli")]
-public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposable
+public sealed class BiasNormTrainingTests(ITestOutputHelper output) : StoriesRunTests("vkpeft-biasnorm-")
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-biasnorm-").FullName;
-
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
-
     private static string Tokenizer => SharedData.Path("models", "stories260K", "tok512.bin");
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-    private string WriteData() => TinyModels.WritePatternStories(_dir);
 
     private TrainOptions Options(string run, int steps, bool checkpointing = false)
     {
@@ -48,7 +40,7 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
             Lr = 3e-2f,
             Warmup = 2,
             Checkpointing = checkpointing,
-            Out = Path.Combine(_dir, run),
+            Out = Path.Combine(Dir, run),
             Seed = 7,
         };
     }
@@ -100,8 +92,8 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
         Train(Options("resumed", 4, checkpointing: true), stopAfter: 2);
         Train(Options("resumed", 4, checkpointing: true) with { Resume = true }, resume: true);
         var c = ModelLoader.Load(Model).Config;
-        var a = AdapterIO.Load(Path.Combine(_dir, "straight"), c);
-        var b = AdapterIO.Load(Path.Combine(_dir, "resumed"), c);
+        var a = AdapterIO.Load(Path.Combine(Dir, "straight"), c);
+        var b = AdapterIO.Load(Path.Combine(Dir, "resumed"), c);
         Assert.Equal(a.Tensors.Keys.Order(), b.Tensors.Keys.Order());
         foreach (var (name, t) in a.Tensors)
         {
@@ -119,7 +111,7 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
         var c = ModelLoader.Load(Model).Config;
 
         // Norm tuning: saved as deltas, applied by eval/generate --adapter, merged into every model format.
-        var norm = Path.Combine(_dir, "norm");
+        var norm = Path.Combine(Dir, "norm");
         var (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "norm", "--quant", "none",
             "--steps", "3", "--batch", "4", "--seq-len", "32", "--lr", "5e-2", "--out", norm);
         Assert.True(code == 0, err + text);
@@ -137,7 +129,7 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
         Assert.NotEqual(baseNll, withAdapter);
         foreach (var (format, file) in new[] { ("llama2c", "merged.bin"), ("gguf", "merged.gguf"), ("safetensors", "merged-hf") })
         {
-            var merged = Path.Combine(_dir, file);
+            var merged = Path.Combine(Dir, file);
             (code, text, err) = Run("export", "--model", Model, "--adapter", norm, "--format", format, "--dtype", "f32", "--merge-from", "original", "--out", merged);
             Assert.True(code == 0, format + ": " + err + text);
             double mergedNll = EvalNll(["--model", merged, "--data", data, "--quant", "none", .. format == "safetensors" ? new[] { "--tokenizer", Tokenizer } : []]);
@@ -150,7 +142,7 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
 
         // Bias tuning with the norms: the vkpeft format round-trips; merged models carry the biases as their own tensors
         // (Hugging Face attention_bias/mlp_bias with zero o/k/gate/up biases, GGUF attn_*/ffn_*.bias) and load back.
-        var bias = Path.Combine(_dir, "bias");
+        var bias = Path.Combine(Dir, "bias");
         (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "bias", "--targets", "q,v,down", "--norms", "--quant", "none",
             "--steps", "2", "--batch", "4", "--seq-len", "32", "--lr", "5e-2", "--out", bias);
         Assert.True(code == 0, err + text);
@@ -162,7 +154,7 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
         Assert.NotEqual(baseNll, withAdapter);
         foreach (var (format, file) in new[] { ("gguf", "bias.gguf"), ("safetensors", "bias-hf") })
         {
-            var merged = Path.Combine(_dir, file);
+            var merged = Path.Combine(Dir, file);
             (code, text, err) = Run("export", "--model", Model, "--adapter", bias, "--format", format, "--dtype", "f32", "--merge-from", "original", "--out", merged);
             Assert.True(code == 0, format + ": " + err + text);
             var m = ModelLoader.Load(merged);
@@ -175,7 +167,7 @@ public sealed class BiasNormTrainingTests(ITestOutputHelper output) : IDisposabl
         }
         foreach (var (format, reason) in new[] { ("peft", "PEFT"), ("gguf-lora", "GGUF LoRA"), ("llama2c", "no biases") })
         {
-            (code, text, err) = Run("export", "--model", Model, "--adapter", bias, "--format", format, "--out", Path.Combine(_dir, "refused-" + format));
+            (code, text, err) = Run("export", "--model", Model, "--adapter", bias, "--format", format, "--out", Path.Combine(Dir, "refused-" + format));
             Assert.NotEqual(0, code);
             Assert.Contains(reason, err + text);
             Assert.DoesNotContain("   at ", err + text);

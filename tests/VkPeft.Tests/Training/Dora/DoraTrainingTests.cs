@@ -20,16 +20,8 @@ using static VkPeft.Tests.Cli.CliTests;
 namespace VkPeft.Tests.Training.Dora;
 
 [Collection("cli")]
-public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
+public sealed class DoraTrainingTests(ITestOutputHelper output) : StoriesRunTests("vkpeft-dora-")
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-dora-").FullName;
-
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-    private string WriteData() => TinyModels.WritePatternStories(_dir);
-
     private TrainOptions Options(string outDir, int steps, int saveEvery = 0)
     {
         var quant = BaseQuant.Parse("nf4-dq");
@@ -67,7 +59,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
         var host = ModelLoader.Load(Model);
         var c = host.Config;
         using var ctx = new VulkanContext(GpuFixture.Options());
-        var options = Options(Path.Combine(_dir, "run"), 20);
+        var options = Options(Path.Combine(Dir, "run"), 20);
         var summary = Train(ctx, host, options);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"held-out loss {summary.InitialEvalLoss:F4} → {summary.EvalLoss:F4} in {summary.Steps} steps, {summary.TrainableParameters} parameters, {summary.TokensPerSecond:F0} tokens/s"));
@@ -80,8 +72,8 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
         Assert.Contains(trained.Tensors[DoraMethod.MagnitudeName(0, TargetModule.Q)].Data, v => v != 0);
 
         // Two steps, a checkpoint, then resumed to four: bit-identical to four straight steps.
-        var straight = Options(Path.Combine(_dir, "straight"), 4);
-        var resumed = Options(Path.Combine(_dir, "resumed"), 4);
+        var straight = Options(Path.Combine(Dir, "straight"), 4);
+        var resumed = Options(Path.Combine(Dir, "resumed"), 4);
         Train(ctx, host, straight);
         Train(ctx, host, resumed, stopAfter: 2);
         Train(ctx, host, resumed with { Resume = true }, resume: true);
@@ -97,7 +89,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
     public void LoadsAFolderAsPeftWritesIt()
     {
         var c = ModelLoader.Load(Model).Config;
-        var dir = Path.Combine(_dir, "peft-written");
+        var dir = Path.Combine(Dir, "peft-written");
         Directory.CreateDirectory(dir);
         File.WriteAllText(Path.Combine(dir, AdapterIO.PeftConfigFile), """
             {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4, "lora_dropout": 0.05, "use_dora": true,
@@ -132,7 +124,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(expected[DoraMethod.MagnitudeName(0, TargetModule.Q)].Order(), q.Order());
 
         // Written back as PEFT: the same keys and values, use_dora set; and read again to the same tensors.
-        var again = Path.Combine(_dir, "again");
+        var again = Path.Combine(Dir, "again");
         AdapterIO.SavePeft(again, loaded, c);
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(again, AdapterIO.PeftConfigFile)))!;
         Assert.True(json["use_dora"]!.GetValue<bool>());
@@ -154,7 +146,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
     public void TrainsEvaluatesMergesAndExportsThroughTheCommands()
     {
         var data = WriteData();
-        var run = Path.Combine(_dir, "run");
+        var run = Path.Combine(Dir, "run");
         var (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "lora", "--dora", "--quant", "none",
             "--rank", "4", "--steps", "3", "--batch", "4", "--seq-len", "32", "--lr", "2e-2", "--out", run);
         Assert.True(code == 0, err + text);
@@ -165,7 +157,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
         double withAdapter = EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", run);
         double baseNll = EvalNll("--model", Model, "--data", data, "--quant", "none");
         Assert.NotEqual(baseNll, withAdapter);
-        var merged = Path.Combine(_dir, "merged.bin");
+        var merged = Path.Combine(Dir, "merged.bin");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "llama2c", "--dtype", "f32", "--merge-from", "original", "--out", merged);
         Assert.True(code == 0, err + text);
         double mergedNll = EvalNll("--model", merged, "--data", data, "--quant", "none");
@@ -174,7 +166,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
         Assert.True(code == 0, err + text);
 
         // PEFT folder: use_dora and lora_magnitude_vector; read back to the same evaluation.
-        var peft = Path.Combine(_dir, "peft");
+        var peft = Path.Combine(Dir, "peft");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "peft", "--out", peft);
         Assert.True(code == 0, err + text);
         Assert.True(JsonNode.Parse(File.ReadAllText(Path.Combine(peft, AdapterIO.PeftConfigFile)))!["use_dora"]!.GetValue<bool>());
@@ -182,28 +174,28 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : IDisposable
 
         // Merged GGUF works and evaluates close to base + adapter (f16 weights); merge-and-quantize to NF4+DQ (dequantize,
         // merge, re-quantize) reports the largest weight error and the NLL it changes.
-        var gguf = Path.Combine(_dir, "m.gguf");
+        var gguf = Path.Combine(Dir, "m.gguf");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf", "--dtype", "f16", "--merge-from", "original", "--out", gguf);
         Assert.True(code == 0, err + text);
         double ggufNll = EvalNll("--model", gguf, "--data", data, "--quant", "none");
         Assert.True(Math.Abs(ggufNll - withAdapter) <= 2e-2, string.Create(CultureInfo.InvariantCulture, $"merged GGUF {ggufNll} vs base+adapter {withAdapter}"));
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "safetensors", "--dtype", "nf4-dq",
-            "--check-data", data, "--out", Path.Combine(_dir, "nf4"));
+            "--check-data", data, "--out", Path.Combine(Dir, "nf4"));
         Assert.True(code == 0, err + text);
         output.WriteLine(text);
         Assert.Contains("max |weight error|", text);
         Assert.Contains("NLL", text, StringComparison.OrdinalIgnoreCase);
 
         // GGUF LoRA cannot hold DoRA; dropout, and --dora on another method, are refused.
-        (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf-lora", "--out", Path.Combine(_dir, "a.gguf"));
+        (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf-lora", "--out", Path.Combine(Dir, "a.gguf"));
         Assert.NotEqual(0, code);
         Assert.Contains("DoRA", err + text);
         Assert.DoesNotContain("   at ", err + text);
-        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "lora", "--dora", "--dropout", "0.1", "--steps", "1", "--out", Path.Combine(_dir, "bad"));
+        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "lora", "--dora", "--dropout", "0.1", "--steps", "1", "--out", Path.Combine(Dir, "bad"));
         Assert.NotEqual(0, code);
         Assert.Contains("--dropout", err + text);
         Assert.DoesNotContain("   at ", err + text);
-        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "qalora", "--dora", "--steps", "1", "--out", Path.Combine(_dir, "bad2"));
+        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "qalora", "--dora", "--steps", "1", "--out", Path.Combine(Dir, "bad2"));
         Assert.NotEqual(0, code);
         Assert.Contains("--dora", err + text);
         Assert.DoesNotContain("   at ", err + text);

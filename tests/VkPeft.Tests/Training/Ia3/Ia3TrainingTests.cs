@@ -17,16 +17,8 @@ using static VkPeft.Tests.Cli.CliTests;
 namespace VkPeft.Tests.Training.Ia3;
 
 [Collection("cli")]
-public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
+public sealed class Ia3TrainingTests(ITestOutputHelper output) : StoriesRunTests("vkpeft-ia3-")
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-ia3-").FullName;
-
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-    private string WriteData() => TinyModels.WritePatternStories(_dir);
-
     [Fact]
     public void RecipeLowersHeldOutLossOnStories260K()
     {
@@ -44,7 +36,7 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
             SeqLen = 32,
             Lr = 5e-2f,
             Warmup = 2,
-            Out = Path.Combine(_dir, "run"),
+            Out = Path.Combine(Dir, "run"),
             Seed = 7,
         };
         var data = TrainingData.Load(tok, options.Data, null, options.EvalFraction, options.SeqLen, options.Seed);
@@ -65,7 +57,7 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
     public void TrainsSavesLoadsAndMergesThroughTheCommands()
     {
         var data = WriteData();
-        var run = Path.Combine(_dir, "run");
+        var run = Path.Combine(Dir, "run");
         var (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "ia3", "--quant", "none",
             "--steps", "3", "--batch", "4", "--seq-len", "32", "--lr", "5e-2", "--out", run);
         Assert.True(code == 0, err + text);
@@ -86,7 +78,7 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
         double withAdapter = EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", run);
         double baseNll = EvalNll("--model", Model, "--data", data, "--quant", "none");
         Assert.NotEqual(baseNll, withAdapter);
-        var merged = Path.Combine(_dir, "merged.bin");
+        var merged = Path.Combine(Dir, "merged.bin");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "llama2c", "--dtype", "f32", "--merge-from", "original", "--out", merged);
         Assert.True(code == 0, err + text);
         double mergedNll = EvalNll("--model", merged, "--data", data, "--quant", "none");
@@ -94,7 +86,7 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
 
         // PEFT's IA3 folder: config fields and tensor names as PEFT writes them; read back (the config holds no vkpeft
         // object, as PEFT itself writes it) to the same vectors, q/k rows converted through rotate-half and back.
-        var peft = Path.Combine(_dir, "peft");
+        var peft = Path.Combine(Dir, "peft");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "peft", "--out", peft);
         Assert.True(code == 0, err + text);
         var peftJson = JsonNode.Parse(File.ReadAllText(Path.Combine(peft, AdapterIO.PeftConfigFile)))!.AsObject();
@@ -114,11 +106,11 @@ public sealed class Ia3TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(withAdapter, EvalNll("--model", Model, "--data", data, "--quant", "none", "--adapter", peft));
 
         // GGUF LoRA cannot hold it; a feed-forward module outside the targets is refused.
-        (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf-lora", "--out", Path.Combine(_dir, "a.gguf"));
+        (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "gguf-lora", "--out", Path.Combine(Dir, "a.gguf"));
         Assert.NotEqual(0, code);
         Assert.Contains("(IA)³", err + text);
         Assert.DoesNotContain("   at ", err + text);
-        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "ia3", "--targets", "k,v", "--steps", "1", "--out", Path.Combine(_dir, "bad"));
+        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "ia3", "--targets", "k,v", "--steps", "1", "--out", Path.Combine(Dir, "bad"));
         Assert.NotEqual(0, code);
         Assert.Contains("--feedforward", err + text);
         Assert.DoesNotContain("   at ", err + text);

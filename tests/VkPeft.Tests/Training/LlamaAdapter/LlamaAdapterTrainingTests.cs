@@ -19,14 +19,8 @@ using static VkPeft.Tests.Cli.CliTests;
 namespace VkPeft.Tests.Training.LlamaAdapter;
 
 [Collection("cli")]
-public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDisposable
+public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : StoriesRunTests("vkpeft-llama-adapter-")
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-llama-adapter-").FullName;
-
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
     private static AdapterConfig Config(int len, int? layers) => new()
     {
         Method = PeftMethods.Get("llama-adapter"), Targets = [], Settings = new LlamaAdapterSettings(len, layers),
@@ -52,7 +46,7 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
         var cfg = Config(LlamaAdapterMethod.DefaultAdapterLen, null);
         var options = new TrainOptions
         {
-            Data = TinyModels.WritePatternStories(_dir),
+            Data = WriteData(),
             EvalFraction = 0.15,
             Adapter = cfg,
             Quant = cfg.BaseQuant,
@@ -61,7 +55,7 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
             SeqLen = 32,
             Lr = 5e-2f,
             Warmup = 2,
-            Out = Path.Combine(_dir, "run"),
+            Out = Path.Combine(Dir, "run"),
             Seed = 7,
         };
         var data = TrainingData.Load(tok, options.Data, null, options.EvalFraction, options.SeqLen, options.Seed);
@@ -82,7 +76,7 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
         var c = ModelLoader.Load(Model).Config;
         var cfg = Config(7, 3);
         var adapter = RandomAdapter(c, cfg);
-        var peft = Path.Combine(_dir, "peft");
+        var peft = Path.Combine(Dir, "peft");
         AdapterIO.SavePeft(peft, adapter, c);
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(peft, AdapterIO.PeftConfigFile)))!.AsObject();
         Assert.Equal("ADAPTION_PROMPT", json["peft_type"]!.GetValue<string>());
@@ -97,7 +91,7 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
             Assert.Equal(new long[] { 1, 7, c.Dim }, st.Info($"base_model.model.model.layers.{c.NLayers - 1}.self_attn.adaption_prompt").Shape);
             Assert.Equal(new long[] { 1 }, st.Info($"base_model.model.model.layers.{c.NLayers - 3}.self_attn.adaption_gate").Shape);
         }
-        var vk = Path.Combine(_dir, "vk");
+        var vk = Path.Combine(Dir, "vk");
         AdapterIO.SaveVkPeft(vk, adapter, c);
         foreach (var dir in new[] { peft, vk })
         {
@@ -114,7 +108,7 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
     public void BadConfigurationsNameTheFileAndField()
     {
         var c = ModelLoader.Load(Model).Config;
-        var peft = Path.Combine(_dir, "peft");
+        var peft = Path.Combine(Dir, "peft");
         AdapterIO.SavePeft(peft, RandomAdapter(c, Config(4, 2)), c);
         var cfgPath = Path.Combine(peft, AdapterIO.PeftConfigFile);
         var original = File.ReadAllText(cfgPath);
@@ -141,11 +135,11 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
         Assert.Contains(AdapterIO.WeightsFile, shape.Message);
 
         // The command line: a prompt length of 0 and more adapter layers than the model has, each a one-line error.
-        var data = TinyModels.WritePatternStories(_dir);
+        var data = WriteData();
         foreach (var (flag, value) in new[] { ("--adapter-len", "0"), ("--adapter-layers", (c.NLayers + 1).ToString(CultureInfo.InvariantCulture)) })
         {
             var (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "llama-adapter", flag, value, "--steps", "1",
-                "--out", Path.Combine(_dir, "bad" + flag));
+                "--out", Path.Combine(Dir, "bad" + flag));
             Assert.NotEqual(0, code);
             Assert.Contains(flag, err + text);
             Assert.DoesNotContain("   at ", err + text);
@@ -156,11 +150,11 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
     public void MergedAndGgufLoraExportsAreRefusedWithAReason()
     {
         var c = ModelLoader.Load(Model).Config;
-        var vk = Path.Combine(_dir, "vk");
+        var vk = Path.Combine(Dir, "vk");
         AdapterIO.SaveVkPeft(vk, RandomAdapter(c, Config(4, null)), c);
         foreach (var (format, expected) in new[] { ("llama2c", "cannot be merged"), ("safetensors", "cannot be merged"), ("gguf", "cannot be merged"), ("gguf-lora", "GGUF LoRA") })
         {
-            var target = Path.Combine(_dir, "out-" + format);
+            var target = Path.Combine(Dir, "out-" + format);
             var (code, text, err) = Run("export", "--model", Model, "--adapter", vk, "--format", format, "--out", target);
             Assert.NotEqual(0, code);
             Assert.Contains(expected, err + text);
@@ -175,8 +169,8 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
     [Trait("Category", "Exhaustive")]
     public void TrainsEvaluatesExportsAndGeneratesThroughTheCommands()
     {
-        var data = TinyModels.WritePatternStories(_dir);
-        var run = Path.Combine(_dir, "run");
+        var data = WriteData();
+        var run = Path.Combine(Dir, "run");
         var (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "llama-adapter", "--adapter-len", "6", "--adapter-layers", "3",
             "--steps", "4", "--batch", "4", "--seq-len", "32", "--lr", "5e-2", "--checkpointing", "--out", run);
         Assert.True(code == 0, err + text);
@@ -188,7 +182,7 @@ public sealed class LlamaAdapterTrainingTests(ITestOutputHelper output) : IDispo
         double baseNll = EvalNll("--model", Model, "--data", data);
         double withAdapter = EvalNll("--model", Model, "--data", data, "--adapter", run);
         Assert.NotEqual(baseNll, withAdapter);
-        var peft = Path.Combine(_dir, "peft");
+        var peft = Path.Combine(Dir, "peft");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "peft", "--out", peft);
         Assert.True(code == 0, err + text);
         Assert.Equal(withAdapter, EvalNll("--model", Model, "--data", data, "--adapter", peft));

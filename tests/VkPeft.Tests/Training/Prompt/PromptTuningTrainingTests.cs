@@ -20,19 +20,13 @@ using static VkPeft.Tests.Cli.CliTests;
 namespace VkPeft.Tests.Training.Prompt;
 
 [Collection("cli")]
-public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDisposable
+public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : StoriesRunTests("vkpeft-prompt-")
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("vkpeft-prompt-").FullName;
-
-    private static string Model => SharedData.Path("models", "stories260K", "stories260K.bin");
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
     private const int ProjectionHidden = 12;   // the projection MLP's hidden width in the "prefix-projection" cases
 
     private TrainOptions Options(string outDir, int steps, int virtualTokens = 8, string method = "prompt") => new()
     {
-        Data = TinyModels.WritePatternStories(_dir),
+        Data = WriteData(),
         EvalFraction = 0.15,
         Adapter = new AdapterConfig
         {
@@ -78,7 +72,7 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
     [InlineData("prefix-projection", 0.8)]
     public void RecipeLowersHeldOutLossOnStories260K(string method, double factor)
     {
-        var s = Train(Options(Path.Combine(_dir, "run"), 40, method: method));
+        var s = Train(Options(Path.Combine(Dir, "run"), 40, method: method));
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{method}: held-out loss {s.InitialEvalLoss:F4} → {s.EvalLoss:F4} in {s.Steps} steps, {s.TrainableParameters} parameters, {s.TokensPerSecond:F0} tokens/s"));
         var c = ModelLoader.Load(Model).Config;
@@ -97,8 +91,8 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
     [InlineData("prefix-projection")]   // the MLP and the embedding are what is saved and resumed
     public void ResumeWithAccumulationAndCheckpointingIsBitExact(string method)
     {
-        var a = Path.Combine(_dir, "straight");
-        var b = Path.Combine(_dir, "resumed");
+        var a = Path.Combine(Dir, "straight");
+        var b = Path.Combine(Dir, "resumed");
         TrainOptions O(string dir) => Options(dir, 4, virtualTokens: 5, method: method) with { GradAccum = 2, Checkpointing = true };
         Train(O(a));
         Train(O(b), stopAfter: 2);
@@ -116,10 +110,10 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
     public void PeftFolderRoundTripsAndAConfigDisagreeingWithTheModelIsRefused()
     {
         var c = ModelLoader.Load(Model).Config;
-        var cfg = Options(_dir, 1, virtualTokens: 6).Adapter;
+        var cfg = Options(Dir, 1, virtualTokens: 6).Adapter;
         var adapter = new AdapterWeights(cfg);
         adapter.Tensors[PromptMethod.TensorName] = new HostTensor(TestData.Normal(6 * c.Dim, 3), [6, c.Dim]);
-        var dir = Path.Combine(_dir, "peft");
+        var dir = Path.Combine(Dir, "peft");
         AdapterIO.SavePeft(dir, adapter, c);
         var cfgPath = Path.Combine(dir, AdapterIO.PeftConfigFile);
         var json = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
@@ -159,7 +153,7 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
     {
         var c = ModelLoader.Load(Model).Config;
         const int n = 3;
-        var cfg = Options(_dir, 1, virtualTokens: n, method: "prefix").Adapter;
+        var cfg = Options(Dir, 1, virtualTokens: n, method: "prefix").Adapter;
         var adapter = new AdapterWeights(cfg);
         int seed = 60;
         for (int l = 0; l < c.NLayers; l++)
@@ -167,7 +161,7 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
             adapter.Tensors[PrefixMethod.KeysName(l)] = new HostTensor(TestData.Normal(n * c.KvDim, seed++), [n, c.KvDim]);
             adapter.Tensors[PrefixMethod.ValuesName(l)] = new HostTensor(TestData.Normal(n * c.KvDim, seed++), [n, c.KvDim]);
         }
-        var dir = Path.Combine(_dir, "peft-prefix");
+        var dir = Path.Combine(Dir, "peft-prefix");
         AdapterIO.SavePeft(dir, adapter, c);
         var cfgPath = Path.Combine(dir, AdapterIO.PeftConfigFile);
         var json = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
@@ -221,8 +215,8 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
     [Trait("Category", "Exhaustive")]
     public void TrainsEvaluatesGeneratesAndExportsThroughTheCommands()
     {
-        var data = TinyModels.WritePatternStories(_dir);
-        var run = Path.Combine(_dir, "run");
+        var data = WriteData();
+        var run = Path.Combine(Dir, "run");
         var (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "prompt", "--virtual-tokens", "4",
             "--prompt-init", "text:Pip pip hooray!", "--steps", "3", "--batch", "4", "--seq-len", "32", "--lr", "5e-2", "--out", run);
         Assert.True(code == 0, err + text);
@@ -237,7 +231,7 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
         (code, text, err) = Run("generate", "--model", Model, "--adapter", run, "--prompt", "Once upon a time", "--max-tokens", "8");
         Assert.True(code == 0, err + text);
 
-        var peft = Path.Combine(_dir, "peft");
+        var peft = Path.Combine(Dir, "peft");
         (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", "peft", "--out", peft);
         Assert.True(code == 0, err + text);
         Assert.Equal("TEXT", JsonNode.Parse(File.ReadAllText(Path.Combine(peft, AdapterIO.PeftConfigFile)))!["prompt_tuning_init"]!.GetValue<string>());
@@ -245,13 +239,13 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
 
         foreach (var (format, file) in new[] { ("gguf-lora", "a.gguf"), ("llama2c", "merged.bin") })
         {
-            (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", format, "--out", Path.Combine(_dir, file));
+            (code, text, err) = Run("export", "--model", Model, "--adapter", run, "--format", format, "--out", Path.Combine(Dir, file));
             Assert.NotEqual(0, code);
             Assert.Contains("prompt tuning", err + text);
             Assert.DoesNotContain("   at ", err + text);
         }
         // Prefix tuning through the same commands: train, eval with the trained folder and with its PEFT export.
-        var prefixRun = Path.Combine(_dir, "prefix");
+        var prefixRun = Path.Combine(Dir, "prefix");
         (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "prefix", "--virtual-tokens", "4",
             "--steps", "3", "--batch", "4", "--seq-len", "32", "--lr", "5e-2", "--out", prefixRun);
         Assert.True(code == 0, err + text);
@@ -259,19 +253,19 @@ public sealed class PromptTuningTrainingTests(ITestOutputHelper output) : IDispo
         Assert.NotEqual(baseNll, prefixNll);
         (code, text, err) = Run("generate", "--model", Model, "--adapter", prefixRun, "--prompt", "Once upon a time", "--max-tokens", "8");
         Assert.True(code == 0, err + text);
-        var prefixPeft = Path.Combine(_dir, "prefix-peft");
+        var prefixPeft = Path.Combine(Dir, "prefix-peft");
         (code, text, err) = Run("export", "--model", Model, "--adapter", prefixRun, "--format", "peft", "--out", prefixPeft);
         Assert.True(code == 0, err + text);
         Assert.Equal(prefixNll, EvalNll("--model", Model, "--data", data, "--adapter", prefixPeft));
-        (code, text, err) = Run("export", "--model", Model, "--adapter", prefixRun, "--format", "gguf-lora", "--out", Path.Combine(_dir, "p.gguf"));
+        (code, text, err) = Run("export", "--model", Model, "--adapter", prefixRun, "--format", "gguf-lora", "--out", Path.Combine(Dir, "p.gguf"));
         Assert.NotEqual(0, code);
         Assert.Contains("prefix tuning", err + text);
 
-        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "prompt", "--virtual-tokens", "0", "--steps", "1", "--out", Path.Combine(_dir, "bad"));
+        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "prompt", "--virtual-tokens", "0", "--steps", "1", "--out", Path.Combine(Dir, "bad"));
         Assert.NotEqual(0, code);
         Assert.Contains("--virtual-tokens", err + text);
         Assert.DoesNotContain("   at ", err + text);
-        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "prefix", "--virtual-tokens", "600", "--steps", "1", "--out", Path.Combine(_dir, "bad2"));
+        (code, text, err) = Run("train", "--model", Model, "--data", data, "--method", "prefix", "--virtual-tokens", "600", "--steps", "1", "--out", Path.Combine(Dir, "bad2"));
         Assert.NotEqual(0, code);
         Assert.Contains("context", err + text);
         Assert.DoesNotContain("   at ", err + text);
