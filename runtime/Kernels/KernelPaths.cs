@@ -51,6 +51,27 @@ public sealed class KernelPaths(VulkanContext ctx, bool safe, Action<string> war
         }
     }
 
+    /// <summary>
+    /// Why this device cannot run a VK_NV_cooperative_matrix variant (the fused 4-bit GEMM's, flash attention's): they
+    /// use 16x16x16 fp16 x fp16 -> fp32 subgroup matrices laid out for 32-wide subgroups, shaderFloat16, and need
+    /// <paramref name="sharedBytes"/> of shared memory and <paramref name="invocations"/> per workgroup. Null when it can.
+    /// </summary>
+    public static string? NvCooperativeMatrixUnavailable(DeviceCapabilities caps, uint sharedBytes, uint invocations)
+    {
+        ArgumentNullException.ThrowIfNull(caps);
+        if (caps.CooperativeMatricesNV.Length == 0) return "the device does not offer VK_NV_cooperative_matrix";
+        if (!caps.CooperativeMatricesNV.Any(s => s is { M: 16, N: 16, K: 16 } && s.AType.StartsWith("Float16", StringComparison.Ordinal)
+                && s.BType.StartsWith("Float16", StringComparison.Ordinal) && s.CType.StartsWith("Float32", StringComparison.Ordinal)
+                && s.DType.StartsWith("Float32", StringComparison.Ordinal) && s.Scope.StartsWith("Subgroup", StringComparison.Ordinal)))
+            return "the device lists no 16x16x16 fp16 x fp16 -> fp32 subgroup cooperative matrix";
+        if (caps.SubgroupSize != 32) return $"the cooperative-matrix variants are laid out for 32-wide subgroups, the device has {caps.SubgroupSize}";
+        if (!caps.ShaderFloat16) return "the device lacks shaderFloat16";
+        if (sharedBytes > caps.MaxComputeSharedMemorySize || invocations > caps.MaxComputeWorkGroupInvocations || invocations > caps.MaxComputeWorkGroupSize[0])
+            return $"the cooperative-matrix variant needs {sharedBytes} bytes of shared memory and {invocations}-invocation workgroups; "
+                + $"the device allows {caps.MaxComputeSharedMemorySize} bytes and {caps.MaxComputeWorkGroupInvocations} invocations";
+        return null;
+    }
+
     /// <summary>The decision for <paramref name="kernel"/> (deciding it now, self-check included, if not yet made).</summary>
     public KernelPathChoice Describe(FastKernel kernel)
     {

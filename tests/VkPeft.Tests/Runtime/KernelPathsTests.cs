@@ -125,18 +125,25 @@ public sealed class KernelPathsTests(GpuFixture gpu)
     public void TheReportNamesEveryOpsPathAndWhy()
     {
         var report = KernelPathReport.Describe(Ctx);
-        Assert.Equal(["matmul fp32", "fused 4-bit matmul", "fused 4-bit matmul weight tiles", "cooperative matrices"], report.Select(r => r.Op));
+        Assert.Equal(["matmul fp32", "fused 4-bit matmul", "fused 4-bit matmul weight tiles", "cooperative matrices", "attention", "attention cooperative matrices"],
+            report.Select(r => r.Op));
         Assert.All(report, r => Assert.False(string.IsNullOrWhiteSpace(r.Path + r.Why)));
         bool lanes = MatMul.Choose(Ctx) == MatMulAlgorithm.Lanes;
         Assert.Equal(lanes, report[0].Path.StartsWith("lanes", StringComparison.Ordinal));
         Assert.Contains("GL_KHR_cooperative_matrix", report[3].Why);
+        Assert.Contains(Ctx.Caps.Kind.ToString(), report[4].Why);
+        if (VkPeft.Runtime.Kernels.Attention.CoopMatrixUnavailable(Ctx.Caps) is { } why)
+        {
+            Assert.Equal("not used", report[5].Path);
+            Assert.StartsWith(why, report[5].Why);
+        }
     }
 }
 
 /// <summary>Cooperative-matrix variants: compiled (and spirv-val'd) in the build, selected only where the device lists their shape.</summary>
 public sealed class CooperativeMatrixSelectionTests
 {
-    private static DeviceCapabilities Caps(uint subgroup, params CooperativeMatrixShape[] shapes) => new()
+    internal static DeviceCapabilities Caps(uint subgroup, params CooperativeMatrixShape[] shapes) => new()
     {
         Name = "test", Kind = DeviceKind.DiscreteGpu, VendorId = 0x10de, DeviceId = 1, ApiVersion = "1.3", DriverName = "d", DriverInfo = "i",
         MaxStorageBufferRange = 1u << 30, MaxMemoryAllocationSize = 1u << 30, MaxBufferSize = 1u << 30,
@@ -147,7 +154,7 @@ public sealed class CooperativeMatrixSelectionTests
         MemoryBudgetExtension = true, UnifiedMemory = false, Heaps = [], CooperativeMatricesNV = shapes,
     };
 
-    private static readonly CooperativeMatrixShape F16x16 = new(16, 16, 16, "Float16NV", "Float16NV", "Float32NV", "Float32NV", "SubgroupNV");
+    internal static readonly CooperativeMatrixShape F16x16 = new(16, 16, 16, "Float16NV", "Float16NV", "Float32NV", "Float32NV", "SubgroupNV");
 
     [Fact]
     public void SelectedOnlyWhereTheDeviceListsTheShape()
@@ -165,7 +172,8 @@ public sealed class CooperativeMatrixSelectionTests
     public void TheVariantsAreCompiledForEveryFormatWithTheCooperativeMatrixCapability()
     {
         var variants = ShaderCatalog.All.Where(s => s.Has("COOPMAT")).ToArray();
-        Assert.Equal(8 + 5, variants.Length);
+        Assert.Equal(8 + 5, variants.Count(v => v.Source == "matmul.comp"));
+        Assert.Equal(3 * VkPeft.Runtime.Kernels.Attention.CoopMatrixHeadDims.Count, variants.Count(v => v.Source.StartsWith("attention_flash_", StringComparison.Ordinal)));
         foreach (var v in variants)
         {
             var words = ShaderCatalog.LoadSpirv(v.Id);
