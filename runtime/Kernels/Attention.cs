@@ -68,8 +68,7 @@ public static class Attention
     /// <summary>
     /// Shared memory of the largest cooperative-matrix flash variant (dk/dv at head dimension 128: the key and value rows
     /// and a 16-query block of q and dO as hi/lo fp16 pairs, 2·2·(16+16)·136·2 bytes; score, dP, P and dS tiles; the
-    /// fp32 16x132 block product; lse, D and the block maxima). ShaderCoverage-style check: AttentionCoopMatrixTests
-    /// reads it back from the SPIR-V.
+    /// fp32 16x132 block product; lse, D and the block maxima); AttentionCoopMatrixTests reads it back from the SPIR-V.
     /// </summary>
     public const uint CoopMatrixSharedBytes = 47_520;
 
