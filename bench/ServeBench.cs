@@ -1,7 +1,7 @@
 // `./vkpeft bench serve`: aggregate tokens/s of `vkpeft serve` with 1, 8 and 64 distinct LoRA adapters under concurrent
 // streaming clients (gathered pools, and 64 adapters through their own runtimes for comparison), against one request at
 // a time through the single-sequence generation path; p50/p99 time to first token and inter-token latency (server-sent
-// event gaps); adapter bytes resident.
+// event gaps); memory: adapter bytes resident, and the paged KV cache's peak pages in use against its pool.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Net.Http.Json;
@@ -17,7 +17,7 @@ using VkPeft.Serve;
 namespace VkPeft.Bench;
 
 public sealed record ServeRow(string Case, int Adapters, int Clients, int Requests, long Tokens, double Seconds, double TokensPerSecond,
-    double TtftP50, double TtftP99, double ItlP50, double ItlP99, long AdapterBytes);
+    double TtftP50, double TtftP99, double ItlP50, double ItlP99, long AdapterBytes, long KvPeakBytes = 0, long KvPoolBytes = 0);
 
 public static class ServeBench
 {
@@ -178,7 +178,8 @@ public static class ServeBench
         double seconds = total.Elapsed.TotalSeconds;
         long produced = server.Metrics.GeneratedTokens - before;
         return new ServeRow(label, adapters, clients, clients * perClient, produced, seconds, produced / seconds,
-            Pct(ttft, 50), Pct(ttft, 99), Pct(itl, 50), Pct(itl, 99), server.Adapters.ResidentBytes);
+            Pct(ttft, 50), Pct(ttft, 99), Pct(itl, 50), Pct(itl, 99), server.Adapters.ResidentBytes,
+            server.KvCache.PeakUsed * server.KvCache.PageBytes, server.KvCache.Pages * server.KvCache.PageBytes);
     }
 
     private static double Pct(List<double> v, double p)
@@ -191,9 +192,9 @@ public static class ServeBench
     private static void Print(List<ServeRow> rows, string device)
     {
         Console.WriteLine($"vkpeft serve on {device} (ms; ITL = gap between streamed tokens)");
-        Console.WriteLine($"{"case",-48} {"tok/s",8} {"x seq",6} {"TTFT p50",9} {"p99",8} {"ITL p50",8} {"p99",8} {"adapter MiB",11}");
+        Console.WriteLine($"{"case",-48} {"tok/s",8} {"x seq",6} {"TTFT p50",9} {"p99",8} {"ITL p50",8} {"p99",8} {"adapter MiB",11} {"KV MiB peak/pool",17}");
         double seq = rows.FirstOrDefault(r => r.Clients == 1)?.TokensPerSecond ?? 0;
         foreach (var r in rows)
-            Console.WriteLine($"{r.Case,-48} {r.TokensPerSecond,8:F1} {(seq > 0 ? r.TokensPerSecond / seq : 0),6:F2} {r.TtftP50 * 1e3,9:F1} {r.TtftP99 * 1e3,8:F1} {r.ItlP50 * 1e3,8:F1} {r.ItlP99 * 1e3,8:F1} {r.AdapterBytes / 1048576.0,11:F2}");
+            Console.WriteLine($"{r.Case,-48} {r.TokensPerSecond,8:F1} {(seq > 0 ? r.TokensPerSecond / seq : 0),6:F2} {r.TtftP50 * 1e3,9:F1} {r.TtftP99 * 1e3,8:F1} {r.ItlP50 * 1e3,8:F1} {r.ItlP99 * 1e3,8:F1} {r.AdapterBytes / 1048576.0,11:F2} {$"{r.KvPeakBytes / 1048576.0:F2}/{r.KvPoolBytes / 1048576.0:F2}",17}");
     }
 }

@@ -28,10 +28,19 @@ public sealed record ServeOptions
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (see <see cref="ServeHost.Address"/>).</summary>
     public int Port { get; init; } = 8080;
-    /// <summary>Sequences decoded together (KV-cache slots).</summary>
+    /// <summary>Sequences decoded together.</summary>
     public int MaxBatch { get; init; } = 16;
-    /// <summary>Tokens per sequence (prompt + completion); 0 = the model's own limit.</summary>
+    /// <summary>Most tokens of one sequence (prompt + completion); 0 = the model's own limit.</summary>
     public int MaxContext { get; init; }
+    /// <summary>Tokens per page of the paged KV cache.</summary>
+    public int KvPageSize { get; init; } = 16;
+    /// <summary>Pages of the KV cache pool; 0 = enough for MaxBatch sequences of MaxContext tokens.</summary>
+    public int KvPages { get; init; }
+    /// <summary>
+    /// Device bytes resident adapters and the KV pages running sequences reserve may hold together; 0 = the adapter
+    /// budget plus the whole KV pool (neither ever waits for the other).
+    /// </summary>
+    public long MemoryBudgetBytes { get; init; }
     /// <summary>Requests that may wait for a slot before new ones get 503.</summary>
     public int MaxQueue { get; init; } = 256;
     /// <summary>Device bytes resident adapters may hold together (least recently used ones are evicted beyond it).</summary>
@@ -52,6 +61,9 @@ public sealed record ServeOptions
         if (MaxContext < 0) throw new FormatException($"--max-context must be ≥ 1, got {MaxContext}");
         if (MaxQueue < 0) throw new FormatException($"--max-queue must be ≥ 0, got {MaxQueue}");
         if (AdapterBudgetBytes <= 0) throw new FormatException("--adapter-budget must be positive");
+        if (KvPageSize < 1) throw new FormatException($"--kv-page-size must be ≥ 1, got {KvPageSize}");
+        if (KvPages < 0) throw new FormatException($"--kv-pages must be ≥ 1, got {KvPages}");
+        if (MemoryBudgetBytes < 0) throw new FormatException("--memory-budget must be positive");
         if (RequestTimeout <= TimeSpan.Zero) throw new FormatException("--request-timeout must be positive");
         if (GatheredLoraRank < 0) throw new FormatException($"--gathered-lora-rank must be ≥ 0, got {GatheredLoraRank}");
         if (GatheredLoraSlots < 1) throw new FormatException($"--gathered-lora-slots must be ≥ 1, got {GatheredLoraSlots}");
@@ -88,7 +100,9 @@ public sealed class ServeHost : IAsyncDisposable
         _options = options;
         Adapters = pool;
         _forward = forward;
-        _scheduler = new BatchScheduler(forward, pool, _metrics, options.MaxQueue);
+        long kvBytes = forward.KvCacheBytes;
+        _scheduler = new BatchScheduler(forward, pool, _metrics, options.MaxQueue,
+            options.MemoryBudgetBytes > 0 ? options.MemoryBudgetBytes : options.AdapterBudgetBytes + kvBytes);
     }
 
     public AdapterPool Adapters { get; }
@@ -96,6 +110,10 @@ public sealed class ServeHost : IAsyncDisposable
     /// <summary>The address the server listens on (with the port chosen when Port was 0).</summary>
     public Uri Address { get; private set; } = null!;
     public int MaxContext => _forward.MaxContext;
+    /// <summary>The paged KV cache of the running sequences.</summary>
+    public KvPagePool KvCache => _forward.Cache;
+    /// <summary>Device bytes resident adapters and reserved KV pages may hold together.</summary>
+    public long MemoryBudget => _scheduler.MemoryBudget;
 
     /// <summary>
     /// Starts serving <paramref name="model"/> with the adapters <paramref name="adapters"/> (name, folder) registered;
@@ -116,9 +134,16 @@ public sealed class ServeHost : IAsyncDisposable
         int slots = (int)Math.Min(options.GatheredLoraSlots, options.AdapterBudgetBytes / slotBytes);
         var loraPool = options.GatheredLoraRank > 0 && slots > 0 ? new GatheredLoraPool(model.Context, model.Config, slots, options.GatheredLoraRank, maxRows) : null;
         MixedBatchForward forward;
-        try { forward = new MixedBatchForward(model, options.MaxBatch, context, maxRows) { LoraPool = loraPool }; }
+        KvPagePool? kv = null;
+        try
+        {
+            int pages = options.KvPages > 0 ? options.KvPages : (int)Math.Min(int.MaxValue, ((long)options.MaxBatch * context + options.KvPageSize - 1) / options.KvPageSize);
+            kv = new KvPagePool(model.Context, model.Config, pages, options.KvPageSize);
+            forward = new MixedBatchForward(model, kv, options.MaxBatch, context, maxRows) { LoraPool = loraPool };
+        }
         catch
         {
+            kv?.Dispose();
             loraPool?.Dispose();
             throw;
         }
@@ -150,6 +175,7 @@ public sealed class ServeHost : IAsyncDisposable
         {
             pool?.Dispose();
             forward.Dispose();
+            kv.Dispose();
             loraPool?.Dispose();
             throw;
         }
@@ -181,6 +207,7 @@ public sealed class ServeHost : IAsyncDisposable
         _scheduler.Dispose();
         Adapters.Dispose();
         _forward.Dispose();
+        _forward.Cache.Dispose();
         _forward.LoraPool?.Dispose();
     }
 
@@ -197,7 +224,7 @@ public sealed class ServeHost : IAsyncDisposable
         app.MapGet("/metrics", (RequestDelegate)(async http =>
         {
             http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-            await http.Response.WriteAsync(_metrics.Format(Adapters, _model.Context)).ConfigureAwait(false);
+            await http.Response.WriteAsync(_metrics.Format(Adapters, _forward.Cache, _scheduler.MemoryBudget, _model.Context)).ConfigureAwait(false);
         }));
         app.MapGet("/v1/models", (RequestDelegate)(http => Json(http, 200, Models())));
         app.MapGet("/v1/adapters", (RequestDelegate)(http => Json(http, 200, AdapterList())));

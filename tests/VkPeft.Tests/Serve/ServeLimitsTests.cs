@@ -61,6 +61,58 @@ public sealed class ServeLimitsTests
         }
     }
 
+    /// <summary>
+    /// The KV cache is one pool of pages: a single sequence may hold all of it (far more than a per-sequence share), a
+    /// request whose pages are not free waits in the queue although batch places are free and runs once they are, one that
+    /// could never get its pages is a 400 naming them, and every page comes back when the sequences end.
+    /// </summary>
+    [Fact]
+    public async Task KvPagesAreTakenFromOnePoolAndARequestWithoutPagesWaits()
+    {
+        var host = ModelLoader.Load(Stories260K.ModelPath);
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        using var model = DeviceLlama.Load(ctx, host.Config, host.Weights, BaseQuant.None);
+        // 20 pages of 16 tokens (320) for 4 sequences: 80 tokens each if it were split into slots.
+        var options = new ServeOptions { BaseName = "base", Port = 0, MaxBatch = 4, MaxQueue = 4, MaxContext = 512, KvPageSize = 16, KvPages = 20 };
+        var server = await ServeHost.StartAsync(model, host.Tokenizer!, BaseQuant.None, [], options);
+        await using (server)
+        {
+            using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
+            async Task<string> Metric(string name) =>
+                (await http.GetStringAsync("/metrics")).Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..];
+            // A: 5 prompt tokens + 300 reserve all 20 pages.
+            using var longRequest = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+            {
+                Content = JsonContent.Create(new { model = "base", prompt = "Once upon a time", max_tokens = 300, temperature = 0, stream = true }),
+            };
+            var a = await http.SendAsync(longRequest, HttpCompletionOption.ResponseHeadersRead);
+            var aReader = new StreamReader(await a.Content.ReadAsStreamAsync());
+            Assert.StartsWith("data: ", await aReader.ReadLineAsync(), StringComparison.Ordinal);
+            Assert.Equal("20", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
+            // B needs one page: it waits for pages, not for a batch place.
+            var b = http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "The dog", max_tokens = 4, temperature = 0 });
+            for (int i = 0; i < 200 && server.Metrics.QueueDepth == 0; i++) await Task.Delay(10);
+            Assert.Equal(1, server.Metrics.QueueDepth);
+            Assert.Equal(1, server.Metrics.ActiveSequences);
+            // A's client goes away: its pages come back and B runs.
+            aReader.Dispose();
+            a.Dispose();
+            var bAnswer = await b;
+            Assert.Equal(200, (int)bAnswer.StatusCode);
+            Assert.True(server.KvCache.PeakUsed > 5, $"A held only {server.KvCache.PeakUsed} pages at most");
+            // 5 + 400 tokens need 26 pages; the pool has 20: refused at once, naming the pages.
+            var c = await http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "Once upon a time", max_tokens = 400 });
+            Assert.Equal(400, (int)c.StatusCode);
+            var error = JsonDocument.Parse(await c.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.Equal("context_length_exceeded", error.GetProperty("code").GetString());
+            Assert.Contains("26 KV pages", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+            for (int i = 0; i < 200 && server.Metrics.ActiveSequences > 0; i++) await Task.Delay(10);
+            Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"used\"}"));
+            Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
+            Assert.Equal("20", await Metric("vkpeft_kv_pages{state=\"free\"}"));
+        }
+    }
+
     [Fact]
     public async Task ABaseWithBiasesOnEveryLinearServesAsGenerate()
     {

@@ -197,7 +197,8 @@ public sealed class ServeTests(ServeFixture f)
         await CompletionText("lora-a", ServeFixture.Prompts[0]);
         string metrics = await f.Http.GetStringAsync("/metrics");
         foreach (var name in new[] { "vkpeft_requests_total{status=\"200\"}", "vkpeft_generated_tokens_total", "vkpeft_queue_depth", "vkpeft_batch_size",
-                     "vkpeft_adapters_resident", "vkpeft_device_memory_bytes{category=\"weights\"}", "vkpeft_tokens_per_second" })
+                     "vkpeft_adapters_resident", "vkpeft_device_memory_bytes{category=\"weights\"}", "vkpeft_tokens_per_second",
+                     "vkpeft_kv_pages{state=\"used\"}", "vkpeft_kv_pages{state=\"free\"}", "vkpeft_kv_pages{state=\"reserved\"}", "vkpeft_memory_budget_bytes" })
             Assert.Contains(name, metrics, StringComparison.Ordinal);
     }
 
