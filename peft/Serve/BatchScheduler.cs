@@ -17,6 +17,9 @@ public sealed class ServerBusyException(string message) : Exception(message);
 /// <summary>The prompt and the adapter's virtual tokens or prefix rows do not fit the context (HTTP 400).</summary>
 public sealed class ContextLengthException(string message) : ArgumentException(message);
 
+/// <summary>A request's adapter scale other than 1 for an adapter the gathered kernels do not serve (HTTP 400).</summary>
+public sealed class AdapterScaleException(string message) : ArgumentException(message);
+
 /// <summary>One generation: the prompt, its adapter (null = the base), sampling and limits, and the tokens as they come.</summary>
 public sealed class GenerationRequest
 {
@@ -36,6 +39,8 @@ public sealed class GenerationRequest
     public int MaxTokens { get; }
     public IReadOnlyCollection<int> StopTokens { get; }
     public CancellationToken Cancel { get; }
+    /// <summary>Factor on the adapter's delta for this request (gathered LoRA adapters; 1: as trained, 0: the base).</summary>
+    public float AdapterScale { get; init; } = 1;
     /// <summary>Generated token ids; completed when the sequence ends (with the error, if it failed).</summary>
     public Channel<int> Tokens { get; } = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
     /// <summary>"stop" (a stop token) or "length" (max_tokens or the context), set before Tokens completes.</summary>
@@ -195,6 +200,8 @@ public sealed class BatchScheduler : IDisposable
             int extra = VirtualTokenRows.ExtraRows(adapter);
             Exception? refusal = adapter?.AttentionPrefix is { Gated: true }
                 ? new NotSupportedException($"the adapter '{r.Adapter}' needs a gated attention prefix, which the device kernels do not take yet")
+                : r.AdapterScale != 1 && adapter is not GatheredLoraAdapter
+                    ? new AdapterScaleException($"'adapter_scale' applies to plain LoRA adapters served by the gathered kernels; '{r.Adapter}' runs its own runtime")
                 : r.Prompt.Length + extra >= MaxContext
                     ? new ContextLengthException($"the prompt has {r.Prompt.Length} tokens and the adapter '{r.Adapter}' puts {extra} rows before them; the context holds {MaxContext}")
                     : null;
@@ -256,7 +263,7 @@ public sealed class BatchScheduler : IDisposable
         foreach (var s in order)
         {
             _kv.Grow(s.Cache, s.Position + s.Feed.Length);
-            segments.Add(new BatchSegment(s.Cache, ids.Count, s.Feed.Length, s.Position, s.Adapter));
+            segments.Add(new BatchSegment(s.Cache, ids.Count, s.Feed.Length, s.Position, s.Adapter, s.Request.AdapterScale));
             ids.AddRange(s.Feed);
         }
         var sw = Stopwatch.StartNew();

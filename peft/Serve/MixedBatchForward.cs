@@ -16,8 +16,11 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Serve;
 
-/// <summary>One sequence's rows in a step: rows [Start, Start+Count) of the batch at positions Position…, its KV pages in Cache.</summary>
-public sealed record BatchSegment(KvSequence Cache, int Start, int Count, int Position, IAdapterRuntime? Adapter);
+/// <summary>
+/// One sequence's rows in a step: rows [Start, Start+Count) of the batch at positions Position…, its KV pages in Cache,
+/// and the factor its request puts on a gathered LoRA adapter's delta (1: as trained).
+/// </summary>
+public sealed record BatchSegment(KvSequence Cache, int Start, int Count, int Position, IAdapterRuntime? Adapter, float AdapterScale = 1);
 
 /// <summary>The rows [Start, Start+Count) of a step that one adapter (or none) owns.</summary>
 public sealed record AdapterRows(IAdapterRuntime? Adapter, int Start, int Count);

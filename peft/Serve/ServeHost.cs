@@ -84,6 +84,8 @@ public sealed class ApiException(int status, string message, string? param = nul
 public sealed class ServeHost : IAsyncDisposable
 {
     private const int MaxBodyBytes = 4 << 20;
+    /// <summary>Largest |adapter_scale| a request may ask for.</summary>
+    private const double MaxAdapterScale = 8;
     private readonly WebApplication _app;
     private readonly DeviceLlama _model;
     private readonly ITextTokenizer _tok;
@@ -421,6 +423,10 @@ public sealed class ServeHost : IAsyncDisposable
             : Adapters.IsKnown(model) ? model
             : throw new ApiException(404, $"the model '{model}' does not exist (GET /v1/models lists the base and adapters)", "model", "model_not_found");
         var (ids, endOfTurn) = Prompt(root, chat, model);
+        // vkpeft's extension: a factor on the adapter's delta for this request (0: the base's output, 1: as trained).
+        float adapterScale = (float)(Num(root, "adapter_scale", -MaxAdapterScale, MaxAdapterScale) ?? 1);
+        if (adapter == null && adapterScale != 1)
+            throw new ApiException(400, $"'adapter_scale' scales an adapter's delta; the base model '{model}' has none", "adapter_scale");
         long? maxTokens = Int(root, "max_tokens", 1, int.MaxValue) ?? (chat ? Int(root, "max_completion_tokens", 1, int.MaxValue) : null);
         var sampling = new SamplingOptions(
             (float)(Num(root, "temperature", 0, 2) ?? 1),
@@ -441,7 +447,7 @@ public sealed class ServeHost : IAsyncDisposable
         if (endOfTurn is { } eot) stopTokens.Add(eot);
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted);
         cancel.CancelAfter(_options.RequestTimeout);
-        var request = new GenerationRequest(ids, adapter, sampling, max, stopTokens, cancel.Token);
+        var request = new GenerationRequest(ids, adapter, sampling, max, stopTokens, cancel.Token) { AdapterScale = adapterScale };
         try { _scheduler.Submit(request); }
         catch (ServerBusyException e) { throw new ApiException(503, e.Message, code: "server_busy", type: "server_error"); }
         _metrics.AddPromptTokens(ids.Length);
@@ -505,6 +511,10 @@ public sealed class ServeHost : IAsyncDisposable
         catch (Exception e) when (Inner(e) is OperationCanceledException && !http.RequestAborted.IsCancellationRequested)
         {
             throw new ApiException(504, $"the request did not finish within {_options.RequestTimeout.TotalSeconds:F0} s", code: "timeout", type: "server_error");
+        }
+        catch (Exception e) when (Inner(e) is AdapterScaleException && !http.Response.HasStarted)
+        {
+            throw new ApiException(400, Inner(e).Message, "adapter_scale");
         }
         catch (Exception e) when (Inner(e) is ContextLengthException && !http.Response.HasStarted)
         {

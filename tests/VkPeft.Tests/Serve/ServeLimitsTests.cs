@@ -72,23 +72,23 @@ public sealed class ServeLimitsTests
         var host = ModelLoader.Load(Stories260K.ModelPath);
         using var ctx = new VulkanContext(GpuFixture.Options());
         using var model = DeviceLlama.Load(ctx, host.Config, host.Weights, BaseQuant.None);
-        // 20 pages of 16 tokens (320) for 4 sequences: 80 tokens each if it were split into slots.
-        var options = new ServeOptions { BaseName = "base", Port = 0, MaxBatch = 4, MaxQueue = 4, MaxContext = 512, KvPageSize = 16, KvPages = 20 };
+        // 31 pages of 16 tokens (496) for 4 sequences: 124 tokens each if it were split into slots.
+        var options = new ServeOptions { BaseName = "base", Port = 0, MaxBatch = 4, MaxQueue = 4, MaxContext = 512, KvPageSize = 16, KvPages = 31 };
         var server = await ServeHost.StartAsync(model, host.Tokenizer!, BaseQuant.None, [], options);
         await using (server)
         {
             using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
             async Task<string> Metric(string name) =>
                 (await http.GetStringAsync("/metrics")).Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..];
-            // A: 5 prompt tokens + 300 reserve all 20 pages.
+            // A: 5 prompt tokens + 480 reserve all 31 pages.
             using var longRequest = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
             {
-                Content = JsonContent.Create(new { model = "base", prompt = "Once upon a time", max_tokens = 300, temperature = 0, stream = true }),
+                Content = JsonContent.Create(new { model = "base", prompt = "Once upon a time", max_tokens = 480, temperature = 0, stream = true }),
             };
             var a = await http.SendAsync(longRequest, HttpCompletionOption.ResponseHeadersRead);
             var aReader = new StreamReader(await a.Content.ReadAsStreamAsync());
             Assert.StartsWith("data: ", await aReader.ReadLineAsync(), StringComparison.Ordinal);
-            Assert.Equal("20", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
+            Assert.Equal("31", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
             // B needs one page: it waits for pages, not for a batch place.
             var b = http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "The dog", max_tokens = 4, temperature = 0 });
             for (int i = 0; i < 200 && server.Metrics.QueueDepth == 0; i++) await Task.Delay(10);
@@ -100,16 +100,16 @@ public sealed class ServeLimitsTests
             var bAnswer = await b;
             Assert.Equal(200, (int)bAnswer.StatusCode);
             Assert.True(server.KvCache.PeakUsed > 5, $"A held only {server.KvCache.PeakUsed} pages at most");
-            // 5 + 400 tokens need 26 pages; the pool has 20: refused at once, naming the pages.
-            var c = await http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "Once upon a time", max_tokens = 400 });
+            // 5 + 500 tokens need 32 pages; the pool has 31: refused at once, naming the pages.
+            var c = await http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "Once upon a time", max_tokens = 500 });
             Assert.Equal(400, (int)c.StatusCode);
             var error = JsonDocument.Parse(await c.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
             Assert.Equal("context_length_exceeded", error.GetProperty("code").GetString());
-            Assert.Contains("26 KV pages", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+            Assert.Contains("32 KV pages", error.GetProperty("message").GetString(), StringComparison.Ordinal);
             for (int i = 0; i < 200 && server.Metrics.ActiveSequences > 0; i++) await Task.Delay(10);
             Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"used\"}"));
             Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
-            Assert.Equal("20", await Metric("vkpeft_kv_pages{state=\"free\"}"));
+            Assert.Equal("31", await Metric("vkpeft_kv_pages{state=\"free\"}"));
         }
     }
 
