@@ -62,9 +62,10 @@ public sealed class ServeLimitsTests
     }
 
     /// <summary>
-    /// The KV cache is one pool of pages: a single sequence may hold all of it (far more than a per-sequence share), a
-    /// request whose pages are not free waits in the queue although batch places are free and runs once they are, one that
-    /// could never get its pages is a 400 naming them, and every page comes back when the sequences end.
+    /// The KV cache is one pool of pages: a single sequence may hold far more than a per-sequence share of it; two
+    /// requests whose pages do not fit together never share a step although batch places are free (the second waits in
+    /// the queue and then runs), while two that fit do; one that could never get its pages is a 400 naming them; every
+    /// page comes back when the sequences end.
     /// </summary>
     [Fact]
     public async Task KvPagesAreTakenFromOnePoolAndARequestWithoutPagesWaits()
@@ -80,28 +81,20 @@ public sealed class ServeLimitsTests
             using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
             async Task<string> Metric(string name) =>
                 (await http.GetStringAsync("/metrics")).Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..];
-            // A: 5 prompt tokens + 480 reserve all 31 pages.
-            using var longRequest = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
-            {
-                Content = JsonContent.Create(new { model = "base", prompt = "Once upon a time", max_tokens = 480, temperature = 0, stream = true }),
-            };
-            var a = await http.SendAsync(longRequest, HttpCompletionOption.ResponseHeadersRead);
-            var aReader = new StreamReader(await a.Content.ReadAsStreamAsync());
-            Assert.StartsWith("data: ", await aReader.ReadLineAsync(), StringComparison.Ordinal);
-            Assert.Equal("31", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
-            // B needs one page: it waits for pages, not for a batch place.
-            var b = http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "The dog", max_tokens = 4, temperature = 0 });
-            for (int i = 0; i < 200 && server.Metrics.QueueDepth == 0; i++) await Task.Delay(10);
-            Assert.Equal(1, server.Metrics.QueueDepth);
-            Assert.Equal(1, server.Metrics.ActiveSequences);
-            // A's client goes away: its pages come back and B runs.
-            aReader.Dispose();
-            a.Dispose();
-            var bAnswer = await b;
-            Assert.Equal(200, (int)bAnswer.StatusCode);
-            Assert.True(server.KvCache.PeakUsed > 5, $"A held only {server.KvCache.PeakUsed} pages at most");
+            Task<HttpResponseMessage> Post(string prompt, int maxTokens) =>
+                http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt, max_tokens = maxTokens, temperature = 0 });
+            // Two of 5 + 250 tokens (16 pages each) do not fit the 31 pages together: one waits for the other's pages, so no
+            // step ever runs both (the largest batch stays 1).
+            var apart = await Task.WhenAll(Post("Once upon a time", 250), Post("Once upon a time", 250));
+            Assert.All(apart, r => Assert.Equal(200, (int)r.StatusCode));
+            Assert.Equal(1, server.Metrics.MaxBatch);
+            // Two of 4-5 prompt tokens + 100 (7 pages each) fit together: they share steps.
+            var fit = await Task.WhenAll(Post("Once upon a time", 100), Post("The dog", 100));
+            Assert.All(fit, r => Assert.Equal(200, (int)r.StatusCode));
+            Assert.Equal(2, server.Metrics.MaxBatch);
+            Assert.True(server.KvCache.PeakUsed >= 16, $"a 255-token sequence held only {server.KvCache.PeakUsed} pages");
             // 5 + 500 tokens need 32 pages; the pool has 31: refused at once, naming the pages.
-            var c = await http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "Once upon a time", max_tokens = 500 });
+            var c = await Post("Once upon a time", 500);
             Assert.Equal(400, (int)c.StatusCode);
             var error = JsonDocument.Parse(await c.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
             Assert.Equal("context_length_exceeded", error.GetProperty("code").GetString());
