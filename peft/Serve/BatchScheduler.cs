@@ -1,8 +1,9 @@
 // Continuous batching on one thread that owns the device: requests wait in a bounded queue, join the running batch as
 // soon as a batch place, their adapter and the KV pages they can need are free (pages reserved from the memory budget
-// shared with the resident adapters, taken as the sequence grows, given back when it ends), have their prompt prefilled in the same step as the other sequences'
-// decode rows, and leave the batch when they stop, reach their limit or are cancelled. Tokens go back to each
-// request through its own channel; sampling is per request (Generator.Sample with the request's seeded generator).
+// shared with the resident adapters, taken as the sequence grows, given back when it ends), have their prompt
+// prefilled in the same step as the other sequences' decode rows, and leave the batch when they stop, reach their
+// limit or are cancelled. Tokens go back to each request through its own channel; sampling is per request
+// (Generator.Sample with the request's seeded generator).
 // A sequence whose adapter adds rows before it (prompt tuning's virtual tokens, prefix tuning's prefix) feeds those P
 // rows first in its prefill step, so its KV pages hold them once and its tokens sit at positions P… (as generate).
 using System.Diagnostics;
