@@ -1,5 +1,6 @@
 // `vkpeft serve` on servers of their own: a full queue answers 503 with Retry-After, a client that disconnects frees its
-// batch slot at once, a base with biases on every linear serves as generate runs it, and chat completions (a model
+// batch slot at once, the paged KV cache (one pool: a request without pages waits, one that never fits is refused, the
+// pages share --memory-budget with the adapters), a base with biases on every linear serves as generate runs it, and chat completions (a model
 // whose tokenizer has a chat template) through the official OpenAI .NET client, whole and streamed, equal the
 // single-sequence path's greedy reply.
 using System.ClientModel;
@@ -103,6 +104,56 @@ public sealed class ServeLimitsTests
             Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"used\"}"));
             Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
             Assert.Equal("31", await Metric("vkpeft_kv_pages{state=\"free\"}"));
+        }
+    }
+
+    /// <summary>
+    /// --memory-budget is shared: KV pages a request reserves push an idle adapter out when both do not fit, and a
+    /// request whose pages alone exceed the budget is a 400 saying so.
+    /// </summary>
+    [Fact]
+    public async Task KvPagesAndAdaptersShareTheMemoryBudget()
+    {
+        var host = ModelLoader.Load(Stories260K.ModelPath);
+        var c = host.Config;
+        using var dir = new TempDir();
+        var lora = VkPeft.Tests.Export.ExportTestSupport.RandomLora(c, seed: 21, baseQuant: BaseQuant.None);
+        string loraDir = dir.File("lora");
+        VkPeft.Peft.Export.AdapterIO.SaveVkPeft(loraDir, lora, c);
+        long adapterBytes = lora.Tensors.Values.Sum(t => t.Count) * sizeof(float);
+        long pageBytes = 16L * c.KvDim * sizeof(float) * 2 * c.NLayers;
+        Assert.True(adapterBytes >= pageBytes, $"the adapter ({adapterBytes} bytes) should outweigh a page ({pageBytes})");
+        long budget = adapterBytes + 10 * pageBytes;
+        int pagesInBudget = (int)(budget / pageBytes);
+        Assert.True(pagesInBudget < 31, $"the budget holds {pagesInBudget} pages; the test needs fewer than the pool's 31");
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        using var model = DeviceLlama.Load(ctx, c, host.Weights, BaseQuant.None);
+        var options = new ServeOptions
+        {
+            BaseName = "base", Port = 0, MaxBatch = 2, MaxQueue = 4, MaxContext = 512, KvPageSize = 16, KvPages = 31, MemoryBudgetBytes = budget,
+        };
+        var server = await ServeHost.StartAsync(model, host.Tokenizer!, BaseQuant.None, [("lora", loraDir)], options);
+        await using (server)
+        {
+            Assert.Equal(pageBytes, server.KvCache.PageBytes);
+            using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
+            // "Once upon a time" is 5 tokens: max_tokens 16·n − 5 reserves exactly n pages.
+            Task<HttpResponseMessage> Post(string model, int pages) =>
+                http.PostAsJsonAsync("/v1/completions", new { model, prompt = "Once upon a time", max_tokens = 16 * pages - 5, temperature = 0 });
+            Assert.Equal(200, (int)(await Post("lora", 1)).StatusCode);
+            Assert.Equal(1, server.Adapters.ResidentCount);
+            // 11 pages and the adapter exceed the budget: the idle adapter is evicted for the pages.
+            Assert.Equal(200, (int)(await Post("base", 11)).StatusCode);
+            Assert.Equal(0, server.Adapters.ResidentCount);
+            Assert.Equal(1, server.Adapters.Evictions);
+            // More pages than the whole budget holds: refused, naming the budget.
+            var refused = await Post("base", pagesInBudget + 1);
+            Assert.Equal(400, (int)refused.StatusCode);
+            var error = JsonDocument.Parse(await refused.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.Equal("context_length_exceeded", error.GetProperty("code").GetString());
+            Assert.Contains($"{budget}-byte memory budget", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+            // The adapter loads again within the budget once the pages are back.
+            Assert.Equal(200, (int)(await Post("lora", 1)).StatusCode);
         }
     }
 
