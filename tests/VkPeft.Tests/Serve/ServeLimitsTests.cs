@@ -1,8 +1,8 @@
 // `vkpeft serve` on servers of their own: a full queue answers 503 with Retry-After, a client that disconnects frees its
 // batch slot at once, the paged KV cache (one pool: a request without pages waits, one that never fits is refused, the
-// pages share --memory-budget with the adapters), a base with biases on every linear serves as generate runs it, and chat completions (a model
-// whose tokenizer has a chat template) through the official OpenAI .NET client, whole and streamed, equal the
-// single-sequence path's greedy reply.
+// pages share --memory-budget with the adapters), a base with biases on every linear serves as generate runs it, and
+// chat completions (a model whose tokenizer has a chat template) through the official OpenAI .NET client, whole and
+// streamed, equal the single-sequence path's greedy reply.
 using System.ClientModel;
 using System.Net.Http.Json;
 using System.Text;
