@@ -17,7 +17,7 @@ public static class KernelPathReport
             : new("matmul fp32", $"shared tiles {tiles.Name}", $"first entry of the tile table for a {caps.Kind} device within {caps.MaxComputeSharedMemorySize} bytes of shared memory"));
         if (lanes)
         {
-            list.Add(new("fused 4-bit matmul", "lanes, whole code words, 8-32-row tiles by M", "CPU device: each lane decodes its code words once per tile in registers"));
+            list.Add(new("fused 4-bit matmul", "lanes, whole code words, 16-row tiles (8-16 rows by M for the input gradient)", "CPU device: each lane decodes its code words once per tile in registers"));
             list.Add(new("fused 4-bit matmul weight tiles", "none (lanes keep decoded weights in registers)", $"{QuantizedMatMul.Fp16Tiles.Fast} apply to the shared-tiles algorithm only"));
         }
         else
