@@ -1,7 +1,9 @@
 #version 450
 // matmul: C[M,N] = alpha * A[M,K] · op(B) + beta * C with fp32 accumulators, tiled in shared memory for GPUs. op(B) =
 // B[K,N] (TRANS_B 0) or B[N,K]ᵀ (TRANS_B 1, the nn.Linear weight layout). Row strides lda/ldb/ldc and element offsets
-// let callers address sub-matrices (split tensors). Writes C when beta == 0, else accumulates.
+// let callers address sub-matrices (split tensors). Writes C when beta == 0, else accumulates. With TRANS_A, A is stored
+// [K, M] (element (m, k) at a_offset + k·lda + m): the weight-gradient product Pᵀ·Q of MatMulTn (VEC_A is then unused).
+// Outside COOPMAT each output is one fma chain over k in order: deterministic, the same bits for every tile shape.
 //
 // Tile shape (BM x BN outputs per workgroup, BK along K, TM x TN per invocation) comes from specialization constants the
 // runtime picks per device from one table (runtime/Kernels/MatMulTiles.cs); the workgroup has (BM/TM)·(BN/TN)
@@ -82,6 +84,15 @@ shared BTYPE Bs[2u * BK * B_STRIDE];
 void load_a(uint s, uint row0, uint k0)
 {
     uint base = s * BK * A_STRIDE;
+#ifdef TRANS_A
+    // A[m, k] = a[a_offset + k·lda + m]: the operand is stored [K, M] and read along its rows (m consecutive).
+    for (uint idx = gl_LocalInvocationID.x; idx < BM * BK; idx += gl_WorkGroupSize.x)
+    {
+        uint kk = idx / BM, r = idx % BM;
+        uint gr = row0 + r, gk = k0 + kk;
+        As[base + kk * A_STRIDE + r] = ATYPE((gr < pc.M && gk < pc.K) ? a[pc.a_offset + gk * pc.lda + gr] : 0.0);
+    }
+#else
     if (VEC_A == 1u)
     {
         uint quads = BM * BK / 4u;
@@ -105,6 +116,7 @@ void load_a(uint s, uint row0, uint k0)
             As[base + kk * A_STRIDE + r] = ATYPE((gr < pc.M && gk < pc.K) ? a[pc.a_offset + gr * pc.lda + gk] : 0.0);
         }
     }
+#endif
 }
 
 #if defined(QUANT_B) && defined(QWORD)
