@@ -30,12 +30,15 @@ public static class KernelPathReport
         const string noKhr = "VK_KHR_cooperative_matrix (AMD, Intel) variants are not built: they need GL_KHR_cooperative_matrix, "
             + "which the glslc in our package registries (Debian 12 shaderc) does not compile";
         var nv = QuantizedMatMul.CoopMatrixUnavailable(caps);
-        if (nv != null || lanes)
-            list.Add(new("cooperative matrices", "not used", (nv ?? "the lanes algorithm runs on this device") + "; " + noKhr));
-        else
+        foreach (var (op, kernel) in new[] { ("cooperative matrices (forward)", QuantizedMatMul.CoopMatrix), ("cooperative matrices (input gradient)", QuantizedMatMul.CoopMatrixInputGrad) })
         {
-            var choice = ctx.Kernels.Describe(QuantizedMatMul.CoopMatrix);
-            list.Add(new("cooperative matrices", choice.Path, choice.Why + "; " + noKhr));
+            if (nv != null || lanes)
+                list.Add(new(op, "not used", (nv ?? "the lanes algorithm runs on this device") + "; " + noKhr));
+            else
+            {
+                var choice = ctx.Kernels.Describe(kernel);
+                list.Add(new(op, choice.Path, choice.Why + "; " + noKhr));
+            }
         }
         return list;
     }
