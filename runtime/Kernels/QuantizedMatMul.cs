@@ -51,9 +51,10 @@ public static class QuantizedMatMul
         ctx => SelfCheckAgainstFp32Tiles(ctx, (a, w, c, forward) => RunShared(a, w, c, forward, fp16: false, coop: true), forward: true, inputGrad: false, aInFp16: true));
 
     /// <summary>
-    /// The cooperative-matrix input gradient dy·deq(W), checked on its own: it rounds dy to fp16, so besides unit-scale
+    /// The cooperative-matrix input gradient dy·deq(W), checked on its own: it rounds dy to fp16 (after scaling each row
+    /// by a power of two that puts its largest |value| near 2¹⁴, divided out of the result), so besides unit-scale
     /// gradients the self-check feeds a tiny-magnitude dy (<see cref="TinyGradientScale"/>, as late in training), which
-    /// an fp16 cast would flush to zero; on such a mismatch the input gradient runs on the fp32-A paths.
+    /// an unscaled fp16 cast would flush to zero; on a mismatch the input gradient runs on the fp32-A paths.
     /// </summary>
     public static readonly FastKernel CoopMatrixInputGrad = new("fused 4-bit matmul input gradient (shared tiles)", "NV cooperative matrices 16x16x16 fp16->fp32", "fp32 tiles",
         CoopMatrixUnavailable,
