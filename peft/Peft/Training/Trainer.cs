@@ -113,8 +113,8 @@ public sealed class Trainer : IDisposable
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, FreezeA = o.Adapter.FreezeA, Targets = o.Adapter.Targets,
             GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout, Settings = o.Adapter.Settings,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
-            UnifiedMemory = ctx.Arena.HostMapped, OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
-        };
+            OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
+        }.OnDevice(ctx);
         var est = Planning.MemoryModel.Estimate(setup);
         var acc = ctx.Arena.Accounting;
         long more = est.TotalBytes - est[MemoryCategory.Weights];

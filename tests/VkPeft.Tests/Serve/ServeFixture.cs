@@ -71,7 +71,8 @@ public sealed class ServeFixture : IAsyncLifetime
             Expected[(BaseName, prompt)] = Greedy(_model, Tokenizer, null, prompt, MaxTokens);
             foreach (var (name, dir) in Adapters) Expected[(name, prompt)] = Greedy(_model, Tokenizer, dir, prompt, MaxTokens);
         }
-        var options = new ServeOptions { BaseName = BaseName, Port = 0, MaxBatch = 8, MaxContext = 96, MaxQueue = 64 };
+        // 5-token KV pages: prompts, prefixes and completions cross page boundaries in their prefill and while decoding.
+        var options = new ServeOptions { BaseName = BaseName, Port = 0, MaxBatch = 8, MaxContext = 96, MaxQueue = 64, KvPageSize = 5 };
         Server = await ServeHost.StartAsync(_model, Tokenizer, Quant, [.. Adapters.Select(kv => (kv.Key, kv.Value))], options);
         Http = new HttpClient { BaseAddress = Server.Address, Timeout = TimeSpan.FromMinutes(3) };
     }
