@@ -30,7 +30,7 @@ namespace VkPeft.Tests.Serve;
 public sealed class ServeFixture : IAsyncLifetime
 {
     public const string BaseName = "stories260K";
-    public const int MaxTokens = 24;
+    public const int MaxTokens = 16;
     public const int SoftPromptTokens = 5;   // virtual tokens of the "soft-prompt" adapter
     public const int PrefixRows = 7;         // prefix length of the "prefix" adapter
     private const float SoftPromptGain = 8;  // the soft prompt's rows are its text's embeddings × 8, so that they clearly change the continuations
