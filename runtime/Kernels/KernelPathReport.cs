@@ -35,7 +35,7 @@ public static class KernelPathReport
         else
         {
             var choice = ctx.Kernels.Describe(QuantizedMatMul.CoopMatrix);
-            list.Add(new("cooperative matrices", choice.Path, choice.Why + "; " + noKhr));
+            list.Add(new("cooperative matrices", choice.Path, choice.Why + "; " + noKhr, choice.Reason is { } r ? new SettingMessage($"{r}; {noKhr}") : null));
         }
         return list;
     }
