@@ -26,15 +26,13 @@ public sealed record AdapterConfig
     public string BaseModel { get; init; } = "";
 
     /// <summary>
-    /// The method's settings as <typeparamref name="T"/>: <see cref="Settings"/> when set, else the method's defaults for
-    /// <see cref="BaseQuant"/>. Asking for a record the method does not have is a programming error.
+    /// The method's settings as <typeparamref name="T"/>: <see cref="Settings"/> when it is one, else the method's
+    /// defaults for <see cref="BaseQuant"/> (another method's settings, left by switching <see cref="Method"/>, count as
+    /// none). Asking for a record the method does not have is a programming error.
     /// </summary>
-    public T SettingsOf<T>() where T : MethodSettings => Settings switch
-    {
-        T own => own,
-        null when Method.DefaultSettings(BaseQuant) is T defaults => defaults,
-        _ => throw new InvalidOperationException($"{Method.CliName} adapters carry {Settings?.GetType().Name ?? "no settings"}, not {typeof(T).Name}"),
-    };
+    public T SettingsOf<T>() where T : MethodSettings =>
+        Settings as T ?? Method.DefaultSettings(BaseQuant) as T
+        ?? throw new InvalidOperationException($"{Method.CliName} adapters have no {typeof(T).Name}");
 
     /// <summary>Hugging Face module name of a target (q_proj, …, down_proj).</summary>
     public static string HfName(TargetModule t) => t switch
