@@ -1,5 +1,5 @@
 // The signed 8-bit dynamic quantization map of bitsandbytes (create_dynamic_map(signed=True, 7, 8)), which double
-// quantization uses for the per-block absmax values. Built bit-exactly as the reference vectors' map.
+// quantization uses for the per-block absmax values, built in float32 bit for bit as bitsandbytes' torch code builds it.
 using System.Runtime.CompilerServices;
 
 namespace VkPeft.Quant;
@@ -7,11 +7,15 @@ namespace VkPeft.Quant;
 /// <summary>bitsandbytes' signed dynamic map: 256 ascending float32 values in [-0.99296875, 1].</summary>
 public static class DynamicMap
 {
+    /// <summary>Number of entries (one per 8-bit code).</summary>
+    public const int Size = 256;
+
     private static readonly float[] SignedMap = CreateSigned();
 
     /// <summary>
     /// The 256 entries, ascending: [0] = -0.99296875, [127] = 0, [254] = 0.99296875, [255] = 1. Index = the 8-bit code.
-    /// Checkpoints store this table as <c>nested_quant_map</c>; a loader should prefer the stored one.
+    /// vkpeft quantizes with this table, decodes with it on the device and writes it as <c>nested_quant_map</c>; a loader
+    /// reads a checkpoint's own stored table instead.
     /// </summary>
     public static ReadOnlySpan<float> Signed => SignedMap;
 
@@ -20,27 +24,23 @@ public static class DynamicMap
     /// </summary>
     public static ReadOnlySpan<float> Midpoints => SignedMidpoints;
 
-    private static readonly float[] SignedMidpoints = CreateMidpoints(SignedMap);
+    private static readonly float[] SignedMidpoints = MidpointsOf(SignedMap);
 
     /// <summary>
-    /// create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for i = 0..6, n = 2^i + 1 boundaries
-    /// <c>linspace(0.1, 1, n)</c> (computed in double as <c>0.1 + k*(0.9/(n-1))</c>, last = 1, then cast to
-    /// float32), the n-1 float32 means <c>(b[k] + b[k+1]) / 2</c>, each times <c>(float)10^(i-6)</c> in float32,
-    /// with both signs; then 0 and 1; sorted ascending. (This float32 linspace reproduces the reference map exactly.)
+    /// create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) as bitsandbytes computes it in float32: for
+    /// i = 0..6, n = 2^i + 1 boundaries <see cref="TorchLinspace"/>(0.1f, 1f, n), the n-1 float32 means
+    /// <c>(b[k] + b[k+1]) / 2</c>, each times <c>(float)10^(i-6)</c> in float32, with both signs; then 0 and 1; sorted
+    /// ascending. Bit for bit the table bitsandbytes ships (tests/.../Fixtures/bnb_dynamic_map.txt).
     /// </summary>
     public static float[] CreateSigned()
     {
         const int maxExponentBits = 7;
-        var values = new List<float>(256);
+        var values = new List<float>(Size);
         for (int i = 0; i < maxExponentBits; i++)
         {
-            int boundaryCount = (1 << i) + 1;
-            var boundaries = new float[boundaryCount];
-            double step = (1.0 - 0.1) / (boundaryCount - 1);
-            for (int k = 0; k < boundaryCount; k++)
-                boundaries[k] = k == boundaryCount - 1 ? 1.0f : (float)(0.1 + k * step);
+            float[] boundaries = TorchLinspace(0.1f, 1f, (1 << i) + 1);
             float decade = (float)Math.Pow(10, i - (maxExponentBits - 1));
-            for (int k = 0; k + 1 < boundaryCount; k++)
+            for (int k = 0; k + 1 < boundaries.Length; k++)
             {
                 float mean = (boundaries[k] + boundaries[k + 1]) / 2f;
                 values.Add(decade * mean);
@@ -53,7 +53,30 @@ public static class DynamicMap
         return [.. values];
     }
 
-    private static float[] CreateMidpoints(float[] map)
+    /// <summary>
+    /// <c>torch.linspace(start, end, steps, dtype=torch.float32)</c> as it reproduces bitsandbytes' table: the step
+    /// <c>(end - start) / (steps - 1)</c> in float32, then each element on its own (torch's CPU linspace kernel is a
+    /// scalar loop), the first half (index &lt; steps/2) as <c>start + step·idx</c> and the rest as
+    /// <c>end − step·(steps − 1 − idx)</c>, each a fused multiply-add (one rounding: the kernel as compiled with FMA
+    /// contraction for AVX2 CPUs, and as CUDA's linspace computes it). The same formulas with a separately rounded
+    /// product differ from the shipped table in 43 of its 256 entries; torch's former 8- or 16-wide vector
+    /// <c>arange</c> path differed in 17 to 47.
+    /// </summary>
+    public static float[] TorchLinspace(float start, float end, int steps)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(steps, 2);
+        float step = (end - start) / (steps - 1);
+        int halfway = steps / 2;
+        var result = new float[steps];
+        for (int idx = 0; idx < steps; idx++)
+            result[idx] = idx < halfway
+                ? MathF.FusedMultiplyAdd(step, idx, start)
+                : MathF.FusedMultiplyAdd(-step, steps - 1 - idx, end);
+        return result;
+    }
+
+    /// <summary>Float32 decision points of an ascending map: <c>(map[k] + map[k+1]) * 0.5f</c>, one fewer than the map.</summary>
+    public static float[] MidpointsOf(ReadOnlySpan<float> map)
     {
         var midpoints = new float[map.Length - 1];
         for (int k = 0; k < midpoints.Length; k++)
@@ -66,9 +89,12 @@ public static class DynamicMap
     /// strictly below it, so an exact midpoint goes to the LOWER entry (like <c>argmin</c>'s first index).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static byte Quantize(float scaled)
+    public static byte Quantize(float scaled) => Quantize(scaled, SignedMidpoints);
+
+    /// <summary>Nearest entry of the map whose <see cref="MidpointsOf"/> are <paramref name="midpoints"/> (ties go to the lower entry).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static byte Quantize(float scaled, ReadOnlySpan<float> midpoints)
     {
-        ReadOnlySpan<float> midpoints = SignedMidpoints;
         int low = 0, high = midpoints.Length;      // answer in [low, high]
         while (low < high)
         {

@@ -146,11 +146,7 @@ public static class QuantizedSafeTensors
             float[] nested = ReadF32(set, weightName + ".nested_absmax", (nblk + DoubleQuant.NestedBlocksize - 1) / DoubleQuant.NestedBlocksize);
             float[] nestedMap = ReadF32(set, weightName + ".nested_quant_map", 256);
             absmax = new float[nblk];
-            for (int i = 0; i < nblk; i++)
-            {
-                float scaled = nestedMap[codes[i]] * nested[i / DoubleQuant.NestedBlocksize];
-                absmax[i] = scaled + offset;
-            }
+            DoubleQuant.Dequantize(new DoubleQuantized(codes, nested, offset), nestedMap, absmax);   // the file's own map
         }
         else absmax = ReadF32(set, weightName + ".absmax", nblk);
 

@@ -1,6 +1,6 @@
 // vkpeft as others consume it: `dotnet pack` of the built projects gives NuGet packages of the three libraries (README,
-// XML docs, the embedded SPIR-V, no invented license) and the vkpeft .NET tool, which installs into a tool path from a
-// local source and runs; the fine-tune-and-export sample runs through the public library API.
+// XML docs, the embedded SPIR-V, the Apache-2.0 license expression) and the vkpeft .NET tool (licensed alike), which
+// installs into a tool path from a local source and runs; the fine-tune-and-export sample runs through the public API.
 using System.Diagnostics;
 using System.IO.Compression;
 using System.Text;
@@ -64,7 +64,7 @@ public sealed class PackagingTests : IDisposable
             var nuspec = Nuspec(zip);
             Assert.Contains("<readme>README.md</readme>", nuspec);
             Assert.Contains("<repository type=\"git\"", nuspec);
-            Assert.DoesNotContain("<license", nuspec);                      // the project has chosen no license
+            Assert.Contains("<license type=\"expression\">Apache-2.0</license>", nuspec);
             Assert.NotNull(zip.GetEntry("README.md"));
             Assert.NotNull(zip.GetEntry($"lib/net10.0/{id}.dll"));
             Assert.NotNull(zip.GetEntry($"lib/net10.0/{id}.xml"));
@@ -77,7 +77,10 @@ public sealed class PackagingTests : IDisposable
             Assert.Contains("vkpeft.spirv.matmul", Encoding.ASCII.GetString(dll.ToArray()), StringComparison.Ordinal);
         }
         using (var tool = ZipFile.OpenRead(Directory.GetFiles(pkgs, "vkpeft.*.nupkg").Single()))
+        {
             Assert.Contains("<packageType name=\"DotnetTool\"", Nuspec(tool));
+            Assert.Contains("<license type=\"expression\">Apache-2.0</license>", Nuspec(tool));
+        }
 
         // A NuGet.Config with only the local folder: the install needs no network.
         var config = Path.Combine(_dir, "nuget.config");

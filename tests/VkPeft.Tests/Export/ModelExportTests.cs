@@ -150,11 +150,46 @@ public sealed class ModelExportTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ReadingA4BitWeightDecodesWithTheFilesOwnNestedMap()
+    {
+        // An older export (or another writer) whose nested_quant_map is the reference vectors' double-computed map, with
+        // absmax codes made for that map: reading it must use the stored map, not vkpeft's (they differ in 22 entries).
+        using var golden = JsonDocument.Parse(File.ReadAllBytes(Support.SharedData.Fixture("nf4_golden.json")));
+        var c = golden.RootElement.GetProperty("cases")[0];
+        int[] shape = [.. c.GetProperty("shape").EnumerateArray().Select(e => e.GetInt32())];
+        float[] input = [.. c.GetProperty("input_f32").EnumerateArray().Select(e => (float)e.GetDouble())];
+        float[] storedMap = [.. golden.RootElement.GetProperty("dynamic_map_signed").EnumerateArray().Select(e => (float)e.GetDouble())];
+        var q = Bnb4BitCodec.Quantize(input, 64, QuantType.Nf4, "w");
+        var dq = DoubleQuant.Quantize(q.Absmax, (float)c.GetProperty("offset_f32").GetDouble(), storedMap);
+        var entries = QuantizedSafeTensors.Bnb4BitEntries("w.weight", QuantizedLinearWeight.FromBnb4Bit(q, shape[0], shape[1], dq), "float32")
+            .Select(e => e.Name == "w.weight.nested_quant_map" ? SafeTensorsWriter.FromFloat32(e.Name, [256], storedMap) : e).ToList();
+        using var dir = new TempDir();
+        SafeTensorsWriter.Write(dir.File("model.safetensors"), entries);
+
+        var absmax = new float[dq.Count];
+        DoubleQuant.Dequantize(dq, storedMap, absmax);
+        var expected = new float[input.Length];
+        Bnb4BitCodec.Dequantize(q.Packed, absmax, q.Count, 64, QuantType.Nf4, expected);
+        float[] read;
+        using (var set = SafeTensorsSet.Open(dir.File("model.safetensors")))
+            read = QuantizedSafeTensors.ReadBnb4Bit(set, "w.weight", shape);
+        Assert.Equal(expected, read);
+        float[] withVkpeftMap = new float[dq.Count];
+        DoubleQuant.Dequantize(dq, withVkpeftMap);
+        Assert.NotEqual(absmax, withVkpeftMap);   // the map matters for these codes: the test can tell the maps apart
+    }
+
+    [Fact]
     public void BnbSerializationReproducesGoldenBytes()
     {
+        // Packed codes from the NF4 reference vectors; the double quantization (absmax codes, nested absmax, offset) and
+        // the nested_quant_map as bitsandbytes computes them in float32 (nf4_dq_bnb_golden.json, bnb_dynamic_map.txt).
         using var golden = JsonDocument.Parse(File.ReadAllBytes(Support.SharedData.Fixture("nf4_golden.json")));
-        foreach (var c in golden.RootElement.GetProperty("cases").EnumerateArray())
+        using var bnbGolden = JsonDocument.Parse(File.ReadAllBytes(Support.SharedData.Fixture("nf4_dq_bnb_golden.json")));
+        for (int caseIndex = 0; caseIndex < 2; caseIndex++)
         {
+            var c = golden.RootElement.GetProperty("cases")[caseIndex];
+            var bnb = bnbGolden.RootElement.GetProperty("cases")[caseIndex];
             int[] shape = [.. c.GetProperty("shape").EnumerateArray().Select(e => e.GetInt32())];
             float[] input = [.. c.GetProperty("input_f32").EnumerateArray().Select(e => (float)e.GetDouble())];
             var q = QuantizedLinearWeight.Bnb4Bit(input, shape[0], shape[1], QuantType.Nf4, 64, doubleQuant: true);
@@ -166,12 +201,12 @@ public sealed class ModelExportTests(ITestOutputHelper output)
             Assert.Equal(new long[] { (shape[0] * shape[1] + 1) / 2, 1 }, packed.Shape);
             Assert.Equal(c.GetProperty("packed_hex").GetString(), Convert.ToHexStringLower(packed.Data));
             Assert.Equal("U8", entries["w.weight.absmax"].DType);
-            Assert.Equal(c.GetProperty("absmax_q_u8").EnumerateArray().Select(e => (byte)e.GetInt32()).ToArray(), entries["w.weight.absmax"].Data);
-            float[] nested = [.. c.GetProperty("nested_absmax_f32").EnumerateArray().Select(e => (float)e.GetDouble())];
+            Assert.Equal(bnb.GetProperty("absmax_q_hex").GetString(), Convert.ToHexStringLower(entries["w.weight.absmax"].Data));
+            float[] nested = [.. bnb.GetProperty("nested_absmax_f32_bits").EnumerateArray().Select(e => Quant.QuantTestData.FromBits(e.GetString()!))];
             Assert.Equal(nested.SelectMany(BitConverter.GetBytes).ToArray(), entries["w.weight.nested_absmax"].Data);
             Assert.Equal(16 * 4, entries["w.weight.quant_map"].Data.Length);
-            Assert.Equal(256 * 4, entries["w.weight.nested_quant_map"].Data.Length);
-            float offset = (float)c.GetProperty("offset_f32").GetDouble();
+            Assert.Equal(Quant.QuantTestData.BnbDynamicMap.SelectMany(BitConverter.GetBytes).ToArray(), entries["w.weight.nested_quant_map"].Data);
+            float offset = Quant.QuantTestData.FromBits(bnb.GetProperty("offset_f32_bits").GetString()!);
             string json = System.Text.Encoding.UTF8.GetString(entries["w.weight.quant_state.bitsandbytes__nf4"].Data);
             Assert.Equal($"{{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [{shape[0]}, {shape[1]}], " +
                 $"\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": {QuantizedSafeTensors.PythonFloat(offset)}}}", json);

@@ -1,4 +1,5 @@
-// Double quantization of absmax statistics: dynamic map shape, error bound, partial 256-blocks, degenerate inputs.
+// Double quantization of absmax statistics: bitsandbytes' float32 dynamic map, torch's float32 mean order, error bound,
+// partial 256-blocks, a checkpoint's own map, degenerate inputs.
 using VkPeft.Quant;
 
 namespace VkPeft.Tests.Quant;
@@ -70,18 +71,94 @@ public class DoubleQuantTests
     }
 
     [Fact]
-    public void MeanUsesNumpyPairwiseSummation()
+    public void DynamicMapIsBitsandbytesFloat32TableBitForBit() =>
+        QuantTestData.BitEqual(QuantTestData.BnbDynamicMap, DynamicMap.Signed, "dynamic map vs Fixtures/bnb_dynamic_map.txt");
+
+    [Fact]
+    public void TorchLinspaceFusesEachElementsMultiplyAdd()
     {
-        // 1 + 2^-24 * k rounds differently summed left to right than pairwise; check the documented pairing on 9 values:
-        // accumulators r0..r7 = v0..v7, combined ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then v8 added.
-        float tiny = MathF.Pow(2, -24);
-        float[] values = [1f, tiny, tiny, tiny, 1f, tiny, tiny, tiny, 0f];
-        float pairs = ((1f + tiny) + (tiny + tiny)) + ((1f + tiny) + (tiny + tiny));
-        Assert.Equal(pairs + 0f, DoubleQuant.PairwiseSum(values));
-        Assert.Equal(pairs / 9f, DoubleQuant.Mean(values));
-        float leftToRight = 0f;
-        foreach (float v in values) leftToRight += v;
-        Assert.NotEqual(leftToRight, DoubleQuant.PairwiseSum(values));
+        // linspace(0.1, 1, 65): step = 0.9f / 64; element 6 (first half) is fma(step, 6, 0.1f), element 46 (second half)
+        // fma(-step, 18, 1f) — one rounding each (the double expressions below are exact before the cast). For these
+        // two (and 10 more) the separately rounded product gives another float, so the test tells fused from unfused.
+        float step = (1f - 0.1f) / 64;
+        float[] boundaries = DynamicMap.TorchLinspace(0.1f, 1f, 65);
+        Assert.Equal(65, boundaries.Length);
+        Assert.Equal(0.1f, boundaries[0]);
+        Assert.Equal(1f, boundaries[64]);
+        Assert.Equal((float)((double)step * 6 + 0.1f), boundaries[6]);
+        Assert.Equal((float)(1f - (double)step * 18), boundaries[46]);
+        Assert.NotEqual(0.1f + step * 6, boundaries[6]);
+        Assert.NotEqual(1f - step * 18, boundaries[46]);
+        int unfusedDiffers = 0;
+        for (int idx = 0; idx < 65; idx++)
+        {
+            float unfused = idx < 32 ? 0.1f + step * idx : 1f - step * (64 - idx);
+            if (unfused != boundaries[idx]) unfusedDiffers++;
+        }
+        Assert.Equal(12, unfusedDiffers);   // elements 6 12 18 23 24 30 33 36 38 41 43 46
+        Assert.Throws<ArgumentOutOfRangeException>(() => DynamicMap.TorchLinspace(0f, 1f, 1));
+    }
+
+    /// <summary>
+    /// torch's CPU float32 sum (cascade_sum, one thread, AVX2) of a seeded input, as a C program following
+    /// SumKernel.cpp's loops literally computed it: (n, sum bits). The sizes exercise each branch and level: n &lt; 8
+    /// (scalar, no row / one row of 4), 8..31 (vectors, no 4-vector row), 32..511 (rows, level 0 only), 512..8191 (level
+    /// 1 carries: 16 rows), 8192..131071 (level 2: 256 rows), ≥ 131072 (level 3: 4,096 rows); ±1 around each edge.
+    /// </summary>
+    public static TheoryData<int, uint> TorchSumGolden => new()
+    {
+        { 3, 0x3f15545c }, { 7, 0x3f7dd300 }, { 8, 0x3f82b264 }, { 9, 0x3f70aad2 }, { 31, 0x407319e8 }, { 32, 0x405e83b9 },
+        { 33, 0x4074410b }, { 100, 0x414caf8e }, { 511, 0x4285f523 }, { 512, 0x42843f84 }, { 513, 0x427f3678 },
+        { 4095, 0x440120ab }, { 8191, 0x448088b5 }, { 8192, 0x44826284 }, { 8193, 0x4480bf16 }, { 20000, 0x451d8b6c },
+        { 131071, 0x4681253e }, { 131072, 0x46813b84 }, { 131073, 0x4680bb23 }, { 140001, 0x4689d5d3 },
+    };
+
+    [Theory]
+    [MemberData(nameof(TorchSumGolden))]
+    public void MeanSumsInTorchCascadeOrder(int n, uint expectedSumBits)
+    {
+        float[] values = SumInput(n);
+        float expected = BitConverter.UInt32BitsToSingle(expectedSumBits);
+        Assert.Equal(expectedSumBits, BitConverter.SingleToUInt32Bits(DoubleQuant.TorchSum(values)));
+        Assert.Equal(expected / n, DoubleQuant.Mean(values));
+        if (n >= 100)
+        {
+            // The order matters: a running sum in float32 lands elsewhere, so this golden can tell the orders apart.
+            float running = 0f;
+            foreach (float v in values) running += v;
+            Assert.NotEqual(expected, running);
+        }
+    }
+
+    /// <summary>The seeded input of <see cref="TorchSumGolden"/>: values in [0.001, 0.251) from a 32-bit LCG.</summary>
+    private static float[] SumInput(int n)
+    {
+        var values = new float[n];
+        uint state = 12345u + (uint)n;
+        for (int i = 0; i < n; i++)
+        {
+            state = state * 1664525u + 1013904223u;
+            values[i] = (float)((state >> 8) & 0xFFFF) / 65536f * 0.25f + 0.001f;
+        }
+        return values;
+    }
+
+    [Fact]
+    public void QuantizeWithAStoredMapAndOffsetUsesThem()
+    {
+        // A checkpoint's own map and offset: codes index that map, and dequantizing reads that map.
+        float[] absmax = [0.5f, 1.5f, 1f, 0.75f];                                    // minus offset 1: [-0.5, 0.5, 0, -0.25]
+        float[] halfMap = [.. DynamicMap.Signed.ToArray().Select(v => v * 0.5f)];   // entries in [-0.4965, 0.5]
+        var dq = DoubleQuant.Quantize(absmax, 1f, halfMap);
+        Assert.Equal(1f, dq.Offset);
+        Assert.Equal(new[] { 0.5f }, dq.NestedAbsmax);
+        Assert.Equal(new byte[] { 0, 255, 127, 0 }, dq.Codes);                       // scaled -1, 1, 0, -0.5: nearest of the half map
+        float[] restored = new float[4];
+        DoubleQuant.Dequantize(dq, halfMap, restored);
+        Assert.Equal(new[] { halfMap[0] * 0.5f + 1f, 1.25f, 1f, halfMap[0] * 0.5f + 1f }, restored);
+        Assert.Equal(1.5f, DoubleQuant.Dequantize(dq)[1]);                            // the same codes read with the standard map
+        Assert.Throws<ArgumentException>(() => DoubleQuant.Quantize(absmax, 0f, halfMap.AsSpan(1)));
+        Assert.Throws<ArgumentException>(() => DoubleQuant.Dequantize(dq, halfMap.AsSpan(1), restored));
     }
 
     [Fact]
