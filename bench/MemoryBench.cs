@@ -70,7 +70,7 @@ public static class MemoryBench
                 LogitRows = rows, Embeddings = emb, OffloadCheckpoints = off, Checkpointing = setup.Checkpointing || off, OptimizerOnHost = parse.GetValue(optHost),
             };
             using var ctx = new VulkanContext(Program.Options(parse.GetValue(device)));
-            setup = setup with { UnifiedMemory = ctx.Arena.HostMapped };
+            setup = setup.OnDevice(ctx);
             string lim = parse.GetValue(limit)!;
             long bytes = lim.Length > 0 ? (long)ByteSize.Parse(lim, "--limit") : Math.Min(3L << 29, (long)ctx.Arena.Budget * 3 / 4);
             bool asJson = parse.GetValue(json);

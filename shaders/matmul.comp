@@ -1,7 +1,9 @@
 #version 450
 // matmul: C[M,N] = alpha * A[M,K] · op(B) + beta * C with fp32 accumulators, tiled in shared memory for GPUs. op(B) =
 // B[K,N] (TRANS_B 0) or B[N,K]ᵀ (TRANS_B 1, the nn.Linear weight layout). Row strides lda/ldb/ldc and element offsets
-// let callers address sub-matrices (split tensors). Writes C when beta == 0, else accumulates.
+// let callers address sub-matrices (split tensors). Writes C when beta == 0, else accumulates. With TRANS_A, A is stored
+// [K, M] (element (m, k) at a_offset + k·lda + m): the weight-gradient product Pᵀ·Q of MatMulTn (VEC_A is then unused).
+// Outside COOPMAT each output is one fma chain over k in order: deterministic, the same bits for every tile shape.
 //
 // Tile shape (BM x BN outputs per workgroup, BK along K, TM x TN per invocation) comes from specialization constants the
 // runtime picks per device from one table (runtime/Kernels/MatMulTiles.cs); the workgroup has (BM/TM)·(BN/TN)
@@ -20,7 +22,8 @@
 // COOPMAT (VK_NV_cooperative_matrix; built and checked by spirv-val, run only where the device lists 16x16x16 fp16 x
 // fp16 -> fp32 subgroup matrices): A and B tiles are stored as fp16, each subgroup multiplies a 32x32 block of the tile
 // as 2x2 cooperative 16x16 matrices with fp32 accumulators, and the result goes through shared memory to C (bounds,
-// alpha, beta). The workgroup holds (BM/32)·(BN/32) subgroups of 32 invocations; BK is a multiple of 16.
+// alpha, beta). Each row of A is scaled by a power of two before its fp16 cast and C's row divided by it (main).
+// The workgroup holds (BM/32)·(BN/32) subgroups of 32 invocations; BK is a multiple of 16.
 #extension GL_EXT_control_flow_attributes : enable
 #ifdef COOPMAT
 #extension GL_NV_cooperative_matrix : require
@@ -77,11 +80,27 @@ layout(std430, set = 0, binding = 2) buffer BufC { float c[]; };
 #endif
 
 shared ATYPE As[2u * BK * A_STRIDE];
+#ifdef COOPMAT
+// Power-of-two scale of each tile row of A before its fp16 cast, undone at the store (see main).
+shared float RowScale[BM];
+#define TO_ATYPE(v, r) ATYPE((v) * RowScale[r])
+#else
+#define TO_ATYPE(v, r) ATYPE(v)
+#endif
 shared BTYPE Bs[2u * BK * B_STRIDE];
 
 void load_a(uint s, uint row0, uint k0)
 {
     uint base = s * BK * A_STRIDE;
+#ifdef TRANS_A
+    // A[m, k] = a[a_offset + k·lda + m]: the operand is stored [K, M] and read along its rows (m consecutive).
+    for (uint idx = gl_LocalInvocationID.x; idx < BM * BK; idx += gl_WorkGroupSize.x)
+    {
+        uint kk = idx / BM, r = idx % BM;
+        uint gr = row0 + r, gk = k0 + kk;
+        As[base + kk * A_STRIDE + r] = TO_ATYPE((gr < pc.M && gk < pc.K) ? a[pc.a_offset + gk * pc.lda + gr] : 0.0, r);
+    }
+#else
     if (VEC_A == 1u)
     {
         uint quads = BM * BK / 4u;
@@ -90,10 +109,10 @@ void load_a(uint s, uint row0, uint k0)
             uint r = idx / (BK / 4u), kq = (idx % (BK / 4u)) * 4u;
             uint gr = row0 + r, gk = k0 + kq;
             vec4 v = (gr < pc.M && gk < pc.K) ? a4[(pc.a_offset + gr * pc.lda + gk) >> 2] : vec4(0.0);
-            As[base + kq * A_STRIDE + r] = ATYPE(v.x);
-            As[base + (kq + 1u) * A_STRIDE + r] = ATYPE(v.y);
-            As[base + (kq + 2u) * A_STRIDE + r] = ATYPE(v.z);
-            As[base + (kq + 3u) * A_STRIDE + r] = ATYPE(v.w);
+            As[base + kq * A_STRIDE + r] = TO_ATYPE(v.x, r);
+            As[base + (kq + 1u) * A_STRIDE + r] = TO_ATYPE(v.y, r);
+            As[base + (kq + 2u) * A_STRIDE + r] = TO_ATYPE(v.z, r);
+            As[base + (kq + 3u) * A_STRIDE + r] = TO_ATYPE(v.w, r);
         }
     }
     else
@@ -102,9 +121,10 @@ void load_a(uint s, uint row0, uint k0)
         {
             uint r = idx / BK, kk = idx % BK;
             uint gr = row0 + r, gk = k0 + kk;
-            As[base + kk * A_STRIDE + r] = ATYPE((gr < pc.M && gk < pc.K) ? a[pc.a_offset + gr * pc.lda + gk] : 0.0);
+            As[base + kk * A_STRIDE + r] = TO_ATYPE((gr < pc.M && gk < pc.K) ? a[pc.a_offset + gr * pc.lda + gk] : 0.0, r);
         }
     }
+#endif
 }
 
 #if defined(QUANT_B) && defined(QWORD)
@@ -184,6 +204,12 @@ void load_b(uint s, uint col0, uint k0)
 #ifdef COOPMAT
 const uint C_STRIDE = BN + 4u;
 shared float Cs[BM * C_STRIDE];
+shared uint RowMaxBits[BM];   // largest |A| of each tile row, as float bits (ordered like the values: all are ≥ 0)
+#ifdef TRANS_A
+#define A_AT(m, k) a[pc.a_offset + (k) * pc.lda + (m)]
+#else
+#define A_AT(m, k) a[pc.a_offset + (m) * pc.lda + (k)]
+#endif
 
 void main()
 {
@@ -191,6 +217,28 @@ void main()
     uint row0 = gl_WorkGroupID.y * BM, col0 = gl_WorkGroupID.x * BN;
     // This subgroup's 32x32 block of the tile.
     uint wm = (gl_SubgroupID / (BN / 32u)) * 32u, wn = (gl_SubgroupID % (BN / 32u)) * 32u;
+
+    // Scale each row of A by a power of two that puts its largest |value| in [2^14, 2^15) before the fp16 cast, and
+    // divide it out of C (exact in fp32): input gradients late in training (~1e-8, under fp16's smallest subnormal
+    // 6e-8) and activations above fp16's range keep fp16's 11-bit relative precision. One extra pass over the rows.
+    for (uint r = tid; r < BM; r += gl_WorkGroupSize.x) RowMaxBits[r] = 0u;
+    barrier();
+    for (uint r = 0u; r < BM && row0 + r < pc.M; r++)
+    {
+        uint m = 0u;
+        for (uint k = tid; k < pc.K; k += gl_WorkGroupSize.x)
+            m = max(m, floatBitsToUint(abs(A_AT(row0 + r, k))));
+        atomicMax(RowMaxBits[r], m);
+    }
+    barrier();
+    for (uint r = tid; r < BM; r += gl_WorkGroupSize.x)
+    {
+        float mx = uintBitsToFloat(RowMaxBits[r]);
+        int e;
+        frexp(mx, e);   // mx = f·2^e, f in [0.5, 1)
+        RowScale[r] = (mx > 0.0 && !isinf(mx) && !isnan(mx)) ? ldexp(1.0, clamp(15 - e, -100, 100)) : 1.0;
+    }
+    barrier();
 
     fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[2][2];
     [[unroll]] for (uint i = 0u; i < 2u; i++)
@@ -230,7 +278,7 @@ void main()
         uint gr = row0 + r, gc = col0 + cc;
         if (gr >= pc.M || gc >= pc.N) continue;
         uint o = pc.c_offset + gr * pc.ldc + gc;
-        float v = pc.alpha * Cs[r * C_STRIDE + cc];
+        float v = pc.alpha * (Cs[r * C_STRIDE + cc] / RowScale[r]);
         if (pc.beta != 0.0) v += pc.beta * c[o];
         c[o] = v;
     }

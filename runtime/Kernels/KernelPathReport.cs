@@ -17,7 +17,7 @@ public static class KernelPathReport
             : new("matmul fp32", $"shared tiles {tiles.Name}", $"first entry of the tile table for a {caps.Kind} device within {caps.MaxComputeSharedMemorySize} bytes of shared memory"));
         if (lanes)
         {
-            list.Add(new("fused 4-bit matmul", "lanes, whole code words, 8-32-row tiles by M", "CPU device: each lane decodes its code words once per tile in registers"));
+            list.Add(new("fused 4-bit matmul", "lanes, whole code words, 16-row tiles (8-16 rows by M for the input gradient)", "CPU device: each lane decodes its code words once per tile in registers"));
             list.Add(new("fused 4-bit matmul weight tiles", "none (lanes keep decoded weights in registers)", $"{QuantizedMatMul.Fp16Tiles.Fast} apply to the shared-tiles algorithm only"));
         }
         else
@@ -30,12 +30,15 @@ public static class KernelPathReport
         const string noKhr = "VK_KHR_cooperative_matrix (AMD, Intel) variants are not built: they need GL_KHR_cooperative_matrix, "
             + "which the glslc in our package registries (Debian 12 shaderc) does not compile";
         var nv = QuantizedMatMul.CoopMatrixUnavailable(caps);
-        if (nv != null || lanes)
-            list.Add(new("cooperative matrices", "not used", (nv ?? "the lanes algorithm runs on this device") + "; " + noKhr));
-        else
+        foreach (var (op, kernel) in new[] { ("cooperative matrices (forward)", QuantizedMatMul.CoopMatrix), ("cooperative matrices (input gradient)", QuantizedMatMul.CoopMatrixInputGrad) })
         {
-            var choice = ctx.Kernels.Describe(QuantizedMatMul.CoopMatrix);
-            list.Add(new("cooperative matrices", choice.Path, choice.Why + "; " + noKhr, choice.Reason is { } r ? new SettingMessage($"{r}; {noKhr}") : null));
+            if (nv != null || lanes)
+                list.Add(new(op, "not used", (nv ?? "the lanes algorithm runs on this device") + "; " + noKhr));
+            else
+            {
+                var choice = ctx.Kernels.Describe(kernel);
+                list.Add(new(op, choice.Path, choice.Why + "; " + noKhr, choice.Reason is { } r ? new SettingMessage($"{r}; {noKhr}") : null));
+            }
         }
         return list;
     }

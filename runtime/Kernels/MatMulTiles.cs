@@ -53,8 +53,12 @@ public sealed record MatMulTiles(string Name, uint BM, uint BN, uint BK, uint TM
     /// </summary>
     public static readonly MatMulTiles CoopMatrix = new("64x64x32, 2x2 cooperative 16x16x16 matrices per subgroup", 64, 64, 32, 4, 8, Gpus);
 
-    /// <summary>Shared bytes of the cooperative-matrix variant: fp16 A and B tiles, double-buffered, and the fp32 C tile.</summary>
-    public static uint CoopMatrixSharedBytes => 2 * CoopMatrix.BK * ((CoopMatrix.BM + 8) * 2 + (CoopMatrix.BN + 8) * 2) + CoopMatrix.BM * (CoopMatrix.BN + 4) * 4;
+    /// <summary>
+    /// Shared bytes of the cooperative-matrix variant: fp16 A and B tiles, double-buffered, the fp32 C tile, and each tile
+    /// row's largest |A| and power-of-two scale.
+    /// </summary>
+    public static uint CoopMatrixSharedBytes => 2 * CoopMatrix.BK * ((CoopMatrix.BM + 8) * 2 + (CoopMatrix.BN + 8) * 2) + CoopMatrix.BM * (CoopMatrix.BN + 4) * 4
+        + 2 * CoopMatrix.BM * 4;
 
     /// <summary>The first table entry for this device kind whose shared memory and workgroup size the device allows.</summary>
     public static MatMulTiles For(DeviceCapabilities caps, bool fp16B) =>

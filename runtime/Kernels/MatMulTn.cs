@@ -18,8 +18,6 @@ public static class MatMulTn
     public const int ChunkRows = 8192;
     /// <summary>Output tile of the lanes shader: 8 rows x 64 columns of C (as computed; see the orientation choice).</summary>
     public const uint LanesTileRows = 8, LanesTileCols = 64;
-    /// <summary>Output tile of the shared-memory shader.</summary>
-    public const uint TileRows = 64, TileCols = 64;
 
     [StructLayout(LayoutKind.Sequential)]
     private struct Push
@@ -61,17 +59,20 @@ public static class MatMulTn
         if (lanes && splitK > 1) throw new ArgumentException("MatMulTn: split-K runs on the shared-tiles algorithm");
         var (cRange, cOffset) = WholeBinding(c, "C");
 
-        uint tileR = lanes ? LanesTileRows : TileRows, tileC = lanes ? LanesTileCols : TileCols;
-        // The kernel computes C' = Pᵀ·Q into tiles of tileR x tileC. Take P = B, Q = A and store C' transposed when
-        // that pads less (e.g. dB_lora = dYᵀ·T with thousands of rows but a rank-sized N2 on the 8 x 64 lanes tile).
-        bool swap = Padded(n2, tileR) * Padded(n1, tileC) < Padded(n1, tileR) * Padded(n2, tileC);
+        // Shared tiles: matmul.comp's TRANS_A variant with the device's square tile from the table (C' = C, stored as is).
+        var tiles = lanes ? null : MatMulTiles.For(ctx.Caps, fp16B: false);
+        uint tileR = tiles?.BM ?? LanesTileRows, tileC = tiles?.BN ?? LanesTileCols;
+        // The kernel computes C' = Pᵀ·Q into tiles of tileR x tileC. On the lanes shader take P = B, Q = A and store C'
+        // transposed when that pads less (e.g. dB_lora = dYᵀ·T with thousands of rows but a rank-sized N2 on the 8 x 64
+        // tile); matmul.comp stores C as is.
+        bool swap = lanes && Padded(n2, tileR) * Padded(n1, tileC) < Padded(n1, tileR) * Padded(n2, tileC);
         long rCount = swap ? n2 : n1, nCount = swap ? n1 : n2;
         uint ldcR = (uint)(swap ? 1 : n2), ldcC = (uint)(swap ? n2 : 1);
 
         uint maxX = ctx.Caps.MaxComputeWorkGroupCount[0], maxY = ctx.Caps.MaxComputeWorkGroupCount[1];
         uint gx = (uint)((nCount + tileC - 1) / tileC);
         if (gx > maxX) throw new ArgumentException($"MatMulTn: {nCount} output columns need {gx} workgroups, over the device limit {maxX}");
-        var pipeline = ctx.Pipelines.Get(lanes ? ShaderId.MatmulTnLanes : ShaderId.MatmulTn);
+        var pipeline = tiles == null ? ctx.Pipelines.Get(ShaderId.MatmulTnLanes) : ctx.Pipelines.Get(ShaderId.MatmulTn, tiles.Spec(transposeB: false, vecA: false));
         var pieces = Pieces.Split(m, [a.Reshape(m, n1), b.Reshape(m, n2)], [n1, n2]);
         if (!lanes && pieces.Count == 1 && m > 1)
         {
@@ -93,10 +94,10 @@ public static class MatMulTn
                     for (long r0 = 0; r0 < rCount; r0 += (long)maxY * tileR)
                     {
                         long rows = Math.Min(rCount - r0, (long)maxY * tileR);
-                        var push = new Push
+                        var push = new MatMul.MatPush
                         {
-                            R = (uint)rows, N = (uint)nCount, K = (uint)kCount, Ldp = ldp, Ldq = ldq, LdcR = ldcR, LdcC = ldcC,
-                            POffset = pOffset + (uint)(k0 * ldp + r0), QOffset = qOffset + (uint)(k0 * ldq), COffset = (uint)(r0 * ldcR),
+                            M = (uint)rows, N = (uint)nCount, K = (uint)kCount, Lda = ldp, Ldb = ldq, Ldc = ldcR,
+                            AOffset = pOffset + (uint)(k0 * ldp + r0), BOffset = qOffset + (uint)(k0 * ldq), COffset = (uint)(r0 * ldcR),
                             Alpha = 1, Beta = 0,
                         };
                         ctx.Commands.Dispatch(pipeline, [Binding.Read(pRange), Binding.Read(qRange), Binding.Write(partial)],
@@ -122,15 +123,20 @@ public static class MatMulTn
                 {
                     long rows = Math.Min(rCount - r0, (long)maxY * tileR);
                     uint gy = (uint)((rows + tileR - 1) / tileR);
-                    var push = new Push
-                    {
-                        R = (uint)rows, N = (uint)nCount, K = (uint)kCount, Ldp = ldp, Ldq = ldq, LdcR = ldcR, LdcC = ldcC,
-                        POffset = pOffset + (uint)(k0 * ldp + r0), QOffset = qOffset + (uint)(k0 * ldq), COffset = cOffset + (uint)(r0 * ldcR),
-                        Alpha = alpha, Beta = chunkBeta,
-                    };
-                    ctx.Commands.Dispatch(pipeline,
-                        [Binding.Read(pRange), Binding.Read(qRange), chunkBeta != 0 ? Binding.ReadWrite(cRange) : Binding.Write(cRange)],
-                        push, gx, gy, 1, "matmul_tn");
+                    Binding[] bindings = [Binding.Read(pRange), Binding.Read(qRange), chunkBeta != 0 ? Binding.ReadWrite(cRange) : Binding.Write(cRange)];
+                    uint pOff = pOffset + (uint)(k0 * ldp + r0), qOff = qOffset + (uint)(k0 * ldq), cOff = cOffset + (uint)(r0 * ldcR);
+                    if (lanes)
+                        ctx.Commands.Dispatch(pipeline, bindings, new Push
+                        {
+                            R = (uint)rows, N = (uint)nCount, K = (uint)kCount, Ldp = ldp, Ldq = ldq, LdcR = ldcR, LdcC = ldcC,
+                            POffset = pOff, QOffset = qOff, COffset = cOff, Alpha = alpha, Beta = chunkBeta,
+                        }, gx, gy, 1, "matmul_tn");
+                    else
+                        ctx.Commands.Dispatch(pipeline, bindings, new MatMul.MatPush
+                        {
+                            M = (uint)rows, N = (uint)nCount, K = (uint)kCount, Lda = ldp, Ldb = ldq, Ldc = ldcR,
+                            AOffset = pOff, BOffset = qOff, COffset = cOff, Alpha = alpha, Beta = chunkBeta,
+                        }, gx, gy, 1, "matmul_tn");
                 }
             }
         }

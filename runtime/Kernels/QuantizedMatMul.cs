@@ -34,18 +34,43 @@ public static class QuantizedMatMul
 
     /// <summary>
     /// fp16 decoded-weight tiles in the shared-tiles fused 4-bit GEMM: used where the device has shaderFloat16 and the
-    /// first use agreed with the fp32 tiles on an NF4+DQ weight of awkward shape (forward and input gradient).
+    /// first use agreed with the fp32 tiles on an NF4+DQ weight of awkward shape (forward, input gradient, and the input
+    /// gradient of a tiny-magnitude dy; A stays fp32 on this path).
     /// </summary>
     public static readonly FastKernel Fp16Tiles = new("fused 4-bit matmul (shared tiles)", "fp16 weight tiles", "fp32 tiles",
-        caps => caps.ShaderFloat16 ? null : "the device lacks shaderFloat16", ctx => SelfCheckAgainstFp32Tiles(ctx, coop: false));
+        caps => caps.ShaderFloat16 ? null : "the device lacks shaderFloat16",
+        ctx => SelfCheckAgainstFp32Tiles(ctx, (a, w, c, forward) => RunShared(a, w, c, forward, fp16: true, coop: false), forward: true, inputGrad: true, aInFp16: false));
 
     /// <summary>
-    /// NVIDIA cooperative matrices (fp16 A and B tiles, fp32 accumulators) in the fused 4-bit GEMM: used where the device
-    /// lists 16x16x16 fp16 x fp16 -> fp32 subgroup matrices with 32-wide subgroups, after the first use agreed with the
-    /// fp32 tiles.
+    /// NVIDIA cooperative matrices (fp16 A and B tiles, fp32 accumulators) in the fused 4-bit forward x·deq(W)ᵀ: used
+    /// where the device lists 16x16x16 fp16 x fp16 -> fp32 subgroup matrices with 32-wide subgroups, after the first
+    /// use agreed with the fp32 tiles.
     /// </summary>
-    public static readonly FastKernel CoopMatrix = new("fused 4-bit matmul (shared tiles)", "NV cooperative matrices 16x16x16 fp16->fp32", "fp32 tiles",
-        CoopMatrixUnavailable, ctx => SelfCheckAgainstFp32Tiles(ctx, coop: true));
+    public static readonly FastKernel CoopMatrix = new("fused 4-bit matmul forward (shared tiles)", "NV cooperative matrices 16x16x16 fp16->fp32", "fp32 tiles",
+        CoopMatrixUnavailable,
+        ctx => SelfCheckAgainstFp32Tiles(ctx, (a, w, c, forward) => RunShared(a, w, c, forward, fp16: false, coop: true), forward: true, inputGrad: false, aInFp16: true));
+
+    /// <summary>
+    /// The cooperative-matrix input gradient dy·deq(W), checked on its own: it rounds dy to fp16 (after scaling each row
+    /// by a power of two that puts its largest |value| near 2¹⁴, divided out of the result), so besides unit-scale
+    /// gradients the self-check feeds a tiny-magnitude dy (<see cref="TinyGradientScale"/>, as late in training), which
+    /// an unscaled fp16 cast would flush to zero; on a mismatch the input gradient runs on the fp32-A paths.
+    /// </summary>
+    public static readonly FastKernel CoopMatrixInputGrad = new("fused 4-bit matmul input gradient (shared tiles)", "NV cooperative matrices 16x16x16 fp16->fp32", "fp32 tiles",
+        CoopMatrixUnavailable,
+        ctx => SelfCheckAgainstFp32Tiles(ctx, (a, w, c, forward) => RunShared(a, w, c, forward, fp16: false, coop: true), forward: false, inputGrad: true, aInFp16: true));
+
+    /// <summary>Magnitude of the tiny-gradient self-check case: 2⁻²⁷ ≈ 7.5e-9, below half of fp16's smallest subnormal (2⁻²⁵).</summary>
+    public const double TinyGradientScale = 1.0 / (1 << 27);
+
+    /// <summary>A fused 4-bit kernel under self-check: c = a·deq(w)ᵀ (forward) or c = a·deq(w) (input gradient).</summary>
+    public delegate void FusedKernel(DeviceTensor a, DeviceQuantizedWeight w, DeviceTensor c, bool forward);
+
+    private static void RunShared(DeviceTensor a, DeviceQuantizedWeight w, DeviceTensor c, bool forward, bool fp16, bool coop)
+    {
+        if (forward) Forward(a, w, c, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: fp16, coopMatrix: coop);
+        else InputGrad(a, w, c, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: fp16, coopMatrix: coop);
+    }
 
     /// <summary>Why this device cannot run the cooperative-matrix variants (null when it can).</summary>
     public static string? CoopMatrixUnavailable(DeviceCapabilities caps)
@@ -63,46 +88,43 @@ public static class QuantizedMatMul
     }
 
     /// <summary>
-    /// Runs forward and input gradient with the fast variant (fp16 weight tiles, or cooperative matrices) and with fp32
-    /// tiles on M = 67, N = 33, K = 96 (not multiples of the tile or the 64-block; K a multiple of 32 so the forward
-    /// decodes whole words): they may differ by the fp16 rounding of each decoded weight (2⁻¹¹ relative; cooperative
-    /// matrices round A too: 2·2⁻¹¹) plus twice the fp32 summation bound γ_K, times Σ|a·b|.
+    /// Runs <paramref name="fast"/> and the fp32 tiles on M = 67, N = 33, K = 96 (not multiples of the tile or the
+    /// 64-block; K a multiple of 32 so the forward decodes whole words): the forward, the input gradient, and the input
+    /// gradient of a dy scaled by <see cref="TinyGradientScale"/> (fp32 holds it exactly; an fp16 cast flushes it to
+    /// zero). They may differ by the fp16 rounding of each decoded weight (2⁻¹¹ relative; with <paramref name="aInFp16"/>
+    /// the rounding of A too: 2·2⁻¹¹) plus twice the fp32 summation bound γ_K, times Σ|a·b|. Null when they agree, else
+    /// the first mismatch.
     /// </summary>
-    private static string? SelfCheckAgainstFp32Tiles(VulkanContext ctx, bool coop)
+    public static string? SelfCheckAgainstFp32Tiles(VulkanContext ctx, FusedKernel fast, bool forward, bool inputGrad, bool aInFp16)
     {
         const int m = 67, n = 33, k = 96;
         var rng = new Random(12);
-        float[] Values(int count, float scale) { var v = new float[count]; for (int i = 0; i < count; i++) v[i] = (float)(rng.NextDouble() * 2 - 1) * scale; return v; }
-        var q = QuantizedLinearWeight.Bnb4Bit(Values(n * k, 0.05f), n, k);
+        float[] Values(int count, double scale) { var v = new float[count]; for (int i = 0; i < count; i++) v[i] = (float)((rng.NextDouble() * 2 - 1) * scale); return v; }
+        var q = QuantizedLinearWeight.Bnb4Bit(Values(n * k, 0.05), n, k);
         var deq = q.Dequantize();
         using var w = DeviceQuantizedWeight.Upload(ctx, "selfcheck.w", q);
-        foreach (bool forward in new[] { true, false })
+        var cases = new List<(bool Forward, double Scale)>();
+        if (forward) cases.Add((true, 1));
+        if (inputGrad) { cases.Add((false, 1)); cases.Add((false, TinyGradientScale)); }
+        foreach (var (fwd, scale) in cases)
         {
-            int inner = forward ? k : n, outer = forward ? n : k;
-            var a = Values(m * inner, 1f);
+            int inner = fwd ? k : n, outer = fwd ? n : k;
+            var a = Values(m * inner, scale);
             using var ta = DeviceTensor.Create(ctx, "selfcheck.a", DType.F32, [m, inner], Memory.MemoryCategory.Workspace);
-            using var fast = DeviceTensor.Create(ctx, "selfcheck.fast", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
-            using var reference = DeviceTensor.Create(ctx, "selfcheck.ref", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
+            using var tf = DeviceTensor.Create(ctx, "selfcheck.fast", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
+            using var tr = DeviceTensor.Create(ctx, "selfcheck.ref", DType.F32, [m, outer], Memory.MemoryCategory.Workspace);
             ta.Upload<float>(a);
-            if (forward)
-            {
-                Forward(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: !coop, coopMatrix: coop);
-                Forward(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
-            }
-            else
-            {
-                InputGrad(ta, w, fast, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: !coop, coopMatrix: coop);
-                InputGrad(ta, w, reference, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
-            }
-            var (_, abs) = Reference.CpuReference.MatMul(a, deq, m, outer, inner, transposeB: forward);
-            var f = fast.ToArray<float>();
-            var r = reference.ToArray<float>();
+            fast(ta, w, tf, fwd);
+            RunShared(ta, w, tr, fwd, fp16: false, coop: false);
+            var (_, abs) = Reference.CpuReference.MatMul(a, deq, m, outer, inner, transposeB: fwd);
+            var f = tf.ToArray<float>();
+            var r = tr.ToArray<float>();
             double u = 1.0 / (1 << 24), gamma = (inner + 1) * u / (1 - (inner + 1) * u);
             for (int i = 0; i < f.Length; i++)
             {
-                double bound = ((coop ? 2.0 : 1.0) / 2048 + 2 * gamma) * abs[i] + 1e-30;
+                double bound = ((aInFp16 ? 2.0 : 1.0) / 2048 + 2 * gamma) * abs[i] + 1e-30;
                 if (!(Math.Abs(f[i] - r[i]) <= bound))
-                    return $"{(forward ? "forward" : "input gradient")} [{m}x{inner}x{outer}] element {i}: {f[i]} vs {r[i]}";
+                    return $"{(fwd ? "forward" : "input gradient")} [{m}x{inner}x{outer}]{(scale == 1 ? "" : $" at |a| ≤ {scale:0.#e0}")} element {i}: {f[i]} vs {r[i]}";
             }
         }
         return null;
@@ -221,7 +243,7 @@ public static class QuantizedMatMul
             throw new ArgumentException("quantized matmul: the lanes algorithm needs 8-lane subgroups with broadcast");
         bool lanes = algorithm == MatMulAlgorithm.Lanes;
         bool nibbles = w.Format is WeightFormat.Nf4 or WeightFormat.Fp4 or WeightFormat.Int4Group;
-        bool coop = !lanes && (coopMatrix ?? (fp16Tiles == null && tiles == null && ctx.Kernels.Use(CoopMatrix)));
+        bool coop = !lanes && (coopMatrix ?? (fp16Tiles == null && tiles == null && ctx.Kernels.Use(transposeB ? CoopMatrix : CoopMatrixInputGrad)));
         if (coop && CoopMatrix.Unavailable(ctx.Caps) is { } noCoop) throw new ArgumentException("quantized matmul: " + noCoop);
         bool fp16 = !coop && (fp16Tiles ?? (!lanes && ctx.Kernels.Use(Fp16Tiles)));
         if (fp16 && !ctx.Caps.ShaderFloat16) throw new ArgumentException("quantized matmul: fp16 tiles need the shaderFloat16 feature");

@@ -18,8 +18,15 @@ public static class SplitK
     /// <summary>At most this many slices; each slice sums at least <see cref="MinSliceK"/> products.</summary>
     public const int MaxSplits = 16;
     public const long MinSliceK = 256;
-    /// <summary>Largest scratch (floats) the partials may take: 8 MiB.</summary>
+    /// <summary>Largest total of the partials (floats) <see cref="Choose"/> allows: 8 MiB.</summary>
     public const long ScratchFloats = 2L << 20;
+    /// <summary>
+    /// Floats of the per-device scratch, one fixed size: <see cref="ScratchFloats"/> plus each partial's rounding up to
+    /// the storage-buffer offset alignment (at most 256 bytes by the Vulkan spec, 64 floats, for up to <see cref="MaxSplits"/> partials).
+    /// </summary>
+    public const long ScratchCapacityFloats = ScratchFloats + MaxSplits * 64L;
+    /// <summary>Device bytes of the scratch (the memory model's "split-K partials", Workspace).</summary>
+    public const long ScratchBytes = ScratchCapacityFloats * 4;
 
     [StructLayout(LayoutKind.Sequential)]
     private struct SumPush { public uint Count, GroupsX, Splits, PStride, POffset, COffset; public float Alpha, Beta; }
@@ -64,15 +71,23 @@ public static class SplitK
             push, gx, gy, 1, "splitk_sum");
     }
 
-    /// <summary>The device's scratch, grown (never shrunk) to at least <paramref name="floats"/>.</summary>
+    /// <summary>
+    /// Allocates the device's scratch now (<see cref="ScratchBytes"/>, Workspace), so that a training step's peak does
+    /// not depend on which of its products split: TrainStep reserves it on devices that run the shared-tiles matmuls.
+    /// </summary>
+    public static void Reserve(VulkanContext ctx) => Scratch(ctx, ScratchCapacityFloats);
+
+    /// <summary>
+    /// The device's scratch: <see cref="ScratchCapacityFloats"/> from its first use, which holds every split
+    /// <see cref="Choose"/> picks; only an explicit larger split count grows it (to exactly <paramref name="floats"/>).
+    /// </summary>
     private static DeviceTensor Scratch(VulkanContext ctx, long floats)
     {
         lock (Scratches)
         {
             if (Scratches.TryGetValue(ctx, out var t) && !t.IsDisposed && t.Count >= floats) return t;
-            long size = Math.Max(floats, t is { IsDisposed: false } ? Math.Min(2 * t.Count, ScratchFloats + floats) : floats);
             t?.Dispose();
-            t = DeviceTensor.Create(ctx, "splitk.partials", DType.F32, [size], MemoryCategory.Workspace);
+            t = DeviceTensor.Create(ctx, "splitk.partials", DType.F32, [Math.Max(floats, ScratchCapacityFloats)], MemoryCategory.Workspace);
             Scratches.AddOrUpdate(ctx, t);
             return t;
         }

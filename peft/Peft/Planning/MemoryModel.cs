@@ -35,6 +35,11 @@ public sealed record TrainSetup
     public int LogitRows { get; init; } = 128;
     /// <summary>Device memory is host-mapped (no staging buffers): lavapipe and integrated GPUs.</summary>
     public bool UnifiedMemory { get; init; } = true;
+    /// <summary>
+    /// The device runs the shared-tiles matmuls (GPUs; CPU devices run the lanes kernels): skinny products split K into
+    /// partials in one fixed scratch, which the training step reserves up front.
+    /// </summary>
+    public bool SharedTileMatmuls { get; init; }
     public EmbeddingFormat Embeddings { get; init; } = EmbeddingFormat.Fp32;
     /// <summary>AdamW m and v in host memory, streamed by the update kernel (--optimizer-on-host).</summary>
     public bool OptimizerOnHost { get; init; }
@@ -74,6 +79,13 @@ public sealed record TrainSetup
 
     /// <summary>The adapter a measured run of this setup trains (alpha = 2r; QA-LoRA groups, else the base's blocks), with <see cref="Variant"/> applied.</summary>
     public AdapterConfig ToAdapterConfig() => Variant is { } v ? v(Method.ConfigFor(this)) : Method.ConfigFor(this);
+
+    /// <summary>This setup as <paramref name="ctx"/>'s device runs it: host-mapped memory or staging, lanes or shared-tiles matmuls.</summary>
+    public TrainSetup OnDevice(Runtime.Vulkan.VulkanContext ctx) => this with
+    {
+        UnifiedMemory = ctx.Arena.HostMapped,
+        SharedTileMatmuls = Runtime.Kernels.MatMul.Choose(ctx) == Runtime.Kernels.MatMulAlgorithm.SharedTiles,
+    };
 
     /// <summary>Which parts of this setup the runtime cannot do yet (empty when it can run as is).</summary>
     public IReadOnlyList<string> Unavailable()
@@ -221,6 +233,7 @@ public static class MemoryModel
         foreach (var term in s.Method.WorkspaceTerms(s, rows)) Add(term.Name, term.Category, term.Bytes);
         Add("gradient-norm partials", MemoryCategory.Workspace, F32(64) + F32(1));
         Add("gradient-norm tensor table", MemoryCategory.Workspace, Pad4(8L * spec.Count(p => !p.Frozen)));   // (offset, count) u32 pairs
+        if (s.SharedTileMatmuls) Add("split-K partials", MemoryCategory.Workspace, Runtime.Kernels.SplitK.ScratchBytes);
 
         // Staging: discrete GPUs copy small transfers through one staging ring and larger ones through a host-visible
         // buffer of up to 32 MiB of their own, one at a time.

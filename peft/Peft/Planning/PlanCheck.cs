@@ -67,7 +67,7 @@ public static class PlanCheck
                     (leftOut > 0 ? $" (= {ByteSize.Format(plan.Budget)} less {ByteSize.Format(leftOut)} modelled for what is left out)" : ""));
 
         using var ctx = new VulkanContext(runtime with { MemoryBudget = (ulong)sliceBudget });
-        slice = slice with { UnifiedMemory = ctx.Arena.HostMapped };
+        slice = slice.OnDevice(ctx);
         log?.Invoke("generating random weights...");
         var weights = ModelCatalog.RandomWeights(slice.Config, seed: 17);
         log?.Invoke($"loading ({full.Quant} base{(full.Embeddings == EmbeddingFormat.Nf4 ? ", nf4-dq embedding and classifier" : "")})...");

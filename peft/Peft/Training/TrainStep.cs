@@ -69,6 +69,9 @@ public sealed class TrainStep : IDisposable
         if (adapter.AttentionPrefix is { Gated: true })
             throw new NotSupportedException("training a gated attention prefix needs its own softmax in the attention kernels, which the device runtime does not have yet");
         _grads = scope.Add(new LayerGradients(ctx, c, batch, _rowsPerSeq, adapter));
+        // Skinny products on the shared-tiles path split K into one fixed scratch: reserved now, so the step's peak does
+        // not depend on which products split (the memory model's "split-K partials").
+        if (MatMul.Choose(ctx) == MatMulAlgorithm.SharedTiles) SplitK.Reserve(ctx);
         (_dX, _dH) = (_grads.DX, _grads.DH);
         _ids = T("train.ids", DType.I32, rows);
         _targets = T("train.targets", DType.I32, rows);

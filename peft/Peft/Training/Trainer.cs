@@ -113,8 +113,8 @@ public sealed class Trainer : IDisposable
         {
             Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
-            UnifiedMemory = ctx.Arena.HostMapped, OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
-        }, o.Adapter);
+            OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
+        }.OnDevice(ctx), o.Adapter);
         var est = Planning.MemoryModel.Estimate(setup);
         var acc = ctx.Arena.Accounting;
         long more = est.TotalBytes - est[MemoryCategory.Weights];

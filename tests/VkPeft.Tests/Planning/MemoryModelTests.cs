@@ -5,6 +5,7 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Planning;
+using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Models;
@@ -95,8 +96,37 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     public void AnalyticModelMatchesMeasuredPeaksPerCategory(string name)
     {
         var (setup, weights) = Case(name);
-        using var ctx = new VulkanContext(GpuFixture.Options());
-        setup = setup with { UnifiedMemory = ctx.Arena.HostMapped };
+        AssertModelMatchesMeasuredPeaks(name, setup, weights, GpuFixture.Options());
+    }
+
+    /// <summary>
+    /// The shared-tiles matmuls (a GPU's path; lavapipe runs them with subgroup operations off) split LoRA's skinny
+    /// products along K (in-features 512: two slices of 256) into a fixed scratch the step reserves: Workspace counts it.
+    /// </summary>
+    [Fact]
+    [Trait("Category", "Slow")]
+    public void SplitKScratchIsChargedOnSharedTilesDevices()
+    {
+        var (setup, weights) = Random(new TrainSetup
+        {
+            Config = Small(512, 256, 1, 8, 4, 300, true), Rank = 8, Targets = [TargetModule.Q, TargetModule.Down], Batch = 2, SeqLen = 16,
+            Checkpointing = false, LogitRows = 16,
+        });
+        var options = GpuFixture.Options() with { DisableSubgroupOps = true };
+        using (var probe = new VulkanContext(options))
+        {
+            Assert.Equal(MatMulAlgorithm.SharedTiles, MatMul.Choose(probe));
+            Assert.True(SplitK.Choose(1, 512, 32 * 8) > 1, "x·Aᵀ at 32 tokens, rank 8, in-features 512 splits K");
+        }
+        var est = AssertModelMatchesMeasuredPeaks("lora-shared-tiles", setup, weights, options);
+        Assert.Contains(est.Items, i => i.Name == "split-K partials" && i.Bytes == SplitK.ScratchBytes);
+        Assert.DoesNotContain(MemoryModel.Estimate(setup).Items, i => i.Name == "split-K partials");   // lanes devices have none
+    }
+
+    private static MemoryEstimate AssertModelMatchesMeasuredPeaks(string name, TrainSetup setup, LlamaWeights weights, RuntimeOptions options)
+    {
+        using var ctx = new VulkanContext(options);
+        setup = setup.OnDevice(ctx);
         var measured = StepMeasurement.Run(ctx, setup, weights, steps: 1);
         var est = MemoryModel.Estimate(setup);
         foreach (var cat in Enum.GetValues<MemoryCategory>())
@@ -111,6 +141,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
             Assert.True(Math.Abs(m - a) <= Math.Max(0.10 * Math.Max(m, a), 64), $"{name} host {cat}: measured {m} B, analytic {a} B");
         }
         Assert.True(double.IsFinite(measured.LastLoss));
+        return est;
     }
 
     // LoRA-FA keeps A stored but drops its gradient and both AdamW moments: 3·4 bytes per A value less, nothing else.
@@ -214,7 +245,7 @@ public sealed class MemoryModelTests(GpuFixture gpu)
     {
         var full = new TrainSetup { Config = Small(64, 192, 4, 4, 2, 2000, false), Rank = 4, Batch = 1, SeqLen = 16, Checkpointing = false };
         using var ctx = new VulkanContext(GpuFixture.Options());
-        full = full with { UnifiedMemory = ctx.Arena.HostMapped };
+        full = full.OnDevice(ctx);
         long limit = MemoryModel.Estimate(full with { Config = ModelCatalog.Slice(full.Config, 2) }).PeakBytes;
         var r = MemoryBenchmark.Run(ctx, "small", full, null, limit, null, 1, null);
         Assert.Equal(2, r.Slice.Layers);

@@ -21,7 +21,7 @@ public sealed class DeviceReportTests(GpuFixture gpu)
         var paths = report["kernel_paths"]!.AsArray();
         Assert.Equal(KernelPathReport.Describe(ctx).Count, paths.Count);
         Assert.All(paths, p => Assert.False(string.IsNullOrWhiteSpace((string?)p!["why"])));
-        Assert.Contains(paths, p => (string?)p!["op"] == "cooperative matrices");
+        Assert.Contains(paths, p => (string?)p!["op"] == "cooperative matrices (input gradient)");
         Assert.False(string.IsNullOrEmpty((string?)report["device"]!["driver_source"]));
         Assert.IsType<JsonArray>(report["memory"]!["heaps"]);
     }

@@ -121,15 +121,67 @@ public sealed class KernelPathsTests(GpuFixture gpu)
         Assert.Equal("fp32 tiles", safeCtx.Kernels.Describe(QuantizedMatMul.Fp16Tiles).Path);
     }
 
+    /// <summary>
+    /// A deliberately underflowing "fast" kernel: the fp32 tiles fed A rounded to fp16 first, as the cooperative-matrix
+    /// input gradient rounds dy. At unit scale it meets the fp16 bound; only the tiny-gradient case catches it.
+    /// </summary>
+    private static void Fp16RoundedA(DeviceTensor a, DeviceQuantizedWeight w, DeviceTensor c, bool forward)
+    {
+        var rounded = a.ToArray<float>().Select(v => (float)(Half)v).ToArray();
+        using var ta = DeviceTensor.Create(a.Context, "rounded", DType.F32, a.Shape, MemoryCategory.Workspace);
+        ta.Upload<float>(rounded);
+        if (forward) QuantizedMatMul.Forward(ta, w, c, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
+        else QuantizedMatMul.InputGrad(ta, w, c, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: false, coopMatrix: false);
+    }
+
+    [Fact]
+    public void AnInputGradientThatFlushesTinyGradientsToZeroFailsItsSelfCheckAndFallsBack()
+    {
+        // Unit-scale gradients alone would not notice: the rounded kernel is within the fp16 bound there.
+        Assert.Null(QuantizedMatMul.SelfCheckAgainstFp32Tiles(Ctx, Fp16RoundedA, forward: true, inputGrad: false, aInFp16: true));
+        Assert.True(Math.Abs((float)(Half)(float)QuantizedMatMul.TinyGradientScale) == 0f, "the tiny scale flushes to zero in fp16");
+
+        // The capabilities record offers the variant; the self-check (with its tiny-gradient case) switches it off.
+        var kernel = new FastKernel("fused 4-bit matmul input gradient (shared tiles)", "fp16-rounded dy", "fp32 tiles", _ => null,
+            c => QuantizedMatMul.SelfCheckAgainstFp32Tiles(c, Fp16RoundedA, forward: false, inputGrad: true, aInFp16: true));
+        var warnings = new List<string>();
+        var paths = new KernelPaths(Ctx, safe: false, warnings.Add);
+        Assert.False(paths.Use(kernel));
+        var line = Assert.Single(warnings);
+        Assert.Contains("input gradient [67x33x96] at |a| ≤ 7.5e-9", line);
+        Assert.Equal("fp32 tiles", paths.Describe(kernel).Path);
+
+        // The real fp16 weight tiles keep dy in fp32: they pass the same tiny-gradient case.
+        Assert.Null(QuantizedMatMul.SelfCheckAgainstFp32Tiles(Ctx, (a, w, c, fwd) =>
+        {
+            if (fwd) QuantizedMatMul.Forward(a, w, c, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: true, coopMatrix: false);
+            else QuantizedMatMul.InputGrad(a, w, c, algorithm: MatMulAlgorithm.SharedTiles, fp16Tiles: true, coopMatrix: false);
+        }, forward: false, inputGrad: true, aInFp16: false));
+    }
+
+    [Fact]
+    public void TheCooperativeMatrixForwardAndInputGradientAreDecidedSeparately()
+    {
+        Assert.NotSame(QuantizedMatMul.CoopMatrix, QuantizedMatMul.CoopMatrixInputGrad);
+        Assert.Contains("forward", QuantizedMatMul.CoopMatrix.Op);
+        Assert.Contains("input gradient", QuantizedMatMul.CoopMatrixInputGrad.Op);
+        // lavapipe offers no VK_NV_cooperative_matrix: both stay on the reference without a self-check or a warning.
+        var paths = new KernelPaths(Ctx, safe: false, _ => Assert.Fail("no warning expected"));
+        Assert.False(paths.Use(QuantizedMatMul.CoopMatrix));
+        Assert.False(paths.Use(QuantizedMatMul.CoopMatrixInputGrad));
+        Assert.Contains("VK_NV_cooperative_matrix", paths.Describe(QuantizedMatMul.CoopMatrixInputGrad).Why);
+    }
+
     [Fact]
     public void TheReportNamesEveryOpsPathAndWhy()
     {
         var report = KernelPathReport.Describe(Ctx);
-        Assert.Equal(["matmul fp32", "fused 4-bit matmul", "fused 4-bit matmul weight tiles", "cooperative matrices"], report.Select(r => r.Op));
+        Assert.Equal(["matmul fp32", "fused 4-bit matmul", "fused 4-bit matmul weight tiles", "cooperative matrices (forward)", "cooperative matrices (input gradient)"],
+            report.Select(r => r.Op));
         Assert.All(report, r => Assert.False(string.IsNullOrWhiteSpace(r.Path + r.Why)));
         bool lanes = MatMul.Choose(Ctx) == MatMulAlgorithm.Lanes;
         Assert.Equal(lanes, report[0].Path.StartsWith("lanes", StringComparison.Ordinal));
-        Assert.Contains("GL_KHR_cooperative_matrix", report[3].Why);
+        Assert.All(report.Skip(3), r => Assert.Contains("GL_KHR_cooperative_matrix", r.Why));
     }
 }
 
