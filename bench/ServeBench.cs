@@ -1,7 +1,8 @@
 // `./vkpeft bench serve`: aggregate tokens/s of `vkpeft serve` with 1, 8 and 64 distinct LoRA adapters under concurrent
 // streaming clients (gathered pools, and 64 adapters through their own runtimes for comparison), against one request at
 // a time through the single-sequence generation path; p50/p99 time to first token and inter-token latency (server-sent
-// event gaps); adapter bytes resident.
+// event gaps); memory: adapter bytes resident, and the paged KV cache's peak pages in use against its pool. Each server
+// case is warmed up, then run --repeats times; the run with the median tokens/s is reported (loaded machines swing).
 using System.CommandLine;
 using System.Diagnostics;
 using System.Net.Http.Json;
@@ -18,7 +19,7 @@ using VkPeft.Serve;
 namespace VkPeft.Bench;
 
 public sealed record ServeRow(string Case, int Adapters, int Clients, int Requests, long Tokens, double Seconds, double TokensPerSecond,
-    double TtftP50, double TtftP99, double ItlP50, double ItlP99, long AdapterBytes);
+    double TtftP50, double TtftP99, double ItlP50, double ItlP99, long AdapterBytes, long KvPeakBytes = 0, long KvPoolBytes = 0);
 
 public static class ServeBench
 {
@@ -31,17 +32,20 @@ public static class ServeBench
         var clients = new Option<int>("--clients") { Description = "Concurrent clients", DefaultValueFactory = _ => 16 };
         var perClient = new Option<int>("--requests") { Description = "Requests per client", DefaultValueFactory = _ => 4 };
         var tokens = new Option<int>("--tokens") { Description = "max_tokens per request", DefaultValueFactory = _ => 48 };
-        var cmd = new Command("serve", "Tokens/s and latency of vkpeft serve with 1, 8 and 64 adapters under concurrent clients") { stories, tiny, clients, perClient, tokens };
+        var repeats = new Option<int>("--repeats") { Description = "Runs per server case (the median tokens/s is reported)", DefaultValueFactory = _ => 3 };
+        var cmd = new Command("serve", "Tokens/s and latency of vkpeft serve with 1, 8 and 64 adapters under concurrent clients") { stories, tiny, clients, perClient, tokens, repeats };
         cmd.SetAction(parse =>
         {
             bool asJson = parse.GetValue(json);
+            int runs = parse.GetValue(repeats);
+            if (runs < 1) throw new ArgumentException($"--repeats must be ≥ 1, got {runs}");
             void Log(string m) { if (!asJson) Console.Error.WriteLine(m); }
             using var ctx = new VulkanContext(Program.Options(parse.GetValue(device)));
             var rows = new List<ServeRow>();
             var models = new List<(string Name, LlamaConfig Config, LlamaWeights Weights)> { BenchModels.Stories(parse.GetValue(stories)) };
             if (parse.GetValue(tiny) > 0) models.Add(BenchModels.TinyLlama(parse.GetValue(tiny)));
             foreach (var m in models)
-                rows.AddRange(Run(ctx, m.Name, m.Config, m.Weights, parse.GetValue(clients), parse.GetValue(perClient), parse.GetValue(tokens), Log)
+                rows.AddRange(Run(ctx, m.Name, m.Config, m.Weights, parse.GetValue(clients), parse.GetValue(perClient), parse.GetValue(tokens), runs, Log)
                     .GetAwaiter().GetResult());
             if (asJson) Console.WriteLine(new JsonArray([.. rows.Select(r => JsonSerializer.SerializeToNode(r))]).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else Print(rows, ctx.Caps.Name);
@@ -50,7 +54,8 @@ public static class ServeBench
         return cmd;
     }
 
-    private static async Task<List<ServeRow>> Run(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, int clients, int perClient, int maxTokens, Action<string> log)
+    private static async Task<List<ServeRow>> Run(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, int clients, int perClient, int maxTokens, int repeats,
+        Action<string> log)
     {
         var quant = BaseQuant.Parse("nf4-dq");
         string dir = Directory.CreateTempSubdirectory("vkpeft-bench-serve-").FullName;
@@ -74,7 +79,14 @@ public static class ServeBench
                 };
                 var server = await ServeHost.StartAsync(model, new ByteTokens(c.VocabSize), quant, adapters.Take(count).ToList(), options);
                 await using (server.ConfigureAwait(false))
-                    rows.Add(await Load(server, label, count, clients, perClient, maxTokens));
+                {
+                    await Warm(server, count);
+                    var runs = new List<ServeRow>();
+                    for (int r = 0; r < repeats; r++) runs.Add(await Load(server, label, count, clients, perClient, maxTokens));
+                    var median = runs.OrderBy(x => x.TokensPerSecond).ElementAt(runs.Count / 2);
+                    log($"{label}: {string.Join(", ", runs.Select(x => x.TokensPerSecond.ToString("F1", System.Globalization.CultureInfo.InvariantCulture)))} tokens/s");
+                    rows.Add(median);
+                }
             }
         }
         finally { Directory.Delete(dir, recursive: true); }
@@ -145,9 +157,6 @@ public static class ServeBench
     private static async Task<ServeRow> Load(ServeHost server, string label, int adapters, int clients, int perClient, int maxTokens)
     {
         using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(30) };
-        // Warm-up: one request per adapter (compiles pipelines, loads the adapters).
-        await Task.WhenAll(Enumerable.Range(0, adapters).Select(i =>
-            http.PostAsJsonAsync("/v1/completions", new { model = $"lora-{i}", prompt = "Once", max_tokens = 2, temperature = 0 })));
         long before = server.Metrics.GeneratedTokens;
         var ttft = new List<double>();
         var itl = new List<double>();
@@ -179,7 +188,18 @@ public static class ServeBench
         double seconds = total.Elapsed.TotalSeconds;
         long produced = server.Metrics.GeneratedTokens - before;
         return new ServeRow(label, adapters, clients, clients * perClient, produced, seconds, produced / seconds,
-            Pct(ttft, 50), Pct(ttft, 99), Pct(itl, 50), Pct(itl, 99), server.Adapters.ResidentBytes);
+            Pct(ttft, 50), Pct(ttft, 99), Pct(itl, 50), Pct(itl, 99), server.Adapters.ResidentBytes,
+            server.KvCache.PeakUsed * server.KvCache.PageBytes, server.KvCache.Pages * server.KvCache.PageBytes);
+    }
+
+    /// <summary>Warm-up: one request per adapter (compiles pipelines, loads the adapters), then a batch-sized burst.</summary>
+    private static async Task Warm(ServeHost server, int adapters)
+    {
+        using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(30) };
+        await Task.WhenAll(Enumerable.Range(0, adapters).Select(i =>
+            http.PostAsJsonAsync("/v1/completions", new { model = $"lora-{i}", prompt = "Once", max_tokens = 2, temperature = 0 })));
+        await Task.WhenAll(Enumerable.Range(0, 16).Select(i =>
+            http.PostAsJsonAsync("/v1/completions", new { model = $"lora-{i % adapters}", prompt = Prompts[i % Prompts.Length], max_tokens = 8, temperature = 0 })));
     }
 
     private static double Pct(List<double> v, double p)
@@ -192,9 +212,16 @@ public static class ServeBench
     private static void Print(List<ServeRow> rows, string device)
     {
         Console.WriteLine($"vkpeft serve on {device} (ms; ITL = gap between streamed tokens)");
-        Console.WriteLine($"{"case",-48} {"tok/s",8} {"x seq",6} {"TTFT p50",9} {"p99",8} {"ITL p50",8} {"p99",8} {"adapter MiB",11}");
+        Console.WriteLine($"{"case",-48} {"tok/s",8} {"x seq",6} {"TTFT p50",9} {"p99",8} {"ITL p50",8} {"p99",8} {"adapter MiB",11} {"KV MiB peak/pool",17}");
         double seq = rows.FirstOrDefault(r => r.Clients == 1)?.TokensPerSecond ?? 0;
         foreach (var r in rows)
-            Console.WriteLine($"{r.Case,-48} {r.TokensPerSecond,8:F1} {(seq > 0 ? r.TokensPerSecond / seq : 0),6:F2} {r.TtftP50 * 1e3,9:F1} {r.TtftP99 * 1e3,8:F1} {r.ItlP50 * 1e3,8:F1} {r.ItlP99 * 1e3,8:F1} {r.AdapterBytes / 1048576.0,11:F2}");
+            Console.WriteLine($"{r.Case,-48} {r.TokensPerSecond,8:F1} {(seq > 0 ? r.TokensPerSecond / seq : 0),6:F2} {r.TtftP50 * 1e3,9:F1} {r.TtftP99 * 1e3,8:F1} {r.ItlP50 * 1e3,8:F1} {r.ItlP99 * 1e3,8:F1} {r.AdapterBytes / 1048576.0,11:F2} {$"{r.KvPeakBytes / 1048576.0:F2}/{r.KvPoolBytes / 1048576.0:F2}",17}");
+        foreach (var g in rows.GroupBy(r => r.Case[..r.Case.IndexOf(',', StringComparison.Ordinal)]))
+        {
+            var one = g.FirstOrDefault(r => r.Adapters == 1 && r.Clients > 1);
+            var many = g.FirstOrDefault(r => r.Adapters == 64 && !r.Case.EndsWith("own runtimes", StringComparison.Ordinal));
+            if (one != null && many != null)
+                Console.WriteLine($"{g.Key}: 64 distinct adapters cost {one.TokensPerSecond / many.TokensPerSecond:F2}× the single-adapter time per token (goal ≤ 1.3×)");
+        }
     }
 }

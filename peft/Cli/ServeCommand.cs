@@ -19,14 +19,17 @@ public static class ServeCommand
         var host = new Option<string>("--host") { Description = "Address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port to listen on (0: any free port)", DefaultValueFactory = _ => 8080 };
         var maxBatch = new Option<int>("--max-batch") { Description = "Sequences decoded together in one step", DefaultValueFactory = _ => 16 };
-        var maxContext = new Option<int>("--max-context") { Description = "Tokens per sequence, prompt and completion (default: the model's)", DefaultValueFactory = _ => 0 };
+        var maxContext = new Option<int>("--max-context") { Description = "Most tokens of one sequence, prompt and completion (default: the model's)", DefaultValueFactory = _ => 0 };
+        var kvPageSize = new Option<int>("--kv-page-size") { Description = "Tokens per page of the paged KV cache", DefaultValueFactory = _ => 16 };
+        var kvPages = new Option<int>("--kv-pages") { Description = "Pages of the KV cache pool (default: enough for --max-batch sequences of --max-context tokens)", DefaultValueFactory = _ => 0 };
+        var memoryBudget = new Option<string?>("--memory-budget") { Description = "Device memory resident adapters and the KV pages of running sequences share (default: --adapter-budget plus the whole KV pool)" };
         var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a slot; beyond it the server answers 503 with Retry-After", DefaultValueFactory = _ => 256 };
         var adapterBudget = new Option<string>("--adapter-budget") { Description = "Device memory for resident adapters (least recently used ones are evicted beyond it)", DefaultValueFactory = _ => "512MiB" };
         var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may take before it is cancelled", DefaultValueFactory = _ => 600 };
         var gatheredRank = new Option<int>("--gathered-lora-rank") { Description = "Plain-LoRA adapters up to this rank are batched by the gathered kernels (0: every adapter runs its own runtime)", DefaultValueFactory = _ => 16 };
         var cmd = new Command("serve", "Serve a model and its adapters over an OpenAI-compatible HTTP API, batching requests for different adapters together")
         {
-            adapters, adaptersDir, name, host, port, maxBatch, maxContext, maxQueue, adapterBudget, timeout, gatheredRank,
+            adapters, adaptersDir, name, host, port, maxBatch, maxContext, kvPageSize, kvPages, memoryBudget, maxQueue, adapterBudget, timeout, gatheredRank,
         };
         model.AddTo(cmd);
         cmd.SetAction(parse =>
@@ -55,6 +58,9 @@ public static class ServeCommand
                 Port = parse.GetValue(port),
                 MaxBatch = parse.GetValue(maxBatch),
                 MaxContext = parse.GetValue(maxContext),
+                KvPageSize = parse.GetValue(kvPageSize),
+                KvPages = parse.GetValue(kvPages),
+                MemoryBudgetBytes = parse.GetValue(memoryBudget) is { } mb ? (long)ByteSize.Parse(mb, "--memory-budget") : 0,
                 MaxQueue = parse.GetValue(maxQueue),
                 AdapterBudgetBytes = (long)ByteSize.Parse(parse.GetValue(adapterBudget)!, "--adapter-budget"),
                 RequestTimeout = TimeSpan.FromSeconds(seconds),
@@ -81,7 +87,7 @@ public static class ServeCommand
         await using (server.ConfigureAwait(false))
         {
             Console.Error.WriteLine($"serving '{options.BaseName}' ({quant}) and {adapters.Count} adapter(s) on {server.Address} " +
-                $"(batch {options.MaxBatch}, context {server.MaxContext}); Ctrl+C stops");
+                $"(batch {options.MaxBatch}, context {server.MaxContext}, KV cache {server.KvCache.Pages} pages of {server.KvCache.PageSize} tokens); Ctrl+C stops");
             await server.RunUntilAsync(stop).ConfigureAwait(false);
         }
         return 0;

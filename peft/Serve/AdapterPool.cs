@@ -1,6 +1,6 @@
 // The adapters a server knows (name -> folder) and the ones resident on the device: loaded from disk on first use,
-// kept under a byte budget, and evicted least-recently-used first when a new one needs room — never while a running
-// sequence uses one. Any PEFT method serves through its own device runtime (PeftMethod.CreateRuntime), so new methods
+// kept under a byte budget (and, with the KV pages running sequences reserved, under the server's memory budget), and
+// evicted least-recently-used first when a new one needs room — never while a running sequence uses one. Any PEFT method serves through its own device runtime (PeftMethod.CreateRuntime), so new methods
 // plug in without changes here. Registration is thread-safe; loading and eviction run on the scheduler's thread only.
 using System.Collections.Concurrent;
 using VkPeft.Peft.Engine;
@@ -64,6 +64,10 @@ public sealed class AdapterPool : IDisposable
     }
 
     public long BudgetBytes { get; }
+    /// <summary>Device bytes resident adapters share with what <see cref="SharedBytes"/> counts (the reserved KV pages).</summary>
+    public long MemoryBudgetBytes { get; set; } = long.MaxValue;
+    /// <summary>Bytes of the memory budget held by others now (scheduler thread).</summary>
+    public Func<long> SharedBytes { get; set; } = () => 0;
     public long Loads { get; private set; }
     public long Evictions { get; private set; }
 
@@ -124,7 +128,8 @@ public sealed class AdapterPool : IDisposable
         bool pooled = _loraPool != null && _loraPool.Fits(weights);
         lock (_residentLock)
         {
-            while (_resident.Values.Sum(x => x.Bytes) + bytes > BudgetBytes || (pooled && _loraPool!.FreeSlots == 0))
+            while (_resident.Values.Sum(x => x.Bytes) + bytes > BudgetBytes || (pooled && _loraPool!.FreeSlots == 0)
+                   || _resident.Values.Sum(x => x.Bytes) + bytes + SharedBytes() > MemoryBudgetBytes)
             {
                 var victim = _resident.Where(kv => kv.Value.Users == 0).OrderBy(kv => kv.Value.LastUse).FirstOrDefault();
                 if (victim.Value == null) return null;
@@ -167,6 +172,28 @@ public sealed class AdapterPool : IDisposable
                 r.Dispose();
             }
         }
+    }
+
+    /// <summary>Device bytes of a resident runtime (0 for the base or one not in the pool).</summary>
+    public long BytesOf(IAdapterRuntime? runtime)
+    {
+        if (runtime == null) return 0;
+        lock (_residentLock) return _resident.Values.FirstOrDefault(r => ReferenceEquals(r.Runtime, runtime))?.Bytes ?? 0;
+    }
+
+    /// <summary>Evicts idle adapters, least recently used first, until <paramref name="bytes"/> are freed or none is idle (scheduler thread).</summary>
+    public void EvictIdle(long bytes)
+    {
+        lock (_residentLock)
+            while (bytes > 0)
+            {
+                var victim = _resident.Where(kv => kv.Value.Users == 0).OrderBy(kv => kv.Value.LastUse).FirstOrDefault();
+                if (victim.Value == null) return;
+                _resident.Remove(victim.Key);
+                victim.Value.Dispose();
+                Evictions++;
+                bytes -= victim.Value.Bytes;
+            }
     }
 
     /// <summary>Frees idle resident adapters that were unregistered (scheduler thread).</summary>

@@ -1,9 +1,11 @@
 // Continuous batching on one thread that owns the device: requests wait in a bounded queue, join the running batch as
-// soon as a slot (and their adapter) is free, have their prompt prefilled in the same step as the other sequences'
-// decode rows, and leave the batch when they stop, reach their limit or are cancelled. Tokens go back to each
-// request through its own channel; sampling is per request (Generator.Sample with the request's seeded generator).
+// soon as a batch place, their adapter and the KV pages they can need are free (pages reserved from the memory budget
+// shared with the resident adapters, taken as the sequence grows, given back when it ends), have their prompt
+// prefilled in the same step as the other sequences' decode rows, and leave the batch when they stop, reach their
+// limit or are cancelled. Tokens go back to each request through its own channel; sampling is per request
+// (Generator.Sample with the request's seeded generator).
 // A sequence whose adapter adds rows before it (prompt tuning's virtual tokens, prefix tuning's prefix) feeds those P
-// rows first in its prefill step, so its KV cache slot holds them once and its tokens sit at positions P… (as generate).
+// rows first in its prefill step, so its KV pages hold them once and its tokens sit at positions P… (as generate).
 using System.Diagnostics;
 using System.Threading.Channels;
 using VkPeft.Peft.Engine;
@@ -15,6 +17,9 @@ public sealed class ServerBusyException(string message) : Exception(message);
 
 /// <summary>The prompt and the adapter's virtual tokens or prefix rows do not fit the context (HTTP 400).</summary>
 public sealed class ContextLengthException(string message) : ArgumentException(message);
+
+/// <summary>A request's adapter scale other than 1 for an adapter the gathered kernels do not serve (HTTP 400).</summary>
+public sealed class AdapterScaleException(string message) : ArgumentException(message);
 
 /// <summary>One generation: the prompt, its adapter (null = the base), sampling and limits, and the tokens as they come.</summary>
 public sealed class GenerationRequest
@@ -35,6 +40,8 @@ public sealed class GenerationRequest
     public int MaxTokens { get; }
     public IReadOnlyCollection<int> StopTokens { get; }
     public CancellationToken Cancel { get; }
+    /// <summary>Factor on the adapter's delta for this request (gathered LoRA adapters; 1: as trained, 0: the base).</summary>
+    public float AdapterScale { get; init; } = 1;
     /// <summary>Generated token ids; completed when the sequence ends (with the error, if it failed).</summary>
     public Channel<int> Tokens { get; } = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
     /// <summary>"stop" (a stop token) or "length" (max_tokens or the context), set before Tokens completes.</summary>
@@ -44,10 +51,10 @@ public sealed class GenerationRequest
 
 public sealed class BatchScheduler : IDisposable
 {
-    private sealed class Sequence(GenerationRequest request, int slot, IAdapterRuntime? adapter, int extraRows)
+    private sealed class Sequence(GenerationRequest request, KvSequence cache, IAdapterRuntime? adapter, int extraRows)
     {
         public GenerationRequest Request { get; } = request;
-        public int Slot { get; } = slot;
+        public KvSequence Cache { get; } = cache;
         public IAdapterRuntime? Adapter { get; } = adapter;
         public Random Rng { get; } = new(request.Sampling.Seed);
         public int Position { get; set; }                 // rows already in the KV cache (the adapter's extra rows first)
@@ -65,22 +72,27 @@ public sealed class BatchScheduler : IDisposable
     private readonly object _lock = new();
     private readonly SemaphoreSlim _signal = new(0);
     private readonly List<Sequence> _active = [];
-    private readonly Stack<int> _freeSlots;
+    private readonly KvPagePool _kv;
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _thread;
 
-    public BatchScheduler(MixedBatchForward forward, AdapterPool pool, ServeMetrics metrics, int maxQueue)
+    /// <param name="memoryBudget">Device bytes resident adapters and reserved KV pages may hold together.</param>
+    public BatchScheduler(MixedBatchForward forward, AdapterPool pool, ServeMetrics metrics, int maxQueue, long memoryBudget)
     {
         _forward = forward;
         _pool = pool;
         _metrics = metrics;
         _maxQueue = maxQueue;
-        _freeSlots = new Stack<int>(Enumerable.Range(0, forward.Slots).Reverse());
+        _kv = forward.Cache;
+        MemoryBudget = memoryBudget;
+        pool.SharedBytes = () => _kv.ReservedBytes;
+        pool.MemoryBudgetBytes = memoryBudget;
         _thread = new Thread(Run) { IsBackground = true, Name = "vkpeft-serve-scheduler" };
         _thread.Start();
     }
 
     public int MaxContext => _forward.MaxContext;
+    public long MemoryBudget { get; }
     public int QueueDepth { get { lock (_lock) return _queue.Count; } }
 
     /// <summary>Queues a request; <see cref="ServerBusyException"/> when the queue is full.</summary>
@@ -149,11 +161,14 @@ public sealed class BatchScheduler : IDisposable
         }
     }
 
-    /// <summary>Moves queued requests into free slots, in order, while their rows fit this step and their adapter fits the pool.</summary>
+    /// <summary>
+    /// Moves queued requests into the batch, in order, while places are free, their rows fit this step, their adapter
+    /// fits the pool and the KV pages they can need can be reserved.
+    /// </summary>
     private void Admit()
     {
         int rows = _active.Sum(s => s.Feed.Length);
-        while (_freeSlots.Count > 0)
+        while (_active.Count < _forward.Slots)
         {
             GenerationRequest r;
             lock (_lock)
@@ -186,10 +201,20 @@ public sealed class BatchScheduler : IDisposable
             int extra = VirtualTokenRows.ExtraRows(adapter);
             Exception? refusal = adapter?.AttentionPrefix is { Gated: true }
                 ? new NotSupportedException($"the adapter '{r.Adapter}' needs a gated attention prefix, which the device kernels do not take yet")
+                : r.AdapterScale != 1 && adapter is not GatheredLoraAdapter
+                    ? new AdapterScaleException($"'adapter_scale' applies to plain LoRA adapters served by the gathered kernels; '{r.Adapter}' runs its own runtime")
                 : r.Prompt.Length + extra >= MaxContext
                     ? new ContextLengthException($"the prompt has {r.Prompt.Length} tokens and the adapter '{r.Adapter}' puts {extra} rows before them; the context holds {MaxContext}")
                     : null;
             bool waits = refusal == null && rows + extra + r.Prompt.Length > _forward.MaxRows;   // its extra rows do not fit this step
+            int limit = Math.Min(MaxContext - extra, r.Prompt.Length + r.MaxTokens);
+            KvSequence? cache = null;
+            if (refusal == null && !waits)
+            {
+                // Pages for the extra rows, the prompt and every token it may generate (taken as it grows).
+                cache = ReservePages(extra + limit, adapter, out refusal);
+                waits = cache == null && refusal == null;
+            }
             if (waits || refusal != null)
             {
                 if (adapter != null) _pool.Release(r.Adapter!);
@@ -201,9 +226,32 @@ public sealed class BatchScheduler : IDisposable
                 r.Tokens.Writer.TryComplete(refusal);
                 continue;
             }
-            _active.Add(new Sequence(r, _freeSlots.Pop(), adapter, extra) { Limit = Math.Min(MaxContext - extra, r.Prompt.Length + r.MaxTokens) });
+            _active.Add(new Sequence(r, cache!, adapter, extra) { Limit = limit });
             rows += extra + r.Prompt.Length;
         }
+    }
+
+    /// <summary>
+    /// Reserves the pages of a sequence of <paramref name="tokens"/> tokens within the pool and the memory budget,
+    /// evicting idle adapters for room; null when it must wait for running sequences to end, with a refusal when it could
+    /// never fit (more pages than the pool or the budget beside its own adapter holds).
+    /// </summary>
+    private KvSequence? ReservePages(int tokens, IAdapterRuntime? adapter, out Exception? refusal)
+    {
+        refusal = null;
+        int need = _kv.PagesFor(tokens);
+        long bytes = need * _kv.PageBytes;
+        long own = _pool.BytesOf(adapter);
+        if (need > _kv.Pages || bytes + own > MemoryBudget)
+        {
+            refusal = new ContextLengthException($"a sequence of {tokens} tokens needs {need} KV pages of {_kv.PageSize} tokens ({bytes} bytes); " +
+                $"the server holds {_kv.Pages} pages within a {MemoryBudget}-byte memory budget (lower max_tokens)");
+            return null;
+        }
+        if (_pool.ResidentBytes + _kv.ReservedBytes + bytes > MemoryBudget)
+            _pool.EvictIdle(_pool.ResidentBytes + _kv.ReservedBytes + bytes - MemoryBudget);
+        if (_pool.ResidentBytes + _kv.ReservedBytes + bytes > MemoryBudget) return null;
+        return _kv.TryReserve(tokens);
     }
 
     private void Step()
@@ -215,7 +263,8 @@ public sealed class BatchScheduler : IDisposable
         var segments = new List<BatchSegment>();
         foreach (var s in order)
         {
-            segments.Add(new BatchSegment(s.Slot, ids.Count, s.Feed.Length, s.Position, s.Adapter));
+            _kv.Grow(s.Cache, s.Position + s.Feed.Length);
+            segments.Add(new BatchSegment(s.Cache, ids.Count, s.Feed.Length, s.Position, s.Adapter, s.Request.AdapterScale));
             ids.AddRange(s.Feed);
         }
         var sw = Stopwatch.StartNew();
@@ -254,7 +303,7 @@ public sealed class BatchScheduler : IDisposable
     private void Finish(Sequence s, Exception? error)
     {
         _active.Remove(s);
-        _freeSlots.Push(s.Slot);
+        _kv.Release(s.Cache);
         if (s.Request.Adapter != null && s.Adapter != null) _pool.Release(s.Request.Adapter);
         s.Request.Tokens.Writer.TryComplete(error);
     }

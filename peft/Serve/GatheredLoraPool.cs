@@ -1,7 +1,8 @@
 // Device pools holding the A and B matrices of every resident plain-LoRA adapter, one slot per adapter, padded to one
 // rank, per (layer, target linear): a batch step then adds all its LoRA rows' branches with one gathered shrink/expand
 // pair per linear (S-LoRA), whatever the number of distinct adapters in it. An adapter that does not target a linear
-// holds zeros there (its rows get exactly +0). Used on the scheduler's thread only.
+// holds zeros there (its rows get exactly +0). Each row's branch is scaled by its adapter's LoRA scaling times its
+// request's adapter scale (a per-row scale in the expand kernel). Used on the scheduler's thread only.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
@@ -27,8 +28,8 @@ public sealed class GatheredLoraPool : IDisposable
     private readonly LlamaConfig _config;
     private readonly IReadOnlyList<IDisposable> _owned;
     private readonly DeviceTensor[,] _a, _b;          // [layer, target]: [slots, rank, in] and [slots, out, rank]
-    private readonly DeviceTensor _scale;             // [slots] each adapter's LoRA scaling
-    private readonly float[] _scaleHost;
+    private readonly DeviceTensor _rowScale;          // [maxRows] each row's scale: its adapter's scaling × its request's
+    private readonly float[] _scaling;                // [slots] each adapter's LoRA scaling
     private readonly DeviceTensor _rows, _t;          // [maxRows] int32 slot per row (−1 none); [maxRows, rank]
     private readonly Stack<int> _free;
 
@@ -50,9 +51,8 @@ public sealed class GatheredLoraPool : IDisposable
                 BasicOps.Fill(_a[l, (int)t], 0);
                 BasicOps.Fill(_b[l, (int)t], 0);
             }
-        _scale = T("serve.lora_pool.scale", DType.F32, MemoryCategory.Trainable, slots);
-        _scaleHost = new float[slots];
-        _scale.Upload<float>(_scaleHost);
+        _scaling = new float[slots];
+        _rowScale = T("serve.lora_pool.row_scale", DType.F32, MemoryCategory.Activations, maxRows);
         _rows = T("serve.lora_pool.rows", DType.I32, MemoryCategory.Activations, maxRows);
         _t = T("serve.lora_pool.t", DType.F32, MemoryCategory.Activations, maxRows, rank);
         _owned = scope.Keep();
@@ -94,8 +94,7 @@ public sealed class GatheredLoraPool : IDisposable
                 _a[l, (int)t].RowsView(slot, 1).Upload<float>(a);
                 _b[l, (int)t].RowsView(slot, 1).Upload<float>(b);
             }
-        _scaleHost[slot] = lora.Scaling;
-        _scale.Upload<float>(_scaleHost);
+        _scaling[slot] = lora.Scaling;
         return new GatheredLoraAdapter(slot);
     }
 
@@ -106,18 +105,27 @@ public sealed class GatheredLoraPool : IDisposable
         _free.Push(adapter.Slot);
     }
 
-    /// <summary>Uploads each row's slot (−1: not a pooled adapter) for the next step's linears; false when no row has one.</summary>
+    /// <summary>
+    /// Uploads each row's slot (−1: not a pooled adapter) and scale (the adapter's scaling × the segment's adapter scale)
+    /// for the next step's linears; false when no row has one.
+    /// </summary>
     public bool SetRows(IReadOnlyList<BatchSegment> segments, int rows)
     {
         var ids = new int[rows];
+        var scales = new float[rows];
         bool any = false;
         foreach (var s in segments)
         {
             int slot = s.Adapter is GatheredLoraAdapter g ? g.Slot : -1;
             any |= slot >= 0;
             Array.Fill(ids, slot, s.Start, s.Count);
+            if (slot >= 0) Array.Fill(scales, _scaling[slot] * s.AdapterScale, s.Start, s.Count);
         }
-        if (any) _rows.RowsView(0, rows).Upload<int>(ids);
+        if (any)
+        {
+            _rows.RowsView(0, rows).Upload<int>(ids);
+            _rowScale.RowsView(0, rows).Upload<float>(scales);
+        }
         return any;
     }
 
@@ -131,7 +139,7 @@ public sealed class GatheredLoraPool : IDisposable
         var rowIds = _rows.RowsView(firstRow, rows);
         var t = _t.RowsView(firstRow, rows);
         GatheredLora.Shrink(x, _a[layer, (int)target], rowIds, t);
-        GatheredLora.Expand(t, _b[layer, (int)target], _scale, rowIds, y);
+        GatheredLora.Expand(t, _b[layer, (int)target], _rowScale.RowsView(firstRow, rows), rowIds, y);
     }
 
     public void Dispose()

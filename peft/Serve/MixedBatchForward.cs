@@ -1,10 +1,11 @@
-// One forward step over many sequences at once, each with its own KV cache, position and adapter: the base linears run
-// over all rows together; attention runs per sequence against its cache; each adapter's hooks run on the rows of its
+// One forward step over many sequences at once, each with its own pages of the paged KV cache, position and adapter: the
+// base linears run over all rows together; one paged-attention dispatch serves every sequence, each reading its keys and
+// values through its page table (the arithmetic of generation's attention); each adapter's hooks run on the rows of its
 // own sequences (rows are grouped by adapter, so a group is one contiguous row range). Rows without an adapter skip
 // the hooks. The arithmetic per row is the single-sequence generation path's (DecoderLayer.Forward with a KV cache).
 // A sequence whose adapter adds P rows before it (VirtualTokenRows: prompt tuning's virtual tokens, prefix tuning's
 // prefix) starts at position 0 with those P rows: their embeddings are the virtual tokens (zeros for a prefix), and for a
-// prefix every layer overwrites their keys and values in the sequence's cache with its own — held once, as generate does.
+// prefix every layer overwrites their keys and values in the sequence's pages with its own — held once, as generate does.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
@@ -15,23 +16,31 @@ using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Serve;
 
-/// <summary>One sequence's rows in a step: rows [Start, Start+Count) of the batch at positions Position….</summary>
-public sealed record BatchSegment(int Slot, int Start, int Count, int Position, IAdapterRuntime? Adapter);
+/// <summary>
+/// One sequence's rows in a step: rows [Start, Start+Count) of the batch at positions Position…, its KV pages in Cache,
+/// and the factor its request puts on a gathered LoRA adapter's delta (1: as trained).
+/// </summary>
+public sealed record BatchSegment(KvSequence Cache, int Start, int Count, int Position, IAdapterRuntime? Adapter, float AdapterScale = 1);
 
 /// <summary>The rows [Start, Start+Count) of a step that one adapter (or none) owns.</summary>
 public sealed record AdapterRows(IAdapterRuntime? Adapter, int Start, int Count);
 
-/// <summary>The device buffers of a mixed-adapter batch: activations for <see cref="MaxRows"/> rows and a KV cache per slot.</summary>
+/// <summary>
+/// The device buffers of a mixed-adapter batch: activations for <see cref="MaxRows"/> rows, the tables that map each
+/// sequence of a step to its pages of <see cref="Cache"/>, and logits for up to <see cref="Slots"/> sequences.
+/// </summary>
 public sealed class MixedBatchForward : IDisposable
 {
     private readonly IReadOnlyList<IDisposable> _owned;
     private readonly LayerState _state;
-    private readonly DeviceTensor[][] _kCache, _vCache;   // [slot][layer] [maxContext, kv_dim]
+    private readonly DeviceTensor _seqTable, _pageTable;   // [slots, 4] and [slots · pages per sequence] int32
+    private PagedBatch _paged = null!;                     // this step's sequences, tables uploaded
     private bool _pooled;                                  // this step has rows of pooled LoRA adapters
 
-    public MixedBatchForward(DeviceLlama model, int slots, int maxContext, int maxRows)
+    public MixedBatchForward(DeviceLlama model, KvPagePool cache, int slots, int maxContext, int maxRows)
     {
         Model = model;
+        Cache = cache;
         Slots = slots;
         MaxContext = maxContext;
         MaxRows = maxRows;
@@ -43,23 +52,16 @@ public sealed class MixedBatchForward : IDisposable
         HFinal = T("serve.h_final", DType.F32, maxRows, c.Dim);
         Ids = T("serve.ids", DType.I32, maxRows);
         Logits = T("serve.logits", DType.F32, slots, c.VocabSize);
-        _kCache = new DeviceTensor[slots][];
-        _vCache = new DeviceTensor[slots][];
-        for (int s = 0; s < slots; s++)
-        {
-            _kCache[s] = new DeviceTensor[c.NLayers];
-            _vCache[s] = new DeviceTensor[c.NLayers];
-            for (int l = 0; l < c.NLayers; l++)
-            {
-                _kCache[s][l] = T($"serve.kv.{s}.{l}.k", DType.F32, maxContext, c.KvDim);
-                _vCache[s][l] = T($"serve.kv.{s}.{l}.v", DType.F32, maxContext, c.KvDim);
-            }
-        }
+        _seqTable = T("serve.kv_seqs", DType.I32, slots, 4);
+        _pageTable = T("serve.kv_page_table", DType.I32, (long)slots * cache.PagesFor(maxContext));
         _owned = scope.Keep();
         _state = new LayerState(ctx, c, 1, maxRows, "serve");
     }
 
     public DeviceLlama Model { get; }
+    /// <summary>The paged KV cache the sequences' keys and values live in.</summary>
+    public KvPagePool Cache { get; }
+    /// <summary>Sequences one step runs at most.</summary>
     public int Slots { get; }
     public int MaxContext { get; }
     public int MaxRows { get; }
@@ -70,8 +72,8 @@ public sealed class MixedBatchForward : IDisposable
     /// <summary>Plain-LoRA adapters applied by gathered kernels (rows whose adapter is a <see cref="GatheredLoraAdapter"/>).</summary>
     public GatheredLoraPool? LoraPool { get; init; }
 
-    /// <summary>Device bytes of the KV caches (all slots).</summary>
-    public long KvCacheBytes => _kCache.Sum(s => s.Sum(t => t.Bytes)) * 2;
+    /// <summary>Device bytes of the KV cache pool (all pages).</summary>
+    public long KvCacheBytes => Cache.Pages * Cache.PageBytes;
 
     /// <summary>
     /// Runs <paramref name="ids"/> (the rows of every segment, in order) through the model and writes the logits of
@@ -86,6 +88,7 @@ public sealed class MixedBatchForward : IDisposable
         var x = X.RowsView(0, rows);
         Model.EmbedTokens(Ids.RowsView(0, rows), x);
         foreach (var seg in segments) WriteExtraRows(seg, x);
+        _paged = PagedAttention.Upload([.. segments.Select(s => KvPagePool.Attend(s.Cache, s.Start, s.Count, s.Position))], Cache.PageSize, _seqTable, _pageTable);
         var groups = Groups(segments);
         foreach (var gr in groups) gr.Adapter?.AttachBase(Model);   // DoRA's base row norms (once per adapter and model)
         _pooled = LoraPool?.SetRows(segments, rows) ?? false;
@@ -124,7 +127,8 @@ public sealed class MixedBatchForward : IDisposable
         foreach (var s in segments)
         {
             if (s.Start != next || s.Count <= 0) throw new ArgumentException("segments must cover the rows in order");
-            if (s.Slot < 0 || s.Slot >= Slots) throw new ArgumentException($"slot {s.Slot} out of range");
+            if ((long)s.Cache.Pages.Count * Cache.PageSize < s.Position + s.Count)
+                throw new ArgumentException($"a sequence of {s.Position + s.Count} tokens holds only {s.Cache.Pages.Count} pages of {Cache.PageSize}");
             if (s.Position + s.Count > MaxContext) throw new ArgumentException($"sequence of {s.Position + s.Count} tokens exceeds the {MaxContext}-token context");
             if (s.Position == 0 && s.Count <= VirtualTokenRows.ExtraRows(s.Adapter))
                 throw new ArgumentException($"a prefill needs its adapter's {VirtualTokenRows.ExtraRows(s.Adapter)} extra rows and at least one token");
@@ -166,24 +170,32 @@ public sealed class MixedBatchForward : IDisposable
         Linear(l, TargetModule.Q, layer.Wq, h1, q, layer.Bq, groups);
         Linear(l, TargetModule.K, layer.Wk, h1, k, layer.Bk, groups);
         Linear(l, TargetModule.V, layer.Wv, h1, v, layer.Bv, groups);
-        var lseAll = s.Lse.Reshape(s.Lse.Count);
+        var (kPool, vPool) = (Cache.K[l], Cache.V[l]);
         foreach (var seg in segments)
         {
             var qs = q.RowsView(seg.Start, seg.Count);
-            var kCache = _kCache[seg.Slot][l];
-            var vCache = _vCache[seg.Slot][l];
             Rope.Apply(qs, qs, Model.InvFreq, c.HeadDim, Model.Pairing, seg.Position, seg.Count);
-            // Keys go into the cache rotated; values are copied as they are.
-            Rope.Apply(k.RowsView(seg.Start, seg.Count), kCache.RowsView(seg.Position, seg.Count), Model.InvFreq, c.HeadDim, Model.Pairing, seg.Position, seg.Count);
-            BasicOps.Copy(v.RowsView(seg.Start, seg.Count), vCache.RowsView(seg.Position, seg.Count));
+            // Keys go into the sequence's pages rotated, values as they are: one run per page the rows touch.
+            foreach (var (pos, row, n) in Cache.Runs(seg.Cache, seg.Position, seg.Count))
+            {
+                int r = seg.Start + pos - seg.Position;
+                Rope.Apply(k.RowsView(r, n), kPool.RowsView(row, n), Model.InvFreq, c.HeadDim, Model.Pairing, pos, n);
+                BasicOps.Copy(v.RowsView(r, n), vPool.RowsView(row, n));
+            }
             // A prefix replaces its rows' keys (never rotated) and values, as AttentionPrefixRows.Write does in generate.
             if (seg.Adapter?.AttentionPrefix is { Gated: false } prefix && ExtraRowsOf(seg) > 0)
-                AttentionPrefixRows.Write(prefix, l, kCache.RowsView(0, prefix.PrefixLength), vCache.RowsView(0, prefix.PrefixLength), 1, prefix.PrefixLength);
-            var lse = lseAll.RowsView((long)seg.Start * c.NHeads, (long)seg.Count * c.NHeads).Reshape(1, c.NHeads, seg.Count);
-            int keys = seg.Position + seg.Count;
-            Attention.Forward(qs, kCache.RowsView(0, keys), vCache.RowsView(0, keys), o.RowsView(seg.Start, seg.Count), lse, 1, seg.Count, seg.Position,
-                c.NHeads, c.NKvHeads, c.HeadDim);
+            {
+                var (pk, pv, _) = prefix.Prefix(l);
+                var (keys, values) = (pk.Reshape(prefix.PrefixLength, c.KvDim), pv.Reshape(prefix.PrefixLength, c.KvDim));   // [P, kv_dim]
+                foreach (var (pos, row, n) in Cache.Runs(seg.Cache, 0, prefix.PrefixLength))
+                {
+                    BasicOps.Copy(keys.RowsView(pos, n), kPool.RowsView(row, n));
+                    BasicOps.Copy(values.RowsView(pos, n), vPool.RowsView(row, n));
+                }
+            }
         }
+        var lse = s.Lse.Reshape(s.Lse.Count).RowsView(0, (long)rows * c.NHeads);   // [rows, heads] scratch
+        PagedAttention.Forward(q, kPool, vPool, o, lse, _paged, c.NHeads, c.NKvHeads, c.HeadDim);
         // LLaMA-Adapter rows: the o-projection reads o plus the gated prompt attention (the hook's buffer, copied into o).
         foreach (var gr in groups)
             if (gr.Adapter?.AdaptionPrompt is { } prompt)

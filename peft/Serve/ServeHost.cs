@@ -29,10 +29,19 @@ public sealed record ServeOptions
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (see <see cref="ServeHost.Address"/>).</summary>
     public int Port { get; init; } = 8080;
-    /// <summary>Sequences decoded together (KV-cache slots).</summary>
+    /// <summary>Sequences decoded together.</summary>
     public int MaxBatch { get; init; } = 16;
-    /// <summary>Tokens per sequence (prompt + completion); 0 = the model's own limit.</summary>
+    /// <summary>Most tokens of one sequence (prompt + completion); 0 = the model's own limit.</summary>
     public int MaxContext { get; init; }
+    /// <summary>Tokens per page of the paged KV cache.</summary>
+    public int KvPageSize { get; init; } = 16;
+    /// <summary>Pages of the KV cache pool; 0 = enough for MaxBatch sequences of MaxContext tokens.</summary>
+    public int KvPages { get; init; }
+    /// <summary>
+    /// Device bytes resident adapters and the KV pages running sequences reserve may hold together; 0 = the adapter
+    /// budget plus the whole KV pool (neither ever waits for the other).
+    /// </summary>
+    public long MemoryBudgetBytes { get; init; }
     /// <summary>Requests that may wait for a slot before new ones get 503.</summary>
     public int MaxQueue { get; init; } = 256;
     /// <summary>Device bytes resident adapters may hold together (least recently used ones are evicted beyond it).</summary>
@@ -53,6 +62,9 @@ public sealed record ServeOptions
         if (MaxContext < 0) throw new SettingException($"{ServeSettings.MaxContext} must be ≥ 1, got {MaxContext}");
         if (MaxQueue < 0) throw new SettingException($"{ServeSettings.MaxQueue} must be ≥ 0, got {MaxQueue}");
         if (AdapterBudgetBytes <= 0) throw new SettingException($"{ServeSettings.AdapterBudget} must be positive");
+        if (KvPageSize < 1) throw new SettingException($"{ServeSettings.KvPageSize} must be ≥ 1, got {KvPageSize}");
+        if (KvPages < 0) throw new SettingException($"{ServeSettings.KvPages} must be ≥ 1, got {KvPages}");
+        if (MemoryBudgetBytes < 0) throw new SettingException($"{ServeSettings.MemoryBudget} must be positive");
         if (RequestTimeout <= TimeSpan.Zero) throw new SettingException($"{ServeSettings.RequestTimeout} must be positive");
         if (GatheredLoraRank < 0) throw new SettingException($"{ServeSettings.GatheredLoraRank} must be ≥ 0, got {GatheredLoraRank}");
         if (GatheredLoraSlots < 1) throw new SettingException($"{ServeSettings.GatheredLoraSlots} must be ≥ 1, got {GatheredLoraSlots}");
@@ -73,6 +85,8 @@ public sealed class ApiException(int status, string message, string? param = nul
 public sealed class ServeHost : IAsyncDisposable
 {
     private const int MaxBodyBytes = 4 << 20;
+    /// <summary>Largest |adapter_scale| a request may ask for.</summary>
+    private const double MaxAdapterScale = 8;
     private readonly WebApplication _app;
     private readonly DeviceLlama _model;
     private readonly ITextTokenizer _tok;
@@ -89,7 +103,9 @@ public sealed class ServeHost : IAsyncDisposable
         _options = options;
         Adapters = pool;
         _forward = forward;
-        _scheduler = new BatchScheduler(forward, pool, _metrics, options.MaxQueue);
+        long kvBytes = forward.KvCacheBytes;
+        _scheduler = new BatchScheduler(forward, pool, _metrics, options.MaxQueue,
+            options.MemoryBudgetBytes > 0 ? options.MemoryBudgetBytes : options.AdapterBudgetBytes + kvBytes);
     }
 
     public AdapterPool Adapters { get; }
@@ -97,6 +113,10 @@ public sealed class ServeHost : IAsyncDisposable
     /// <summary>The address the server listens on (with the port chosen when Port was 0).</summary>
     public Uri Address { get; private set; } = null!;
     public int MaxContext => _forward.MaxContext;
+    /// <summary>The paged KV cache of the running sequences.</summary>
+    public KvPagePool KvCache => _forward.Cache;
+    /// <summary>Device bytes resident adapters and reserved KV pages may hold together.</summary>
+    public long MemoryBudget => _scheduler.MemoryBudget;
 
     /// <summary>
     /// Starts serving <paramref name="model"/> with the adapters <paramref name="adapters"/> (name, folder) registered;
@@ -117,9 +137,16 @@ public sealed class ServeHost : IAsyncDisposable
         int slots = (int)Math.Min(options.GatheredLoraSlots, options.AdapterBudgetBytes / slotBytes);
         var loraPool = options.GatheredLoraRank > 0 && slots > 0 ? new GatheredLoraPool(model.Context, model.Config, slots, options.GatheredLoraRank, maxRows) : null;
         MixedBatchForward forward;
-        try { forward = new MixedBatchForward(model, options.MaxBatch, context, maxRows) { LoraPool = loraPool }; }
+        KvPagePool? kv = null;
+        try
+        {
+            int pages = options.KvPages > 0 ? options.KvPages : (int)Math.Min(int.MaxValue, ((long)options.MaxBatch * context + options.KvPageSize - 1) / options.KvPageSize);
+            kv = new KvPagePool(model.Context, model.Config, pages, options.KvPageSize);
+            forward = new MixedBatchForward(model, kv, options.MaxBatch, context, maxRows) { LoraPool = loraPool };
+        }
         catch
         {
+            kv?.Dispose();
             loraPool?.Dispose();
             throw;
         }
@@ -151,6 +178,7 @@ public sealed class ServeHost : IAsyncDisposable
         {
             pool?.Dispose();
             forward.Dispose();
+            kv.Dispose();
             loraPool?.Dispose();
             throw;
         }
@@ -182,6 +210,7 @@ public sealed class ServeHost : IAsyncDisposable
         _scheduler.Dispose();
         Adapters.Dispose();
         _forward.Dispose();
+        _forward.Cache.Dispose();
         _forward.LoraPool?.Dispose();
     }
 
@@ -198,7 +227,7 @@ public sealed class ServeHost : IAsyncDisposable
         app.MapGet("/metrics", (RequestDelegate)(async http =>
         {
             http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-            await http.Response.WriteAsync(_metrics.Format(Adapters, _model.Context)).ConfigureAwait(false);
+            await http.Response.WriteAsync(_metrics.Format(Adapters, _forward.Cache, _scheduler.MemoryBudget, _model.Context)).ConfigureAwait(false);
         }));
         app.MapGet("/v1/models", (RequestDelegate)(http => Json(http, 200, Models())));
         app.MapGet("/v1/adapters", (RequestDelegate)(http => Json(http, 200, AdapterList())));
@@ -395,6 +424,10 @@ public sealed class ServeHost : IAsyncDisposable
             : Adapters.IsKnown(model) ? model
             : throw new ApiException(404, $"the model '{model}' does not exist (GET /v1/models lists the base and adapters)", "model", "model_not_found");
         var (ids, endOfTurn) = Prompt(root, chat, model);
+        // vkpeft's extension: a factor on the adapter's delta for this request (0: the base's output, 1: as trained).
+        float adapterScale = (float)(Num(root, "adapter_scale", -MaxAdapterScale, MaxAdapterScale) ?? 1);
+        if (adapter == null && adapterScale != 1)
+            throw new ApiException(400, $"'adapter_scale' scales an adapter's delta; the base model '{model}' has none", "adapter_scale");
         long? maxTokens = Int(root, "max_tokens", 1, int.MaxValue) ?? (chat ? Int(root, "max_completion_tokens", 1, int.MaxValue) : null);
         var sampling = new SamplingOptions(
             (float)(Num(root, "temperature", 0, 2) ?? 1),
@@ -415,7 +448,7 @@ public sealed class ServeHost : IAsyncDisposable
         if (endOfTurn is { } eot) stopTokens.Add(eot);
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted);
         cancel.CancelAfter(_options.RequestTimeout);
-        var request = new GenerationRequest(ids, adapter, sampling, max, stopTokens, cancel.Token);
+        var request = new GenerationRequest(ids, adapter, sampling, max, stopTokens, cancel.Token) { AdapterScale = adapterScale };
         try { _scheduler.Submit(request); }
         catch (ServerBusyException e) { throw new ApiException(503, e.Message, code: "server_busy", type: "server_error"); }
         _metrics.AddPromptTokens(ids.Length);
@@ -479,6 +512,10 @@ public sealed class ServeHost : IAsyncDisposable
         catch (Exception e) when (Inner(e) is OperationCanceledException && !http.RequestAborted.IsCancellationRequested)
         {
             throw new ApiException(504, $"the request did not finish within {_options.RequestTimeout.TotalSeconds:F0} s", code: "timeout", type: "server_error");
+        }
+        catch (Exception e) when (Inner(e) is AdapterScaleException && !http.Response.HasStarted)
+        {
+            throw new ApiException(400, Inner(e).Message, "adapter_scale");
         }
         catch (Exception e) when (Inner(e) is ContextLengthException && !http.Response.HasStarted)
         {

@@ -1,5 +1,5 @@
 // The server's counters and gauges, written as Prometheus text at GET /metrics: requests by outcome, tokens, decode
-// throughput, queue depth, batch size, time to first token, adapters resident and device memory by category.
+// throughput, queue depth, batch size, time to first token, adapters resident, KV-cache pages and device memory by category.
 using System.Globalization;
 using System.Text;
 using VkPeft.Runtime.Memory;
@@ -49,7 +49,7 @@ public sealed class ServeMetrics
     }
 
     /// <summary>Prometheus text exposition of every metric.</summary>
-    public string Format(AdapterPool pool, VulkanContext ctx)
+    public string Format(AdapterPool pool, KvPagePool kv, long memoryBudget, VulkanContext ctx)
     {
         var sb = new StringBuilder();
         void Metric(string name, string type, string help, params (string Labels, double Value)[] values)
@@ -82,6 +82,11 @@ public sealed class ServeMetrics
         Metric("vkpeft_adapter_budget_bytes", "gauge", "Device bytes resident adapters may use", ("", pool.BudgetBytes));
         Metric("vkpeft_adapter_loads_total", "counter", "Adapters loaded onto the device", ("", pool.Loads));
         Metric("vkpeft_adapter_evictions_total", "counter", "Adapters evicted (least recently used)", ("", pool.Evictions));
+        Metric("vkpeft_kv_pages", "gauge", "KV-cache pages by state (used: holding keys; free: not; reserved: promised to running sequences)",
+            ("state=\"used\"", kv.Used), ("state=\"free\"", kv.Free), ("state=\"reserved\"", kv.Reserved));
+        Metric("vkpeft_kv_page_tokens", "gauge", "Tokens per KV-cache page", ("", kv.PageSize));
+        Metric("vkpeft_kv_page_bytes", "gauge", "Device bytes of one KV-cache page (every layer, keys and values)", ("", kv.PageBytes));
+        Metric("vkpeft_memory_budget_bytes", "gauge", "Device bytes resident adapters and reserved KV pages may hold together", ("", memoryBudget));
         var byCategory = ctx.Arena.Accounting.CurrentByCategory();
         Metric("vkpeft_device_memory_bytes", "gauge", "Live device memory by category",
             [.. byCategory.OrderBy(kv => kv.Key).Select(kv => ($"category=\"{kv.Key.ToString().ToLowerInvariant()}\"", (double)kv.Value))]);

@@ -13,6 +13,9 @@ public static class ServeSettings
     public static readonly Setting MaxContext = Setting.Of<ServeOptions>(nameof(ServeOptions.MaxContext));
     public static readonly Setting MaxQueue = Setting.Of<ServeOptions>(nameof(ServeOptions.MaxQueue));
     public static readonly Setting AdapterBudget = Setting.Of<ServeOptions>(nameof(ServeOptions.AdapterBudgetBytes));
+    public static readonly Setting KvPageSize = Setting.Of<ServeOptions>(nameof(ServeOptions.KvPageSize));
+    public static readonly Setting KvPages = Setting.Of<ServeOptions>(nameof(ServeOptions.KvPages));
+    public static readonly Setting MemoryBudget = Setting.Of<ServeOptions>(nameof(ServeOptions.MemoryBudgetBytes));
     public static readonly Setting RequestTimeout = Setting.Of<ServeOptions>(nameof(ServeOptions.RequestTimeout));
     public static readonly Setting GatheredLoraRank = Setting.Of<ServeOptions>(nameof(ServeOptions.GatheredLoraRank));
     public static readonly Setting GatheredLoraSlots = Setting.Of<ServeOptions>(nameof(ServeOptions.GatheredLoraSlots));

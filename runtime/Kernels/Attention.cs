@@ -68,7 +68,7 @@ public static class Attention
     /// loop about 2·headDim times per key (forward, dq) or per (query head, query) pair (dkv), so on CPU devices each
     /// dispatch gets a bounded share of them and dispatches are chained (the first writes, later ones combine).
     /// </summary>
-    private const long LoopBudget = 60000;
+    internal const long LoopBudget = 60000;
 
     /// <summary>
     /// Loop iterations per key or pair (dot and update loops, plus rescale and staging shares), conservatively. The flash

@@ -7,8 +7,9 @@ using VkPeft.Runtime.Tensors;
 namespace VkPeft.Runtime.Kernels;
 
 /// <summary>
-/// y[m,:] += scale[a_m]·(x[m,:]·A[a_m]ᵀ)·B[a_m]ᵀ per row m with adapter a_m ≥ 0 (a_m &lt; 0: row untouched). Pools: A
-/// [S, R, K], B [S, N, R], scale [S]; an adapter of a smaller rank pads its A rows and B columns with zeros.
+/// y[m,:] += scale[m]·(x[m,:]·A[a_m]ᵀ)·B[a_m]ᵀ per row m with adapter a_m ≥ 0 (a_m &lt; 0: row untouched), each row
+/// with its own scale (its adapter's LoRA scaling times its request's). Pools: A [S, R, K], B [S, N, R]; scale [M];
+/// an adapter of a smaller rank pads its A rows and B columns with zeros.
 /// Every operand must lie in one binding (pools and batches of a serving step do).
 /// </summary>
 public static class GatheredLora
@@ -28,7 +29,7 @@ public static class GatheredLora
         Dispatch(ShaderId.LoraGatheredShrink, [x, aPool, rowAdapter, t], null, rows * rank, rank, k, Binding.Write, "lora_gathered_shrink");
     }
 
-    /// <summary>y [M, N] += per-row scale[a_m]·t·B[a_m]ᵀ (rows without an adapter untouched). t [M, R], bPool [S, N, R], scale [S].</summary>
+    /// <summary>y [M, N] += per-row scale[m]·t·B[a_m]ᵀ (rows without an adapter untouched). t [M, R], bPool [S, N, R], scale [M].</summary>
     public static void Expand(DeviceTensor t, DeviceTensor bPool, DeviceTensor scale, DeviceTensor rowAdapter, DeviceTensor y)
     {
         BasicOps.RequireF32(t, bPool, scale, y);
@@ -37,7 +38,7 @@ public static class GatheredLora
         long rows = rowAdapter.Count, n = bPool.Shape[1], rank = bPool.Shape[2];
         OpChecks.RequireCount(t, rows * rank, "gathered LoRA expand (t [rows, rank])");
         OpChecks.RequireCount(y, rows * n, "gathered LoRA expand (y [rows, out])");
-        OpChecks.RequireCount(scale, bPool.Shape[0], "gathered LoRA expand (scale [adapters])");
+        OpChecks.RequireCount(scale, rows, "gathered LoRA expand (scale [rows])");
         Dispatch(ShaderId.LoraGatheredExpand, [t, bPool, rowAdapter, scale, y], scale, rows * n, rank, n, Binding.ReadWrite, "lora_gathered_expand");
     }
 

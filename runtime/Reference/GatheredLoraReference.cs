@@ -5,8 +5,8 @@ namespace VkPeft.Runtime.Reference;
 public static class GatheredLoraReference
 {
     /// <summary>
-    /// y[m,:] + scale[a_m]·B[a_m]·(A[a_m]·x[m,:]) for rows with a_m ≥ 0, y[m,:] for rows with a_m &lt; 0. x [M,K],
-    /// aPool [S,R,K], bPool [S,N,R], scale [S], rowAdapter [M], y [M,N] (returned as a new array).
+    /// y[m,:] + scale[m]·B[a_m]·(A[a_m]·x[m,:]) for rows with a_m ≥ 0, y[m,:] for rows with a_m &lt; 0. x [M,K],
+    /// aPool [S,R,K], bPool [S,N,R], scale [M] (per row), rowAdapter [M], y [M,N] (returned as a new array).
     /// </summary>
     public static double[] Apply(double[] x, double[] aPool, double[] bPool, double[] scale, int[] rowAdapter, double[] y, int k, int n, int rank)
     {
@@ -32,7 +32,7 @@ public static class GatheredLoraReference
             {
                 double s = 0;
                 for (int r = 0; r < rank; r++) s += bPool[((long)a * n + o) * rank + r] * t[r];
-                result[(long)m * n + o] += scale[a] * s;
+                result[(long)m * n + o] += scale[m] * s;
             }
         }
         return result;

@@ -91,7 +91,14 @@ public sealed class TrainableParameters : IDisposable
     private readonly VulkanContext _ctx;
     private readonly List<ParameterBlock> _blocks = [];
     private DeviceTensor? _partials;
+    private DeviceTensor? _partialsUsed;
     private DeviceTensor? _norm;
+
+    /// <summary>The most partial sums (workgroups) the gradient norm spreads a tensor over.</summary>
+    public const int MaxNormGroups = 64;
+
+    /// <summary>Elements per workgroup the gradient norm aims for (64 invocations × 64 elements each).</summary>
+    public const int NormGroupElements = 4096;
 
     public TrainableParameters(VulkanContext ctx, bool withOptimizer, MemoryPlace optimizerPlace = MemoryPlace.Device, ParameterLayout layout = ParameterLayout.Packed)
     {
@@ -174,13 +181,27 @@ public sealed class TrainableParameters : IDisposable
     }
 
     /// <summary>
+    /// How many partial sums the gradient norm uses: one per <see cref="NormGroupElements"/> elements of the largest trainable
+    /// tensor, 1 to <see cref="MaxNormGroups"/>. Small adapters get few workgroups, each reducing once per tensor (the
+    /// reductions, not the reads, are the cost on a CPU device); large ones spread over the device. It depends only on the
+    /// tensors' sizes, so the packed and per-tensor layouts (and a resumed run) chunk identically.
+    /// </summary>
+    public int NormGroups()
+    {
+        long largest = TrainedBlocks.SelectMany(b => b.Tensors).Select(t => t.Param.Count).DefaultIfEmpty(0).Max();
+        return (int)Math.Clamp((largest + NormGroupElements - 1) / NormGroupElements, 1, MaxNormGroups);
+    }
+
+    /// <summary>
     /// √Σ grad² over every trainable tensor (one host read): one sum-of-squares dispatch per block, tensor by tensor in
     /// the same fp32 order as per-tensor sums, then one total.
     /// </summary>
     public double GradNorm()
     {
-        _partials ??= DeviceTensor.Create(_ctx, "train.grad_norm_partials", DType.F32, [64], MemoryCategory.Workspace);
+        _partials ??= DeviceTensor.Create(_ctx, "train.grad_norm_partials", DType.F32, [MaxNormGroups], MemoryCategory.Workspace);
+        _partialsUsed ??= _partials.RowsView(0, NormGroups());
         _norm ??= DeviceTensor.Create(_ctx, "train.grad_norm", DType.F32, [1], MemoryCategory.Workspace);
+        var partials = _partialsUsed;
         bool first = true;
         foreach (var b in TrainedBlocks)
         {
@@ -188,7 +209,7 @@ public sealed class TrainableParameters : IDisposable
             {
                 foreach (var t in b.Tensors)
                 {
-                    GradOps.SumOfSquares(t.Grad!, _partials, accumulate: !first);
+                    GradOps.SumOfSquares(t.Grad!, partials, accumulate: !first);
                     first = false;
                 }
                 continue;
@@ -196,12 +217,12 @@ public sealed class TrainableParameters : IDisposable
             else
             {
                 b.GradTable ??= UploadTable(b);
-                GradOps.SumOfSquaresOfSlices(b.Grad!, b.GradTable, _partials, accumulate: !first);
+                GradOps.SumOfSquaresOfSlices(b.Grad!, b.GradTable, partials, accumulate: !first);
             }
             first = false;
         }
-        if (first) BasicOps.Fill(_partials, 0);
-        BasicOps.SumAll(_partials, _norm);
+        if (first) BasicOps.Fill(partials, 0);
+        BasicOps.SumAll(partials, _norm);
         return Math.Sqrt(_norm.ToArray<float>()[0]);
     }
 
@@ -249,6 +270,7 @@ public sealed class TrainableParameters : IDisposable
     public void Dispose()
     {
         foreach (var b in _blocks) b.Dispose();
+        _partialsUsed?.Dispose();
         _partials?.Dispose();
         _norm?.Dispose();
     }

@@ -155,8 +155,11 @@ public sealed class AttentionTests(GpuFixture gpu, ITestOutputHelper output)
         Assert.Contains("headDim", e.Message, StringComparison.Ordinal);
     }
 
-    /// <summary>T=512, 8 heads (GQA 8:2), hd 64: prints the forward and backward wall time (after a warm-up run that creates the pipelines) and checks the results.</summary>
+    /// <summary>T=512, 8 heads (GQA 8:2), hd 64: prints the forward and backward wall time (after a warm-up run that creates the pipelines) and checks the results.
+    /// In the Exhaustive tier: `bench kernels` measures attention at T = 512 and beyond, and the default tier's
+    /// MatchesCpuReference cases run the same kernels of the chosen algorithms (T = 130, hd 64; T = 67, GQA 8:2).</summary>
     [Fact]
+    [Trait("Category", "Exhaustive")]
     public void TimingT512()
     {
         var s = new AttentionShape(1, 512, 0, 8, 2, 64, 512);

@@ -17,11 +17,24 @@ public sealed class ExportEndToEndTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private string Data()
+    private string Data() => Write("data.txt", Lines());
+
+    /// <summary>The first lines of the training data: what every `eval` and `--check-data` here reads (a merged model
+    /// reproduces base+adapter on any text; a few windows, not all forty, keep the many evaluations cheap).</summary>
+    private string EvalData() => Write("eval.txt", Lines().Take(EvalLines));
+
+    private const int EvalLines = 8;
+
+    private static IEnumerable<string> Lines()
     {
-        var p = Path.Combine(_dir, "data.txt");
         var rng = new Random(3);
-        File.WriteAllLines(p, Enumerable.Range(0, 40).Select(i => $"Pip pip hooray! Bo found {(rng.Next(2) == 0 ? "a kite" : "a bell")}. Bo shared it. Pip pip hooray!"));
+        return Enumerable.Range(0, 40).Select(i => $"Pip pip hooray! Bo found {(rng.Next(2) == 0 ? "a kite" : "a bell")}. Bo shared it. Pip pip hooray!");
+    }
+
+    private string Write(string name, IEnumerable<string> lines)
+    {
+        var p = Path.Combine(_dir, name);
+        File.WriteAllLines(p, lines);
         return p;
     }
 
@@ -35,12 +48,12 @@ public sealed class ExportEndToEndTests : IDisposable
     [Fact]
     public void LoraAdapterExportsAndMergesLoadBack()
     {
-        var data = Data();
         var run = Path.Combine(_dir, "run");
         // The memory levers the planner prints (offloading changes where state lives, not the result).
-        var (code, _, err) = Run("train", "--model", Model, "--data", data, "--steps", "12", "--batch", "4", "--seq-len", "32", "--lr", "3e-3", "--quant", "nf4-dq",
+        var (code, _, err) = Run("train", "--model", Model, "--data", Data(), "--steps", "12", "--batch", "4", "--seq-len", "32", "--lr", "3e-3", "--quant", "nf4-dq",
             "--checkpointing", "true", "--loss-chunk", "32", "--offload-checkpoints", "--optimizer-on-host", "--out", run);
         Assert.True(code == 0, err);
+        var data = EvalData();
         double withAdapter = Nll("--model", Model, "--data", data, "--adapter", run);
         double baseNll = Nll("--model", Model, "--data", data, "--quant", "nf4-dq");
         Assert.True(withAdapter < baseNll - 0.3, $"adapter {withAdapter} vs base {baseNll}");
@@ -83,10 +96,10 @@ public sealed class ExportEndToEndTests : IDisposable
     [Fact]
     public void QaLoraMergesIntoInt4WithoutAddedError()
     {
-        var data = Data();
         var run = Path.Combine(_dir, "qa");
-        var (code, _, err) = Run("train", "--model", Model, "--data", data, "--method", "qalora", "--group-size", "4", "--steps", "10", "--batch", "4", "--seq-len", "32", "--lr", "3e-3", "--out", run);
+        var (code, _, err) = Run("train", "--model", Model, "--data", Data(), "--method", "qalora", "--group-size", "4", "--steps", "10", "--batch", "4", "--seq-len", "32", "--lr", "3e-3", "--out", run);
         Assert.True(code == 0, err);
+        var data = EvalData();
         double withAdapter = Nll("--model", Model, "--data", data, "--adapter", run);
         var merged = Path.Combine(_dir, "qa-int4");
         (code, var output, err) = Run("export", "--model", Model, "--adapter", run, "--format", "safetensors", "--dtype", "int4", "--out", merged);

@@ -37,15 +37,16 @@ public sealed class GatheredLoraTests(GpuFixture gpu)
             Array.Clear(aPool, (last * rank + r) * k, k);
             for (int o = 0; o < n; o++) bPool[(last * n + o) * rank + r] = 0;
         }
-        var scale = Enumerable.Range(0, adapters).Select(i => 0.5f + i).ToArray();
         // Every third row has no adapter; the others cycle through all of them in a scattered order.
         var rowAdapter = Enumerable.Range(0, m).Select(i => i % 3 == 2 ? -1 : (i * 7 + 1) % adapters).ToArray();
+        // Each row's own scale (its adapter's scaling times its request's): rows of one adapter differ, one in five is 0.
+        var scale = Enumerable.Range(0, m).Select(i => i % 5 == 4 ? 0f : 0.5f + rowAdapter[i] + 0.25f * (i % 4)).ToArray();
         var y0 = TestData.Normal(m * n, 9);
 
         using var tx = DeviceTensor.Create(Ctx, "x", DType.F32, [m, k], MemoryCategory.Workspace);
         using var ta = DeviceTensor.Create(Ctx, "a_pool", DType.F32, [adapters, rank, k], MemoryCategory.Workspace);
         using var tb = DeviceTensor.Create(Ctx, "b_pool", DType.F32, [adapters, n, rank], MemoryCategory.Workspace);
-        using var ts = DeviceTensor.Create(Ctx, "scale", DType.F32, [adapters], MemoryCategory.Workspace);
+        using var ts = DeviceTensor.Create(Ctx, "scale", DType.F32, [m], MemoryCategory.Workspace);
         using var trows = DeviceTensor.Create(Ctx, "row_adapter", DType.I32, [m], MemoryCategory.Workspace);
         using var tt = Guarded.Create(Ctx, "t", m, rank);
         using var ty = Guarded.Create(Ctx, "y", m, n);
@@ -83,7 +84,7 @@ public sealed class GatheredLoraTests(GpuFixture gpu)
                 // the second-order terms and the fp32 rounding of the computed t.
                 double carried = 0;
                 for (int r = 0; r < rank; r++) carried += Math.Abs((double)bPool[(a * n + o) * rank + r]) * absT[r];
-                double bound = 2 * (Math.Abs(scale[a]) * (k + rank + 2) * U * carried + U * (Math.Abs(expected[row * n + o]) + Math.Abs(y0[row * n + o]))) + 1e-30;
+                double bound = 2 * (Math.Abs(scale[row]) * (k + rank + 2) * U * carried + U * (Math.Abs(expected[row * n + o]) + Math.Abs(y0[row * n + o]))) + 1e-30;
                 double err = Math.Abs(y[row * n + o] - expected[row * n + o]);
                 Assert.True(err <= bound, $"[{m},{k}]→[{m},{n}] R={rank}: y[{row},{o}] = {y[row * n + o]}, reference {expected[row * n + o]}, |error| {err:G3} > {bound:G3}");
             }

@@ -29,7 +29,7 @@ public sealed class ShaderCoverageTests(GpuFixture gpu)
         ["attention_fwd.comp"] = typeof(Attention.AttentionTests), ["attention_bwd_dq.comp"] = typeof(Attention.AttentionTests),
         ["attention_bwd_dkv.comp"] = typeof(Attention.AttentionTests),
         ["attention_flash_fwd.comp"] = typeof(Attention.AttentionTests), ["attention_flash_bwd_dq.comp"] = typeof(Attention.AttentionTests),
-        ["attention_flash_bwd_dkv.comp"] = typeof(Attention.AttentionTests),
+        ["attention_flash_bwd_dkv.comp"] = typeof(Attention.AttentionTests), ["attention_paged.comp"] = typeof(Attention.PagedAttentionTests),
         ["matmul_tn.comp"] = typeof(PeftKernels.MatMulTnTests), ["dropout.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["group_pool.comp"] = typeof(PeftKernels.PeftOpsTests), ["activation.comp"] = typeof(PeftKernels.PeftOpsTests),
         ["bias.comp"] = typeof(PeftKernels.PeftOpsTests), ["lora_gathered.comp"] = typeof(PeftKernels.GatheredLoraTests),

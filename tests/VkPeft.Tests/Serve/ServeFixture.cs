@@ -30,7 +30,7 @@ namespace VkPeft.Tests.Serve;
 public sealed class ServeFixture : IAsyncLifetime
 {
     public const string BaseName = "stories260K";
-    public const int MaxTokens = 24;
+    public const int MaxTokens = 16;
     public const int SoftPromptTokens = 5;   // virtual tokens of the "soft-prompt" adapter
     public const int PrefixRows = 7;         // prefix length of the "prefix" adapter
     private const float SoftPromptGain = 8;  // the soft prompt's rows are its text's embeddings × 8, so that they clearly change the continuations
@@ -71,7 +71,8 @@ public sealed class ServeFixture : IAsyncLifetime
             Expected[(BaseName, prompt)] = Greedy(_model, Tokenizer, null, prompt, MaxTokens);
             foreach (var (name, dir) in Adapters) Expected[(name, prompt)] = Greedy(_model, Tokenizer, dir, prompt, MaxTokens);
         }
-        var options = new ServeOptions { BaseName = BaseName, Port = 0, MaxBatch = 8, MaxContext = 96, MaxQueue = 64 };
+        // 5-token KV pages: prompts, prefixes and completions cross page boundaries in their prefill and while decoding.
+        var options = new ServeOptions { BaseName = BaseName, Port = 0, MaxBatch = 8, MaxContext = 96, MaxQueue = 64, KvPageSize = 5 };
         Server = await ServeHost.StartAsync(_model, Tokenizer, Quant, [.. Adapters.Select(kv => (kv.Key, kv.Value))], options);
         Http = new HttpClient { BaseAddress = Server.Address, Timeout = TimeSpan.FromMinutes(3) };
     }

@@ -1,7 +1,8 @@
 // `vkpeft serve` on servers of their own: a full queue answers 503 with Retry-After, a client that disconnects frees its
-// batch slot at once, a base with biases on every linear serves as generate runs it, and chat completions (a model
-// whose tokenizer has a chat template) through the official OpenAI .NET client, whole and streamed, equal the
-// single-sequence path's greedy reply.
+// batch slot at once, the paged KV cache (one pool: a request without pages waits, one that never fits is refused, the
+// pages share --memory-budget with the adapters), a base with biases on every linear serves as generate runs it, and
+// chat completions (a model whose tokenizer has a chat template) through the official OpenAI .NET client, whole and
+// streamed, equal the single-sequence path's greedy reply.
 using System.ClientModel;
 using System.Net.Http.Json;
 using System.Text;
@@ -58,6 +59,101 @@ public sealed class ServeLimitsTests
             for (int i = 0; i < 200 && server.Metrics.ActiveSequences > 0; i++) await Task.Delay(10);
             Assert.Equal(0, server.Metrics.ActiveSequences);
             Assert.True(server.Metrics.GeneratedTokens < 480, $"the disconnected request kept generating ({server.Metrics.GeneratedTokens} tokens)");
+        }
+    }
+
+    /// <summary>
+    /// The KV cache is one pool of pages: a single sequence may hold far more than a per-sequence share of it; two
+    /// requests whose pages do not fit together never share a step although batch places are free (the second waits in
+    /// the queue and then runs), while two that fit do; one that could never get its pages is a 400 naming them; every
+    /// page comes back when the sequences end.
+    /// </summary>
+    [Fact]
+    public async Task KvPagesAreTakenFromOnePoolAndARequestWithoutPagesWaits()
+    {
+        var host = ModelLoader.Load(Stories260K.ModelPath);
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        using var model = DeviceLlama.Load(ctx, host.Config, host.Weights, BaseQuant.None);
+        // 31 pages of 16 tokens (496) for 4 sequences: 124 tokens each if it were split into slots.
+        var options = new ServeOptions { BaseName = "base", Port = 0, MaxBatch = 4, MaxQueue = 4, MaxContext = 512, KvPageSize = 16, KvPages = 31 };
+        var server = await ServeHost.StartAsync(model, host.Tokenizer!, BaseQuant.None, [], options);
+        await using (server)
+        {
+            using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
+            async Task<string> Metric(string name) =>
+                (await http.GetStringAsync("/metrics")).Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..];
+            Task<HttpResponseMessage> Post(string prompt, int maxTokens) =>
+                http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt, max_tokens = maxTokens, temperature = 0 });
+            // Two of 5 + 250 tokens (16 pages each) do not fit the 31 pages together: one waits for the other's pages, so no
+            // step ever runs both (the largest batch stays 1).
+            var apart = await Task.WhenAll(Post("Once upon a time", 250), Post("Once upon a time", 250));
+            Assert.All(apart, r => Assert.Equal(200, (int)r.StatusCode));
+            Assert.Equal(1, server.Metrics.MaxBatch);
+            // Two of 4-5 prompt tokens + 100 (7 pages each) fit together: they share steps.
+            var fit = await Task.WhenAll(Post("Once upon a time", 100), Post("The dog", 100));
+            Assert.All(fit, r => Assert.Equal(200, (int)r.StatusCode));
+            Assert.Equal(2, server.Metrics.MaxBatch);
+            Assert.True(server.KvCache.PeakUsed >= 16, $"a 255-token sequence held only {server.KvCache.PeakUsed} pages");
+            // 5 + 500 tokens need 32 pages; the pool has 31: refused at once, naming the pages.
+            var c = await Post("Once upon a time", 500);
+            Assert.Equal(400, (int)c.StatusCode);
+            var error = JsonDocument.Parse(await c.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.Equal("context_length_exceeded", error.GetProperty("code").GetString());
+            Assert.Contains("32 KV pages", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+            for (int i = 0; i < 200 && server.Metrics.ActiveSequences > 0; i++) await Task.Delay(10);
+            Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"used\"}"));
+            Assert.Equal("0", await Metric("vkpeft_kv_pages{state=\"reserved\"}"));
+            Assert.Equal("31", await Metric("vkpeft_kv_pages{state=\"free\"}"));
+        }
+    }
+
+    /// <summary>
+    /// --memory-budget is shared: KV pages a request reserves push an idle adapter out when both do not fit, and a
+    /// request whose pages alone exceed the budget is a 400 saying so.
+    /// </summary>
+    [Fact]
+    public async Task KvPagesAndAdaptersShareTheMemoryBudget()
+    {
+        var host = ModelLoader.Load(Stories260K.ModelPath);
+        var c = host.Config;
+        using var dir = new TempDir();
+        var lora = VkPeft.Tests.Export.ExportTestSupport.RandomLora(c, seed: 21, baseQuant: BaseQuant.None);
+        string loraDir = dir.File("lora");
+        VkPeft.Peft.Export.AdapterIO.SaveVkPeft(loraDir, lora, c);
+        long adapterBytes = lora.Tensors.Values.Sum(t => t.Count) * sizeof(float);
+        long pageBytes = 16L * c.KvDim * sizeof(float) * 2 * c.NLayers;
+        Assert.True(adapterBytes >= pageBytes, $"the adapter ({adapterBytes} bytes) should outweigh a page ({pageBytes})");
+        long budget = adapterBytes + 10 * pageBytes;
+        int pagesInBudget = (int)(budget / pageBytes);
+        Assert.True(pagesInBudget < 31, $"the budget holds {pagesInBudget} pages; the test needs fewer than the pool's 31");
+        using var ctx = new VulkanContext(GpuFixture.Options());
+        using var model = DeviceLlama.Load(ctx, c, host.Weights, BaseQuant.None);
+        var options = new ServeOptions
+        {
+            BaseName = "base", Port = 0, MaxBatch = 2, MaxQueue = 4, MaxContext = 512, KvPageSize = 16, KvPages = 31, MemoryBudgetBytes = budget,
+        };
+        var server = await ServeHost.StartAsync(model, host.Tokenizer!, BaseQuant.None, [("lora", loraDir)], options);
+        await using (server)
+        {
+            Assert.Equal(pageBytes, server.KvCache.PageBytes);
+            using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
+            // "Once upon a time" is 5 tokens: max_tokens 16·n − 5 reserves exactly n pages.
+            Task<HttpResponseMessage> Post(string model, int pages) =>
+                http.PostAsJsonAsync("/v1/completions", new { model, prompt = "Once upon a time", max_tokens = 16 * pages - 5, temperature = 0 });
+            Assert.Equal(200, (int)(await Post("lora", 1)).StatusCode);
+            Assert.Equal(1, server.Adapters.ResidentCount);
+            // 11 pages and the adapter exceed the budget: the idle adapter is evicted for the pages.
+            Assert.Equal(200, (int)(await Post("base", 11)).StatusCode);
+            Assert.Equal(0, server.Adapters.ResidentCount);
+            Assert.Equal(1, server.Adapters.Evictions);
+            // More pages than the whole budget holds: refused, naming the budget.
+            var refused = await Post("base", pagesInBudget + 1);
+            Assert.Equal(400, (int)refused.StatusCode);
+            var error = JsonDocument.Parse(await refused.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.Equal("context_length_exceeded", error.GetProperty("code").GetString());
+            Assert.Contains($"{budget}-byte memory budget", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+            // The adapter loads again within the budget once the pages are back.
+            Assert.Equal(200, (int)(await Post("lora", 1)).StatusCode);
         }
     }
 

@@ -52,6 +52,28 @@ public sealed class ServeTests(ServeFixture f)
         Assert.True(byModel.Distinct().Count() == 10, string.Join("\n", f.Expected.Select(kv => $"{kv.Key} '{kv.Value}'")));
     }
 
+    /// <summary>
+    /// A request's adapter_scale multiplies its LoRA delta in the gathered kernel, row by row: at 0 a LoRA adapter's
+    /// greedy text is the base's, at 1 the adapter's own, and a middle scale differs from both — all in one batch.
+    /// </summary>
+    [Fact]
+    public async Task AdapterScaleZeroGivesTheBaseAndOneTheAdapter()
+    {
+        string prompt = ServeFixture.Prompts[1];
+        async Task<string> Scaled(string model, double scale)
+        {
+            var (status, body, _) = await f.Post("/v1/completions", Completion(model, prompt, extra: new { adapter_scale = scale }));
+            Assert.True(status == 200, $"{model} × {scale}: {body}");
+            return body.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        }
+        var texts = await Task.WhenAll(Scaled("lora-a", 0), Scaled("lora-a", 1), Scaled("lora-b", 0), Scaled("lora-a", 0.5), CompletionText("lora-a", prompt));
+        Assert.Equal(f.Expected[(ServeFixture.BaseName, prompt)], texts[0]);
+        Assert.Equal(f.Expected[("lora-a", prompt)], texts[1]);
+        Assert.Equal(f.Expected[(ServeFixture.BaseName, prompt)], texts[2]);
+        Assert.Equal(f.Expected[("lora-a", prompt)], texts[4]);
+        Assert.NotEqual(f.Expected[(ServeFixture.BaseName, prompt)], f.Expected[("lora-a", prompt)]);   // else the test proves little
+    }
+
     [Fact]
     public async Task StreamingYieldsTheSameText()
     {
@@ -84,8 +106,9 @@ public sealed class ServeTests(ServeFixture f)
     [Trait("Category", "Slow")]
     public async Task BoundedLoadLosesAndMixesNothing()
     {
-        // 40 requests from 16 concurrent clients, with streaming and whole responses interleaved: each answer is its own.
-        var cases = Enumerable.Range(0, 40).Select(i => f.Expected.Keys.ElementAt(i * 7 % f.Expected.Count)).ToList();
+        // 24 requests from 16 concurrent clients (three times the 8 slots), with streaming and whole responses interleaved:
+        // each answer is its own.
+        var cases = Enumerable.Range(0, 24).Select(i => f.Expected.Keys.ElementAt(i * 7 % f.Expected.Count)).ToList();
         using var gate = new SemaphoreSlim(16);
         var results = await Task.WhenAll(cases.Select(async (c, i) =>
         {
@@ -141,6 +164,10 @@ public sealed class ServeTests(ServeFixture f)
         { "/v1/completions", "{\"model\": \"lora-a\", \"prompt\": \"Once\", \"stop\": [1]}", 400, null },
         { "/v1/completions", "{\"model\": \"lora-a\", \"prompt\": \"Once\", \"stream\": \"yes\"}", 400, null },
         { "/v1/completions", "{\"model\": \"lora-a\", \"prompt\": \"Once\", \"n\": 2}", 400, null },
+        { "/v1/completions", "{\"model\": \"lora-a\", \"prompt\": \"Once\", \"adapter_scale\": 9}", 400, null },
+        { "/v1/completions", "{\"model\": \"lora-a\", \"prompt\": \"Once\", \"adapter_scale\": \"half\"}", 400, null },
+        { "/v1/completions", "{\"model\": \"stories260K\", \"prompt\": \"Once\", \"adapter_scale\": 0.5}", 400, null },
+        { "/v1/completions", "{\"model\": \"houlsby\", \"prompt\": \"Once\", \"adapter_scale\": 0.5}", 400, null },
         { "/v1/chat/completions", "{\"model\": \"lora-a\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", 400, "no_chat_template" },
         { "/v1/adapters", "{\"name\": \"x\", \"path\": \"/nonexistent/adapter\"}", 400, "invalid_adapter" },
         { "/v1/adapters", "{\"name\": \"stories260K\", \"path\": \"/tmp\"}", 400, null },
@@ -197,7 +224,8 @@ public sealed class ServeTests(ServeFixture f)
         await CompletionText("lora-a", ServeFixture.Prompts[0]);
         string metrics = await f.Http.GetStringAsync("/metrics");
         foreach (var name in new[] { "vkpeft_requests_total{status=\"200\"}", "vkpeft_generated_tokens_total", "vkpeft_queue_depth", "vkpeft_batch_size",
-                     "vkpeft_adapters_resident", "vkpeft_device_memory_bytes{category=\"weights\"}", "vkpeft_tokens_per_second" })
+                     "vkpeft_adapters_resident", "vkpeft_device_memory_bytes{category=\"weights\"}", "vkpeft_tokens_per_second",
+                     "vkpeft_kv_pages{state=\"used\"}", "vkpeft_kv_pages{state=\"free\"}", "vkpeft_kv_pages{state=\"reserved\"}", "vkpeft_memory_budget_bytes" })
             Assert.Contains(name, metrics, StringComparison.Ordinal);
     }
 

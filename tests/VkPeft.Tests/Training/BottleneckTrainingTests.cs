@@ -56,7 +56,7 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
                 BaseQuant = quant, BaseModel = ModelPath,
             },
             Quant = quant,
-            Steps = 30,
+            Steps = 20,   // held-out loss 3.53 → 1.78 on lavapipe
             Batch = 4,
             SeqLen = 32,
             Lr = 5e-3f,

@@ -1,6 +1,7 @@
 // The packed trainable-parameter layout (flat buffers, one dispatch per optimizer phase) against one buffer set per
 // tensor: gradient norms, parameters and AdamW moments equal bit for bit over several steps, with the moments on the
-// device or in host memory; and the dispatch count of one optimizer step.
+// device or in host memory, the norm within fp32 rounding of float64 over several partial sums; and the dispatch count
+// of one optimizer step.
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
@@ -14,9 +15,10 @@ public sealed class PackedParametersTests(GpuFixture gpu)
 {
     private VulkanContext Ctx => gpu.Context;
 
-    // LoRA-like shapes of awkward sizes, including one of a single element.
+    // LoRA-like shapes of awkward sizes, including one of a single element, and one of 10,055 elements: the gradient norm
+    // spreads it over ceil(10,055 / 4,096) = 3 partial sums, chunks that end inside the smaller tensors.
     private static readonly (string Name, long[] Shape)[] Shapes =
-        [("a0", [4, 37]), ("b0", [53, 4]), ("s", [1]), ("a1", [7, 300]), ("b1", [129, 7]), ("v", [65])];
+        [("a0", [4, 37]), ("b0", [53, 4]), ("s", [1]), ("a1", [7, 300]), ("b1", [129, 7]), ("v", [65]), ("w", [5, 2011])];
 
     [Theory]
     [InlineData(false)]
@@ -39,10 +41,16 @@ public sealed class PackedParametersTests(GpuFixture gpu)
             }
             double normPacked = packed.GradNorm(), normPerTensor = perTensor.GradNorm();
             Assert.Equal(BitConverter.DoubleToInt64Bits(normPerTensor), BitConverter.DoubleToInt64Bits(normPacked));
+            // fp32 sums of at most 10,055 squares against the float64 norm: relative error well under 1e-5.
+            double exact = Math.Sqrt(Enumerable.Range(0, Shapes.Length)
+                .Sum(i => TestData.Normal((int)Count(Shapes[i].Shape), 1000 * step + i, step == 2 ? 3f : 0.05f).Sum(x => (double)x * x)));
+            Assert.True(Math.Abs(normPacked - exact) <= 1e-5 * exact, $"step {step}: norm {normPacked} vs float64 {exact}");
             float scale = normPacked > 1 ? (float)(1 / normPacked) : 1f;   // step 2 clips
             packed.Step(step, settings, scale);
             perTensor.Step(step, settings, scale);
         }
+        Assert.Equal(3, packed.NormGroups());
+        Assert.Equal(3, perTensor.NormGroups());
         foreach (var (name, _) in Shapes)
         {
             TrainableTensor p = packed.ByName[name], q = perTensor.ByName[name];

@@ -79,9 +79,10 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
     [Fact]
     public void QloraRecipeLowersHeldOutLossAndWritesItsReports()
     {
-        // The PyTorch-style recipe: NF4+DQ base, LoRA r=8, alpha=16, all seven targets, AdamW lr 2e-3, batch 8 x 64, 40 steps.
+        // The PyTorch-style recipe: NF4+DQ base, LoRA r=8, alpha=16, all seven targets, AdamW lr 2e-3, batch 8 x 64, 20 steps
+        // (held-out loss 3.36 → 0.50 on lavapipe, well under the bound of half).
         var outDir = Path.Combine(_dir, "run");
-        var s = Train(Options(outDir, 40));
+        var s = Train(Options(outDir, 20));
         Assert.NotNull(s.InitialEvalLoss);
         Assert.True(s.EvalLoss < 0.5 * s.InitialEvalLoss, $"held-out loss {s.InitialEvalLoss} → {s.EvalLoss}");
         foreach (var f in new[] { "metrics.csv", "loss.svg", "summary.json", "vkpeft_adapter.json", "adapter_model.safetensors", Trainer.OptimizerFile, Trainer.StateFile })
@@ -89,7 +90,7 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
         var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "summary.json")))!;
         Assert.True(summary["peak_device_bytes"]!.GetValue<long>() > 0);
         Assert.True(summary["peak_device_bytes_by_category"]!["weights"]!.GetValue<long>() > 0);
-        Assert.Equal(41, File.ReadAllLines(Path.Combine(outDir, "metrics.csv")).Length);
+        Assert.Equal(21, File.ReadAllLines(Path.Combine(outDir, "metrics.csv")).Length);
         Assert.Contains("<svg", File.ReadAllText(Path.Combine(outDir, "loss.svg")));
         // The adapter loads back and applies: eval with it matches the trainer's held-out loss.
         var adapter = AdapterIO.Load(outDir, Stories.Config);
@@ -135,8 +136,9 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
     [Fact]
     public void QaLoraTrainsOnAnInt4Base()
     {
-        // stories260K's hidden size 172 = 4·43: groups of 4 divide every target's in_features.
-        var o = Options(Path.Combine(_dir, "qa"), 25, PeftMethod.QaLora, BaseQuant.Parse("int4", 4));
+        // stories260K's hidden size 172 = 4·43: groups of 4 divide every target's in_features. 15 steps take the held-out
+        // loss from 3.30 to 1.46 on lavapipe.
+        var o = Options(Path.Combine(_dir, "qa"), 15, PeftMethod.QaLora, BaseQuant.Parse("int4", 4));
         var s = Train(o with { Adapter = o.Adapter with { Settings = o.Adapter.SettingsOf<QaLoraSettings>() with { GroupSize = 4 } } });
         Assert.True(s.EvalLoss < 0.7 * s.InitialEvalLoss, $"held-out loss {s.InitialEvalLoss} → {s.EvalLoss}");
     }

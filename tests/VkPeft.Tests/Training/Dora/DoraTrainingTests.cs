@@ -60,7 +60,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : StoriesRunTest
         var host = ModelLoader.Load(Model);
         var c = host.Config;
         using var ctx = new VulkanContext(GpuFixture.Options());
-        var options = Options(Path.Combine(Dir, "run"), 20);
+        var options = Options(Path.Combine(Dir, "run"), 12);   // held-out loss 4.17 → 0.52 on lavapipe
         var summary = Train(ctx, host, options);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"held-out loss {summary.InitialEvalLoss:F4} → {summary.EvalLoss:F4} in {summary.Steps} steps, {summary.TrainableParameters} parameters, {summary.TokensPerSecond:F0} tokens/s"));

@@ -36,8 +36,8 @@ public sealed class LoraFaTrainingTests(GpuFixture gpu, ITestOutputHelper output
         var adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 4, Alpha = 8, FreezeA = true }, BaseQuant = quant, BaseModel = ModelPath };
         var options = new TrainOptions
         {
-            Data = WriteData(), EvalFraction = 0.15, Adapter = adapter, Quant = quant, Steps = 20, Batch = 4, SeqLen = 32,
-            Lr = 1e-2f, Warmup = 2, SaveEvery = 20, Out = Path.Combine(_dir, "run"), Seed = 7,
+            Data = WriteData(), EvalFraction = 0.15, Adapter = adapter, Quant = quant, Steps = 12, Batch = 4, SeqLen = 32,   // held-out loss 4.17 → 0.94 on lavapipe
+            Lr = 1e-2f, Warmup = 2, SaveEvery = 12, Out = Path.Combine(_dir, "run"), Seed = 7,
         };
         var data = TrainingData.Load(tok, options.Data, null, options.EvalFraction, options.SeqLen, options.Seed);
         using var model = DeviceLlama.Load(Ctx, host.Config, host.Weights, quant);

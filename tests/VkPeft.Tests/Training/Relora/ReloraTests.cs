@@ -208,8 +208,9 @@ public sealed class ReloraTrainingTests(GpuFixture gpu, ITestOutputHelper output
     [Trait("Category", "Slow")]
     public void RecipeLowersHeldOutLossAndWritesTheMergedModel()
     {
-        // The QLoRA recipe of TrainerTests (r = 8, alpha 16, all seven targets, lr 2e-3, 8 x 64) with a restart every 10 steps.
-        var o = Options(Path.Combine(_dir, "run"), 40, 10);
+        // The QLoRA recipe of TrainerTests (r = 8, alpha 16, all seven targets, lr 2e-3, 8 x 64, 20 steps) with a restart every
+        // 5 steps (held-out loss 3.36 → 0.79 on lavapipe).
+        var o = Options(Path.Combine(_dir, "run"), 20, 5);
         var data = Data(o);
         using var model = DeviceLlama.Load(Ctx, Stories.Config, Stories.Weights, o.Quant);
         TrainSummary s;
@@ -222,7 +223,7 @@ public sealed class ReloraTrainingTests(GpuFixture gpu, ITestOutputHelper output
         Assert.Equal(3, log.Count(l => l.StartsWith("ReLoRA restart", StringComparison.Ordinal)));
         var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(o.Out, "summary.json")))!["relora"]!;
         Assert.Equal("original", summary["merge_from"]!.GetValue<string>());
-        Assert.Equal([10, 20, 30], summary["restarts"]!.AsArray().Select(r => r!["step"]!.GetValue<int>()));
+        Assert.Equal([5, 10, 15], summary["restarts"]!.AsArray().Select(r => r!["step"]!.GetValue<int>()));
 
         // The base the last cycle's adapter was trained on is relora-base/: quantized again (q/k rows back in the
         // llama2.c layout the run used) it is the device base, bit for bit.
