@@ -73,10 +73,10 @@ public static class GpuReport
 
         Section("device", () =>
         {
-            var node = DeviceReport.Describe(ctx);
+            var node = DeviceReport.Describe(ctx, VkPeft.Cli.SettingFlags.Spell);
             md.AppendLine(CultureInfo.InvariantCulture, $"# vkpeft GPU report: {ctx.Caps.Name}\n\n{ctx.Caps.Kind}, Vulkan {ctx.Caps.ApiVersion}, driver {ctx.Caps.DriverName} {ctx.Caps.DriverInfo}; subgroup {ctx.Caps.SubgroupSize}, shaderFloat16 {ctx.Caps.ShaderFloat16}, NV cooperative matrices: {ctx.Caps.CooperativeMatricesNV.Length} shapes\n");
             md.AppendLine("| op | kernel path | why |\n|---|---|---|");
-            foreach (var k in KernelPathReport.Describe(ctx)) md.AppendLine(CultureInfo.InvariantCulture, $"| {k.Op} | {k.Path} | {k.Why} |");
+            foreach (var k in KernelPathReport.Describe(ctx)) md.AppendLine(CultureInfo.InvariantCulture, $"| {k.Op} | {k.Path} | {k.Explain(VkPeft.Cli.SettingFlags.Spell)} |");
             return node;
         });
         Section("checks", () =>

@@ -46,7 +46,7 @@ public static class KernelPathReport
             else
             {
                 var choice = ctx.Kernels.Describe(kernel);
-                list.Add(new(op, choice.Path, choice.Why + "; " + noKhr));
+                list.Add(new(op, choice.Path, choice.Why + "; " + noKhr, choice.Reason is { } r ? new SettingMessage($"{r}; {noKhr}") : null));
             }
         }
 

@@ -91,7 +91,7 @@ public sealed class KernelPathsTests(GpuFixture gpu)
             c => CompareMatmuls(c, wrong: false, ref calls));
         var safe = new KernelPaths(Ctx, safe: true, _ => Assert.Fail("no warning expected"));
         Assert.False(safe.Use(kernel));
-        Assert.Contains("--kernels safe", safe.Describe(kernel).Why);
+        Assert.Contains("--kernels safe", safe.Describe(kernel).Explain(VkPeft.Cli.SettingFlags.Spell));
         Assert.Equal(0, calls);
 
         // Availability is a function of the capabilities record alone.
