@@ -79,7 +79,7 @@ public static class MemoryBench
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(svgPath))!);
             Plots.MemoryBars(svgPath, [.. r.Reported.Where(kv => kv.Value > 0).Select(kv => (kv.Key.ToString().ToLowerInvariant(), (double)kv.Value))],
                 $"{name}: peak {ByteSize.Format(r.PeakBytes)} ({(r.MeasuredWhole ? "measured" : "extrapolated from a measured slice")})");
-            if (asJson) Console.WriteLine(MemoryBenchmark.ToJson(r).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            if (asJson) Console.WriteLine(MemoryBenchmark.ToJson(r, VkPeft.Cli.SettingFlags.Spell).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else Print(r, svgPath);
             return 0;
         });
@@ -138,7 +138,7 @@ public static class MemoryBench
         var cmp = new Table().AddColumn("variant (analytic, whole model)").AddColumn("runs here").AddColumn(new TableColumn("weights").RightAligned())
             .AddColumn(new TableColumn("trainable+grads+optimizer").RightAligned()).AddColumn(new TableColumn("activations+workspace").RightAligned()).AddColumn(new TableColumn("peak").RightAligned());
         foreach (var (name, avail, cats) in MemoryBenchmark.Comparisons(s))
-            cmp.AddRow(Markup.Escape(name), avail ? "yes" : "not available", F(cats[MemoryCategory.Weights]),
+            cmp.AddRow(Markup.Escape(name.Render(VkPeft.Cli.SettingFlags.Spell)), avail ? "yes" : "not available", F(cats[MemoryCategory.Weights]),
                 F(cats[MemoryCategory.Trainable] + cats[MemoryCategory.Gradients] + cats[MemoryCategory.Optimizer]),
                 F(cats[MemoryCategory.Activations] + cats[MemoryCategory.Workspace] + cats[MemoryCategory.Staging]), F(cats.Values.Sum()));
         AnsiConsole.Write(cmp);

@@ -65,10 +65,8 @@ public static class CliApp
     {
         ValidationFailedException => null,
         ISettingError s => SettingFlags.Message(s),
-        VulkanUnsupportedException or DeviceMemoryBudgetException or FormatException or FileNotFoundException
-            or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or CliUsageException
-            or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException or VkPeft.Peft.Training.TrainingFaultException or VkPeft.Peft.Training.RunLockedException or VkPeft.Peft.Export.ExportException => e.Message,
-        VkPeft.Peft.Formats.ModelFormatException m => m.Message,
+        FormatException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException
+            or CliUsageException or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException => e.Message,
         ArgumentException a when a.GetType() == typeof(ArgumentException) => a.Message,
         VulkanException v => v.Message,
         IOException io => io.Message,

@@ -42,7 +42,7 @@ public static class PlanCommand
             long budget = (long)ByteSize.Parse(parse.GetValue(memory)!, "--memory");
             var plan = FitPlanner.Make(setup, budget);
             bool asJson = parse.GetValue(json);
-            var obj = FitPlanner.ToJson(plan, name, SettingFlags.TrainFlags);
+            var obj = FitPlanner.ToJson(plan, name, SettingFlags.TrainFlags, SettingFlags.Spell);
             if (!asJson) Print(plan, name);
             int exit = 0;
             if (parse.GetValue(check))
@@ -128,7 +128,7 @@ public static class PlanCommand
     {
         var inv = CultureInfo.InvariantCulture;
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = 180;
-        AnsiConsole.MarkupLine(Markup.Escape(p.Message));
+        AnsiConsole.MarkupLine(Markup.Escape(p.Message.Render(SettingFlags.Spell)));
         var t = new Table().AddColumn("fit").AddColumn(new TableColumn("value").RightAligned()).AddColumn("train options");
         foreach (var m in Enum.GetValues<MemoryCategory>()) t.AddColumn(new TableColumn(m.ToString().ToLowerInvariant()).RightAligned());
         t.AddColumn(new TableColumn("total").RightAligned());

@@ -55,8 +55,8 @@ public static class DeviceQuantizer
 
         long codeBytes = (n + 1) / 2;
         if ((ulong)((codeBytes + 3) / 4 * 4) > ctx.Caps.MaxBindingBytes)
-            throw new VulkanUnsupportedException($"'{name}' [{outF}, {inF}]: its {ByteSize.Format((ulong)codeBytes)} of 4-bit codes exceed this device's largest storage binding " +
-                $"({ByteSize.Format(ctx.Caps.MaxBindingBytes)}); hold it unquantized (for an embedding: --quant-embeddings none) or use a device with larger bindings");
+            throw new VulkanUnsupportedException(new SettingMessage(
+                $"'{name}' [{outF}, {inF}]: its {ByteSize.Format((ulong)codeBytes)} of 4-bit codes exceed this device's largest storage binding ({ByteSize.Format(ctx.Caps.MaxBindingBytes)}); hold it unquantized (for an embedding: {RuntimeSettings.QuantEmbeddings} none) or use a device with larger bindings"));
         using var scope = new TensorScope();   // a failure frees the codes and scales made so far
         var codes = scope.Add(DeviceTensor.Create(ctx, name + ".codes", DType.U8, [(codeBytes + 3) / 4 * 4], MemoryCategory.Weights));
         ctx.Commands.Fill(codes.Range, 0);

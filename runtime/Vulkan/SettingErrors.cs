@@ -2,6 +2,7 @@
 // wrong (a Setting: its owner and name, e.g. TrainOptions.Steps) and the command line maps each setting to its flag when
 // it prints the one-line error. Only the CLI knows flag names.
 using System.Globalization;
+using System.Runtime.CompilerServices;
 
 namespace VkPeft.Runtime.Vulkan;
 
@@ -28,6 +29,18 @@ public sealed class SettingMessage
         ArgumentNullException.ThrowIfNull(text);
         _format = text.Format;
         _arguments = text.GetArguments();
+    }
+
+    /// <summary>A message that names no setting: <paramref name="text"/> as it is.</summary>
+    public static SettingMessage Plain(string text) => new($"{text}");
+
+    /// <summary>The messages <paramref name="parts"/> one after another, <paramref name="separator"/> between them.</summary>
+    public static SettingMessage Join(string separator, IEnumerable<SettingMessage> parts)
+    {
+        var list = parts.ToArray();
+        string format = string.Join(separator.Replace("{", "{{", StringComparison.Ordinal).Replace("}", "}}", StringComparison.Ordinal),
+            Enumerable.Range(0, list.Length).Select(i => "{" + i.ToString(CultureInfo.InvariantCulture) + "}"));
+        return new(FormattableStringFactory.Create(format, list));
     }
 
     /// <summary>The settings the message names, in order; the first is the one at fault.</summary>
@@ -65,9 +78,29 @@ public sealed class SettingException : FormatException, ISettingError
     public Setting Setting => Detail.Settings[0];
 }
 
+/// <summary>An input/output failure whose message names the settings to change (see <see cref="SettingMessage"/>).</summary>
+public sealed class SettingIOException(SettingMessage detail, Exception? inner = null) : IOException(detail.ToString(), inner), ISettingError
+{
+    public SettingMessage Detail { get; } = detail;
+}
+
+/// <summary>A missing file whose message names the setting that supplies it (see <see cref="SettingMessage"/>).</summary>
+public sealed class SettingFileNotFoundException(SettingMessage detail) : FileNotFoundException(detail.ToString()), ISettingError
+{
+    public SettingMessage Detail { get; } = detail;
+}
+
+/// <summary>An operation the runtime cannot do for the settings given, naming them (see <see cref="SettingMessage"/>).</summary>
+public sealed class SettingNotSupportedException(SettingMessage detail) : NotSupportedException(detail.ToString()), ISettingError
+{
+    public SettingMessage Detail { get; } = detail;
+}
+
 /// <summary>The runtime's own settings (<see cref="RuntimeOptions"/>).</summary>
 public static class RuntimeSettings
 {
     public static readonly Setting Device = Setting.Of<RuntimeOptions>(nameof(RuntimeOptions.Device));
     public static readonly Setting SafeKernels = Setting.Of<RuntimeOptions>(nameof(RuntimeOptions.SafeKernels));
+    /// <summary>The token embedding's and classifier's quantization on the device (weights the device quantizer holds).</summary>
+    public static readonly Setting QuantEmbeddings = new("Embeddings", "Quant");
 }

@@ -6,6 +6,7 @@ using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Quant;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Export;
 
@@ -104,9 +105,18 @@ public static class AdapterMerge
 }
 
 /// <summary>An export request that cannot be carried out (existing output, unmergeable adapter, unsupported combination).</summary>
-public sealed class ExportException : Exception
+public sealed class ExportException : Exception, ISettingError
 {
+    private readonly SettingMessage? _detail;
+
     public ExportException(string message) : base(message) { }
+
+    /// <summary>A refusal whose message names settings (the command line spells them as flags).</summary>
+    public ExportException(SettingMessage detail) : base(detail.ToString()) => _detail = detail;
+
     public ExportException(string message, Exception inner) : base(message, inner) { }
     public ExportException() : this("export failed") { }
+
+    /// <summary>The message with the settings it names (the message itself when it names none).</summary>
+    public SettingMessage Detail => _detail ?? SettingMessage.Plain(Message);
 }

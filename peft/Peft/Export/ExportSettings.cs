@@ -8,5 +8,6 @@ namespace VkPeft.Peft.Export;
 public static class ExportSettings
 {
     public static readonly Setting Format = Setting.Of<ExportOptions>(nameof(ExportOptions.Format));
+    public static readonly Setting Force = Setting.Of<ExportOptions>(nameof(ExportOptions.Force));
     public static readonly Setting DType = Setting.Of<ExportOptions>(nameof(ExportOptions.DType));
 }

@@ -157,7 +157,7 @@ internal static class AtomicOutput
     public static void CheckTarget(string path, bool force)
     {
         if ((System.IO.File.Exists(path) || System.IO.Directory.Exists(path)) && !force)
-            throw new ExportException($"output '{path}' already exists; pass --force to overwrite it");
+            throw new ExportException(new SettingMessage($"output '{path}' already exists; pass {ExportSettings.Force} to overwrite it"));
     }
 
     /// <summary>Fills a temporary folder through <paramref name="fill"/> and renames it to <paramref name="dir"/>.</summary>

@@ -1,9 +1,20 @@
 // The one error type for malformed or unsupported model, tokenizer and checkpoint files.
 // Every message names the file and the field (header entry, tensor name, metadata key) at fault.
+using VkPeft.Runtime.Vulkan;
+
 namespace VkPeft.Peft.Formats;
 
-public sealed class ModelFormatException : Exception
+public sealed class ModelFormatException : Exception, ISettingError
 {
+    private readonly SettingMessage? _settingDetail;
+
+    /// <summary>An error whose message names settings (the command line spells them as flags).</summary>
+    public ModelFormatException(string file, string field, SettingMessage message, Exception? inner = null)
+        : this(file, field, message.ToString(), inner!)
+    {
+        _settingDetail = new SettingMessage($"{OneLine(file)}: {OneLine(field)}: {message}");
+    }
+
     public ModelFormatException(string file, string field, string message)
         : base(OneLine($"{file}: {field}: {message}"))
     {
@@ -45,6 +56,9 @@ public sealed class ModelFormatException : Exception
 
     /// <summary>Header field, tensor name or metadata key at fault.</summary>
     public string Field { get; }
+
+    /// <summary>The message with the settings it names (the message itself when it names none).</summary>
+    SettingMessage ISettingError.Detail => _settingDetail ?? SettingMessage.Plain(Message);
 
     /// <summary>The message without the file and field prefix.</summary>
     public string Detail { get; }

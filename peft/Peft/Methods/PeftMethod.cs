@@ -135,10 +135,10 @@ public abstract class PeftMethod
     public abstract AdapterConfig ReadConfig(string file, JsonElement root, AdapterConfig common);
 
     /// <summary>Why a PEFT adapter folder (adapter_config.json) cannot hold this method; null when it can (PEFT type LORA).</summary>
-    public virtual string? PeftUnsupportedReason => $"PEFT folders cannot hold {CliName} adapters; use the vkpeft adapter format";
+    public virtual SettingMessage? PeftUnsupportedReason => new($"PEFT folders cannot hold {CliName} adapters; use the vkpeft adapter format");
 
     /// <summary>Why a GGUF LoRA file cannot hold this method; null when it can.</summary>
-    public virtual string? GgufLoraUnsupportedReason => $"GGUF LoRA files cannot hold {CliName} adapters; use the vkpeft adapter format";
+    public virtual SettingMessage? GgufLoraUnsupportedReason => new($"GGUF LoRA files cannot hold {CliName} adapters; use the vkpeft adapter format");
 
     // ---------------------------------------------------------------- parameters
 
@@ -212,14 +212,14 @@ public abstract class PeftMethod
     // ---------------------------------------------------------------- merge
 
     /// <summary>Why the adapter cannot be merged into the base's linear weights; null when <see cref="MergeDelta"/> gives its update.</summary>
-    public virtual string? NotMergeableReason => null;
+    public virtual SettingMessage? NotMergeableReason => null;
 
     /// <summary>
     /// ΔW [out, in] in float64 for one linear (rows in the base layout) given the base weight it is added to; null when
     /// the method leaves this linear unchanged. The merged weight is W + ΔW rounded once to float32.
     /// </summary>
     public virtual double[]? MergeDelta(AdapterWeights adapter, LlamaConfig c, int layer, TargetModule t, ReadOnlySpan<float> baseWeight) =>
-        throw new InvalidOperationException(NotMergeableReason ?? $"{CliName} has no merge rule");
+        throw new InvalidOperationException(NotMergeableReason?.ToString() ?? $"{CliName} has no merge rule");
 
     /// <summary>
     /// The merged model's tensors other than the linear weights, after the linears are merged: the method's changes to
@@ -243,7 +243,7 @@ public abstract class PeftMethod
     // ---------------------------------------------------------------- memory model
 
     /// <summary>Why the memory model does not cover this method yet; null when it does.</summary>
-    public virtual string? NotPlanned => null;
+    public virtual SettingMessage? NotPlanned => null;
 
     /// <summary>Rows the trainer adds to every sequence for this method (virtual tokens); 0 by default.</summary>
     public virtual int ExtraRowsPerSequence(TrainSetup s) => 0;

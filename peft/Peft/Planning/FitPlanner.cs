@@ -2,6 +2,7 @@
 // length) that fit a memory budget, which switches that takes, and what levers the runtime lacks would add.
 using System.Globalization;
 using System.Text.Json.Nodes;
+using VkPeft.Peft.Training;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
 
@@ -16,16 +17,17 @@ public sealed record PlanOption(string Name, bool Checkpointing, int LogitRows, 
         Checkpointing = Checkpointing, LogitRows = LogitRows, Embeddings = Embeddings, OffloadCheckpoints = OffloadCheckpoints, OptimizerOnHost = OptimizerOnHost,
     };
 
-    public IReadOnlyList<string> Switches(TrainSetup s)
+    /// <summary>The switches this way to run takes, each naming the setting that selects it.</summary>
+    public IReadOnlyList<SettingMessage> Switches(TrainSetup s)
     {
-        var list = new List<string>();
-        if (Checkpointing) list.Add("checkpointing");
-        list.Add($"chunked loss (--loss-chunk {LogitRows})");
-        if (Embeddings == EmbeddingFormat.Nf4) list.Add("nf4-dq embedding/classifier (--quant-embeddings nf4-dq)");
-        if (Embeddings == EmbeddingFormat.Q8) list.Add("q8 embedding/classifier (not available)");
-        if (OffloadCheckpoints) list.Add("layer inputs in host memory (--offload-checkpoints)");
-        if (OptimizerOnHost) list.Add("AdamW state in host memory (--optimizer-on-host)");
-        list.Add($"{s.Quant.Type} base");
+        var list = new List<SettingMessage>();
+        if (Checkpointing) list.Add(SettingMessage.Plain("checkpointing"));
+        list.Add(new($"chunked loss ({TrainSettings.LossChunk} {LogitRows})"));
+        if (Embeddings == EmbeddingFormat.Nf4) list.Add(new($"nf4-dq embedding/classifier ({RuntimeSettings.QuantEmbeddings} nf4-dq)"));
+        if (Embeddings == EmbeddingFormat.Q8) list.Add(SettingMessage.Plain("q8 embedding/classifier (not available)"));
+        if (OffloadCheckpoints) list.Add(new($"layer inputs in host memory ({TrainSettings.OffloadCheckpoints})"));
+        if (OptimizerOnHost) list.Add(new($"AdamW state in host memory ({TrainSettings.OptimizerOnHost})"));
+        list.Add(new($"{s.Quant.Type} base"));
         return list;
     }
 }
@@ -39,7 +41,7 @@ public sealed record Plan(
     FitResult? MaxSeq,
     FitResult? MaxBatch,
     FitResult? MaxSeqWithUnavailable,
-    string Message)
+    SettingMessage Message)
 {
     /// <summary>The cheapest way (fewest levers) to run batch 1 at the setup's sequence length, or null when none fits.</summary>
     public FitResult? Cheapest { get; init; }
@@ -106,7 +108,7 @@ public static class FitPlanner
         var maxBatch = Best(Batch, true);
         var extra = Best(Seq, false);
         if (extra != null && maxSeq != null && extra.Value <= maxSeq.Value) extra = null;
-        string msg = Describe(s, budget, maxSeq, maxBatch, extra);
+        var msg = Describe(s, budget, maxSeq, maxBatch, extra);
         FitResult? cheapest = null;
         foreach (var o in Options.Where(o => o.Available))
         {
@@ -116,35 +118,40 @@ public static class FitPlanner
         return new Plan(s, budget, margin, maxSeq, maxBatch, extra, msg) { Cheapest = cheapest };
     }
 
-    private static string Describe(TrainSetup s, long budget, FitResult? seq, FitResult? batch, FitResult? extra)
+    private static SettingMessage Describe(TrainSetup s, long budget, FitResult? seq, FitResult? batch, FitResult? extra)
     {
         var c = s.Config;
         var inv = CultureInfo.InvariantCulture;
-        string name = $"{c.NLayers} layers × {c.Dim} ({s.Quant.Type}, {s.Method.ToString().ToLowerInvariant()} r={s.Rank})";
+        string name = string.Create(inv, $"{c.NLayers} layers × {c.Dim} ({s.Quant.Type}, {s.Method.ToString().ToLowerInvariant()} r={s.Rank})");
         if (seq == null)
         {
             var w = MemoryModel.Estimate(s with { Batch = 1, SeqLen = 2, Checkpointing = true });
-            return string.Create(inv, $"{name} does not fit {ByteSize.Format(budget)}: the weights alone take {ByteSize.Format(w[MemoryCategory.Weights])} and a 2-token step {ByteSize.Format(w.PeakBytes)}");
+            return new($"{name} does not fit {ByteSize.Format(budget)}: the weights alone take {ByteSize.Format(w[MemoryCategory.Weights])} and a 2-token step {ByteSize.Format(w.PeakBytes)}");
         }
-        string text = string.Create(inv,
-            $"{name} in {ByteSize.Format(budget)}: up to {seq.Value} tokens at batch 1 ({string.Join(", ", seq.Option.Switches(s))}; {ByteSize.Format(seq.Estimate.PeakBytes)})");
-        text += batch == null
-            ? string.Create(inv, $"; no batch fits at --seq-len {s.SeqLen}")
-            : string.Create(inv, $"; up to batch {batch.Value} at --seq-len {s.SeqLen} ({string.Join(", ", batch.Option.Switches(s))}; {ByteSize.Format(batch.Estimate.PeakBytes)})");
-        if (extra != null) text += string.Create(inv, $"; {extra.Value} tokens with {extra.Option.Name.TrimStart('+', ' ')} (not available yet)");
-        return text;
+        var parts = new List<SettingMessage>
+        {
+            new($"{name} in {ByteSize.Format(budget)}: up to {seq.Value} tokens at batch 1 ({SettingMessage.Join(", ", seq.Option.Switches(s))}; {ByteSize.Format(seq.Estimate.PeakBytes)})"),
+            batch == null
+                ? new($"; no batch fits at {TrainSettings.SeqLen} {s.SeqLen}")
+                : new($"; up to batch {batch.Value} at {TrainSettings.SeqLen} {s.SeqLen} ({SettingMessage.Join(", ", batch.Option.Switches(s))}; {ByteSize.Format(batch.Estimate.PeakBytes)})"),
+        };
+        if (extra != null) parts.Add(new($"; {extra.Value} tokens with {extra.Option.Name.TrimStart('+', ' ')} (not available yet)"));
+        return SettingMessage.Join("", parts);
     }
 
     /// <summary>
     /// The plan as a JSON object: max_seq_len, max_batch, switches, then details; each fit also gets "train_flags" when
-    /// <paramref name="trainFlags"/> says how a front end selects its way to run.
+    /// <paramref name="trainFlags"/> says how a front end selects its way to run; <paramref name="spell"/> spells the settings
+    /// the switches and the message name (their library names by default).
     /// </summary>
-    public static JsonObject ToJson(Plan p, string model, Func<PlanOption, string>? trainFlags = null)
+    public static JsonObject ToJson(Plan p, string model, Func<PlanOption, string>? trainFlags = null, Func<Setting, string>? spell = null)
     {
         var s = p.Base;
+        spell ??= setting => setting.ToString();
+        JsonArray Switches(PlanOption o) => new([.. o.Switches(s).Select(x => (JsonNode)x.Render(spell))]);
         JsonObject Fit(FitResult r) => new()
         {
-            ["value"] = r.Value, ["option"] = r.Option.Name, ["switches"] = new JsonArray(r.Option.Switches(s).Select(x => (JsonNode)x).ToArray()),
+            ["value"] = r.Value, ["option"] = r.Option.Name, ["switches"] = Switches(r.Option),
             ["train_flags"] = trainFlags?.Invoke(r.Option),
             ["peak_bytes"] = r.Estimate.PeakBytes,
             ["host_bytes"] = r.Estimate.HostBytes,
@@ -158,12 +165,12 @@ public static class FitPlanner
             ["max_seq_len"] = p.MaxSeq?.Value ?? 0,
             ["max_batch"] = p.MaxBatch?.Value ?? 0,
             ["seq_len"] = s.SeqLen,
-            ["switches"] = new JsonArray((p.MaxSeq?.Option.Switches(s) ?? []).Select(x => (JsonNode)x).ToArray()),
+            ["switches"] = p.MaxSeq is { } m ? Switches(m.Option) : new JsonArray(),
             ["max_seq"] = p.MaxSeq is { } a ? Fit(a) : null,
             ["max_batch_detail"] = p.MaxBatch is { } b ? Fit(b) : null,
             ["cheapest_at_seq_len"] = p.Cheapest is { } ch ? Fit(ch) : null,
             ["max_seq_len_with_unavailable_levers"] = p.MaxSeqWithUnavailable is { } e ? Fit(e) : null,
-            ["message"] = p.Message,
+            ["message"] = p.Message.Render(spell),
         };
     }
 }

@@ -2,6 +2,7 @@
 // steps on it, sets the measured peaks next to the analytic model and extrapolates to the whole model per layer.
 using System.Text.Json.Nodes;
 using VkPeft.Peft.Models;
+using VkPeft.Peft.Training;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
 
@@ -44,7 +45,7 @@ public static class MemoryBenchmark
             if (Fits(1, v)) return new ModelSlice(1, v, false, true);
         throw new DeviceMemoryBudgetException($"one layer of {c.Dim}x{c.HiddenDim} at {full.Batch}x{full.SeqLen} tokens", MemoryCategory.Activations,
             (ulong)MemoryModel.Estimate(full with { Config = ModelCatalog.Slice(c, 1, 512) }).PeakBytes, (ulong)limit, new MemoryAccounting(),
-            "even one layer with a 512-token vocabulary does not fit the benchmark's limit; use a shorter --seq-len or --batch");
+            new SettingMessage($"even one layer with a 512-token vocabulary does not fit the benchmark's limit; use a shorter {TrainSettings.SeqLen} or {TrainSettings.Batch}"));
     }
 
     /// <summary>Approximate FLOPs of one training step (linears forward, input gradient, recomputation; attention; classifier).</summary>
@@ -95,8 +96,9 @@ public static class MemoryBenchmark
         new(d.Select(kv => KeyValuePair.Create(kv.Key.ToString().ToLowerInvariant(), (JsonNode?)kv.Value)));
 
     /// <summary>The --json object: peak_bytes, categories, measured, tokens_per_second, then details.</summary>
-    public static JsonObject ToJson(MemoryBenchResult r)
+    public static JsonObject ToJson(MemoryBenchResult r, Func<Setting, string>? spell = null)
     {
+        spell ??= setting => setting.ToString();
         var s = r.Full;
         return new JsonObject
         {
@@ -126,30 +128,34 @@ public static class MemoryBenchmark
             },
             ["comparisons"] = new JsonArray(Comparisons(s).Select(c => (JsonNode)new JsonObject
             {
-                ["name"] = c.Name, ["available"] = c.Available, ["peak_bytes"] = c.Categories.Values.Sum(), ["categories"] = Cats(c.Categories),
+                ["name"] = c.Name.Render(spell), ["available"] = c.Available, ["peak_bytes"] = c.Categories.Values.Sum(), ["categories"] = Cats(c.Categories),
             }).ToArray()),
         };
     }
 
-    /// <summary>The same step under other formats and levers, analytic (available = the runtime can do it).</summary>
-    public static IReadOnlyList<(string Name, bool Available, IReadOnlyDictionary<MemoryCategory, long> Categories)> Comparisons(TrainSetup s)
+    /// <summary>
+    /// The same step under other formats and levers, analytic (available = the runtime can do it); each name mentions the
+    /// setting that selects its variant.
+    /// </summary>
+    public static IReadOnlyList<(SettingMessage Name, bool Available, IReadOnlyDictionary<MemoryCategory, long> Categories)> Comparisons(TrainSetup s)
     {
-        var list = new List<(string, bool, IReadOnlyDictionary<MemoryCategory, long>)>
+        static SettingMessage Plain(string text) => SettingMessage.Plain(text);
+        var list = new List<(SettingMessage, bool, IReadOnlyDictionary<MemoryCategory, long>)>
         {
-            ($"this run ({s.Quant.Type})", true, MemoryModel.Estimate(s).Categories),
-            ("nf4 without double quant", true, MemoryModel.Estimate(s with { Quant = Engine.BaseQuant.Parse("nf4") }).Categories),
-            ("fp32 base (--quant none)", true, MemoryModel.Estimate(s with { Quant = Engine.BaseQuant.None }).Categories),
-            ($"checkpointing {(s.Checkpointing ? "off" : "on")}", true, MemoryModel.Estimate(s with { Checkpointing = !s.Checkpointing, OffloadCheckpoints = false }).Categories),
-            ("logits in chunks of 32 rows", true, MemoryModel.Estimate(s with { LogitRows = 32 }).Categories),
-            ("NF4 embedding/classifier", true, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Nf4 }).Categories),
-            ("Q8 embedding/classifier", false, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Q8 }).Categories),
-            ("layer inputs on the host (--offload-checkpoints)", true, MemoryModel.Estimate(s with { Checkpointing = true, OffloadCheckpoints = true }).Categories),
-            ("AdamW state on the host (--optimizer-on-host)", true, MemoryModel.Estimate(s with { OptimizerOnHost = true }).Categories),
-            ("fp16 LoRA (no quantization)", false, MemoryModel.Fp16Lora(s)),
-            ("full fine-tuning (fp16 + fp32 grads + AdamW)", false, MemoryModel.FullFineTuning(s)),
+            (Plain($"this run ({s.Quant.Type})"), true, MemoryModel.Estimate(s).Categories),
+            (Plain("nf4 without double quant"), true, MemoryModel.Estimate(s with { Quant = Engine.BaseQuant.Parse("nf4") }).Categories),
+            (new($"fp32 base ({Engine.EngineSettings.Quant} none)"), true, MemoryModel.Estimate(s with { Quant = Engine.BaseQuant.None }).Categories),
+            (Plain($"checkpointing {(s.Checkpointing ? "off" : "on")}"), true, MemoryModel.Estimate(s with { Checkpointing = !s.Checkpointing, OffloadCheckpoints = false }).Categories),
+            (Plain("logits in chunks of 32 rows"), true, MemoryModel.Estimate(s with { LogitRows = 32 }).Categories),
+            (Plain("NF4 embedding/classifier"), true, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Nf4 }).Categories),
+            (Plain("Q8 embedding/classifier"), false, MemoryModel.Estimate(s with { Embeddings = EmbeddingFormat.Q8 }).Categories),
+            (new($"layer inputs on the host ({TrainSettings.OffloadCheckpoints})"), true, MemoryModel.Estimate(s with { Checkpointing = true, OffloadCheckpoints = true }).Categories),
+            (new($"AdamW state on the host ({TrainSettings.OptimizerOnHost})"), true, MemoryModel.Estimate(s with { OptimizerOnHost = true }).Categories),
+            (Plain("fp16 LoRA (no quantization)"), false, MemoryModel.Fp16Lora(s)),
+            (Plain("full fine-tuning (fp16 + fp32 grads + AdamW)"), false, MemoryModel.FullFineTuning(s)),
         };
         if (!s.FreezeA && s.Method.CanFreezeA)
-            list.Insert(1, ("LoRA-FA: A frozen (--freeze-a)", true, MemoryModel.Estimate(s with { FreezeA = true }).Categories));
+            list.Insert(1, (new($"LoRA-FA: A frozen ({PlanSettings.FreezeA})"), true, MemoryModel.Estimate(s with { FreezeA = true }).Categories));
         return list;
     }
 }

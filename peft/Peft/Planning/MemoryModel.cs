@@ -88,12 +88,12 @@ public sealed record TrainSetup
     };
 
     /// <summary>Which parts of this setup the runtime cannot do yet (empty when it can run as is).</summary>
-    public IReadOnlyList<string> Unavailable()
+    public IReadOnlyList<SettingMessage> Unavailable()
     {
-        var list = new List<string>();
+        var list = new List<SettingMessage>();
         if (Method.NotPlanned is { } gap) list.Add(gap);
-        if (Embeddings == EmbeddingFormat.Q8) list.Add("Q8 embedding/classifier");
-        if (OffloadCheckpoints && !Checkpointing) list.Add("offloaded checkpoints without checkpointing");
+        if (Embeddings == EmbeddingFormat.Q8) list.Add(SettingMessage.Plain("Q8 embedding/classifier"));
+        if (OffloadCheckpoints && !Checkpointing) list.Add(SettingMessage.Plain("offloaded checkpoints without checkpointing"));
         return list;
     }
 }

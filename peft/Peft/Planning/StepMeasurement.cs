@@ -33,9 +33,9 @@ public static class StepMeasurement
     public static StepMeasurementResult Run(VulkanContext ctx, TrainSetup setup, LlamaWeights weights, int steps = 2, bool profile = false,
         Action<string>? log = null, bool timingOnly = false)
     {
-        var gaps = setup.Unavailable().Where(g => !(timingOnly && g == setup.Method.NotPlanned)).ToList();
+        var gaps = setup.Unavailable().Where(g => !(timingOnly && ReferenceEquals(g, setup.Method.NotPlanned))).ToList();
         if (gaps.Count > 0)
-            throw new NotSupportedException($"cannot run: {string.Join(", ", gaps)} not available in the runtime");
+            throw new SettingNotSupportedException(new SettingMessage($"cannot run: {SettingMessage.Join(", ", gaps)} not available in the runtime"));
         var c = setup.Config;
         var acc = ctx.Arena.Accounting;
         var hostAcc = ctx.HostArena.Accounting;

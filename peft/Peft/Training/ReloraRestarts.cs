@@ -240,12 +240,12 @@ public sealed class ReloraRestarts
         using (var doc = JsonFields.ParseFile(statePath))
         {
             if (!doc.RootElement.TryGetProperty("relora", out var relora) || relora.ValueKind != JsonValueKind.Object)
-                throw new ModelFormatException(statePath, "relora", "missing: the checkpoint was not written by a ReLoRA run (drop --relora-every or use its own --out)");
+                throw new ModelFormatException(statePath, "relora", new SettingMessage($"missing: the checkpoint was not written by a ReLoRA run (drop {TrainSettings.ReloraEvery} or use its own {TrainSettings.Out})"));
             cycles = JsonFields.Int(statePath, relora, "cycles") ?? throw new ModelFormatException(statePath, "relora.cycles", "missing");
         }
         // A run that ended on a cycle boundary did not restart there (its last step); raising --steps makes it Pending.
         if (cycles != step / _o.Every && !(cycles == step / _o.Every - 1 && step % _o.Every == 0))
-            throw new ModelFormatException(statePath, "relora.cycles", $"{cycles} restarts do not fit step {step} with --relora-every {_o.Every}");
+            throw new ModelFormatException(statePath, "relora.cycles", new SettingMessage($"{cycles} restarts do not fit step {step} with {TrainSettings.ReloraEvery} {_o.Every}"));
         if (cycles == 0) return;
         string file = Path.Combine(folder, CyclesFile);
         if (!File.Exists(file)) throw new ModelFormatException(file, CyclesFile, $"missing: the checkpoint at step {step} is past {cycles} ReLoRA restart(s) and needs their adapters");

@@ -3,11 +3,16 @@
 // owner's pid, and a lock left by a dead process is simply taken over.
 using System.Diagnostics;
 using System.Globalization;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
 /// <summary>Another live run holds the output folder.</summary>
-public sealed class RunLockedException(string message) : Exception(message);
+public sealed class RunLockedException(SettingMessage detail) : Exception(detail.ToString()), ISettingError
+{
+    /// <summary>The message with the setting to change (the command line spells it as a flag).</summary>
+    public SettingMessage Detail { get; } = detail;
+}
 
 public sealed class RunLock : IDisposable
 {
@@ -39,7 +44,7 @@ public sealed class RunLock : IDisposable
         catch (IOException)
         {
             string owner = File.Exists(ownerPath) ? File.ReadAllText(ownerPath).Trim() : "unknown";
-            throw new RunLockedException($"{outDir} is in use by another vkpeft run ({owner}); wait for it to finish or choose another --out");
+            throw new RunLockedException(new SettingMessage($"{outDir} is in use by another vkpeft run ({owner}); wait for it to finish or choose another {TrainSettings.Out}"));
         }
         var me = Process.GetCurrentProcess();
         string text = string.Create(CultureInfo.InvariantCulture, $"pid {Environment.ProcessId} on {Environment.MachineName}, started {me.StartTime.ToUniversalTime():yyyy-MM-dd HH:mm:ss} UTC");

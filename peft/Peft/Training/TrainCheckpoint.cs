@@ -169,8 +169,10 @@ public static class TrainCheckpoint
                 first ??= e;
             }
         }
-        throw new ModelFormatException(first!.File, first.Field,
-            first.Detail + (steps.Count > 1 ? $" (and no older kept checkpoint is intact: {steps.Count} tried)" : " (no older checkpoint is kept; see --keep-checkpoints)"));
+        var older = steps.Count > 1
+            ? new SettingMessage($" (and no older kept checkpoint is intact: {steps.Count} tried)")
+            : new SettingMessage($" (no older checkpoint is kept; see {TrainSettings.KeepCheckpoints})");
+        throw new ModelFormatException(first!.File, first.Field, new SettingMessage($"{first.Detail}{older}"));
     }
 
     private static LoadedCheckpoint Read(string folder, LlamaConfig config, IReadOnlyCollection<string> parameterNames, IReadOnlyCollection<string> trainedNames, bool verify)

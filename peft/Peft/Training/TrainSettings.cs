@@ -21,6 +21,10 @@ public static class TrainSettings
     public static readonly Setting KeepCheckpoints = Setting.Of<TrainOptions>(nameof(TrainOptions.KeepCheckpoints));
     public static readonly Setting Checkpointing = Setting.Of<TrainOptions>(nameof(TrainOptions.Checkpointing));
     public static readonly Setting OffloadCheckpoints = Setting.Of<TrainOptions>(nameof(TrainOptions.OffloadCheckpoints));
+    /// <summary>Rows of logits per cross-entropy chunk (<see cref="TrainOptions.LogitRows"/>).</summary>
+    public static readonly Setting LossChunk = Setting.Of<TrainOptions>(nameof(TrainOptions.LogitRows));
+    public static readonly Setting OptimizerOnHost = Setting.Of<TrainOptions>(nameof(TrainOptions.OptimizerOnHost));
+    public static readonly Setting Out = Setting.Of<TrainOptions>(nameof(TrainOptions.Out));
     public static readonly Setting Resume = Setting.Of<TrainOptions>(nameof(TrainOptions.Resume));
     /// <summary>LoftQ initialization itself (<see cref="TrainOptions.LoftQIterations"/> set).</summary>
     public static readonly Setting LoftQ = Setting.Of<TrainOptions>("LoftQ");

@@ -121,7 +121,7 @@ public sealed class Trainer : IDisposable
         if (acc.LiveBytes + more <= (long)ctx.Arena.Budget) return;
         var plan = Planning.FitPlanner.Make(setup, (long)ctx.Arena.Budget);
         throw new DeviceMemoryBudgetException($"training step ({o.Batch} × {o.SeqLen} tokens, checkpointing {(checkpointing ? "on" : "off")})",
-            MemoryCategory.Activations, (ulong)more, ctx.Arena.Budget, acc, "the run cannot fit; the fit plan: " + plan.Message);
+            MemoryCategory.Activations, (ulong)more, ctx.Arena.Budget, acc, new SettingMessage($"the run cannot fit; the fit plan: {plan.Message}"));
     }
 
     public TrainableParameters Parameters => _params;
@@ -132,7 +132,7 @@ public sealed class Trainer : IDisposable
     {
         var c = TrainCheckpoint.Load(dir, _config, _params.ByName.Keys, warn,
             [.. _params.ByName.Values.Where(t => t.Grad != null).Select(t => t.Name)]);
-        if (c.Step > _o.Steps) throw new ModelFormatException(Path.Combine(c.Folder, StateFile), "step", $"checkpoint is at step {c.Step}, past --steps {_o.Steps}");
+        if (c.Step > _o.Steps) throw new ModelFormatException(Path.Combine(c.Folder, StateFile), "step", new SettingMessage($"checkpoint is at step {c.Step}, past {TrainSettings.Steps} {_o.Steps}"));
         foreach (var (name, t) in c.Adapter.Tensors)
         {
             var p = _params.ByName[name];
@@ -145,7 +145,7 @@ public sealed class Trainer : IDisposable
         _params.LoadOptimizerState(c.Moments.ToDictionary(kv => kv.Key, kv => kv.Value));
         if (_relora == null && File.Exists(Path.Combine(c.Folder, ReloraRestarts.CyclesFile)))
             throw new ModelFormatException(Path.Combine(c.Folder, ReloraRestarts.CyclesFile), "relora",
-                "the checkpoint is a ReLoRA run's, whose base has merged cycles: resume it with its --relora-every");
+                new SettingMessage($"the checkpoint is a ReLoRA run's, whose base has merged cycles: resume it with its {TrainSettings.ReloraEvery}"));
         if (_relora != null)
         {
             _relora.Restore(c.Folder, c.Step);
@@ -309,8 +309,9 @@ public sealed class Trainer : IDisposable
         }
         catch (IOException e)
         {
-            throw new IOException($"writing the checkpoint of step {_done} into {_o.Out} failed ({e.Message}); the previous checkpoint "
-                + (previous > 0 ? $"(step {previous}) is intact" : "does not exist yet") + ": free disk space, then rerun with --resume", e);
+            string intact = previous > 0 ? $"(step {previous}) is intact" : "does not exist yet";
+            throw new SettingIOException(new SettingMessage(
+                $"writing the checkpoint of step {_done} into {_o.Out} failed ({e.Message}); the previous checkpoint {intact}: free disk space, then rerun with {TrainSettings.Resume}"), e);
         }
     }
 

@@ -2,6 +2,7 @@
 // shuffled by the seed, split into train and held-out sets, and packed into fixed windows of seq-len predictions.
 using VkPeft.Peft.Data;
 using VkPeft.Peft.Tokenizers;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
@@ -37,7 +38,7 @@ public sealed class TrainingData
             int n = (int)Math.Floor(docs.Count * evalFraction);
             evalDocs = docs.GetRange(docs.Count - n, n);
             docs.RemoveRange(docs.Count - n, n);
-            if (docs.Count == 0) throw new FormatException($"{data}: --eval-fraction {evalFraction} leaves no training document");
+            if (docs.Count == 0) throw new SettingException($"{data}: {TrainSettings.EvalFraction} {evalFraction} leaves no training document");
         }
         return new TrainingData(Pack(docs, seqLen), EvalWindows(evalDocs, seqLen), docs.Count, evalDocs.Count);
     }

@@ -7,23 +7,26 @@ using VkPeft.Runtime.Vulkan;
 namespace VkPeft.Peft.Training;
 
 /// <summary>Training stopped because the device failed mid-step; the message names the intact checkpoint.</summary>
-public sealed class TrainingFaultException(string message, Exception inner) : Exception(message, inner);
+public sealed class TrainingFaultException(SettingMessage detail, Exception inner) : Exception(detail.ToString(), inner), ISettingError
+{
+    /// <summary>The message with the settings to change (the command line spells them as flags).</summary>
+    public SettingMessage Detail { get; } = detail;
+}
 
 public static class TrainingFaults
 {
     /// <summary>The clear error for a device failure during <paramref name="step"/>, or null for anything else.</summary>
     public static Exception? DuringStep(Exception e, int step, string outDir, int lastSaved)
     {
-        string intact = lastSaved > 0
-            ? $"the last checkpoint in {outDir} (step {lastSaved}) is intact: rerun the same command with --resume"
-            : $"no checkpoint was written yet in {outDir} (--save-every N writes them): rerun the command";
+        var intact = lastSaved > 0
+            ? new SettingMessage($"the last checkpoint in {outDir} (step {lastSaved}) is intact: rerun the same command with {TrainSettings.Resume}")
+            : new SettingMessage($"no checkpoint was written yet in {outDir} ({TrainSettings.SaveEvery} N writes them): rerun the command");
         return e switch
         {
-            VulkanDeviceLostException => new TrainingFaultException(
-                $"the device was lost during step {step} (a driver reset, a sleep or a timeout: {e.Message}); {intact}", e),
-            VulkanOutOfMemoryException or DeviceMemoryBudgetException => new TrainingFaultException(
-                $"the device ran out of memory during step {step} ({FirstLine(e.Message)}); {intact} after lowering --batch or --seq-len, "
-                + "or adding --checkpointing, --loss-chunk 32, --offload-checkpoints or --optimizer-on-host (`vkpeft plan` finds a fit)", e),
+            VulkanDeviceLostException => new TrainingFaultException(new SettingMessage(
+                $"the device was lost during step {step} (a driver reset, a sleep or a timeout: {e.Message}); {intact}"), e),
+            VulkanOutOfMemoryException or DeviceMemoryBudgetException => new TrainingFaultException(new SettingMessage(
+                $"the device ran out of memory during step {step} ({FirstLine(e.Message)}); {intact} after lowering {TrainSettings.Batch} or {TrainSettings.SeqLen}, or adding {TrainSettings.Checkpointing}, {TrainSettings.LossChunk} 32, {TrainSettings.OffloadCheckpoints} or {TrainSettings.OptimizerOnHost} (`vkpeft plan` finds a fit)"), e),
             _ => null,
         };
     }

@@ -197,13 +197,18 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         Assert.InRange(maxSeq, 2, 131072);
         Assert.True(json["max_batch"]!.GetValue<int>() >= 0);
         Assert.Contains(json["switches"]!.AsArray(), n => n!.GetValue<string>() == "checkpointing");
+        // The switches and the message name settings: by their library names, or as flags when the CLI spells them.
+        Assert.Contains($"at {VkPeft.Peft.Training.TrainSettings.SeqLen} 2048", json["message"]!.GetValue<string>(), StringComparison.Ordinal);
+        var spelled = FitPlanner.ToJson(plan, "llama-3.1-8b", spell: VkPeft.Cli.SettingFlags.Spell);
+        Assert.Contains("at --seq-len 2048", spelled["message"]!.GetValue<string>(), StringComparison.Ordinal);
+        Assert.Contains(spelled["switches"]!.AsArray(), n => n!.GetValue<string>() == $"chunked loss (--loss-chunk {plan.MaxSeq!.Option.LogitRows})");
         var chosen = plan.MaxSeq!.Option.Apply(setup);
         Assert.True(MemoryModel.Estimate(chosen with { SeqLen = maxSeq }).PeakBytes <= 8L << 30);
         Assert.True(MemoryModel.Estimate(chosen with { SeqLen = maxSeq + 64 }).PeakBytes > (8L << 30) - FitPlanner.MarginFor(8L << 30));
 
         var tiny = FitPlanner.Make(setup, 1L << 30);
         Assert.Null(tiny.MaxSeq);
-        Assert.Contains("does not fit", tiny.Message);
+        Assert.Contains("does not fit", tiny.Message.ToString());
     }
 
     [Fact]
@@ -256,6 +261,10 @@ public sealed class MemoryModelTests(GpuFixture gpu)
         var cats = json["categories"]!.AsObject();
         Assert.Equal(peak, cats.Sum(kv => kv.Value!.GetValue<long>()));
         Assert.InRange(peak, MemoryModel.Estimate(full).TotalBytes * 0.9, MemoryModel.Estimate(full).TotalBytes * 1.1);
+
+        var names = MemoryBenchmark.ToJson(r, VkPeft.Cli.SettingFlags.Spell)["comparisons"]!.AsArray().Select(c => c!["name"]!.GetValue<string>()).ToList();
+        Assert.Contains("fp32 base (--quant none)", names);
+        Assert.Contains("layer inputs on the host (--offload-checkpoints)", names);
 
         var whole = MemoryBenchmark.Run(ctx, "small", full, null, 1L << 30, null, 1, null);
         Assert.True(MemoryBenchmark.ToJson(whole)["measured"]!.GetValue<bool>());

@@ -270,6 +270,7 @@ public sealed class DeviceQuantizerTests : IDisposable
         var e = Assert.Throws<VulkanUnsupportedException>(() => DeviceQuantizer.Quantize4Bit(t, QuantType.Nf4, 64, true, "embedding"));
         Assert.Contains("embedding", e.Message);
         Assert.Contains("largest storage binding", e.Message);
+        Assert.Contains("(for an embedding: --quant-embeddings none)", VkPeft.Cli.CliApp.UserError(e), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -86,11 +86,11 @@ public sealed class BiasNormMethod : PeftMethod
         return common with { Settings = new BiasNormSettings(norms) };
     }
 
-    public override string PeftUnsupportedReason =>
-        "PEFT folders cannot hold bias/norm tuning (PEFT's BEFT and LN_TUNING types each hold one half, in other layouts); use the vkpeft adapter format or export a merged model";
+    public override SettingMessage PeftUnsupportedReason =>
+        new($"PEFT folders cannot hold bias/norm tuning (PEFT's BEFT and LN_TUNING types each hold one half, in other layouts); use the vkpeft adapter format or export a merged model");
 
-    public override string GgufLoraUnsupportedReason =>
-        "GGUF LoRA files cannot hold bias/norm tuning (llama.cpp's LoRA loader takes lora_a/lora_b only and skips norm tensors); export a merged model instead";
+    public override SettingMessage GgufLoraUnsupportedReason =>
+        new($"GGUF LoRA files cannot hold bias/norm tuning (llama.cpp's LoRA loader takes lora_a/lora_b only and skips norm tensors); export a merged model instead");
 
     /// <summary>Per layer: a zero bias [out] per target (q/k rows follow the base's RoPE layout), then the two norm deltas [dim]; then the final norm's.</summary>
     public override IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a)

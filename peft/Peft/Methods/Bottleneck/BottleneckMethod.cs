@@ -69,9 +69,9 @@ public sealed class BottleneckMethod : PeftMethod
 
     public override TargetModule[] TargetsWhenUnlisted => [];
 
-    public override string PeftUnsupportedReason => "PEFT LoRA folders cannot hold a bottleneck adapter; use the vkpeft adapter format";
+    public override SettingMessage PeftUnsupportedReason => new($"PEFT LoRA folders cannot hold a bottleneck adapter; use the vkpeft adapter format");
 
-    public override string GgufLoraUnsupportedReason => "GGUF LoRA files cannot hold a bottleneck adapter; use the vkpeft adapter format";
+    public override SettingMessage GgufLoraUnsupportedReason => new($"GGUF LoRA files cannot hold a bottleneck adapter; use the vkpeft adapter format");
 
     /// <summary>The sites of a configuration: Houlsby has attn and mlp, parallel has mlp only.</summary>
     public static string[] Sites(AdapterConfig a) => a.SettingsOf<BottleneckSettings>().Kind == BottleneckKind.Houlsby ? [BottleneckRuntime.AttnSite, BottleneckRuntime.MlpSite] : [BottleneckRuntime.MlpSite];
@@ -96,11 +96,12 @@ public sealed class BottleneckMethod : PeftMethod
     public override ITrainableAdapter CreateRuntime(VulkanContext ctx, LlamaConfig c, AdapterConfig a, TrainableParameters p, int maxRows) =>
         new BottleneckRuntime(ctx, c, a, p, maxRows);
 
-    public override string NotMergeableReason =>
-        "bottleneck adapters cannot be merged into linear weights (they add a nonlinear block after attention/MLP); " +
-        "export the adapter itself (format vkpeft) and apply it at run time";
+    public override SettingMessage NotMergeableReason =>
+        new($"bottleneck adapters cannot be merged into linear weights (they add a nonlinear block after attention/MLP); export the adapter itself (format vkpeft) and apply it at run time");
 
-    public override string NotPlanned => "bottleneck adapters (--method adapter)";
+    private static readonly SettingMessage NotPlannedGap = new($"bottleneck adapters ({AdapterSettings.Method} adapter)");
+
+    public override SettingMessage NotPlanned => NotPlannedGap;
 
     /// <summary>The trainer's block-hook gradient buffers dz and dh_adapter, [rows, dim] each.</summary>
     public override IEnumerable<MethodMemoryTerm> ActivationTerms(TrainSetup s, long rows)

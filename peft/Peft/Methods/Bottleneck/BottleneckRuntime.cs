@@ -36,7 +36,7 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
 
     public BottleneckRuntime(VulkanContext ctx, LlamaConfig config, AdapterConfig adapter, TrainableParameters parameters, int maxRows)
     {
-        if (adapter.Method is not BottleneckMethod) throw new ArgumentException("BottleneckRuntime serves bottleneck adapters (--method adapter)");
+        if (adapter.Method is not BottleneckMethod) throw new ArgumentException($"BottleneckRuntime serves bottleneck adapters, not {adapter.Method.CliName} ones");
         var settings = adapter.SettingsOf<BottleneckSettings>();
         if (settings.Bottleneck < 1) throw new FormatException($"{BottleneckMethod.BottleneckOption.Flag} must be ≥ 1, got {settings.Bottleneck}");
         if (maxRows < 1) throw new ArgumentOutOfRangeException(nameof(maxRows), maxRows, "must be ≥ 1");

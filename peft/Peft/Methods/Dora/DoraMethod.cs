@@ -3,6 +3,7 @@
 // PEFT does). m starts at the base's row norms, so a fresh adapter (B = 0) is the base model. Saved in PEFT's LORA form
 // with use_dora and lora_magnitude_vector tensors; mergeable (W' = (m/n)·(W0 + ΔW)); llama.cpp has no DoRA adapter type.
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
@@ -35,8 +36,8 @@ public sealed class DoraMethod : LoraMethod
                 throw new ModelFormatException(source, "target_modules", $"DoRA on {AdapterConfig.HfName(t)} would rescale its bias too; this base has q/k/v biases");
     }
 
-    public override string GgufLoraUnsupportedReason =>
-        "GGUF LoRA files cannot hold DoRA (llama.cpp cannot apply lora_magnitude_vector, ggml-org/llama.cpp#6536); export a merged model instead (--format gguf)";
+    public override SettingMessage GgufLoraUnsupportedReason =>
+        new($"GGUF LoRA files cannot hold DoRA (llama.cpp cannot apply lora_magnitude_vector, ggml-org/llama.cpp#6536); export a merged model instead ({ExportSettings.Format} gguf)");
 
     /// <summary>LoRA's tensors plus, per layer and target, the magnitude m [out], starting at the base's row norms.</summary>
     public override IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a)

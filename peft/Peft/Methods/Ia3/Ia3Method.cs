@@ -84,10 +84,10 @@ public sealed class Ia3Method : PeftMethod
     }
 
     /// <summary>PEFT folders hold (IA)³ as peft_type IA3 (written by AdapterIO).</summary>
-    public override string? PeftUnsupportedReason => null;
+    public override SettingMessage? PeftUnsupportedReason => null;
 
-    public override string GgufLoraUnsupportedReason =>
-        "GGUF LoRA files cannot hold (IA)³ (llama.cpp has no IA3 adapter type and diag(l)·W − W is not low-rank); export a merged model instead";
+    public override SettingMessage GgufLoraUnsupportedReason =>
+        new($"GGUF LoRA files cannot hold (IA)³ (llama.cpp has no IA3 adapter type and diag(l)·W − W is not low-rank); export a merged model instead");
 
     /// <summary>Per layer and target, a vector of ones: [out, 1] for output scaling, [1, in] for input scaling.</summary>
     public override IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a)

@@ -8,6 +8,7 @@
 using System.Globalization;
 using System.Text.Json;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Planning;
@@ -92,13 +93,13 @@ public sealed class LlamaAdapterMethod : PeftMethod
     }
 
     /// <summary>PEFT folders hold LLaMA-Adapter as peft_type ADAPTION_PROMPT (written by AdapterIO).</summary>
-    public override string? PeftUnsupportedReason => null;
+    public override SettingMessage? PeftUnsupportedReason => null;
 
-    public override string GgufLoraUnsupportedReason =>
-        "GGUF LoRA files cannot hold LLaMA-Adapter (gated attention over learned prompts is not a weight update, and llama.cpp has no adapter type for it); export --format peft instead";
+    public override SettingMessage GgufLoraUnsupportedReason =>
+        new($"GGUF LoRA files cannot hold LLaMA-Adapter (gated attention over learned prompts is not a weight update, and llama.cpp has no adapter type for it); export {ExportSettings.Format} peft instead");
 
-    public override string NotMergeableReason =>
-        "LLaMA-Adapter cannot be merged into the base weights: its gated attention over learned prompts changes no weight; export --format peft (or run it with --adapter)";
+    public override SettingMessage NotMergeableReason =>
+        new($"LLaMA-Adapter cannot be merged into the base weights: its gated attention over learned prompts changes no weight; export {ExportSettings.Format} peft (or run it with {EngineSettings.Adapter})");
 
     /// <summary>Per adapted layer the prompt [1, adapter_len, dim] (unit-variance uniform), then per adapted layer the gate [1] (zero).</summary>
     public override IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a)

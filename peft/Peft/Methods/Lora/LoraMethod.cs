@@ -97,9 +97,9 @@ public class LoraMethod : PeftMethod
         FreezeA = Bool(root, "freeze_a") ?? false,
     };
 
-    public override string? PeftUnsupportedReason => null;
+    public override SettingMessage? PeftUnsupportedReason => null;
 
-    public override string? GgufLoraUnsupportedReason => null;
+    public override SettingMessage? GgufLoraUnsupportedReason => null;
 
     // ---------------------------------------------------------------- parameters
 

@@ -12,6 +12,7 @@
 // training); the PEFT folder holds the computed prefix, as PEFT saves it.
 using System.Text.Json;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Planning;
@@ -100,13 +101,13 @@ public sealed class PrefixMethod : PeftMethod
     }
 
     /// <summary>PEFT folders hold prefix tuning as peft_type PREFIX_TUNING (written by AdapterIO).</summary>
-    public override string? PeftUnsupportedReason => null;
+    public override SettingMessage? PeftUnsupportedReason => null;
 
-    public override string GgufLoraUnsupportedReason =>
-        "GGUF LoRA files cannot hold prefix tuning (learned keys and values are extra cache entries, not a weight change; llama.cpp has no prefix adapter type); use --format peft";
+    public override SettingMessage GgufLoraUnsupportedReason =>
+        new($"GGUF LoRA files cannot hold prefix tuning (learned keys and values are extra cache entries, not a weight change; llama.cpp has no prefix adapter type); use {ExportSettings.Format} peft");
 
-    public override string NotMergeableReason =>
-        "prefix tuning cannot be merged into the model: its learned keys and values are extra attention inputs, not a change to any weight; use --format peft";
+    public override SettingMessage NotMergeableReason =>
+        new($"prefix tuning cannot be merged into the model: its learned keys and values are extra attention inputs, not a change to any weight; use {ExportSettings.Format} peft");
 
     /// <summary>
     /// Per layer, keys then values [n, kv_dim], N(0, 1) as PEFT's prefix embedding starts. With the projection: the

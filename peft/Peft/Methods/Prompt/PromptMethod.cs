@@ -6,6 +6,7 @@
 // Not mergeable: no weight changes. Saved in PEFT's PROMPT_TUNING layout (tensor prompt_embeddings [n, dim]).
 using System.Text.Json;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Planning;
@@ -78,13 +79,13 @@ public sealed class PromptMethod : PeftMethod
     }
 
     /// <summary>PEFT folders hold prompt tuning as peft_type PROMPT_TUNING (written by AdapterIO).</summary>
-    public override string? PeftUnsupportedReason => null;
+    public override SettingMessage? PeftUnsupportedReason => null;
 
-    public override string GgufLoraUnsupportedReason =>
-        "GGUF LoRA files cannot hold prompt tuning (soft prompts change the input, not a weight; llama.cpp has no soft-prompt adapter type); use --format peft";
+    public override SettingMessage GgufLoraUnsupportedReason =>
+        new($"GGUF LoRA files cannot hold prompt tuning (soft prompts change the input, not a weight; llama.cpp has no soft-prompt adapter type); use {ExportSettings.Format} peft");
 
-    public override string NotMergeableReason =>
-        "prompt tuning cannot be merged into the model: its virtual tokens are extra inputs, not a change to any weight; use --format peft";
+    public override SettingMessage NotMergeableReason =>
+        new($"prompt tuning cannot be merged into the model: its virtual tokens are extra inputs, not a change to any weight; use {ExportSettings.Format} peft");
 
     /// <summary>prompt_embeddings [n, dim]: N(0, 1) for random initialization; vocabulary and text rows are copied in by <see cref="InitializeFromBase"/>.</summary>
     public override IReadOnlyList<ParameterSpec> Parameters(LlamaConfig c, AdapterConfig a) =>
