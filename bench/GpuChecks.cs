@@ -1,7 +1,8 @@
 // GPU-vs-CPU kernel checks for `bench gpu-report`, runnable from a self-contained bundle without the test project: the
 // fp32 matmul, the fused 4-bit forward and input gradient on every weight-tile path the device can run (fp32 tiles,
 // fp16 tiles, NV cooperative matrices — forced, not only after the first-use self-check), attention forward and
-// backward for each algorithm, and AdamW, each against the float64 CPU reference within the same stated bounds as the
+// backward for each algorithm (NV cooperative matrices forced too, also on the self-check's large-score, tiny-dO cases),
+// and AdamW, each against the float64 CPU reference within the same stated bounds as the
 // test suite. A check reports its worst |error| / bound (≤ 1 passes) or the exception a path threw.
 using VkPeft.Quant;
 using VkPeft.Runtime.Kernels;
@@ -181,6 +182,31 @@ public static class GpuChecks
     /// </summary>
     private static void Attention(VulkanContext ctx, bool quick, CheckFn check)
     {
+        bool coop = AttentionKernel.CoopMatrixUnavailable(ctx.Caps) == null;
+        var algorithms = new List<AttentionAlgorithm> { AttentionAlgorithm.Direct, AttentionAlgorithm.Shared, AttentionAlgorithm.Flash };
+        if (coop)
+        {
+            algorithms.Add(AttentionAlgorithm.FlashCoopMatrix);
+            // The first-use self-check's cases (large scores, tiny dO) against float64, forced: the self-check compares
+            // with the fp32 kernel, this with the exact result.
+            foreach (var c in AttentionKernel.SelfCheckCases)
+            {
+                var s = c.Shape;
+                var inputs = c.Inputs();
+                double[] D(float[] x) => Array.ConvertAll(x, y => (double)y);
+                double[] q = D(inputs.Q), k = D(inputs.K), v = D(inputs.V), dO = D(inputs.DO);
+                var (o, lse) = AttentionReference.Forward(q, k, v, s);
+                var (dq, dk, dv, _) = AttentionReference.Backward(q, k, v, dO, s);
+                var tol = AttentionTolerances.For(s, q, k, v, dO, coopMatrix: true);
+                string shape = $"self-check case: T {s.SeqLen}, cached {s.StartPos}, hd {s.HeadDim}, {s.NHeads}:{s.NKvHeads} heads, |q·k| up to {s.HeadDim * c.QkMagnitude * c.QkMagnitude:0}, dO up to {c.DoMagnitude:g2}";
+                check("attention forward and backward", "flash, NV cooperative matrices (forced)", shape, () =>
+                {
+                    var r = AttentionKernel.RunForwardBackward(ctx, s, inputs, AttentionAlgorithm.FlashCoopMatrix);
+                    return new[] { Ratio(o, r[0], i => tol.O[i]), Ratio(lse, r[1], i => tol.Lse[i]), Ratio(dq, r[2], i => tol.Dq[i]),
+                        Ratio(dk, r[3], i => tol.Dk[i]), Ratio(dv, r[4], i => tol.Dv[i]) }.Max();
+                });
+            }
+        }
         var shapes = new List<AttentionShape>
         {
             new(1, 67, 0, 8, 2, 64, 67),
@@ -196,12 +222,19 @@ public static class GpuChecks
             var dO = LayerReference.ToDouble(Values(s.QCount, s.SeqLen + 4, 1f));
             var (o, lse) = AttentionReference.Forward(q, k, v, s);
             var (dq, dk, dv, _) = AttentionReference.Backward(q, k, v, dO, s);
-            var tol = AttentionTolerances.For(s, q, k, v, dO);
+            var fp32Tol = AttentionTolerances.For(s, q, k, v, dO);
             string shape = $"B {s.Batch}, T {s.SeqLen}, cached {s.StartPos}, hd {s.HeadDim}, {s.NHeads}:{s.NKvHeads} heads";
-            foreach (var algorithm in new[] { AttentionAlgorithm.Direct, AttentionAlgorithm.Shared, AttentionAlgorithm.Flash })
+            var coopTol = coop ? AttentionTolerances.For(s, q, k, v, dO, coopMatrix: true) : null;
+            foreach (var algorithm in algorithms)
             {
-                var dims = algorithm == AttentionAlgorithm.Flash ? AttentionKernel.FlashHeadDims : AttentionKernel.HeadDims;
+                var dims = algorithm switch
+                {
+                    AttentionAlgorithm.Flash => AttentionKernel.FlashHeadDims,
+                    AttentionAlgorithm.FlashCoopMatrix => AttentionKernel.CoopMatrixHeadDims,
+                    _ => AttentionKernel.HeadDims,
+                };
                 if (!dims.Contains(s.HeadDim)) continue;
+                var tol = algorithm == AttentionAlgorithm.FlashCoopMatrix ? coopTol! : fp32Tol;
                 long rows = (long)s.Batch * s.SeqLen, kvRows = (long)s.Batch * s.KvStride;
                 using var tq = Upload(ctx, "check.q", ToFloat(q), rows, s.Ldq);
                 using var tk = Upload(ctx, "check.k", ToFloat(k), kvRows, s.Ldk);
@@ -213,7 +246,7 @@ public static class GpuChecks
                 using var tdk = DeviceTensor.Create(ctx, "check.dk", DType.F32, [kvRows, s.Ldk], MemoryCategory.Workspace);
                 using var tdv = DeviceTensor.Create(ctx, "check.dv", DType.F32, [kvRows, s.Ldk], MemoryCategory.Workspace);
                 using var tdelta = DeviceTensor.Create(ctx, "check.delta", DType.F32, [s.Batch, s.NHeads, s.SeqLen], MemoryCategory.Workspace);
-                string path = algorithm.ToString().ToLowerInvariant();
+                string path = algorithm == AttentionAlgorithm.FlashCoopMatrix ? "flash, NV cooperative matrices (forced)" : algorithm.ToString().ToLowerInvariant();
                 check("attention forward", path, shape, () =>
                 {
                     AttentionKernel.Forward(tq, tk, tv, to, tl, s.Batch, s.SeqLen, s.StartPos, s.NHeads, s.NKvHeads, s.HeadDim, algorithm);

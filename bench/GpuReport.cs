@@ -73,10 +73,10 @@ public static class GpuReport
 
         Section("device", () =>
         {
-            var node = DeviceReport.Describe(ctx);
+            var node = DeviceReport.Describe(ctx, VkPeft.Cli.SettingFlags.Spell);
             md.AppendLine(CultureInfo.InvariantCulture, $"# vkpeft GPU report: {ctx.Caps.Name}\n\n{ctx.Caps.Kind}, Vulkan {ctx.Caps.ApiVersion}, driver {ctx.Caps.DriverName} {ctx.Caps.DriverInfo}; subgroup {ctx.Caps.SubgroupSize}, shaderFloat16 {ctx.Caps.ShaderFloat16}, NV cooperative matrices: {ctx.Caps.CooperativeMatricesNV.Length} shapes\n");
             md.AppendLine("| op | kernel path | why |\n|---|---|---|");
-            foreach (var k in KernelPathReport.Describe(ctx)) md.AppendLine(CultureInfo.InvariantCulture, $"| {k.Op} | {k.Path} | {k.Why} |");
+            foreach (var k in KernelPathReport.Describe(ctx)) md.AppendLine(CultureInfo.InvariantCulture, $"| {k.Op} | {k.Path} | {k.Explain(VkPeft.Cli.SettingFlags.Spell)} |");
             return node;
         });
         Section("checks", () =>
@@ -101,9 +101,10 @@ public static class GpuReport
         Section("kernels", () =>
         {
             var (peak, results) = KernelBench.Run(ctx, quick, Log);
-            md.AppendLine(CultureInfo.InvariantCulture, $"\n## Kernels: peak {peak.FmaGflops:F0} GFLOP/s fp32 FMA, {peak.CopyGBps:F0} GB/s copy\n\n| kernel | shape | ms | GFLOP/s | of peak |\n|---|---|---:|---:|---:|");
+            string coop = peak.CoopMatrixGflops is { } cm ? $", {cm:F0} GFLOP/s NV cooperative matrices (cm)" : "";
+            md.AppendLine(CultureInfo.InvariantCulture, $"\n## Kernels: peak {peak.FmaGflops:F0} GFLOP/s fp32 FMA, {peak.CopyGBps:F0} GB/s copy (bw){coop}\n\n| kernel | shape | ms | GFLOP/s | of peak |\n|---|---|---:|---:|---:|");
             foreach (var r in results)
-                md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Kernel} | {r.Shape} | {r.Seconds * 1e3:F2} | {r.Gflops:F1} | {r.FractionOfPeak:P0}{(r.Bound == "memory" ? " bw" : "")} |");
+                md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Kernel} | {r.Shape} | {r.Seconds * 1e3:F2} | {r.Gflops:F1} | {r.FractionOfPeak:P0}{KernelBench.PeakMark(r)} |");
             return KernelBench.ToJson(peak, results, ctx.Caps.Name);
         });
         var rows = new List<TrainBenchRow>();

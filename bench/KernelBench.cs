@@ -47,10 +47,14 @@ public static class KernelBench
     /// Causal attention forward and backward, one sequence, 4:1 grouped-query (8 query heads, 2 kv heads), head dimension
     /// 64 and 128, T = 512 and 2,048 (and 8,192 without --quick), for each algorithm. FLOPs are the useful work of the
     /// causal half: forward 4·hd per (query, key) pair per head (q·k and p·v), backward 10·hd (s recomputed, dP, dv, dk,
-    /// dq; kernels that recompute s and dP twice do more than they are credited for).
+    /// dq; kernels that recompute s and dP twice do more than they are credited for). Where the device offers them, the
+    /// flash kernels with NV cooperative matrices run too (forced, whatever the self-check decided), as a fraction of the
+    /// measured cooperative-matrix peak (their hi/lo operands do three products per score: more than they are credited for).
     /// </summary>
     private static void RunAttention(VulkanContext ctx, DevicePeak peak, bool quick, Action<string> log, List<KernelResult> results)
     {
+        var algorithms = new List<AttentionAlgorithm> { AttentionAlgorithm.Direct, AttentionAlgorithm.Flash };
+        if (Attention.CoopMatrixUnavailable(ctx.Caps) == null && peak.CoopMatrixGflops != null) algorithms.Add(AttentionAlgorithm.FlashCoopMatrix);
         int[] lengths = quick ? [512, 2048] : [512, 2048, 8192];
         const int heads = 8, kvHeads = 2;
         foreach (int hd in new[] { 64, 128 })
@@ -74,15 +78,18 @@ public static class KernelBench
                 double pairs = (double)t * (t + 1) / 2 * heads;
                 string shape = $"T {t}, hd {hd}, {heads}:{kvHeads} heads";
                 int runs = quick || t >= 8192 ? 1 : 3;
-                foreach (var algorithm in new[] { AttentionAlgorithm.Direct, AttentionAlgorithm.Flash })
+                foreach (var algorithm in algorithms)
                 {
-                    string name = algorithm.ToString().ToLowerInvariant();
+                    bool coop = algorithm == AttentionAlgorithm.FlashCoopMatrix;
+                    string name = coop ? "flash, NV cooperative matrices" : algorithm.ToString().ToLowerInvariant();
+                    double ofPeak = coop ? peak.CoopMatrixGflops!.Value : peak.FmaGflops;
+                    string bound = coop ? "coopmat" : "compute";
                     double fwd = GpuTimer.MedianSeconds(ctx, () => Attention.Forward(q, k, v, o, lse, 1, t, 0, heads, kvHeads, hd, algorithm), runs);
                     double fwdGflops = 4.0 * hd * pairs / fwd / 1e9;
-                    results.Add(new KernelResult($"attention forward ({name})", shape, fwd, fwdGflops, fwdGflops / peak.FmaGflops, "compute", null));
+                    results.Add(new KernelResult($"attention forward ({name})", shape, fwd, fwdGflops, fwdGflops / ofPeak, bound, null));
                     double bwd = GpuTimer.MedianSeconds(ctx, () => Attention.Backward(q, k, v, o, lse, dO, dq, dk, dv, delta, 1, t, 0, heads, kvHeads, hd, algorithm), runs);
                     double bwdGflops = 10.0 * hd * pairs / bwd / 1e9;
-                    results.Add(new KernelResult($"attention backward ({name})", shape, bwd, bwdGflops, bwdGflops / peak.FmaGflops, "compute", null));
+                    results.Add(new KernelResult($"attention backward ({name})", shape, bwd, bwdGflops, bwdGflops / ofPeak, bound, null));
                 }
             }
     }
@@ -198,22 +205,27 @@ public static class KernelBench
 
     public static void Print(DevicePeak peak, List<KernelResult> results, string device)
     {
-        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(device)}[/]: measured peak [bold]{peak.FmaGflops:F1} GFLOP/s[/] fp32 FMA, [bold]{peak.CopyGBps:F1} GB/s[/] copy bandwidth");
+        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(device)}[/]: measured peak [bold]{peak.FmaGflops:F1} GFLOP/s[/] fp32 FMA, [bold]{peak.CopyGBps:F1} GB/s[/] copy bandwidth"
+            + (peak.CoopMatrixGflops is { } cm ? $", [bold]{cm:F1} GFLOP/s[/] NV cooperative matrices (\"cm\": of that peak)" : ""));
         var t = new Table().AddColumn("kernel").AddColumn("shape M x K x N").AddColumn(new TableColumn("ms").RightAligned())
             .AddColumn(new TableColumn("GFLOP/s").RightAligned()).AddColumn(new TableColumn("of peak").RightAligned())
             .AddColumn(new TableColumn("vs CPU reference").RightAligned());
         foreach (var r in results)
             t.AddRow(Markup.Escape(r.Kernel), r.Shape, (r.Seconds * 1e3).ToString("F1", CultureInfo.InvariantCulture),
-                r.Gflops.ToString("F1", CultureInfo.InvariantCulture), r.FractionOfPeak.ToString("P0", CultureInfo.InvariantCulture) + (r.Bound == "memory" ? " bw" : ""),
+                r.Gflops.ToString("F1", CultureInfo.InvariantCulture), r.FractionOfPeak.ToString("P0", CultureInfo.InvariantCulture) + PeakMark(r),
                 r.CpuSeconds is { } cs ? (cs / r.Seconds).ToString("F1", CultureInfo.InvariantCulture) + "x faster" : "-");
         AnsiConsole.Write(t);
     }
+
+    /// <summary>Which peak a fraction is of: " bw" copy bandwidth, " cm" cooperative matrices, "" fp32 FMA.</summary>
+    public static string PeakMark(KernelResult r) => r.Bound switch { "memory" => " bw", "coopmat" => " cm", _ => "" };
 
     public static JsonObject ToJson(DevicePeak peak, List<KernelResult> results, string device) => new()
     {
         ["device"] = device,
         ["fma_gflops"] = peak.FmaGflops,
         ["copy_gbps"] = peak.CopyGBps,
+        ["coopmat_gflops"] = peak.CoopMatrixGflops,
         ["kernels"] = new JsonArray(results.Select(r => (JsonNode)new JsonObject
         {
             ["kernel"] = r.Kernel,

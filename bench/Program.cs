@@ -47,7 +47,7 @@ public static class Program
         catch (Exception e) when (e is VulkanException or FormatException or NotSupportedException or DeviceMemoryBudgetException or FileNotFoundException
                                       or VkPeft.Peft.Formats.ModelFormatException)
         {
-            Console.Error.WriteLine("error: " + e.Message);
+            Console.Error.WriteLine("error: " + (e is ISettingError s ? VkPeft.Cli.SettingFlags.Message(s) : e.Message));
             return 2;
         }
     }

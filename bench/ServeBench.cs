@@ -11,6 +11,7 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Serve;
@@ -105,7 +106,7 @@ public static class ServeBench
 
     private static string WriteAdapter(string root, string name, LlamaConfig c, BaseQuant quant, int seed)
     {
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = 16, Targets = Enum.GetValues<TargetModule>(), BaseQuant = quant, BaseModel = "bench" };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 8, Alpha = 16 }, Targets = Enum.GetValues<TargetModule>(), BaseQuant = quant, BaseModel = "bench" };
         var rng = new Random(seed);
         var a = new AdapterWeights(cfg);
         float[] U(int n, float s) => [.. Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() * 2 - 1) * s))];

@@ -92,7 +92,7 @@ public static class TrainBench
             Batch = batch, Checkpointing = ckpt, Variant = method.Switches.Count > 0 ? method.Apply : null,
         };
         var adapter = setup.ToAdapterConfig();
-        setup = setup with { FreezeA = adapter.FreezeA };
+        setup = adapter.Method.SetupFor(setup, adapter);   // the variant's knobs (LoRA-FA's frozen A) in the memory terms too
         log($"{name}, {quant}: {batch} × {seqLen} tokens, {method.Label}...");
         var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log, timingOnly: true, hostReads);
         return new TrainBenchRow(hostReads ? method.Label + " (host reads)" : method.Label, adapter.Method.Parameters(c, adapter).Where(p => !p.Frozen).Sum(p => p.Count), name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep,

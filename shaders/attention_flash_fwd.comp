@@ -6,7 +6,12 @@
 // dimension split across each row's lanes, the online softmax runs in fp32, and O += P·V as a FLASH_ROWS × HD tile
 // spread over the workgroup. Key blocks past the last row's position (above the causal diagonal) are never loaded.
 // One workgroup per (row block, head block, sequence).
+// COOPMAT: S = Q·Kᵀ and the block's P·V run as NV cooperative matrices (attention_flash_coop.glsl: power-of-two scaled
+// hi/lo fp16 operands, fp32 accumulation); the online softmax, l, m and the output accumulators stay fp32.
 #include "attention_flash.glsl"
+#ifdef COOPMAT
+#include "attention_flash_coop.glsl"
+#endif
 
 layout(std430, set = 0, binding = 0) readonly buffer BufQ { float q[]; };
 layout(std430, set = 0, binding = 1) readonly buffer BufK { float k[]; };
@@ -14,9 +19,19 @@ layout(std430, set = 0, binding = 2) readonly buffer BufV { float v[]; };
 layout(std430, set = 0, binding = 3) buffer BufO { float o[]; };
 layout(std430, set = 0, binding = 4) buffer BufL { float lse[]; };
 
+#ifdef COOPMAT
+shared float16_t qh[FLASH_ROWS * HS], ql[FLASH_ROWS * HS];   // scaled queries (scale · q · sq), hi/lo
+shared float16_t kh[CBC * HS], kl[CBC * HS];                 // the key block · sk, hi/lo
+shared float16_t vh[CBC * HS], vl[CBC * HS];                 // the value block · sv, hi/lo
+shared float st[FLASH_ROWS * FS];                            // the block's scores · sq · sk
+shared float16_t pt[FLASH_ROWS * TS];                        // the block's probabilities
+shared float cb[FLASH_ROWS * CS];                            // P·V · sv of the block
+shared uint amax[5];                                         // float bits of block maxima: q; keys, values by block parity
+#else
 shared float ks[BC][HD];
 shared float vs[BC][HD];
 shared float part[FLASH_ROWS][BC][FLASH_TPR];   // per-lane partial scores
+#endif
 
 void main()
 {
@@ -33,6 +48,81 @@ void main()
     uint kbase = pc.off1 + b * pc.kv_stride * pc.ldk + kvh * HD_RT;
     uint vbase = pc.off2 + b * pc.kv_stride * pc.ldk + kvh * HD_RT;
 
+#ifdef COOPMAT
+    uint tid = gl_LocalInvocationID.x;
+    float qv[FLASH_DPL], acc[FLASH_DPL];
+    float qmax = 0.0;
+    for (uint n = 0; n < FLASH_DPL; n++)
+    {
+        uint d = FLASH_COL(lane, n);
+        qv[n] = d < HD_RT ? q[qbase + d] * pc.scale : 0.0;
+        qmax = max(qmax, abs(qv[n]));
+        acc[n] = 0.0;
+    }
+    if (tid < 5u) amax[tid] = 0u;
+    barrier();
+    atomicMax(amax[0], floatBitsToUint(qmax));
+    barrier();
+    float sq = pow2_scale(uintBitsToFloat(amax[0]));
+    for (uint n = 0; n < FLASH_DPL; n++) STORE_SPLIT(qh, ql, r * HS + FLASH_COL(lane, n), qv[n] * sq);
+    float m = NEG_BIG, l = 0.0;
+
+    uint blk = 0u;
+    for (uint j0 = pc.lo; j0 < kend; j0 += CBC, blk++)
+    {
+        uint par = 1u + 2u * (blk & 1u);   // this block's maxima; the other parity's are reset for the next block
+        barrier();
+        if (tid == 0u) { amax[4u - par] = 0u; amax[5u - par] = 0u; }
+        float mk = 0.0, mv = 0.0;
+        for (uint e = tid; e < CBC * HD; e += FLASH_WG)
+        {
+            uint c = e / HD, d = e % HD, j = j0 + c;
+            if (j < kend && d < HD_RT)
+            {
+                mk = max(mk, abs(k[kbase + j * pc.ldk + d]));
+                mv = max(mv, abs(v[vbase + j * pc.ldk + d]));
+            }
+        }
+        atomicMax(amax[par], floatBitsToUint(mk));
+        atomicMax(amax[par + 1u], floatBitsToUint(mv));
+        barrier();
+        float sk = pow2_scale(uintBitsToFloat(amax[par])), sv = pow2_scale(uintBitsToFloat(amax[par + 1u]));
+        for (uint e = tid; e < CBC * HD; e += FLASH_WG)
+        {
+            uint c = e / HD, d = e % HD, j = j0 + c;
+            bool in_range = j < kend && d < HD_RT;
+            STORE_SPLIT(kh, kl, c * HS + d, in_range ? k[kbase + j * pc.ldk + d] * sk : 0.0);
+            STORE_SPLIT(vh, vl, c * HS + d, in_range ? v[vbase + j * pc.ldk + d] * sv : 0.0);
+        }
+        barrier();
+        if (gl_SubgroupID == 0u)
+        {
+            CM_ACC sacc = CM_ACC(0.0);
+            MUL_ABT_SPLIT(sacc, qh, ql, 0u, kh, kl, 0u);
+            coopMatStoreNV(sacc, st, 0u, FS, false);
+        }
+        barrier();
+        // Online softmax in fp32: every lane of the row reads the row's scores in the same order (same m and l).
+        float unscale = 1.0 / (sq * sk);
+        float mb = m;
+        for (uint c = 0; c < CBC; c++)
+            if (j0 + c < kend && j0 + c <= pos) mb = max(mb, st[r * FS + c] * unscale);
+        float alpha = exp(m - mb);
+        m = mb;
+        l *= alpha;
+        for (uint c = 0; c < CBC; c++)
+        {
+            float p = j0 + c < kend && j0 + c <= pos ? exp(st[r * FS + c] * unscale - m) : 0.0;
+            l += p;
+            if (c % FLASH_TPR == lane) pt[r * TS + c] = float16_t(p);
+        }
+        barrier();
+        MUL_AB_SPLIT_TO(cb, pt, vh, vl);
+        barrier();
+        float vunscale = 1.0 / sv;
+        for (uint n = 0; n < FLASH_DPL; n++) acc[n] = fma(acc[n], alpha, cb[r * CS + FLASH_COL(lane, n)] * vunscale);
+    }
+#else
     float qr[FLASH_DPL], acc[FLASH_DPL];
     for (uint n = 0; n < FLASH_DPL; n++)
     {
@@ -86,6 +176,8 @@ void main()
                 acc[n] = fma(p, vs[c][FLASH_COL(lane, n)], acc[n]);
         }
     }
+
+#endif
 
     uint obase = pc.off3 + (b * pc.T + i) * pc.ldq + h * HD_RT;
     uint lrow = pc.off4 + (b * pc.n_heads + h) * pc.T + i;

@@ -64,6 +64,7 @@ public static class CliApp
     public static string? UserError(Exception e) => e switch
     {
         ValidationFailedException => null,
+        ISettingError s => SettingFlags.Message(s),
         VulkanUnsupportedException or DeviceMemoryBudgetException or FormatException or FileNotFoundException
             or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or CliUsageException
             or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException or VkPeft.Peft.Training.TrainingFaultException or VkPeft.Peft.Training.RunLockedException or VkPeft.Peft.Export.ExportException => e.Message,

@@ -6,6 +6,7 @@ using System.Globalization;
 using Spectre.Console;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -37,7 +38,7 @@ public static class DemoCommand
             {
                 Data = data,
                 EvalFraction = 0.15,
-                Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = 16, BaseQuant = quant, BaseModel = modelPath },
+                Adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 8, Alpha = 16 }, BaseQuant = quant, BaseModel = modelPath },
                 Quant = quant,
                 Steps = parse.GetValue(steps),
                 Batch = 8,

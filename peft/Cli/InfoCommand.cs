@@ -17,7 +17,7 @@ public static class InfoCommand
         cmd.SetAction(parse =>
         {
             using var ctx = new VulkanContext(CliApp.RuntimeOptionsFrom(parse));
-            var node = DeviceReport.Describe(ctx);
+            var node = DeviceReport.Describe(ctx, SettingFlags.Spell);
             if (parse.GetValue(json))
                 Console.WriteLine(node.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else
@@ -60,7 +60,7 @@ public static class InfoCommand
                 heap.Budget is { } b ? ByteSize.Format(b) : "-", heap.Usage is { } u ? ByteSize.Format(u) : "-");
         console.Write(h);
         var k = new Table().AddColumn("op").AddColumn("kernel path").AddColumn("why");
-        foreach (var p in KernelPathReport.Describe(ctx)) k.AddRow(Markup.Escape(p.Op), Markup.Escape(p.Path), Markup.Escape(p.Why));
+        foreach (var p in KernelPathReport.Describe(ctx)) k.AddRow(Markup.Escape(p.Op), Markup.Escape(p.Path), Markup.Escape(p.Explain(SettingFlags.Spell)));
         console.Write(k);
         console.MarkupLine($"vkpeft memory budget: [bold]{ByteSize.Format(ctx.Arena.Budget)}[/] (--memory-budget to lower it)");
         console.MarkupLine("Devices present:");

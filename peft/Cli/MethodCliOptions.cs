@@ -49,7 +49,7 @@ public sealed class MethodCliOptions
                 Option<string> s => parse.GetValue(s) ?? spec.Default!,
                 _ => spec.Default ?? bool.FalseString,
             };
-            config = spec.Apply(config, value);
+            config = spec.Set(config, value);
         }
         return config;
     }

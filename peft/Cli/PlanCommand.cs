@@ -42,7 +42,7 @@ public static class PlanCommand
             long budget = (long)ByteSize.Parse(parse.GetValue(memory)!, "--memory");
             var plan = FitPlanner.Make(setup, budget);
             bool asJson = parse.GetValue(json);
-            var obj = FitPlanner.ToJson(plan, name);
+            var obj = FitPlanner.ToJson(plan, name, SettingFlags.TrainFlags);
             if (!asJson) Print(plan, name);
             int exit = 0;
             if (parse.GetValue(check))
@@ -136,7 +136,7 @@ public static class PlanCommand
         void Row(string what, FitResult? r)
         {
             if (r == null) { t.AddRow(what, "-", "does not fit"); return; }
-            var cells = new List<string> { what, r.Value.ToString(inv), Markup.Escape(r.Option.TrainFlags) };
+            var cells = new List<string> { what, r.Value.ToString(inv), Markup.Escape(SettingFlags.TrainFlags(r.Option)) };
             cells.AddRange(Enum.GetValues<MemoryCategory>().Select(m => ByteSize.Format(r.Estimate[m])));
             cells.Add(ByteSize.Format(r.Estimate.PeakBytes));
             cells.Add(r.Estimate.HostBytes > 0 ? ByteSize.Format(r.Estimate.HostBytes) : "-");
@@ -149,6 +149,6 @@ public static class PlanCommand
         AnsiConsole.Write(t);
         AnsiConsole.MarkupLine(Markup.Escape($"{name}: budget {ByteSize.Format(p.Budget)}, {ByteSize.Format(p.Margin)} kept for arena block rounding; host = offloaded state in system memory"));
         if (p.MaxSeq != null)
-            AnsiConsole.MarkupLine(Markup.Escape($"train with: --seq-len {p.MaxSeq.Value} --batch 1 {p.MaxSeq.Option.TrainFlags}{(p.Base.FreezeA ? " --freeze-a" : "")} --memory-budget {ByteSize.Format(p.Budget).Replace(" ", "")}"));
+            AnsiConsole.MarkupLine(Markup.Escape($"train with: --seq-len {p.MaxSeq.Value} --batch 1 {SettingFlags.TrainFlags(p.MaxSeq.Option)}{(p.Base.FreezeA ? " --freeze-a" : "")} --memory-budget {ByteSize.Format(p.Budget).Replace(" ", "")}"));
     }
 }

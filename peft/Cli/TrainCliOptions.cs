@@ -77,7 +77,7 @@ public sealed class TrainCliOptions
             Method = method,
             Targets = parse.GetResult(Targets) is null or { Implicit: true } && method.DefaultTrainTargets is { } methodTargets
                 ? methodTargets : AdapterConfig.ParseTargets(parse.GetValue(Targets)!),
-            GroupSize = gs ?? quant.Blocksize,
+            Settings = method.DefaultSettings(quant),
             BaseQuant = quant,
             BaseModel = parse.GetValue(Model.Model)!,
         });

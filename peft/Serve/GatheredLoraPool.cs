@@ -5,6 +5,7 @@
 // request's adapter scale (a per-row scale in the expand kernel). Used on the scheduler's thread only.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
@@ -68,7 +69,7 @@ public sealed class GatheredLoraPool : IDisposable
 
     /// <summary>Whether the pool can hold <paramref name="adapter"/>: plain LoRA (no group pooling) of rank ≤ the pool's.</summary>
     public bool Fits(AdapterWeights adapter) =>
-        adapter.Config.Method == PeftMethod.Lora && adapter.Config.Rank <= Rank;
+        adapter.Config.Method == PeftMethod.Lora && adapter.Config.SettingsOf<LoraSettings>().Rank <= Rank;
 
     /// <summary>Copies the adapter into a free slot; null when none is free.</summary>
     public GatheredLoraAdapter? Add(AdapterWeights adapter)
@@ -76,6 +77,7 @@ public sealed class GatheredLoraPool : IDisposable
         if (_free.Count == 0) return null;
         int slot = _free.Pop();
         var c = adapter.Config;
+        var lora = c.SettingsOf<LoraSettings>();
         for (int l = 0; l < _config.NLayers; l++)
             foreach (var t in Targets)
             {
@@ -87,12 +89,12 @@ public sealed class GatheredLoraPool : IDisposable
                     var srcA = adapter.Tensors[AdapterWeights.LoraA(l, t)].Data;   // [rank, in]
                     var srcB = adapter.Tensors[AdapterWeights.LoraB(l, t)].Data;   // [out, rank]
                     Array.Copy(srcA, a, srcA.Length);
-                    for (int o = 0; o < outF; o++) Array.Copy(srcB, o * c.Rank, b, o * Rank, c.Rank);
+                    for (int o = 0; o < outF; o++) Array.Copy(srcB, o * lora.Rank, b, o * Rank, lora.Rank);
                 }
                 _a[l, (int)t].RowsView(slot, 1).Upload<float>(a);
                 _b[l, (int)t].RowsView(slot, 1).Upload<float>(b);
             }
-        _scaling[slot] = c.Scaling;
+        _scaling[slot] = lora.Scaling;
         return new GatheredLoraAdapter(slot);
     }
 

@@ -35,8 +35,8 @@ public sealed class KvPagePool : IDisposable
     /// <param name="pageSize">Tokens per page.</param>
     public KvPagePool(VulkanContext ctx, LlamaConfig config, int pages, int pageSize)
     {
-        if (pages < 1) throw new FormatException($"--kv-pages must be ≥ 1, got {pages}");
-        if (pageSize < 1) throw new FormatException($"--kv-page-size must be ≥ 1, got {pageSize}");
+        if (pages < 1) throw new SettingException($"{ServeSettings.KvPages} must be ≥ 1, got {pages}");
+        if (pageSize < 1) throw new SettingException($"{ServeSettings.KvPageSize} must be ≥ 1, got {pageSize}");
         Pages = pages;
         PageSize = pageSize;
         using var scope = new TensorScope();
@@ -47,7 +47,7 @@ public sealed class KvPagePool : IDisposable
             K[l] = scope.Add(DeviceTensor.Create(ctx, $"serve.kv_pages.{l}.k", DType.F32, [(long)pages * pageSize, config.KvDim], MemoryCategory.Activations));
             V[l] = scope.Add(DeviceTensor.Create(ctx, $"serve.kv_pages.{l}.v", DType.F32, [(long)pages * pageSize, config.KvDim], MemoryCategory.Activations));
             if (K[l].Segments.Count != 1)
-                throw new FormatException($"--kv-pages: {pages} pages of {pageSize} tokens make a {K[l].Bytes >> 20} MiB per-layer pool, more than one device binding holds; use fewer pages");
+                throw new SettingException($"{ServeSettings.KvPages}: {pages} pages of {pageSize} tokens make a {K[l].Bytes >> 20} MiB per-layer pool, more than one device binding holds; use fewer pages");
         }
         PageBytes = (long)pageSize * config.KvDim * sizeof(float) * 2 * config.NLayers;
         _owned = scope.Keep();

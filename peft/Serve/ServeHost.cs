@@ -17,6 +17,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Tokenizers;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Serve;
 
@@ -56,17 +57,17 @@ public sealed record ServeOptions
 
     public void Validate()
     {
-        if (Port is < 0 or > 65535) throw new FormatException($"--port must be in 0..65535, got {Port}");
-        if (MaxBatch < 1) throw new FormatException($"--max-batch must be ≥ 1, got {MaxBatch}");
-        if (MaxContext < 0) throw new FormatException($"--max-context must be ≥ 1, got {MaxContext}");
-        if (MaxQueue < 0) throw new FormatException($"--max-queue must be ≥ 0, got {MaxQueue}");
-        if (AdapterBudgetBytes <= 0) throw new FormatException("--adapter-budget must be positive");
-        if (KvPageSize < 1) throw new FormatException($"--kv-page-size must be ≥ 1, got {KvPageSize}");
-        if (KvPages < 0) throw new FormatException($"--kv-pages must be ≥ 1, got {KvPages}");
-        if (MemoryBudgetBytes < 0) throw new FormatException("--memory-budget must be positive");
-        if (RequestTimeout <= TimeSpan.Zero) throw new FormatException("--request-timeout must be positive");
-        if (GatheredLoraRank < 0) throw new FormatException($"--gathered-lora-rank must be ≥ 0, got {GatheredLoraRank}");
-        if (GatheredLoraSlots < 1) throw new FormatException($"--gathered-lora-slots must be ≥ 1, got {GatheredLoraSlots}");
+        if (Port is < 0 or > 65535) throw new SettingException($"{ServeSettings.Port} must be in 0..65535, got {Port}");
+        if (MaxBatch < 1) throw new SettingException($"{ServeSettings.MaxBatch} must be ≥ 1, got {MaxBatch}");
+        if (MaxContext < 0) throw new SettingException($"{ServeSettings.MaxContext} must be ≥ 1, got {MaxContext}");
+        if (MaxQueue < 0) throw new SettingException($"{ServeSettings.MaxQueue} must be ≥ 0, got {MaxQueue}");
+        if (AdapterBudgetBytes <= 0) throw new SettingException($"{ServeSettings.AdapterBudget} must be positive");
+        if (KvPageSize < 1) throw new SettingException($"{ServeSettings.KvPageSize} must be ≥ 1, got {KvPageSize}");
+        if (KvPages < 0) throw new SettingException($"{ServeSettings.KvPages} must be ≥ 1, got {KvPages}");
+        if (MemoryBudgetBytes < 0) throw new SettingException($"{ServeSettings.MemoryBudget} must be positive");
+        if (RequestTimeout <= TimeSpan.Zero) throw new SettingException($"{ServeSettings.RequestTimeout} must be positive");
+        if (GatheredLoraRank < 0) throw new SettingException($"{ServeSettings.GatheredLoraRank} must be ≥ 0, got {GatheredLoraRank}");
+        if (GatheredLoraSlots < 1) throw new SettingException($"{ServeSettings.GatheredLoraSlots} must be ≥ 1, got {GatheredLoraSlots}");
         if (string.IsNullOrWhiteSpace(BaseName)) throw new FormatException("the base model needs a name");
         _ = ServeHost.ListenAddress(Host);
     }
@@ -156,7 +157,7 @@ public sealed class ServeHost : IAsyncDisposable
             foreach (var (name, dir) in adapters)
             {
                 CheckName(name, options.BaseName);
-                if (!pool.Register(name, dir)) throw new FormatException($"--adapter: the name '{name}' is given twice");
+                if (!pool.Register(name, dir)) throw new SettingException($"{ServeSettings.Adapter}: the name '{name}' is given twice");
             }
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
             builder.Logging.ClearProviders();
@@ -186,7 +187,7 @@ public sealed class ServeHost : IAsyncDisposable
     internal static IPAddress ListenAddress(string host) =>
         host == "localhost" ? IPAddress.Loopback
         : IPAddress.TryParse(host, out var ip) ? ip
-        : throw new FormatException($"--host: '{host}' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1 or localhost)");
+        : throw new SettingException($"{ServeSettings.Host}: '{host}' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1 or localhost)");
 
     private static void CheckName(string name, string baseName)
     {

@@ -5,6 +5,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using VkPeft.Runtime.Commands;
 using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Reference;
 using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
 
@@ -15,9 +16,12 @@ namespace VkPeft.Runtime.Kernels;
 /// workgroup-uniform addresses (8-invocation workgroups; CPU devices such as lavapipe serve these as broadcast loads),
 /// <see cref="Shared"/> stages them in shared memory (64-invocation workgroups, one row per invocation),
 /// <see cref="Flash"/> is FlashAttention-2 style (a workgroup owns 16 rows, four invocations per row split the head
-/// dimension, keys/queries stream through shared memory as tiles; GPUs). Auto picks per device kind from measurements.
+/// dimension, keys/queries stream through shared memory as tiles; GPUs), <see cref="FlashCoopMatrix"/> is Flash with
+/// its block products as NV cooperative matrices (fp16 operands, fp32 accumulation). Auto picks per device kind from
+/// measurements, and turns Flash into FlashCoopMatrix where <see cref="Attention.CoopMatrix"/> may run (the device offers
+/// it, kernels are not forced safe, and it passed its first-use self-check); an explicit Flash is the fp32 kernel.
 /// </summary>
-public enum AttentionAlgorithm { Auto, Direct, Shared, Flash }
+public enum AttentionAlgorithm { Auto, Direct, Shared, Flash, FlashCoopMatrix }
 
 public static class Attention
 {
@@ -50,6 +54,142 @@ public static class Attention
         { ShaderId.AttentionFlashBwdDkvD8, ShaderId.AttentionFlashBwdDkvD16, ShaderId.AttentionFlashBwdDkvD32, ShaderId.AttentionFlashBwdDkvD48, ShaderId.AttentionFlashBwdDkvD64, ShaderId.AttentionFlashBwdDkvD80, ShaderId.AttentionFlashBwdDkvD96, ShaderId.AttentionFlashBwdDkvD128 },
     };
 
+    /// <summary>Head dimensions the cooperative-matrix flash shaders are compiled for (multiples of 16; smaller ones zero-padded).</summary>
+    public static IReadOnlyList<int> CoopMatrixHeadDims => CoopMatrixHeadDimList;
+    private static readonly int[] CoopMatrixHeadDimList = [16, 32, 48, 64, 80, 96, 128];
+
+    private static readonly ShaderId[,] CoopMatrixShaders =
+    {
+        { ShaderId.AttentionFlashCoopmatFwdD16, ShaderId.AttentionFlashCoopmatFwdD32, ShaderId.AttentionFlashCoopmatFwdD48, ShaderId.AttentionFlashCoopmatFwdD64, ShaderId.AttentionFlashCoopmatFwdD80, ShaderId.AttentionFlashCoopmatFwdD96, ShaderId.AttentionFlashCoopmatFwdD128 },
+        { ShaderId.AttentionFlashCoopmatBwdDqD16, ShaderId.AttentionFlashCoopmatBwdDqD32, ShaderId.AttentionFlashCoopmatBwdDqD48, ShaderId.AttentionFlashCoopmatBwdDqD64, ShaderId.AttentionFlashCoopmatBwdDqD80, ShaderId.AttentionFlashCoopmatBwdDqD96, ShaderId.AttentionFlashCoopmatBwdDqD128 },
+        { ShaderId.AttentionFlashCoopmatBwdDkvD16, ShaderId.AttentionFlashCoopmatBwdDkvD32, ShaderId.AttentionFlashCoopmatBwdDkvD48, ShaderId.AttentionFlashCoopmatBwdDkvD64, ShaderId.AttentionFlashCoopmatBwdDkvD80, ShaderId.AttentionFlashCoopmatBwdDkvD96, ShaderId.AttentionFlashCoopmatBwdDkvD128 },
+    };
+
+    /// <summary>
+    /// Shared memory of the largest cooperative-matrix flash variant (dk/dv at head dimension 128: the key and value rows
+    /// and a 16-query block of q and dO as hi/lo fp16 pairs, 2·2·(16+16)·136·2 bytes; score, dP, P and dS tiles; the
+    /// fp32 16x132 block product; lse, D and the block maxima); AttentionCoopMatrixTests reads it back from the SPIR-V.
+    /// </summary>
+    public const uint CoopMatrixSharedBytes = 47_520;
+
+    /// <summary>
+    /// NVIDIA cooperative matrices in the flash kernels (Q·Kᵀ, dO·Vᵀ, P·V, dS·K, Pᵀ·dO, dSᵀ·Q as 16x16x16 fp16 x fp16 ->
+    /// fp32 subgroup matrices; softmax, log-sum-exp and accumulators fp32): used by Auto where the device lists the shape,
+    /// after its first use agreed with the fp32 flash kernel (forward and backward, including large scores and tiny dO).
+    /// </summary>
+    public static readonly FastKernel CoopMatrix = new("attention (flash)", "NV cooperative matrices 16x16x16 fp16->fp32", "fp32 flash",
+        CoopMatrixUnavailable, SelfCheckCoopMatrix);
+
+    /// <summary>Why this device cannot run the cooperative-matrix flash variants (null when it can).</summary>
+    public static string? CoopMatrixUnavailable(DeviceCapabilities caps) =>
+        KernelPaths.NvCooperativeMatrixUnavailable(caps, CoopMatrixSharedBytes, FlashWorkgroupSize);
+
+    /// <summary>
+    /// The first-use self-check: forward and backward with <see cref="AttentionAlgorithm.FlashCoopMatrix"/> and with the fp32
+    /// <see cref="AttentionAlgorithm.Flash"/> kernel on <see cref="SelfCheckCases"/>; they may differ by the sum of both
+    /// kernels' bounds against float64 (<see cref="AttentionTolerances"/>, the cooperative-matrix one with its fp16 terms).
+    /// </summary>
+    public static string? SelfCheckCoopMatrix(VulkanContext ctx) =>
+        SelfCheck(ctx, (c, s, t) => RunForwardBackward(c, s, t, AttentionAlgorithm.FlashCoopMatrix),
+            (c, s, t) => RunForwardBackward(c, s, t, AttentionAlgorithm.Flash), SelfCheckCases);
+
+    /// <summary>Inputs of one self-check case: q, k, v and dO in the layouts of <see cref="Forward"/> and <see cref="Backward"/>.</summary>
+    public sealed record SelfCheckInputs(float[] Q, float[] K, float[] V, float[] DO);
+
+    /// <summary>One self-check case: the shape, the magnitude of q and k entries (|q·k| ≈ hd·magnitude²) and of dO.</summary>
+    public sealed record SelfCheckCase(AttentionShape Shape, float QkMagnitude, float DoMagnitude)
+    {
+        /// <summary>Seeded inputs: with QkMagnitude above 1, q and k entries of 0.5..1 times it, 90% positive (large scores).</summary>
+        public SelfCheckInputs Inputs()
+        {
+            var rng = new Random(Shape.SeqLen);
+            bool big = QkMagnitude > 1;
+            float[] Values(int n, float scale, bool biased)
+            {
+                var x = new float[n];
+                for (int i = 0; i < n; i++)
+                {
+                    double u = rng.NextDouble();
+                    x[i] = (float)((biased ? (0.5 + 0.5 * u) * (rng.NextDouble() < 0.9 ? 1 : -1) : 2 * u - 1) * scale);
+                }
+                return x;
+            }
+            return new(Values(Shape.QCount, QkMagnitude, big), Values(Shape.KCount, QkMagnitude, big), Values(Shape.KCount, 1, false),
+                Values(Shape.QCount, DoMagnitude, false));
+        }
+    }
+
+    /// <summary>
+    /// The cooperative-matrix self-check's cases: GQA 2:1 at head dimension 48 (zero-padded to a variant) with cached
+    /// keys and queries that are not a multiple of the 16-row blocks; and a range case (head dimension 64, |q·k| near 1e3
+    /// before scaling, dO near 1e-6, below fp16's normal range) that an fp16 kernel without its scaling and hi/lo
+    /// operands fails.
+    /// </summary>
+    public static IReadOnlyList<SelfCheckCase> SelfCheckCases { get; } =
+    [
+        new(new AttentionShape(1, 37, 5, 4, 2, 48, 42), 1f, 1f),
+        new(new AttentionShape(1, 21, 0, 2, 1, 64, 21), 4f, 1e-6f),
+    ];
+
+    /// <summary>Runs one forward and backward on a case's inputs and returns o, lse, dq, dk, dv.</summary>
+    public delegate float[][] SelfCheckRunner(VulkanContext ctx, AttentionShape shape, SelfCheckInputs inputs);
+
+    /// <summary>
+    /// Runs <paramref name="fast"/> and <paramref name="reference"/> on <paramref name="cases"/> and returns null when every
+    /// output agrees within the sum of the cooperative-matrix and the fp32 bounds against float64, else the first mismatch.
+    /// </summary>
+    public static string? SelfCheck(VulkanContext ctx, SelfCheckRunner fast, SelfCheckRunner reference, IEnumerable<SelfCheckCase> cases)
+    {
+        ArgumentNullException.ThrowIfNull(fast);
+        ArgumentNullException.ThrowIfNull(reference);
+        ArgumentNullException.ThrowIfNull(cases);
+        foreach (var c in cases)
+        {
+            var s = c.Shape;
+            var inputs = c.Inputs();
+            var f = fast(ctx, s, inputs);
+            var r = reference(ctx, s, inputs);
+            double[] q = Array.ConvertAll(inputs.Q, x => (double)x), k = Array.ConvertAll(inputs.K, x => (double)x),
+                v = Array.ConvertAll(inputs.V, x => (double)x), dO = Array.ConvertAll(inputs.DO, x => (double)x);
+            var tf = AttentionTolerances.For(s, q, k, v, dO, coopMatrix: true);
+            var tr = AttentionTolerances.For(s, q, k, v, dO);
+            string[] names = ["o", "lse", "dq", "dk", "dv"];
+            double[][] fastTol = [tf.O, tf.Lse, tf.Dq, tf.Dk, tf.Dv], refTol = [tr.O, tr.Lse, tr.Dq, tr.Dk, tr.Dv];
+            for (int t = 0; t < names.Length; t++)
+                for (int i = 0; i < f[t].Length; i++)
+                    if (!(Math.Abs(f[t][i] - r[t][i]) <= fastTol[t][i] + refTol[t][i]))
+                        return $"{names[t]} (T {s.SeqLen}, cached {s.StartPos}, hd {s.HeadDim}, {s.NHeads}:{s.NKvHeads} heads, "
+                            + $"|q·k| up to {s.HeadDim * c.QkMagnitude * c.QkMagnitude:0}, dO up to {c.DoMagnitude:g2}) element {i}: {f[t][i]:g6} vs {r[t][i]:g6}";
+        }
+        return null;
+    }
+
+    /// <summary>o, lse, dq, dk, dv of one forward and backward with <paramref name="algorithm"/> on fresh device tensors.</summary>
+    public static float[][] RunForwardBackward(VulkanContext ctx, AttentionShape s, SelfCheckInputs inputs, AttentionAlgorithm algorithm)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        ArgumentNullException.ThrowIfNull(inputs);
+        long rows = (long)s.Batch * s.SeqLen, kvRows = (long)s.Batch * s.KvStride;
+        DeviceTensor Make(string name, long r, long c) => DeviceTensor.Create(ctx, "selfcheck.attention." + name, DType.F32, [r, c], Memory.MemoryCategory.Workspace);
+        using var tq = Make("q", rows, s.Ldq);
+        using var tk = Make("k", kvRows, s.Ldk);
+        using var tv = Make("v", kvRows, s.Ldk);
+        using var tdO = Make("dO", rows, s.Ldq);
+        using var to = Make("o", rows, s.Ldq);
+        using var tl = Make("lse", (long)s.Batch * s.NHeads, s.SeqLen);
+        using var tdq = Make("dq", rows, s.Ldq);
+        using var tdk = Make("dk", kvRows, s.Ldk);
+        using var tdv = Make("dv", kvRows, s.Ldk);
+        using var tdelta = Make("delta", (long)s.Batch * s.NHeads, s.SeqLen);
+        tq.Upload<float>(inputs.Q);
+        tk.Upload<float>(inputs.K);
+        tv.Upload<float>(inputs.V);
+        tdO.Upload<float>(inputs.DO);
+        Forward(tq, tk, tv, to, tl, s.Batch, s.SeqLen, s.StartPos, s.NHeads, s.NKvHeads, s.HeadDim, algorithm);
+        Backward(tq, tk, tv, to, tl, tdO, tdq, tdk, tdv, tdelta, s.Batch, s.SeqLen, s.StartPos, s.NHeads, s.NKvHeads, s.HeadDim, algorithm);
+        return [to.ToArray<float>(), tl.ToArray<float>(), tdq.ToArray<float>(), tdk.ToArray<float>(), tdv.ToArray<float>()];
+    }
+
     private enum Kernel { Forward = 0, Dq = 2, Dkv = 4 }
 
     /// <summary>Mirrors the push block of include/attention.glsl.</summary>
@@ -75,7 +215,7 @@ public static class Attention
     /// kernels split each row's head dimension over four invocations: each loops over a quarter of it per key for the
     /// partial dot products and for the update, plus the partial-sum and staging shares.
     /// </summary>
-    private static long ItersPerRow(AttentionAlgorithm algorithm, int headDim) => algorithm == AttentionAlgorithm.Flash
+    private static long ItersPerRow(AttentionAlgorithm algorithm, int headDim) => algorithm is AttentionAlgorithm.Flash or AttentionAlgorithm.FlashCoopMatrix
         ? headDim / 2 + headDim / 4 + 16
         : 2L * headDim + headDim / 4 + 4;
 
@@ -104,6 +244,16 @@ public static class Attention
     {
         if (Forced.TryGetValue(ctx, out var forced)) return forced.Value;
         return Faster.TryGetValue(ctx.Caps.Kind, out var f) ? (backward ? f.Backward : f.Forward) : AttentionAlgorithm.Flash;
+    }
+
+    /// <summary>Why Auto picks <see cref="Choose"/>'s algorithm on this device (for `vkpeft info`).</summary>
+    public static string WhyChosen(VulkanContext ctx)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        if (Forced.TryGetValue(ctx, out _)) return "forced for this context (tests, benchmarks)";
+        return Faster.ContainsKey(ctx.Caps.Kind)
+            ? $"{ctx.Caps.Kind} device: measured faster than flash there (bench kernels; broadcast loads of one row per invocation)"
+            : $"{ctx.Caps.Kind} device: FlashAttention-2 style tiles (the direct kernels win only on CPU devices)";
     }
 
     /// <summary>Makes Auto pick <paramref name="algorithm"/> on this device until the result is disposed (tests, benchmarks).</summary>
@@ -340,9 +490,15 @@ public static class Attention
 
     private static AttentionAlgorithm Resolve(VulkanContext ctx, AttentionAlgorithm algorithm, bool backward)
     {
-        if (algorithm == AttentionAlgorithm.Auto) algorithm = Choose(ctx, backward);
-        if (algorithm is AttentionAlgorithm.Shared or AttentionAlgorithm.Flash && ctx.Caps.MaxComputeWorkGroupInvocations < SharedWorkgroupSize)
+        if (algorithm == AttentionAlgorithm.Auto)
+        {
+            algorithm = Choose(ctx, backward);
+            if (algorithm == AttentionAlgorithm.Flash && ctx.Kernels.Use(CoopMatrix)) algorithm = AttentionAlgorithm.FlashCoopMatrix;
+        }
+        if (algorithm is AttentionAlgorithm.Shared or AttentionAlgorithm.Flash or AttentionAlgorithm.FlashCoopMatrix && ctx.Caps.MaxComputeWorkGroupInvocations < SharedWorkgroupSize)
             throw new ArgumentException($"attention: the {algorithm} algorithm needs {SharedWorkgroupSize}-invocation workgroups; the device allows {ctx.Caps.MaxComputeWorkGroupInvocations}");
+        if (algorithm == AttentionAlgorithm.FlashCoopMatrix && CoopMatrixUnavailable(ctx.Caps) is { } why)
+            throw new ArgumentException($"attention: the {algorithm} algorithm cannot run on '{ctx.Caps.Name}': {why}");
         return algorithm;
     }
 
@@ -386,8 +542,9 @@ public static class Attention
     private static void Dispatch(VulkanContext ctx, Kernel kernel, AttentionAlgorithm algorithm, int headDim, in Push push,
         ReadOnlySpan<Binding> bindings, long rows, uint groupsY, uint groupsZ, string label, Action<double>? onDeviceSeconds = null)
     {
-        bool shared = algorithm == AttentionAlgorithm.Shared, flash = algorithm == AttentionAlgorithm.Flash;
-        var dims = flash ? FlashHeadDimList : HeadDimList;
+        bool shared = algorithm == AttentionAlgorithm.Shared, coop = algorithm == AttentionAlgorithm.FlashCoopMatrix;
+        bool flash = coop || algorithm == AttentionAlgorithm.Flash;
+        var dims = coop ? CoopMatrixHeadDimList : flash ? FlashHeadDimList : HeadDimList;
         int variant = 0;
         while (dims[variant] < headDim) variant++;
         uint wg = flash ? FlashWorkgroupSize : shared ? SharedWorkgroupSize : DirectWorkgroupSize;
@@ -400,7 +557,8 @@ public static class Attention
         var max = ctx.Caps.MaxComputeWorkGroupCount;
         if (groupsX > max[0] || groupsY > max[1] || groupsZ > max[2])
             throw new ArgumentException($"attention: {groupsX}x{groupsY}x{groupsZ} workgroups exceed the device limit {string.Join("x", max)}");
-        var id = flash ? FlashShaders[(int)kernel / 2, variant] : Shaders[(int)kernel + (shared ? 1 : 0), variant];
+        var id = coop ? CoopMatrixShaders[(int)kernel / 2, variant]
+            : flash ? FlashShaders[(int)kernel / 2, variant] : Shaders[(int)kernel + (shared ? 1 : 0), variant];
         var pipeline = flash ? ctx.Pipelines.Get(id, wg, heads) : ctx.Pipelines.Get(id, wg);
         ctx.Commands.Dispatch(pipeline, bindings, push, (uint)groupsX, groupsY, groupsZ, label, onDeviceSeconds);
     }

@@ -7,8 +7,8 @@ namespace VkPeft.Runtime.Kernels;
 
 public static class DeviceReport
 {
-    /// <summary>The report of <paramref name="ctx"/>'s device.</summary>
-    public static JsonObject Describe(VulkanContext ctx)
+    /// <summary>The report of <paramref name="ctx"/>'s device; settings a kernel path's why names are spelled by <paramref name="spell"/> when given.</summary>
+    public static JsonObject Describe(VulkanContext ctx, Func<Setting, string>? spell = null)
     {
         var c = ctx.Caps;
         return new JsonObject
@@ -70,7 +70,7 @@ public static class DeviceReport
             {
                 ["op"] = k.Op,
                 ["path"] = k.Path,
-                ["why"] = k.Why,
+                ["why"] = k.Explain(spell),
             }).ToArray()),
             ["devices"] = new JsonArray(ctx.AllDevices.Select(d => (JsonNode)new JsonObject
             {

@@ -1,11 +1,20 @@
 // Which kernel path each op uses on this device and why (for `vkpeft info`): the matmul algorithm and tile shape, the
-// fused 4-bit GEMM's weight-tile type and cooperative matrices (self-checked fast variants), and why they are absent.
+// fused 4-bit GEMM's weight-tile type and cooperative matrices, the attention algorithm and its cooperative matrices
+// (self-checked fast variants), and why they are absent.
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Runtime.Kernels;
 
 public static class KernelPathReport
 {
+    private static string AttentionName(AttentionAlgorithm a) => a switch
+    {
+        AttentionAlgorithm.Direct => "direct (one row per invocation, workgroup-uniform loads)",
+        AttentionAlgorithm.Shared => "shared (one row per invocation, blocks staged in shared memory)",
+        AttentionAlgorithm.Flash => "flash (FlashAttention-2 style 16-row tiles)",
+        var other => other.ToString(),
+    };
+
     public static IReadOnlyList<KernelPathChoice> Describe(VulkanContext ctx)
     {
         var caps = ctx.Caps;
@@ -37,8 +46,21 @@ public static class KernelPathReport
             else
             {
                 var choice = ctx.Kernels.Describe(kernel);
-                list.Add(new(op, choice.Path, choice.Why + "; " + noKhr));
+                list.Add(new(op, choice.Path, choice.Why + "; " + noKhr, choice.Reason is { } r ? new SettingMessage($"{r}; {noKhr}") : null));
             }
+        }
+
+        var fwd = Attention.Choose(ctx);
+        var bwd = Attention.Choose(ctx, backward: true);
+        list.Add(new("attention", fwd == bwd ? AttentionName(fwd) : $"forward {AttentionName(fwd)}, backward {AttentionName(bwd)}", Attention.WhyChosen(ctx)));
+        var coopWhy = Attention.CoopMatrixUnavailable(caps);
+        if (coopWhy == null && fwd != AttentionAlgorithm.Flash && bwd != AttentionAlgorithm.Flash) coopWhy = "the flash kernels do not run on this device";
+        if (coopWhy != null)
+            list.Add(new("attention cooperative matrices", "not used", coopWhy + "; " + noKhr));
+        else
+        {
+            var choice = ctx.Kernels.Describe(Attention.CoopMatrix);
+            list.Add(new("attention cooperative matrices", choice.Path, choice.Why + "; " + noKhr));
         }
         return list;
     }

@@ -73,19 +73,8 @@ public static class QuantizedMatMul
     }
 
     /// <summary>Why this device cannot run the cooperative-matrix variants (null when it can).</summary>
-    public static string? CoopMatrixUnavailable(DeviceCapabilities caps)
-    {
-        if (caps.CooperativeMatricesNV.Length == 0) return "the device does not offer VK_NV_cooperative_matrix";
-        if (!caps.CooperativeMatricesNV.Any(s => s is { M: 16, N: 16, K: 16 } && s.AType.StartsWith("Float16", StringComparison.Ordinal)
-                && s.BType.StartsWith("Float16", StringComparison.Ordinal) && s.CType.StartsWith("Float32", StringComparison.Ordinal)
-                && s.DType.StartsWith("Float32", StringComparison.Ordinal) && s.Scope.StartsWith("Subgroup", StringComparison.Ordinal)))
-            return "the device lists no 16x16x16 fp16 x fp16 -> fp32 subgroup cooperative matrix";
-        if (caps.SubgroupSize != 32) return $"the cooperative-matrix variants are laid out for 32-wide subgroups, the device has {caps.SubgroupSize}";
-        if (!caps.ShaderFloat16) return "the device lacks shaderFloat16";
-        if (MatMulTiles.CoopMatrixSharedBytes > caps.MaxComputeSharedMemorySize || MatMulTiles.CoopMatrix.Invocations > caps.MaxComputeWorkGroupInvocations)
-            return $"the cooperative-matrix tile needs {MatMulTiles.CoopMatrixSharedBytes} bytes of shared memory";
-        return null;
-    }
+    public static string? CoopMatrixUnavailable(DeviceCapabilities caps) =>
+        KernelPaths.NvCooperativeMatrixUnavailable(caps, MatMulTiles.CoopMatrixSharedBytes, MatMulTiles.CoopMatrix.Invocations);
 
     /// <summary>
     /// Runs <paramref name="fast"/> and the fp32 tiles on M = 67, N = 33, K = 96 (not multiples of the tile or the

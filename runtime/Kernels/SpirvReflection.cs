@@ -1,8 +1,10 @@
 // Minimal SPIR-V reader: how many storage-buffer bindings a compute module uses and how large its push-constant block is,
-// so every dispatch can be checked against the shader itself rather than against what the C# side believes.
+// so every dispatch can be checked against the shader itself rather than against what the C# side believes; and how many
+// bytes of shared (Workgroup) memory it declares, so requirements stated in C# can be checked against the shader.
 namespace VkPeft.Runtime.Kernels;
 
-public sealed record SpirvInfo(int BindingCount, uint PushConstantSize, uint[] StorageBindings);
+/// <summary><paramref name="WorkgroupBytes"/>: shared variables' total size (arrays sized by specialization constants count one element).</summary>
+public sealed record SpirvInfo(int BindingCount, uint PushConstantSize, uint[] StorageBindings, uint WorkgroupBytes = 0);
 
 public static class SpirvReflection
 {
@@ -70,14 +72,15 @@ public static class SpirvReflection
             return 0;
         }
 
-        uint push = 0;
+        uint push = 0, workgroup = 0;
         var storage = new List<uint>();
         foreach (var (ptrType, id, storageClass) in variables)
         {
             if (storageClass == 9 && pointers.TryGetValue(ptrType, out var p)) push = Math.Max(push, SizeOf(p.Type));   // PushConstant
             if ((storageClass == 12 || storageClass == 2) && bindings.TryGetValue(id, out var b)) storage.Add(b);       // StorageBuffer / Uniform
+            if (storageClass == 4 && pointers.TryGetValue(ptrType, out var wp)) workgroup += SizeOf(wp.Type);              // Workgroup
         }
         storage.Sort();
-        return new SpirvInfo(storage.Count == 0 ? 0 : (int)storage.Max() + 1, push, storage.ToArray());
+        return new SpirvInfo(storage.Count == 0 ? 0 : (int)storage.Max() + 1, push, storage.ToArray(), workgroup);
     }
 }

@@ -10,12 +10,19 @@ namespace VkPeft.Runtime.Reference;
 /// magnitude uses Σ|dO||v| + Σ|dO||o| + |dP − D| (the dot products dP and D can cancel). The factor 4 covers the second
 /// place the same errors enter (l in o = Σpv/l, the delta pre-pass). A wrong index or a missed key changes an output by
 /// a whole term, orders of magnitude above these bounds.
+/// The cooperative-matrix flash kernels (<c>coopMatrix</c>) add what their fp16 operands cost (include/
+/// attention_flash_coop.glsl): hi/lo pairs carry a value to 2⁻²⁰ relative (conversions may truncate) and each score
+/// sums three such products, so ε_s grows by 3·2⁻²⁰·A, plus hd·2⁻²³·scale·max|q|·max|k| for lo parts flushed to fp16
+/// subnormals; the single fp16 operand of P·V, dS·K, Pᵀ·dO and dSᵀ·Q (P or dS, rounded once: at most 2⁻¹⁰ relative)
+/// and the split dP make F grow by 2·2⁻¹⁰ + 2⁻¹⁸; entries flushed to subnormals err by at most 2⁻²⁴ of their block's
+/// largest, which adds n·2⁻²² of the tensor's largest term sum. Scores held in fp16 (spacing 0.5 at 1e3), a softmax
+/// without its running maximum, or tiny dO left unscaled in fp16 exceed these bounds by orders of magnitude.
 /// </summary>
 public sealed record AttentionTolerances(double[] O, double[] Lse, double[] Delta, double[] Dq, double[] Dk, double[] Dv)
 {
     private const double U = 1.0 / (1 << 24);
 
-    public static AttentionTolerances For(AttentionShape s, double[] q, double[] k, double[] v, double[] dO)
+    public static AttentionTolerances For(AttentionShape s, double[] q, double[] k, double[] v, double[] dO, bool coopMatrix = false)
     {
         var (o, lse) = AttentionReference.Forward(q, k, v, s);
         int hd = s.HeadDim, T = s.SeqLen, S = s.StartPos + s.SeqLen;
@@ -25,7 +32,13 @@ public sealed record AttentionTolerances(double[] O, double[] Lse, double[] Delt
                 for (int i = 0; i < T; i++)
                     for (int j = 0; j <= s.StartPos + i; j++)
                         a = Math.Max(a, s.Scale * AbsDot(q, Qb(s, b, h, i), k, Kb(s, b, h, j), hd));
-        double Factor(int n) => 4 * ((hd + n + 3) * U + 2 * Gamma(hd) * a + (4 * a + Math.Log(S + 1)) * U);
+        double es = Gamma(hd) * a, operand = 0;
+        if (coopMatrix)
+        {
+            es += 3 * Math.Pow(2, -20) * a + hd * Math.Pow(2, -23) * s.Scale * MaxAbs(q) * MaxAbs(k);
+            operand = 2 * Math.Pow(2, -10) + Math.Pow(2, -18);
+        }
+        double Factor(int n) => 4 * ((hd + n + 3) * U + 2 * es + (4 * a + Math.Log(S + 1)) * U) + operand;
         double fq = Factor(S), fk = Factor(s.Group * T);
 
         var to = new double[s.QCount];
@@ -59,10 +72,18 @@ public sealed record AttentionTolerances(double[] O, double[] Lse, double[] Delt
                         }
                     }
                 }
+        if (coopMatrix)
+            foreach (var (t, n) in new[] { (to, S), (tq, S), (tk, s.Group * T), (tv, s.Group * T) })
+            {
+                double flush = n * Math.Pow(2, -22) * MaxAbs(t) / (n == S ? fq : fk);   // the largest term sum
+                for (int i = 0; i < t.Length; i++) t[i] += flush;
+            }
         foreach (var t in new[] { to, tq, tk, tv })
             for (int i = 0; i < t.Length; i++) t[i] += 1e-30;
         return new AttentionTolerances(to, tl, td, tq, tk, tv);
     }
+
+    private static double MaxAbs(double[] x) => x.Length == 0 ? 0 : x.Max(Math.Abs);
 
     private static double Gamma(int n) => n * U / (1 - n * U);
     private static int Qb(AttentionShape s, int b, int h, int i) => (b * s.SeqLen + i) * s.Ldq + h * s.HeadDim;

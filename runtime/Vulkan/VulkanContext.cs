@@ -4,10 +4,10 @@ using System.Runtime.InteropServices;
 using Silk.NET.Core;
 using Silk.NET.Core.Native;
 using Silk.NET.Vulkan;
+using VkBuffer = Silk.NET.Vulkan.Buffer;
 using VkPeft.Runtime.Commands;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
-using VkBuffer = Silk.NET.Vulkan.Buffer;
 
 namespace VkPeft.Runtime.Vulkan;
 
@@ -279,6 +279,8 @@ public sealed unsafe class VulkanContext : DisposableObject
 
     private static string VersionString(uint v) => $"{v >> 22}.{(v >> 12) & 0x3ff}.{v & 0xfff}";
 
+    private static string Present(IReadOnlyList<PhysicalDeviceSummary> devices) => string.Join(", ", devices.Select(d => $"{d.Index}: {d.Name}"));
+
     /// <summary>Picks a device: the selector (index or name substring) when given, else discrete &gt; integrated &gt; virtual &gt; CPU.</summary>
     public static int ChooseDevice(IReadOnlyList<PhysicalDeviceSummary> devices, string? selector)
     {
@@ -287,12 +289,12 @@ public sealed unsafe class VulkanContext : DisposableObject
             if (int.TryParse(selector, out int idx))
             {
                 if (idx < 0 || idx >= devices.Count)
-                    throw new VulkanUnsupportedException($"--device {idx}: there are {devices.Count} device(s): " + string.Join(", ", devices.Select(d => $"{d.Index}: {d.Name}")));
+                    throw new VulkanUnsupportedException(new SettingMessage($"{RuntimeSettings.Device} {idx}: there are {devices.Count} device(s): {Present(devices)}"));
                 return idx;
             }
             var match = devices.FirstOrDefault(d => d.Name.Contains(selector, StringComparison.OrdinalIgnoreCase));
             if (match == null)
-                throw new VulkanUnsupportedException($"--device '{selector}' matches no device; present: " + string.Join(", ", devices.Select(d => $"{d.Index}: {d.Name}")));
+                throw new VulkanUnsupportedException(new SettingMessage($"{RuntimeSettings.Device} '{selector}' matches no device; present: {Present(devices)}"));
             return match.Index;
         }
         static int Rank(DeviceKind k) => k switch

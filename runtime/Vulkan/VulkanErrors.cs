@@ -28,9 +28,14 @@ public sealed class VulkanDeviceLostException : VulkanException
 }
 
 /// <summary>A required feature, extension or limit is missing on the chosen device.</summary>
-public sealed class VulkanUnsupportedException : VulkanException
+public sealed class VulkanUnsupportedException : VulkanException, ISettingError
 {
-    public VulkanUnsupportedException(string message) : base(message) { }
+    public VulkanUnsupportedException(string message) : base(message) => Detail = new SettingMessage($"{message}");
+
+    /// <summary>A missing or unusable device that a setting asked for (e.g. <see cref="RuntimeSettings.Device"/>).</summary>
+    public VulkanUnsupportedException(SettingMessage detail) : base(detail.ToString()) => Detail = detail;
+
+    public SettingMessage Detail { get; }
 }
 
 /// <summary>Maps VkResult codes to exceptions.</summary>

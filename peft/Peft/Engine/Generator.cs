@@ -1,6 +1,7 @@
 // Text generation on the device: prefill the prompt into the KV cache, then one token per step, greedy at
 // temperature 0 or sampled with temperature and nucleus (top-p) filtering from a seeded generator.
 using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Engine;
 
@@ -8,8 +9,8 @@ public sealed record SamplingOptions(float Temperature = 0f, float TopP = 1f, in
 {
     public void Validate()
     {
-        if (!float.IsFinite(Temperature) || Temperature < 0) throw new FormatException($"--temperature must be ≥ 0, got {Temperature}");
-        if (!float.IsFinite(TopP) || TopP <= 0 || TopP > 1) throw new FormatException($"--top-p must be in (0, 1], got {TopP}");
+        if (!float.IsFinite(Temperature) || Temperature < 0) throw new SettingException($"{EngineSettings.Temperature} must be ≥ 0, got {Temperature}");
+        if (!float.IsFinite(TopP) || TopP <= 0 || TopP > 1) throw new SettingException($"{EngineSettings.TopP} must be in (0, 1], got {TopP}");
     }
 }
 

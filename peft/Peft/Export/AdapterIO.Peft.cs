@@ -11,6 +11,7 @@ using VkPeft.Peft.Methods.Dora;
 using VkPeft.Peft.Methods.Ia3;
 using VkPeft.Peft.Methods.LlamaAdapter;
 using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using static VkPeft.Peft.Formats.JsonFields;
 
@@ -37,6 +38,7 @@ public static partial class AdapterIO
         if (cfg.Method is Methods.Prefix.PrefixMethod) return SavePeftPrefix(dir, adapter, baseConfig, force, dtype);
         if (cfg.Method is LlamaAdapterMethod) return SavePeftAdaptionPrompt(dir, adapter, baseConfig, force, dtype);
         bool qalora = cfg.Method is LoraMethod { GroupPooled: true };
+        var lora = cfg.SettingsOf<LoraSettings>();
         AdapterMerge.Validate(adapter, baseConfig, "adapter");
         var entries = new List<SafeTensorsWriter.Entry>();
         for (int l = 0; l < baseConfig.NLayers; l++)
@@ -57,7 +59,7 @@ public static partial class AdapterIO
                 }
                 float[] bData = b.Data;
                 if (ModelTensors.PermutedHeads(baseConfig, t) is { } heads)
-                    bData = QkPermutation.PermuteRows<float>(b.Data, heads, baseConfig.HeadDim, cfg.Rank, baseConfig.RopeLayout, RopeLayout.RotateHalf);
+                    bData = QkPermutation.PermuteRows<float>(b.Data, heads, baseConfig.HeadDim, lora.Rank, baseConfig.RopeLayout, RopeLayout.RotateHalf);
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "A"), a.Shape, aData, dtype));
                 entries.Add(SafeTensorsWriter.FromFloat32(PeftKey(l, t, "B"), b.Shape, bData, dtype));
                 if (cfg.Method is DoraMethod)
@@ -89,6 +91,7 @@ public static partial class AdapterIO
 
     private static byte[] PeftConfigJson(AdapterConfig cfg)
     {
+        var lora = cfg.SettingsOf<LoraSettings>();
         using var ms = new MemoryStream();
         using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
         {
@@ -102,11 +105,11 @@ public static partial class AdapterIO
             w.WriteBoolean("init_lora_weights", true);
             w.WriteNull("layers_pattern");
             w.WriteNull("layers_to_transform");
-            w.WriteNumber("lora_alpha", cfg.Alpha);
-            w.WriteNumber("lora_dropout", cfg.Dropout);
+            w.WriteNumber("lora_alpha", lora.Alpha);
+            w.WriteNumber("lora_dropout", lora.Dropout);
             w.WriteNull("modules_to_save");
             w.WriteString("peft_type", "LORA");
-            w.WriteNumber("r", cfg.Rank);
+            w.WriteNumber("r", lora.Rank);
             w.WriteStartObject("rank_pattern");
             w.WriteEndObject();
             w.WriteNull("revision");
@@ -115,11 +118,11 @@ public static partial class AdapterIO
             w.WriteEndArray();
             w.WriteString("task_type", "CAUSAL_LM");
             w.WriteBoolean("use_dora", cfg.Method is DoraMethod);
-            w.WriteBoolean("use_rslora", cfg.UseRsLora);
-            if (cfg.Method is LoraMethod { GroupPooled: true })
+            w.WriteBoolean("use_rslora", lora.UseRsLora);
+            if (lora is QaLoraSettings qa)
             {
                 w.WriteBoolean("use_qalora", true);
-                w.WriteNumber("qalora_group_size", cfg.GroupSize);
+                w.WriteNumber("qalora_group_size", qa.GroupSize);
             }
             w.WriteEndObject();
         }
@@ -229,15 +232,18 @@ public static partial class AdapterIO
         string wPath = WeightsPath(dir);
         using var file = SafeTensorsFile.Open(wPath);
         var baseQuant = ReadPeftBaseQuant(cfgPath, r, file);
+        int groupSize = qalora ? Int(cfgPath, r, "qalora_group_size") ?? 16 : 0;
         var config = new AdapterConfig
         {
             Method = qalora ? PeftMethod.QaLora : dora ? PeftMethods.Get("dora") : PeftMethod.Lora,
-            Rank = rank,
-            Alpha = (float)(Dbl(r, "lora_alpha") ?? 8),
-            Dropout = (float)(Dbl(r, "lora_dropout") ?? 0),
-            UseRsLora = Bool(r, "use_rslora") ?? false,
+            Settings = (qalora ? new QaLoraSettings { GroupSize = groupSize } : new LoraSettings()) with
+            {
+                Rank = rank,
+                Alpha = (float)(Dbl(r, "lora_alpha") ?? 8),
+                Dropout = (float)(Dbl(r, "lora_dropout") ?? 0),
+                UseRsLora = Bool(r, "use_rslora") ?? false,
+            },
             Targets = targets,
-            GroupSize = qalora ? Int(cfgPath, r, "qalora_group_size") ?? 16 : 32,
             BaseQuant = baseQuant,
             BaseModel = Str(r, "base_model_name_or_path") ?? "",
         };
@@ -248,9 +254,9 @@ public static partial class AdapterIO
             foreach (var t in targets)
             {
                 var (outF, inF) = baseConfig.LinearShape(t);
-                if (qalora && (config.GroupSize <= 0 || inF % config.GroupSize != 0))
-                    throw new ModelFormatException(cfgPath, "qalora_group_size", $"{config.GroupSize} does not divide in_features {inF} of {AdapterConfig.HfName(t)}");
-                int aCols = qalora ? inF / config.GroupSize : inF;
+                if (qalora && (groupSize <= 0 || inF % groupSize != 0))
+                    throw new ModelFormatException(cfgPath, "qalora_group_size", $"{groupSize} does not divide in_features {inF} of {AdapterConfig.HfName(t)}");
+                int aCols = qalora ? inF / groupSize : inF;
                 string ka = PeftKey(l, t, "A"), kb = PeftKey(l, t, "B");
                 float[] a = ReadShaped(file, ka, [rank, aCols]);
                 float[] b = ReadShaped(file, kb, [outF, rank]);

@@ -2,8 +2,9 @@
 // introduced by quantization) and the atomic output helper: write under a temporary name, then rename.
 using System.Globalization;
 using System.Text;
-using VkPeft.Peft.Formats;
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Formats;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Export;
 
@@ -76,7 +77,7 @@ public sealed record ExportOptions
         "gguf" => ExportFormat.Gguf,
         "gguf-lora" or "gguf_lora" => ExportFormat.GgufLora,
         "llama2c" or "llama2.c" => ExportFormat.Llama2c,
-        _ => throw new FormatException($"--format: unknown export format '{text}' (use peft, vkpeft, safetensors, gguf, gguf-lora, llama2c)"),
+        _ => throw new SettingException($"{ExportSettings.Format}: unknown export format '{text}' (use peft, vkpeft, safetensors, gguf, gguf-lora, llama2c)"),
     };
 
     public static ExportDType ParseDType(string text) => text.Trim().ToLowerInvariant() switch
@@ -90,7 +91,7 @@ public sealed record ExportOptions
         "q8_0" => ExportDType.Q8_0,
         "q4_0" => ExportDType.Q4_0,
         "q4_1" => ExportDType.Q4_1,
-        _ => throw new FormatException($"--dtype: unknown dtype '{text}' (use f32, f16, bf16, nf4, nf4-dq, int4, q8_0, q4_0, q4_1)"),
+        _ => throw new SettingException($"{ExportSettings.DType}: unknown dtype '{text}' (use f32, f16, bf16, nf4, nf4-dq, int4, q8_0, q4_0, q4_1)"),
     };
 
     public static string DTypeName(ExportDType d) => d switch

@@ -3,6 +3,7 @@
 using System.Text;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Quant;
@@ -303,11 +304,12 @@ internal static partial class ModelWriters
         g.AddString("general.type", "adapter");
         g.AddString("general.name", o.Name ?? Path.GetFileNameWithoutExtension(o.OutPath));
         g.AddString("adapter.type", "lora");
-        g.AddFloat32("adapter.lora.alpha", cfg.Scaling * cfg.Rank);
-        if (cfg.UseRsLora)
+        var lora = adapter.Config.SettingsOf<LoraSettings>();
+        g.AddFloat32("adapter.lora.alpha", lora.Scaling * lora.Rank);
+        if (lora.UseRsLora)
             report.Notes.Add(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                $"rsLoRA: llama.cpp scales by alpha/rank and knows no rsLoRA, so adapter.lora.alpha is written as alpha·√r = {cfg.Scaling * cfg.Rank:G6} (lora_alpha {cfg.Alpha:G6}, r {cfg.Rank}) to give the trained scale alpha/√r = {cfg.Scaling:G6}"));
-        int r = cfg.Rank;
+                $"rsLoRA: llama.cpp scales by alpha/rank and knows no rsLoRA, so adapter.lora.alpha is written as alpha·√r = {lora.Scaling * lora.Rank:G6} (lora_alpha {lora.Alpha:G6}, r {lora.Rank}) to give the trained scale alpha/√r = {lora.Scaling:G6}"));
+        int r = lora.Rank;
         for (int l = 0; l < baseConfig.NLayers; l++)
             foreach (var t in ModelTensors.LinearKinds.Where(cfg.Targets.Contains))
             {

@@ -47,24 +47,33 @@ public sealed record ParameterSpec(string Name, long[] Shape, ParameterInit Init
 /// <summary>
 /// A command-line option a method owns: the flag, its help text, the default value (as typed on the command line; null
 /// for an on/off switch) and how a value sets the adapter configuration. Methods that share a knob return the same option.
+/// The method owns its flags: its messages about its own options name them through the option (<see cref="Flag"/>).
 /// </summary>
 public sealed record MethodOption(string Flag, string Description, string? Default, Func<AdapterConfig, string, AdapterConfig> Apply)
 {
     public bool IsSwitch => Default is null;
 
-    /// <summary>An integer option value, or a FormatException naming the flag.</summary>
-    public static int Int(string flag, string v) =>
-        int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int x) ? x : throw new FormatException($"{flag}: '{v}' is not a whole number");
+    /// <summary><see cref="Apply"/>, with a bad value's error prefixed by the flag ("--rank: 'x' is not a whole number").</summary>
+    public AdapterConfig Set(AdapterConfig config, string value)
+    {
+        try { return Apply(config, value); }
+        catch (SettingException e) { throw new SettingException($"{Flag}: {e.Detail}"); }
+        catch (FormatException e) { throw new FormatException($"{Flag}: {e.Message}", e); }
+    }
 
-    /// <summary>A number option value, or a FormatException naming the flag.</summary>
-    public static float Float(string flag, string v) =>
-        float.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out float x) ? x : throw new FormatException($"{flag}: '{v}' is not a number");
+    /// <summary>An integer option value, or a FormatException (<see cref="Set"/> names the flag).</summary>
+    public static int Int(string v) =>
+        int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int x) ? x : throw new FormatException($"'{v}' is not a whole number");
+
+    /// <summary>A number option value, or a FormatException (<see cref="Set"/> names the flag).</summary>
+    public static float Float(string v) =>
+        float.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out float x) ? x : throw new FormatException($"'{v}' is not a number");
 }
 
 /// <summary>
-/// A method's own configuration record, carried by <see cref="AdapterConfig.Settings"/> and written by the method as its
-/// own object in vkpeft_adapter.json. (LoRA, QA-LoRA and bottleneck adapters keep their knobs as AdapterConfig fields,
-/// whose flat JSON layout existing adapter files use.)
+/// A method's own configuration record, carried by <see cref="AdapterConfig.Settings"/> (read with
+/// <see cref="AdapterConfig.SettingsOf{T}"/>) and written by the method into vkpeft_adapter.json as it chooses (LoRA,
+/// QA-LoRA and bottleneck adapters keep the flat fields existing adapter files use).
 /// </summary>
 public abstract record MethodSettings;
 
@@ -97,6 +106,12 @@ public abstract class PeftMethod
 
     /// <summary>The base quantization this method trains against when --quant is not given.</summary>
     public virtual BaseQuant DefaultQuant(int? groupSize) => BaseQuant.Parse("nf4-dq");
+
+    /// <summary>The method's settings when a configuration carries none (for a base quantized as <paramref name="quant"/>); null for a method without settings.</summary>
+    public virtual MethodSettings? DefaultSettings(BaseQuant quant) => null;
+
+    /// <summary>Whether the method has a LoRA A matrix that LoRA-FA can freeze (its options then include the switch).</summary>
+    public virtual bool CanFreezeA => false;
 
     /// <summary>Checks the method's knobs against the base quantization it will train on; throws FormatException.</summary>
     public virtual void ValidateOptions(AdapterConfig a, BaseQuant quant) { }
@@ -240,11 +255,13 @@ public abstract class PeftMethod
     public virtual IEnumerable<MethodMemoryTerm> WorkspaceTerms(TrainSetup s, long rows) => [];
 
     /// <summary>The adapter configuration a planned or measured setup trains.</summary>
-    public virtual AdapterConfig ConfigFor(TrainSetup s) => new()
-    {
-        Method = this, Rank = s.Rank, Alpha = 2f * s.Rank, Dropout = s.Dropout, Targets = s.Targets, GroupSize = s.Quant.Blocksize,
-        Bottleneck = s.Bottleneck, BaseQuant = s.Quant, FreezeA = s.FreezeA,
-    };
+    public virtual AdapterConfig ConfigFor(TrainSetup s) => new() { Method = this, Targets = s.Targets, BaseQuant = s.Quant };
+
+    /// <summary>
+    /// The inverse of <see cref="ConfigFor"/>: <paramref name="s"/> describing the adapter <paramref name="a"/> trains (its
+    /// targets and settings; LoRA-style methods also fill the planner's rank, dropout and similar knobs).
+    /// </summary>
+    public virtual TrainSetup SetupFor(TrainSetup s, AdapterConfig a) => s with { Targets = a.Targets, Settings = a.Settings };
 
     // ---------------------------------------------------------------- command line
 

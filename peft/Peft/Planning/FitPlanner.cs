@@ -16,11 +16,6 @@ public sealed record PlanOption(string Name, bool Checkpointing, int LogitRows, 
         Checkpointing = Checkpointing, LogitRows = LogitRows, Embeddings = Embeddings, OffloadCheckpoints = OffloadCheckpoints, OptimizerOnHost = OptimizerOnHost,
     };
 
-    /// <summary>The `vkpeft train` options that select this way to run.</summary>
-    public string TrainFlags =>
-        $"--checkpointing {(Checkpointing ? "true" : "false")} --loss-chunk {LogitRows}" + (Embeddings == EmbeddingFormat.Nf4 ? " --quant-embeddings nf4-dq" : "")
-        + (OffloadCheckpoints ? " --offload-checkpoints" : "") + (OptimizerOnHost ? " --optimizer-on-host" : "");
-
     public IReadOnlyList<string> Switches(TrainSetup s)
     {
         var list = new List<string>();
@@ -140,14 +135,17 @@ public static class FitPlanner
         return text;
     }
 
-    /// <summary>The --json object: max_seq_len, max_batch, switches, then details.</summary>
-    public static JsonObject ToJson(Plan p, string model)
+    /// <summary>
+    /// The plan as a JSON object: max_seq_len, max_batch, switches, then details; each fit also gets "train_flags" when
+    /// <paramref name="trainFlags"/> says how a front end selects its way to run.
+    /// </summary>
+    public static JsonObject ToJson(Plan p, string model, Func<PlanOption, string>? trainFlags = null)
     {
         var s = p.Base;
         JsonObject Fit(FitResult r) => new()
         {
             ["value"] = r.Value, ["option"] = r.Option.Name, ["switches"] = new JsonArray(r.Option.Switches(s).Select(x => (JsonNode)x).ToArray()),
-            ["train_flags"] = r.Option.TrainFlags,
+            ["train_flags"] = trainFlags?.Invoke(r.Option),
             ["peak_bytes"] = r.Estimate.PeakBytes,
             ["host_bytes"] = r.Estimate.HostBytes,
             ["categories"] = new JsonObject(r.Estimate.Categories.Select(kv => KeyValuePair.Create(kv.Key.ToString().ToLowerInvariant(), (JsonNode?)kv.Value))),

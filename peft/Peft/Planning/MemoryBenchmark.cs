@@ -148,7 +148,7 @@ public static class MemoryBenchmark
             ("fp16 LoRA (no quantization)", false, MemoryModel.Fp16Lora(s)),
             ("full fine-tuning (fp16 + fp32 grads + AdamW)", false, MemoryModel.FullFineTuning(s)),
         };
-        if (!s.FreezeA && s.Method.Options.Any(o => o.Flag == "--freeze-a"))
+        if (!s.FreezeA && s.Method.CanFreezeA)
             list.Insert(1, ("LoRA-FA: A frozen (--freeze-a)", true, MemoryModel.Estimate(s with { FreezeA = true }).Categories));
         return list;
     }

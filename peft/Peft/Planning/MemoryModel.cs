@@ -4,6 +4,7 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Planning;
 
@@ -60,15 +61,14 @@ public sealed record TrainSetup
     }
 
     /// <summary>
-    /// This setup with LoRA-FA's frozen A when <paramref name="freezeA"/>; a FormatException when the method has no
-    /// --freeze-a (nothing to freeze).
+    /// This setup with LoRA-FA's frozen A when <paramref name="freezeA"/>; a SettingException when the method has no A
+    /// to freeze.
     /// </summary>
     public TrainSetup WithFreezeA(bool freezeA)
     {
         if (!freezeA) return this;
-        static bool Has(PeftMethod m) => m.Options.Any(o => o.Flag == "--freeze-a");
-        return Has(Method) ? this with { FreezeA = true }
-            : throw new FormatException($"--freeze-a: {Method} has no A to freeze (methods with one: {string.Join(", ", PeftMethods.All.Where(Has).Select(m => m.CliName))})");
+        return Method.CanFreezeA ? this with { FreezeA = true }
+            : throw new SettingException($"{PlanSettings.FreezeA}: {Method} has no A to freeze (methods with one: {string.Join(", ", PeftMethods.All.Where(m => m.CanFreezeA).Select(m => m.CliName))})");
     }
 
     /// <summary>

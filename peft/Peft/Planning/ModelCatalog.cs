@@ -1,6 +1,7 @@
 // Built-in Llama-family shapes (stories260K … Llama-2-13B) for planning and benchmarks, and a cheap seeded generator of
 // random weights for them that can build a slice: the first n layers, optionally with a reduced vocabulary.
 using VkPeft.Peft.Models;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Planning;
 
@@ -32,7 +33,7 @@ public static class ModelCatalog
     /// <summary>The configuration called <paramref name="name"/> (case-insensitive); FormatException listing the names otherwise.</summary>
     public static LlamaConfig Get(string name) =>
         Configs.TryGetValue(name.Trim(), out var c) ? c
-            : throw new FormatException($"--config: unknown model '{name}' (built in: {string.Join(", ", Configs.Keys)})");
+            : throw new SettingException($"{PlanSettings.Config}: unknown model '{name}' (built in: {string.Join(", ", Configs.Keys)})");
 
     /// <summary>The first <paramref name="layers"/> layers of <paramref name="c"/>, with <paramref name="vocab"/> tokens when given.</summary>
     public static LlamaConfig Slice(LlamaConfig c, int layers, int? vocab = null) => c with

@@ -8,8 +8,10 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Quant;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
@@ -51,11 +53,11 @@ public static class LoftQInit
     /// <summary>Refuses, with the option named, a LoftQ request the method or base cannot take.</summary>
     public static void Validate(int iterations, AdapterConfig adapter, BaseQuant quant)
     {
-        if (iterations < 1) throw new FormatException($"--loftq-iters must be ≥ 1, got {iterations}");
+        if (iterations < 1) throw new SettingException($"{TrainSettings.LoftQIterations} must be ≥ 1, got {iterations}");
         if (adapter.Method != PeftMethod.Lora)
-            throw new FormatException($"--init loftq initializes a low-rank update: it needs --method lora, not {adapter.Method.CliName}");
+            throw new SettingException($"{TrainSettings.LoftQ} initializes a low-rank update: it needs {AdapterSettings.Method} lora, not {adapter.Method.CliName}");
         if (!quant.IsQuantized || quant.IsInt4)
-            throw new FormatException($"--init loftq corrects the NF4/FP4 quantization error of the base: use --quant nf4, nf4-dq, fp4 or fp4-dq, not {quant.Type}");
+            throw new SettingException($"{TrainSettings.LoftQ} corrects the NF4/FP4 quantization error of the base: use {EngineSettings.Quant} nf4, nf4-dq, fp4 or fp4-dq, not {quant.Type}");
     }
 
     /// <summary>
@@ -70,17 +72,18 @@ public static class LoftQInit
         var errors = new List<LoftQLinearError>();
         var backboneInputs = new Dictionary<(int, TargetModule), float[]>();
         int done = 0, total = c.NLayers * adapter.Targets.Length;
+        var lora = adapter.SettingsOf<LoraSettings>();
         for (int l = 0; l < c.NLayers; l++)
             foreach (var t in adapter.Targets)
             {
                 var (outF, inF) = c.LinearShape(t);
                 var w = ModelTensors.Linear(host.Weights.Layers[l], t);
                 string name = $"layers.{l}.{AdapterWeights.TargetName(t)}";
-                var r = LoftQ.Initialize(w, outF, inF, adapter.Rank, adapter.Scaling, iterations,
+                var r = LoftQ.Initialize(w, outF, inF, lora.Rank, lora.Scaling, iterations,
                     x => AdapterMerge.TrainedBase(quant, x, outF, inF, name), unchecked(seed * 7919 + l * 31 + (int)t));
                 backboneInputs[(l, t)] = r.BackboneInput;
-                init.Tensors[AdapterWeights.LoraA(l, t)] = new HostTensor(r.A, [adapter.Rank, inF]);
-                init.Tensors[AdapterWeights.LoraB(l, t)] = new HostTensor(r.B, [outF, adapter.Rank]);
+                init.Tensors[AdapterWeights.LoraA(l, t)] = new HostTensor(r.A, [lora.Rank, inF]);
+                init.Tensors[AdapterWeights.LoraB(l, t)] = new HostTensor(r.B, [outF, lora.Rank]);
                 errors.Add(new LoftQLinearError(l, t, LoftQ.Distance(w, new float[w.Length], null), r.ErrorBefore, r.Errors));
                 progress?.Invoke(++done, total);
             }

@@ -14,6 +14,7 @@ using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
@@ -50,13 +51,13 @@ public sealed record ReloraOptions
 
     public void Validate(AdapterConfig adapter, BaseQuant quant)
     {
-        if (Every < 1) throw new FormatException($"--relora-every must be ≥ 1, got {Every}");
-        if (Warmup is < 0) throw new FormatException($"--relora-warmup must be ≥ 0, got {Warmup}");
-        if (RestartWarmup > Every) throw new FormatException($"--relora-warmup {RestartWarmup} is longer than a cycle (--relora-every {Every})");
-        if (!(PruneRatio >= 0 && PruneRatio <= 1)) throw new FormatException($"--relora-prune must be in [0, 1], got {PruneRatio}");
+        if (Every < 1) throw new SettingException($"{TrainSettings.ReloraEvery} must be ≥ 1, got {Every}");
+        if (Warmup is < 0) throw new SettingException($"{TrainSettings.ReloraWarmup} must be ≥ 0, got {Warmup}");
+        if (RestartWarmup > Every) throw new SettingException($"{TrainSettings.ReloraWarmup} {RestartWarmup} is longer than a cycle ({TrainSettings.ReloraEvery} {Every})");
+        if (!(PruneRatio >= 0 && PruneRatio <= 1)) throw new SettingException($"{TrainSettings.ReloraPrune} must be in [0, 1], got {PruneRatio}");
         if (adapter.Method != PeftMethod.Lora)
-            throw new FormatException($"--relora-every merges a low-rank update into the base: it needs --method lora, not {adapter.Method.CliName}");
-        if (quant.IsInt4) throw new FormatException("--relora-every re-quantizes the merged base: use an nf4, nf4-dq, fp4, fp4-dq or fp32 (none) base, not int4");
+            throw new SettingException($"{TrainSettings.ReloraEvery} merges a low-rank update into the base: it needs {AdapterSettings.Method} lora, not {adapter.Method.CliName}");
+        if (quant.IsInt4) throw new SettingException($"{TrainSettings.ReloraEvery} re-quantizes the merged base: use an nf4, nf4-dq, fp4, fp4-dq or fp32 (none) base, not int4");
     }
 
     /// <summary>The jagged schedule's factor at <paramref name="step"/>: a linear ramp (step − restart) / warmup over the steps after each restart, else 1.</summary>

@@ -14,6 +14,7 @@ using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
@@ -149,7 +150,7 @@ public static class TrainCheckpoint
         if (steps.Count == 0)
         {
             if (!File.Exists(Path.Combine(outDir, StateFile)))
-                throw new FileNotFoundException($"--resume: no checkpoint in {outDir} ({CheckpointsFolder}/ and {StateFile} missing)");
+                throw new SettingException($"{TrainSettings.Resume}: no checkpoint in {outDir} ({CheckpointsFolder}/ and {StateFile} missing)");
             return Read(outDir, config, parameterNames, trainedNames ?? parameterNames, verify: false);
         }
         ModelFormatException? first = null;

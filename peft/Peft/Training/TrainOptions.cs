@@ -1,6 +1,7 @@
-// Everything `vkpeft train` takes, validated with messages that name the option.
+// Everything `vkpeft train` takes, validated with errors that name the setting (SettingException).
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
@@ -54,20 +55,20 @@ public sealed record TrainOptions
 
     public void Validate()
     {
-        if (Steps < 1) throw new FormatException($"--steps must be ≥ 1, got {Steps}");
-        if (Batch < 1) throw new FormatException($"--batch must be ≥ 1, got {Batch}");
-        if (SeqLen < 2) throw new FormatException($"--seq-len must be ≥ 2, got {SeqLen}");
+        if (Steps < 1) throw new SettingException($"{TrainSettings.Steps} must be ≥ 1, got {Steps}");
+        if (Batch < 1) throw new SettingException($"{TrainSettings.Batch} must be ≥ 1, got {Batch}");
+        if (SeqLen < 2) throw new SettingException($"{TrainSettings.SeqLen} must be ≥ 2, got {SeqLen}");
         if (LogitRows < 1) throw new FormatException($"logit rows must be ≥ 1, got {LogitRows}");
-        if (OffloadCheckpoints && Checkpointing == false) throw new FormatException("--offload-checkpoints keeps the layer inputs that checkpointing recomputes from: drop --checkpointing off");
-        if (GradAccum < 1) throw new FormatException($"--grad-accum must be ≥ 1, got {GradAccum}");
-        if (!(Lr > 0) || !float.IsFinite(Lr)) throw new FormatException($"--lr must be a positive number, got {Lr}");
-        if (WeightDecay < 0 || !float.IsFinite(WeightDecay)) throw new FormatException($"--weight-decay must be ≥ 0, got {WeightDecay}");
-        if (Warmup < 0) throw new FormatException($"--warmup must be ≥ 0, got {Warmup}");
-        if (Clip < 0 || !float.IsFinite(Clip)) throw new FormatException($"--clip must be ≥ 0 (0 = off), got {Clip}");
-        if (EvalFraction is < 0 or >= 1) throw new FormatException($"--eval-fraction must be in [0, 1), got {EvalFraction}");
-        if (EvalEvery < 0) throw new FormatException($"--eval-every must be ≥ 0, got {EvalEvery}");
-        if (SaveEvery < 0) throw new FormatException($"--save-every must be ≥ 0, got {SaveEvery}");
-        if (KeepCheckpoints < 1) throw new FormatException($"--keep-checkpoints must be ≥ 1, got {KeepCheckpoints}");
+        if (OffloadCheckpoints && Checkpointing == false) throw new SettingException($"{TrainSettings.OffloadCheckpoints} keeps the layer inputs that checkpointing recomputes from: drop {TrainSettings.Checkpointing} off");
+        if (GradAccum < 1) throw new SettingException($"{TrainSettings.GradAccum} must be ≥ 1, got {GradAccum}");
+        if (!(Lr > 0) || !float.IsFinite(Lr)) throw new SettingException($"{TrainSettings.Lr} must be a positive number, got {Lr}");
+        if (WeightDecay < 0 || !float.IsFinite(WeightDecay)) throw new SettingException($"{TrainSettings.WeightDecay} must be ≥ 0, got {WeightDecay}");
+        if (Warmup < 0) throw new SettingException($"{TrainSettings.Warmup} must be ≥ 0, got {Warmup}");
+        if (Clip < 0 || !float.IsFinite(Clip)) throw new SettingException($"{TrainSettings.Clip} must be ≥ 0 (0 = off), got {Clip}");
+        if (EvalFraction is < 0 or >= 1) throw new SettingException($"{TrainSettings.EvalFraction} must be in [0, 1), got {EvalFraction}");
+        if (EvalEvery < 0) throw new SettingException($"{TrainSettings.EvalEvery} must be ≥ 0, got {EvalEvery}");
+        if (SaveEvery < 0) throw new SettingException($"{TrainSettings.SaveEvery} must be ≥ 0, got {SaveEvery}");
+        if (KeepCheckpoints < 1) throw new SettingException($"{TrainSettings.KeepCheckpoints} must be ≥ 1, got {KeepCheckpoints}");
         Adapter.Method.ValidateOptions(Adapter, Quant);
         Relora?.Validate(Adapter, Quant);
         if (LoftQIterations is { } k) LoftQInit.Validate(k, Adapter, Quant);

@@ -8,6 +8,7 @@ using VkPeft.Peft.Models;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Tensors;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
 
@@ -30,7 +31,7 @@ public sealed class TrainStep : IDisposable
     public TrainStep(DeviceLlama model, ITrainableAdapter adapter, int batch, int seqLen, bool checkpointing, int logitRows = 128,
         bool offloadCheckpoints = false)
     {
-        if (offloadCheckpoints && !checkpointing) throw new FormatException("--offload-checkpoints keeps the layer inputs that checkpointing recomputes from: it needs --checkpointing on");
+        if (offloadCheckpoints && !checkpointing) throw new SettingException($"{TrainSettings.OffloadCheckpoints} keeps the layer inputs that checkpointing recomputes from: it needs {TrainSettings.Checkpointing} on");
         _model = model;
         _adapter = adapter;
         adapter.AttachBase(model);

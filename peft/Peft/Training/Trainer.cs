@@ -10,6 +10,7 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Reports;
 using VkPeft.Runtime.Kernels;
@@ -126,13 +127,12 @@ public sealed class Trainer : IDisposable
     private static void RefuseIfTooBig(VulkanContext ctx, DeviceLlama model, TrainOptions o, bool checkpointing)
     {
         if (o.Adapter.Method.NotPlanned != null) return;
-        var setup = new Planning.TrainSetup
+        var setup = o.Adapter.Method.SetupFor(new Planning.TrainSetup
         {
-            Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant, Rank = o.Adapter.Rank, FreezeA = o.Adapter.FreezeA, Targets = o.Adapter.Targets,
-            GroupSize = o.Adapter.GroupSize, Dropout = o.Adapter.Dropout, Settings = o.Adapter.Settings,
+            Config = model.Config, Method = o.Adapter.Method, Quant = o.Quant,
             Embeddings = model.EmbeddingQuant.IsQuantized ? Planning.EmbeddingFormat.Nf4 : Planning.EmbeddingFormat.Fp32, Batch = o.Batch, SeqLen = o.SeqLen, Checkpointing = checkpointing, LogitRows = o.LogitRows,
             OffloadCheckpoints = o.OffloadCheckpoints, OptimizerOnHost = o.OptimizerOnHost,
-        }.OnDevice(ctx);
+        }.OnDevice(ctx), o.Adapter);
         var est = Planning.MemoryModel.Estimate(setup);
         var acc = ctx.Arena.Accounting;
         long more = est.TotalBytes - est[MemoryCategory.Weights];
@@ -349,6 +349,8 @@ public sealed class Trainer : IDisposable
             entries.Add(SafeTensorsWriter.FromFloat32(name + ".m", _params.ByName[name].Shape, m));
             entries.Add(SafeTensorsWriter.FromFloat32(name + ".v", _params.ByName[name].Shape, v));
         }
+        // LoRA's rank and alpha (the LoRA defaults for other methods, as the state has always recorded them).
+        var lora = _o.Adapter.Settings as LoraSettings ?? new LoraSettings();
         var state = new JsonObject
         {
             ["format"] = "vkpeft-trainer-state/1",
@@ -358,7 +360,7 @@ public sealed class Trainer : IDisposable
             ["options"] = JsonSerializer.SerializeToNode(new
             {
                 _o.Steps, _o.Batch, _o.SeqLen, _o.GradAccum, _o.Lr, _o.WeightDecay, _o.Warmup, Schedule = _o.Schedule.ToString().ToLowerInvariant(),
-                _o.Clip, Checkpointing, _o.Seed, Method = _o.Adapter.Method.ToString().ToLowerInvariant(), _o.Adapter.Rank, _o.Adapter.Alpha,
+                _o.Clip, Checkpointing, _o.Seed, Method = _o.Adapter.Method.ToString().ToLowerInvariant(), lora.Rank, lora.Alpha,
                 Quant = _o.Quant.Type, _o.Quant.Blocksize,
             }),
             ["train_curve"] = new JsonArray(_trainCurve.Select(p => (JsonNode)new JsonArray(p.Step, p.Loss)).ToArray()),

@@ -5,6 +5,7 @@
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -20,7 +21,7 @@ var quant = BaseQuant.Parse("nf4-dq");
 var options = new TrainOptions
 {
     Data = Path.Combine(AppContext.BaseDirectory, "sharing_stories.txt"),
-    Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = 16, BaseQuant = quant, BaseModel = modelPath },
+    Adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 8, Alpha = 16 }, BaseQuant = quant, BaseModel = modelPath },
     Quant = quant, Steps = steps, Batch = 8, SeqLen = 64, Lr = 2e-3f, Out = Path.Combine(outDir, "run"),
 };
 var data = TrainingData.Load(tokenizer, options.Data, null, options.EvalFraction, options.SeqLen, options.Seed);

@@ -6,6 +6,7 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Planning;
 using VkPeft.Runtime.Memory;
 using VkPeft.Runtime.Vulkan;
@@ -85,7 +86,7 @@ public sealed class CompareCommandTests : IDisposable
             Assert.Contains($">{methods[i]}<", svg);
         }
         // The method options reach their method: LoRA at --rank 4 on every linear.
-        var loraR4 = new AdapterConfig { Method = PeftMethod.Lora, Rank = 4, Targets = Enum.GetValues<TargetModule>(), BaseQuant = BaseQuant.Parse("nf4-dq") };
+        var loraR4 = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 4 }, Targets = Enum.GetValues<TargetModule>(), BaseQuant = BaseQuant.Parse("nf4-dq") };
         Assert.Equal(PeftMethod.Lora.Parameters(ModelCatalog.Get("stories260K"), loraR4).Sum(p => p.Count), trainable[0]);
         Assert.True(trainable[1] < trainable[0], "(IA)³ trains fewer values than LoRA");
 
@@ -124,8 +125,8 @@ public sealed class CompareCommandTests : IDisposable
         Assert.Same(PeftMethod.Lora, fa.Method);
         Assert.Equal("lora-fa", fa.Label);
         var cfg = fa.Apply(new AdapterConfig { Method = fa.Method, BaseQuant = BaseQuant.None });
-        Assert.True(cfg.FreezeA);
-        Assert.True(MethodSpec.Parse("lora+rslora+freeze-a").Apply(new AdapterConfig { Method = PeftMethod.Lora, BaseQuant = BaseQuant.None }) is { UseRsLora: true, FreezeA: true });
+        Assert.True(cfg.SettingsOf<LoraSettings>().FreezeA);
+        Assert.True(MethodSpec.Parse("lora+rslora+freeze-a").Apply(new AdapterConfig { Method = PeftMethod.Lora, BaseQuant = BaseQuant.None }).SettingsOf<LoraSettings>() is { UseRsLora: true, FreezeA: true });
         Assert.Same(PeftMethods.Get("ia3"), MethodSpec.Parse("ia3").Method);
         Assert.Empty(MethodSpec.Parse("adapter").Switches);
         PeftMethods.Register(OutputScaleMethod.Instance);   // a method the library does not know, registered later
@@ -133,12 +134,12 @@ public sealed class CompareCommandTests : IDisposable
         Assert.Contains("output-scale", MethodSpec.Known);
         Assert.Contains("lora-fa", MethodSpec.Known);
 
-        var unknown = Assert.Throws<FormatException>(() => MethodSpec.Parse("lorax"));
+        var unknown = Assert.Throws<SettingException>(() => MethodSpec.Parse("lorax"));
         Assert.Contains("lorax", unknown.Message);
         Assert.Contains("ia3", unknown.Message);
-        Assert.Contains("freeze-a", Assert.Throws<FormatException>(() => MethodSpec.Parse("lora+bogus")).Message);
-        Assert.Contains("twice", Assert.Throws<FormatException>(() => MethodSpec.ParseList("lora, ia3,LORA")).Message);
-        Assert.Contains("no method", Assert.Throws<FormatException>(() => MethodSpec.ParseList(" , ")).Message);
+        Assert.Contains("freeze-a", Assert.Throws<SettingException>(() => MethodSpec.Parse("lora+bogus")).Message);
+        Assert.Contains("twice", Assert.Throws<SettingException>(() => MethodSpec.ParseList("lora, ia3,LORA")).Message);
+        Assert.Contains("no method", Assert.Throws<SettingException>(() => MethodSpec.ParseList(" , ")).Message);
     }
 
     [Fact]

@@ -5,6 +5,7 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Tests.Models;
 using static VkPeft.Tests.Export.ExportTestSupport;
@@ -77,7 +78,8 @@ public sealed class AdapterExportTests
         Save(adapter, dir.File("peft"), ExportFormat.Peft);
         var back = AdapterIO.Load(dir.File("peft"), c);
         SameTensors(adapter, back);
-        Assert.Equal((PeftMethod.Lora, 2, 4f, false), (back.Config.Method, back.Config.Rank, back.Config.Alpha, back.Config.UseRsLora));
+        var lora = back.Config.SettingsOf<LoraSettings>();
+        Assert.Equal((PeftMethod.Lora, 2, 4f, false), (back.Config.Method, lora.Rank, lora.Alpha, lora.UseRsLora));
         Assert.Equal(adapter.Config.Targets, back.Config.Targets);
         Assert.Equal(adapter.Config.BaseQuant, back.Config.BaseQuant);
 
@@ -109,8 +111,9 @@ public sealed class AdapterExportTests
             var back = AdapterIO.Load(p, c);
             SameTensors(adapters[k], back);
             var (e, a) = (adapters[k].Config, back.Config);
-            Assert.Equal((e.Method, e.Rank, e.Alpha, e.UseRsLora, e.GroupSize, e.BaseQuant), (a.Method, a.Rank, a.Alpha, a.UseRsLora, a.GroupSize, a.BaseQuant));
-            Assert.Equal((e.BottleneckKind, e.Bottleneck, e.Activation, e.AdapterScale), (a.BottleneckKind, a.Bottleneck, a.Activation, a.AdapterScale));
+            Assert.Equal((e.Method, e.BaseQuant), (a.Method, a.BaseQuant));
+            // The method's settings record: rank, alpha, rsLoRA, QA-LoRA's group size; bottleneck kind, size, activation, scale.
+            Assert.Equal(e.Settings, a.Settings);
         }
         // PEFT has no bottleneck form.
         Assert.Throws<ExportException>(() => Save(adapters[2], dir.File("peft-bn"), ExportFormat.Peft));
@@ -174,8 +177,8 @@ public sealed class AdapterExportTests
         var alpha = g.Kvs["adapter.lora.alpha"];
         Assert.Equal(6u, alpha.Type);
         // llama.cpp scale = alpha / rank, rank = lora_b ne[0].
-        Assert.Equal(adapter.Config.Scaling, (float)alpha.Value / 4, 6);
-        Assert.Equal(rsLora ? 6 / 2f : 6 / 4f, adapter.Config.Scaling);
+        Assert.Equal(adapter.Config.SettingsOf<LoraSettings>().Scaling, (float)alpha.Value / 4, 6);
+        Assert.Equal(rsLora ? 6 / 2f : 6 / 4f, adapter.Config.SettingsOf<LoraSettings>().Scaling);
         Assert.Equal(4 * c.NLayers, g.Infos.Count);
         var a = g.Infos.Single(t => t.Name == "blk.1.attn_q.weight.lora_a");
         var b = g.Infos.Single(t => t.Name == "blk.1.attn_q.weight.lora_b");

@@ -3,6 +3,9 @@
 using System.Text;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Bottleneck;
+using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using VkPeft.Tests.Models;
 
@@ -49,11 +52,11 @@ internal static class ExportTestSupport
         var cfg = new AdapterConfig
         {
             Method = method,
-            Rank = rank,
-            Alpha = alpha,
-            UseRsLora = rsLora,
+            Settings = (method is LoraMethod { GroupPooled: true } ? new QaLoraSettings { GroupSize = groupSize } : new LoraSettings()) with
+            {
+                Rank = rank, Alpha = alpha, UseRsLora = rsLora,
+            },
             Targets = targets ?? Enum.GetValues<TargetModule>(),
-            GroupSize = groupSize,
             BaseQuant = baseQuant ?? new BaseQuant("nf4", 64),
             BaseModel = "stories260K",
         };
@@ -75,7 +78,7 @@ internal static class ExportTestSupport
     /// <summary>A Houlsby bottleneck adapter with random tensors.</summary>
     public static AdapterWeights RandomBottleneck(LlamaConfig c, int seed, int bottleneck = 8)
     {
-        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, Bottleneck = bottleneck, BaseQuant = new BaseQuant("nf4-dq", 64) };
+        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, Settings = new BottleneckSettings { Bottleneck = bottleneck }, BaseQuant = new BaseQuant("nf4-dq", 64) };
         var rng = new Random(seed);
         var a = new AdapterWeights(cfg);
         for (int l = 0; l < c.NLayers; l++)

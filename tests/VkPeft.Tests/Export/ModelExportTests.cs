@@ -7,6 +7,7 @@ using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Models;
 using VkPeft.Quant;
+using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Models;
 using Xunit.Abstractions;
 using static VkPeft.Tests.Export.ExportTestSupport;
@@ -397,6 +398,6 @@ public sealed class ModelExportTests(ITestOutputHelper output)
         Assert.False(File.Exists(dir.File("m.gguf")));
         Assert.Equal(ExportDType.Nf4Dq, ExportOptions.ParseDType("nf4-dq"));
         Assert.Equal(ExportFormat.GgufLora, ExportOptions.ParseFormat("gguf-lora"));
-        Assert.Throws<FormatException>(() => ExportOptions.ParseDType("q5_k"));
+        Assert.Throws<SettingException>(() => ExportOptions.ParseDType("q5_k"));
     }
 }

@@ -19,24 +19,25 @@ public sealed class QaLoraMergeExportTests(ITestOutputHelper output)
     private static LlamaWeights ReferenceMerge(LlamaConfig c, AdapterWeights a, out Dictionary<(int, TargetModule), double[]> exact)
     {
         var cfg = a.Config;
+        var qa = cfg.SettingsOf<QaLoraSettings>();
         var targets = cfg.Targets.ToHashSet();
         var ex = new Dictionary<(int, TargetModule), double[]>();
         var w = ModelTensors.WithLinears(Base.Weights, (l, t, w) =>
         {
             var (outF, inF) = c.LinearShape(t);
-            float[] deq = QuantizedLinearWeight.Int4Group(w, outF, inF, cfg.GroupSize).Dequantize();
+            float[] deq = QuantizedLinearWeight.Int4Group(w, outF, inF, qa.GroupSize).Dequantize();
             var sum = deq.Select(v => (double)v).ToArray();
             if (targets.Contains(t))
             {
                 var A = a.Tensors[AdapterWeights.LoraA(l, t)];
                 var B = a.Tensors[AdapterWeights.LoraB(l, t)];
-                int groups = inF / cfg.GroupSize;
+                int groups = inF / qa.GroupSize;
                 for (int o = 0; o < outF; o++)
                     for (int i = 0; i < inF; i++)
                     {
                         double pooled = 0;
-                        for (int k = 0; k < cfg.Rank; k++) pooled += (double)B.Data[o * cfg.Rank + k] * A.Data[k * groups + i / cfg.GroupSize];
-                        sum[o * inF + i] += cfg.Scaling * (1.0 / cfg.GroupSize) * pooled;
+                        for (int k = 0; k < qa.Rank; k++) pooled += (double)B.Data[o * qa.Rank + k] * A.Data[k * groups + i / qa.GroupSize];
+                        sum[o * inF + i] += qa.Scaling * (1.0 / qa.GroupSize) * pooled;
                     }
             }
             ex[(l, t)] = sum;

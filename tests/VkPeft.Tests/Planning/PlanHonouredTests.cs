@@ -2,6 +2,7 @@
 // memory budget stays below that budget on the device (measured by the arena), and one sequence more is refused.
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Planning;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Memory;
@@ -38,7 +39,7 @@ public sealed class PlanHonouredTests : IDisposable
         var data = TrainingData.FromWindows([Window(), Window()], []);
         var options = new TrainOptions
         {
-            Data = "random", Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, BaseQuant = new BaseQuant("nf4-dq", 64) },
+            Data = "random", Adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 8 }, BaseQuant = new BaseQuant("nf4-dq", 64) },
             Quant = BaseQuant.Parse("nf4-dq"), Steps = 1, Batch = 1, SeqLen = seq, Checkpointing = option.Checkpointing, LogitRows = option.LogitRows,
             OffloadCheckpoints = option.OffloadCheckpoints, OptimizerOnHost = option.OptimizerOnHost, Out = Path.Combine(_dir, "run"), Lr = 1e-4f,
         };

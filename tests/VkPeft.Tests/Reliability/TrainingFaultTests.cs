@@ -7,6 +7,8 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Bottleneck;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -36,7 +38,13 @@ public sealed class TrainingFaultTests(GpuFixture gpu) : IDisposable
         EvalFraction = 0,
         Adapter = new AdapterConfig
         {
-            Method = PeftMethods.Get(method), Rank = 4, Alpha = 8, GroupSize = 4, Bottleneck = 4,
+            Method = PeftMethods.Get(method),
+            Settings = PeftMethods.Get(method).DefaultSettings(BaseQuant.Parse("int4", 4)) switch
+            {
+                LoraSettings lora => lora with { Rank = 4, Alpha = 8 },   // QA-LoRA's in groups of 4
+                BottleneckSettings bottleneck => bottleneck with { Bottleneck = 4 },
+                var other => other,
+            },
             BaseQuant = method == "qalora" ? BaseQuant.Parse("int4", 4) : BaseQuant.Parse("nf4-dq"),
         },
         Quant = method == "qalora" ? BaseQuant.Parse("int4", 4) : BaseQuant.Parse("nf4-dq"),

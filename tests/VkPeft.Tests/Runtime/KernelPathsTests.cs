@@ -91,7 +91,7 @@ public sealed class KernelPathsTests(GpuFixture gpu)
             c => CompareMatmuls(c, wrong: false, ref calls));
         var safe = new KernelPaths(Ctx, safe: true, _ => Assert.Fail("no warning expected"));
         Assert.False(safe.Use(kernel));
-        Assert.Contains("--kernels safe", safe.Describe(kernel).Why);
+        Assert.Contains("--kernels safe", safe.Describe(kernel).Explain(VkPeft.Cli.SettingFlags.Spell));
         Assert.Equal(0, calls);
 
         // Availability is a function of the capabilities record alone.
@@ -176,19 +176,26 @@ public sealed class KernelPathsTests(GpuFixture gpu)
     public void TheReportNamesEveryOpsPathAndWhy()
     {
         var report = KernelPathReport.Describe(Ctx);
-        Assert.Equal(["matmul fp32", "fused 4-bit matmul", "fused 4-bit matmul weight tiles", "cooperative matrices (forward)", "cooperative matrices (input gradient)"],
+        Assert.Equal(["matmul fp32", "fused 4-bit matmul", "fused 4-bit matmul weight tiles", "cooperative matrices (forward)", "cooperative matrices (input gradient)",
+            "attention", "attention cooperative matrices"],
             report.Select(r => r.Op));
         Assert.All(report, r => Assert.False(string.IsNullOrWhiteSpace(r.Path + r.Why)));
         bool lanes = MatMul.Choose(Ctx) == MatMulAlgorithm.Lanes;
         Assert.Equal(lanes, report[0].Path.StartsWith("lanes", StringComparison.Ordinal));
-        Assert.All(report.Skip(3), r => Assert.Contains("GL_KHR_cooperative_matrix", r.Why));
+        Assert.All(report.Skip(3).Where(r => r.Op.Contains("cooperative", StringComparison.Ordinal)), r => Assert.Contains("GL_KHR_cooperative_matrix", r.Why));
+        Assert.Contains(Ctx.Caps.Kind.ToString(), report[5].Why);
+        if (VkPeft.Runtime.Kernels.Attention.CoopMatrixUnavailable(Ctx.Caps) is { } why)
+        {
+            Assert.Equal("not used", report[6].Path);
+            Assert.StartsWith(why, report[6].Why);
+        }
     }
 }
 
 /// <summary>Cooperative-matrix variants: compiled (and spirv-val'd) in the build, selected only where the device lists their shape.</summary>
 public sealed class CooperativeMatrixSelectionTests
 {
-    private static DeviceCapabilities Caps(uint subgroup, params CooperativeMatrixShape[] shapes) => new()
+    internal static DeviceCapabilities Caps(uint subgroup, params CooperativeMatrixShape[] shapes) => new()
     {
         Name = "test", Kind = DeviceKind.DiscreteGpu, VendorId = 0x10de, DeviceId = 1, ApiVersion = "1.3", DriverName = "d", DriverInfo = "i",
         MaxStorageBufferRange = 1u << 30, MaxMemoryAllocationSize = 1u << 30, MaxBufferSize = 1u << 30,
@@ -199,7 +206,7 @@ public sealed class CooperativeMatrixSelectionTests
         MemoryBudgetExtension = true, UnifiedMemory = false, Heaps = [], CooperativeMatricesNV = shapes,
     };
 
-    private static readonly CooperativeMatrixShape F16x16 = new(16, 16, 16, "Float16NV", "Float16NV", "Float32NV", "Float32NV", "SubgroupNV");
+    internal static readonly CooperativeMatrixShape F16x16 = new(16, 16, 16, "Float16NV", "Float16NV", "Float32NV", "Float32NV", "SubgroupNV");
 
     [Fact]
     public void SelectedOnlyWhereTheDeviceListsTheShape()
@@ -217,7 +224,8 @@ public sealed class CooperativeMatrixSelectionTests
     public void TheVariantsAreCompiledForEveryFormatWithTheCooperativeMatrixCapability()
     {
         var variants = ShaderCatalog.All.Where(s => s.Has("COOPMAT")).ToArray();
-        Assert.Equal(8 + 5, variants.Length);
+        Assert.Equal(8 + 5, variants.Count(v => v.Source == "matmul.comp"));
+        Assert.Equal(3 * VkPeft.Runtime.Kernels.Attention.CoopMatrixHeadDims.Count, variants.Count(v => v.Source.StartsWith("attention_flash_", StringComparison.Ordinal)));
         foreach (var v in variants)
         {
             var words = ShaderCatalog.LoadSpirv(v.Id);

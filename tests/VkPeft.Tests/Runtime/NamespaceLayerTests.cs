@@ -29,12 +29,16 @@ public sealed class NamespaceLayerTests
     /// feed-forward list (VkPeft.Peft.Methods.Ia3), for PEFT's IA3 folders, LLaMA-Adapter's settings
     /// (VkPeft.Peft.Methods.LlamaAdapter), for PEFT's ADAPTION_PROMPT folders, and the prompt-side methods' settings and
     /// tensor names (VkPeft.Peft.Methods.Prompt, VkPeft.Peft.Methods.Prefix), for PEFT's PROMPT_TUNING and PREFIX_TUNING folders,
-    /// and DoRA's magnitude names (VkPeft.Peft.Methods.Dora), for PEFT's LORA folders with use_dora.
+    /// DoRA's magnitude names (VkPeft.Peft.Methods.Dora), for PEFT's LORA folders with use_dora, and QA-LoRA's settings
+    /// (VkPeft.Peft.Methods.QaLora), for PEFT's LORA folders with use_qalora. Training uses LoRA's settings
+    /// (VkPeft.Peft.Methods.Lora): ReLoRA and LoftQ initialization are LoRA-only procedures of the trainer that read its
+    /// rank and scaling.
     /// </summary>
     private static bool AllowedUpward(string from, string used) =>
         used == "VkPeft.Peft.Methods" || (from == "VkPeft.Peft.Export"
             && used is "VkPeft.Peft.Methods.Lora" or "VkPeft.Peft.Methods.Ia3" or "VkPeft.Peft.Methods.LlamaAdapter"
-            or "VkPeft.Peft.Methods.Prompt" or "VkPeft.Peft.Methods.Prefix" or "VkPeft.Peft.Methods.Dora");
+            or "VkPeft.Peft.Methods.Prompt" or "VkPeft.Peft.Methods.Prefix" or "VkPeft.Peft.Methods.Dora" or "VkPeft.Peft.Methods.QaLora")
+        || (from == "VkPeft.Peft.Training" && used == "VkPeft.Peft.Methods.Lora");
 
     private static int LayerOf(string ns)
     {

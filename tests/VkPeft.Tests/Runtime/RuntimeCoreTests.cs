@@ -112,8 +112,14 @@ public sealed class RuntimeCoreTests(GpuFixture gpu)
         {
             var spirv = ShaderCatalog.LoadSpirv(info.Id);
             // Cooperative-matrix variants need VK_NV_cooperative_matrix (spirv-val checked them in the build; the
-            // KernelPathsTests cover their selection); every other variant must build here.
-            if (info.Has("COOPMAT") && QuantizedMatMul.CoopMatrixUnavailable(Ctx.Caps) != null) continue;
+            // KernelPathsTests and AttentionCoopMatrixTests cover their selection); every other variant must build here.
+            if (info.Has("COOPMAT") && info.Source switch
+                {
+                    "matmul.comp" => QuantizedMatMul.CoopMatrixUnavailable(Ctx.Caps),
+                    "bench_fma.comp" => KernelPaths.NvCooperativeMatrixUnavailable(Ctx.Caps, 0, 256),
+                    _ => VkPeft.Runtime.Kernels.Attention.CoopMatrixUnavailable(Ctx.Caps),
+                } != null)
+                continue;
             var r = SpirvReflection.Reflect(spirv);
             Assert.True(r.PushConstantSize <= ComputePipelineCache.PushBlockSize, $"{info.Name}: {r.PushConstantSize}-byte push block");
             Assert.True(r.BindingCount <= ComputePipelineCache.MaxBindings);

@@ -58,7 +58,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         var bq = BaseQuant.Parse("nf4-dq");
         var cfg = new AdapterConfig
         {
-            Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 3, Activation = act, AdapterScale = 4f, BaseQuant = bq,
+            Method = PeftMethod.Adapter, Settings = new BottleneckSettings { Kind = kind, Bottleneck = 3, Activation = act, Scale = 4f }, BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         var reference = Reference(model, c, w);
@@ -84,8 +84,8 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         double gpuLoss = step.Run(ids, targets, 1f / n, seed: 1);
 
         // Reference: z ← z + s·(W_up·f(W_down·x + b_down) + b_up), x = z (Houlsby) or the MLP input h (parallel).
-        int b = cfg.Bottleneck, dim = c.Dim;
-        double scale = kind == BottleneckKind.Parallel ? cfg.AdapterScale : 1;
+        int b = cfg.SettingsOf<BottleneckSettings>().Bottleneck, dim = c.Dim;
+        double scale = kind == BottleneckKind.Parallel ? cfg.SettingsOf<BottleneckSettings>().Scale : 1;
         double minAbsPre = double.PositiveInfinity, maxAbsIn = 0;
         void Site(int l, string site, double[] x, double[] z)
         {
@@ -160,7 +160,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
     {
         var (c, w) = TinyModels.Random(5);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, BottleneckKind = kind, Bottleneck = 5, BaseQuant = bq };
+        var cfg = new AdapterConfig { Method = PeftMethod.Adapter, Settings = new BottleneckSettings { Kind = kind, Bottleneck = 5 }, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 9);
@@ -200,13 +200,13 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
         var (c, w) = TinyModels.Random(7);
         var cfg = new AdapterConfig
         {
-            Method = PeftMethod.Adapter, BottleneckKind = BottleneckKind.Parallel, Bottleneck = 4, Activation = BottleneckActivation.Relu,
-            AdapterScale = 2f, BaseQuant = BaseQuant.None,
+            Method = PeftMethod.Adapter, BaseQuant = BaseQuant.None,
+            Settings = new BottleneckSettings { Kind = BottleneckKind.Parallel, Bottleneck = 4, Activation = BottleneckActivation.Relu, Scale = 2f },
         };
         using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
         using var p = new TrainableParameters(Ctx, withOptimizer: false);
         cfg.Method.Initialize(p, c, cfg, seed: 1);
-        int b = cfg.Bottleneck, dim = c.Dim;
+        int b = cfg.SettingsOf<BottleneckSettings>().Bottleneck, dim = c.Dim;
         var down = new float[b * dim];
         var up = new float[dim * b];
         for (int k = 0; k < b; k++) { down[k * dim + k] = 1; up[k * b + k] = 1; }
@@ -232,7 +232,7 @@ public sealed class BottleneckGradientTests(GpuFixture gpu, ITestOutputHelper ou
             for (int o = 0; o < dim; o++)
             {
                 float expected = zv[r * dim + o];
-                if (o < b) expected += cfg.AdapterScale * MathF.Max(hv[r * dim + o] + downBias[o], 0f);
+                if (o < b) expected += cfg.SettingsOf<BottleneckSettings>().Scale * MathF.Max(hv[r * dim + o] + downBias[o], 0f);
                 Assert.Equal(expected, got[r * dim + o]);
             }
     }

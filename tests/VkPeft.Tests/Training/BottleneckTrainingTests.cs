@@ -51,7 +51,8 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
             EvalFraction = 0.15,
             Adapter = new AdapterConfig
             {
-                Method = PeftMethod.Adapter, BottleneckKind = BottleneckKind.Houlsby, Bottleneck = 8, Activation = BottleneckActivation.Silu,
+                Method = PeftMethod.Adapter,
+                Settings = new BottleneckSettings { Kind = BottleneckKind.Houlsby, Bottleneck = 8, Activation = BottleneckActivation.Silu },
                 BaseQuant = quant, BaseModel = ModelPath,
             },
             Quant = quant,
@@ -83,9 +84,9 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
         // Save → load: same configuration, same tensors, and the loaded adapter reproduces the held-out loss.
         var loaded = AdapterIO.Load(options.Out, host.Config);
         Assert.Equal(PeftMethod.Adapter, loaded.Config.Method);
-        Assert.Equal(BottleneckKind.Houlsby, loaded.Config.BottleneckKind);
-        Assert.Equal(8, loaded.Config.Bottleneck);
-        Assert.Equal(BottleneckActivation.Silu, loaded.Config.Activation);
+        Assert.Equal(BottleneckKind.Houlsby, loaded.Config.SettingsOf<BottleneckSettings>().Kind);
+        Assert.Equal(8, loaded.Config.SettingsOf<BottleneckSettings>().Bottleneck);
+        Assert.Equal(BottleneckActivation.Silu, loaded.Config.SettingsOf<BottleneckSettings>().Activation);
         Assert.Equal(trained.Tensors.Keys.Order(), loaded.Tensors.Keys.Order());
         foreach (var (name, t) in trained.Tensors)
         {
@@ -115,7 +116,7 @@ public sealed class BottleneckTrainingTests(GpuFixture gpu, ITestOutputHelper ou
         Assert.Equal(0, rc);
         var host = ModelLoader.Load(ModelPath);
         var loaded = AdapterIO.Load(outDir, host.Config);
-        Assert.Equal(BottleneckKind.Parallel, loaded.Config.BottleneckKind);
+        Assert.Equal(BottleneckKind.Parallel, loaded.Config.SettingsOf<BottleneckSettings>().Kind);
         Assert.Equal(host.Config.NLayers * 4, loaded.Tensors.Count);
         Assert.All(loaded.Tensors.Keys, k => Assert.Contains(".mlp.", k, StringComparison.Ordinal));
         Assert.True(File.Exists(Path.Combine(outDir, "metrics.csv")));

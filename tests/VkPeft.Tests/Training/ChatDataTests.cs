@@ -7,6 +7,7 @@ using VkPeft.Peft.Data;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Peft.Training;
@@ -137,7 +138,7 @@ public sealed class ChatDataTests(GpuFixture gpu) : IDisposable
         {
             Data = Write("train.jsonl", 32, 1),
             EvalData = Write("eval.jsonl", 6, 2),
-            Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = 16, BaseQuant = BaseQuant.Parse("nf4-dq") },
+            Adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 8, Alpha = 16 }, BaseQuant = BaseQuant.Parse("nf4-dq") },
             Quant = BaseQuant.Parse("nf4-dq"),
             Steps = 5, Batch = 4, SeqLen = 64, Lr = 5e-3f, Warmup = 1, Seed = 3,
             Out = Path.Combine(_dir, "run"),

@@ -1,13 +1,14 @@
 // End-to-end finite-difference gradient checks of LoRA, LoRA-FA (A frozen) and QA-LoRA through a whole tiny model with
 // a quantized base: GPU gradients of every A and B against float64 central differences of the reference forward with
 // the adapter hooked in.
+using AttentionKernel = VkPeft.Runtime.Kernels.Attention;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
-using AttentionKernel = VkPeft.Runtime.Kernels.Attention;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Support;
 
@@ -37,8 +38,9 @@ public sealed class LoraGradientTests(GpuFixture gpu)
         var bq = BaseQuant.Parse(quant, quant == "int4" ? 8 : null);
         var cfg = new AdapterConfig
         {
-            Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 3, GroupSize = 8,
-            BaseQuant = bq, FreezeA = freezeA,
+            Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora,
+            Settings = (method == "qalora" ? new QaLoraSettings { GroupSize = 8 } : new LoraSettings()) with { Rank = 2, Alpha = 3, FreezeA = freezeA },
+            BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         var reference = TinyModels.DequantizedReference(model, c, w);
@@ -70,13 +72,14 @@ public sealed class LoraGradientTests(GpuFixture gpu)
             double[] src = x;
             if (cfg.Method == PeftMethod.QaLora)
             {
-                src = new double[x.Length / cfg.GroupSize];
-                for (int i = 0; i < x.Length; i++) src[i / cfg.GroupSize] += x[i] / cfg.GroupSize;
+                int g = cfg.SettingsOf<QaLoraSettings>().GroupSize;
+                src = new double[x.Length / g];
+                for (int i = 0; i < x.Length; i++) src[i / g] += x[i] / g;
             }
-            int r = cfg.Rank;
+            int r = cfg.SettingsOf<LoraSettings>().Rank;
             var ax = new double[r];
             for (int j = 0; j < r; j++) for (int i = 0; i < src.Length; i++) ax[j] += A[j * src.Length + i] * src[i];
-            for (int o = 0; o < y.Length; o++) for (int j = 0; j < r; j++) y[o] += cfg.Scaling * B[o * r + j] * ax[j];
+            for (int o = 0; o < y.Length; o++) for (int j = 0; j < r; j++) y[o] += cfg.SettingsOf<LoraSettings>().Scaling * B[o * r + j] * ax[j];
         };
         double Loss() => TinyModels.ReferenceLoss(reference, ids, targets, seqLen: 5);
         double refLoss = Loss();

@@ -1,5 +1,6 @@
 // Host offloading changes where state lives, never the numbers: training with layer inputs and AdamW moments in host
 // memory gives bit-identical parameters, and the offloaded bytes are charged to the host arena, not the device's.
+using VkPeft.Cli;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
@@ -25,7 +26,7 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(21, layers: 3);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 3, Alpha = 6, Dropout = dropout, BaseQuant = bq };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 3, Alpha = 6, Dropout = dropout }, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         var host = Ctx.HostArena.Accounting;
         long hostOptBefore = host.Current(MemoryCategory.Optimizer), hostActBefore = host.Current(MemoryCategory.Activations);
@@ -72,7 +73,7 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(22, layers: 2);
         var bq = BaseQuant.Parse("nf4-dq");
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = bq };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 2, Alpha = 4 }, BaseQuant = bq };
         using var model = DeviceLlama.Load(Ctx, c, w, bq);
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 9);
@@ -96,11 +97,11 @@ public sealed class OffloadTests(GpuFixture gpu)
     {
         var (c, w) = TinyModels.Random(23, layers: 1);
         using var model = DeviceLlama.Load(Ctx, c, w, BaseQuant.None);
-        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Rank = 2, Alpha = 4, BaseQuant = BaseQuant.None };
+        var cfg = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 2, Alpha = 4 }, BaseQuant = BaseQuant.None };
         using var p = new TrainableParameters(Ctx, withOptimizer: true);
         cfg.Method.Initialize(p, c, cfg, seed: 1);
         using var lora = new LoraRuntime(Ctx, c, cfg, p, maxRows: 4);
-        var e = Assert.Throws<FormatException>(() => new TrainStep(model, lora, 1, 4, checkpointing: false, offloadCheckpoints: true));
-        Assert.Contains("--checkpointing", e.Message);
+        var e = Assert.Throws<SettingException>(() => new TrainStep(model, lora, 1, 4, checkpointing: false, offloadCheckpoints: true));
+        Assert.Contains("--checkpointing", CliApp.UserError(e));
     }
 }

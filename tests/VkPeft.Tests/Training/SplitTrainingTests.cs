@@ -4,6 +4,7 @@
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
@@ -21,7 +22,8 @@ public sealed class SplitTrainingTests
         var bq = method == "qalora" ? BaseQuant.Parse("int4", 8) : BaseQuant.Parse("nf4-dq");
         var cfg = new AdapterConfig
         {
-            Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora, Rank = 2, Alpha = 4, GroupSize = 8, Dropout = method == "lora-dropout" ? 0.1f : 0,
+            Method = method == "qalora" ? PeftMethod.QaLora : PeftMethod.Lora,
+            Settings = (method == "qalora" ? new QaLoraSettings { GroupSize = 8 } : new LoraSettings()) with { Rank = 2, Alpha = 4, Dropout = method == "lora-dropout" ? 0.1f : 0 },
             BaseQuant = bq,
         };
         using var model = DeviceLlama.Load(ctx, c, w, bq);

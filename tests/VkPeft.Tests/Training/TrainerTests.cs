@@ -2,10 +2,13 @@
 // checkpoints/metrics/plots are written, data formats and bad inputs are handled.
 using System.Globalization;
 using System.Text.Json.Nodes;
+using VkPeft.Cli;
 using VkPeft.Peft.Data;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Tensors;
@@ -41,13 +44,17 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
         return path;
     }
 
+    /// <summary><paramref name="a"/> with its LoRA settings changed.</summary>
+    private static AdapterConfig WithLora(AdapterConfig a, Func<LoraSettings, LoraSettings> change) => a with { Settings = change(a.SettingsOf<LoraSettings>()) };
+
     private TrainOptions Options(string outDir, int steps, PeftMethod? method = null, BaseQuant? quant = null) => new()
     {
         Data = WriteData(_dir, 48, 1),
         EvalData = WriteData(_dir, 8, 2),
         Adapter = new AdapterConfig
         {
-            Method = method ?? PeftMethod.Lora, Rank = 8, Alpha = 16, GroupSize = 32,
+            Method = method ?? PeftMethod.Lora,
+            Settings = (method ?? PeftMethod.Lora).DefaultSettings(quant ?? BaseQuant.Parse("nf4-dq")) is LoraSettings lora ? lora with { Rank = 8, Alpha = 16 } : null,
             BaseQuant = (quant ?? BaseQuant.Parse("nf4-dq")),
         },
         Quant = quant ?? BaseQuant.Parse("nf4-dq"),
@@ -98,9 +105,9 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
     {
         var a = Path.Combine(_dir, "straight");
         var b = Path.Combine(_dir, "resumed");
-        Train(Options(a, 6) with { Lr = 1e-3f, Adapter = Options(a, 6).Adapter with { Dropout = 0.1f } });
-        Train(Options(b, 6) with { Lr = 1e-3f, Adapter = Options(b, 6).Adapter with { Dropout = 0.1f } }, stopAfter: 3);
-        Train(Options(b, 6) with { Lr = 1e-3f, Adapter = Options(b, 6).Adapter with { Dropout = 0.1f }, Resume = true }, resume: true);
+        Train(Options(a, 6) with { Lr = 1e-3f, Adapter = WithLora(Options(a, 6).Adapter, s => s with { Dropout = 0.1f }) });
+        Train(Options(b, 6) with { Lr = 1e-3f, Adapter = WithLora(Options(b, 6).Adapter, s => s with { Dropout = 0.1f }) }, stopAfter: 3);
+        Train(Options(b, 6) with { Lr = 1e-3f, Adapter = WithLora(Options(b, 6).Adapter, s => s with { Dropout = 0.1f }), Resume = true }, resume: true);
         var wa = AdapterIO.Load(a, Stories.Config);
         var wb = AdapterIO.Load(b, Stories.Config);
         foreach (var (name, t) in wa.Tensors) Assert.Equal(t.Data, wb.Tensors[name].Data);
@@ -163,7 +170,7 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
         // stories260K's hidden size 172 = 4·43: groups of 4 divide every target's in_features. 15 steps take the held-out
         // loss from 3.30 to 1.46 on lavapipe.
         var o = Options(Path.Combine(_dir, "qa"), 15, PeftMethod.QaLora, BaseQuant.Parse("int4", 4));
-        var s = Train(o with { Adapter = o.Adapter with { GroupSize = 4 } });
+        var s = Train(o with { Adapter = o.Adapter with { Settings = o.Adapter.SettingsOf<QaLoraSettings>() with { GroupSize = 4 } } });
         Assert.True(s.EvalLoss < 0.7 * s.InitialEvalLoss, $"held-out loss {s.InitialEvalLoss} → {s.EvalLoss}");
     }
 
@@ -171,9 +178,9 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
     public void BadOptionsAndDataGetClearErrors()
     {
         var o = Options(Path.Combine(_dir, "bad"), 5);
-        Assert.Contains("--rank", Assert.Throws<FormatException>(() => (o with { Adapter = o.Adapter with { Rank = 0 } }).Validate()).Message);
-        Assert.Contains("--quant int4", Assert.Throws<FormatException>(() => (o with { Adapter = o.Adapter with { Method = PeftMethod.QaLora } }).Validate()).Message);
-        Assert.Contains("unknown target 'wq'", Assert.Throws<FormatException>(() => AdapterConfig.ParseTargets("q,wq")).Message);
+        Assert.Contains("--rank", Assert.Throws<FormatException>(() => (o with { Adapter = WithLora(o.Adapter, s => s with { Rank = 0 }) }).Validate()).Message);
+        Assert.Contains("--quant int4", CliApp.UserError(Assert.Throws<SettingException>(() => (o with { Adapter = o.Adapter with { Method = PeftMethod.QaLora } }).Validate())));
+        Assert.Contains("unknown target 'wq'", Assert.Throws<SettingException>(() => AdapterConfig.ParseTargets("q,wq")).Message);
         var empty = Path.Combine(_dir, "empty.txt");
         File.WriteAllText(empty, "\n  \n");
         Assert.Contains("no non-empty document", Assert.Throws<VkPeft.Peft.Formats.ModelFormatException>(() => TextDataset.Read(empty)).Message);
@@ -184,8 +191,8 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
         Assert.Contains("bad.jsonl", e.Message);
         // QA-LoRA group size that does not divide a target's in_features (down_proj: 172 of stories260K).
         var qa = Options(Path.Combine(_dir, "qa-bad"), 2, PeftMethod.QaLora, BaseQuant.Parse("int4", 32));
-        var err = Assert.Throws<FormatException>(() => Train(qa));
-        Assert.Contains("--group-size 32 does not divide in_features 172 of target down", err.Message);
+        var err = Assert.Throws<SettingException>(() => Train(qa));
+        Assert.Contains("--group-size 32 does not divide in_features 172 of target down", CliApp.UserError(err));
     }
 
     [Fact]

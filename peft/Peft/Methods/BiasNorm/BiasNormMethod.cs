@@ -62,7 +62,7 @@ public sealed class BiasNormMethod : PeftMethod
 
     public override void ValidateOptions(AdapterConfig a, BaseQuant quant)
     {
-        if (a.Targets.Length == 0 && !TrainsNorms(a)) throw new FormatException("--targets: bias tuning needs at least one target (or --norms)");
+        if (a.Targets.Length == 0 && !TrainsNorms(a)) throw new SettingException($"{AdapterSettings.Targets}: bias tuning needs at least one target (or {NormsOption.Flag})");
     }
 
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
@@ -171,13 +171,13 @@ public sealed class BiasNormMethod : PeftMethod
     public override AdapterConfig ConfigFor(TrainSetup s) =>
         base.ConfigFor(s) with { Targets = _normOnly ? [] : s.Targets, Settings = new BiasNormSettings(_normOnly) };
 
-    private static readonly MethodOption[] BiasOptions =
-    [
+    public static readonly MethodOption NormsOption =
         new("--norms", "Bias tuning: also tune the RMSNorm weights", null, (a, v) => a with
         {
             Settings = new BiasNormSettings(string.Equals(v, bool.TrueString, StringComparison.OrdinalIgnoreCase)),
-        }),
-    ];
+        });
+
+    private static readonly MethodOption[] BiasOptions = [NormsOption];
 
     public override IReadOnlyList<MethodOption> Options => _normOnly ? [] : BiasOptions;
 }

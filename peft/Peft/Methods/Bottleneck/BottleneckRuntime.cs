@@ -37,23 +37,24 @@ public sealed class BottleneckRuntime : ITrainableAdapter, IDisposable
     public BottleneckRuntime(VulkanContext ctx, LlamaConfig config, AdapterConfig adapter, TrainableParameters parameters, int maxRows)
     {
         if (adapter.Method is not BottleneckMethod) throw new ArgumentException("BottleneckRuntime serves bottleneck adapters (--method adapter)");
-        if (adapter.Bottleneck < 1) throw new FormatException($"--bottleneck must be ≥ 1, got {adapter.Bottleneck}");
+        var settings = adapter.SettingsOf<BottleneckSettings>();
+        if (settings.Bottleneck < 1) throw new FormatException($"{BottleneckMethod.BottleneckOption.Flag} must be ≥ 1, got {settings.Bottleneck}");
         if (maxRows < 1) throw new ArgumentOutOfRangeException(nameof(maxRows), maxRows, "must be ≥ 1");
         _c = config;
         Config = adapter;
         Parameters = parameters;
-        _parallel = adapter.BottleneckKind == BottleneckKind.Parallel;
-        if (_parallel && !(float.IsFinite(adapter.AdapterScale) && adapter.AdapterScale != 0))
-            throw new FormatException($"the parallel adapter scale must be a finite non-zero number, got {adapter.AdapterScale}");
-        _b = adapter.Bottleneck;
+        _parallel = settings.Kind == BottleneckKind.Parallel;
+        if (_parallel && !(float.IsFinite(settings.Scale) && settings.Scale != 0))
+            throw new FormatException($"the parallel adapter scale must be a finite non-zero number, got {settings.Scale}");
+        _b = settings.Bottleneck;
         _maxRows = maxRows;
-        _s = _parallel ? adapter.AdapterScale : 1f;
-        _act = adapter.Activation switch
+        _s = _parallel ? settings.Scale : 1f;
+        _act = settings.Activation switch
         {
             BottleneckActivation.Relu => ActivationKind.Relu,
             BottleneckActivation.Silu => ActivationKind.Silu,
             BottleneckActivation.Gelu => ActivationKind.Gelu,
-            _ => throw new ArgumentOutOfRangeException(nameof(adapter), adapter.Activation, "unknown bottleneck activation"),
+            _ => throw new ArgumentOutOfRangeException(nameof(adapter), settings.Activation, "unknown bottleneck activation"),
         };
         foreach (var spec in adapter.Method.Parameters(config, adapter))
         {

@@ -23,8 +23,8 @@ public sealed class DoraMethod : LoraMethod
     public override void ValidateOptions(AdapterConfig a, BaseQuant quant)
     {
         base.ValidateOptions(a, quant);
-        if (a.Dropout > 0)
-            throw new FormatException($"--dropout {a.Dropout}: DoRA here has no dropout (PEFT's DoRA dropout recomputes the base on the dropped-out input, a second full base matmul); use --dropout 0");
+        if (a.SettingsOf<LoraSettings>().Dropout is > 0 and var p)
+            throw new FormatException($"{DropoutOption.Flag} {p}: DoRA here has no dropout (PEFT's DoRA dropout recomputes the base on the dropped-out input, a second full base matmul); use {DropoutOption.Flag} 0");
     }
 
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
@@ -91,10 +91,11 @@ public sealed class DoraMethod : LoraMethod
     {
         foreach (var t in base.WorkspaceTerms(s, rows)) yield return t;
         var a = ConfigFor(s);
+        long r = a.SettingsOf<LoraSettings>().Rank;
         yield return new MethodMemoryTerm("DoRA row norms and scales", MemoryCategory.Workspace, MemoryModel.F32(3 * DoraRuntime.NormRows(s.Config, a)));
         long maxOut = DoraRuntime.MaxOut(s.Config, a);
         yield return new MethodMemoryTerm("DoRA scratch", MemoryCategory.Workspace,
-            MemoryModel.F32(rows * maxOut) + MemoryModel.F32(DoraRuntime.ChunkRows(rows) * maxOut) + 2 * MemoryModel.F32(a.Rank * maxOut)
-            + MemoryModel.F32((long)a.Rank * a.Rank));
+            MemoryModel.F32(rows * maxOut) + MemoryModel.F32(DoraRuntime.ChunkRows(rows) * maxOut) + 2 * MemoryModel.F32(r * maxOut)
+            + MemoryModel.F32(r * r));
     }
 }

@@ -70,9 +70,10 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
         _chunkRows = ChunkRows(maxRows, chunkRows);
         _pre = T("dora.pre_scale", _chunkRows * maxOut);
         _dPre = T("dora.d_pre_scale", maxRows * maxOut);
-        _ct = T("dora.a_w0t", a.Rank * maxOut);
-        _gram = T("dora.a_at", (long)a.Rank * a.Rank);
-        _bg = T("dora.b_a_at", maxOut * a.Rank);
+        int rank = a.SettingsOf<LoraSettings>().Rank;
+        _ct = T("dora.a_w0t", rank * maxOut);
+        _gram = T("dora.a_at", (long)rank * rank);
+        _bg = T("dora.b_a_at", maxOut * rank);
         _lora = scope.Add(new LoraRuntime(ctx, c, a, p, maxRows));
         _owned = scope.Keep();
     }
@@ -83,7 +84,7 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
         set
         {
             // A loaded adapter may record PEFT's training dropout (inference ignores it); training here has none.
-            if (value && _a.Dropout > 0) throw new FormatException($"--dropout {_a.Dropout}: DoRA trains with dropout 0 only");
+            if (value && _a.SettingsOf<LoraSettings>().Dropout is > 0 and var p) throw new FormatException($"{LoraMethod.DropoutOption.Flag} {p}: DoRA trains with dropout 0 only");
             _training = value;
             _lora.Training = value;
             _current.Clear();   // the parameters may have changed since the norms were taken
@@ -118,7 +119,7 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
     {
         var scale = Rows(_scale, l, t);
         if (_current.Contains((l, t))) return scale;
-        int outF = _c.LinearShape(t).Out, r = _a.Rank;
+        int outF = _c.LinearShape(t).Out, r = _a.SettingsOf<LoraSettings>().Rank;
         var a = _p[AdapterWeights.LoraA(l, t)];   // [r, in]
         var b = _p[AdapterWeights.LoraB(l, t)];   // [out, r]
         var m = _p[DoraMethod.MagnitudeName(l, t)];   // [out]
@@ -128,7 +129,7 @@ public sealed class DoraRuntime : ITrainableAdapter, IDisposable
         MatMul.Run(a, a, gram, transposeB: true);                   // A·Aᵀ [r, r]
         var bg = View(_bg, outF, r);
         MatMul.Run(b, gram, bg, transposeB: false);                 // B·A·Aᵀ [out, r]
-        DoraOps.NormScale(Rows(_w2, l, t), b, ct, bg, m, _a.Scaling, scale, Rows(_invN, l, t));
+        DoraOps.NormScale(Rows(_w2, l, t), b, ct, bg, m, _a.SettingsOf<LoraSettings>().Scaling, scale, Rows(_invN, l, t));
         _current.Add((l, t));
         return scale;
     }

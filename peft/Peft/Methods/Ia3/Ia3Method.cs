@@ -32,7 +32,9 @@ public sealed class Ia3Method : PeftMethod
 
     public override TargetModule[] TargetsWhenUnlisted => DefaultTargets;
 
-    public static TargetModule[] Feedforward(AdapterConfig a) => (a.Settings as Ia3Settings)?.Feedforward ?? DefaultFeedforward;
+    public static TargetModule[] Feedforward(AdapterConfig a) => a.SettingsOf<Ia3Settings>().Feedforward;
+
+    public override MethodSettings? DefaultSettings(BaseQuant quant) => new Ia3Settings(DefaultFeedforward);
 
     /// <summary>Whether target <paramref name="t"/> scales the linear's input (a feed-forward target) rather than its output.</summary>
     public static bool ScalesInput(AdapterConfig a, TargetModule t) => Feedforward(a).Contains(t);
@@ -42,10 +44,10 @@ public sealed class Ia3Method : PeftMethod
 
     public override void ValidateOptions(AdapterConfig a, BaseQuant quant)
     {
-        if (a.Targets.Length == 0) throw new FormatException("--targets: (IA)³ needs at least one target");
+        if (a.Targets.Length == 0) throw new SettingException($"{AdapterSettings.Targets}: (IA)³ needs at least one target");
         foreach (var f in Feedforward(a))
             if (!a.Targets.Contains(f))
-                throw new FormatException($"--feedforward: {AdapterConfig.HfName(f)} is not among the --targets (feed-forward modules must be a subset of the targets)");
+                throw new SettingException($"{FeedforwardOption.Flag}: {AdapterConfig.HfName(f)} is not among the {AdapterSettings.Targets} (feed-forward modules must be a subset of the targets)");
     }
 
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
@@ -74,9 +76,9 @@ public sealed class Ia3Method : PeftMethod
             try
             {
                 var names = f.EnumerateArray().Select(e => e.GetString() ?? "").ToArray();
-                ff = names.Length == 0 ? [] : AdapterConfig.ParseTargets(string.Join(',', names));
+                ff = names.Length == 0 ? [] : AdapterConfig.ParseTargetList(string.Join(',', names), out var error) ?? throw new ModelFormatException(file, "feedforward_modules", error);
             }
-            catch (FormatException e) { throw new ModelFormatException(file, "feedforward_modules", e.Message); }
+            catch (InvalidOperationException e) { throw new ModelFormatException(file, "feedforward_modules", e.Message); }
         }
         return common with { Settings = new Ia3Settings(ff) };
     }
@@ -142,19 +144,14 @@ public sealed class Ia3Method : PeftMethod
 
     public override AdapterConfig ConfigFor(TrainSetup s) => base.ConfigFor(s) with { Settings = new Ia3Settings([.. DefaultFeedforward.Where(s.Targets.Contains)]) };
 
-    private static readonly MethodOption[] Ia3Options =
-    [
+    public static readonly MethodOption FeedforwardOption =
         new("--feedforward", "(IA)³ targets scaled on their input (default down); the rest of --targets scale their output", "down", (a, v) => a with
         {
-            Settings = new Ia3Settings(string.Equals(v.Trim(), "none", StringComparison.OrdinalIgnoreCase) ? [] : ParseFeedforward(v)),
-        }),
-    ];
+            Settings = new Ia3Settings(string.Equals(v.Trim(), "none", StringComparison.OrdinalIgnoreCase) ? []
+                : AdapterConfig.ParseTargetList(v, out var error) ?? throw new FormatException(error)),
+        });
 
-    private static TargetModule[] ParseFeedforward(string v)
-    {
-        try { return AdapterConfig.ParseTargets(v); }
-        catch (FormatException e) { throw new FormatException(e.Message.Replace("--targets", "--feedforward", StringComparison.Ordinal)); }
-    }
+    private static readonly MethodOption[] Ia3Options = [FeedforwardOption];
 
     public override IReadOnlyList<MethodOption> Options => Ia3Options;
 }

@@ -33,7 +33,9 @@ public sealed class LlamaAdapterMethod : PeftMethod
 
     public override IReadOnlyList<string> Aliases => ["adaption-prompt", "llama_adapter"];
 
-    public static LlamaAdapterSettings Settings(AdapterConfig a) => a.Settings as LlamaAdapterSettings ?? new LlamaAdapterSettings(DefaultAdapterLen, null);
+    public static LlamaAdapterSettings Settings(AdapterConfig a) => a.SettingsOf<LlamaAdapterSettings>();
+
+    public override MethodSettings? DefaultSettings(BaseQuant quant) => new LlamaAdapterSettings(DefaultAdapterLen, null);
 
     /// <summary>Adapted layers: the top <c>adapter_layers</c> of the model's <paramref name="nLayers"/> (all when not set).</summary>
     public static int AdaptedLayers(AdapterConfig a, int nLayers) => Settings(a).AdapterLayers ?? nLayers;
@@ -53,8 +55,8 @@ public sealed class LlamaAdapterMethod : PeftMethod
     {
         var s = Settings(a);
         if (s.AdapterLen < 1 || s.AdapterLen > AdaptionPrompt.MaxPromptLength)
-            throw new FormatException($"--adapter-len: {s.AdapterLen} prompt positions; give 1 to {AdaptionPrompt.MaxPromptLength}");
-        if (s.AdapterLayers is < 1) throw new FormatException($"--adapter-layers: {s.AdapterLayers} layers; give at least 1 (or 'all')");
+            throw new FormatException($"{AdapterLenOption.Flag}: {s.AdapterLen} prompt positions; give 1 to {AdaptionPrompt.MaxPromptLength}");
+        if (s.AdapterLayers is < 1) throw new FormatException($"{AdapterLayersOption.Flag}: {s.AdapterLayers} layers; give at least 1 (or 'all')");
     }
 
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
@@ -103,7 +105,7 @@ public sealed class LlamaAdapterMethod : PeftMethod
     {
         var s = Settings(a);
         if (s.AdapterLayers > c.NLayers)
-            throw new FormatException($"--adapter-layers: {s.AdapterLayers} layers, but the model has {c.NLayers}");
+            throw new FormatException($"{AdapterLayersOption.Flag}: {s.AdapterLayers} layers, but the model has {c.NLayers}");
         // Prompts first, then the gates: every prompt starts at a multiple of adapter_len·dim in the packed block, which
         // keeps it row-aligned for the quantized kernels that read it.
         var layers = Enumerable.Range(FirstLayer(a, c.NLayers), AdaptedLayers(a, c.NLayers)).ToArray();
@@ -130,19 +132,21 @@ public sealed class LlamaAdapterMethod : PeftMethod
         Targets = [], Settings = new LlamaAdapterSettings(DefaultAdapterLen, null),
     };
 
-    private static readonly MethodOption[] LlamaAdapterOptions =
-    [
+    public static readonly MethodOption AdapterLenOption =
         new("--adapter-len", "LLaMA-Adapter prompt positions per adapted layer", DefaultAdapterLen.ToString(CultureInfo.InvariantCulture),
-            (a, v) => a with { Settings = Settings(a) with { AdapterLen = MethodOption.Int("--adapter-len", v) } }),
+            (a, v) => a with { Settings = Settings(a) with { AdapterLen = MethodOption.Int(v) } });
+
+    public static readonly MethodOption AdapterLayersOption =
         new("--adapter-layers", "LLaMA-Adapter: how many of the top layers get an adaption prompt ('all' for every layer)", "all",
             (a, v) => a with
             {
                 Settings = Settings(a) with
                 {
-                    AdapterLayers = string.Equals(v.Trim(), "all", StringComparison.OrdinalIgnoreCase) ? null : MethodOption.Int("--adapter-layers", v),
+                    AdapterLayers = string.Equals(v.Trim(), "all", StringComparison.OrdinalIgnoreCase) ? null : MethodOption.Int(v),
                 },
-            }),
-    ];
+            });
+
+    private static readonly MethodOption[] LlamaAdapterOptions = [AdapterLenOption, AdapterLayersOption];
 
     public override IReadOnlyList<MethodOption> Options => LlamaAdapterOptions;
 }

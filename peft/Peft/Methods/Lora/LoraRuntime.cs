@@ -2,6 +2,7 @@
 // for QA-LoRA the mean of each group of g inputs, so A is [r, in/g]. Forward hooks for training and inference, and the
 // backward that accumulates dA, dB and adds the branch's input gradient. Used by training and inference alike.
 using VkPeft.Peft.Engine;
+using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
@@ -17,24 +18,26 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     private readonly HashSet<TargetModule> _targets;
     private readonly bool _qa;
     private readonly int _g;
+    private readonly LoraSettings _s;
     private readonly IReadOnlyList<IDisposable> _owned;
     private readonly DeviceTensor _xd, _xp, _t, _dt, _dsrc, _dx;   // flat scratch, viewed per call
 
     public LoraRuntime(VulkanContext ctx, LlamaConfig config, AdapterConfig adapter, TrainableParameters parameters, int maxRows)
     {
         if (adapter.Method is not LoraMethod method) throw new ArgumentException("LoraRuntime serves LoRA and QA-LoRA adapters");
-        if (adapter.Rank < 1) throw new FormatException($"--rank must be ≥ 1, got {adapter.Rank}");
-        if (adapter.Dropout is < 0 or >= 1) throw new FormatException($"--dropout must be in [0, 1), got {adapter.Dropout}");
+        _s = adapter.SettingsOf<LoraSettings>();
+        if (_s.Rank < 1) throw new FormatException($"{LoraMethod.RankOption.Flag} must be ≥ 1, got {_s.Rank}");
+        if (_s.Dropout is < 0 or >= 1) throw new FormatException($"{LoraMethod.DropoutOption.Flag} must be in [0, 1), got {_s.Dropout}");
         _c = config;
         Config = adapter;
         Parameters = parameters;
         _targets = [.. adapter.Targets];
         _qa = method.GroupPooled;
-        _g = adapter.GroupSize;
+        _g = _qa ? adapter.SettingsOf<QaLoraSettings>().GroupSize : 1;
         if (_qa)
             foreach (var t in _targets)
                 if (InFeatures(t) % _g != 0)
-                    throw new FormatException($"--group-size {_g} does not divide in_features {InFeatures(t)} of target {t.ToString().ToLowerInvariant()}; QA-LoRA needs it to");
+                    throw new SettingException($"{EngineSettings.GroupSize} {_g} does not divide in_features {InFeatures(t)} of target {t.ToString().ToLowerInvariant()}; QA-LoRA needs it to");
         int maxIn = _targets.Max(InFeatures);
         using var scope = new TensorScope();
         // Scratch is viewed as [rows, width] for several widths: stored in rows of lcm(widths) elements, so that where a
@@ -53,11 +56,11 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
             return t.Reshape(rows * unit);
         }
         // Input-sized scratch only where the branch input differs from x: dropout (x̃ and its gradient) or QA-LoRA pooling.
-        bool dropout = adapter.Dropout > 0;
+        bool dropout = _s.Dropout > 0;
         _xd = Flat("lora.x_dropped", dropout ? (long)maxRows * maxIn : 1);
         _xp = Flat("lora.x_pooled", _qa ? (long)maxRows * (maxIn / _g) : 1);
-        _t = Flat("lora.t", (long)maxRows * adapter.Rank);
-        _dt = Flat("lora.dt", (long)maxRows * adapter.Rank);
+        _t = Flat("lora.t", (long)maxRows * _s.Rank);
+        _dt = Flat("lora.dt", (long)maxRows * _s.Rank);
         _dsrc = Flat("lora.d_src", dropout || _qa ? (long)maxRows * maxIn : 1);
         _dx = Flat("lora.dx", dropout || _qa ? (long)maxRows * maxIn : 1);
         _owned = scope.Keep();
@@ -75,11 +78,11 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     /// <summary>Elements per storage row of the scratch buffers: lcm of the rank and every input width viewed.</summary>
     public static long ScratchUnit(LlamaConfig c, AdapterConfig a)
     {
-        long unit = a.Rank;
+        long unit = a.SettingsOf<LoraSettings>().Rank;
         foreach (var t in a.Targets)
         {
             int inF = c.LinearShape(t).In;
-            unit = Lcm(Lcm(unit, inF), a.Method is LoraMethod { GroupPooled: true } ? inF / a.GroupSize : 1);
+            unit = Lcm(Lcm(unit, inF), a.Method is LoraMethod { GroupPooled: true } ? inF / a.SettingsOf<QaLoraSettings>().GroupSize : 1);
         }
         return unit;
     }
@@ -100,10 +103,10 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
     {
         long rows = x.Rows;
         var src = x;
-        if (Training && Config.Dropout > 0)
+        if (Training && _s.Dropout > 0)
         {
             var xd = View(_xd, rows, x.RowElements);
-            Dropout.Apply(x, xd, Config.Dropout, Seed(l, t));
+            Dropout.Apply(x, xd, _s.Dropout, Seed(l, t));
             src = xd;
         }
         if (_qa)
@@ -121,9 +124,9 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         var a = Parameters[AdapterWeights.LoraA(layer, target)];
         var b = Parameters[AdapterWeights.LoraB(layer, target)];
         var src = Source(layer, target, x);
-        var t = View(_t, x.Rows, Config.Rank);
+        var t = View(_t, x.Rows, _s.Rank);
         MatMul.Run(src, a, t, transposeB: true);
-        MatMul.Run(t, b, y, transposeB: true, alpha: Config.Scaling, beta: 1);
+        MatMul.Run(t, b, y, transposeB: true, alpha: _s.Scaling, beta: 1);
     }
 
     public void AttentionOutput(int layer, DeviceTensor z) { }
@@ -148,13 +151,13 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         var pb = Parameters.ByName[AdapterWeights.LoraB(layer, target)];
         long rows = x.Rows;
         var src = Source(layer, target, x);
-        var t = View(_t, rows, Config.Rank);
+        var t = View(_t, rows, _s.Rank);
         MatMul.Run(src, pa.Param, t, transposeB: true);
-        MatMulTn.Run(dy, t, pb.Grad!, alpha: Config.Scaling, beta: 1);
-        var dt = View(_dt, rows, Config.Rank);
-        MatMul.Run(dy, pb.Param, dt, transposeB: false, alpha: Config.Scaling);
+        MatMulTn.Run(dy, t, pb.Grad!, alpha: _s.Scaling, beta: 1);
+        var dt = View(_dt, rows, _s.Rank);
+        MatMul.Run(dy, pb.Param, dt, transposeB: false, alpha: _s.Scaling);
         if (pa.Grad != null) MatMulTn.Run(dt, src, pa.Grad, alpha: 1, beta: 1);   // none for a frozen A (LoRA-FA)
-        bool dropout = Training && Config.Dropout > 0;
+        bool dropout = Training && _s.Dropout > 0;
         if (!_qa && !dropout)
         {
             MatMul.Run(dt, pa.Param, dx, transposeB: false, beta: overwriteDx ? 0 : 1);
@@ -165,7 +168,7 @@ public sealed class LoraRuntime : ITrainableAdapter, IDisposable
         var dxb = View(_dx, rows, x.RowElements);
         if (_qa) GroupPool.Backward(dsrc, dxb, _g, accumulate: false);
         else BasicOps.Copy(dsrc, dxb);
-        if (dropout) Dropout.Apply(dxb, dxb, Config.Dropout, Seed(layer, target));
+        if (dropout) Dropout.Apply(dxb, dxb, _s.Dropout, Seed(layer, target));
         if (overwriteDx) BasicOps.Copy(dxb, dx);
         else BasicOps.Add(dx, dxb, dx);
         return true;

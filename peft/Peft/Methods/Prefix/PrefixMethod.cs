@@ -44,7 +44,9 @@ public sealed class PrefixMethod : PeftMethod
 
     public override TargetModule[] TargetsWhenUnlisted => [];
 
-    public static PrefixSettings Settings(AdapterConfig a) => a.Settings as PrefixSettings ?? new PrefixSettings(DefaultVirtualTokens);
+    public static PrefixSettings Settings(AdapterConfig a) => a.SettingsOf<PrefixSettings>();
+
+    public override MethodSettings? DefaultSettings(BaseQuant quant) => new PrefixSettings(DefaultVirtualTokens);
 
     /// <summary>Canonical names of layer <paramref name="layer"/>'s prefix keys and values, each [n, kv_dim].</summary>
     public static string KeysName(int layer) => $"layers.{layer}.prefix_keys";
@@ -63,9 +65,9 @@ public sealed class PrefixMethod : PeftMethod
     public override void ValidateOptions(AdapterConfig a, BaseQuant quant)
     {
         var s = Settings(a);
-        if (s.VirtualTokens < 1) throw new FormatException($"--virtual-tokens must be ≥ 1, got {s.VirtualTokens}");
-        if (s.HiddenSize is { } h && !s.Projection) throw new FormatException("--prefix-hidden sets the projection MLP's width: it needs --prefix-projection");
-        if (s.HiddenSize is < 1) throw new FormatException($"--prefix-hidden must be ≥ 1, got {s.HiddenSize}");
+        if (s.VirtualTokens < 1) throw new FormatException($"{VirtualTokensOption.Flag} must be ≥ 1, got {s.VirtualTokens}");
+        if (s.HiddenSize is { } h && !s.Projection) throw new FormatException($"{HiddenOption.Flag} sets the projection MLP's width: it needs {ProjectionOption.Flag}");
+        if (s.HiddenSize is < 1) throw new FormatException($"{HiddenOption.Flag} must be ≥ 1, got {s.HiddenSize}");
     }
 
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
@@ -159,15 +161,19 @@ public sealed class PrefixMethod : PeftMethod
 
     private const string AutoHidden = "auto";
 
-    private static readonly MethodOption[] PrefixOptions =
-    [
+    public static readonly MethodOption VirtualTokensOption =
         new("--virtual-tokens", "Prompt and prefix tuning: virtual tokens (prefix length) n", DefaultVirtualTokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            (a, v) => a with { Settings = Settings(a) with { VirtualTokens = MethodOption.Int("--virtual-tokens", v) } }),
+            (a, v) => a with { Settings = Settings(a) with { VirtualTokens = MethodOption.Int(v) } });
+
+    public static readonly MethodOption ProjectionOption =
         new("--prefix-projection", "Prefix tuning: train through PEFT's reparameterization MLP (embedding → Linear → tanh → Linear); saves the computed prefix", null,
-            (a, v) => a with { Settings = Settings(a) with { Projection = bool.Parse(v) } }),
+            (a, v) => a with { Settings = Settings(a) with { Projection = bool.Parse(v) } });
+
+    public static readonly MethodOption HiddenOption =
         new("--prefix-hidden", "Prefix tuning with --prefix-projection: the MLP's hidden width (PEFT encoder_hidden_size; auto: the K/V width)", AutoHidden,
-            (a, v) => a with { Settings = Settings(a) with { HiddenSize = v == AutoHidden ? null : MethodOption.Int("--prefix-hidden", v) } }),
-    ];
+            (a, v) => a with { Settings = Settings(a) with { HiddenSize = v == AutoHidden ? null : MethodOption.Int(v) } });
+
+    private static readonly MethodOption[] PrefixOptions = [VirtualTokensOption, ProjectionOption, HiddenOption];
 
     public override IReadOnlyList<MethodOption> Options => PrefixOptions;
 }

@@ -43,13 +43,15 @@ public sealed class PromptMethod : PeftMethod
 
     public override TargetModule[] TargetsWhenUnlisted => [];
 
-    public static PromptSettings Settings(AdapterConfig a) => a.Settings as PromptSettings ?? new PromptSettings(DefaultVirtualTokens);
+    public static PromptSettings Settings(AdapterConfig a) => a.SettingsOf<PromptSettings>();
+
+    public override MethodSettings? DefaultSettings(BaseQuant quant) => new PromptSettings(DefaultVirtualTokens);
 
     public override void ValidateOptions(AdapterConfig a, BaseQuant quant)
     {
         var s = Settings(a);
-        if (s.VirtualTokens < 1) throw new FormatException($"--virtual-tokens must be ≥ 1, got {s.VirtualTokens}");
-        if (s.Init == PromptInit.Text && string.IsNullOrEmpty(s.InitText)) throw new FormatException("--prompt-init: text:\"…\" needs a non-empty text");
+        if (s.VirtualTokens < 1) throw new FormatException($"{VirtualTokensOption.Flag} must be ≥ 1, got {s.VirtualTokens}");
+        if (s.Init == PromptInit.Text && string.IsNullOrEmpty(s.InitText)) throw new FormatException($"{InitOption.Flag}: text:\"…\" needs a non-empty text");
     }
 
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
@@ -99,7 +101,7 @@ public sealed class PromptMethod : PeftMethod
                 return [.. Enumerable.Range(0, s.VirtualTokens).Select(_ => rng.Next(vocabSize))];
             case PromptInit.Text:
                 var ids = s.InitTokenIds ?? throw new InvalidOperationException("a text initialization needs its token ids: call WithTokenizer first");
-                if (ids.Length == 0) throw new FormatException("--prompt-init: the text has no tokens");
+                if (ids.Length == 0) throw new FormatException($"{InitOption.Flag}: the text has no tokens");
                 return [.. Enumerable.Range(0, s.VirtualTokens).Select(i => ids[i % ids.Length])];
             default:
                 return null;
@@ -130,13 +132,15 @@ public sealed class PromptMethod : PeftMethod
         Targets = [], Settings = s.Settings as PromptSettings ?? new PromptSettings(DefaultVirtualTokens),
     };
 
-    private static readonly MethodOption[] PromptOptions =
-    [
+    public static readonly MethodOption VirtualTokensOption =
         new("--virtual-tokens", "Prompt and prefix tuning: virtual tokens (prefix length) n", DefaultVirtualTokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            (a, v) => a with { Settings = Settings(a) with { VirtualTokens = MethodOption.Int("--virtual-tokens", v) } }),
+            (a, v) => a with { Settings = Settings(a) with { VirtualTokens = MethodOption.Int(v) } });
+
+    public static readonly MethodOption InitOption =
         new("--prompt-init", "Prompt tuning: random (N(0,1)), vocab (embeddings of sampled vocabulary ids) or text:\"…\" (the text's token embeddings)", "vocab",
-            (a, v) => a with { Settings = ParseInit(Settings(a), v) }),
-    ];
+            (a, v) => a with { Settings = ParseInit(Settings(a), v) });
+
+    private static readonly MethodOption[] PromptOptions = [VirtualTokensOption, InitOption];
 
     private static PromptSettings ParseInit(PromptSettings s, string v)
     {
@@ -145,7 +149,7 @@ public sealed class PromptMethod : PeftMethod
         {
             "random" => s with { Init = PromptInit.Random, InitText = null },
             "vocab" => s with { Init = PromptInit.Vocab, InitText = null },
-            _ => throw new FormatException($"--prompt-init: '{v}' is not random, vocab or text:\"…\""),
+            _ => throw new FormatException($"'{v}' is not random, vocab or text:\"…\""),
         };
     }
 

@@ -16,7 +16,7 @@ public static class QaLoraMerge
     {
         if (adapter.Config.Method is not QaLoraMethod) throw new InvalidOperationException("not a QA-LoRA adapter");
         var (outF, inF) = baseConfig.LinearShape(t);
-        int g = adapter.Config.GroupSize, groups = inF / g;
+        int g = adapter.Config.SettingsOf<QaLoraSettings>().GroupSize, groups = inF / g;
         var dense = AdapterMerge.Delta(adapter, baseConfig, layer, t);
         var result = new double[(long)outF * groups];
         for (int o = 0; o < outF; o++)
@@ -35,15 +35,16 @@ public static class QaLoraMerge
         ArgumentNullException.ThrowIfNull(adapter);
         var cfg = adapter.Config;
         if (cfg.Method is not QaLoraMethod) throw new ArgumentException("the lossless INT4 merge needs a QA-LoRA adapter", nameof(adapter));
-        if (cfg.BaseQuant.Type != "int4" || cfg.BaseQuant.Blocksize != cfg.GroupSize)
-            throw new ExportException($"QA-LoRA lossless merge needs an int4 base with group size {cfg.GroupSize}; the adapter records base quantization {cfg.BaseQuant.Type}/{cfg.BaseQuant.Blocksize}");
+        int g = cfg.SettingsOf<QaLoraSettings>().GroupSize;
+        if (cfg.BaseQuant.Type != "int4" || cfg.BaseQuant.Blocksize != g)
+            throw new ExportException($"QA-LoRA lossless merge needs an int4 base with group size {g}; the adapter records base quantization {cfg.BaseQuant.Type}/{cfg.BaseQuant.Blocksize}");
         AdapterMerge.Validate(adapter, config, "adapter");
         var targets = cfg.Targets.ToHashSet();
         var int4 = new Dictionary<(int, TargetModule), Int4GroupQuantized>();
         var merged = ModelTensors.WithLinears(weights, (layer, t, w) =>
         {
             var (outF, inF) = config.LinearShape(t);
-            var q = Int4GroupCodec.Quantize(w, outF, inF, cfg.GroupSize, $"layers.{layer}.{AdapterWeights.TargetName(t)}");
+            var q = Int4GroupCodec.Quantize(w, outF, inF, g, $"layers.{layer}.{AdapterWeights.TargetName(t)}");
             if (targets.Contains(t))
             {
                 var groupDelta = GroupDelta(adapter, config, layer, t);
@@ -69,8 +70,9 @@ public static class QaLoraMerge
         var cfg = adapter.Config;
         if (cfg.Method is not QaLoraMethod) return adapter;
         var result = new AdapterWeights(cfg with { Method = PeftMethod.Lora });
-        int g = cfg.GroupSize;
-        float c = cfg.PoolingConstant;
+        var pooling = cfg.SettingsOf<QaLoraSettings>();
+        int g = pooling.GroupSize;
+        float c = pooling.PoolingConstant;
         foreach (var (name, tensor) in adapter.Tensors)
         {
             if (!name.EndsWith(".lora_a", StringComparison.Ordinal))

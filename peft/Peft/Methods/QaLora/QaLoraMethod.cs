@@ -6,8 +6,21 @@ using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
+using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Methods.QaLora;
+
+/// <summary>QA-LoRA's configuration: LoRA's plus the group size g (the INT4 base's), over whose inputs the branch input is averaged.</summary>
+public sealed record QaLoraSettings : LoraSettings
+{
+    /// <summary>The group size of an adapter file that records none, and of a base that is not INT4.</summary>
+    public const int DefaultGroupSize = 32;
+
+    public int GroupSize { get; init; } = DefaultGroupSize;
+
+    /// <summary>Pooling constant c: the LoRA input is c·Σ over a group of g inputs, c = 1/g (average pooling).</summary>
+    public float PoolingConstant => 1f / GroupSize;
+}
 
 public sealed class QaLoraMethod : LoraMethod
 {
@@ -20,21 +33,27 @@ public sealed class QaLoraMethod : LoraMethod
     /// <summary>An INT4 base in groups of <paramref name="groupSize"/> (default 32).</summary>
     public override BaseQuant DefaultQuant(int? groupSize) => BaseQuant.Parse("int4", groupSize ?? 32);
 
+    /// <summary>Groups of the INT4 base's size (<see cref="QaLoraSettings.DefaultGroupSize"/> on any other base).</summary>
+    public override MethodSettings? DefaultSettings(BaseQuant quant) =>
+        new QaLoraSettings { GroupSize = quant.IsInt4 ? quant.Blocksize : QaLoraSettings.DefaultGroupSize };
+
     public override void ValidateOptions(AdapterConfig a, BaseQuant quant)
     {
         base.ValidateOptions(a, quant);
-        if (!quant.IsInt4) throw new FormatException("--method qalora trains against an INT4 group-quantized base: use --quant int4");
-        if (a.GroupSize != quant.Blocksize) throw new FormatException($"QA-LoRA's group size ({a.GroupSize}) must equal the INT4 base's ({quant.Blocksize})");
+        if (!quant.IsInt4) throw new SettingException($"{AdapterSettings.Method} qalora trains against an INT4 group-quantized base: use {EngineSettings.Quant} int4");
+        int g = a.SettingsOf<QaLoraSettings>().GroupSize;
+        if (g != quant.Blocksize) throw new FormatException($"QA-LoRA's group size ({g}) must equal the INT4 base's ({quant.Blocksize})");
     }
 
     public override void ValidateConfig(AdapterConfig a, LlamaConfig baseConfig, string source)
     {
         base.ValidateConfig(a, baseConfig, source);
+        int g = a.SettingsOf<QaLoraSettings>().GroupSize;
         foreach (var t in a.Targets)
         {
             int inF = baseConfig.LinearShape(t).In;
-            if (a.GroupSize <= 0 || inF % a.GroupSize != 0)
-                throw new ModelFormatException(source, "group_size", $"QA-LoRA group size {a.GroupSize} does not divide in_features {inF} of {AdapterConfig.HfName(t)}");
+            if (g <= 0 || inF % g != 0)
+                throw new ModelFormatException(source, "group_size", $"QA-LoRA group size {g} does not divide in_features {inF} of {AdapterConfig.HfName(t)}");
         }
     }
 
@@ -46,23 +65,31 @@ public sealed class QaLoraMethod : LoraMethod
         MergeFrom from, ICollection<string>? notes)
     {
         var cfg = adapter.Config;
-        bool int4Base = cfg.BaseQuant.Type == "int4" && cfg.BaseQuant.Blocksize == cfg.GroupSize;
+        int g = cfg.SettingsOf<QaLoraSettings>().GroupSize;
+        bool int4Base = cfg.BaseQuant.Type == "int4" && cfg.BaseQuant.Blocksize == g;
         bool lossless = int4Base && from == MergeFrom.Dequantized
-            && ((format == ExportFormat.Safetensors && dtype == ExportDType.Int4) || (format == ExportFormat.Gguf && dtype == ExportDType.Q4_1 && cfg.GroupSize == 32));
+            && ((format == ExportFormat.Safetensors && dtype == ExportDType.Int4) || (format == ExportFormat.Gguf && dtype == ExportDType.Q4_1 && g == 32));
         if (!lossless) return null;
-        notes?.Add($"QA-LoRA merged losslessly into INT4 groups of {cfg.GroupSize}: codes and scales unchanged, mins shifted by ΔW");
+        notes?.Add($"QA-LoRA merged losslessly into INT4 groups of {g}: codes and scales unchanged, mins shifted by ΔW");
         return QaLoraMerge.MergeInt4(c, weights, adapter);
     }
 
     /// <summary>A' = c·A expanded over each group (<see cref="QaLoraMerge.ExpandToLora"/>): exact when g is a power of two.</summary>
     public override AdapterWeights? AsPlainLora(AdapterWeights adapter, LlamaConfig c, ICollection<string>? notes)
     {
-        int g = adapter.Config.GroupSize;
+        int g = adapter.Config.SettingsOf<QaLoraSettings>().GroupSize;
         notes?.Add(int.IsPow2(g)
             ? $"QA-LoRA written as the equivalent plain LoRA (A expanded over groups of {g}, times 1/{g}: exact)"
             : $"QA-LoRA written as the equivalent plain LoRA (A expanded and times 1/{g}, rounded to float32)");
         return QaLoraMerge.ExpandToLora(adapter, c);
     }
 
-    public override AdapterConfig ConfigFor(Planning.TrainSetup s) => base.ConfigFor(s) with { GroupSize = s.GroupSize };
+    /// <summary>LoRA's planned settings in groups of the planner's group size (<see cref="Planning.TrainSetup.Settings"/> wins when it is QA-LoRA's).</summary>
+    public override AdapterConfig ConfigFor(Planning.TrainSetup s) => base.ConfigFor(s) with
+    {
+        Settings = s.Settings as QaLoraSettings ?? PlannedSettings(s, new QaLoraSettings { GroupSize = s.GroupSize }),
+    };
+
+    public override Planning.TrainSetup SetupFor(Planning.TrainSetup s, AdapterConfig a) =>
+        base.SetupFor(s, a) with { GroupSize = a.SettingsOf<QaLoraSettings>().GroupSize };
 }

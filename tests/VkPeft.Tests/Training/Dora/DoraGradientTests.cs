@@ -5,6 +5,7 @@
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Dora;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Reference;
@@ -20,7 +21,7 @@ public sealed class DoraGradientTests(GpuFixture gpu)
 
     internal static AdapterConfig Config(string targets, BaseQuant bq, int rank = 2, float alpha = 3) => new()
     {
-        Method = PeftMethods.Get("dora"), Rank = rank, Alpha = alpha, Targets = AdapterConfig.ParseTargets(targets), BaseQuant = bq,
+        Method = PeftMethods.Get("dora"), Settings = new LoraSettings { Rank = rank, Alpha = alpha }, Targets = AdapterConfig.ParseTargets(targets), BaseQuant = bq,
     };
 
     /// <summary>The dequantized base weight [out, in] of (layer, target) in float64, as the device decodes it.</summary>
@@ -34,8 +35,8 @@ public sealed class DoraGradientTests(GpuFixture gpu)
     /// </summary>
     internal static void HookDora(ReferenceForward reference, AdapterConfig cfg, Dictionary<string, double[]> host, Dictionary<(int, TargetModule), double[]> norms)
     {
-        double s = cfg.Scaling;
-        int r = cfg.Rank;
+        double s = cfg.SettingsOf<LoraSettings>().Scaling;
+        int r = cfg.SettingsOf<LoraSettings>().Rank;
         reference.AfterLinear = (l, kind, x, y) =>
         {
             var t = kind.ToTarget()!.Value;
@@ -65,7 +66,7 @@ public sealed class DoraGradientTests(GpuFixture gpu)
             {
                 var (outF, inF) = c.LinearShape(t);
                 norms[(l, t)] = DoraReference.MaterializedRowNorms(BaseWeight(model, l, t), host[AdapterWeights.LoraB(l, t)],
-                    host[AdapterWeights.LoraA(l, t)], cfg.Scaling, outF, inF, cfg.Rank);
+                    host[AdapterWeights.LoraA(l, t)], cfg.SettingsOf<LoraSettings>().Scaling, outF, inF, cfg.SettingsOf<LoraSettings>().Rank);
             }
         return norms;
     }

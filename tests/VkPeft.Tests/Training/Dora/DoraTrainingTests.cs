@@ -10,6 +10,7 @@ using VkPeft.Peft.Export;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Dora;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -29,7 +30,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : StoriesRunTest
         {
             Data = WriteData(),
             EvalFraction = 0.15,
-            Adapter = new AdapterConfig { Method = PeftMethods.Get("dora"), Rank = 4, Alpha = 8, BaseQuant = quant, BaseModel = Model },
+            Adapter = new AdapterConfig { Method = PeftMethods.Get("dora"), Settings = new LoraSettings { Rank = 4, Alpha = 8 }, BaseQuant = quant, BaseModel = Model },
             Quant = quant,
             Steps = steps,
             Batch = 4,
@@ -116,7 +117,7 @@ public sealed class DoraTrainingTests(ITestOutputHelper output) : StoriesRunTest
 
         var loaded = AdapterIO.Load(dir, c);
         Assert.Same(PeftMethods.Get("dora"), loaded.Config.Method);
-        Assert.Equal(0.05f, loaded.Config.Dropout);
+        Assert.Equal(0.05f, loaded.Config.SettingsOf<LoraSettings>().Dropout);
         // v rows as stored; q rows moved from rotate-half to stories260K's interleaved pairs (a permutation of the same values).
         Assert.Equal(expected[DoraMethod.MagnitudeName(0, TargetModule.V)], loaded.Tensors[DoraMethod.MagnitudeName(0, TargetModule.V)].Data);
         var q = loaded.Tensors[DoraMethod.MagnitudeName(0, TargetModule.Q)].Data;

@@ -2,9 +2,11 @@
 // full-precision model than the plain QLoRA start (NF4+DQ base, B = 0), both in weights and in held-out loss; the
 // backbone written to the output folder quantizes to the trained base; bad requests are refused naming the option.
 using System.Globalization;
+using VkPeft.Cli;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -27,7 +29,7 @@ public sealed class LoftQTrainingTests(GpuFixture gpu, ITestOutputHelper output)
     {
         Data = TrainerTests.WriteData(_dir, 24, 1),
         EvalData = TrainerTests.WriteData(_dir, 8, 2),
-        Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = alpha, BaseQuant = quant },
+        Adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 8, Alpha = alpha }, BaseQuant = quant },
         Quant = quant,
         Steps = 1,
         Batch = 8,
@@ -81,10 +83,10 @@ public sealed class LoftQTrainingTests(GpuFixture gpu, ITestOutputHelper output)
     public void BadLoftQRequestsAreRefused()
     {
         var o = Options("bad", BaseQuant.Parse("nf4-dq"));
-        Assert.Contains("--loftq-iters must be ≥ 1", Assert.Throws<FormatException>(() => (o with { LoftQIterations = 0 }).Validate()).Message);
+        Assert.Contains("--loftq-iters must be ≥ 1", CliApp.UserError(Assert.Throws<SettingException>(() => (o with { LoftQIterations = 0 }).Validate())));
         var fp32 = Options("bad", BaseQuant.None) with { LoftQIterations = 2 };
-        Assert.Contains("not none", Assert.Throws<FormatException>(() => fp32.Validate()).Message);
+        Assert.Contains("not none", Assert.Throws<SettingException>(() => fp32.Validate()).Message);
         var ia3 = o with { LoftQIterations = 1, Adapter = o.Adapter with { Method = PeftMethods.Get("ia3"), Targets = Peft.Methods.Ia3.Ia3Method.DefaultTargets } };
-        Assert.Contains("needs --method lora", Assert.Throws<FormatException>(() => ia3.Validate()).Message);
+        Assert.Contains("needs --method lora", CliApp.UserError(Assert.Throws<SettingException>(() => ia3.Validate())));
     }
 }

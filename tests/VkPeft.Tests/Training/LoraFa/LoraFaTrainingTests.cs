@@ -6,6 +6,7 @@ using System.Text.Json.Nodes;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -32,7 +33,7 @@ public sealed class LoraFaTrainingTests(GpuFixture gpu, ITestOutputHelper output
         var host = ModelLoader.Load(ModelPath);
         var tok = host.Tokenizer ?? throw new FileNotFoundException("stories260K tokenizer");
         var quant = BaseQuant.Parse("nf4-dq");
-        var adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 4, Alpha = 8, FreezeA = true, BaseQuant = quant, BaseModel = ModelPath };
+        var adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 4, Alpha = 8, FreezeA = true }, BaseQuant = quant, BaseModel = ModelPath };
         var options = new TrainOptions
         {
             Data = WriteData(), EvalFraction = 0.15, Adapter = adapter, Quant = quant, Steps = 12, Batch = 4, SeqLen = 32,   // held-out loss 4.17 → 0.94 on lavapipe
@@ -70,7 +71,7 @@ public sealed class LoraFaTrainingTests(GpuFixture gpu, ITestOutputHelper output
         Assert.All(checkpoint.Moments.Keys, k => Assert.EndsWith("lora_b", k, StringComparison.Ordinal));
         Assert.Equal(specs.Count / 2, checkpoint.Moments.Count);
         var loaded = AdapterIO.Load(options.Out, host.Config);
-        Assert.True(loaded.Config.FreezeA);
+        Assert.True(loaded.Config.SettingsOf<LoraSettings>().FreezeA);
         var peft = Path.Combine(_dir, "peft");
         AdapterIO.SavePeft(peft, loaded, host.Config);
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(peft, AdapterIO.PeftConfigFile)))!;

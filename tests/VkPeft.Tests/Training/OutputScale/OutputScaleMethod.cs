@@ -105,12 +105,12 @@ public sealed class OutputScaleMethod : PeftMethod
 
     private static readonly MethodOption[] ScaleOptions =
     [
-        new("--scale-init", "Initial scale (output-scale)", "1", (a, v) => a with { Settings = Settings(a) with { Initial = MethodOption.Float("--scale-init", v) } }),
+        new("--scale-init", "Initial scale (output-scale)", "1", (a, v) => a with { Settings = Settings(a) with { Initial = MethodOption.Float(v) } }),
         new("--scale-side", "output or input (output-scale)", "output", (a, v) => a with
         {
             Settings = Settings(a) with
             {
-                Input = v switch { "output" => false, "input" => true, _ => throw new FormatException($"--scale-side: use output or input, not '{v}'") },
+                Input = v switch { "output" => false, "input" => true, _ => throw new FormatException($"use output or input, not '{v}'") },
             },
         }),
     ];

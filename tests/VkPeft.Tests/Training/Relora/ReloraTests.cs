@@ -4,10 +4,12 @@
 // model and the base the last cycle's adapter pairs with.
 using System.Globalization;
 using System.Text.Json.Nodes;
+using VkPeft.Cli;
 using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Methods.Ia3;
+using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
@@ -22,7 +24,7 @@ public sealed class ReloraScheduleTests
     private static TrainOptions Options(ReloraOptions relora) => new()
     {
         Data = "unused.txt",
-        Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 4, Alpha = 8, BaseQuant = BaseQuant.Parse("nf4-dq") },
+        Adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 4, Alpha = 8 }, BaseQuant = BaseQuant.Parse("nf4-dq") },
         Quant = BaseQuant.Parse("nf4-dq"),
         Steps = 20,
         Lr = 1f,
@@ -72,13 +74,13 @@ public sealed class ReloraScheduleTests
     public void BadReloraOptionsAreClearErrors()
     {
         var o = Options(new ReloraOptions { Every = 5 });
-        Assert.Contains("--relora-every must be ≥ 1", Assert.Throws<FormatException>(() => (o with { Relora = new ReloraOptions { Every = 0 } }).Validate()).Message);
-        Assert.Contains("--relora-prune", Assert.Throws<FormatException>(() => (o with { Relora = new ReloraOptions { Every = 5, PruneRatio = 1.5 } }).Validate()).Message);
-        Assert.Contains("longer than a cycle", Assert.Throws<FormatException>(() => (o with { Relora = new ReloraOptions { Every = 5, Warmup = 6 } }).Validate()).Message);
+        Assert.Contains("--relora-every must be ≥ 1", CliApp.UserError(Assert.Throws<SettingException>(() => (o with { Relora = new ReloraOptions { Every = 0 } }).Validate())));
+        Assert.Contains("--relora-prune", CliApp.UserError(Assert.Throws<SettingException>(() => (o with { Relora = new ReloraOptions { Every = 5, PruneRatio = 1.5 } }).Validate())));
+        Assert.Contains("longer than a cycle", Assert.Throws<SettingException>(() => (o with { Relora = new ReloraOptions { Every = 5, Warmup = 6 } }).Validate()).Message);
         var ia3 = o with { Adapter = o.Adapter with { Method = PeftMethods.Get("ia3"), Targets = Ia3Method.DefaultTargets } };
-        Assert.Contains("needs --method lora", Assert.Throws<FormatException>(() => ia3.Validate()).Message);
+        Assert.Contains("needs --method lora", CliApp.UserError(Assert.Throws<SettingException>(() => ia3.Validate())));
         var int4 = o with { Quant = BaseQuant.Parse("int4"), Adapter = o.Adapter with { BaseQuant = BaseQuant.Parse("int4") } };
-        Assert.Contains("not int4", Assert.Throws<FormatException>(() => int4.Validate()).Message);
+        Assert.Contains("not int4", Assert.Throws<SettingException>(() => int4.Validate()).Message);
     }
 }
 
@@ -95,7 +97,7 @@ public sealed class ReloraTrainingTests(GpuFixture gpu, ITestOutputHelper output
     {
         Data = TrainerTests.WriteData(_dir, 48, 1),
         EvalData = TrainerTests.WriteData(_dir, 8, 2),
-        Adapter = new AdapterConfig { Method = PeftMethod.Lora, Rank = 8, Alpha = 16, BaseQuant = BaseQuant.Parse("nf4-dq") },
+        Adapter = new AdapterConfig { Method = PeftMethod.Lora, Settings = new LoraSettings { Rank = 8, Alpha = 16 }, BaseQuant = BaseQuant.Parse("nf4-dq") },
         Quant = BaseQuant.Parse("nf4-dq"),
         Steps = steps,
         Batch = 8,
