@@ -1,7 +1,8 @@
 // The training loop: micro-batches with gradient accumulation, global-norm clipping, AdamW with warmup and a schedule,
 // held-out evaluation, checkpoints (TrainCheckpoint: durable, checksummed folders) and a bit-exact resume, NaN/Inf
 // guards, device-loss and write-failure errors that point at the intact checkpoint, metrics.csv, loss.svg and
-// summary.json in the output directory.
+// summary.json in the output directory. Steps run without host waits: losses and gradient norms collect in a device
+// status ring that the host reads once per stretch of steps (see StatusRingSteps).
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
