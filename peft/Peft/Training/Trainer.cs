@@ -103,12 +103,13 @@ public sealed class Trainer : IDisposable
 
     /// <summary>
     /// Steps the device runs before the host reads their losses and gradient norms (one wait per stretch): reports,
-    /// metrics.csv rows and the NaN/Inf check come in stretches of at most this many steps, or of
-    /// <see cref="StatusReadInterval"/>, and always at an evaluation, a checkpoint, a ReLoRA restart and the last step.
+    /// metrics.csv rows and the NaN/Inf check come in stretches of at most this many steps, as many as the previous
+    /// stretch's time per step fits in <see cref="StatusReadInterval"/> (the first step is read alone), and always at an
+    /// evaluation, a checkpoint, a ReLoRA restart and the last step.
     /// </summary>
     public const int StatusRingSteps = 16;
 
-    /// <summary>The longest the host records steps without reading their status (slow steps are reported one by one).</summary>
+    /// <summary>How long a stretch of steps between status reads should take (steps slower than this are read one by one).</summary>
     public TimeSpan StatusReadInterval { get; set; } = TimeSpan.FromSeconds(1);
 
     /// <summary>Values per step in <see cref="Status"/>: Σ grad², then one loss sum per micro-batch.</summary>
@@ -211,6 +212,7 @@ public sealed class Trainer : IDisposable
         // Steps recorded on the device whose status rows (Σ grad², loss sums) the host has not read yet.
         var pending = new List<PendingStep>();
         var window = Stopwatch.StartNew();
+        int stretch = 1;   // steps per status read: the first step alone, then as many as fit StatusReadInterval
         while (_done < _o.Steps && (stopAfterStep == null || _done < stopAfterStep))
         {
             int step = _done + 1;
@@ -245,11 +247,11 @@ public sealed class Trainer : IDisposable
             bool evalDue = (_o.EvalEvery > 0 && step % _o.EvalEvery == 0) || step == _o.Steps;
             bool saveDue = (_o.SaveEvery > 0 && step % _o.SaveEvery == 0) || step == _o.Steps;
             bool last = step == _o.Steps || (stopAfterStep != null && step >= stopAfterStep);
-            if (!(reloraDue || evalDue || saveDue || last || pending.Count == StatusRingSteps || window.Elapsed >= StatusReadInterval)) continue;
+            if (!(reloraDue || evalDue || saveDue || last || pending.Count >= stretch)) continue;
 
             // The one host wait of this stretch of steps: the status rows, checked before anything reads the state.
-            var done = ReadStatus(pending, window.Elapsed.TotalSeconds);
-            window.Restart();
+            var (done, seconds) = ReadStatus(pending, window);
+            stretch = (int)Math.Clamp(StatusReadInterval.TotalSeconds * pending.Count / Math.Max(seconds, 1e-9), 1, StatusRingSteps);
             pending.Clear();
             lastLoss = done[^1].Loss;
             if (reloraDue)
@@ -271,6 +273,7 @@ public sealed class Trainer : IDisposable
                 onStep?.Invoke(new StepReport(d.Step, d.Loss, d.Lr, d.GradNorm, d.TokensPerSecond, ev));
             }
             if (saveDue) SaveCheckpoint();
+            window.Restart();   // evaluations and checkpoints are not step time
         }
         var acc = _ctx.Arena.Accounting;
         var summary = new TrainSummary(lastLoss, initialEval, lastEval, tokens / Math.Max(trainClock.Elapsed.TotalSeconds, 1e-9), wall.Elapsed.TotalSeconds,
@@ -296,9 +299,10 @@ public sealed class Trainer : IDisposable
     /// <summary>
     /// Reads the status rows of <paramref name="pending"/> (one host wait), throws on the first non-finite loss or
     /// gradient norm (the device skipped that update; nothing was saved since) and adds the steps to the loss curve.
-    /// Tokens/s is the stretch's average: the steps ran back to back on the device.
+    /// Tokens/s is the stretch's average over <paramref name="window"/> (started with its first step, read after the wait):
+    /// the steps ran back to back on the device. Returns the reports and the stretch's seconds.
     /// </summary>
-    private List<StepReport> ReadStatus(List<PendingStep> pending, double seconds)
+    private (List<StepReport> Done, double Seconds) ReadStatus(List<PendingStep> pending, Stopwatch window)
     {
         float[] rows;
         try
@@ -309,6 +313,7 @@ public sealed class Trainer : IDisposable
         {
             throw clear;
         }
+        double seconds = window.Elapsed.TotalSeconds;
         double tps = (long)_o.Batch * _o.SeqLen * _o.GradAccum * pending.Count / Math.Max(seconds, 1e-9);
         var done = new List<StepReport>(pending.Count);
         for (int i = 0; i < pending.Count; i++)
@@ -324,7 +329,7 @@ public sealed class Trainer : IDisposable
             _trainCurve.Add((step, loss));
             done.Add(new StepReport(step, loss, lr, gradNorm, tps, null));
         }
-        return done;
+        return (done, seconds);
     }
 
     /// <summary>Test fault: one gradient element of the first trainable tensor becomes NaN (any method's parameters).</summary>
