@@ -75,7 +75,7 @@ public sealed class AttentionCoopMatrixTests(GpuFixture gpu)
         var paths = new KernelPaths(Ctx, safe: true, _ => Assert.Fail("no warning expected"));
         Assert.False(paths.Use(kernel));
         Assert.Equal("fp32 flash", paths.Describe(kernel).Path);
-        Assert.Contains("--kernels safe", paths.Describe(kernel).Why);
+        Assert.Contains("--kernels safe", paths.Describe(kernel).Explain(VkPeft.Cli.SettingFlags.Spell));
     }
 
     /// <summary>The self-check's bounds pass a kernel that computes the same as the fp32 flash kernel.</summary>
