@@ -36,9 +36,13 @@ public static class TrainBench
         };
         var staged = new Option<bool>("--staged") { Description = "Transfers through staging memory even where device memory is host-mapped (as on a discrete GPU)" };
         var noRing = new Option<bool>("--no-staging-ring") { Description = "A fresh staging buffer and host waits per transfer (the path before the staging ring), for comparison" };
+        var hostReads = new Option<bool>("--host-reads")
+        {
+            Description = "Also time stories260K LoRA with the loss and gradient norm read back within each step and the clip scale formed on the host (the path before device-side clipping), for comparison",
+        };
         var models = new Option<string[]>("--models") { Description = "Models to train: stories, tinyllama (default: both)", AllowMultipleArgumentsPerToken = true };
         models.AcceptOnlyFromAmong("stories", "tinyllama");
-        var cmd = new Command("train", "Training-step tokens/s per method and nf4-dq vs fp32 base, with the per-kernel breakdown") { stories, layers, seq, steps, profile, methods, staged, noRing, models };
+        var cmd = new Command("train", "Training-step tokens/s per method and nf4-dq vs fp32 base, with the per-kernel breakdown") { stories, layers, seq, steps, profile, methods, staged, noRing, hostReads, models };
         cmd.SetAction(parse =>
         {
             bool asJson = parse.GetValue(json);
@@ -56,7 +60,11 @@ public static class TrainBench
             {
                 var s = BenchModels.Stories(parse.GetValue(stories));
                 foreach (var m in specs)
+                {
                     rows.Add(Case(ctx, s.Name, s.Config, s.Weights, m, BaseQuants[0], 8, 128, false, n, prof, Log));
+                    if (m.Label == "lora" && parse.GetValue(hostReads))
+                        rows.Add(Case(ctx, s.Name, s.Config, s.Weights, m, BaseQuants[0], 8, 128, false, n, prof, Log, hostReads: true));
+                }
                 rows.Add(Case(ctx, s.Name, s.Config, s.Weights, specs[0], BaseQuants[1], 8, 128, false, n, prof, Log));
             }
             if (pick.Contains("tinyllama"))
@@ -77,7 +85,7 @@ public static class TrainBench
     /// <paramref name="quant"/>.
     /// </summary>
     internal static TrainBenchRow Case(VulkanContext ctx, string name, LlamaConfig c, LlamaWeights w, MethodSpec method, string quant, int batch, int seqLen, bool ckpt,
-        int steps, bool profile, Action<string> log)
+        int steps, bool profile, Action<string> log, bool hostReads = false)
     {
         var setup = TrainSetup.For(c, method.Method, BaseQuant.Parse(quant), 16, method.Method.DefaultTrainTargets ?? Enum.GetValues<TargetModule>(), seqLen) with
         {
@@ -86,8 +94,8 @@ public static class TrainBench
         var adapter = setup.ToAdapterConfig();
         setup = adapter.Method.SetupFor(setup, adapter);   // the variant's knobs (LoRA-FA's frozen A) in the memory terms too
         log($"{name}, {quant}: {batch} × {seqLen} tokens, {method.Label}...");
-        var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log, timingOnly: true);
-        return new TrainBenchRow(method.Label, adapter.Method.Parameters(c, adapter).Where(p => !p.Frozen).Sum(p => p.Count), name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep,
+        var r = StepMeasurement.Run(ctx, setup, w, steps, profile, log, timingOnly: true, hostReads);
+        return new TrainBenchRow(hostReads ? method.Label + " (host reads)" : method.Label, adapter.Method.Parameters(c, adapter).Where(p => !p.Frozen).Sum(p => p.Count), name, quant, batch, seqLen, ckpt, r.SecondsPerStep, batch * seqLen / r.SecondsPerStep,
             r.PeakLiveBytes, r.Profile, r.DispatchesPerStep, r.SubmitsPerStep, r.WaitsPerStep);
     }
 

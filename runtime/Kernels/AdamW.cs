@@ -18,6 +18,14 @@ public static class AdamW
         public uint POffset, GOffset, MOffset, VOffset;
     }
 
+    [StructLayout(LayoutKind.Sequential)]
+    private struct ClipPush
+    {
+        public Push Step;
+        public uint StatusOffset, StatusCount;
+        public float Clip;
+    }
+
     /// <summary>
     /// Step number <paramref name="step"/> (1 for the first) of torch.optim.AdamW (amsgrad off, not maximizing):
     /// g = grad·gradScale; p ← p·(1 − lr·wd); m ← m + (1 − β1)·(g − m); v ← β2·v + (1 − β2)·g²;
@@ -28,24 +36,52 @@ public static class AdamW
     /// </summary>
     public static void Step(DeviceTensor param, DeviceTensor grad, DeviceTensor m, DeviceTensor v, long step, AdamWSettings s, float gradScale = 1)
     {
+        Dispatch(param, grad, m, v, step, s, gradScale, null);
+    }
+
+    /// <summary>
+    /// <see cref="Step"/> with global-norm clipping decided on the device, so no host read sits between the gradient norm
+    /// and the update. <paramref name="status"/> (F32, one segment) holds at <paramref name="statusOffset"/> the step's
+    /// Σ grad² followed by its loss sums (<paramref name="statusCount"/> values in all). The gradient is scaled by
+    /// clip / ‖grad‖ (fp32 on the device) when ‖grad‖ &gt; <paramref name="clip"/> &gt; 0; when any status value is not
+    /// finite nothing is updated, so a poisoned step leaves parameters and moments as they were.
+    /// </summary>
+    public static void StepWithDeviceClip(DeviceTensor param, DeviceTensor grad, DeviceTensor m, DeviceTensor v, long step, AdamWSettings s, float clip,
+        DeviceTensor status, long statusOffset, int statusCount)
+    {
+        BasicOps.RequireF32(status);
+        if (status.Segments.Count != 1) throw new ArgumentException($"'{status.Name}' must be one bindable range");
+        if (statusCount < 1 || statusOffset < 0 || statusOffset + statusCount > status.Count)
+            throw new ArgumentOutOfRangeException(nameof(statusOffset), $"status row {statusOffset}+{statusCount} outside '{status.Name}' [{status.Count}]");
+        if (!(clip >= 0)) throw new ArgumentOutOfRangeException(nameof(clip), "clip must be ≥ 0 (0 = off)");
+        Dispatch(param, grad, m, v, step, s, 1, (status, (uint)statusOffset, (uint)statusCount, clip));
+    }
+
+    private static void Dispatch(DeviceTensor param, DeviceTensor grad, DeviceTensor m, DeviceTensor v, long step, AdamWSettings s, float gradScale,
+        (DeviceTensor Tensor, uint Offset, uint Count, float Clip)? status)
+    {
         BasicOps.RequireF32(param, grad, m, v);
         foreach (var t in new[] { grad, m, v }) OpChecks.RequireSameCount(param, t, "adamw");
         if (step < 1) throw new ArgumentOutOfRangeException(nameof(step), "AdamW steps count from 1");
         var ctx = param.Context;
-        var p = ctx.Pipelines.Get(ShaderId.Adamw, BasicOps.WorkgroupSize);
+        var p = ctx.Pipelines.Get(status == null ? ShaderId.Adamw : ShaderId.AdamwDeviceClip, BasicOps.WorkgroupSize);
         var (decay, omb1, b2, omb2, eps, negStep, bc2Sqrt) = Scalars(step, s);
         foreach (var piece in Pieces.Split(param.Count, [param, grad, m, v], [1, 1, 1, 1]))
         {
             var (gx, gy) = OpChecks.Grid(ctx, BasicOps.Groups(piece.Count));
-            ctx.Commands.Dispatch(p,
-                [Binding.ReadWrite(piece.Ranges[0]), Binding.Read(piece.Ranges[1]), Binding.ReadWrite(piece.Ranges[2]), Binding.ReadWrite(piece.Ranges[3])],
-                new Push
-                {
-                    Count = (uint)piece.Count, GroupsX = gx,
-                    DecayFactor = decay, OneMinusBeta1 = omb1, Beta2 = b2, OneMinusBeta2 = omb2, Eps = eps,
-                    NegStepSize = negStep, Bc2Sqrt = bc2Sqrt, GradScale = gradScale,
-                    POffset = piece.Offsets[0], GOffset = piece.Offsets[1], MOffset = piece.Offsets[2], VOffset = piece.Offsets[3],
-                }, gx, gy, 1, "adamw");
+            var push = new Push
+            {
+                Count = (uint)piece.Count, GroupsX = gx,
+                DecayFactor = decay, OneMinusBeta1 = omb1, Beta2 = b2, OneMinusBeta2 = omb2, Eps = eps,
+                NegStepSize = negStep, Bc2Sqrt = bc2Sqrt, GradScale = gradScale,
+                POffset = piece.Offsets[0], GOffset = piece.Offsets[1], MOffset = piece.Offsets[2], VOffset = piece.Offsets[3],
+            };
+            Binding[] bindings = [Binding.ReadWrite(piece.Ranges[0]), Binding.Read(piece.Ranges[1]), Binding.ReadWrite(piece.Ranges[2]), Binding.ReadWrite(piece.Ranges[3])];
+            if (status is { } st)
+                ctx.Commands.Dispatch(p, [.. bindings, Binding.Read(st.Tensor.Range)],
+                    new ClipPush { Step = push, StatusOffset = st.Offset, StatusCount = st.Count, Clip = st.Clip }, gx, gy, 1, "adamw");
+            else
+                ctx.Commands.Dispatch(p, bindings, push, gx, gy, 1, "adamw");
         }
     }
 

@@ -6,6 +6,7 @@ using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Planning;
@@ -29,9 +30,12 @@ public static class StepMeasurement
     /// on random tokens. The first step is a warm-up (pipelines compile) when more than one is run; time and the kernel
     /// profile come from the rest. Peaks are measured over loading plus the steps, relative to the bytes live before.
     /// <paramref name="timingOnly"/> runs a method the memory model does not cover yet (its peaks have no estimate to meet).
+    /// A step is recorded as the trainer records it (clipping decided on the device, one host wait at its end); with
+    /// <paramref name="hostReads"/> the loss and the gradient norm are read back within the step and the clip scale is
+    /// formed on the host, as before (for comparison).
     /// </summary>
     public static StepMeasurementResult Run(VulkanContext ctx, TrainSetup setup, LlamaWeights weights, int steps = 2, bool profile = false,
-        Action<string>? log = null, bool timingOnly = false)
+        Action<string>? log = null, bool timingOnly = false, bool hostReads = false)
     {
         var gaps = setup.Unavailable().Where(g => !(timingOnly && ReferenceEquals(g, setup.Method.NotPlanned))).ToList();
         if (gaps.Count > 0)
@@ -53,6 +57,7 @@ public static class StepMeasurement
         try
         {
             using var step = new TrainStep(model, runtime, setup.Batch, setup.SeqLen, setup.Checkpointing, setup.LogitRows, setup.OffloadCheckpoints);
+            using var status = DeviceTensor.Create(ctx, "measure.step_status", DType.F32, [2], MemoryCategory.Workspace);   // Σ grad², loss sum
             int rows = setup.Batch * setup.SeqLen;
             var rng = new Random(11);
             double seconds = 0, loss = 0;
@@ -70,9 +75,18 @@ public static class StepMeasurement
                 ctx.Sync();
                 long d0 = ctx.Commands.TotalDispatches, s0 = ctx.Commands.TotalSubmits, w0 = ctx.Commands.TotalWaits;
                 var sw = Stopwatch.StartNew();
-                loss = step.Run(ids[..rows], ids[1..], 1f / rows, (uint)i);
-                double norm = parameters.GradNorm();
-                parameters.Step(i + 1, new AdamWSettings(Lr: 1e-4), norm > 1 ? (float)(1 / norm) : 1f);
+                if (hostReads)
+                {
+                    loss = step.Run(ids[..rows], ids[1..], 1f / rows, (uint)i);
+                    double norm = parameters.GradNorm();
+                    parameters.Step(i + 1, new AdamWSettings(Lr: 1e-4), norm > 1 ? (float)(1 / norm) : 1f);
+                }
+                else
+                {
+                    BasicOps.Copy(step.RecordRun(ids[..rows], ids[1..], 1f / rows, (uint)i), status.RowsView(1, 1));
+                    BasicOps.Copy(parameters.RecordGradNormSquared(), status.RowsView(0, 1));
+                    parameters.StepWithDeviceClip(i + 1, new AdamWSettings(Lr: 1e-4), 1f, status, 0, 2);
+                }
                 parameters.ZeroGrads();
                 ctx.Sync();
                 if (measure)
@@ -84,6 +98,7 @@ public static class StepMeasurement
                     waits += ctx.Commands.TotalWaits - w0;
                 }
                 if (measure && profile) prof = ctx.Commands.Profile.Format();
+                if (!hostReads) loss = status.ToArray<float>()[1];   // after the step's counters: read once the step is done
             }
             ctx.Commands.ProfileEnabled = wasProfiling;
             var peaks = acc.PeakByCategory().ToDictionary(kv => kv.Key, kv => kv.Value - before[kv.Key]);

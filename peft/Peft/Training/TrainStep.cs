@@ -110,7 +110,13 @@ public sealed class TrainStep : IDisposable
     /// accumulate into the trainable tensors scaled by <paramref name="lossScale"/> (1 / predicted tokens of the whole
     /// optimizer step). Returns the sum of the per-token losses of this micro-batch (one host read).
     /// </summary>
-    public double Run(int[] ids, int[] targets, float lossScale, uint seed)
+    public double Run(int[] ids, int[] targets, float lossScale, uint seed) => RecordRun(ids, targets, lossScale, seed).ToArray<float>()[0];
+
+    /// <summary>
+    /// <see cref="Run"/> without the host read: records the micro-batch and returns the 1-element device tensor that will
+    /// hold its loss sum (valid until the next run or evaluation of this step).
+    /// </summary>
+    public DeviceTensor RecordRun(int[] ids, int[] targets, float lossScale, uint seed)
     {
         var c = _model.Config;
         int rows = Batch * SeqLen;
@@ -166,7 +172,7 @@ public sealed class TrainStep : IDisposable
         }
         if (_prompt != null) VirtualTokenRows.Backward(_prompt, _dX, Batch);   // _dX now holds ∂loss/∂(embedded input)
         BasicOps.SumAll(_loss, _lossSum);
-        return _lossSum.ToArray<float>()[0];
+        return _lossSum;
     }
 
     /// <summary>

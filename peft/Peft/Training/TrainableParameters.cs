@@ -192,11 +192,15 @@ public sealed class TrainableParameters : IDisposable
         return (int)Math.Clamp((largest + NormGroupElements - 1) / NormGroupElements, 1, MaxNormGroups);
     }
 
+    /// <summary>√Σ grad² over every trainable tensor (one host read of <see cref="RecordGradNormSquared"/>).</summary>
+    public double GradNorm() => Math.Sqrt(RecordGradNormSquared().ToArray<float>()[0]);
+
     /// <summary>
-    /// √Σ grad² over every trainable tensor (one host read): one sum-of-squares dispatch per block, tensor by tensor in
-    /// the same fp32 order as per-tensor sums, then one total.
+    /// Records Σ grad² over every trainable tensor into a 1-element device tensor (returned; reused by the next call)
+    /// without reading it: one sum-of-squares dispatch per block, tensor by tensor in the same fp32 order as per-tensor
+    /// sums, then one total.
     /// </summary>
-    public double GradNorm()
+    public DeviceTensor RecordGradNormSquared()
     {
         _partials ??= DeviceTensor.Create(_ctx, "train.grad_norm_partials", DType.F32, [MaxNormGroups], MemoryCategory.Workspace);
         _partialsUsed ??= _partials.RowsView(0, NormGroups());
@@ -223,7 +227,7 @@ public sealed class TrainableParameters : IDisposable
         }
         if (first) BasicOps.Fill(partials, 0);
         BasicOps.SumAll(partials, _norm);
-        return Math.Sqrt(_norm.ToArray<float>()[0]);
+        return _norm;
     }
 
     private DeviceTensor UploadTable(ParameterBlock b)
@@ -243,6 +247,16 @@ public sealed class TrainableParameters : IDisposable
     public void Step(long step, AdamWSettings settings, float gradScale)
     {
         foreach (var b in TrainedBlocks) AdamW.Step(b.Param, b.Grad!, b.M!, b.V!, step, settings, gradScale);
+    }
+
+    /// <summary>
+    /// One AdamW step on every tensor with gradients, clipped to global norm <paramref name="clip"/> (0 = off) on the
+    /// device from the status row at <paramref name="statusOffset"/> of <paramref name="status"/> (Σ grad², then the
+    /// step's loss sums); a row with a non-finite value leaves every tensor unchanged (see <see cref="AdamW.StepWithDeviceClip"/>).
+    /// </summary>
+    public void StepWithDeviceClip(long step, AdamWSettings settings, float clip, DeviceTensor status, long statusOffset, int statusCount)
+    {
+        foreach (var b in TrainedBlocks) AdamW.StepWithDeviceClip(b.Param, b.Grad!, b.M!, b.V!, step, settings, clip, status, statusOffset, statusCount);
     }
 
     /// <summary>The parameters on the host, canonical names.</summary>

@@ -1,7 +1,8 @@
 // The training loop: micro-batches with gradient accumulation, global-norm clipping, AdamW with warmup and a schedule,
 // held-out evaluation, checkpoints (TrainCheckpoint: durable, checksummed folders) and a bit-exact resume, NaN/Inf
 // guards, device-loss and write-failure errors that point at the intact checkpoint, metrics.csv, loss.svg and
-// summary.json in the output directory.
+// summary.json in the output directory. Steps run without host waits: losses and gradient norms collect in a device
+// status ring that the host reads once per stretch of steps (see StatusRingSteps).
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -15,6 +16,7 @@ using VkPeft.Peft.Models;
 using VkPeft.Peft.Reports;
 using VkPeft.Runtime.Kernels;
 using VkPeft.Runtime.Memory;
+using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Training;
@@ -98,6 +100,24 @@ public sealed class Trainer : IDisposable
     public ReloraRestarts? Relora => _relora;
 
     public bool Checkpointing { get; }
+
+    /// <summary>
+    /// Steps the device runs before the host reads their losses and gradient norms (one wait per stretch): reports,
+    /// metrics.csv rows and the NaN/Inf check come in stretches of at most this many steps, as many as the previous
+    /// stretch's time per step fits in <see cref="StatusReadInterval"/> (the first step is read alone), and always at an
+    /// evaluation, a checkpoint, a ReLoRA restart and the last step.
+    /// </summary>
+    public const int StatusRingSteps = 16;
+
+    /// <summary>How long a stretch of steps between status reads should take (steps slower than this are read one by one).</summary>
+    public TimeSpan StatusReadInterval { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Values per step in <see cref="Status"/>: Σ grad², then one loss sum per micro-batch.</summary>
+    private int StatusWidth => 1 + _o.GradAccum;
+
+    /// <summary>F32 [<see cref="StatusRingSteps"/> · (1 + micro-batches)]: per pending step, Σ grad² then the micro-batch loss sums.</summary>
+    private DeviceTensor Status => _status ??= DeviceTensor.Create(_ctx, "train.step_status", DType.F32, [StatusRingSteps * StatusWidth], MemoryCategory.Workspace);
+    private DeviceTensor? _status;
 
     /// <summary>Per-phase progress of each step (see <see cref="TrainStep.Progress"/>); null reports steps only.</summary>
     public Action<string, int, int>? PhaseProgress { get => _step.Progress; set => _step.Progress = value; }
@@ -189,13 +209,17 @@ public sealed class Trainer : IDisposable
         double lastLoss = _trainCurve.Count > 0 ? _trainCurve[^1].Loss : double.NaN;
         double? lastEval = _evalCurve.Count > 0 ? _evalCurve[^1].Loss : null;
         var trainClock = Stopwatch.StartNew();
+        // Steps recorded on the device whose status rows (Σ grad², loss sums) the host has not read yet.
+        var pending = new List<PendingStep>();
+        var window = Stopwatch.StartNew();
+        int stretch = 1;   // steps per status read: the first step alone, then as many as fit StatusReadInterval
         while (_done < _o.Steps && (stopAfterStep == null || _done < stopAfterStep))
         {
             int step = _done + 1;
-            var sw = Stopwatch.StartNew();
             var micro = Enumerable.Range(0, _o.GradAccum).Select(m => _data.MicroBatch((long)_done * _o.GradAccum + m, _o.Batch, _o.Seed)).ToArray();
             int predicted = micro.Sum(mb => mb.Sum(w => w.Targets.Count(t => t >= 0)));
-            double lossSum = 0;
+            double lr = _o.LearningRate(step);
+            long row = (long)pending.Count * StatusWidth;
             try
             {
                 TrainingFaults.Injected(step);
@@ -204,42 +228,52 @@ public sealed class Trainer : IDisposable
                     var ids = micro[m].SelectMany(w => w.Inputs).ToArray();
                     var targets = micro[m].SelectMany(w => w.Targets).ToArray();
                     uint seed = unchecked((uint)(_o.Seed * 7919 + step * 131 + m));
-                    lossSum += _step.Run(ids, targets, 1f / Math.Max(predicted, 1), seed);
+                    BasicOps.Copy(_step.RecordRun(ids, targets, 1f / Math.Max(predicted, 1), seed), Status.RowsView(row + 1 + m, 1));
                 }
                 if (FaultInjection.At("nan-grad", step)) PoisonGradient();
+                BasicOps.Copy(_params.RecordGradNormSquared(), Status.RowsView(row, 1));
+                // Clipping is decided on the device from the status row; a non-finite row leaves the state unchanged.
+                _params.StepWithDeviceClip(step, new AdamWSettings(Lr: lr, WeightDecay: _o.WeightDecay), (float)_o.Clip, Status, row, StatusWidth);
+                _params.ZeroGrads();
             }
             catch (Exception e) when (TrainingFaults.DuringStep(e, step, _o.Out, LastSavedStep()) is { } clear)
             {
                 throw clear;
             }
-            double loss = lossSum / Math.Max(predicted, 1);
-            double gradNorm = _params.GradNorm();
-            if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
-                throw new NonFiniteLossException($"step {step}: loss {loss}, gradient norm {gradNorm} — training stopped; the last checkpoint in {_o.Out} (step {LastSavedStep()}) is intact. Try a lower --lr or --clip.");
-            float scale = _o.Clip > 0 && gradNorm > _o.Clip ? (float)(_o.Clip / gradNorm) : 1f;
-            double lr = _o.LearningRate(step);
-            _params.Step(step, new AdamWSettings(Lr: lr, WeightDecay: _o.WeightDecay), scale);
-            _params.ZeroGrads();
             _done = step;
             tokens += (long)_o.Batch * _o.SeqLen * _o.GradAccum;
-            double tps = (long)_o.Batch * _o.SeqLen * _o.GradAccum / sw.Elapsed.TotalSeconds;
-            lastLoss = loss;
-            _trainCurve.Add((step, loss));
-            if (_relora != null && _relora.Due(step, _o.Steps))
+            pending.Add(new PendingStep(step, lr, predicted));
+            bool reloraDue = _relora != null && _relora.Due(step, _o.Steps);
+            bool evalDue = (_o.EvalEvery > 0 && step % _o.EvalEvery == 0) || step == _o.Steps;
+            bool saveDue = (_o.SaveEvery > 0 && step % _o.SaveEvery == 0) || step == _o.Steps;
+            bool last = step == _o.Steps || (stopAfterStep != null && step >= stopAfterStep);
+            if (!(reloraDue || evalDue || saveDue || last || pending.Count >= stretch)) continue;
+
+            // The one host wait of this stretch of steps: the status rows, checked before anything reads the state.
+            var (done, seconds) = ReadStatus(pending, window);
+            stretch = (int)Math.Clamp(StatusReadInterval.TotalSeconds * pending.Count / Math.Max(seconds, 1e-9), 1, StatusRingSteps);
+            pending.Clear();
+            lastLoss = done[^1].Loss;
+            if (reloraDue)
             {
-                var r = _relora.Restart(step, _params, _o.Seed);
+                var r = _relora!.Restart(step, _params, _o.Seed);
                 Log?.Invoke(string.Create(CultureInfo.InvariantCulture,
                     $"ReLoRA restart {r.Cycle} after step {step}: merged and re-quantized, base error ‖W − Q‖ = {r.ErrorNorm:G4} ({r.RelativeError:P3} of ‖W‖){(_relora.MasterBytes == 0 ? $", accumulated ≤ {r.AccumulatedBound:G4}" : "")}"));
             }
             double? evalLoss = null;
-            if ((_o.EvalEvery > 0 && step % _o.EvalEvery == 0) || step == _o.Steps)
+            if (evalDue)
             {
                 evalLoss = Evaluate();
                 if (evalLoss is { } e) { _evalCurve.Add((step, e)); lastEval = e; }
             }
-            _csv.Add(string.Create(CultureInfo.InvariantCulture, $"{step},{loss:R},{(evalLoss is { } ev ? ev.ToString("R", CultureInfo.InvariantCulture) : "")},{lr:R},{tps:F1},{gradNorm:R}"));
-            onStep?.Invoke(new StepReport(step, loss, lr, gradNorm, tps, evalLoss));
-            if ((_o.SaveEvery > 0 && step % _o.SaveEvery == 0) || step == _o.Steps) SaveCheckpoint();
+            foreach (var d in done)
+            {
+                double? ev = d.Step == step ? evalLoss : null;
+                _csv.Add(string.Create(CultureInfo.InvariantCulture, $"{d.Step},{d.Loss:R},{(ev is { } v ? v.ToString("R", CultureInfo.InvariantCulture) : "")},{d.Lr:R},{d.TokensPerSecond:F1},{d.GradNorm:R}"));
+                onStep?.Invoke(new StepReport(d.Step, d.Loss, d.Lr, d.GradNorm, d.TokensPerSecond, ev));
+            }
+            if (saveDue) SaveCheckpoint();
+            window.Restart();   // evaluations and checkpoints are not step time
         }
         var acc = _ctx.Arena.Accounting;
         var summary = new TrainSummary(lastLoss, initialEval, lastEval, tokens / Math.Max(trainClock.Elapsed.TotalSeconds, 1e-9), wall.Elapsed.TotalSeconds,
@@ -258,6 +292,45 @@ public sealed class Trainer : IDisposable
     }
 
     private int LastSavedStep() => TrainCheckpoint.LatestStep(_o.Out);
+
+    /// <summary>A step recorded on the device whose status row has not been read yet.</summary>
+    private readonly record struct PendingStep(int Step, double Lr, int Predicted);
+
+    /// <summary>
+    /// Reads the status rows of <paramref name="pending"/> (one host wait), throws on the first non-finite loss or
+    /// gradient norm (the device skipped that update; nothing was saved since) and adds the steps to the loss curve.
+    /// Tokens/s is the stretch's average over <paramref name="window"/> (started with its first step, read after the wait):
+    /// the steps ran back to back on the device. Returns the reports and the stretch's seconds.
+    /// </summary>
+    private (List<StepReport> Done, double Seconds) ReadStatus(List<PendingStep> pending, Stopwatch window)
+    {
+        float[] rows;
+        try
+        {
+            rows = Status.RowsView(0, (long)pending.Count * StatusWidth).ToArray<float>();
+        }
+        catch (Exception e) when (TrainingFaults.DuringStep(e, pending[^1].Step, _o.Out, LastSavedStep()) is { } clear)
+        {
+            throw clear;
+        }
+        double seconds = window.Elapsed.TotalSeconds;
+        double tps = (long)_o.Batch * _o.SeqLen * _o.GradAccum * pending.Count / Math.Max(seconds, 1e-9);
+        var done = new List<StepReport>(pending.Count);
+        for (int i = 0; i < pending.Count; i++)
+        {
+            var (step, lr, predicted) = pending[i];
+            int row = i * StatusWidth;
+            double lossSum = 0;
+            for (int m = 0; m < _o.GradAccum; m++) lossSum += rows[row + 1 + m];
+            double loss = lossSum / Math.Max(predicted, 1);
+            double gradNorm = Math.Sqrt(rows[row]);
+            if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
+                throw new NonFiniteLossException($"step {step}: loss {loss}, gradient norm {gradNorm} — training stopped; the last checkpoint in {_o.Out} (step {LastSavedStep()}) is intact. Try a lower --lr or --clip.");
+            _trainCurve.Add((step, loss));
+            done.Add(new StepReport(step, loss, lr, gradNorm, tps, null));
+        }
+        return (done, seconds);
+    }
 
     /// <summary>Test fault: one gradient element of the first trainable tensor becomes NaN (any method's parameters).</summary>
     private void PoisonGradient()
@@ -349,6 +422,7 @@ public sealed class Trainer : IDisposable
 
     public void Dispose()
     {
+        _status?.Dispose();
         _step.Dispose();
         (_lora as IDisposable)?.Dispose();
         _params.Dispose();

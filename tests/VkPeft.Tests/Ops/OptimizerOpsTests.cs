@@ -51,6 +51,57 @@ public sealed class OptimizerOpsTests(GpuFixture gpu, ITestOutputHelper log)
         Within(pd, tp.Download(), i => 8 * U * Math.Abs(pd[i]) + 64 * U * 4 * s.Lr, "adamw p", log);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(4099)]
+    public void AdamWWithDeviceClipMatchesCpuAndSkipsNonFiniteRows(int n)
+    {
+        var s = new AdamWSettings(Lr: 3e-3, WeightDecay: 0.1);
+        const float clip = 0.5f;
+        var p = TestData.Normal(n, n + 7);
+        using var tp = Guarded.Create(Ctx, "p", n);
+        using var tg = Guarded.Create(Ctx, "g", n);
+        using var tm = Guarded.Create(Ctx, "m", n);
+        using var tv = Guarded.Create(Ctx, "v", n);
+        // Rows of 3 at offset 2: [Σ grad², loss sum, loss sum] after two values that must not be read.
+        using var status = DeviceTensor.Create(Ctx, "status", DType.F32, [8], MemoryCategory.Workspace);
+        tp.Upload(p);
+        BasicOps.Fill(tm.Tensor, 0);
+        BasicOps.Fill(tv.Tensor, 0);
+        double[] pd = LayerReference.ToDouble(p), md = new double[n], vd = new double[n];
+        // Norms above and below the clip; the ignored values are NaN so a misplaced row would skip the update.
+        float[] normsSq = [4f, 0.01f, 9f];
+        for (int step = 1; step <= normsSq.Length; step++)
+        {
+            var g = TestData.Normal(n, 300 * step + n, 0.05f);
+            tg.Upload(g);
+            status.Upload<float>([float.NaN, float.NaN, normsSq[step - 1], 1.5f, 2.5f, float.NaN, float.NaN, float.NaN]);
+            AdamW.StepWithDeviceClip(tp.Tensor, tg.Tensor, tm.Tensor, tv.Tensor, step, s, clip, status, 2, 3);
+            double norm = Math.Sqrt(normsSq[step - 1]);
+            float scale = norm > clip ? (float)(clip / norm) : 1f;
+            LayerReference.AdamWStep(pd, LayerReference.ToDouble(g), md, vd, step, s.Lr, s.Beta1, s.Beta2, s.Eps, s.WeightDecay, scale);
+        }
+        // As in AdamWStepsMatchCpu, plus the device's fp32 clip / sqrt(Σ) (sqrt and division within 3 ulp each on
+        // Vulkan), a relative error of the gradient that m carries and v doubles; 16 ulp covers both.
+        double gMax = 0.05 * 6;
+        Within(md, tm.Download(), i => 16 * U * (Math.Abs(md[i]) + 0.1 * gMax), "adamw clip m", log);
+        Within(vd, tv.Download(), i => 16 * U * Math.Abs(vd[i]) + 1e-45, "adamw clip v", log);
+        Within(pd, tp.Download(), i => 8 * U * Math.Abs(pd[i]) + 64 * U * 3 * s.Lr, "adamw clip p", log);
+
+        // A non-finite loss sum or Σ grad² in the row: parameter and moments stay bit for bit as they were.
+        foreach (var row in new[] { new[] { 1f, float.NaN, 0f }, new[] { float.PositiveInfinity, 1f, 1f }, new[] { 1f, 0f, float.NegativeInfinity } })
+        {
+            var (p0, m0, v0) = (tp.Download(), tm.Download(), tv.Download());
+            tg.Upload(TestData.Normal(n, n + 11, 0.05f));
+            status.Upload<float>([float.NaN, float.NaN, .. row, 0f, 0f, 0f]);
+            AdamW.StepWithDeviceClip(tp.Tensor, tg.Tensor, tm.Tensor, tv.Tensor, 4, s, clip, status, 2, 3);
+            Assert.Equal(p0, tp.Download());
+            Assert.Equal(m0, tm.Download());
+            Assert.Equal(v0, tv.Download());
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => AdamW.StepWithDeviceClip(tp.Tensor, tg.Tensor, tm.Tensor, tv.Tensor, 1, s, clip, status, 6, 3));
+    }
+
     [Fact]
     public void AdamWScalarsAreFormedInDouble()
     {

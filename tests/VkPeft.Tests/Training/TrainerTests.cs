@@ -1,5 +1,6 @@
 // The training loop on the real stories260K: the QLoRA parity recipe lowers held-out loss, resume is bit-exact,
 // checkpoints/metrics/plots are written, data formats and bad inputs are handled.
+using System.Globalization;
 using System.Text.Json.Nodes;
 using VkPeft.Cli;
 using VkPeft.Peft.Data;
@@ -10,6 +11,7 @@ using VkPeft.Peft.Methods.Lora;
 using VkPeft.Peft.Methods.QaLora;
 using VkPeft.Peft.Models;
 using VkPeft.Peft.Training;
+using VkPeft.Runtime.Tensors;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Tests.Engine;
 using VkPeft.Tests.Support;
@@ -111,6 +113,36 @@ public sealed class TrainerTests(GpuFixture gpu) : IDisposable
         foreach (var (name, t) in wa.Tensors) Assert.Equal(t.Data, wb.Tensors[name].Data);
         Assert.Equal(File.ReadAllText(Path.Combine(a, "metrics.csv")).Split('\n').Select(l => string.Join(',', l.Split(',').Take(3))),
             File.ReadAllText(Path.Combine(b, "metrics.csv")).Split('\n').Select(l => string.Join(',', l.Split(',').Take(3))));
+    }
+
+    [Fact]
+    public void StepsWaitForTheHostOnlyWhenTheirStatusIsRead()
+    {
+        // Staged transfers (as on a discrete GPU) and no held-out data: between reads of the status rows the device runs
+        // step after step (clipping decided on the device) and the host never waits; 18 steps are read in three stretches:
+        // the first step alone (its time sizes the stretches), the next 16 (the ring is full) and the last. Two
+        // micro-batches per step, clipping on every step.
+        using var ctx = new VulkanContext(GpuFixture.Options() with { DisableHostMappedMemory = true });
+        var o = Options(Path.Combine(_dir, "waits"), 18) with
+        {
+            EvalData = null, EvalFraction = 0, Batch = 2, SeqLen = 32, GradAccum = 2, Clip = 0.05f, Quant = BaseQuant.None,
+            Adapter = Options(_dir, 1).Adapter with { BaseQuant = BaseQuant.None },
+        };
+        var data = TrainingData.Load(Stories.Tokenizer!, o.Data, o.EvalData, o.EvalFraction, o.SeqLen, o.Seed);
+        using var model = DeviceLlama.Load(ctx, Stories.Config, Stories.Weights, o.Quant);
+        using var trainer = new Trainer(ctx, model, o, data) { StatusReadInterval = TimeSpan.FromHours(1) };
+        ctx.Sync();
+        long start = ctx.Commands.TotalWaits, ringStart = Transfers.RingWaits(ctx);
+        var waitsAtReport = new List<long>();
+        var reports = new List<StepReport>();
+        trainer.Run(r => { waitsAtReport.Add(ctx.Commands.TotalWaits - start); reports.Add(r); });
+        Assert.Equal(Enumerable.Range(1, 18), reports.Select(r => r.Step));
+        Assert.Equal([1L, .. Enumerable.Repeat(2L, Trainer.StatusRingSteps), 3L], waitsAtReport);
+        Assert.Equal(0, Transfers.RingWaits(ctx) - ringStart);
+        Assert.All(reports, r => Assert.True(double.IsFinite(r.Loss) && r.Loss > 0 && r.GradNorm > 0, $"step {r.Step}: loss {r.Loss}, norm {r.GradNorm}"));
+        // metrics.csv: one row per step with the reported loss and gradient norm, bit for bit.
+        var rows = File.ReadAllLines(Path.Combine(o.Out, "metrics.csv")).Skip(1).Select(l => l.Split(',')).ToList();
+        Assert.Equal(reports.Select(r => (r.Step.ToString(CultureInfo.InvariantCulture), r.Loss.ToString("R", CultureInfo.InvariantCulture), r.GradNorm.ToString("R", CultureInfo.InvariantCulture))), rows.Select(c => (c[0], c[1], c[5])));
     }
 
     [Theory]
