@@ -66,7 +66,7 @@ public static class CliApp
         ValidationFailedException => null,
         ISettingError s => SettingFlags.Message(s),
         FormatException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException
-            or CliUsageException or NotSupportedException or VkPeft.Peft.Training.NonFiniteLossException => e.Message,
+            or CliUsageException or NotSupportedException => e.Message,
         ArgumentException a when a.GetType() == typeof(ArgumentException) => a.Message,
         VulkanException v => v.Message,
         IOException io => io.Message,

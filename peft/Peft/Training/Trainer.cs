@@ -34,7 +34,11 @@ public sealed record TrainSummary(double FinalTrainLoss, double? InitialEvalLoss
 }
 
 /// <summary>Training stopped because the loss or a gradient was not finite.</summary>
-public sealed class NonFiniteLossException(string message) : Exception(message);
+public sealed class NonFiniteLossException(SettingMessage detail) : Exception(detail.ToString()), ISettingError
+{
+    /// <summary>The message with the settings to change (the command line spells them as flags).</summary>
+    public SettingMessage Detail { get; } = detail;
+}
 
 public sealed class Trainer : IDisposable
 {
@@ -325,7 +329,7 @@ public sealed class Trainer : IDisposable
             double loss = lossSum / Math.Max(predicted, 1);
             double gradNorm = Math.Sqrt(rows[row]);
             if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
-                throw new NonFiniteLossException($"step {step}: loss {loss}, gradient norm {gradNorm} — training stopped; the last checkpoint in {_o.Out} (step {LastSavedStep()}) is intact. Try a lower --lr or --clip.");
+                throw new NonFiniteLossException(new SettingMessage($"step {step}: loss {loss}, gradient norm {gradNorm} — training stopped; the last checkpoint in {_o.Out} (step {LastSavedStep()}) is intact. Try a lower {TrainSettings.Lr} or {TrainSettings.Clip}."));
             _trainCurve.Add((step, loss));
             done.Add(new StepReport(step, loss, lr, gradNorm, tps, null));
         }

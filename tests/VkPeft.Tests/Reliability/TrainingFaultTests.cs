@@ -137,6 +137,7 @@ public sealed class TrainingFaultTests(GpuFixture gpu) : IDisposable
         FaultInjection.Set(null);
         Assert.Contains("step 2", e.Message);
         Assert.Contains("(step 1) is intact", e.Message);
+        Assert.EndsWith("is intact. Try a lower --lr or --clip.", CliApp.UserError(e), StringComparison.Ordinal);
         Assert.Equal(1, TrainCheckpoint.LatestStep(o.Out));
         TrainCheckpoint.VerifyManifest(TrainCheckpoint.FolderOf(o.Out, 1));
     }
