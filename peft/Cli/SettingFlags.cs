@@ -4,6 +4,7 @@ using VkPeft.Peft.Engine;
 using VkPeft.Peft.Export;
 using VkPeft.Peft.Methods;
 using VkPeft.Peft.Planning;
+using VkPeft.Peft.Tokenizers;
 using VkPeft.Peft.Training;
 using VkPeft.Runtime.Vulkan;
 using VkPeft.Serve;
@@ -20,9 +21,9 @@ public static class SettingFlags
         [RuntimeSettings.QuantEmbeddings] = "--quant-embeddings",
         [EngineSettings.Quant] = "--quant",
         [EngineSettings.GroupSize] = "--group-size",
-        [EngineSettings.Tokenizer] = "--tokenizer",
-        [EngineSettings.Model] = "--model",
-        [EngineSettings.Chat] = "--chat",
+        [TokenizerSettings.Tokenizer] = "--tokenizer",
+        [TokenizerSettings.Model] = "--model",
+        [TokenizerSettings.Chat] = "--chat",
         [EngineSettings.Adapter] = "--adapter",
         [EngineSettings.Temperature] = "--temperature",
         [EngineSettings.TopP] = "--top-p",

@@ -11,14 +11,8 @@ public static class EngineSettings
     public static readonly Setting Quant = Setting.Of<BaseQuant>(nameof(BaseQuant.Type));
     /// <summary>An INT4 base's group size (its <see cref="BaseQuant.Blocksize"/>).</summary>
     public static readonly Setting GroupSize = Setting.Of<BaseQuant>("GroupSize");
-    /// <summary>The tokenizer file, when none is found next to the model.</summary>
-    public static readonly Setting Tokenizer = new("Tokenizer", "Path");
-    /// <summary>The model file.</summary>
-    public static readonly Setting Model = new("Model", "Path");
     /// <summary>An adapter applied at run time (generation and serving).</summary>
     public static readonly Setting Adapter = new("Adapter", "Path");
-    /// <summary>Generation through the tokenizer's chat template.</summary>
-    public static readonly Setting Chat = new("Generation", "Chat");
     public static readonly Setting Temperature = Setting.Of<SamplingOptions>(nameof(SamplingOptions.Temperature));
     public static readonly Setting TopP = Setting.Of<SamplingOptions>(nameof(SamplingOptions.TopP));
 }

@@ -1,6 +1,5 @@
 // One entry point for every supported model source: detects llama2.c .bin, Hugging Face folders and GGUF files,
 // loads config and float32 weights, and finds the tokenizer that goes with the model.
-using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Peft.Tokenizers;
 using VkPeft.Runtime.Vulkan;
@@ -146,7 +145,7 @@ public static class ModelLoader
             var m = Load(path);
             (tok, note) = (m.Tokenizer, m.Source.TokenizerNote);
         }
-        return tok ?? throw new SettingFileNotFoundException(new SettingMessage($"no tokenizer found for '{path}' ({note}); pass {EngineSettings.Tokenizer}"));
+        return tok ?? throw new SettingFileNotFoundException(new SettingMessage($"no tokenizer found for '{path}' ({note}); pass {TokenizerSettings.Tokenizer}"));
     }
 
     private static LoadedModel LoadGguf(string path)

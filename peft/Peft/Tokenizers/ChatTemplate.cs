@@ -2,7 +2,6 @@
 // apply_chat_template does: messages, add_generation_prompt, the special-token strings, tools and documents as none.
 // A template outside the supported Jinja subset is refused when loaded, naming the file and field.
 using System.Globalization;
-using VkPeft.Peft.Engine;
 using VkPeft.Peft.Formats;
 using VkPeft.Runtime.Vulkan;
 
@@ -35,10 +34,10 @@ public sealed class ChatTemplate
     private static ChatTemplate Create(ITextTokenizer tokenizer)
     {
         if (tokenizer is not HfTokenizer hf)
-            throw new SettingException($"chat data and {EngineSettings.Chat} need a Hugging Face tokenizer.json with a chat_template in tokenizer_config.json");
+            throw new SettingException($"chat data and {TokenizerSettings.Chat} need a Hugging Face tokenizer.json with a chat_template in tokenizer_config.json");
         string config = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(hf.Path))!, "tokenizer_config.json");
         if (hf.ChatTemplate is null)
-            throw new ModelFormatException(config, "chat_template", new SettingMessage($"the tokenizer has no chat template (needed for chat data and {EngineSettings.Chat})"));
+            throw new ModelFormatException(config, "chat_template", new SettingMessage($"the tokenizer has no chat template (needed for chat data and {TokenizerSettings.Chat})"));
         return new ChatTemplate(hf.ChatTemplate, config, hf.BosToken, hf.EosToken);
     }
 

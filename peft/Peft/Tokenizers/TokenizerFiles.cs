@@ -1,6 +1,5 @@
 // The one way a tokenizer file is opened (model folders, --tokenizer and `vkpeft tokenize` all come here): a
 // Hugging Face tokenizer.json, a SentencePiece tokenizer.model, or a llama2.c tokenizer.bin, chosen by file name.
-using VkPeft.Peft.Engine;
 using VkPeft.Runtime.Vulkan;
 
 namespace VkPeft.Peft.Tokenizers;
@@ -28,7 +27,7 @@ public static class TokenizerFiles
         if (path.EndsWith(".model", StringComparison.OrdinalIgnoreCase))
             return HfTokenizers.LoadSentencePiece(path, bos >= 0 ? bos : null, eos >= 0 ? eos : null);
         if (vocabSize is not { } n)
-            throw new SettingException($"{path}: a llama2.c tokenizer.bin does not store its vocabulary size; give the model too ({EngineSettings.Model})");
+            throw new SettingException($"{path}: a llama2.c tokenizer.bin does not store its vocabulary size; give the model too ({TokenizerSettings.Model})");
         return Llama2cTokenizer.Load(path, n, bos >= 0 ? bos : 1, eos >= 0 ? eos : 2);
     }
 }
