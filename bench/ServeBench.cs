@@ -213,10 +213,14 @@ public static class ServeBench
     {
         Console.WriteLine($"vkpeft serve on {device} (ms; ITL = gap between streamed tokens)");
         Console.WriteLine($"{"case",-48} {"tok/s",8} {"x seq",6} {"TTFT p50",9} {"p99",8} {"ITL p50",8} {"p99",8} {"adapter MiB",11} {"KV MiB peak/pool",17}");
-        double seq = rows.FirstOrDefault(r => r.Clients == 1)?.TokensPerSecond ?? 0;
+        static string Model(ServeRow r) => r.Case[..r.Case.IndexOf(',', StringComparison.Ordinal)];
         foreach (var r in rows)
+        {
+            // "x seq": against one request at a time on the same model.
+            double seq = rows.FirstOrDefault(o => o.Clients == 1 && Model(o) == Model(r))?.TokensPerSecond ?? 0;
             Console.WriteLine($"{r.Case,-48} {r.TokensPerSecond,8:F1} {(seq > 0 ? r.TokensPerSecond / seq : 0),6:F2} {r.TtftP50 * 1e3,9:F1} {r.TtftP99 * 1e3,8:F1} {r.ItlP50 * 1e3,8:F1} {r.ItlP99 * 1e3,8:F1} {r.AdapterBytes / 1048576.0,11:F2} {$"{r.KvPeakBytes / 1048576.0:F2}/{r.KvPoolBytes / 1048576.0:F2}",17}");
-        foreach (var g in rows.GroupBy(r => r.Case[..r.Case.IndexOf(',', StringComparison.Ordinal)]))
+        }
+        foreach (var g in rows.GroupBy(Model))
         {
             var one = g.FirstOrDefault(r => r.Adapters == 1 && r.Clients > 1);
             var many = g.FirstOrDefault(r => r.Adapters == 64 && !r.Case.EndsWith("own runtimes", StringComparison.Ordinal));
